@@ -1,0 +1,229 @@
+"""VNF descriptors (VNFD): what to run, where it attaches, what it may use, how to protect it.
+
+Shaped after ETSI SOL001 where that is natural (``vnfd`` identity, one VDU with its
+compute resources, one connection point with its address) but flat and concise. Errors
+name the field and say what is expected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nfvha.errors import DescriptorError
+
+__all__ = [
+    "FAILURE_TYPES",
+    "STRATEGIES",
+    "HaPolicy",
+    "HealthProbe",
+    "Network",
+    "Resources",
+    "VnfDescriptor",
+    "load_descriptor",
+    "parse_descriptor",
+]
+
+FAILURE_TYPES = ("process-exit", "hang", "host-loss")
+STRATEGIES = ("restart", "restore-local", "restore-remote", "standby")
+Strategy = Literal["restart", "restore-local", "restore-remote", "standby"]
+
+_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(|k|ki|kb|m|mi|mb|g|gi|gb)\s*$", re.IGNORECASE)
+_ADDR_HINT = "expected an IPv4 address with prefix like 10.250.1.10/16, got {!r}"
+_SIZE_MULT = {"": 1, "k": 1000, "kb": 1000, "ki": 1024, "m": 1000**2, "mb": 1000**2,
+              "mi": 1024**2, "g": 1000**3, "gb": 1000**3, "gi": 1024**3}
+
+
+def parse_size(value: int | str) -> int:
+    """``256Mi``, ``1G``, ``1048576`` -> bytes."""
+    if isinstance(value, int):
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ValueError(f"expected a size like 256Mi, 1Gi or a number of bytes, got {value!r}")
+    return int(float(m.group(1)) * _SIZE_MULT[m.group(2).lower()])
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Network(_Strict):
+    """The VNF's one connection point: the same IP and MAC on every host it runs on."""
+
+    address: str = Field(description="IPv4 address with prefix, e.g. 10.250.1.10/16")
+    mac: str | None = Field(default=None, description="unicast MAC; derived from the IP if absent")
+    gateway: str | None = Field(default=None, description="default route inside the sandbox")
+
+    @field_validator("address")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        try:
+            iface = ipaddress.ip_interface(v)
+        except ValueError as exc:
+            raise ValueError(_ADDR_HINT.format(v)) from exc
+        if iface.version != 4 or "/" not in v:
+            raise ValueError(_ADDR_HINT.format(v))
+        return str(iface)
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.lower()
+        if not _MAC_RE.match(v) or int(v[:2], 16) & 1:
+            raise ValueError(f"expected a unicast MAC like 02:00:0a:fa:01:0a, got {v!r}")
+        return v
+
+    @field_validator("gateway")
+    @classmethod
+    def _gw(cls, v: str | None) -> str | None:
+        if v is not None:
+            ipaddress.IPv4Address(v)
+        return v
+
+    @property
+    def ip(self) -> str:
+        return str(ipaddress.ip_interface(self.address).ip)
+
+    @property
+    def effective_mac(self) -> str:
+        """A locally administered MAC derived from the IP, stable across hosts."""
+        if self.mac:
+            return self.mac
+        octets = ipaddress.IPv4Address(self.ip).packed
+        return "02:00:" + ":".join(f"{b:02x}" for b in octets)
+
+
+class Resources(_Strict):
+    memory: int = Field(default=256 * 1024**2, description="memory limit, e.g. 256Mi")
+    cpu: float = Field(default=1.0, gt=0, le=64, description="CPU limit in cores, e.g. 0.5")
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _mem(cls, v: Any) -> int:
+        n = parse_size(v)
+        if n < 4 * 1024**2:
+            raise ValueError(f"memory must be at least 4Mi, got {v!r}")
+        return n
+
+
+class HealthProbe(_Strict):
+    type: Literal["udp", "tcp", "http", "exec", "none"] = "none"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    send: str = "PING"
+    expect: str | None = "PONG"
+    path: str = "/"
+    command: list[str] = Field(default_factory=list)
+    interval: float = Field(default=0.2, gt=0, le=60)
+    timeout: float = Field(default=0.1, gt=0, le=60)
+    failure_threshold: int = Field(default=3, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _needs(self) -> HealthProbe:
+        if self.type in ("udp", "tcp", "http") and self.port is None:
+            raise ValueError(f"a {self.type} probe needs a port")
+        if self.type == "exec" and not self.command:
+            raise ValueError("an exec probe needs a command")
+        return self
+
+
+class HaPolicy(_Strict):
+    checkpoint_interval: float = Field(default=2.0, gt=0, le=86400,
+                                       description="seconds between periodic checkpoints")
+    retention: int = Field(default=3, ge=1, le=100, description="checkpoints kept per host")
+    backups: int = Field(default=1, ge=0, le=8, description="backup hosts holding replicas")
+    recovery: dict[str, list[Strategy]] = Field(default_factory=lambda: {
+        "process-exit": ["restore-local", "restore-remote", "restart"],
+        "hang": ["restore-local", "restore-remote", "restart"],
+        "host-loss": ["restore-remote", "restart"],
+    })
+    probe: HealthProbe = Field(default_factory=HealthProbe)
+    replay: bool = False
+
+    @field_validator("recovery")
+    @classmethod
+    def _recovery(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for k, strategies in v.items():
+            if k not in FAILURE_TYPES:
+                raise ValueError(
+                    f"unknown failure type {k!r}; expected one of {', '.join(FAILURE_TYPES)}")
+            if not strategies:
+                raise ValueError(f"recovery.{k} needs at least one strategy")
+        return v
+
+
+class VnfDescriptor(_Strict):
+    """A VNFD. ``id`` names the VNF; instances get ids of their own."""
+
+    id: str = Field(description="lower-case name, 1-32 chars of a-z, 0-9 and '-'")
+    name: str | None = None
+    version: str = "1.0"
+    provider: str = "nfvha"
+    command: list[str] = Field(min_length=1, description="program and arguments, as a list")
+    workdir: str = "/"
+    env: dict[str, str] = Field(default_factory=dict)
+    network: Network
+    resources: Resources = Field(default_factory=Resources)
+    network_lock: Literal["nftables", "iptables", "skip"] = "nftables"
+    ha: HaPolicy = Field(default_factory=HaPolicy)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID_RE.match(v):
+            raise ValueError(
+                f"expected 1-32 chars of a-z, 0-9 and '-' (not at the ends), got {v!r}")
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _cmd(cls, v: list[str]) -> list[str]:
+        if not v[0].strip():
+            raise ValueError("the program name is empty")
+        return v
+
+
+def _format_error(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(descriptor)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; check its spelling against docs/descriptor.md"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        parts.append(f"{loc}: {msg}")
+    return "invalid VNF descriptor: " + "; ".join(parts)
+
+
+def parse_descriptor(data: Any) -> VnfDescriptor:
+    """Validate a mapping (YAML-loaded or JSON) as a VNFD; accepts an optional ``vnfd:`` root."""
+    if isinstance(data, dict) and set(data) == {"vnfd"}:
+        data = data["vnfd"]
+    if not isinstance(data, dict):
+        raise DescriptorError("invalid VNF descriptor: expected a mapping at the top level")
+    try:
+        return VnfDescriptor.model_validate(data)
+    except ValidationError as exc:
+        raise DescriptorError(_format_error(exc)) from None
+
+
+def load_descriptor(path: str | Path) -> VnfDescriptor:
+    """Read and validate a VNFD YAML file."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise DescriptorError(f"cannot read descriptor {p}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise DescriptorError(f"descriptor {p} is not valid YAML: {exc}") from exc
+    return parse_descriptor(data)

@@ -1,0 +1,289 @@
+"""Emulated hosts on one machine: network namespaces on a shared bridge, one agent each.
+
+Layout for a testbed named ``T`` with N hosts (all names derive from ``T``, so a
+teardown after an interrupted run finds everything by prefix alone)::
+
+    root netns:   bridge T-br (10.250.0.1/16)  ── veth T-h1 ─┐
+    netns T-h1:   eth0 ─ bridge br0 (10.250.0.11/16), agent on :8700
+                  └── veth nv… ── netns T-h1-<instance> (the VNF's eth0, its IP and MAC)
+    cgroup T/h1:  agent/ (the agent)   vnf/<instance>/ (each VNF)
+
+A host crash is a power loss: its uplink veth is deleted first, so nothing it sends
+afterwards reaches anyone, then every process in its cgroup is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from nfvha.errors import ConfigError, NfvhaError
+from nfvha.vim.cgroups import CgroupDriver, CgroupLimits
+from nfvha.vim.hostnet import HostNetwork
+
+__all__ = ["AGENT_PORT", "Testbed", "TestbedHost"]
+
+log = logging.getLogger(__name__)
+
+AGENT_PORT = 8700
+DEFAULT_SUBNET = "10.250.0.0/16"
+
+
+@dataclass
+class TestbedHost:
+    host_id: str
+    netns: str
+    uplink: str  # root-side veth end, on the shared bridge
+    address: str  # agent's IP
+    url: str
+    cgroup: str
+    agent_pid: int | None = None
+    state: str = "up"  # up | crashed | partitioned
+
+
+@dataclass
+class Testbed:
+    """A set of emulated hosts. ``up`` builds and starts, ``down`` removes everything."""
+
+    name: str = "nfvha"
+    n_hosts: int = 3
+    subnet: str = DEFAULT_SUBNET
+    state_dir: Path = Path("/run/nfvha")
+    agent_args: list[str] = field(default_factory=list)
+    hosts: dict[str, TestbedHost] = field(default_factory=dict)
+    token: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name) > 8 or not self.name.replace("-", "").isalnum():
+            raise ConfigError(f"testbed name {self.name!r}: use 1-8 letters/digits")
+        self.net = HostNetwork()
+        self.cgroups = CgroupDriver.detect()
+        self.dir = self.state_dir / f"testbed-{self.name}"
+        net = ipaddress.ip_network(self.subnet)
+        self._hosts_base = net.network_address
+        self.prefixlen = net.prefixlen
+
+    # -- names and addresses -------------------------------------------------------------
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.name}-br"
+
+    @property
+    def gateway(self) -> str:
+        return str(self._hosts_base + 1)
+
+    def host_address(self, i: int) -> str:
+        return str(self._hosts_base + 10 + i)
+
+    def vnf_address(self, i: int) -> str:
+        """The i-th VNF address of this testbed (10.250.1.i for the default subnet)."""
+        return f"{self._hosts_base + 256 + i}/{self.prefixlen}"
+
+    @property
+    def token_file(self) -> Path:
+        return self.dir / "token"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.dir / "logs"
+
+    def host(self, host_id: str) -> TestbedHost:
+        try:
+            return self.hosts[host_id]
+        except KeyError:
+            raise ConfigError(
+                f"no host {host_id!r} in testbed {self.name} (hosts: {', '.join(self.hosts)})"
+            ) from None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def up(self, timeout: float = 30.0) -> None:
+        """Build bridge, hosts and agents; wait until every agent answers. All or nothing."""
+        if await self.net.link_exists(self.bridge):
+            raise ConfigError(f"testbed {self.name} is already up (bridge {self.bridge} "
+                              f"exists); run `nfvha testbed down --name {self.name}` first")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.token = secrets.token_urlsafe(24)
+        self.token_file.write_text(self.token)
+        self.token_file.chmod(0o600)
+        try:
+            await self.net.create_bridge(self.bridge, address=f"{self.gateway}/{self.prefixlen}")
+            for i in range(1, self.n_hosts + 1):
+                await self._add_host(i)
+            self._save()
+            await self.wait_ready(timeout)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.down()
+            raise
+
+    async def _add_host(self, i: int) -> None:
+        hid = f"h{i}"
+        addr = self.host_address(i)
+        h = TestbedHost(host_id=hid, netns=f"{self.name}-{hid}", uplink=f"{self.name}-{hid}",
+                        address=addr, url=f"http://{addr}:{AGENT_PORT}",
+                        cgroup=f"{self.name}/{hid}")
+        self.hosts[hid] = h
+        await self.net.create_netns(h.netns)
+        await self.net.create_veth(h.uplink, f"{self.name}-t{i}", peer_netns=h.netns,
+                                   peer_name_after_move="eth0", master=self.bridge)
+        await self.net.create_bridge("br0", netns=h.netns, address=f"{addr}/{self.prefixlen}")
+        await _ip("-n", h.netns, "link", "set", "eth0", "master", "br0")
+        await _ip("-n", h.netns, "route", "replace", "default", "via", self.gateway)
+        self.cgroups.cgroup(f"{h.cgroup}/agent").create(CgroupLimits())
+        h.agent_pid = self._start_agent(h)
+
+    def _start_agent(self, h: TestbedHost) -> int:
+        agent_cg = self.cgroups.cgroup(f"{h.cgroup}/agent")
+        procs = [str(p) for p in agent_cg.procs_paths()]
+        netns_path = str(self.net.netns_path(h.netns))
+        args = [
+            sys.executable, "-m", "nfvha", "agent", "--host-id", h.host_id,
+            "--listen", f"{h.address}:{AGENT_PORT}", "--bridge", "br0",
+            "--state-dir", str(self.dir / h.host_id), "--token-file", str(self.token_file),
+            "--netns-prefix", f"{h.netns}-", "--cgroup-parent", f"{h.cgroup}/vnf",
+            "--log-dir", str(self.log_dir / "vnf"), "--advertise-url", h.url,
+            *self.agent_args,
+        ]
+
+        def enter() -> None:  # in the child: join the host's cgroup and netns, then exec
+            me = str(os.getpid()).encode()
+            for p in procs:
+                fd = os.open(p, os.O_WRONLY)
+                os.write(fd, me)
+                os.close(fd)
+            fd = os.open(netns_path, os.O_RDONLY)
+            _setns(fd)
+            os.close(fd)
+
+        logf = open(self.log_dir / f"agent-{h.host_id}.log", "ab")  # noqa: SIM115
+        with logf:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                    preexec_fn=enter, start_new_session=True)
+        return proc.pid
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            for h in self.hosts.values():
+                if h.state != "up":
+                    continue
+                while True:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"{h.url}/healthz")).status_code == 200:
+                            break
+                    if time.monotonic() > deadline:
+                        tail = _tail(self.log_dir / f"agent-{h.host_id}.log")
+                        raise NfvhaError(f"agent of {h.host_id} did not answer at {h.url} "
+                                         f"within {timeout:.0f}s; its log ends:\n{tail}")
+                    await asyncio.sleep(0.1)
+
+    async def crash_host(self, host_id: str) -> None:
+        """Power loss: cut the host's links first, then kill every process of it."""
+        h = self.host(host_id)
+        await self.net.delete_link(h.uplink)
+        await asyncio.to_thread(self.cgroups.cgroup(h.cgroup).kill_all)
+        h.state = "crashed"
+        h.agent_pid = None
+        self._save()
+
+    async def partition_host(self, host_id: str, cut: bool = True) -> None:
+        """Cut (or restore) the host's links; its processes keep running."""
+        h = self.host(host_id)
+        await self.net.set_link_up(h.uplink, not cut)
+        h.state = "partitioned" if cut else "up"
+        self._save()
+
+    async def down(self) -> None:
+        """Remove everything named after this testbed; safe after failures and interrupts."""
+        errors: list[str] = []
+        root = self.cgroups.cgroup(self.name)
+        with contextlib.suppress(Exception):
+            if root.exists():
+                await asyncio.to_thread(root.kill_all)
+        for ns in await self.net.list_netns(f"{self.name}-"):
+            try:
+                await self.net.delete_netns(ns)
+            except NfvhaError as exc:
+                errors.append(str(exc))
+        for link in await self.net.list_links(f"{self.name}-"):
+            with contextlib.suppress(NfvhaError):
+                await self.net.delete_link(link)
+        try:
+            await asyncio.to_thread(root.delete)
+        except NfvhaError as exc:
+            errors.append(str(exc))
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.hosts.clear()
+        if errors:
+            raise NfvhaError(f"testbed {self.name} teardown incomplete: " + "; ".join(errors))
+
+    # -- persistence (so the CLI can act on a testbed another process made) --------------
+
+    def _save(self) -> None:
+        data = {"name": self.name, "subnet": self.subnet, "n_hosts": self.n_hosts,
+                "token_file": str(self.token_file),
+                "hosts": {k: asdict(v) for k, v in self.hosts.items()}}
+        tmp = self.dir / "testbed.json.tmp"
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.dir / "testbed.json")
+
+    @classmethod
+    def load(cls, name: str = "nfvha", state_dir: Path = Path("/run/nfvha")) -> Testbed:
+        tb = cls(name=name, state_dir=state_dir)
+        path = tb.dir / "testbed.json"
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"no testbed {name} is up ({path}: {exc}); "
+                              "start one with `nfvha testbed up`") from exc
+        tb.subnet = data["subnet"]
+        tb.n_hosts = data["n_hosts"]
+        tb.hosts = {k: TestbedHost(**v) for k, v in data["hosts"].items()}
+        tb.token = tb.token_file.read_text().strip()
+        return tb
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "bridge": self.bridge, "gateway": self.gateway,
+                "token_file": str(self.token_file),
+                "hosts": [asdict(h) for h in self.hosts.values()]}
+
+
+async def _ip(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "ip", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise NfvhaError(f"ip {' '.join(args)}: {err.decode().strip()}")
+
+
+def _setns(fd: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, 0x40000000) != 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,476 @@
+"""The compute-node agent: VNF instances in sandboxes, checkpoints, transfers, heartbeats.
+
+One ``Agent`` per host. It is the only thing that touches CRIU, namespaces and cgroups
+there; the HTTP API (``nfvha.vim.api``) is a thin layer over these coroutines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from nfvha.descriptor import VnfDescriptor, parse_descriptor
+from nfvha.errors import (
+    AddressInUse,
+    CheckpointError,
+    InstanceNotFound,
+    InstanceStateError,
+    NfvhaError,
+    SandboxError,
+)
+from nfvha.vim.cgroups import CgroupDriver
+from nfvha.vim.criu import CriuRunner, DumpStats, RestoreStats
+from nfvha.vim.hostnet import HostNetwork
+from nfvha.vim.sandbox import ExitStatus, ProcessWatch, Sandbox, SandboxConfig, become_subreaper
+from nfvha.vim.store import CheckpointMeta, CheckpointStore
+from nfvha.vim.transfer import PushResult, push_checkpoint
+
+__all__ = ["Agent", "AgentConfig", "Instance", "InstanceState"]
+
+log = logging.getLogger(__name__)
+
+_INSTANCE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+
+class InstanceState(enum.StrEnum):
+    CREATING = "CREATING"
+    RUNNING = "RUNNING"
+    CHECKPOINTING = "CHECKPOINTING"
+    RESTORING = "RESTORING"
+    EXITED = "EXITED"  # the VNF ended on its own (crash, kill): recoverable
+    STOPPED = "STOPPED"  # stopped on purpose (API or fencing)
+    FAILED = "FAILED"  # could not be started or restored
+
+
+LIVE_STATES = {InstanceState.CREATING, InstanceState.RUNNING, InstanceState.CHECKPOINTING,
+               InstanceState.RESTORING}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    host_id: str
+    state_dir: Path
+    bridge: str = "br0"
+    token: str = ""
+    manager_url: str | None = None
+    advertise_url: str | None = None
+    heartbeat_interval: float = 0.1
+    keep_checkpoints: int = 3
+    netns_prefix: str | None = None
+    cgroup_parent: str | None = None
+    log_dir: Path = Path("/var/log/nfvha/vnf")
+    criu_binary: str | None = None
+
+    @property
+    def effective_netns_prefix(self) -> str:
+        return self.netns_prefix or f"nfvha-{self.host_id}-"
+
+    @property
+    def effective_cgroup_parent(self) -> str:
+        return self.cgroup_parent or f"nfvha/{self.host_id}/vnf"
+
+
+@dataclass
+class Instance:
+    id: str
+    descriptor: VnfDescriptor
+    sandbox: Sandbox
+    state: InstanceState = InstanceState.CREATING
+    pid: int | None = None
+    started_at: float | None = None
+    exit: ExitStatus | None = None
+    restored_from: str | None = None
+    last_checkpoint: CheckpointMeta | None = None
+    last_restore: RestoreStats | None = None
+    error: str | None = None
+    watch: ProcessWatch | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def view(self) -> dict[str, Any]:
+        """The JSON shape of an instance in API answers and heartbeats."""
+        return {
+            "id": self.id,
+            "vnfd_id": self.descriptor.id,
+            "state": self.state.value,
+            "pid": self.pid,
+            "address": self.descriptor.network.address,
+            "mac": self.descriptor.network.effective_mac,
+            "started_at": self.started_at,
+            "exit": None if self.exit is None else {
+                "code": self.exit.code, "signal": self.exit.signal, "at": self.exit.at,
+                "reason": self.exit.describe()},
+            "restored_from": self.restored_from,
+            "last_checkpoint": None if self.last_checkpoint is None else {
+                "seq": self.last_checkpoint.seq, "created_at": self.last_checkpoint.created_at,
+                "total_bytes": self.last_checkpoint.total_bytes},
+            "error": self.error,
+            "netns": self.sandbox.netns,
+            "log": str(self.sandbox.log_path),
+        }
+
+
+EventSink = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Agent:
+    """Owns every VNF instance on this host. All public methods are coroutines."""
+
+    def __init__(self, cfg: AgentConfig, *, criu: CriuRunner | None = None,
+                 net: HostNetwork | None = None, cgroups: CgroupDriver | None = None,
+                 store: CheckpointStore | None = None) -> None:
+        self.cfg = cfg
+        self.criu = criu or CriuRunner(cfg.criu_binary)
+        self.net = net or HostNetwork()
+        self.cgroups = cgroups or CgroupDriver.detect()
+        self.store = store or CheckpointStore(cfg.state_dir / "checkpoints",
+                                              keep=cfg.keep_checkpoints)
+        self.sandbox_cfg = SandboxConfig(
+            host_id=cfg.host_id, bridge=cfg.bridge, netns_prefix=cfg.effective_netns_prefix,
+            cgroup_parent=cfg.effective_cgroup_parent, run_dir=cfg.state_dir / "run",
+            log_dir=cfg.log_dir)
+        self.instances: dict[str, Instance] = {}
+        self.started_at = time.time()
+        self._http: httpx.AsyncClient | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+
+    # -- life of the agent ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check CRIU, adopt orphans, clear leftovers of a previous run, start heartbeats."""
+        await self.criu.require_usable()
+        become_subreaper()
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        stale = await asyncio.to_thread(self.store.cleanup_pending)
+        if stale:
+            log.info("removed %d incomplete checkpoint(s) left by a previous run", stale)
+        await self._remove_stale_sandboxes()
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=1.0))
+        if self.cfg.manager_url:
+            self._spawn(self._heartbeat_loop())
+            self._spawn(self._event_loop())
+
+    async def close(self, *, stop_instances: bool = True) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await t
+        if stop_instances:
+            for inst in list(self.instances.values()):
+                with contextlib.suppress(NfvhaError):
+                    await self.delete_instance(inst.id)
+        if self._http is not None:
+            await self._http.aclose()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _remove_stale_sandboxes(self) -> None:
+        """A restarted agent must not leave orphaned sandboxes of its previous life around."""
+        prefix = self.cfg.effective_netns_prefix
+        for ns in await self.net.list_netns(prefix):
+            iid = ns[len(prefix):]
+            if iid in self.instances:
+                continue
+            log.warning("removing stale sandbox %s of a previous agent run", ns)
+            cg = self.cgroups.cgroup(f"{self.cfg.effective_cgroup_parent}/{iid}")
+            with contextlib.suppress(NfvhaError):
+                await asyncio.to_thread(cg.delete)
+            with contextlib.suppress(NfvhaError):
+                await self.net.delete_netns(ns)
+
+    # -- instances -----------------------------------------------------------------------
+
+    def get(self, instance_id: str) -> Instance:
+        try:
+            return self.instances[instance_id]
+        except KeyError:
+            known = ", ".join(sorted(self.instances)) or "none"
+            raise InstanceNotFound(
+                f"no VNF instance {instance_id!r} on host {self.cfg.host_id} (instances: {known})"
+            ) from None
+
+    def _check_address_free(self, d: VnfDescriptor, instance_id: str) -> None:
+        for other in self.instances.values():
+            if other.id == instance_id or other.state not in LIVE_STATES:
+                continue
+            if other.descriptor.network.ip == d.network.ip:
+                raise AddressInUse(
+                    f"address {d.network.ip} is already used by live instance {other.id} on "
+                    f"host {self.cfg.host_id}; stop or delete it first")
+            if other.descriptor.network.effective_mac == d.network.effective_mac:
+                raise AddressInUse(
+                    f"MAC {d.network.effective_mac} is already used by live instance {other.id}")
+
+    def _new_instance(self, descriptor: VnfDescriptor, instance_id: str | None) -> Instance:
+        iid = instance_id or f"{descriptor.id}-{uuid.uuid4().hex[:8]}"
+        if not _INSTANCE_ID_RE.match(iid):
+            raise InstanceStateError(
+                f"instance id {iid!r} is invalid: use 1-40 chars of a-z, 0-9 and '-'")
+        existing = self.instances.get(iid)
+        if existing is not None and existing.state in LIVE_STATES:
+            raise InstanceStateError(
+                f"instance {iid} already exists here in state {existing.state}; "
+                "delete it first")
+        self._check_address_free(descriptor, iid)
+        sandbox = Sandbox(self.sandbox_cfg, iid, descriptor, self.net, self.cgroups, self.criu)
+        return Instance(id=iid, descriptor=descriptor, sandbox=sandbox)
+
+    async def create_instance(self, descriptor: VnfDescriptor | dict[str, Any],
+                              instance_id: str | None = None) -> Instance:
+        """Build a sandbox and start the VNF in it. Nothing is left behind on failure."""
+        d = descriptor if isinstance(descriptor, VnfDescriptor) else parse_descriptor(descriptor)
+        old = self.instances.get(instance_id or "")
+        inst = self._new_instance(d, instance_id)
+        if old is not None:
+            await self._discard(old)
+        self.instances[inst.id] = inst
+        try:
+            async with inst.lock:
+                await inst.sandbox.build()
+                pid = await inst.sandbox.start()
+                self._watch(inst, pid)
+                inst.state = InstanceState.RUNNING
+        except BaseException as exc:
+            self.instances.pop(inst.id, None)
+            with contextlib.suppress(NfvhaError):
+                await inst.sandbox.destroy()
+            if isinstance(exc, NfvhaError):
+                log.error("instance %s could not start: %s", inst.id, exc)
+            raise
+        log.info("instance %s (%s) running as pid %s at %s", inst.id, d.id, inst.pid,
+                 d.network.address)
+        return inst
+
+    def _watch(self, inst: Instance, pid: int) -> None:
+        inst.pid = pid
+        inst.started_at = time.time()
+        inst.exit = None
+        inst.watch = ProcessWatch(pid, lambda st: self._on_exit(inst, st))
+
+    def _on_exit(self, inst: Instance, status: ExitStatus) -> None:
+        inst.exit = status
+        inst.watch = None
+        if inst.state in (InstanceState.RUNNING, InstanceState.CHECKPOINTING):
+            inst.state = InstanceState.EXITED
+        log.warning("instance %s %s", inst.id, status.describe())
+        self._emit({"type": "instance-exit", "host_id": self.cfg.host_id, "instance": inst.view()})
+
+    async def stop_instance(self, instance_id: str, grace: float = 2.0) -> Instance:
+        inst = self.get(instance_id)
+        async with inst.lock:
+            if inst.pid is not None and inst.state in LIVE_STATES:
+                inst.state = InstanceState.STOPPED
+                await inst.sandbox.terminate(inst.pid, grace)
+            inst.state = InstanceState.STOPPED
+        return inst
+
+    async def delete_instance(self, instance_id: str, *, purge_checkpoints: bool = False) -> None:
+        inst = self.get(instance_id)
+        await self._discard(inst)
+        if purge_checkpoints:
+            await asyncio.to_thread(self.store.delete, instance_id)
+
+    async def _discard(self, inst: Instance) -> None:
+        async with inst.lock:
+            inst.state = InstanceState.STOPPED
+            if inst.watch is not None:
+                inst.watch.close()
+                inst.watch = None
+            try:
+                await inst.sandbox.destroy()
+            finally:
+                self.instances.pop(inst.id, None)
+
+    async def stop_all(self, reason: str) -> list[str]:
+        """Kill every VNF here at once (fencing): a second live copy must never exist."""
+        stopped = []
+        for inst in list(self.instances.values()):
+            if inst.state in LIVE_STATES:
+                inst.state = InstanceState.STOPPED
+                inst.error = reason
+                with contextlib.suppress(NfvhaError):
+                    await inst.sandbox.kill()
+                stopped.append(inst.id)
+        if stopped:
+            log.warning("stopped %s: %s", ", ".join(stopped), reason)
+        return stopped
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    async def checkpoint(self, instance_id: str, *, stop: bool = False) -> CheckpointMeta:
+        """Dump the running VNF and commit the images atomically.
+
+        The VNF is left running, unless ``stop``: then CRIU kills it at the end of the dump
+        with its network still locked, so TCP peers see no FIN or RST and the checkpoint
+        can be restored with every established connection intact (a planned move).
+        """
+        inst = self.get(instance_id)
+        async with inst.lock:
+            if inst.state != InstanceState.RUNNING or inst.pid is None:
+                raise InstanceStateError(
+                    f"instance {instance_id} is {inst.state}: only a RUNNING VNF can be "
+                    "checkpointed")
+            inst.state = InstanceState.CHECKPOINTING
+            pending = await asyncio.to_thread(self.store.begin, instance_id)
+            try:
+                if stop:
+                    inst.state = InstanceState.STOPPED  # the exit CRIU causes is no failure
+                stats: DumpStats = await inst.sandbox.dump(inst.pid, pending.path,
+                                                           leave_running=not stop)
+                meta = await asyncio.to_thread(
+                    self.store.commit, pending, vnf_name=inst.descriptor.id,
+                    host_id=self.cfg.host_id, criu_stats=stats.as_dict(),
+                    descriptor=inst.descriptor.model_dump(mode="json"))
+            except BaseException:
+                await asyncio.to_thread(pending.abort)
+                if stop and inst.watch is not None:
+                    inst.state = InstanceState.CHECKPOINTING  # still alive: back to RUNNING
+                raise
+            finally:
+                if inst.state == InstanceState.CHECKPOINTING:
+                    inst.state = InstanceState.RUNNING
+            inst.last_checkpoint = meta
+        log.info("checkpoint %s: %d bytes, frozen %.1f ms", meta.name, meta.total_bytes,
+                 stats.frozen_time_us / 1000)
+        return meta
+
+    async def list_checkpoints(self, instance_id: str | None = None) -> list[CheckpointMeta]:
+        return await asyncio.to_thread(self.store.list, instance_id)
+
+    async def push(self, instance_id: str, seq: int | None, peer_url: str) -> PushResult:
+        meta = await self._resolve_checkpoint(instance_id, seq)
+        return await push_checkpoint(self.store, instance_id, meta.seq, peer_url, self.cfg.token,
+                                     client=self._http)
+
+    async def _resolve_checkpoint(self, instance_id: str, seq: int | None) -> CheckpointMeta:
+        if seq is None:
+            meta = await asyncio.to_thread(self.store.latest, instance_id)
+            if meta is None:
+                raise CheckpointError(
+                    f"no checkpoint of instance {instance_id} on host {self.cfg.host_id}")
+            return meta
+        return await asyncio.to_thread(self.store.get, instance_id, seq)
+
+    async def restore(self, instance_id: str, seq: int | None = None) -> Instance:
+        """Restore a checkpoint into a fresh sandbox with the VNF's network identity.
+
+        The checkpoint is verified first: a corrupt one is refused (``CheckpointCorrupt``)
+        before anything is built, so the caller can fall back to the previous one.
+        """
+        meta = await self._resolve_checkpoint(instance_id, seq)
+        meta = await asyncio.to_thread(self.store.verify, instance_id, meta.seq)
+        d = parse_descriptor(meta.descriptor)
+        old = self.instances.get(instance_id)
+        if old is not None and old.state in LIVE_STATES:
+            raise InstanceStateError(
+                f"instance {instance_id} is {old.state} on host {self.cfg.host_id}; stop it "
+                "before restoring over it")
+        inst = self._new_instance(d, instance_id)
+        if old is not None:
+            await self._discard(old)
+        inst.state = InstanceState.RESTORING
+        self.instances[inst.id] = inst
+        try:
+            async with inst.lock:
+                await inst.sandbox.build()
+                stats = await inst.sandbox.restore(self.store.path(instance_id, meta.seq))
+                self._watch(inst, stats.pid)
+                inst.last_restore = stats
+                inst.restored_from = meta.name
+                inst.last_checkpoint = meta
+                inst.state = InstanceState.RUNNING
+        except BaseException as exc:
+            self.instances.pop(inst.id, None)
+            with contextlib.suppress(NfvhaError):
+                await inst.sandbox.destroy()
+            if isinstance(exc, NfvhaError):
+                log.error("restore of %s failed: %s", meta.name, exc)
+            raise
+        log.info("instance %s restored from %s as pid %d (criu %.1f ms, wall %.1f ms)",
+                 inst.id, meta.name, stats.pid, stats.restore_time_us / 1000,
+                 stats.wall_seconds * 1000)
+        return inst
+
+    # -- status, heartbeats, events ------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        instances = []
+        for inst in self.instances.values():
+            v = inst.view()
+            if inst.state in LIVE_STATES and inst.sandbox.cgroup.exists():
+                with contextlib.suppress(SandboxError, OSError):
+                    u = inst.sandbox.cgroup.usage()
+                    v["usage"] = {"memory_bytes": u.memory_bytes, "cpu_seconds": u.cpu_seconds,
+                                  "pids": u.pids}
+            instances.append(v)
+        load1, _, _ = os.getloadavg()
+        return {
+            "host_id": self.cfg.host_id,
+            "url": self.cfg.advertise_url,
+            "started_at": self.started_at,
+            "time": time.time(),
+            "instances": instances,
+            "resources": {"load1": load1, "mem_available_bytes": _mem_available(),
+                          "cpus": os.cpu_count() or 1,
+                          "checkpoint_bytes": self.store.usage_bytes()},
+        }
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        event.setdefault("at", time.time())
+        with contextlib.suppress(asyncio.QueueFull):
+            self._events.put_nowait(event)
+
+    async def _event_loop(self) -> None:
+        """Report exits to the manager at once; retried briefly, then dropped (heartbeats
+        carry the same state, so a lost event delays detection but never hides it)."""
+        assert self._http is not None
+        while True:
+            event = await self._events.get()
+            for attempt in range(5):
+                try:
+                    r = await self._http.post(f"{self.cfg.manager_url}/nfvha/v1/events",
+                                              json=event, headers=self._auth())
+                    if r.status_code < 500:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.05 * (attempt + 1))
+
+    async def _heartbeat_loop(self) -> None:
+        assert self._http is not None
+        url = f"{self.cfg.manager_url}/nfvha/v1/hosts/{self.cfg.host_id}/heartbeat"
+        while True:
+            try:
+                await self._http.post(url, json=self.status(), headers=self._auth(),
+                                      timeout=max(self.cfg.heartbeat_interval * 3, 0.5))
+            except httpx.HTTPError as exc:
+                log.debug("heartbeat to %s failed: %s", url, exc)
+            finally:
+                await asyncio.sleep(self.cfg.heartbeat_interval)
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.cfg.token}"} if self.cfg.token else {}
+
+
+def _mem_available() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0

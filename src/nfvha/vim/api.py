@@ -1,0 +1,199 @@
+"""HTTP API of the agent (FastAPI). Thin: each route calls one ``Agent`` coroutine.
+
+Every route but ``/healthz`` needs ``Authorization: Bearer <token>``. Errors are answered
+as RFC 7807 problem details whose ``detail`` says what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from nfvha.errors import (
+    AddressInUse,
+    CheckpointCorrupt,
+    CheckpointError,
+    CheckpointNotFound,
+    ConfigError,
+    CriuError,
+    DescriptorError,
+    InstanceNotFound,
+    InstanceStateError,
+    NfvhaError,
+    SandboxError,
+    TransferError,
+)
+from nfvha.vim.agent import Agent
+from nfvha.vim.transfer import receive_checkpoint_tar
+
+__all__ = ["create_app", "problem"]
+
+log = logging.getLogger(__name__)
+
+_STATUS: list[tuple[type[NfvhaError], int, str]] = [
+    (DescriptorError, 422, "Invalid descriptor"),
+    (InstanceNotFound, 404, "Instance not found"),
+    (CheckpointNotFound, 404, "Checkpoint not found"),
+    (CheckpointCorrupt, 422, "Checkpoint corrupt"),
+    (AddressInUse, 409, "Address in use"),
+    (InstanceStateError, 409, "Conflict with instance state"),
+    (TransferError, 502, "Transfer to peer failed"),
+    (CheckpointError, 409, "Checkpoint problem"),
+    (CriuError, 500, "CRIU failed"),
+    (SandboxError, 500, "Sandbox failed"),
+    (ConfigError, 503, "Host cannot serve this"),
+]
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+class CreateInstance(BaseModel):
+    descriptor: dict[str, Any] = Field(description="the VNFD, as JSON")
+    instance_id: str | None = None
+
+
+class PushRequest(BaseModel):
+    peer_url: str = Field(description="base URL of the peer agent, e.g. http://10.250.0.12:8700")
+
+
+class RestoreRequest(BaseModel):
+    seq: int | None = Field(default=None, description="checkpoint sequence; latest if absent")
+
+
+def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
+    """Build the app; with ``manage_lifecycle`` it starts and closes the agent itself."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await agent.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await agent.close()
+
+    app = FastAPI(title="nfvha agent", version="1", lifespan=lifespan)
+    bearer = HTTPBearer(auto_error=False)
+
+    async def require_token(
+        creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
+        if not agent.cfg.token:
+            return
+        if creds is None or not hmac.compare_digest(creds.credentials, agent.cfg.token):
+            raise _Unauthorized()
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauth(_: Request, __: _Unauthorized) -> JSONResponse:
+        r = problem(401, "Unauthorized",
+                    "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
+                    "with the cluster token")
+        r.headers["WWW-Authenticate"] = "Bearer"
+        return r
+
+    @app.exception_handler(NfvhaError)
+    async def _nfvha_error(_: Request, exc: NfvhaError) -> JSONResponse:
+        for cls, status, title in _STATUS:
+            if isinstance(exc, cls):
+                extra: dict[str, Any] = {}
+                if isinstance(exc, CheckpointCorrupt):
+                    extra = {"checkpoint": exc.checkpoint, "file": exc.file}
+                if isinstance(exc, CriuError):
+                    extra = {"criu_log": exc.log_lines, "criu_log_path": exc.log_path}
+                return problem(status, title, str(exc), **extra)
+        log.exception("unclassified error", exc_info=exc)
+        return problem(500, "Internal error", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e["loc"] if p != "body")
+            parts.append(f"{loc or 'body'}: {e['msg']}")
+        return problem(422, "Invalid request", "; ".join(parts))
+
+    auth = [Depends(require_token)]
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, "host_id": agent.cfg.host_id}
+
+    @app.get("/v1/status", dependencies=auth)
+    async def status() -> dict[str, Any]:
+        return agent.status()
+
+    @app.get("/v1/instances", dependencies=auth)
+    async def list_instances() -> list[dict[str, Any]]:
+        return [i.view() for i in agent.instances.values()]
+
+    @app.post("/v1/instances", dependencies=auth, status_code=201)
+    async def create_instance(body: CreateInstance) -> dict[str, Any]:
+        inst = await agent.create_instance(body.descriptor, body.instance_id)
+        return inst.view()
+
+    @app.get("/v1/instances/{instance_id}", dependencies=auth)
+    async def get_instance(instance_id: str) -> dict[str, Any]:
+        return agent.get(instance_id).view()
+
+    @app.post("/v1/instances/{instance_id}/stop", dependencies=auth)
+    async def stop_instance(instance_id: str) -> dict[str, Any]:
+        return (await agent.stop_instance(instance_id)).view()
+
+    @app.delete("/v1/instances/{instance_id}", dependencies=auth, status_code=204)
+    async def delete_instance(instance_id: str, purge_checkpoints: bool = False) -> None:
+        await agent.delete_instance(instance_id, purge_checkpoints=purge_checkpoints)
+
+    @app.post("/v1/instances/{instance_id}/checkpoints", dependencies=auth, status_code=201)
+    async def checkpoint(instance_id: str, stop: bool = False) -> dict[str, Any]:
+        return (await agent.checkpoint(instance_id, stop=stop)).model_dump(mode="json")
+
+    @app.get("/v1/checkpoints", dependencies=auth)
+    async def list_checkpoints(instance_id: str | None = None) -> list[dict[str, Any]]:
+        return [m.model_dump(mode="json") for m in await agent.list_checkpoints(instance_id)]
+
+    @app.get("/v1/instances/{instance_id}/checkpoints", dependencies=auth)
+    async def list_instance_checkpoints(instance_id: str) -> list[dict[str, Any]]:
+        return [m.model_dump(mode="json") for m in await agent.list_checkpoints(instance_id)]
+
+    @app.post("/v1/checkpoints/{instance_id}/{seq}/push", dependencies=auth)
+    async def push(instance_id: str, seq: int, body: PushRequest) -> dict[str, Any]:
+        r = await agent.push(instance_id, seq, body.peer_url)
+        return {"instance_id": r.instance_id, "seq": r.seq, "bytes": r.bytes_sent,
+                "seconds": r.seconds, "peer": r.peer}
+
+    @app.put("/v1/checkpoints/{instance_id}/{seq}", dependencies=auth, status_code=201)
+    async def receive(instance_id: str, seq: int, request: Request) -> dict[str, Any]:
+        meta = await receive_checkpoint_tar(agent.store, request.stream(),
+                                            expect_instance=instance_id, expect_seq=seq)
+        return meta.model_dump(mode="json")
+
+    @app.post("/v1/instances/{instance_id}/restore", dependencies=auth, status_code=201)
+    async def restore(instance_id: str, body: RestoreRequest | None = None) -> dict[str, Any]:
+        inst = await agent.restore(instance_id, body.seq if body else None)
+        v = inst.view()
+        if inst.last_restore is not None:
+            v["restore_stats"] = inst.last_restore.as_dict()
+        return v
+
+    @app.post("/v1/fence", dependencies=auth)
+    async def fence() -> dict[str, Any]:
+        return {"stopped": await agent.stop_all("fenced by request")}
+
+    return app
+
+
+class _Unauthorized(Exception):
+    pass

@@ -1,0 +1,253 @@
+"""The sandbox around one VNF instance: netns + veth, cgroup, PID/UTS/IPC namespaces, stdio.
+
+The agent owns the network namespace (CRIU treats it as external), so the same dump can
+be restored into a fresh sandbox with the same IP and MAC on any host. The VNF process is
+always a direct child of the agent (a child subreaper): fresh starts and CRIU restores
+alike, so its exit is seen at once through a pidfd and its exit status is known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nfvha.descriptor import VnfDescriptor
+from nfvha.errors import HostNetworkError, SandboxError
+from nfvha.vim import _launch
+from nfvha.vim.cgroups import Cgroup, CgroupDriver, CgroupLimits
+from nfvha.vim.criu import CriuRunner, DumpOptions, DumpStats, RestoreOptions, RestoreStats
+from nfvha.vim.hostnet import HostNetwork
+
+__all__ = ["ExitStatus", "ProcessWatch", "Sandbox", "SandboxConfig", "become_subreaper"]
+
+log = logging.getLogger(__name__)
+
+NETNS_KEY = "vnfnet"
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Make this process adopt orphaned descendants, so restored VNFs become our children."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise SandboxError(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Per-agent settings every sandbox of that agent shares."""
+
+    host_id: str
+    bridge: str  # bridge in the agent's netns that VNF veths join
+    netns_prefix: str  # sandbox netns names are <prefix><instance id>
+    cgroup_parent: str  # relative cgroup path holding one child per instance
+    run_dir: Path  # per-instance working files (CRIU restore logs, pidfiles)
+    log_dir: Path  # VNF stdout/stderr; the same path on every host, since CRIU reopens it
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a VNF process ended: an exit code or a signal number."""
+
+    code: int | None
+    signal: int | None
+    at: float
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            try:
+                return f"killed by {signal.Signals(self.signal).name}"
+            except ValueError:
+                return f"killed by signal {self.signal}"
+        return f"exited with code {self.code}"
+
+
+class ProcessWatch:
+    """Calls ``on_exit`` the moment a child process ends, via a pidfd in the event loop."""
+
+    def __init__(self, pid: int, on_exit: Callable[[ExitStatus], None]) -> None:
+        self.pid = pid
+        self._on_exit = on_exit
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._fd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError as exc:
+            raise SandboxError(f"VNF process {pid} vanished before it could be watched") from exc
+        self._loop.add_reader(self._fd, self._ready)
+        self.status: ExitStatus | None = None
+
+    def _ready(self) -> None:
+        if self._fd is None:
+            return
+        code: int | None = None
+        sig: int | None = None
+        try:
+            res = os.waitid(os.P_PIDFD, self._fd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            res = None  # not our child (should not happen with the subreaper); no status
+        if res is not None:
+            if res.si_code == os.CLD_EXITED:
+                code = res.si_status
+            else:
+                sig = res.si_status
+        elif not self._exited_without_child():
+            return  # spurious wake-up
+        self.close()
+        self.status = ExitStatus(code=code, signal=sig, at=time.time())
+        self._on_exit(self.status)
+
+    def _exited_without_child(self) -> bool:
+        return not Path(f"/proc/{self.pid}").exists()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _short(host_id: str, instance_id: str) -> str:
+    return hashlib.sha1(f"{host_id}/{instance_id}".encode()).hexdigest()[:10]
+
+
+class Sandbox:
+    """One instance's sandbox on this host. ``build`` then ``start`` or ``restore``."""
+
+    def __init__(self, cfg: SandboxConfig, instance_id: str, descriptor: VnfDescriptor,
+                 net: HostNetwork, cgroups: CgroupDriver, criu: CriuRunner) -> None:
+        self.cfg = cfg
+        self.instance_id = instance_id
+        self.descriptor = descriptor
+        self.net = net
+        self.criu = criu
+        self.netns = f"{cfg.netns_prefix}{instance_id}"
+        self.veth = f"nv{_short(cfg.host_id, instance_id)}"
+        self.cgroup: Cgroup = cgroups.cgroup(f"{cfg.cgroup_parent}/{instance_id}")
+        self.run_dir = cfg.run_dir / instance_id
+        self.log_path = cfg.log_dir / f"{instance_id}.log"
+        self.built = False
+
+    @property
+    def netns_path(self) -> Path:
+        return self.net.netns_path(self.netns)
+
+    def netns_inode(self) -> int:
+        return os.stat(self.netns_path).st_ino
+
+    async def build(self) -> None:
+        """Make netns, veth and cgroup; on any failure remove what was made and raise."""
+        d = self.descriptor
+        try:
+            await self.net.create_netns(self.netns)
+            await self.net.create_veth(
+                self.veth, self.veth + "p", peer_netns=self.netns, peer_name_after_move="eth0",
+                peer_mac=d.network.effective_mac, peer_address=d.network.address,
+                master=self.cfg.bridge, peer_gateway=d.network.gateway,
+            )
+            await asyncio.to_thread(self.cgroup.create, CgroupLimits(
+                memory_bytes=d.resources.memory, cpu_cores=d.resources.cpu))
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
+            # CRIU reopens stdout by path on restore: it must exist on whichever host restores.
+            self.log_path.touch(exist_ok=True)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.destroy()
+            raise
+        self.built = True
+
+    async def start(self) -> int:
+        """Start the descriptor's command as PID 1 of fresh PID/UTS/IPC namespaces."""
+        d = self.descriptor
+        args = [sys.executable, "-S", _launch.__file__, "--netns", str(self.netns_path),
+                "--stdout", str(self.log_path), "--hostname", d.id, "--workdir", d.workdir]
+        for p in self.cgroup.procs_paths():
+            args += ["--cgroup-procs", str(p)]
+        for k, v in d.env.items():
+            args += ["--env", f"{k}={v}"]
+        args += ["--", *d.command]
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 20)
+        except TimeoutError as exc:
+            proc.kill()
+            raise SandboxError(f"starting {self.instance_id} timed out in the launcher") from exc
+        if proc.returncode != 0:
+            raise SandboxError(
+                f"cannot start {self.instance_id}: {err.decode(errors='replace').strip()}")
+        try:
+            return int(out.decode().strip())
+        except ValueError as exc:
+            raise SandboxError(f"launcher printed no pid for {self.instance_id}") from exc
+
+    async def dump(self, pid: int, images_dir: Path, *, leave_running: bool = True) -> DumpStats:
+        opts = DumpOptions(
+            leave_running=leave_running, network_lock=self.descriptor.network_lock,
+            external_netns=(self.netns_inode(), NETNS_KEY))
+        return await self.criu.dump(pid, images_dir, opts)
+
+    async def restore(self, images_dir: Path) -> RestoreStats:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        opts = RestoreOptions(
+            netns_path=str(self.netns_path), netns_key=NETNS_KEY,
+            network_lock=self.descriptor.network_lock,
+            join_cgroup_procs=[str(p) for p in self.cgroup.procs_paths()],
+            work_dir=str(self.run_dir))
+        return await self.criu.restore(images_dir, opts)
+
+    async def kill(self) -> None:
+        """SIGKILL everything in the sandbox's cgroup (the VNF and any children)."""
+        if self.cgroup.exists():
+            await asyncio.to_thread(self.cgroup.kill_all)
+
+    async def terminate(self, pid: int, grace: float = 2.0) -> None:
+        """SIGTERM the VNF, then SIGKILL what is left after ``grace`` seconds."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            stat = _proc_state(pid)
+            if stat == "Z":
+                break
+            await asyncio.sleep(0.02)
+        await self.kill()
+
+    async def destroy(self) -> None:
+        """Kill the VNF and remove netns, veth and cgroup. Idempotent."""
+        errors: list[str] = []
+        try:
+            await self.kill()
+        except SandboxError as exc:
+            errors.append(str(exc))
+        try:
+            await self.net.delete_link(self.veth)
+            await self.net.delete_netns(self.netns)
+        except HostNetworkError as exc:
+            errors.append(str(exc))
+        try:
+            await asyncio.to_thread(self.cgroup.delete)
+        except SandboxError as exc:
+            errors.append(str(exc))
+        self.built = False
+        if errors:
+            raise SandboxError(f"tearing down sandbox of {self.instance_id}: " + "; ".join(errors))
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "X"
+    return data.rpartition(")")[2].split()[0]
