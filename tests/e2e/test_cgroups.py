@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nfvha.errors import ConfigError, SandboxError
-from nfvha.vim.cgroups import Cgroup, CgroupDriver, CgroupLimits
+from nfvha.vim.cgroups import Cgroup, CgroupDriver, CgroupLimits, _Hierarchy
 
 pytestmark = pytest.mark.e2e
 
@@ -235,3 +235,75 @@ def test_own_cgroup_path_is_where_this_process_is(driver: CgroupDriver) -> None:
     if own:
         procs_file = driver.cgroup(own).dir_for("memory") / "cgroup.procs"
         assert os.getpid() in [int(x) for x in procs_file.read_text().split()]
+
+
+def test_v2_kill_and_delete_on_the_unified_mount(
+    driver: CgroupDriver, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """The v2 kill path (cgroup.kill), run for real even on a hybrid host.
+
+    A hybrid host's unified mount has no memory/cpu controllers, but cgroup.procs,
+    cgroup.kill and rmdir are core v2 features, so a hand-made v2 cgroup exercises them.
+    """
+    unified = None
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[fields.index("-") + 1] == "cgroup2":
+            unified = Path(fields[4])
+            break
+    if unified is None:
+        pytest.skip("no cgroup2 mount")
+    v2 = CgroupDriver(2, [_Hierarchy(unified, "/", frozenset())])
+    top, cg = v2.cgroup(BASE), v2.cgroup(f"{BASE}/vnf")
+    try:
+        (unified / BASE / "vnf").mkdir(parents=True)
+        if not (unified / BASE / "vnf" / "cgroup.kill").exists():
+            pytest.skip("no cgroup.kill (kernel < 5.14)")
+        tree = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"])
+        procs.append(tree)  # type: ignore[arg-type]
+        cg.add_pid(tree.pid)
+        assert _wait_for(lambda: len(cg.pids()) == 3), cg.pids()
+        cg.kill_all(timeout=5)
+        assert tree.wait(timeout=5) == -signal.SIGKILL
+        assert cg.pids() == []
+        top.delete(timeout=5)
+        assert not (unified / BASE).exists()
+    finally:
+        top.delete(timeout=5)
+
+
+def _fake_mountinfo(tmp_path: Path, *lines: str) -> Path:
+    f = tmp_path / "mountinfo"
+    f.write_text("".join(line + "\n" for line in lines))
+    return f
+
+
+def test_detect_pure_v2_hybrid_and_co_mounted_v1(tmp_path: Path) -> None:
+    root = tmp_path / "cg root"  # a space, escaped as \040 in mountinfo
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma misc\n")
+    esc = str(root).replace(" ", "\\040")
+    v2_line = f"30 23 0:26 / {esc} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate"
+    pure = CgroupDriver.detect(_fake_mountinfo(tmp_path, v2_line))
+    assert pure.version == 2
+    assert pure.cgroup("a/b").dirs() == [root / "a" / "b"]
+    assert pure.cgroup("a/b").dir_for("memory") == root / "a" / "b"
+
+    v1_lines = [
+        "32 31 0:29 / /c/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct",
+        "35 31 0:32 / /c/memory rw - cgroup cgroup rw,memory",
+        "37 31 0:34 / /c/freezer rw - cgroup cgroup rw,freezer",
+        "40 31 0:37 / /c/systemd rw - cgroup cgroup rw,xattr,name=systemd",
+        v2_line,
+    ]
+    hybrid = CgroupDriver.detect(_fake_mountinfo(tmp_path, *v1_lines))
+    assert hybrid.version == 1
+    cg = hybrid.cgroup("x")
+    assert cg.dirs() == [Path("/c/memory/x"), Path("/c/cpu,cpuacct/x"), Path("/c/freezer/x")]
+    assert cg.dir_for("cpuacct") == cg.dir_for("cpu") == Path("/c/cpu,cpuacct/x")
+
+    with pytest.raises(ConfigError, match="freezer"):
+        CgroupDriver.detect(_fake_mountinfo(tmp_path, *v1_lines[:2]))
+    (root / "cgroup.controllers").write_text("cpu io pids\n")
+    with pytest.raises(ConfigError, match="memory"):
+        CgroupDriver.detect(_fake_mountinfo(tmp_path, v2_line))

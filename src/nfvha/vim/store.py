@@ -1,7 +1,5 @@
-"""The on-host checkpoint store: CRIU image sets that become visible only once complete.
-
-A restore must never start from a half-written or silently damaged checkpoint, so every
-checkpoint is committed by an atomic rename and carries the sha256 of each of its files.
+"""On-host checkpoint store: a restore must never start from a half-written or damaged
+checkpoint, so each one appears only by atomic rename and records every file's sha256.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Streaming a checkpoint to a peer agent as a tar stream, so a backup host can restore it.
-
-Both ends work chunk by chunk: a multi-gigabyte image set is never held in memory, and a
-receiver publishes the checkpoint only after every byte matched its sha256.
+"""Streams a checkpoint to a peer agent as tar, chunk by chunk, so a backup host can restore
+it; the receiver publishes it only once every byte matched its sha256.
 """
 
 from __future__ import annotations
@@ -222,6 +220,7 @@ async def receive_checkpoint_tar(
             store.commit_import, pending, meta, received=received
         )
     except BaseException as exc:
+        # Synchronous on purpose: it must complete even when this task is being cancelled.
         pending.abort()  # idempotent; commit_import may have done it already
         if isinstance(exc, OSError):
             raise TransferError(_write_error_text(exc, pending, meta)) from exc

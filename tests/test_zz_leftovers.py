@@ -1,0 +1,35 @@
+"""Runs last: nothing any test made (all named with TEST_PREFIX) may be left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from tests.conftest import TEST_PREFIX
+
+
+def _out(*cmd: str) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False).stdout
+
+
+def test_no_namespace_veth_cgroup_or_vnf_process_is_left() -> None:
+    netns = [ln.split()[0] for ln in _out("ip", "netns", "list").splitlines() if ln.strip()]
+    assert [n for n in netns if n.startswith(TEST_PREFIX)] == []
+    links = _out("ip", "-o", "link", "show")
+    assert [ln for ln in links.splitlines() if f" {TEST_PREFIX}" in ln] == []
+    cgroups = [p for p in Path("/sys/fs/cgroup").glob(f"**/{TEST_PREFIX}*") if p.is_dir()]
+    assert cgroups == []
+    assert not list(Path("/run/nfvha-test").glob("testbed-*"))
+    mine = os.getpid()
+    vnfs = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == mine:
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "examples/vnfs/" in cmd or "nfvha agent" in cmd and "/run/nfvha-test" in cmd:
+            vnfs.append(f"{proc.name}: {cmd}")
+    assert vnfs == []
