@@ -25,6 +25,7 @@ def _setup_logging(level: str, json_logs: bool = False) -> None:
         fmt = ('{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
                '"message":%(message)r}')
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _read_token(args: argparse.Namespace) -> str:

@@ -136,22 +136,26 @@ class HealthProbe(_Strict):
         return self
 
 
+def _default_recovery() -> dict[str, list[Strategy]]:
+    return {
+        "process-exit": ["restore-local", "restore-remote", "restart"],
+        "hang": ["restore-local", "restore-remote", "restart"],
+        "host-loss": ["restore-remote", "restart"],
+    }
+
+
 class HaPolicy(_Strict):
     checkpoint_interval: float = Field(default=2.0, gt=0, le=86400,
                                        description="seconds between periodic checkpoints")
     retention: int = Field(default=3, ge=1, le=100, description="checkpoints kept per host")
     backups: int = Field(default=1, ge=0, le=8, description="backup hosts holding replicas")
-    recovery: dict[str, list[Strategy]] = Field(default_factory=lambda: {
-        "process-exit": ["restore-local", "restore-remote", "restart"],
-        "hang": ["restore-local", "restore-remote", "restart"],
-        "host-loss": ["restore-remote", "restart"],
-    })
+    recovery: dict[str, list[Strategy]] = Field(default_factory=_default_recovery)
     probe: HealthProbe = Field(default_factory=HealthProbe)
     replay: bool = False
 
     @field_validator("recovery")
     @classmethod
-    def _recovery(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+    def _recovery(cls, v: dict[str, list[Strategy]]) -> dict[str, list[Strategy]]:
         for k, strategies in v.items():
             if k not in FAILURE_TYPES:
                 raise ValueError(

@@ -178,7 +178,8 @@ def test_corrupt_image_is_refused_and_previous_checkpoint_restores(bed: Bed,
         problem = r.json()
         assert problem["checkpoint"] == f"fm3/{second['seq']:06d}"
         assert problem["file"] == "pages-1.img"
-        assert "pages-1.img" in problem["detail"] and f"fm3/{second['seq']:06d}" in problem["detail"]
+        assert "pages-1.img" in problem["detail"]
+        assert f"fm3/{second['seq']:06d}" in problem["detail"]
         assert not _ping(ip), "a refused restore must not leave a VNF running"
 
         bed.ok("POST", "h1", "/v1/instances/fm3/restore", json={"seq": first["seq"]})

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -67,10 +67,10 @@ def _start_in(cgroup: Cgroup, argv: list[str], procs: list[subprocess.Popen[byte
     return p
 
 
-def _wait_for(pred: object, timeout: float = 5.0) -> bool:
+def _wait_for(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
+        if pred():
             return True
         time.sleep(0.02)
     return False
@@ -123,7 +123,7 @@ def test_processes_are_tracked_measured_and_killed(
     vnf = _start_in(cg, [sys.executable, "-S", "-c", busy], procs)
     assert vnf.stdout is not None and vnf.stdout.readline() == b"ready\n"
     sleeper = subprocess.Popen(["sleep", "60"])
-    procs.append(sleeper)  # type: ignore[arg-type]
+    procs.append(sleeper)
     cg.add_pid(sleeper.pid)
 
     assert cg.pids() == sorted([vnf.pid, sleeper.pid])
@@ -259,9 +259,7 @@ def test_v2_kill_and_delete_on_the_unified_mount(
         (unified / BASE / "vnf").mkdir(parents=True)
         if not (unified / BASE / "vnf" / "cgroup.kill").exists():
             pytest.skip("no cgroup.kill (kernel < 5.14)")
-        tree = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"])
-        procs.append(tree)  # type: ignore[arg-type]
-        cg.add_pid(tree.pid)
+        tree = _start_in(cg, ["sh", "-c", "sleep 60 & sleep 60 & wait"], procs)
         assert _wait_for(lambda: len(cg.pids()) == 3), cg.pids()
         cg.kill_all(timeout=5)
         assert tree.wait(timeout=5) == -signal.SIGKILL

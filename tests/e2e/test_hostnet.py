@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -205,11 +205,13 @@ async def test_failed_veth_removes_what_it_made(net: HostNetwork) -> None:
         (lambda n: n.add_address("ok0", "not-an-ip/24"), "not-an-ip/24"),
     ],
 )
-async def test_bad_values_are_rejected_before_ip_runs(call: object, bad: str) -> None:
+async def test_bad_values_are_rejected_before_ip_runs(
+    call: Callable[[HostNetwork], Awaitable[object]], bad: str
+) -> None:
     # An ip that does not exist: reaching it would give "not found", not the bad value.
     net = HostNetwork(ip_cmd="/nonexistent/ip")
     with pytest.raises(HostNetworkError) as err:
-        await call(net)  # type: ignore[operator]
+        await call(net)
     assert repr(bad) in str(err.value)
     assert "not found" not in str(err.value)
 

@@ -92,7 +92,7 @@ class _Hierarchy:
 
 def _check_path(path: str) -> str:
     """Normalise a relative cgroup path; refuse anything that could reach outside it."""
-    parts = [p for p in path.strip("/").split("/")]
+    parts = path.strip("/").split("/")
     if not path.strip("/") or any(p in ("", ".", "..") or "\0" in p for p in parts):
         raise SandboxError(
             f"invalid cgroup path {path!r}: give a non-empty relative path such as "
@@ -300,8 +300,9 @@ class Cgroup:
         value = str(limits.memory_bytes) if limits.memory_bytes else "-1"
         memsw = mem / "memory.memsw.limit_in_bytes"
         if memsw.exists():
-            # memsw must stay >= the RAM limit at every moment, so the order of the two
-            # writes depends on whether the limit goes down or up.
+            # RAM+swap = RAM limit: no swapping past the limit, as on v2 above. memsw must
+            # stay >= the RAM limit at every moment, so the order of the two writes
+            # depends on whether the limit goes down or up.
             try:
                 _write(mem / "memory.limit_in_bytes", value)
                 _write(memsw, value)

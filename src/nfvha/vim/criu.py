@@ -288,7 +288,7 @@ class CriuRunner:
                 _log_errors(log_path) or err.strip().splitlines()[-5:], str(log_path),
             )
         stats = parse_stats(out)
-        return DumpStats(wall_seconds=wall, **stats)  # type: ignore[arg-type]
+        return DumpStats(wall_seconds=wall, **stats)
 
     # -- restore -------------------------------------------------------------------------
 
@@ -368,7 +368,7 @@ class CriuRunner:
         except (OSError, ValueError) as exc:
             raise RestoreError(f"criu restore wrote no pidfile at {pidfile}") from exc
         stats = parse_stats(out)
-        return RestoreStats(pid=pid, wall_seconds=wall, **stats)  # type: ignore[arg-type]
+        return RestoreStats(pid=pid, wall_seconds=wall, **stats)
 
     @staticmethod
     def _kill_partial(pidfile: Path) -> None:
