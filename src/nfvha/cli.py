@@ -49,9 +49,36 @@ def cmd_agent(args: argparse.Namespace) -> int:
         host_id=args.host_id, state_dir=Path(args.state_dir), bridge=args.bridge, token=token,
         manager_url=args.manager, advertise_url=args.advertise_url or f"http://{args.listen}",
         heartbeat_interval=args.heartbeat_interval, keep_checkpoints=args.keep,
+        fencing_timeout=args.fencing_timeout,
         netns_prefix=args.netns_prefix, cgroup_parent=args.cgroup_parent,
         log_dir=Path(args.log_dir), criu_binary=args.criu)
     app = create_app(Agent(cfg))
+    uvicorn.run(app, host=host or "0.0.0.0", port=int(port), log_level="warning",
+                access_log=False)
+    return 0
+
+
+def cmd_manager(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from nfvha.ha.fault import FaultTimings
+    from nfvha.store.sqlite import SqliteStore
+    from nfvha.vnfm.api import create_manager_app
+    from nfvha.vnfm.manager import Manager, ManagerConfig
+
+    token = _read_token(args)
+    if not token:
+        print("nfvha manager: a token is required (--token-file or NFVHA_TOKEN)",
+              file=sys.stderr)
+        return 2
+    host, _, port = args.listen.rpartition(":")
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    timings = FaultTimings(heartbeat_interval=args.heartbeat_interval,
+                           suspect_after=args.suspect_after,
+                           fencing_timeout=args.fencing_timeout)
+    cfg = ManagerConfig(token=token, timings=timings,
+                        base_url=args.advertise_url or f"http://{args.listen}")
+    app = create_manager_app(Manager(SqliteStore(args.db), cfg))
     uvicorn.run(app, host=host or "0.0.0.0", port=int(port), log_level="warning",
                 access_log=False)
     return 0
@@ -82,6 +109,151 @@ def cmd_testbed(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(run())
+
+
+def _manager_conn(args: argparse.Namespace) -> tuple[str, str]:
+    """Manager URL and token: flags, environment, or the testbed `nfvha up` started."""
+    url = args.url or os.environ.get("NFVHA_URL")
+    token = _read_token(args)
+    if not url or not token:
+        from nfvha.testbed import Testbed
+
+        tb = Testbed.load(args.name)
+        if not tb.with_manager:
+            raise NfvhaError(f"testbed {args.name} runs no manager; start one with `nfvha up`")
+        url = url or tb.manager_url
+        token = token or tb.token
+    return url, token
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from nfvha.testbed import Testbed
+
+    async def run() -> int:
+        tb = Testbed(name=args.name, n_hosts=args.hosts, with_manager=True)
+        await tb.up()
+        info = {"manager_url": tb.manager_url, "token_file": str(tb.token_file),
+                "hosts": {h.host_id: h.url for h in tb.hosts.values()}}
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print(f"manager: {tb.manager_url}  (token in {tb.token_file})")
+            for h in tb.hosts.values():
+                print(f"  {h.host_id}: agent {h.url}")
+            print("next: nfvha deploy examples/flowmon.yaml; nfvha status; nfvha down")
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from nfvha.testbed import Testbed
+
+    asyncio.run(Testbed(name=args.name).down())
+    print(f"testbed {args.name} and its manager removed")
+    return 0
+
+
+def _request(args: argparse.Namespace, method: str, path: str, **kw: object) -> object:
+    import httpx
+
+    url, token = _manager_conn(args)
+    try:
+        r = httpx.request(method, url + path, headers={"Authorization": f"Bearer {token}"},
+                          timeout=30, **kw)  # type: ignore[arg-type]
+    except httpx.HTTPError as exc:
+        raise NfvhaError(f"manager at {url} unreachable: {exc}; is it up (`nfvha up`)?") \
+            from exc
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        raise NfvhaError(f"{method} {path}: {r.status_code}: {detail}")
+    if r.status_code == 202:
+        return {"operation": r.headers.get("Location")}
+    return r.json() if r.content else None
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from nfvha.descriptor import load_descriptor
+
+    d = load_descriptor(args.file)
+    body = d.model_dump(mode="json")
+    base = Path(args.file).resolve().parent
+    # Relative program paths in example descriptors are relative to the descriptor file.
+    body["command"] = [str((base / c).resolve()) if c.endswith(".py") and not c.startswith("/")
+                       and (base / c).exists() else c for c in body["command"]]
+    _request(args, "POST", "/nfvha/v1/vnfds", json=body)
+    vnf = _request(args, "POST", "/vnflcm/v1/vnf_instances",
+                   json={"vnfdId": d.id, "vnfInstanceId": args.id})
+    assert isinstance(vnf, dict)
+    op = _request(args, "POST", f"/vnflcm/v1/vnf_instances/{vnf['id']}/instantiate", json={})
+    out = {"vnfInstanceId": vnf["id"], **(op if isinstance(op, dict) else {})}
+    _print(out, args.json)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    hosts = _request(args, "GET", "/nfvha/v1/hosts")
+    vnfs = _request(args, "GET", "/vnflcm/v1/vnf_instances")
+    alarms = _request(args, "GET", "/vnffm/v1/alarms", params={"active": "true"})
+    assert isinstance(hosts, list) and isinstance(vnfs, list) and isinstance(alarms, list)
+    if args.json:
+        print(json.dumps({"hosts": hosts, "vnfs": vnfs, "alarms": alarms}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title="hosts")
+    for c in ("host", "state", "heartbeat ago", "instances"):
+        t.add_column(c)
+    for h in hosts:
+        t.add_row(h["id"], h["state"], f"{h['lastHeartbeatAgoMs']} ms",
+                  ", ".join(f"{i['id']}:{i['state']}" for i in h["instances"]))
+    con.print(t)
+    t = Table(title="VNF instances")
+    for c in ("id", "state", "host", "backups", "generation"):
+        t.add_column(c)
+    for v in vnfs:
+        t.add_row(v["id"], v["haState"], str(v.get("host")), ", ".join(v.get("backups", [])),
+                  str(v.get("generation", 0)))
+    con.print(t)
+    for a in alarms:
+        con.print(f"[red]ALARM[/] {a['perceivedSeverity']} {a['faultType']}: "
+                  f"{a['probableCause']}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    path = {"checkpoints": "/nfvha/v1/checkpoints", "ops": "/vnflcm/v1/vnf_lcm_op_occs"}
+    _print(_request(args, "GET", path[args.command]), args.json)
+    return 0
+
+
+def cmd_heal(args: argparse.Namespace) -> int:
+    _print(_request(args, "POST", f"/vnflcm/v1/vnf_instances/{args.id}/heal",
+                    json={"cause": args.cause}), args.json)
+    return 0
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    if args.fault in ("kill-vnf", "hang-vnf"):
+        fault = args.fault.split("-")[0]
+        _print(_request(args, "POST", f"/nfvha/v1/vnf_instances/{args.target}/inject",
+                        json={"fault": fault}), args.json)
+        return 0
+    from nfvha.testbed import Testbed
+
+    tb = Testbed.load(args.name)
+    if args.fault == "crash-host":
+        asyncio.run(tb.crash_host(args.target))
+        print(f"{args.target}: links cut, every process killed")
+    else:
+        asyncio.run(tb.partition_host(args.target, cut=not args.heal))
+        print(f"{args.target}: links {'restored' if args.heal else 'cut'}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -115,12 +287,26 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--token-file", default=None, help="file holding the bearer token")
     a.add_argument("--manager", default=None, help="manager URL for heartbeats and events")
     a.add_argument("--heartbeat-interval", type=float, default=0.1)
+    a.add_argument("--fencing-timeout", type=float, default=0.3,
+                   help="stop own VNFs after losing the manager this many seconds (0: never)")
     a.add_argument("--keep", type=int, default=3, help="checkpoints kept per instance")
     a.add_argument("--netns-prefix", default=None)
     a.add_argument("--cgroup-parent", default=None)
     a.add_argument("--log-dir", default="/var/log/nfvha/vnf")
     a.add_argument("--criu", default=None, help="path of the criu binary")
     a.set_defaults(func=cmd_agent)
+
+    m = sub.add_parser("manager", help="run the HA manager (SOL003-shaped REST API)")
+    m.add_argument("--listen", default="127.0.0.1:8600", help="ADDRESS:PORT")
+    m.add_argument("--advertise-url", default=None)
+    m.add_argument("--db", default="/var/lib/nfvha/manager.db", help="SQLite state file")
+    m.add_argument("--token-file", default=None)
+    m.add_argument("--heartbeat-interval", type=float, default=0.05)
+    m.add_argument("--suspect-after", type=float, default=0.2,
+                   help="seconds without heartbeat before a host is suspected")
+    m.add_argument("--fencing-timeout", type=float, default=0.3,
+                   help="must equal the agents' --fencing-timeout")
+    m.set_defaults(func=cmd_manager)
 
     t = sub.add_parser("testbed", help="emulated hosts on this machine")
     t.add_argument("action", choices=["up", "down", "status", "crash-host", "partition-host"])
@@ -130,6 +316,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--heal", action="store_true", help="partition-host: restore the links")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_testbed)
+
+    def client(name: str, help_: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("--url", default=None, help="manager URL (default: the testbed's)")
+        c.add_argument("--token-file", default=None)
+        c.add_argument("--name", default="nfvha", help="testbed name")
+        c.add_argument("--json", action="store_true", help="machine-readable output")
+        return c
+
+    c = client("up", "start a testbed with a manager and agents in the background")
+    c.add_argument("--hosts", type=int, default=3)
+    c.set_defaults(func=cmd_up)
+    client("down", "stop and remove the testbed, manager and agents").set_defaults(
+        func=cmd_down)
+    c = client("deploy", "onboard a VNFD file, create and instantiate an instance")
+    c.add_argument("file")
+    c.add_argument("--id", default=None, help="instance id (default: generated)")
+    c.set_defaults(func=cmd_deploy)
+    client("status", "hosts, VNF instances and active alarms").set_defaults(func=cmd_status)
+    client("checkpoints", "checkpoints the manager knows").set_defaults(func=cmd_list)
+    client("ops", "lifecycle operation occurrences").set_defaults(func=cmd_list)
+    c = client("heal", "heal a VNF instance now")
+    c.add_argument("id")
+    c.add_argument("--cause", default=None)
+    c.set_defaults(func=cmd_heal)
+    c = client("inject", "inject a fault")
+    c.add_argument("fault", choices=["kill-vnf", "hang-vnf", "crash-host", "partition-host"])
+    c.add_argument("target", help="VNF instance id or host id")
+    c.add_argument("--heal", action="store_true", help="partition-host: restore the links")
+    c.set_defaults(func=cmd_inject)
 
     d = sub.add_parser("demo", help="the embedded default run")
     d.add_argument("--keep", action="store_true", help="leave the testbed up afterwards")

@@ -41,6 +41,7 @@ __all__ = ["AGENT_PORT", "Testbed", "TestbedHost"]
 log = logging.getLogger(__name__)
 
 AGENT_PORT = 8700
+MANAGER_PORT = 8600
 DEFAULT_SUBNET = "10.250.0.0/16"
 
 
@@ -65,8 +66,11 @@ class Testbed:
     subnet: str = DEFAULT_SUBNET
     state_dir: Path = Path("/run/nfvha")
     agent_args: list[str] = field(default_factory=list)
+    with_manager: bool = False
+    manager_args: list[str] = field(default_factory=list)
     hosts: dict[str, TestbedHost] = field(default_factory=dict)
     token: str = ""
+    manager_pid: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 8 or not self.name.replace("-", "").isalnum():
@@ -94,6 +98,10 @@ class Testbed:
     def vnf_address(self, i: int) -> str:
         """The i-th VNF address of this testbed (10.250.1.i for the default subnet)."""
         return f"{self._hosts_base + 256 + i}/{self.prefixlen}"
+
+    @property
+    def manager_url(self) -> str:
+        return f"http://{self.gateway}:{MANAGER_PORT}"
 
     @property
     def token_file(self) -> Path:
@@ -125,6 +133,9 @@ class Testbed:
         self.token_file.chmod(0o600)
         try:
             await self.net.create_bridge(self.bridge, address=f"{self.gateway}/{self.prefixlen}")
+            if self.with_manager:
+                self.cgroups.cgroup(f"{self.name}/manager").create(CgroupLimits())
+                self.manager_pid = self.start_manager()
             for i in range(1, self.n_hosts + 1):
                 await self._add_host(i)
             self._save()
@@ -150,18 +161,28 @@ class Testbed:
         self.cgroups.cgroup(f"{h.cgroup}/agent").create(CgroupLimits())
         h.agent_pid = self._start_agent(h)
 
+    def start_manager(self) -> int:
+        """The manager runs in the root netns, reachable by every host at the gateway."""
+        args = [sys.executable, "-m", "nfvha", "manager",
+                "--listen", f"{self.gateway}:{MANAGER_PORT}", "--db", str(self.dir / "manager.db"),
+                "--token-file", str(self.token_file), *self.manager_args]
+        return self._spawn(args, "manager", f"{self.name}/manager", None)
+
     def _start_agent(self, h: TestbedHost) -> int:
-        agent_cg = self.cgroups.cgroup(f"{h.cgroup}/agent")
-        procs = [str(p) for p in agent_cg.procs_paths()]
-        netns_path = str(self.net.netns_path(h.netns))
         args = [
             sys.executable, "-m", "nfvha", "agent", "--host-id", h.host_id,
             "--listen", f"{h.address}:{AGENT_PORT}", "--bridge", "br0",
             "--state-dir", str(self.dir / h.host_id), "--token-file", str(self.token_file),
             "--netns-prefix", f"{h.netns}-", "--cgroup-parent", f"{h.cgroup}/vnf",
             "--log-dir", str(self.log_dir / "vnf"), "--advertise-url", h.url,
+            *(["--manager", self.manager_url] if self.with_manager else []),
             *self.agent_args,
         ]
+        return self._spawn(args, f"agent-{h.host_id}", f"{h.cgroup}/agent", h.netns)
+
+    def _spawn(self, args: list[str], label: str, cgroup: str, netns: str | None) -> int:
+        procs = [str(p) for p in self.cgroups.cgroup(cgroup).procs_paths()]
+        netns_path = str(self.net.netns_path(netns)) if netns else None
 
         def enter() -> None:  # in the child: join the host's cgroup and netns, then exec
             me = str(os.getpid()).encode()
@@ -169,11 +190,12 @@ class Testbed:
                 fd = os.open(p, os.O_WRONLY)
                 os.write(fd, me)
                 os.close(fd)
-            fd = os.open(netns_path, os.O_RDONLY)
-            _setns(fd)
-            os.close(fd)
+            if netns_path:
+                fd = os.open(netns_path, os.O_RDONLY)
+                _setns(fd)
+                os.close(fd)
 
-        logf = open(self.log_dir / f"agent-{h.host_id}.log", "ab")  # noqa: SIM115
+        logf = open(self.log_dir / f"{label}.log", "ab")  # noqa: SIM115
         with logf:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                     preexec_fn=enter, start_new_session=True)
@@ -182,6 +204,14 @@ class Testbed:
     async def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=1.0) as client:
+            while self.with_manager:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.manager_url}/healthz")).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise NfvhaError(f"manager did not answer at {self.manager_url}; its log "
+                                     f"ends:\n{_tail(self.log_dir / 'manager.log')}")
+                await asyncio.sleep(0.1)
             for h in self.hosts.values():
                 if h.state != "up":
                     continue
@@ -239,6 +269,7 @@ class Testbed:
 
     def _save(self) -> None:
         data = {"name": self.name, "subnet": self.subnet, "n_hosts": self.n_hosts,
+                "with_manager": self.with_manager, "manager_pid": self.manager_pid,
                 "token_file": str(self.token_file),
                 "hosts": {k: asdict(v) for k, v in self.hosts.items()}}
         tmp = self.dir / "testbed.json.tmp"
@@ -256,12 +287,15 @@ class Testbed:
                               "start one with `nfvha testbed up`") from exc
         tb.subnet = data["subnet"]
         tb.n_hosts = data["n_hosts"]
+        tb.with_manager = data.get("with_manager", False)
+        tb.manager_pid = data.get("manager_pid")
         tb.hosts = {k: TestbedHost(**v) for k, v in data["hosts"].items()}
         tb.token = tb.token_file.read_text().strip()
         return tb
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "bridge": self.bridge, "gateway": self.gateway,
+                "manager_url": self.manager_url if self.with_manager else None,
                 "token_file": str(self.token_file),
                 "hosts": [asdict(h) for h in self.hosts.values()]}
 

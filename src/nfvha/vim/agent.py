@@ -12,6 +12,7 @@ import enum
 import logging
 import os
 import re
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -50,7 +51,9 @@ class InstanceState(enum.StrEnum):
     CHECKPOINTING = "CHECKPOINTING"
     RESTORING = "RESTORING"
     EXITED = "EXITED"  # the VNF ended on its own (crash, kill): recoverable
-    STOPPED = "STOPPED"  # stopped on purpose (API or fencing)
+    STOPPED = "STOPPED"  # stopped on purpose (API)
+    FENCED = "FENCED"  # stopped by the agent itself after losing the manager
+    STANDBY = "STANDBY"  # sandbox built, link down, waiting for a restore
     FAILED = "FAILED"  # could not be started or restored
 
 
@@ -67,6 +70,7 @@ class AgentConfig:
     manager_url: str | None = None
     advertise_url: str | None = None
     heartbeat_interval: float = 0.1
+    fencing_timeout: float = 0.0  # >0: stop own VNFs after losing the manager this long
     keep_checkpoints: int = 3
     netns_prefix: str | None = None
     cgroup_parent: str | None = None
@@ -145,6 +149,8 @@ class Agent:
         self._http: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self._last_manager_ok: float | None = None  # monotonic time of the last 2xx heartbeat
+        self.fenced_at: float | None = None
 
     # -- life of the agent ---------------------------------------------------------------
 
@@ -161,6 +167,8 @@ class Agent:
         if self.cfg.manager_url:
             self._spawn(self._heartbeat_loop())
             self._spawn(self._event_loop())
+            if self.cfg.fencing_timeout > 0:
+                self._spawn(self._fencing_loop())
 
     async def close(self, *, stop_instances: bool = True) -> None:
         for t in list(self._tasks):
@@ -297,12 +305,13 @@ class Agent:
             finally:
                 self.instances.pop(inst.id, None)
 
-    async def stop_all(self, reason: str) -> list[str]:
+    async def stop_all(self, reason: str,
+                       state: InstanceState = InstanceState.STOPPED) -> list[str]:
         """Kill every VNF here at once (fencing): a second live copy must never exist."""
         stopped = []
         for inst in list(self.instances.values()):
             if inst.state in LIVE_STATES:
-                inst.state = InstanceState.STOPPED
+                inst.state = state
                 inst.error = reason
                 with contextlib.suppress(NfvhaError):
                     await inst.sandbox.kill()
@@ -381,14 +390,23 @@ class Agent:
             raise InstanceStateError(
                 f"instance {instance_id} is {old.state} on host {self.cfg.host_id}; stop it "
                 "before restoring over it")
-        inst = self._new_instance(d, instance_id)
-        if old is not None:
-            await self._discard(old)
+        standby = old if (old is not None and old.state == InstanceState.STANDBY
+                          and old.sandbox.built and old.descriptor == d) else None
+        if standby is not None:
+            self._check_address_free(d, instance_id)
+            inst = standby
+        else:
+            inst = self._new_instance(d, instance_id)
+            if old is not None:
+                await self._discard(old)
         inst.state = InstanceState.RESTORING
         self.instances[inst.id] = inst
         try:
             async with inst.lock:
-                await inst.sandbox.build()
+                if standby is not None:
+                    await inst.sandbox.activate()
+                else:
+                    await inst.sandbox.build()
                 stats = await inst.sandbox.restore(self.store.path(instance_id, meta.seq))
                 self._watch(inst, stats.pid)
                 inst.last_restore = stats
@@ -406,6 +424,51 @@ class Agent:
                  inst.id, meta.name, stats.pid, stats.restore_time_us / 1000,
                  stats.wall_seconds * 1000)
         return inst
+
+    async def prepare_standby(self, instance_id: str, seq: int | None = None) -> Instance:
+        """Build the sandbox of a replicated checkpoint with its link down, so that a later
+        restore here skips namespace, veth and cgroup set-up (the ``standby`` strategy)."""
+        meta = await self._resolve_checkpoint(instance_id, seq)
+        d = parse_descriptor(meta.descriptor)
+        old = self.instances.get(instance_id)
+        if old is not None:
+            if old.state == InstanceState.STANDBY and old.descriptor == d:
+                return old
+            if old.state in LIVE_STATES:
+                raise InstanceStateError(
+                    f"instance {instance_id} is {old.state} here; a standby needs it elsewhere")
+            await self._discard(old)
+        inst = self._new_instance(d, instance_id)
+        inst.state = InstanceState.STANDBY
+        self.instances[inst.id] = inst
+        try:
+            await inst.sandbox.build(standby=True)
+        except BaseException:
+            self.instances.pop(inst.id, None)
+            raise
+        return inst
+
+    async def inject(self, instance_id: str, fault: str) -> Instance:
+        """Fault injection for tests and demos: ``kill`` (SIGKILL) or ``hang`` (SIGSTOP)."""
+        inst = self.get(instance_id)
+        if inst.pid is None or inst.state not in LIVE_STATES:
+            raise InstanceStateError(f"instance {instance_id} is {inst.state}: nothing to "
+                                     "inject a fault into")
+        sig = {"kill": signal.SIGKILL, "hang": signal.SIGSTOP}.get(fault)
+        if sig is None:
+            raise InstanceStateError(f"unknown fault {fault!r}: use kill or hang")
+        os.kill(inst.pid, sig)
+        log.warning("injected %s into instance %s (pid %d)", fault, instance_id, inst.pid)
+        return inst
+
+    async def probe_peer(self, url: str, timeout: float = 0.2) -> bool:
+        """The second path to a suspected host: can this host reach its agent?"""
+        assert self._http is not None
+        try:
+            r = await self._http.get(f"{url.rstrip('/')}/healthz", timeout=timeout)
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
 
     # -- status, heartbeats, events ------------------------------------------------------
 
@@ -455,14 +518,39 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         assert self._http is not None
         url = f"{self.cfg.manager_url}/nfvha/v1/hosts/{self.cfg.host_id}/heartbeat"
+        timeout = max(self.cfg.heartbeat_interval * 2, 0.2)
+        if self.cfg.fencing_timeout > 0:
+            timeout = min(timeout, self.cfg.fencing_timeout / 2)
         while True:
             try:
-                await self._http.post(url, json=self.status(), headers=self._auth(),
-                                      timeout=max(self.cfg.heartbeat_interval * 3, 0.5))
+                r = await self._http.post(url, json=self.status(), headers=self._auth(),
+                                          timeout=timeout)
+                if r.status_code < 300:
+                    self._last_manager_ok = time.monotonic()
+                    if self.fenced_at is not None:
+                        log.info("manager reachable again; fenced instances stay stopped "
+                                 "until the manager decides")
+                        self.fenced_at = None
             except httpx.HTTPError as exc:
                 log.debug("heartbeat to %s failed: %s", url, exc)
             finally:
                 await asyncio.sleep(self.cfg.heartbeat_interval)
+
+    async def _fencing_loop(self) -> None:
+        """Stop every VNF here once the manager has been unreachable for the fencing
+        timeout: the manager restores them elsewhere only after that time has passed, so
+        there are never two live copies of one VNF."""
+        period = min(self.cfg.fencing_timeout / 5, 0.05)
+        while True:
+            await asyncio.sleep(period)
+            last = self._last_manager_ok
+            if last is None or self.fenced_at is not None:
+                continue
+            silent = time.monotonic() - last
+            if silent > self.cfg.fencing_timeout:
+                self.fenced_at = time.time()
+                await self.stop_all(f"fenced: manager unreachable for {silent * 1000:.0f} ms",
+                                    state=InstanceState.FENCED)
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.cfg.token}"} if self.cfg.token else {}

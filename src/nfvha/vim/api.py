@@ -10,7 +10,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -66,6 +66,10 @@ class CreateInstance(BaseModel):
 
 class PushRequest(BaseModel):
     peer_url: str = Field(description="base URL of the peer agent, e.g. http://10.250.0.12:8700")
+
+
+class InjectRequest(BaseModel):
+    fault: Literal["kill", "hang"]
 
 
 class RestoreRequest(BaseModel):
@@ -187,6 +191,18 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
         if inst.last_restore is not None:
             v["restore_stats"] = inst.last_restore.as_dict()
         return v
+
+    @app.post("/v1/instances/{instance_id}/standby", dependencies=auth, status_code=201)
+    async def standby(instance_id: str, body: RestoreRequest | None = None) -> dict[str, Any]:
+        return (await agent.prepare_standby(instance_id, body.seq if body else None)).view()
+
+    @app.post("/v1/instances/{instance_id}/inject", dependencies=auth)
+    async def inject(instance_id: str, body: InjectRequest) -> dict[str, Any]:
+        return (await agent.inject(instance_id, body.fault)).view()
+
+    @app.get("/v1/probe", dependencies=auth)
+    async def probe(url: str, timeout: float = 0.2) -> dict[str, Any]:
+        return {"url": url, "reachable": await agent.probe_peer(url, min(timeout, 5.0))}
 
     @app.post("/v1/fence", dependencies=auth)
     async def fence() -> dict[str, Any]:

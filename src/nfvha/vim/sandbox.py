@@ -144,8 +144,12 @@ class Sandbox:
     def netns_inode(self) -> int:
         return os.stat(self.netns_path).st_ino
 
-    async def build(self) -> None:
-        """Make netns, veth and cgroup; on any failure remove what was made and raise."""
+    async def build(self, *, standby: bool = False) -> None:
+        """Make netns, veth and cgroup; on any failure remove what was made and raise.
+
+        A ``standby`` sandbox keeps its host-side link down until ``activate``, so the
+        address it will own is not answered twice while the primary copy lives.
+        """
         d = self.descriptor
         try:
             await self.net.create_netns(self.netns)
@@ -154,6 +158,8 @@ class Sandbox:
                 peer_mac=d.network.effective_mac, peer_address=d.network.address,
                 master=self.cfg.bridge, peer_gateway=d.network.gateway,
             )
+            if standby:
+                await self.net.set_link_up(self.veth, False)
             await asyncio.to_thread(self.cgroup.create, CgroupLimits(
                 memory_bytes=d.resources.memory, cpu_cores=d.resources.cpu))
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -165,6 +171,10 @@ class Sandbox:
                 await self.destroy()
             raise
         self.built = True
+
+    async def activate(self) -> None:
+        """Bring a standby sandbox's link up (just before its VNF is restored)."""
+        await self.net.set_link_up(self.veth, True)
 
     async def start(self) -> int:
         """Start the descriptor's command as PID 1 of fresh PID/UTS/IPC namespaces."""

@@ -1,0 +1,1013 @@
+#!/usr/bin/env python3
+"""What a checkpoint and a restore cost with nfvha, next to bare CRIU on the same VNF.
+
+For each state size (MiB) the same stateful UDP VNF (``benchmarks/vnf_state.py``) is
+measured two ways in one run, repeats interleaved so that drift hits both alike:
+
+nfvha
+    A 2-host testbed (``nfvbench``) and the agent HTTP API: checkpoint (API wall time and
+    CRIU's own figures from ``criu_stats``), push to h2, then ``kill -9`` of the VNF and a
+    restore on the same host (API wall time and CRIU's restore figures). The restored VNF
+    must answer ``SUM`` with the value it gave before the checkpoint.
+
+bare CRIU
+    The same VNF started by hand the same way (own netns ``nfvbench-bare``, PID/UTS/IPC
+    namespaces via nfvha's launcher, no cgroup), dumped with ``criu dump`` using the very
+    argument list nfvha builds (``CriuRunner.dump_args``), killed, and restored with
+    ``criu restore -d --inherit-fd fd[N]:vnfnet`` (``CriuRunner.restore_args``). The
+    transfer baseline is ``cp -r`` of the images to another directory (plus, separately,
+    the fsync of the copy, which nfvha's receiver also does).
+
+Writes ``results/checkpoint_cost.{json,md,png}`` and ``docs/img/checkpoint_cost.png``.
+Needs root, CRIU >= 4.2, ``ip`` and ``nft``. Not a test: targets are reported, not
+asserted. Usage::
+
+    .venv/bin/python benchmarks/checkpoint_cost.py [--quick] [--sizes 1,16,64,256]
+                                                   [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from nfvha.testbed import Testbed
+from nfvha.vim import _launch
+from nfvha.vim.criu import CriuRunner, DumpOptions, RestoreOptions, parse_stats
+
+REPO = Path(__file__).resolve().parent.parent
+VNF_SCRIPT = Path(__file__).resolve().parent / "vnf_state.py"
+RESULTS = REPO / "results"
+DOC_IMG = REPO / "docs" / "img"
+
+TB_NAME = "nfvbench"
+# Outside 10.250/16 (the default testbed) and 10.200-249/16 (e2e tests' testbeds).
+TB_SUBNET = "10.251.0.0/16"
+STATE_DIR = Path("/run/nfvha-bench")
+BARE_NETNS = "nfvbench-bare"
+BARE_DIR = STATE_DIR / "bare"
+NETNS_KEY = "vnfnet"
+VNF_PORT = 5000
+
+HTTP_TIMEOUT = 300.0  # a 256 MiB checkpoint is hashed and fsynced inside the call
+CRIU_TIMEOUT = 300.0
+CMD_TIMEOUT = 60.0
+READY_TIMEOUT = 90.0
+EXIT_TIMEOUT = 15.0
+
+DEFAULT_SIZES = (1, 16, 64, 256)
+QUICK_SIZES = (1, 16)
+TARGET_DUMP_RATIO = 1.2
+TARGET_FROZEN_MS = 50.0
+TARGET_FROZEN_AT_MB = 16
+
+PR_SET_CHILD_SUBREAPER = 36
+CLONE_NEWNET = 0x40000000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class BenchError(RuntimeError):
+    """A step of the benchmark failed; the message says which and why."""
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def become_subreaper() -> None:
+    """Orphans (the launched VNF, CRIU-restored trees) become our children: we reap them."""
+    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise BenchError(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def kill_and_reap(pid: int, timeout: float = EXIT_TIMEOUT) -> None:
+    """SIGKILL ``pid`` and wait until it is gone (reaped by us, or at least a zombie)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return
+        except ChildProcessError:
+            if _gone(pid):
+                return
+        time.sleep(0.005)
+    raise BenchError(f"process {pid} did not die within {timeout:.0f}s of SIGKILL")
+
+
+def reap_all() -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def run(cmd: Sequence[str], *, timeout: float = CMD_TIMEOUT, check: bool = True,
+        pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
+                              pass_fds=tuple(pass_fds), stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{' '.join(cmd[:3])}... timed out after {timeout:.0f}s") from exc
+    if check and proc.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} failed (exit {proc.returncode}): "
+                         f"{(proc.stderr or proc.stdout).strip()[-600:]}")
+    return proc
+
+
+# -- UDP client of vnf_state -----------------------------------------------------------------
+
+
+def _socket_in_netns(netns_path: str) -> socket.socket:
+    """A UDP socket created inside ``netns_path`` (a socket keeps the netns it was made in).
+
+    setns(CLONE_NEWNET) affects only the calling thread, so a short-lived thread enters
+    the namespace, makes the socket and ends; the rest of the process never moves.
+    """
+    box: dict[str, Any] = {}
+
+    def enter() -> None:
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                box["err"] = os.strerror(ctypes.get_errno())
+                return
+            box["sock"] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=enter, name="netns-socket", daemon=True)
+    t.start()
+    t.join(10)
+    if "sock" not in box:
+        raise BenchError(f"cannot make a socket in {netns_path}: {box.get('err', 'timeout')}")
+    sock: socket.socket = box["sock"]
+    return sock
+
+
+class VnfClient:
+    """Asks vnf_state PING/SUM over UDP, from the root netns or from inside a netns."""
+
+    def __init__(self, ip: str, port: int = VNF_PORT, netns_path: str | None = None) -> None:
+        self.addr = (ip, port)
+        self.sock = (_socket_in_netns(netns_path) if netns_path
+                     else socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _drain(self) -> None:
+        self.sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
+            while True:
+                self.sock.recv(2048)
+        self.sock.setblocking(True)
+
+    def ask(self, cmd: bytes, timeout: float = 0.5, tries: int = 4) -> str | None:
+        want = cmd.split()[0] if cmd != b"PING" else b"PONG"
+        for _ in range(tries):
+            self._drain()
+            self.sock.settimeout(timeout)
+            try:
+                self.sock.sendto(cmd, self.addr)
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    data = self.sock.recv(2048)
+                    if data.split()[:1] == [want]:
+                        return data.decode()
+            except (TimeoutError, ConnectionRefusedError, OSError):
+                time.sleep(0.01)
+        return None
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> float:
+        """Seconds until the VNF first answers PING; BenchError after ``timeout``."""
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout:
+            if self.ask(b"PING", timeout=0.1, tries=1) == "PONG":
+                return time.perf_counter() - t0
+            time.sleep(0.01)
+        raise BenchError(f"VNF at {self.addr[0]}:{self.addr[1]} did not answer PING "
+                         f"within {timeout:.0f}s")
+
+    def checksum(self) -> str:
+        reply = self.ask(b"SUM", timeout=1.0, tries=5)
+        if reply is None:
+            raise BenchError(f"VNF at {self.addr[0]} did not answer SUM")
+        return reply
+
+
+# -- nfvha side --------------------------------------------------------------------------------
+
+
+class Api:
+    """Synchronous client of the testbed's agents; every call is timed."""
+
+    def __init__(self, tb: Testbed) -> None:
+        self.tb = tb
+        self.http = httpx.Client(timeout=httpx.Timeout(HTTP_TIMEOUT, connect=5.0),
+                                 headers={"Authorization": f"Bearer {tb.token}"})
+
+    def close(self) -> None:
+        self.http.close()
+
+    def call(self, method: str, host: str, path: str, **kw: Any) -> tuple[Any, float]:
+        url = self.tb.host(host).url + path
+        t0 = time.perf_counter()
+        try:
+            r = self.http.request(method, url, **kw)
+        except httpx.HTTPError as exc:
+            raise BenchError(f"{method} {url}: {exc!r}") from exc
+        elapsed = time.perf_counter() - t0
+        if r.status_code >= 300:
+            raise BenchError(f"{method} {url}: HTTP {r.status_code} {r.text[:800]}")
+        return (r.json() if r.content else None), elapsed
+
+
+def _descriptor(tb: Testbed, size_mb: int) -> dict[str, Any]:
+    return {
+        "id": "statevnf",
+        "command": [sys.executable, str(VNF_SCRIPT), "--state-mb", str(size_mb),
+                    "--port", str(VNF_PORT)],
+        "network": {"address": tb.vnf_address(1)},
+        # Room for the interpreter besides the state; no CPU throttling (bare has none).
+        "resources": {"memory": f"{size_mb + 160}Mi", "cpu": float(os.cpu_count() or 1)},
+    }
+
+
+@dataclass
+class NfvhaVnf:
+    api: Api
+    tb: Testbed
+    size_mb: int
+    client: VnfClient
+    instance_id: str
+    pid: int = 0
+    last_seq: int = 0
+
+    @classmethod
+    def start(cls, api: Api, tb: Testbed, size_mb: int) -> NfvhaVnf:
+        iid = f"state{size_mb}m"
+        view, _ = api.call("POST", "h1", "/v1/instances",
+                           json={"descriptor": _descriptor(tb, size_mb), "instance_id": iid})
+        ip = tb.vnf_address(1).split("/")[0]
+        vnf = cls(api=api, tb=tb, size_mb=size_mb, client=VnfClient(ip), instance_id=iid,
+                  pid=int(view["pid"]))
+        vnf.client.wait_ready()
+        return vnf
+
+    def _wait_state(self, want: set[str], timeout: float = EXIT_TIMEOUT) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            view, _ = self.api.call("GET", "h1", f"/v1/instances/{self.instance_id}")
+            if view["state"] in want:
+                return dict(view)
+            if time.monotonic() > deadline:
+                raise BenchError(f"instance {self.instance_id} stayed {view['state']}, "
+                                 f"expected {sorted(want)}")
+            time.sleep(0.01)
+
+    def cycle(self, rep: int) -> dict[str, Any]:
+        iid = self.instance_id
+        before = self.client.checksum()
+        meta, ckpt_api = self.api.call("POST", "h1", f"/v1/instances/{iid}/checkpoints")
+        cs = meta["criu_stats"]
+        seq = int(meta["seq"])
+        self.last_seq = seq
+        push, push_api = self.api.call(
+            "POST", "h1", f"/v1/checkpoints/{iid}/{seq}/push",
+            json={"peer_url": self.tb.host("h2").url})
+        os.kill(self.pid, signal.SIGKILL)
+        self._wait_state({"EXITED"})
+        t0 = time.perf_counter()
+        view, restore_api = self.api.call("POST", "h1", f"/v1/instances/{iid}/restore",
+                                          json={"seq": seq})
+        after = self.client.checksum()
+        back = time.perf_counter() - t0
+        rs = view.get("restore_stats") or {}
+        self.pid = int(view["pid"])
+        return {
+            "size_mb": self.size_mb, "rep": rep, "seq": seq,
+            "checkpoint_api_s": ckpt_api,
+            "dump_wall_s": float(cs.get("wall_seconds", math.nan)),
+            "frozen_ms": cs.get("frozen_time_us", 0) / 1000,
+            "freezing_ms": cs.get("freezing_time_us", 0) / 1000,
+            "memory_dump_ms": cs.get("memory_dump_time_us", 0) / 1000,
+            "memory_write_ms": cs.get("memory_write_time_us", 0) / 1000,
+            "pages_written": int(cs.get("pages_written", 0)),
+            "image_bytes": int(meta["total_bytes"]),
+            "push_api_s": push_api,
+            "push_s": float(push["seconds"]),
+            "push_bytes": int(push["bytes"]),
+            "restore_api_s": restore_api,
+            "restore_wall_s": float(rs.get("wall_seconds", math.nan)),
+            "restore_criu_ms": rs.get("restore_time_us", 0) / 1000,
+            "restore_to_answer_s": back,
+            "sum_before": before, "sum_after": after, "sum_ok": before == after,
+        }
+
+    def checkpoint_dir(self, seq: int) -> Path:
+        base: Path = self.tb.dir
+        return base / "h1" / "checkpoints" / self.instance_id / f"{seq:06d}"
+
+    def stop(self) -> None:
+        self.client.close()
+        with contextlib.suppress(BenchError):
+            self.api.call("DELETE", "h1", f"/v1/instances/{self.instance_id}",
+                          params={"purge_checkpoints": "true"})
+
+
+# -- bare CRIU side ----------------------------------------------------------------------------
+
+
+def _netns_path(name: str) -> str:
+    return f"/run/netns/{name}"
+
+
+def bare_netns_down() -> None:
+    if not Path(_netns_path(BARE_NETNS)).exists():
+        return
+    pids = run(["ip", "netns", "pids", BARE_NETNS], check=False).stdout.split()
+    for p in pids:
+        with contextlib.suppress(ValueError, BenchError):
+            kill_and_reap(int(p), timeout=5)
+    run(["ip", "netns", "delete", BARE_NETNS], check=False)
+
+
+def bare_netns_up() -> None:
+    bare_netns_down()
+    run(["ip", "netns", "add", BARE_NETNS])
+    run(["ip", "-n", BARE_NETNS, "link", "set", "lo", "up"])
+
+
+@dataclass
+class BareVnf:
+    criu: CriuRunner
+    size_mb: int
+    client: VnfClient
+    pid: int
+    live: set[int]
+
+    @classmethod
+    def start(cls, criu: CriuRunner, size_mb: int, live: set[int]) -> BareVnf:
+        BARE_DIR.mkdir(parents=True, exist_ok=True)
+        log = BARE_DIR / "vnf.log"
+        out = run([sys.executable, "-S", _launch.__file__, "--netns", _netns_path(BARE_NETNS),
+                   "--stdout", str(log), "--hostname", "statevnf", "--",
+                   sys.executable, str(VNF_SCRIPT), "--state-mb", str(size_mb),
+                   "--port", str(VNF_PORT)])
+        pid = int(out.stdout.strip())
+        live.add(pid)
+        vnf = cls(criu=criu, size_mb=size_mb, pid=pid, live=live,
+                  client=VnfClient("127.0.0.1", netns_path=_netns_path(BARE_NETNS)))
+        vnf.client.wait_ready()
+        return vnf
+
+    def cycle(self, rep: int) -> dict[str, Any]:
+        before = self.client.checksum()
+        images = BARE_DIR / f"images-{self.size_mb}m-{rep}"
+        copy = BARE_DIR / f"copy-{self.size_mb}m-{rep}"
+        work = BARE_DIR / "work"
+        for d in (images, copy, work):
+            shutil.rmtree(d, ignore_errors=True)
+        images.mkdir(parents=True)
+        work.mkdir(parents=True)
+        inode = os.stat(_netns_path(BARE_NETNS)).st_ino
+        dump_args = self.criu.dump_args(self.pid, images,
+                                        DumpOptions(external_netns=(inode, NETNS_KEY)))
+        t0 = time.perf_counter()
+        dumped = run([self.criu.binary, *dump_args], timeout=CRIU_TIMEOUT, check=False)
+        dump_wall = time.perf_counter() - t0
+        if dumped.returncode != 0:
+            raise BenchError(f"bare criu dump failed (exit {dumped.returncode}); see "
+                             f"{images / 'dump.log'}: {_log_tail(images / 'dump.log')}")
+        ds = parse_stats(dumped.stdout)
+        image_bytes = _tree_bytes(images)
+        t0 = time.perf_counter()
+        run(["cp", "-r", str(images), str(copy)], timeout=CRIU_TIMEOUT)
+        cp_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _fsync_tree(copy)
+        fsync_s = time.perf_counter() - t0
+
+        kill_and_reap(self.pid)
+        self.live.discard(self.pid)
+        pidfile = work / "restore.pid"
+        fd = os.open(_netns_path(BARE_NETNS), os.O_RDONLY)
+        try:
+            ropts = RestoreOptions(netns_path=_netns_path(BARE_NETNS), netns_key=NETNS_KEY,
+                                   work_dir=str(work))
+            restore_args = self.criu.restore_args(images, ropts, netns_fd=fd, pidfile=pidfile)
+            t0 = time.perf_counter()
+            restored = run([self.criu.binary, *restore_args], timeout=CRIU_TIMEOUT,
+                           check=False, pass_fds=(fd,))
+            restore_wall = time.perf_counter() - t0
+        finally:
+            os.close(fd)
+        if restored.returncode != 0:
+            raise BenchError(f"bare criu restore failed (exit {restored.returncode}); see "
+                             f"{work / 'restore.log'}: {_log_tail(work / 'restore.log')}")
+        self.pid = int(pidfile.read_text().strip())
+        self.live.add(self.pid)
+        after = self.client.checksum()
+        back = time.perf_counter() - t0
+        rs = parse_stats(restored.stdout)
+        shutil.rmtree(images, ignore_errors=True)
+        shutil.rmtree(copy, ignore_errors=True)
+        return {
+            "size_mb": self.size_mb, "rep": rep,
+            "dump_wall_s": dump_wall,
+            "frozen_ms": ds.get("frozen_time_us", 0) / 1000,
+            "freezing_ms": ds.get("freezing_time_us", 0) / 1000,
+            "memory_dump_ms": ds.get("memory_dump_time_us", 0) / 1000,
+            "memory_write_ms": ds.get("memory_write_time_us", 0) / 1000,
+            "pages_written": ds.get("pages_written", 0),
+            "image_bytes": image_bytes,
+            "copy_s": cp_s,
+            "copy_fsync_s": fsync_s,
+            "restore_wall_s": restore_wall,
+            "restore_criu_ms": rs.get("restore_time_us", 0) / 1000,
+            "restore_to_answer_s": back,
+            "sum_before": before, "sum_after": after, "sum_ok": before == after,
+        }
+
+    def stop(self) -> None:
+        self.client.close()
+        with contextlib.suppress(BenchError):
+            kill_and_reap(self.pid)
+        self.live.discard(self.pid)
+
+
+def _tree_bytes(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+
+
+def _fsync_tree(d: Path) -> None:
+    for p in d.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _log_tail(path: Path, n: int = 6) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    errs = [ln for ln in lines if "Error" in ln]
+    return " | ".join((errs or lines)[-n:])
+
+
+# -- attribution of nfvha's overhead -------------------------------------------------------------
+
+
+def _sha256_file(path: Path) -> None:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+
+
+def sha256_seconds(directory: Path) -> float:
+    """Time to sha256 every file of a checkpoint, 4 threads like the store (page cache hot)."""
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(_sha256_file, files))
+    return time.perf_counter() - t0
+
+
+def http_rtt_seconds(api: Api, n: int = 20) -> float:
+    times = []
+    for _ in range(n):
+        _, t = api.call("GET", "h1", "/v1/status")
+        times.append(t)
+    return median(times)
+
+
+# -- statistics ----------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
+    xs = sorted(v for v in values if not math.isnan(v))
+    if not xs:
+        return math.nan
+    k = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(values, 50)
+
+
+def describe(values: Sequence[float]) -> dict[str, float]:
+    xs = [float(v) for v in values]
+    return {"median": median(xs), "p95": percentile(xs, 95), "min": min(xs, default=math.nan),
+            "max": max(xs, default=math.nan), "n": len(xs)}
+
+
+NUMERIC_SKIP = {"size_mb", "rep", "seq", "sum_before", "sum_after", "sum_ok"}
+
+
+def summarize(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    keys = [k for k in samples[0] if k not in NUMERIC_SKIP] if samples else []
+    return {k: describe([s[k] for s in samples]) for k in keys}
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
+
+
+def build_summary(sizes: Sequence[int], nfv: list[dict[str, Any]],
+                  bare: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for size in sizes:
+        n = summarize([s for s in nfv if s["size_mb"] == size])
+        b = summarize([s for s in bare if s["size_mb"] == size])
+        if not n or not b:
+            continue
+        ratios: dict[str, dict[str, float]] = {}
+        for name, nkey, bkey in (
+            ("dump_api", "checkpoint_api_s", "dump_wall_s"),
+            ("dump_criu", "dump_wall_s", "dump_wall_s"),
+            ("restore_api", "restore_api_s", "restore_wall_s"),
+            ("restore_criu", "restore_wall_s", "restore_wall_s"),
+            ("frozen", "frozen_ms", "frozen_ms"),
+            ("transfer", "push_api_s", "copy_s"),
+        ):
+            ratios[name] = {q: _ratio(n[nkey][q], b[bkey][q]) for q in ("median", "p95")}
+        out[str(size)] = {
+            "nfvha": n, "bare": b, "ratios": ratios,
+            "sum_ok": all(s["sum_ok"] for s in nfv + bare if s["size_mb"] == size),
+        }
+    return out
+
+
+def evaluate_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    targets: list[dict[str, Any]] = []
+    for size, s in summary.items():
+        r = s["ratios"]["dump_api"]["median"]
+        targets.append({
+            "target": f"dump overhead nfvha/bare <= {TARGET_DUMP_RATIO}x at {size} MiB "
+                      "(checkpoint API wall / bare criu dump wall, medians)",
+            "value": r, "pass": bool(r <= TARGET_DUMP_RATIO)})
+    s16 = summary.get(str(TARGET_FROZEN_AT_MB))
+    if s16 is not None:
+        for side in ("nfvha", "bare"):
+            v = s16[side]["frozen_ms"]["median"]
+            targets.append({
+                "target": f"frozen time <= {TARGET_FROZEN_MS:.0f} ms at "
+                          f"{TARGET_FROZEN_AT_MB} MiB ({side}, median)",
+                "value": v, "pass": bool(v <= TARGET_FROZEN_MS)})
+    return targets
+
+
+# -- machine -------------------------------------------------------------------------------------
+
+
+def machine_description(criu: CriuRunner) -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    version = run([criu.binary, "--version"], check=False).stdout.strip().replace("\n", "; ")
+    debian = ""
+    with contextlib.suppress(OSError):
+        debian = Path("/etc/debian_version").read_text().strip()
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "kernel": platform.release(),
+        "os": f"Debian {debian}" if debian else platform.platform(),
+        "cpu_model": cpu,
+        "nproc": os.cpu_count(),
+        "memory_mib": mem_kib // 1024,
+        "criu_binary": criu.binary,
+        "criu_version": version,
+        "python": platform.python_version(),
+        "state_dir": str(STATE_DIR),
+        "state_dir_fs": _fs_type(STATE_DIR),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def _fs_type(path: Path) -> str:
+    best, fstype = "", "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            mnt = parts[1]
+            if str(path).startswith(mnt) and len(mnt) >= len(best):
+                best, fstype = mnt, f"{parts[2]} ({parts[0]} on {mnt})"
+    return fstype
+
+
+# -- output --------------------------------------------------------------------------------------
+
+
+def _ms(x: float) -> str:
+    return "n/a" if math.isnan(x) else (f"{x * 1000:.0f}" if x >= 0.1 else f"{x * 1000:.1f}")
+
+
+def _x(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.2f}x"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    summary: dict[str, Any] = result["summary"]
+    lines = [
+        "# Checkpoint cost: nfvha vs bare CRIU",
+        "",
+        f"{m['date']} · kernel {m['kernel']} · {m['os']} · {m['cpu_model']} × {m['nproc']} · "
+        f"{m['memory_mib']} MiB RAM · CRIU {m['criu_version']} · images on "
+        f"{m['state_dir_fs']} · {result['config']['repeats']} repeats per size.",
+        "",
+        "Medians (p95 in the second table). Times in ms except transfer (s). *nfvha API* is "
+        "the agent HTTP call as a client sees it; *nfvha CRIU* is CRIU's wall time inside "
+        "it; *bare* is the same `criu` command line run by hand.",
+        "",
+        "| State MiB | Image MiB | Frozen nfvha / bare | Dump nfvha API / CRIU / bare | "
+        "Dump ratio API (CRIU) | Restore nfvha API / CRIU / bare | Restore ratio API (CRIU) "
+        "| CRIU restore time nfvha / bare | Push s / cp s (+fsync) | SUM ok |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for size, s in summary.items():
+        n, b, r = s["nfvha"], s["bare"], s["ratios"]
+        lines.append(
+            f"| {size} | {n['image_bytes']['median'] / 2**20:.1f} "
+            f"| {n['frozen_ms']['median']:.1f} / {b['frozen_ms']['median']:.1f} "
+            f"| {_ms(n['checkpoint_api_s']['median'])} / {_ms(n['dump_wall_s']['median'])} / "
+            f"{_ms(b['dump_wall_s']['median'])} "
+            f"| {_x(r['dump_api']['median'])} ({_x(r['dump_criu']['median'])}) "
+            f"| {_ms(n['restore_api_s']['median'])} / {_ms(n['restore_wall_s']['median'])} / "
+            f"{_ms(b['restore_wall_s']['median'])} "
+            f"| {_x(r['restore_api']['median'])} ({_x(r['restore_criu']['median'])}) "
+            f"| {n['restore_criu_ms']['median']:.1f} / {b['restore_criu_ms']['median']:.1f} "
+            f"| {n['push_api_s']['median']:.3f} / {b['copy_s']['median']:.3f} "
+            f"(+{b['copy_fsync_s']['median']:.3f}) "
+            f"| {'yes' if s['sum_ok'] else '**NO**'} |")
+    lines += [
+        "",
+        "p95 over repeats:",
+        "",
+        "| State MiB | Frozen nfvha / bare | Dump nfvha API / CRIU / bare | Dump ratio API "
+        "(CRIU) | Restore nfvha API / CRIU / bare | Restore ratio API (CRIU) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size, s in summary.items():
+        n, b, r = s["nfvha"], s["bare"], s["ratios"]
+        lines.append(
+            f"| {size} | {n['frozen_ms']['p95']:.1f} / {b['frozen_ms']['p95']:.1f} "
+            f"| {_ms(n['checkpoint_api_s']['p95'])} / {_ms(n['dump_wall_s']['p95'])} / "
+            f"{_ms(b['dump_wall_s']['p95'])} "
+            f"| {_x(r['dump_api']['p95'])} ({_x(r['dump_criu']['p95'])}) "
+            f"| {_ms(n['restore_api_s']['p95'])} / {_ms(n['restore_wall_s']['p95'])} / "
+            f"{_ms(b['restore_wall_s']['p95'])} "
+            f"| {_x(r['restore_api']['p95'])} ({_x(r['restore_criu']['p95'])}) |")
+    att = result.get("attribution", {})
+    if att:
+        lines += [
+            "",
+            "Where nfvha's extra time goes (medians, ms). *Checkpoint extra* = API − CRIU "
+            "dump wall (store.commit: sha256 + fsync of every image file, meta.json, rename, "
+            "retention; plus HTTP). *Restore extra* = API − CRIU restore wall (store.verify: "
+            "sha256 of every file again; sandbox teardown and rebuild: netns, veth, cgroup; "
+            "plus HTTP). sha256 is measured separately on the same images, page cache hot.",
+            "",
+            "| State MiB | Checkpoint extra | of which sha256 (est.) | Restore extra "
+            "| of which sha256 (est.) | HTTP round trip |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for size, a in att.items():
+            n = summary[size]["nfvha"]
+            ck_extra = n["checkpoint_api_s"]["median"] - n["dump_wall_s"]["median"]
+            rs_extra = n["restore_api_s"]["median"] - n["restore_wall_s"]["median"]
+            lines.append(
+                f"| {size} | {_ms(ck_extra)} | {_ms(a['sha256_s'])} | {_ms(rs_extra)} "
+                f"| {_ms(a['sha256_s'])} | {_ms(a['http_rtt_s'])} |")
+    lines += ["", "Targets:", ""]
+    for t in result["targets"]:
+        v = t["value"]
+        shown = f"{v:.2f}x" if "overhead" in t["target"] else f"{v:.1f} ms"
+        lines.append(f"- **{'PASS' if t['pass'] else 'MISS'}** {t['target']}: {shown}")
+    if result.get("anomalies"):
+        lines += ["", "Anomalies seen:", ""]
+        lines += [f"- {a}" for a in result["anomalies"]]
+    lines += ["", "Transfer baseline: bare is a local `cp -r` of the image directory "
+              "(fsync of the copy shown separately); nfvha's push streams a tar over HTTP "
+              "to the other emulated host's agent, which hashes, fsyncs and publishes it.",
+              ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary: dict[str, Any] = result["summary"]
+    sizes = [int(s) for s in summary]
+    if not sizes:
+        return
+
+    def series(side: str, key: str, scale: float = 1.0) -> tuple[list[float], list[list[float]]]:
+        med = [summary[str(s)][side][key]["median"] * scale for s in sizes]
+        lo = [m - summary[str(s)][side][key]["min"] * scale for m, s in zip(med, sizes,
+                                                                             strict=True)]
+        hi = [summary[str(s)][side][key]["p95"] * scale - m for m, s in zip(med, sizes,
+                                                                             strict=True)]
+        return med, [lo, hi]
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    panels: list[tuple[Any, str, list[tuple[str, str, float, str, str]]]] = [
+        (axes[0][0], "CRIU frozen time (VNF paused)", [
+            ("nfvha", "frozen_ms", 1.0, "nfvha", "o-"),
+            ("bare", "frozen_ms", 1.0, "bare criu", "s--")]),
+        (axes[0][1], "Checkpoint (dump) wall time", [
+            ("nfvha", "checkpoint_api_s", 1000.0, "nfvha API call", "o-"),
+            ("nfvha", "dump_wall_s", 1000.0, "nfvha: criu dump inside", "^-"),
+            ("bare", "dump_wall_s", 1000.0, "bare criu dump", "s--")]),
+        (axes[1][0], "Restore wall time", [
+            ("nfvha", "restore_api_s", 1000.0, "nfvha API call", "o-"),
+            ("nfvha", "restore_wall_s", 1000.0, "nfvha: criu restore inside", "^-"),
+            ("bare", "restore_wall_s", 1000.0, "bare criu restore", "s--")]),
+    ]
+    for ax, title, lines in panels:
+        for side, key, scale, label, style in lines:
+            med, err = series(side, key, scale)
+            ax.errorbar(sizes, med, yerr=err, fmt=style, capsize=3, label=label)
+        ax.set_title(title)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.set_xlabel("VNF state (MiB)")
+        ax.set_ylabel("ms")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].axhline(TARGET_FROZEN_MS, color="grey", lw=0.8, ls=":")
+    ax = axes[1][1]
+    img_n, _ = series("nfvha", "image_bytes", 1 / 2**20)
+    img_b, _ = series("bare", "image_bytes", 1 / 2**20)
+    width = [s * 0.25 for s in sizes]
+    ax.bar([s * 0.85 for s in sizes], img_n, width=width, label="image size nfvha (MiB)",
+           color="tab:blue", alpha=0.5)
+    ax.bar([s * 1.15 for s in sizes], img_b, width=width, label="image size bare (MiB)",
+           color="tab:orange", alpha=0.5)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set_xlabel("VNF state (MiB)")
+    ax.set_ylabel("image size (MiB)")
+    ax.set_title("Image size and transfer time")
+    ax2 = ax.twinx()
+    med, err = series("nfvha", "push_api_s", 1000.0)
+    ax2.errorbar(sizes, med, yerr=err, fmt="o-", color="tab:blue", capsize=3,
+                 label="nfvha push to h2 (ms)")
+    med, err = series("bare", "copy_s", 1000.0)
+    ax2.errorbar(sizes, med, yerr=err, fmt="s--", color="tab:orange", capsize=3,
+                 label="bare cp -r (ms)")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("transfer time (ms)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
+    m = result["machine"]
+    fig.suptitle(f"nfvha vs bare CRIU {m['criu_version'].split(';')[0]} — kernel "
+                 f"{m['kernel']}, {m['nproc']} CPU, {result['config']['repeats']} repeats "
+                 "(median; bars min..p95)", fontsize=11)
+    fig.tight_layout()
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(p, dpi=110)
+    plt.close(fig)
+
+
+def anomalies(nfv: list[dict[str, Any]], bare: list[dict[str, Any]]) -> list[str]:
+    notes: list[str] = []
+    for s in nfv + bare:
+        if not s["sum_ok"]:
+            side = "nfvha" if "push_s" in s else "bare"
+            notes.append(f"{side} {s['size_mb']} MiB rep {s['rep']}: SUM differs after restore "
+                         f"({s['sum_before']} -> {s['sum_after']})")
+    for side, samples in (("nfvha", nfv), ("bare", bare)):
+        for key in ("dump_wall_s", "restore_wall_s"):
+            by_size: dict[int, list[float]] = {}
+            for s in samples:
+                by_size.setdefault(s["size_mb"], []).append(s[key])
+            for size, xs in by_size.items():
+                med = median(xs)
+                for i, x in enumerate(xs):
+                    if len(xs) >= 3 and x > 2 * med and x - med > 0.02:
+                        notes.append(f"{side} {key} at {size} MiB: repeat {i} took "
+                                     f"{x * 1000:.0f} ms, > 2x the median {med * 1000:.0f} ms")
+    return notes
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def _on_term(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@contextlib.contextmanager
+def _timed(label: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    _progress(f"{label} ({time.perf_counter() - t0:.1f}s)")
+
+
+def measure(sizes: Sequence[int], repeats: int, criu: CriuRunner, tb: Testbed,
+            live_bare: set[int], record: Callable[[str, dict[str, Any]], None],
+            attribution: dict[str, dict[str, float]]) -> None:
+    api = Api(tb)
+    try:
+        for size in sizes:
+            with _timed(f"{size} MiB done"):
+                nvnf = NfvhaVnf.start(api, tb, size)
+                bvnf = BareVnf.start(criu, size, live_bare)
+                try:
+                    for rep in range(repeats):
+                        order = ("nfvha", "bare") if rep % 2 == 0 else ("bare", "nfvha")
+                        for side in order:
+                            sample = nvnf.cycle(rep) if side == "nfvha" else bvnf.cycle(rep)
+                            record(side, sample)
+                            _progress(
+                                f"{size:>4} MiB rep {rep} {side:5}: dump "
+                                f"{sample['dump_wall_s'] * 1000:7.1f} ms"
+                                + (f" (API {sample['checkpoint_api_s'] * 1000:7.1f})"
+                                   if side == "nfvha" else " " * 18)
+                                + f" frozen {sample['frozen_ms']:6.1f} ms, restore "
+                                f"{sample['restore_wall_s'] * 1000:6.1f} ms"
+                                + (f" (API {sample['restore_api_s'] * 1000:7.1f})"
+                                   if side == "nfvha" else "")
+                                + f", SUM {'ok' if sample['sum_ok'] else 'DIFFERS'}")
+                    ckpt = nvnf.checkpoint_dir(nvnf.last_seq)
+                    attribution[str(size)] = {
+                        "sha256_s": median([sha256_seconds(ckpt) for _ in range(3)]),
+                        "http_rtt_s": http_rtt_seconds(api),
+                    }
+                finally:
+                    nvnf.stop()
+                    bvnf.stop()
+    finally:
+        api.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--sizes", default=None, help="comma-separated MiB, default 1,16,64,256")
+    ap.add_argument("--repeats", type=int, default=None, help="default 5 (2 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="sizes 1,16 and 2 repeats")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    ap.add_argument("--no-doc-img", action="store_true", help="do not copy the plot to docs/")
+    a = ap.parse_args(argv)
+    sizes = ([int(x) for x in a.sizes.split(",") if x.strip()] if a.sizes
+             else list(QUICK_SIZES if a.quick else DEFAULT_SIZES))
+    repeats = a.repeats if a.repeats is not None else (2 if a.quick else 5)
+    if os.geteuid() != 0:
+        print("checkpoint_cost: needs root (namespaces, CRIU)", file=sys.stderr)
+        return 2
+    if repeats < 1 or not sizes or min(sizes) < 1:
+        ap.error("need --repeats >= 1 and sizes >= 1")
+
+    criu = CriuRunner()
+    asyncio.run(criu.require_usable())
+    become_subreaper()
+    signal.signal(signal.SIGTERM, _on_term)
+
+    result: dict[str, Any] = {
+        "benchmark": "checkpoint_cost",
+        "machine": machine_description(criu),
+        "config": {
+            "sizes_mib": sizes, "repeats": repeats, "quick": a.quick,
+            "testbed": {"name": TB_NAME, "subnet": TB_SUBNET, "state_dir": str(STATE_DIR),
+                        "hosts": 2},
+            "bare_netns": BARE_NETNS,
+            "criu_dump_args": criu.dump_args(0, Path("IMAGES"),
+                                             DumpOptions(external_netns=(0, NETNS_KEY))),
+            "criu_restore_args": criu.restore_args(
+                Path("IMAGES"), RestoreOptions(netns_path="NETNS", netns_key=NETNS_KEY,
+                                               work_dir="WORK"),
+                netns_fd=0, pidfile=Path("WORK/restore.pid")),
+        },
+        "samples": {"nfvha": [], "bare": []},
+    }
+    samples: dict[str, list[dict[str, Any]]] = result["samples"]
+    attribution: dict[str, dict[str, float]] = {}
+    live_bare: set[int] = set()
+    tb = Testbed(name=TB_NAME, n_hosts=2, subnet=TB_SUBNET, state_dir=STATE_DIR)
+    t_start = time.perf_counter()
+    interrupted: BaseException | None = None
+    try:
+        with contextlib.suppress(Exception):
+            asyncio.run(tb.down())  # leftovers of an interrupted run
+        with _timed("testbed up"):
+            asyncio.run(tb.up())
+        bare_netns_up()
+        measure(sizes, repeats, criu, tb, live_bare,
+                lambda side, s: samples[side].append(s), attribution)
+    except (KeyboardInterrupt, BenchError) as exc:
+        interrupted = exc
+        print(f"checkpoint_cost: stopped: {exc!r}", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with _timed("cleanup"):
+            for pid in list(live_bare):
+                with contextlib.suppress(BenchError):
+                    kill_and_reap(pid, timeout=5)
+            with contextlib.suppress(Exception):
+                bare_netns_down()
+            try:
+                asyncio.run(tb.down())
+            except Exception as exc:
+                print(f"checkpoint_cost: testbed down: {exc}", file=sys.stderr)
+            shutil.rmtree(STATE_DIR, ignore_errors=True)
+            reap_all()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    result["elapsed_s"] = time.perf_counter() - t_start
+    result["complete"] = interrupted is None
+    if interrupted is not None:
+        result["stopped_by"] = repr(interrupted)
+    result["summary"] = build_summary(sizes, samples["nfvha"], samples["bare"])
+    result["attribution"] = {k: v for k, v in attribution.items() if k in result["summary"]}
+    result["targets"] = evaluate_targets(result["summary"])
+    result["anomalies"] = anomalies(samples["nfvha"], samples["bare"])
+    if not result["summary"]:
+        print("checkpoint_cost: no complete size measured; nothing written", file=sys.stderr)
+        return 1
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "checkpoint_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    (a.out / "checkpoint_cost.md").write_text(md)
+    pngs = [a.out / "checkpoint_cost.png"]
+    if not a.no_doc_img:
+        pngs.append(DOC_IMG / "checkpoint_cost.png")
+    plot(result, pngs)
+    print()
+    print(md)
+    for t in result["targets"]:
+        print(f"{'PASS' if t['pass'] else 'MISS'}: {t['target']}: {t['value']:.2f}")
+    print(f"wrote {a.out / 'checkpoint_cost.json'}, .md, .png"
+          + ("" if a.no_doc_img else f" and {DOC_IMG / 'checkpoint_cost.png'}")
+          + f" in {result['elapsed_s']:.0f}s")
+    return 0 if interrupted is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The HA module: fault management, checkpoint management, recovery decisions."""

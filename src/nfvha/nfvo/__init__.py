@@ -1,0 +1,1 @@
+"""NFVO side: placement of VNF instances on hosts."""

@@ -1,0 +1,1 @@
+"""VNFM side: VNF lifecycle, operation occurrences, the manager daemon and its API."""

@@ -1,0 +1,234 @@
+"""The manager's REST API in the shape of ETSI SOL003 (VNF LCM and fault management),
+plus nfvha's own ``/nfvha/v1`` resources. Errors are ProblemDetails; OpenAPI at /docs.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import yaml
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nfvha.errors import DescriptorError, InstanceNotFound, InstanceStateError, NfvhaError
+from nfvha.store.base import StoreError
+from nfvha.vim.api import problem
+from nfvha.vnfm.manager import Manager
+
+__all__ = ["create_manager_app"]
+
+log = logging.getLogger(__name__)
+
+
+class CreateVnfRequest(BaseModel):
+    vnfdId: str = Field(description="id of an onboarded VNFD")
+    vnfInstanceName: str | None = None
+    vnfInstanceDescription: str | None = None
+    vnfInstanceId: str | None = Field(default=None, description="nfvha extension: pick the id")
+
+
+class InstantiateRequest(BaseModel):
+    flavourId: str = "default"
+
+
+class HealRequest(BaseModel):
+    cause: str | None = None
+
+
+class TerminateRequest(BaseModel):
+    terminationType: Literal["FORCEFUL", "GRACEFUL"] = "FORCEFUL"
+
+
+class InjectRequest(BaseModel):
+    fault: Literal["kill", "hang"]
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await manager.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await manager.close()
+
+    app = FastAPI(title="nfvha manager", version="1",
+                  description="SOL003-shaped VNF LCM and FM with nfvha's HA module",
+                  lifespan=lifespan)
+    bearer = HTTPBearer(auto_error=False)
+
+    async def require_token(
+        creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
+        if creds is None or not hmac.compare_digest(creds.credentials, manager.cfg.token):
+            raise _Unauthorized()
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauth(_: Request, __: _Unauthorized) -> JSONResponse:
+        r = problem(401, "Unauthorized", "missing or wrong bearer token: send "
+                    "'Authorization: Bearer <token>' (nfvha up prints where the token is)")
+        r.headers["WWW-Authenticate"] = "Bearer"
+        return r
+
+    @app.exception_handler(NfvhaError)
+    async def _err(_: Request, exc: NfvhaError) -> JSONResponse:
+        if isinstance(exc, DescriptorError):
+            return problem(422, "Invalid descriptor", str(exc))
+        if isinstance(exc, InstanceNotFound):
+            return problem(404, "Not found", str(exc))
+        if isinstance(exc, InstanceStateError):
+            return problem(409, "Conflict with the instance state", str(exc))
+        if isinstance(exc, StoreError):
+            return problem(503, "State store unavailable", str(exc))
+        log.exception("unclassified error", exc_info=exc)
+        return problem(500, "Internal error", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+                 for e in exc.errors()]
+        return problem(400, "Bad request", "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, "Error", str(exc.detail))
+
+    auth = [Depends(require_token)]
+
+    def accepted(op_id: str) -> Response:
+        return Response(status_code=202, headers={
+            "Location": f"{manager.cfg.base_url}/vnflcm/v1/vnf_lcm_op_occs/{op_id}"})
+
+    def links(vnf: dict[str, Any]) -> dict[str, Any]:
+        base = f"{manager.cfg.base_url}/vnflcm/v1/vnf_instances/{vnf['id']}"
+        return {**vnf, "_links": {"self": {"href": base},
+                                  "instantiate": {"href": base + "/instantiate"},
+                                  "heal": {"href": base + "/heal"},
+                                  "terminate": {"href": base + "/terminate"}}}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True}
+
+    # -- agents talk to these -----------------------------------------------------------
+
+    @app.post("/nfvha/v1/hosts/{host_id}/heartbeat", dependencies=auth, status_code=204)
+    async def heartbeat(host_id: str, request: Request) -> None:
+        manager.heartbeat(host_id, await request.json())
+
+    @app.post("/nfvha/v1/events", dependencies=auth, status_code=204)
+    async def event(request: Request) -> None:
+        manager.event(await request.json())
+
+    @app.get("/nfvha/v1/hosts", dependencies=auth)
+    async def hosts() -> list[dict[str, Any]]:
+        out = []
+        for rec in manager.store.list("host"):
+            st = manager.host_status.get(rec.id, {})
+            out.append({**rec.data, "state": manager.detector.state.get(rec.id, "DOWN"),
+                        "lastHeartbeatAgoMs": round(manager.detector.silence(rec.id) * 1000),
+                        "instances": st.get("instances", []),
+                        "resources": st.get("resources", {})})
+        return out
+
+    @app.get("/nfvha/v1/checkpoints", dependencies=auth)
+    async def checkpoints(vnfInstanceId: str | None = None) -> list[dict[str, Any]]:
+        where = {"vnfInstanceId": vnfInstanceId} if vnfInstanceId else None
+        return [r.data for r in manager.store.list("checkpoint", where=where)]
+
+    @app.post("/nfvha/v1/vnfds", dependencies=auth, status_code=201)
+    async def onboard(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        try:
+            body = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as exc:
+            raise DescriptorError(f"the VNFD is neither JSON nor YAML: {exc}") from exc
+        if not isinstance(body, dict):
+            raise DescriptorError("the request body must be a VNFD mapping (YAML or JSON)")
+        return manager.onboard(body)
+
+    @app.get("/nfvha/v1/vnfds", dependencies=auth)
+    async def vnfds() -> list[dict[str, Any]]:
+        return [r.data for r in manager.store.list("vnfd")]
+
+    @app.post("/nfvha/v1/vnf_instances/{vnf_id}/inject", dependencies=auth)
+    async def inject(vnf_id: str, body: InjectRequest) -> dict[str, Any]:
+        return await manager.inject(vnf_id, body.fault)
+
+    # -- SOL003 VNF LCM -----------------------------------------------------------------
+
+    @app.post("/vnflcm/v1/vnf_instances", dependencies=auth, status_code=201)
+    async def create(body: CreateVnfRequest, response: Response) -> dict[str, Any]:
+        vnf = manager.create_vnf(body.vnfdId, body.vnfInstanceName,
+                                 body.vnfInstanceDescription, body.vnfInstanceId)
+        response.headers["Location"] = \
+            f"{manager.cfg.base_url}/vnflcm/v1/vnf_instances/{vnf['id']}"
+        return links(vnf)
+
+    @app.get("/vnflcm/v1/vnf_instances", dependencies=auth)
+    async def list_vnfs() -> list[dict[str, Any]]:
+        return [links(r.data) for r in manager.store.list("vnf")]
+
+    @app.get("/vnflcm/v1/vnf_instances/{vnf_id}", dependencies=auth)
+    async def read_vnf(vnf_id: str) -> dict[str, Any]:
+        return links(manager.get_vnf(vnf_id))
+
+    @app.delete("/vnflcm/v1/vnf_instances/{vnf_id}", dependencies=auth, status_code=204)
+    async def delete_vnf(vnf_id: str) -> None:
+        manager.delete_vnf(vnf_id)
+
+    @app.post("/vnflcm/v1/vnf_instances/{vnf_id}/instantiate", dependencies=auth)
+    async def instantiate(vnf_id: str, body: InstantiateRequest | None = None) -> Response:
+        return accepted(manager.start_instantiate(vnf_id))
+
+    @app.post("/vnflcm/v1/vnf_instances/{vnf_id}/heal", dependencies=auth)
+    async def heal(vnf_id: str, body: HealRequest | None = None) -> Response:
+        return accepted(manager.start_heal(vnf_id, body.cause if body else None))
+
+    @app.post("/vnflcm/v1/vnf_instances/{vnf_id}/terminate", dependencies=auth)
+    async def terminate(vnf_id: str, body: TerminateRequest | None = None) -> Response:
+        return accepted(manager.start_terminate(vnf_id))
+
+    @app.get("/vnflcm/v1/vnf_lcm_op_occs", dependencies=auth)
+    async def ops(vnfInstanceId: str | None = None) -> list[dict[str, Any]]:
+        where = {"vnfInstanceId": vnfInstanceId} if vnfInstanceId else None
+        return [r.data for r in manager.store.list("op", where=where)]
+
+    @app.get("/vnflcm/v1/vnf_lcm_op_occs/{op_id}", dependencies=auth)
+    async def op(op_id: str) -> dict[str, Any]:
+        rec = manager.store.find("op", op_id)
+        if rec is None:
+            raise InstanceNotFound(f"no operation occurrence {op_id!r}")
+        return rec.data
+
+    # -- SOL003 VNF FM ------------------------------------------------------------------
+
+    @app.get("/vnffm/v1/alarms", dependencies=auth)
+    async def alarms(active: bool | None = None) -> list[dict[str, Any]]:
+        out = [r.data for r in manager.store.list("alarm")]
+        if active is not None:
+            out = [a for a in out if (a.get("alarmClearedTime") is None) == active]
+        return out
+
+    @app.get("/vnffm/v1/alarms/{alarm_id}", dependencies=auth)
+    async def alarm(alarm_id: str) -> dict[str, Any]:
+        rec = manager.store.find("alarm", alarm_id)
+        if rec is None:
+            raise InstanceNotFound(f"no alarm {alarm_id!r}")
+        return rec.data
+
+    return app

@@ -1,0 +1,722 @@
+"""The manager: VNF lifecycle (SOL003 shapes), fault management, checkpoints, recovery.
+
+One loop decides (``_tick``): it looks at hosts and VNFs, and starts long actions —
+checkpoints, recoveries, host confirmations — as tasks beside it, one per VNF at a time.
+Every decision is logged with its reason and stored with its operation occurrence.
+All durable state is in the ``StateStore``; a restarted manager reloads it and carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from nfvha.descriptor import VnfDescriptor, parse_descriptor
+from nfvha.errors import InstanceNotFound, InstanceStateError, NfvhaError
+from nfvha.ha.fault import FaultTimings, HeartbeatDetector, HostState, probe_vnf
+from nfvha.ha.recovery import RecoveryContext, RecoveryDecision, decide, strategy_chain
+from nfvha.nfvo.placement import HostView, PlacementError, place
+from nfvha.store.base import StateStore
+from nfvha.vnfm.agent_client import AgentCallError, AgentClient
+
+__all__ = ["Manager", "ManagerConfig", "VnfState"]
+
+log = logging.getLogger("nfvha.manager")
+
+
+class VnfState:
+    """The HA state of a VNF instance (stored as a string in its record)."""
+
+    NOT_INSTANTIATED = "NOT_INSTANTIATED"
+    INSTANTIATING = "INSTANTIATING"
+    ACTIVE = "ACTIVE"
+    RECOVERING = "RECOVERING"
+    FAILED = "FAILED"
+    TERMINATING = "TERMINATING"
+
+
+def _now_iso(t: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t or time.time())) + \
+        f".{int(((t or time.time()) % 1) * 1000):03d}Z"
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    token: str
+    timings: FaultTimings = field(default_factory=FaultTimings)
+    tick: float = 0.02
+    base_url: str = ""
+
+
+@dataclass
+class _Runtime:
+    """In-memory, per-VNF bookkeeping the loop needs between ticks (never authoritative)."""
+
+    busy: asyncio.Task[None] | None = None
+    next_checkpoint: float = 0.0
+    probe_failures: int = 0
+    probing: bool = False
+    failure: tuple[str, float, str] | None = None  # (type, detected wall time, detail)
+
+
+class Manager:
+    def __init__(self, store: StateStore, cfg: ManagerConfig) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.detector = HeartbeatDetector(cfg.timings)
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200))
+        self.host_status: dict[str, dict[str, Any]] = {}  # last heartbeat body per host
+        self.runtime: dict[str, _Runtime] = {}
+        self._confirming: set[str] = set()
+        self._reconciled = False
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.started = time.monotonic()
+
+    # -- start / stop ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reload state: every known host gets a full timeout, interrupted work resumes."""
+        for rec in self.store.list("host"):
+            self.detector.grace(rec.id)
+            if rec.data.get("state") == HostState.DOWN:
+                self.detector.state[rec.id] = HostState.DOWN
+        for rec in self.store.list("vnf"):
+            rt = self._rt(rec.id)
+            rt.next_checkpoint = time.monotonic() + self._policy(rec.data).checkpoint_interval
+        for rec in self.store.list("op"):
+            if rec.data["operationState"] in ("STARTING", "PROCESSING"):
+                self._op_update(rec.id, operationState="FAILED_TEMP",
+                                error=_problem(500, "manager restarted during the operation; "
+                                                    "it is retried automatically"))
+        self._loop_task = asyncio.create_task(self._loop())
+        log.info("manager started with %d VNF(s), %d host(s)", len(self.store.list("vnf")),
+                 len(self.store.list("host")))
+
+    async def close(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        pending: list[asyncio.Task[Any]] = list(self._tasks)
+        if self._loop_task is not None:
+            pending.append(self._loop_task)
+        for t in pending:
+            with contextlib.suppress(BaseException):
+                await t
+        await self.http.aclose()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        t: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    def _rt(self, vnf_id: str) -> _Runtime:
+        return self.runtime.setdefault(vnf_id, _Runtime())
+
+    # -- hosts ----------------------------------------------------------------------------
+
+    def heartbeat(self, host_id: str, body: dict[str, Any]) -> None:
+        before = self.detector.heard(host_id)
+        self.host_status[host_id] = body
+        rec = self.store.find("host", host_id)
+        if rec is None or rec.data.get("state") != HostState.UP or before != HostState.UP:
+            if rec is not None and rec.data.get("state") == HostState.DOWN:
+                log.info("host %s is back; its stale VNF copies are removed", host_id)
+                self._spawn(self._cleanup_rejoined(host_id))
+            self.store.put("host", host_id, {
+                "id": host_id, "url": body.get("url"), "state": HostState.UP,
+                "registeredAt": (rec.data.get("registeredAt") if rec else None) or _now_iso(),
+                "stateChangedAt": _now_iso()})
+        # An exit the agent's event did not deliver is still seen here.
+        for inst in body.get("instances", []):
+            if inst["state"] == "EXITED":
+                self._instance_exited(host_id, inst)
+
+    def event(self, ev: dict[str, Any]) -> None:
+        if ev.get("type") == "instance-exit":
+            self._instance_exited(ev["host_id"], ev["instance"])
+
+    def _instance_exited(self, host_id: str, inst: dict[str, Any]) -> None:
+        rec = self.store.find("vnf", inst["id"])
+        if rec is None or rec.data["haState"] != VnfState.ACTIVE or rec.data["host"] != host_id:
+            return
+        rt = self._rt(rec.id)
+        if rt.failure is None and (rt.busy is None or rt.busy.done()):
+            reason = (inst.get("exit") or {}).get("reason", "exited")
+            rt.failure = ("process-exit", time.time(), f"VNF process {reason} on {host_id}")
+            self._wake.set()
+
+    def hosts_view(self) -> dict[str, HostView]:
+        out = {}
+        for rec in self.store.list("host"):
+            st = self.host_status.get(rec.id, {})
+            up = self.detector.state.get(rec.id) == HostState.UP
+            n = sum(1 for v in self.store.list("vnf")
+                    if v.data.get("host") == rec.id and v.data["haState"] != VnfState.FAILED)
+            out[rec.id] = HostView(rec.id, up, n,
+                                   int(st.get("resources", {}).get("mem_available_bytes", 0)))
+        return out
+
+    def agent(self, host_id: str) -> AgentClient:
+        rec = self.store.get("host", host_id)
+        return AgentClient(host_id, rec.data["url"], self.cfg.token, self.http)
+
+    def _up_hosts(self) -> frozenset[str]:
+        return frozenset(h for h, s in self.detector.state.items() if s == HostState.UP)
+
+    async def _confirm_host_loss(self, host_id: str) -> None:
+        """Second path: ask up to two other agents whether they still reach the host."""
+        try:
+            url = self.store.get("host", host_id).data["url"]
+            helpers = [h for h in self._up_hosts() if h != host_id][:2]
+            t = self.cfg.timings.confirm_timeout
+            checks = [self.agent(h).probe(url, t) for h in helpers]
+            results = await asyncio.gather(*checks, return_exceptions=True)
+            reachable = [h for h, r in zip(helpers, results, strict=True) if r is True]
+            if reachable or self.detector.state.get(host_id) == HostState.UP:
+                log.info("decision: host %s stays UP: %s still reach it (heartbeat delay, not "
+                         "a loss)", host_id, ", ".join(reachable) or "a new heartbeat")
+                if self.detector.state.get(host_id) == HostState.SUSPECTED:
+                    self.detector.state[host_id] = HostState.UP
+                return
+            silence = self.detector.silence(host_id)
+            self.detector.state[host_id] = HostState.DOWN
+            self.store.update("host", host_id, lambda d: {**d, "state": HostState.DOWN,
+                                                          "stateChangedAt": _now_iso()})
+            how = f"{len(helpers)} other host(s) cannot reach it either" if helpers else \
+                "no other host to ask"
+            log.warning("decision: host %s DOWN after %.0f ms without heartbeats; %s", host_id,
+                        silence * 1000, how)
+            self._raise_alarm(f"host:{host_id}", None, "EQUIPMENT_ALARM", "CRITICAL",
+                              "host-loss", f"host {host_id} lost: no heartbeat for "
+                              f"{silence * 1000:.0f} ms; {how}", {"host": host_id})
+            detected = time.time() - silence + self.cfg.timings.suspect_after
+            for v in self.store.list("vnf"):
+                if v.data.get("host") == host_id and v.data["haState"] == VnfState.ACTIVE:
+                    rt = self._rt(v.id)
+                    if rt.busy is not None and not rt.busy.done():
+                        rt.busy.cancel()
+                    rt.failure = ("host-loss", detected, f"host {host_id} lost")
+            self._wake.set()
+        finally:
+            self._confirming.discard(host_id)
+
+    async def _cleanup_rejoined(self, host_id: str) -> None:
+        """A host that comes back must not run copies of VNFs that now live elsewhere."""
+        for v in self.store.list("vnf"):
+            if v.data.get("host") != host_id:
+                for inst in self.host_status.get(host_id, {}).get("instances", []):
+                    if inst["id"] == v.id and inst["state"] not in ("STANDBY",):
+                        with contextlib.suppress(AgentCallError):
+                            await self.agent(host_id).delete(v.id)
+        self._clear_alarm(f"host:{host_id}")
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                self._tick()
+            except Exception:
+                log.exception("manager loop error (continuing)")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.cfg.tick)
+
+    def _tick(self) -> None:
+        grace = time.monotonic() - self.started < self.cfg.timings.suspect_after * 2
+        if not grace and not self._reconciled:
+            self._reconciled = True
+            self._reconcile()
+        if not grace:
+            for h in self.detector.to_suspect():
+                if h not in self._confirming:
+                    self._confirming.add(h)
+                    log.info("host %s suspected: %.0f ms without heartbeat", h,
+                             self.detector.silence(h) * 1000)
+                    self._spawn(self._confirm_host_loss(h))
+        now = time.monotonic()
+        for rec in self.store.list("vnf"):
+            rt = self._rt(rec.id)
+            busy = rt.busy is not None and not rt.busy.done()
+            state = rec.data["haState"]
+            if rt.failure is not None and not busy and not grace:
+                if state in (VnfState.ACTIVE, VnfState.RECOVERING, VnfState.INSTANTIATING):
+                    ftype, at, detail = rt.failure
+                    rt.failure = None
+                    rt.busy = self._spawn(self._recover(rec.id, ftype, at, detail, auto=True))
+                else:
+                    rt.failure = None
+                continue
+            if state != VnfState.ACTIVE or busy:
+                continue
+            policy = self._policy(rec.data)
+            if policy.probe.type != "none" and not rt.probing:
+                rt.probing = True
+                self._spawn(self._probe(rec.id))
+            if now >= rt.next_checkpoint:
+                rt.next_checkpoint = now + policy.checkpoint_interval
+                rt.busy = self._spawn(self._checkpoint(rec.id))
+
+    def _reconcile(self) -> None:
+        """After a (re)start, once every live host has reported: align the store with what
+        really runs. Extra copies are removed; a VNF that runs nowhere is recovered."""
+        for rec in self.store.list("vnf"):
+            if rec.data["haState"] in (VnfState.NOT_INSTANTIATED, VnfState.FAILED):
+                continue
+            running = [h for h, st in self.host_status.items()
+                       if self.detector.state.get(h) == HostState.UP
+                       and any(i["id"] == rec.id and i["state"] == "RUNNING"
+                               for i in st.get("instances", []))]
+            host = rec.data.get("host")
+            keep = host if host in running else (running[0] if running else None)
+            for h in running:
+                if h != keep:
+                    log.warning("decision: remove duplicate copy of %s on %s (it lives on %s)",
+                                rec.id, h, keep)
+                    self._spawn(self.agent(h).delete(rec.id))
+            if keep is not None:
+                if rec.data["haState"] != VnfState.ACTIVE or keep != host:
+                    log.info("decision: %s runs on %s: ACTIVE there (found after restart)",
+                             rec.id, keep)
+                    self.store.update("vnf", rec.id, _set(haState=VnfState.ACTIVE, host=keep,
+                                                          instantiationState="INSTANTIATED"))
+            elif rec.data["haState"] != VnfState.TERMINATING and host is not None:
+                self._rt(rec.id).failure = ("process-exit", time.time(),
+                                            f"runs nowhere after a manager restart (was on "
+                                            f"{host})")
+
+    def _policy(self, data: dict[str, Any]) -> Any:
+        return parse_descriptor(data["vnfd"]).ha
+
+    async def _probe(self, vnf_id: str) -> None:
+        rt = self._rt(vnf_id)
+        try:
+            rec = self.store.find("vnf", vnf_id)
+            if rec is None:
+                return
+            d = parse_descriptor(rec.data["vnfd"])
+            t0 = time.monotonic()
+            ok = await probe_vnf(d.ha.probe, d.network.ip)
+            busy = rt.busy is not None and not rt.busy.done()
+            if ok or busy:
+                rt.probe_failures = 0
+            else:
+                rt.probe_failures += 1
+                if rt.probe_failures >= d.ha.probe.failure_threshold and rt.failure is None:
+                    rt.probe_failures = 0
+                    cur = self.store.find("vnf", vnf_id)
+                    if cur is not None and cur.data["haState"] == VnfState.ACTIVE:
+                        # Detected when the first failing probe went unanswered.
+                        since = d.ha.probe.failure_threshold * d.ha.probe.interval
+                        rt.failure = ("hang", time.time() - since,
+                                      f"{d.ha.probe.failure_threshold} {d.ha.probe.type} probes "
+                                      "unanswered")
+                        self._wake.set()
+            await asyncio.sleep(max(0.0, d.ha.probe.interval - (time.monotonic() - t0)))
+        finally:
+            rt.probing = False
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    async def _checkpoint(self, vnf_id: str) -> None:
+        rec = self.store.get("vnf", vnf_id)
+        host = rec.data["host"]
+        d = parse_descriptor(rec.data["vnfd"])
+        try:
+            meta = await self.agent(host).checkpoint(vnf_id)
+            replicas = [host]
+            backups = [b for b in rec.data.get("backups", []) if b in self._up_hosts()]
+            pushes = [self._replicate(vnf_id, host, meta["seq"], b, d) for b in backups]
+            for b, res in zip(backups, await asyncio.gather(*pushes, return_exceptions=True),
+                              strict=True):
+                if isinstance(res, Exception):
+                    log.warning("replicating %s/%s to %s failed: %s", vnf_id, meta["seq"], b,
+                                res)
+                else:
+                    replicas.append(b)
+        except AgentCallError as exc:
+            log.warning("checkpoint of %s on %s failed: %s", vnf_id, host, exc)
+            self._raise_alarm(f"checkpoint:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM", "MAJOR",
+                              "checkpoint-failed", str(exc), {"host": host})
+            return
+        cp = {"id": f"{vnf_id}/{meta['seq']}", "vnfInstanceId": vnf_id, "seq": meta["seq"],
+              "createdAt": meta["created_at"], "host": host, "replicas": replicas,
+              "bytes": meta["total_bytes"], "criuStats": meta.get("criu_stats", {}),
+              "generation": rec.data.get("generation", 0)}
+        self.store.put("checkpoint", cp["id"], cp)
+        self._prune_checkpoints(vnf_id, d.ha.retention)
+        self._clear_alarm(f"checkpoint:{vnf_id}")
+
+    async def _replicate(self, vnf_id: str, host: str, seq: int, backup: str,
+                         d: VnfDescriptor) -> None:
+        await self.agent(host).push(vnf_id, seq, self.store.get("host", backup).data["url"])
+        if "standby" in {s for chain in d.ha.recovery.values() for s in chain}:
+            await self.agent(backup).standby(vnf_id, seq)
+
+    def _prune_checkpoints(self, vnf_id: str, keep: int) -> None:
+        cps = sorted(self.store.list("checkpoint", where={"vnfInstanceId": vnf_id}),
+                     key=lambda r: r.data["seq"])
+        for old in cps[:-keep] if len(cps) > keep else []:
+            self.store.delete("checkpoint", old.id)
+
+    def checkpoint_hosts(self, vnf_id: str, generation: int | None = None) -> dict[str, list[int]]:
+        """Which live host holds which checkpoints of a VNF, newest first."""
+        out: dict[str, list[int]] = {}
+        for cp in self.store.list("checkpoint", where={"vnfInstanceId": vnf_id}):
+            for h in cp.data.get("replicas", []):
+                out.setdefault(h, []).append(int(cp.data["seq"]))
+        return {h: sorted(s, reverse=True) for h, s in out.items()}
+
+    # -- recovery -------------------------------------------------------------------------
+
+    async def _recover(self, vnf_id: str, failure: str, detected_at: float, detail: str,
+                       *, auto: bool, op_id: str | None = None) -> None:
+        rec = self.store.get("vnf", vnf_id)
+        old_host = rec.data.get("host")
+        op_id = op_id or self._new_op(vnf_id, "HEAL", auto)
+        self._op_update(op_id, operationState="PROCESSING", nfvha={
+            "failureType": failure, "detail": detail, "detectedAt": detected_at,
+            "timestamps": {"detected": detected_at}, "attempts": []})
+        if failure != "manual":
+            self._raise_alarm(f"vnf:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM", "CRITICAL",
+                              failure, detail, {"host": old_host})
+        self.store.update("vnf", vnf_id, lambda d: {**d, "haState": VnfState.RECOVERING})
+        d = parse_descriptor(rec.data["vnfd"])
+        failed: set[tuple[str, str]] = set()
+        attempts: list[dict[str, Any]] = []
+        for strategy in strategy_chain(d.ha.recovery, failure):
+            while True:
+                ctx = self._context(vnf_id, failure, old_host, rec.data.get("backups", []),
+                                    d, frozenset(failed))
+                decision = decide(strategy, ctx)
+                if isinstance(decision, str):
+                    log.info("decision: %s for %s not applicable: %s", strategy, vnf_id,
+                             decision)
+                    attempts.append({"strategy": strategy, "applicable": False,
+                                     "reason": decision})
+                    break
+                decided = time.time()
+                log.info("decision: %s %s -> %s on %s (%s)", failure, vnf_id, strategy,
+                         decision.target_host, decision.reason)
+                self._op_update(op_id, nfvha_merge={"decision": decision.as_dict(),
+                                                    "timestamps": {"decided": decided}})
+                try:
+                    result = await self._execute(vnf_id, d, decision, failure, old_host)
+                except (AgentCallError, NfvhaError) as exc:
+                    log.warning("recovery of %s by %s on %s failed: %s", vnf_id, strategy,
+                                decision.target_host, exc)
+                    failed.add((strategy, decision.target_host))
+                    attempts.append({"strategy": strategy, "host": decision.target_host,
+                                     "decidedAt": decided, "error": str(exc)})
+                    self._op_update(op_id, nfvha_merge={"attempts": attempts})
+                    continue
+                restored = time.time()
+                serving = await self._wait_serving(d, restored)
+                attempts.append({"strategy": strategy, "host": decision.target_host,
+                                 "decidedAt": decided, "checkpoint": result.get("seq"),
+                                 "ok": True})
+                self._finish_recovery(vnf_id, decision, result, old_host)
+                ts = {"detected": detected_at, "decided": decided, "restored": restored,
+                      "serving": serving}
+                self._op_update(op_id, operationState="COMPLETED", nfvha_merge={
+                    "attempts": attempts, "timestamps": ts, "strategy": strategy,
+                    "targetHost": decision.target_host, "checkpoint": result.get("seq"),
+                    "phases": {"detect": detected_at, "decideMs": (decided - detected_at) * 1e3,
+                               "restoreMs": (restored - decided) * 1e3,
+                               "redirectMs": (serving - restored) * 1e3,
+                               "totalMs": (serving - detected_at) * 1e3}})
+                self._clear_alarm(f"vnf:{vnf_id}")
+                log.info("recovered %s by %s on %s in %.0f ms (detect->serving)", vnf_id,
+                         strategy, decision.target_host, (serving - detected_at) * 1000)
+                return
+        self.store.update("vnf", vnf_id, lambda dd: {**dd, "haState": VnfState.FAILED})
+        self._op_update(op_id, operationState="FAILED", nfvha_merge={"attempts": attempts},
+                        error=_problem(500, f"every recovery strategy failed for {vnf_id}: "
+                                            + "; ".join(a.get("error") or a.get("reason", "")
+                                                        for a in attempts)))
+        log.error("decision: %s FAILED: no strategy could recover it", vnf_id)
+
+    def _context(self, vnf_id: str, failure: str, old_host: str | None, backups: list[str],
+                 d: VnfDescriptor, failed: frozenset[tuple[str, str]]) -> RecoveryContext:
+        up = self._up_hosts()
+        standby = frozenset(
+            h for h in up
+            for i in self.host_status.get(h, {}).get("instances", [])
+            if i["id"] == vnf_id and i["state"] == "STANDBY")
+        try:
+            restart_host = place(self.hosts_view(), memory=d.resources.memory, backups=0,
+                                 exclude=[old_host] if failure == "host-loss" and old_host
+                                 else []).primary
+        except PlacementError:
+            restart_host = None
+        return RecoveryContext(failure=failure, vnf_host=old_host, hosts_up=up,
+                               backups=tuple(backups),
+                               checkpoints=self.checkpoint_hosts(vnf_id),
+                               standby_hosts=standby, restart_host=restart_host, failed=failed)
+
+    async def _execute(self, vnf_id: str, d: VnfDescriptor, decision: RecoveryDecision,
+                       failure: str, old_host: str | None) -> dict[str, Any]:
+        target = self.agent(decision.target_host)
+        if decision.target_host != old_host and old_host is not None:
+            await self._ensure_old_copy_stopped(vnf_id, old_host)
+        elif failure in ("hang", "manual") or decision.strategy == "restart":
+            await target.delete(vnf_id)  # the hung copy is killed before its restore
+        if decision.strategy == "restart":
+            res = await target.create(d.model_dump(mode="json"), vnf_id)
+            return {"instance": res, "seq": None}
+        last_error: AgentCallError | None = None
+        for seq in decision.seqs:
+            try:
+                res = await target.restore(vnf_id, seq)
+                return {"instance": res, "seq": seq}
+            except AgentCallError as exc:
+                if exc.corrupt_checkpoint:
+                    log.warning("decision: checkpoint %s/%s on %s is corrupt (%s); trying the "
+                                "previous one", vnf_id, seq, decision.target_host,
+                                exc.problem.get("file"))
+                    last_error = exc
+                    continue
+                raise
+        assert last_error is not None
+        raise last_error
+
+    async def _ensure_old_copy_stopped(self, vnf_id: str, old_host: str) -> None:
+        """Never two live copies: the old host is either told to stop the VNF, or known
+        fenced because its fencing timeout has passed since it was last heard."""
+        if self.detector.state.get(old_host) == HostState.UP:
+            await self.agent(old_host).delete(vnf_id)
+            return
+        wait = self.detector.fenced_in(old_host)
+        if wait > 0:
+            log.info("decision: waiting %.0f ms until %s is known fenced before moving %s",
+                     wait * 1000, old_host, vnf_id)
+            await asyncio.sleep(wait)
+
+    async def _wait_serving(self, d: VnfDescriptor, restored: float) -> float:
+        if d.ha.probe.type == "none":
+            return restored
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            if await probe_vnf(d.ha.probe, d.network.ip):
+                return time.time()
+            await asyncio.sleep(0.005)
+        return time.time()
+
+    def _finish_recovery(self, vnf_id: str, decision: RecoveryDecision, result: dict[str, Any],
+                         old_host: str | None) -> None:
+        rec = self.store.get("vnf", vnf_id)
+        d = parse_descriptor(rec.data["vnfd"])
+        try:
+            backups = list(place(self.hosts_view(), memory=d.resources.memory,
+                                 backups=d.ha.backups, prefer=decision.target_host).backups)
+        except PlacementError:
+            backups = []
+        rt = self._rt(vnf_id)
+        rt.next_checkpoint = time.monotonic()  # re-protect at once: new replicas, new standby
+        rt.probe_failures = 0
+        self.store.update("vnf", vnf_id, lambda dd: {
+            **dd, "haState": VnfState.ACTIVE, "host": decision.target_host, "backups": backups,
+            "generation": dd.get("generation", 0) + 1, "restoredFrom": result.get("seq"),
+            "lastRecovery": {"strategy": decision.strategy, "at": _now_iso(),
+                             "fromHost": old_host}})
+
+    # -- lifecycle (SOL003) ---------------------------------------------------------------
+
+    def onboard(self, descriptor: dict[str, Any]) -> dict[str, Any]:
+        d = parse_descriptor(descriptor)
+        data = {"id": d.id, "vnfdId": d.id, "descriptor": d.model_dump(mode="json")}
+        self.store.put("vnfd", d.id, data)
+        return data
+
+    def create_vnf(self, vnfd_id: str, name: str | None, description: str | None,
+                   instance_id: str | None = None) -> dict[str, Any]:
+        vnfd = self.store.find("vnfd", vnfd_id)
+        if vnfd is None:
+            known = ", ".join(r.id for r in self.store.list("vnfd")) or "none"
+            raise InstanceNotFound(f"no VNFD {vnfd_id!r} is onboarded (known: {known}); POST it "
+                                   "to /nfvha/v1/vnfds first")
+        iid = instance_id or f"{vnfd_id}-{uuid.uuid4().hex[:6]}"
+        data = {"id": iid, "vnfInstanceName": name or iid, "vnfInstanceDescription":
+                description or "", "vnfdId": vnfd_id, "vnfProvider": "nfvha",
+                "vnfProductName": vnfd_id, "vnfSoftwareVersion": vnfd.data["descriptor"]
+                ["version"], "vnfdVersion": vnfd.data["descriptor"]["version"],
+                "instantiationState": "NOT_INSTANTIATED", "haState": VnfState.NOT_INSTANTIATED,
+                "vnfd": vnfd.data["descriptor"], "host": None, "backups": [], "generation": 0,
+                "createdAt": _now_iso()}
+        self.store.create("vnf", iid, data)
+        return data
+
+    def get_vnf(self, vnf_id: str) -> dict[str, Any]:
+        rec = self.store.find("vnf", vnf_id)
+        if rec is None:
+            raise InstanceNotFound(f"no VNF instance {vnf_id!r}")
+        return rec.data
+
+    def start_instantiate(self, vnf_id: str) -> str:
+        data = self.get_vnf(vnf_id)
+        if data["haState"] != VnfState.NOT_INSTANTIATED:
+            raise InstanceStateError(f"VNF instance {vnf_id} is {data['haState']}: only a "
+                                     "NOT_INSTANTIATED instance can be instantiated")
+        self.store.update("vnf", vnf_id, lambda d: {**d, "haState": VnfState.INSTANTIATING})
+        op_id = self._new_op(vnf_id, "INSTANTIATE", False)
+        self._rt(vnf_id).busy = self._spawn(self._instantiate(vnf_id, op_id))
+        return op_id
+
+    async def _instantiate(self, vnf_id: str, op_id: str) -> None:
+        self._op_update(op_id, operationState="PROCESSING")
+        data = self.get_vnf(vnf_id)
+        d = parse_descriptor(data["vnfd"])
+        try:
+            p = place(self.hosts_view(), memory=d.resources.memory, backups=d.ha.backups)
+            log.info("decision: place %s on %s, backups %s (%s)", vnf_id, p.primary,
+                     list(p.backups), p.reason)
+            await self.agent(p.primary).create(d.model_dump(mode="json"), vnf_id)
+        except (AgentCallError, NfvhaError) as exc:
+            self.store.update("vnf", vnf_id, lambda dd: {**dd, "haState":
+                                                         VnfState.NOT_INSTANTIATED})
+            self._op_update(op_id, operationState="FAILED", error=_problem(409, str(exc)))
+            return
+        self.store.update("vnf", vnf_id, lambda dd: {
+            **dd, "haState": VnfState.ACTIVE, "instantiationState": "INSTANTIATED",
+            "host": p.primary, "backups": list(p.backups), "generation": 1,
+            "placementReason": p.reason})
+        self._rt(vnf_id).next_checkpoint = time.monotonic()  # first checkpoint right away
+        self._op_update(op_id, operationState="COMPLETED")
+
+    def start_heal(self, vnf_id: str, cause: str | None) -> str:
+        data = self.get_vnf(vnf_id)
+        if data["haState"] in (VnfState.NOT_INSTANTIATED, VnfState.TERMINATING):
+            raise InstanceStateError(f"VNF instance {vnf_id} is {data['haState']}: there is "
+                                     "nothing to heal; instantiate it first")
+        rt = self._rt(vnf_id)
+        if rt.busy is not None and not rt.busy.done():
+            rt.busy.cancel()
+        op_id = self._new_op(vnf_id, "HEAL", False)
+        rt.busy = self._spawn(self._recover(vnf_id, "manual", time.time(),
+                                            cause or "heal requested", auto=False, op_id=op_id))
+        return op_id
+
+    def start_terminate(self, vnf_id: str) -> str:
+        data = self.get_vnf(vnf_id)
+        if data["haState"] == VnfState.NOT_INSTANTIATED:
+            raise InstanceStateError(f"VNF instance {vnf_id} is not instantiated")
+        rt = self._rt(vnf_id)
+        if rt.busy is not None and not rt.busy.done():
+            rt.busy.cancel()
+        self.store.update("vnf", vnf_id, lambda d: {**d, "haState": VnfState.TERMINATING})
+        op_id = self._new_op(vnf_id, "TERMINATE", False)
+        rt.busy = self._spawn(self._terminate(vnf_id, op_id))
+        return op_id
+
+    async def _terminate(self, vnf_id: str, op_id: str) -> None:
+        self._op_update(op_id, operationState="PROCESSING")
+        hosts = {h for h in self._up_hosts()}
+        for h in hosts:
+            with contextlib.suppress(AgentCallError):
+                await self.agent(h).delete(vnf_id, purge=True)
+        for cp in self.store.list("checkpoint", where={"vnfInstanceId": vnf_id}):
+            self.store.delete("checkpoint", cp.id)
+        self.store.update("vnf", vnf_id, lambda d: {
+            **d, "haState": VnfState.NOT_INSTANTIATED, "instantiationState": "NOT_INSTANTIATED",
+            "host": None, "backups": []})
+        self._clear_alarm(f"vnf:{vnf_id}")
+        self._clear_alarm(f"checkpoint:{vnf_id}")
+        self._op_update(op_id, operationState="COMPLETED")
+
+    def delete_vnf(self, vnf_id: str) -> None:
+        data = self.get_vnf(vnf_id)
+        if data["haState"] != VnfState.NOT_INSTANTIATED:
+            raise InstanceStateError(f"VNF instance {vnf_id} is {data['haState']}: terminate "
+                                     "it before deleting it")
+        self.store.delete("vnf", vnf_id)
+        self.runtime.pop(vnf_id, None)
+
+    async def inject(self, vnf_id: str, fault: str) -> dict[str, Any]:
+        data = self.get_vnf(vnf_id)
+        if not data.get("host"):
+            raise InstanceStateError(f"VNF instance {vnf_id} runs nowhere")
+        return await self.agent(data["host"]).inject(vnf_id, fault)
+
+    # -- op occurrences and alarms --------------------------------------------------------
+
+    def _new_op(self, vnf_id: str, operation: str, auto: bool) -> str:
+        op_id = uuid.uuid4().hex
+        now = _now_iso()
+        self.store.create("op", op_id, {
+            "id": op_id, "operationState": "STARTING", "stateEnteredTime": now,
+            "startTime": now, "vnfInstanceId": vnf_id, "operation": operation,
+            "isAutomaticInvocation": auto, "isCancelPending": False, "nfvha": {},
+            "_links": {"self": {"href": f"{self.cfg.base_url}/vnflcm/v1/vnf_lcm_op_occs/{op_id}"},
+                       "vnfInstance": {"href":
+                                       f"{self.cfg.base_url}/vnflcm/v1/vnf_instances/{vnf_id}"}}})
+        return op_id
+
+    def _op_update(self, op_id: str, *, operationState: str | None = None,
+                   error: dict[str, Any] | None = None, nfvha: dict[str, Any] | None = None,
+                   nfvha_merge: dict[str, Any] | None = None) -> None:
+        def change(d: dict[str, Any]) -> dict[str, Any]:
+            d = dict(d)
+            if operationState is not None and operationState != d["operationState"]:
+                d["operationState"] = operationState
+                d["stateEnteredTime"] = _now_iso()
+            if error is not None:
+                d["error"] = error
+            if nfvha is not None:
+                d["nfvha"] = nfvha
+            if nfvha_merge:
+                n = dict(d.get("nfvha", {}))
+                for k, v in nfvha_merge.items():
+                    n[k] = {**n.get(k, {}), **v} if isinstance(v, dict) and \
+                        isinstance(n.get(k), dict) else v
+                d["nfvha"] = n
+            return d
+
+        self.store.update("op", op_id, change)
+
+    def _raise_alarm(self, key: str, vnf_id: str | None, event_type: str, severity: str,
+                     cause: str, detail: str, resource: dict[str, Any]) -> None:
+        existing = [a for a in self.store.list("alarm", where={"key": key})
+                    if a.data.get("alarmClearedTime") is None]
+        if existing:
+            return
+        aid = uuid.uuid4().hex
+        now = _now_iso()
+        self.store.create("alarm", aid, {
+            "id": aid, "key": key, "managedObjectId": vnf_id or resource.get("host"),
+            "alarmRaisedTime": now, "eventTime": now, "ackState": "UNACKNOWLEDGED",
+            "perceivedSeverity": severity, "eventType": event_type, "faultType": cause,
+            "probableCause": detail, "isRootCause": True,
+            "faultyResource": {"resourceType": "COMPUTE" if "host" in key else "VNFC",
+                               **resource},
+            "alarmClearedTime": None,
+            "_links": {"self": {"href": f"{self.cfg.base_url}/vnffm/v1/alarms/{aid}"}}})
+        log.warning("alarm raised: %s %s: %s", severity, cause, detail)
+
+    def _clear_alarm(self, key: str) -> None:
+        for a in self.store.list("alarm", where={"key": key}):
+            if a.data.get("alarmClearedTime") is None:
+                self.store.update("alarm", a.id, lambda d: {
+                    **d, "alarmClearedTime": _now_iso(), "perceivedSeverity": "CLEARED"})
+                log.info("alarm cleared: %s", key)
+
+
+def _set(**changes: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A store update that sets top-level fields."""
+    return lambda d: {**d, **changes}
+
+
+def _problem(status: int, detail: str) -> dict[str, Any]:
+    return {"type": "about:blank", "title": "Operation failed", "status": status,
+            "detail": detail}
