@@ -335,6 +335,7 @@ class NfvhaVnf:
             "restore_criu_ms": rs.get("restore_time_us", 0) / 1000,
             "restore_to_answer_s": back,
             "sum_before": before, "sum_after": after, "sum_ok": before == after,
+            "load1": os.getloadavg()[0],
         }
 
     def checkpoint_dir(self, seq: int) -> Path:
@@ -460,6 +461,7 @@ class BareVnf:
             "restore_criu_ms": rs.get("restore_time_us", 0) / 1000,
             "restore_to_answer_s": back,
             "sum_before": before, "sum_after": after, "sum_ok": before == after,
+            "load1": os.getloadavg()[0],
         }
 
     def stop(self) -> None:
@@ -547,7 +549,7 @@ def describe(values: Sequence[float]) -> dict[str, float]:
             "max": max(xs, default=math.nan), "n": len(xs)}
 
 
-NUMERIC_SKIP = {"size_mb", "rep", "seq", "sum_before", "sum_after", "sum_ok"}
+NUMERIC_SKIP = {"size_mb", "rep", "seq", "sum_before", "sum_after", "sum_ok", "load1"}
 
 
 def summarize(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -635,7 +637,15 @@ def machine_description(criu: CriuRunner) -> dict[str, Any]:
         "state_dir": str(STATE_DIR),
         "state_dir_fs": _fs_type(STATE_DIR),
         "loadavg_at_start": os.getloadavg(),
+        "other_netns_at_start": _other_netns(),
     }
+
+
+def _other_netns() -> list[str]:
+    """Network namespaces not ours: a sign that other testbeds share the CPUs meanwhile."""
+    out = run(["ip", "netns", "list"], check=False).stdout.split("\n")
+    names = [ln.split()[0] for ln in out if ln.strip()]
+    return [n for n in names if not n.startswith((TB_NAME, BARE_NETNS))]
 
 
 def _fs_type(path: Path) -> str:
@@ -767,61 +777,73 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
                                                                              strict=True)]
         return med, [lo, hi]
 
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    api_c, criu_c, bare_c = "tab:blue", "tab:cyan", "tab:orange"
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-    panels: list[tuple[Any, str, list[tuple[str, str, float, str, str]]]] = [
+    panels: list[tuple[Any, str, list[tuple[str, str, float, str, str, str]]]] = [
         (axes[0][0], "CRIU frozen time (VNF paused)", [
-            ("nfvha", "frozen_ms", 1.0, "nfvha", "o-"),
-            ("bare", "frozen_ms", 1.0, "bare criu", "s--")]),
+            ("nfvha", "frozen_ms", 1.0, "nfvha", "o-", api_c),
+            ("bare", "frozen_ms", 1.0, "bare criu", "s--", bare_c)]),
         (axes[0][1], "Checkpoint (dump) wall time", [
-            ("nfvha", "checkpoint_api_s", 1000.0, "nfvha API call", "o-"),
-            ("nfvha", "dump_wall_s", 1000.0, "nfvha: criu dump inside", "^-"),
-            ("bare", "dump_wall_s", 1000.0, "bare criu dump", "s--")]),
+            ("nfvha", "checkpoint_api_s", 1000.0, "nfvha API call", "o-", api_c),
+            ("nfvha", "dump_wall_s", 1000.0, "nfvha: criu dump inside", "^-", criu_c),
+            ("bare", "dump_wall_s", 1000.0, "bare criu dump", "s--", bare_c)]),
         (axes[1][0], "Restore wall time", [
-            ("nfvha", "restore_api_s", 1000.0, "nfvha API call", "o-"),
-            ("nfvha", "restore_wall_s", 1000.0, "nfvha: criu restore inside", "^-"),
-            ("bare", "restore_wall_s", 1000.0, "bare criu restore", "s--")]),
+            ("nfvha", "restore_api_s", 1000.0, "nfvha API call", "o-", api_c),
+            ("nfvha", "restore_wall_s", 1000.0, "nfvha: criu restore inside", "^-", criu_c),
+            ("bare", "restore_wall_s", 1000.0, "bare criu restore", "s--", bare_c)]),
     ]
     for ax, title, lines in panels:
-        for side, key, scale, label, style in lines:
+        for side, key, scale, label, style, color in lines:
             med, err = series(side, key, scale)
-            ax.errorbar(sizes, med, yerr=err, fmt=style, capsize=3, label=label)
+            ax.errorbar(sizes, med, yerr=err, fmt=style, color=color, capsize=3, label=label)
         ax.set_title(title)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xlabel("VNF state (MiB)")
         ax.set_ylabel("ms")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left")
+    axes[0][0].annotate(f"target {TARGET_FROZEN_MS:.0f} ms", (sizes[0], TARGET_FROZEN_MS),
+                        fontsize=7, color="grey", xytext=(2, 2), textcoords="offset points")
     axes[0][0].axhline(TARGET_FROZEN_MS, color="grey", lw=0.8, ls=":")
     ax = axes[1][1]
     img_n, _ = series("nfvha", "image_bytes", 1 / 2**20)
     img_b, _ = series("bare", "image_bytes", 1 / 2**20)
     width = [s * 0.25 for s in sizes]
     ax.bar([s * 0.85 for s in sizes], img_n, width=width, label="image size nfvha (MiB)",
-           color="tab:blue", alpha=0.5)
+           color=api_c, alpha=0.35)
     ax.bar([s * 1.15 for s in sizes], img_b, width=width, label="image size bare (MiB)",
-           color="tab:orange", alpha=0.5)
+           color=bare_c, alpha=0.35)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.yaxis.set_major_formatter(plain)
     ax.set_xlabel("VNF state (MiB)")
     ax.set_ylabel("image size (MiB)")
     ax.set_title("Image size and transfer time")
     ax2 = ax.twinx()
     med, err = series("nfvha", "push_api_s", 1000.0)
-    ax2.errorbar(sizes, med, yerr=err, fmt="o-", color="tab:blue", capsize=3,
-                 label="nfvha push to h2 (ms)")
+    ax2.errorbar(sizes, med, yerr=err, fmt="o-", color=api_c, capsize=3,
+                 label="nfvha push to h2, API call (ms)")
     med, err = series("bare", "copy_s", 1000.0)
-    ax2.errorbar(sizes, med, yerr=err, fmt="s--", color="tab:orange", capsize=3,
+    ax2.errorbar(sizes, med, yerr=err, fmt="s--", color=bare_c, capsize=3,
                  label="bare cp -r (ms)")
     ax2.set_yscale("log")
+    ax2.yaxis.set_major_formatter(plain)
     ax2.set_ylabel("transfer time (ms)")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
     m = result["machine"]
-    fig.suptitle(f"nfvha vs bare CRIU {m['criu_version'].split(';')[0]} — kernel "
+    version = m["criu_version"].split(";")[0].replace("Version:", "").strip()
+    fig.suptitle(f"nfvha vs bare CRIU {version} — kernel "
                  f"{m['kernel']}, {m['nproc']} CPU, {result['config']['repeats']} repeats "
                  "(median; bars min..p95)", fontsize=11)
     fig.tight_layout()
@@ -831,8 +853,21 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
     plt.close(fig)
 
 
-def anomalies(nfv: list[dict[str, Any]], bare: list[dict[str, Any]]) -> list[str]:
+def anomalies(nfv: list[dict[str, Any]], bare: list[dict[str, Any]],
+              machine: dict[str, Any]) -> list[str]:
     notes: list[str] = []
+    others = machine.get("other_netns_at_start") or []
+    if others:
+        notes.append(f"{len(others)} other network namespaces existed at start "
+                     f"({', '.join(others[:6])}{', ...' if len(others) > 6 else ''}): other "
+                     f"testbeds may have shared the CPUs; load1 at start "
+                     f"{machine['loadavg_at_start'][0]:.2f}, at end "
+                     f"{machine.get('loadavg_at_end', [math.nan])[0]:.2f}")
+    if not Path("/run/criu.kdat").exists():
+        notes.append("/run/criu.kdat is absent (CRIU caches its kernel probe there only when "
+                     f"/run is a tmpfs; here it is {_fs_type(Path('/run'))}): every criu "
+                     "invocation re-probes the kernel before it freezes anything, on both "
+                     "sides alike")
     for s in nfv + bare:
         if not s["sum_ok"]:
             side = "nfvha" if "push_s" in s else "bare"
@@ -981,13 +1016,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     result["elapsed_s"] = time.perf_counter() - t_start
+    result["machine"]["loadavg_at_end"] = os.getloadavg()
     result["complete"] = interrupted is None
     if interrupted is not None:
         result["stopped_by"] = repr(interrupted)
     result["summary"] = build_summary(sizes, samples["nfvha"], samples["bare"])
     result["attribution"] = {k: v for k, v in attribution.items() if k in result["summary"]}
     result["targets"] = evaluate_targets(result["summary"])
-    result["anomalies"] = anomalies(samples["nfvha"], samples["bare"])
+    result["anomalies"] = anomalies(samples["nfvha"], samples["bare"], result["machine"])
     if not result["summary"]:
         print("checkpoint_cost: no complete size measured; nothing written", file=sys.stderr)
         return 1

@@ -286,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--state-dir", default="/var/lib/nfvha/agent")
     a.add_argument("--token-file", default=None, help="file holding the bearer token")
     a.add_argument("--manager", default=None, help="manager URL for heartbeats and events")
-    a.add_argument("--heartbeat-interval", type=float, default=0.1)
-    a.add_argument("--fencing-timeout", type=float, default=0.3,
+    a.add_argument("--heartbeat-interval", type=float, default=0.05)
+    a.add_argument("--fencing-timeout", type=float, default=0.25,
                    help="stop own VNFs after losing the manager this many seconds (0: never)")
     a.add_argument("--keep", type=int, default=3, help="checkpoints kept per instance")
     a.add_argument("--netns-prefix", default=None)
@@ -302,9 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--db", default="/var/lib/nfvha/manager.db", help="SQLite state file")
     m.add_argument("--token-file", default=None)
     m.add_argument("--heartbeat-interval", type=float, default=0.05)
-    m.add_argument("--suspect-after", type=float, default=0.2,
+    m.add_argument("--suspect-after", type=float, default=0.15,
                    help="seconds without heartbeat before a host is suspected")
-    m.add_argument("--fencing-timeout", type=float, default=0.3,
+    m.add_argument("--fencing-timeout", type=float, default=0.25,
                    help="must equal the agents' --fencing-timeout")
     m.set_defaults(func=cmd_manager)
 

@@ -177,7 +177,10 @@ class VnfDescriptor(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     network: Network
     resources: Resources = Field(default_factory=Resources)
-    network_lock: Literal["nftables", "iptables", "skip"] = "nftables"
+    network_lock: Literal["auto", "nftables", "iptables", "skip"] = Field(
+        default="auto", description="auto: lock the network during a dump only when the VNF "
+        "has established TCP connections (a lock drops UDP datagrams that would otherwise "
+        "just wait in the socket buffer)")
     ha: HaPolicy = Field(default_factory=HaPolicy)
 
     @field_validator("id")

@@ -37,10 +37,10 @@ class FaultTimings:
     """
 
     heartbeat_interval: float = 0.05
-    suspect_after: float = 0.2
-    confirm_timeout: float = 0.08
-    fencing_timeout: float = 0.3
-    fencing_margin: float = 0.06
+    suspect_after: float = 0.15
+    confirm_timeout: float = 0.06
+    fencing_timeout: float = 0.25
+    fencing_margin: float = 0.1  # > heartbeat latency + agent check period + peer probe
 
     def fenced_after(self) -> float:
         return self.fencing_timeout + self.fencing_margin

@@ -34,7 +34,14 @@ from nfvha.errors import (
 from nfvha.vim.cgroups import CgroupDriver
 from nfvha.vim.criu import CriuRunner, DumpStats, RestoreStats
 from nfvha.vim.hostnet import HostNetwork
-from nfvha.vim.sandbox import ExitStatus, ProcessWatch, Sandbox, SandboxConfig, become_subreaper
+from nfvha.vim.sandbox import (
+    ExitStatus,
+    ProcessWatch,
+    Sandbox,
+    SandboxConfig,
+    become_subreaper,
+    proc_state,
+)
 from nfvha.vim.store import CheckpointMeta, CheckpointStore
 from nfvha.vim.transfer import PushResult, push_checkpoint
 
@@ -150,6 +157,7 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
         self._last_manager_ok: float | None = None  # monotonic time of the last 2xx heartbeat
+        self._peers: list[str] = []  # other agents, as the manager last listed them
         self.fenced_at: float | None = None
 
     # -- life of the agent ---------------------------------------------------------------
@@ -335,6 +343,10 @@ class Agent:
                 raise InstanceStateError(
                     f"instance {instance_id} is {inst.state}: only a RUNNING VNF can be "
                     "checkpointed")
+            if proc_state(inst.pid) in ("T", "t"):
+                raise InstanceStateError(
+                    f"instance {instance_id} is stopped (SIGSTOP or traced): a checkpoint "
+                    "would save it stopped; heal it instead")
             inst.state = InstanceState.CHECKPOINTING
             pending = await asyncio.to_thread(self.store.begin, instance_id)
             try:
@@ -527,6 +539,8 @@ class Agent:
                                           timeout=timeout)
                 if r.status_code < 300:
                     self._last_manager_ok = time.monotonic()
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        self._peers = [str(p) for p in r.json()["peers"]]
                     if self.fenced_at is not None:
                         log.info("manager reachable again; fenced instances stay stopped "
                                  "until the manager decides")
@@ -540,17 +554,30 @@ class Agent:
         """Stop every VNF here once the manager has been unreachable for the fencing
         timeout: the manager restores them elsewhere only after that time has passed, so
         there are never two live copies of one VNF."""
-        period = min(self.cfg.fencing_timeout / 5, 0.05)
+        period = min(self.cfg.fencing_timeout / 10, 0.02)
+        not_isolated_logged = False
         while True:
             await asyncio.sleep(period)
             last = self._last_manager_ok
             if last is None or self.fenced_at is not None:
                 continue
             silent = time.monotonic() - last
-            if silent > self.cfg.fencing_timeout:
-                self.fenced_at = time.time()
-                await self.stop_all(f"fenced: manager unreachable for {silent * 1000:.0f} ms",
-                                    state=InstanceState.FENCED)
+            if silent <= self.cfg.fencing_timeout:
+                not_isolated_logged = False
+                continue
+            # The manager may be down rather than this host cut off: a host that still
+            # reaches a peer is not isolated, and the manager would not move its VNFs
+            # either (it confirms a loss through those same peers).
+            checks = [self.probe_peer(p, timeout=0.04) for p in self._peers[:3]]
+            if checks and any(await asyncio.gather(*checks)):
+                if not not_isolated_logged:
+                    log.warning("manager unreachable for %.0f ms but peers answer: not fencing",
+                                silent * 1000)
+                    not_isolated_logged = True
+                continue
+            self.fenced_at = time.time()
+            await self.stop_all(f"fenced: manager and peers unreachable for "
+                                f"{silent * 1000:.0f} ms", state=InstanceState.FENCED)
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.cfg.token}"} if self.cfg.token else {}

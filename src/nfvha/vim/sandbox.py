@@ -25,10 +25,18 @@ from nfvha.descriptor import VnfDescriptor
 from nfvha.errors import HostNetworkError, SandboxError
 from nfvha.vim import _launch
 from nfvha.vim.cgroups import Cgroup, CgroupDriver, CgroupLimits
-from nfvha.vim.criu import CriuRunner, DumpOptions, DumpStats, RestoreOptions, RestoreStats
+from nfvha.vim.criu import (
+    CriuRunner,
+    DumpOptions,
+    DumpStats,
+    NetworkLock,
+    RestoreOptions,
+    RestoreStats,
+)
 from nfvha.vim.hostnet import HostNetwork
 
-__all__ = ["ExitStatus", "ProcessWatch", "Sandbox", "SandboxConfig", "become_subreaper"]
+__all__ = ["ExitStatus", "ProcessWatch", "Sandbox", "SandboxConfig", "become_subreaper",
+           "proc_state"]
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +210,28 @@ class Sandbox:
         except ValueError as exc:
             raise SandboxError(f"launcher printed no pid for {self.instance_id}") from exc
 
+    def network_lock(self, pid: int) -> NetworkLock:
+        """The lock to use now: ``auto`` locks only while TCP connections are established.
+
+        A lock makes TCP state consistent (no byte acknowledged after the dump read the
+        queues) but drops every packet during the freeze; UDP datagrams are better left
+        to queue in the socket buffer, where the live VNF reads them after the dump.
+        """
+        lock = self.descriptor.network_lock
+        if lock != "auto":
+            return lock
+        for table in ("tcp", "tcp6"):
+            try:
+                lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+            except OSError:
+                return "nftables"
+            if any(ln.split()[3] == "01" for ln in lines if len(ln.split()) > 3):
+                return "nftables"
+        return "skip"
+
     async def dump(self, pid: int, images_dir: Path, *, leave_running: bool = True) -> DumpStats:
         opts = DumpOptions(
-            leave_running=leave_running, network_lock=self.descriptor.network_lock,
+            leave_running=leave_running, network_lock=self.network_lock(pid),
             external_netns=(self.netns_inode(), NETNS_KEY))
         return await self.criu.dump(pid, images_dir, opts)
 
@@ -212,7 +239,8 @@ class Sandbox:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         opts = RestoreOptions(
             netns_path=str(self.netns_path), netns_key=NETNS_KEY,
-            network_lock=self.descriptor.network_lock,
+            network_lock="nftables" if self.descriptor.network_lock == "auto"
+            else self.descriptor.network_lock,
             join_cgroup_procs=[str(p) for p in self.cgroup.procs_paths()],
             work_dir=str(self.run_dir))
         return await self.criu.restore(images_dir, opts)
@@ -228,7 +256,7 @@ class Sandbox:
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            stat = _proc_state(pid)
+            stat = proc_state(pid)
             if stat == "Z":
                 break
             await asyncio.sleep(0.02)
@@ -255,7 +283,7 @@ class Sandbox:
             raise SandboxError(f"tearing down sandbox of {self.instance_id}: " + "; ".join(errors))
 
 
-def _proc_state(pid: int) -> str:
+def proc_state(pid: int) -> str:
     try:
         data = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

@@ -126,9 +126,9 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
 
     # -- agents talk to these -----------------------------------------------------------
 
-    @app.post("/nfvha/v1/hosts/{host_id}/heartbeat", dependencies=auth, status_code=204)
-    async def heartbeat(host_id: str, request: Request) -> None:
-        manager.heartbeat(host_id, await request.json())
+    @app.post("/nfvha/v1/hosts/{host_id}/heartbeat", dependencies=auth)
+    async def heartbeat(host_id: str, request: Request) -> dict[str, Any]:
+        return manager.heartbeat(host_id, await request.json())
 
     @app.post("/nfvha/v1/events", dependencies=auth, status_code=204)
     async def event(request: Request) -> None:

@@ -126,7 +126,9 @@ class Manager:
 
     # -- hosts ----------------------------------------------------------------------------
 
-    def heartbeat(self, host_id: str, body: dict[str, Any]) -> None:
+    def heartbeat(self, host_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Record a heartbeat; the answer tells the agent its peers, which it asks before
+        fencing itself (an agent that still reaches a peer is not isolated)."""
         before = self.detector.heard(host_id)
         self.host_status[host_id] = body
         rec = self.store.find("host", host_id)
@@ -142,6 +144,9 @@ class Manager:
         for inst in body.get("instances", []):
             if inst["state"] == "EXITED":
                 self._instance_exited(host_id, inst)
+        peers = [st.get("url") for h, st in self.host_status.items()
+                 if h != host_id and self.detector.state.get(h) == HostState.UP]
+        return {"peers": [p for p in peers if p]}
 
     def event(self, ev: dict[str, Any]) -> None:
         if ev.get("type") == "instance-exit":
@@ -151,6 +156,8 @@ class Manager:
         rec = self.store.find("vnf", inst["id"])
         if rec is None or rec.data["haState"] != VnfState.ACTIVE or rec.data["host"] != host_id:
             return
+        if rec.data.get("pid") is not None and inst.get("pid") != rec.data["pid"]:
+            return  # a report about an earlier incarnation, already recovered
         rt = self._rt(rec.id)
         if rt.failure is None and (rt.busy is None or rt.busy.done()):
             reason = (inst.get("exit") or {}).get("reason", "exited")
@@ -265,7 +272,8 @@ class Manager:
             if policy.probe.type != "none" and not rt.probing:
                 rt.probing = True
                 self._spawn(self._probe(rec.id))
-            if now >= rt.next_checkpoint:
+            if now >= rt.next_checkpoint and rt.probe_failures == 0:
+                # A VNF failing its probes may be hung: a checkpoint now would save the hang.
                 rt.next_checkpoint = now + policy.checkpoint_interval
                 rt.busy = self._spawn(self._checkpoint(rec.id))
 
@@ -529,6 +537,7 @@ class Manager:
         self.store.update("vnf", vnf_id, lambda dd: {
             **dd, "haState": VnfState.ACTIVE, "host": decision.target_host, "backups": backups,
             "generation": dd.get("generation", 0) + 1, "restoredFrom": result.get("seq"),
+            "pid": result.get("instance", {}).get("pid"),
             "lastRecovery": {"strategy": decision.strategy, "at": _now_iso(),
                              "fromHost": old_host}})
 
@@ -582,7 +591,8 @@ class Manager:
             p = place(self.hosts_view(), memory=d.resources.memory, backups=d.ha.backups)
             log.info("decision: place %s on %s, backups %s (%s)", vnf_id, p.primary,
                      list(p.backups), p.reason)
-            await self.agent(p.primary).create(d.model_dump(mode="json"), vnf_id)
+            created = await self.agent(p.primary).create(d.model_dump(mode="json"), vnf_id)
+            await self._wait_serving(d, time.time())  # COMPLETED means it answers
         except (AgentCallError, NfvhaError) as exc:
             self.store.update("vnf", vnf_id, lambda dd: {**dd, "haState":
                                                          VnfState.NOT_INSTANTIATED})
@@ -591,6 +601,7 @@ class Manager:
         self.store.update("vnf", vnf_id, lambda dd: {
             **dd, "haState": VnfState.ACTIVE, "instantiationState": "INSTANTIATED",
             "host": p.primary, "backups": list(p.backups), "generation": 1,
+            "pid": created.get("pid"),
             "placementReason": p.reason})
         self._rt(vnf_id).next_checkpoint = time.monotonic()  # first checkpoint right away
         self._op_update(op_id, operationState="COMPLETED")

@@ -1,0 +1,315 @@
+"""Acceptance of the HA manager: real failures, detected and recovered by policy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import EXAMPLES, TEST_PREFIX
+from tests.vnfclient import UdpFlow, flowmon_stats, wait_until
+
+
+class Mgr:
+    """A testbed with a manager, and a client of the manager's API."""
+
+    def __init__(self, tb: Any) -> None:
+        self.tb = tb
+        self.url = tb.manager_url
+        self.http = httpx.Client(timeout=30, headers={"Authorization": f"Bearer {tb.token}"})
+
+    def ok(self, method: str, path: str, **kw: Any) -> Any:
+        r = self.http.request(method, self.url + path, **kw)
+        assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text}"
+        return r.json() if r.content and r.status_code != 202 else r
+
+    def vnf(self, iid: str) -> dict[str, Any]:
+        res: dict[str, Any] = self.ok("GET", f"/vnflcm/v1/vnf_instances/{iid}")
+        return res
+
+    def deploy(self, desc: dict[str, Any], iid: str) -> dict[str, Any]:
+        self.ok("POST", "/nfvha/v1/vnfds", json=desc)
+        self.ok("POST", "/vnflcm/v1/vnf_instances", json={"vnfdId": desc["id"],
+                                                           "vnfInstanceId": iid})
+        r = self.ok("POST", f"/vnflcm/v1/vnf_instances/{iid}/instantiate", json={})
+        assert r.status_code == 202 and "/vnflcm/v1/vnf_lcm_op_occs/" in r.headers["Location"]
+        wait_until(lambda: self.vnf(iid)["haState"] == "ACTIVE", 15)
+        return self.vnf(iid)
+
+    def checkpoints(self, iid: str) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = self.ok("GET", "/nfvha/v1/checkpoints",
+                                            params={"vnfInstanceId": iid})
+        return sorted(res, key=lambda c: c["seq"])
+
+    def heals(self, iid: str) -> list[dict[str, Any]]:
+        ops = self.ok("GET", "/vnflcm/v1/vnf_lcm_op_occs", params={"vnfInstanceId": iid})
+        return [o for o in ops if o["operation"] == "HEAL"]
+
+    def wait_heal(self, iid: str, n: int = 1, timeout: float = 15) -> dict[str, Any]:
+        wait_until(lambda: len([o for o in self.heals(iid)
+                                if o["operationState"] in ("COMPLETED", "FAILED")]) >= n,
+                   timeout)
+        op = [o for o in self.heals(iid) if o["operationState"] in ("COMPLETED", "FAILED")][-1]
+        assert op["operationState"] == "COMPLETED", op
+        return op
+
+    def wait_checkpoint_after(self, iid: str, t: float, timeout: float = 10) -> dict[str, Any]:
+        wait_until(lambda: any(c["createdAt"] > t for c in self.checkpoints(iid)), timeout)
+        return self.checkpoints(iid)[-1]
+
+    def alarms(self) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = self.ok("GET", "/vnffm/v1/alarms")
+        return res
+
+
+_n = [0]
+
+
+@pytest.fixture
+def mgr() -> Iterator[Mgr]:
+    from nfvha.testbed import Testbed
+
+    _n[0] += 1
+    name = f"{TEST_PREFIX}m{os.getpid() % 100}{_n[0]}"[:8]
+    tb = Testbed(name=name, n_hosts=3, with_manager=True,
+                 subnet=f"10.{150 + (os.getpid() + _n[0]) % 40}.0.0/16",
+                 state_dir=Path("/run/nfvha-test"))
+    asyncio.run(tb.up())
+    m = Mgr(tb)
+    try:
+        yield m
+    finally:
+        m.http.close()
+        keep = Path("/tmp/nfvha-test-logs") / name  # for post-mortems of failed runs
+        with contextlib.suppress(OSError):
+            import shutil
+
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(tb.log_dir, keep, ignore=shutil.ignore_patterns("vnf"))
+        asyncio.run(tb.down())
+
+
+def flowmon(addr: str, python: str, *, interval: float = 0.5, **ha: Any) -> dict[str, Any]:
+    return {"id": "flowmon", "command": [python, str(EXAMPLES / "flowmon.py")],
+            "network": {"address": addr}, "resources": {"memory": "128Mi"},
+            "ha": {"checkpoint_interval": interval, "backups": 1,
+                   "probe": {"type": "udp", "port": 5001, "send": "PING", "expect": "PONG",
+                             "interval": 0.1, "timeout": 0.1, "failure_threshold": 3},
+                   **ha}}
+
+
+def _count(ip: str, key: str) -> int:
+    flow = flowmon_stats((ip, 5001))["flows"].get(key)
+    return int(flow["packets"]) if flow else 0
+
+
+def _answers(ip: str) -> bool:
+    try:
+        flowmon_stats((ip, 5001), timeout=0.3)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _warm(m: Mgr, ip: str, iid: str, n: int = 100) -> tuple[UdpFlow, int]:
+    """Send n packets, wait until a checkpoint covers them; returns the flow."""
+    wait_until(lambda: _answers(ip), 5)
+    flow = UdpFlow((ip, 5000), None, 1.0)
+    flow.send(n)
+    wait_until(lambda: _count(ip, flow.key) == n, 5)
+    m.wait_checkpoint_after(iid, time.time())
+    return flow, n
+
+
+def test_process_exit_is_restored_locally_with_state(mgr: Mgr, python_bin: str) -> None:
+    addr = mgr.tb.vnf_address(1)
+    ip = addr.split("/")[0]
+    vnf = mgr.deploy(flowmon(addr, python_bin), "fm-a")
+    flow, sent = _warm(mgr, ip, "fm-a")
+    with flow:
+        mgr.ok("POST", "/nfvha/v1/vnf_instances/fm-a/inject", json={"fault": "kill"})
+        op = mgr.wait_heal("fm-a")
+        assert op["isAutomaticInvocation"] is True
+        assert op["nfvha"]["failureType"] == "process-exit"
+        assert op["nfvha"]["strategy"] == "restore-local"
+        assert op["nfvha"]["targetHost"] == vnf["host"]
+        ts = op["nfvha"]["timestamps"]
+        assert ts["detected"] <= ts["decided"] <= ts["restored"] <= ts["serving"]
+        assert "reason" in op["nfvha"]["decision"]
+        assert sent <= _count(ip, flow.key) <= sent
+        alarms = [a for a in mgr.alarms() if a["faultType"] == "process-exit"]
+        assert alarms and alarms[-1]["alarmClearedTime"] is not None
+        assert alarms[-1]["perceivedSeverity"] == "CLEARED"
+
+
+def test_hang_is_detected_by_probes_and_restored(mgr: Mgr, python_bin: str) -> None:
+    addr = mgr.tb.vnf_address(2)
+    ip = addr.split("/")[0]
+    mgr.deploy(flowmon(addr, python_bin), "fm-h")
+    flow, sent = _warm(mgr, ip, "fm-h")
+    with flow:
+        mgr.ok("POST", "/nfvha/v1/vnf_instances/fm-h/inject", json={"fault": "hang"})
+        op = mgr.wait_heal("fm-h")
+        assert op["nfvha"]["failureType"] == "hang"
+        assert op["nfvha"]["strategy"] == "restore-local"
+        assert _count(ip, flow.key) >= sent
+
+
+def test_host_crash_is_restored_remotely_with_state(mgr: Mgr, python_bin: str) -> None:
+    addr = mgr.tb.vnf_address(3)
+    ip = addr.split("/")[0]
+    vnf = mgr.deploy(flowmon(addr, python_bin), "fm-r")
+    flow, sent = _warm(mgr, ip, "fm-r")
+    with flow:
+        asyncio.run(mgr.tb.crash_host(vnf["host"]))
+        op = mgr.wait_heal("fm-r")
+        assert op["nfvha"]["failureType"] == "host-loss"
+        assert op["nfvha"]["strategy"] == "restore-remote"
+        assert op["nfvha"]["targetHost"] != vnf["host"]
+        assert mgr.vnf("fm-r")["host"] == op["nfvha"]["targetHost"]
+        assert _count(ip, flow.key) >= sent
+        hosts = {h["id"]: h["state"] for h in mgr.ok("GET", "/nfvha/v1/hosts")}
+        assert hosts[vnf["host"]] == "DOWN"
+
+
+def test_host_crash_with_standby_strategy(mgr: Mgr, python_bin: str) -> None:
+    addr = mgr.tb.vnf_address(4)
+    ip = addr.split("/")[0]
+    desc = flowmon(addr, python_bin, recovery={"host-loss": ["standby", "restore-remote"]})
+    vnf = mgr.deploy(desc, "fm-s")
+    flow, sent = _warm(mgr, ip, "fm-s")
+    backup = vnf["backups"][0]
+    wait_until(lambda: any(i["id"] == "fm-s" and i["state"] == "STANDBY"
+                           for h in mgr.ok("GET", "/nfvha/v1/hosts") if h["id"] == backup
+                           for i in h["instances"]), 10)
+    with flow:
+        asyncio.run(mgr.tb.crash_host(vnf["host"]))
+        op = mgr.wait_heal("fm-s")
+        assert op["nfvha"]["strategy"] == "standby"
+        assert op["nfvha"]["targetHost"] == backup
+        assert _count(ip, flow.key) >= sent
+
+
+def _copies(tb: Any, iid: str) -> list[str]:
+    """Hosts whose sandbox cgroup of this VNF holds a live process right now."""
+    out = []
+    for hid in tb.hosts:
+        for base in ("/sys/fs/cgroup/memory", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+            procs = Path(f"{base}/{tb.name}/{hid}/vnf/{iid}/cgroup.procs")
+            with contextlib.suppress(OSError):
+                if procs.read_text().split():
+                    out.append(hid)
+                    break
+    return out
+
+
+def test_partition_moves_vnf_only_after_isolated_copy_stopped(mgr: Mgr,
+                                                              python_bin: str) -> None:
+    addr = mgr.tb.vnf_address(5)
+    ip = addr.split("/")[0]
+    vnf = mgr.deploy(flowmon(addr, python_bin), "fm-p")
+    flow, sent = _warm(mgr, ip, "fm-p")
+    worst: list[list[str]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            c = _copies(mgr.tb, "fm-p")
+            if len(c) > 1:
+                worst.append(c)
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with flow:
+            asyncio.run(mgr.tb.partition_host(vnf["host"]))
+            op = mgr.wait_heal("fm-p")
+            assert op["nfvha"]["failureType"] == "host-loss"
+            assert op["nfvha"]["targetHost"] != vnf["host"]
+            assert _count(ip, flow.key) >= sent
+            # The isolated copy fenced itself; after the links come back it stays down.
+            asyncio.run(mgr.tb.partition_host(vnf["host"], cut=False))
+            time.sleep(1.0)
+            assert _copies(mgr.tb, "fm-p") == [op["nfvha"]["targetHost"]]
+    finally:
+        stop.set()
+        watcher.join(5)
+    assert worst == [], f"two live copies seen: {worst[:3]}"
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(mgr: Mgr, python_bin: str) -> None:
+    addr = mgr.tb.vnf_address(6)
+    ip = addr.split("/")[0]
+    vnf = mgr.deploy(flowmon(addr, python_bin, interval=2.0), "fm-c")
+    wait_until(lambda: _answers(ip), 5)
+    with UdpFlow((ip, 5000), None, 1.0) as flow:
+        flow.send(50)
+        wait_until(lambda: len(mgr.checkpoints("fm-c")) >= 2, 10)
+        latest = mgr.checkpoints("fm-c")[-1]
+        host = vnf["host"]
+        img = mgr.tb.dir / host / "checkpoints" / "fm-c" / f"{latest['seq']:06d}" / "pages-1.img"
+        data = bytearray(img.read_bytes())
+        data[100] ^= 0xFF
+        img.write_bytes(bytes(data))
+        mgr.ok("POST", "/nfvha/v1/vnf_instances/fm-c/inject", json={"fault": "kill"})
+        op = mgr.wait_heal("fm-c")
+        assert op["nfvha"]["strategy"] == "restore-local"
+        assert op["nfvha"]["checkpoint"] < latest["seq"]
+        assert _count(ip, flow.key) >= 0  # answers again
+
+
+def test_manager_restart_loses_and_duplicates_nothing(mgr: Mgr, python_bin: str) -> None:
+    addr = mgr.tb.vnf_address(7)
+    ip = addr.split("/")[0]
+    vnf = mgr.deploy(flowmon(addr, python_bin, interval=0.3), "fm-m")
+    flow, sent = _warm(mgr, ip, "fm-m")
+    with flow:
+        before = mgr.checkpoints("fm-m")[-1]["seq"]
+        os.kill(mgr.tb.manager_pid, signal.SIGKILL)
+        time.sleep(1.0)  # agents keep their VNFs: peers still answer, so nobody fences
+        assert _count(ip, flow.key) == sent
+        mgr.tb.manager_pid = mgr.tb.start_manager()
+        asyncio.run(mgr.tb.wait_ready())
+        time.sleep(1.5)
+        after = mgr.vnf("fm-m")
+        assert after["haState"] == "ACTIVE" and after["host"] == vnf["host"]
+        assert _copies(mgr.tb, "fm-m") == [vnf["host"]]
+        wait_until(lambda: mgr.checkpoints("fm-m")[-1]["seq"] > before + 1, 10)
+        assert _count(ip, flow.key) == sent
+
+
+def test_bad_requests_get_problem_details(mgr: Mgr, python_bin: str) -> None:
+    http = mgr.http
+    r = httpx.get(mgr.url + "/vnflcm/v1/vnf_instances")
+    assert r.status_code == 401 and r.headers["content-type"].startswith("application/problem")
+    r = http.get(mgr.url + "/vnflcm/v1/vnf_instances/nope")
+    assert r.status_code == 404 and "nope" in r.json()["detail"]
+    r = http.post(mgr.url + "/nfvha/v1/vnfds", json={"id": "x", "command": []})
+    assert r.status_code == 422 and "command" in r.json()["detail"]
+    assert "network" in r.json()["detail"]
+    r = http.post(mgr.url + "/vnflcm/v1/vnf_instances", json={"vnfdId": "missing"})
+    assert r.status_code == 404 and "missing" in r.json()["detail"]
+    r = http.post(mgr.url + "/vnflcm/v1/vnf_instances", json={})
+    assert r.status_code == 400 and "vnfdId" in r.json()["detail"]
+    addr = mgr.tb.vnf_address(8)
+    mgr.deploy(flowmon(addr, python_bin), "fm-t")
+    r = mgr.ok("POST", "/vnflcm/v1/vnf_instances/fm-t/terminate", json={})
+    op_url = r.headers["Location"]
+    wait_until(lambda: http.get(op_url).json()["operationState"] == "COMPLETED", 10)
+    r = http.post(mgr.url + "/vnflcm/v1/vnf_instances/fm-t/heal", json={})
+    assert r.status_code == 409 and "instantiate" in r.json()["detail"]
+    assert r.json()["status"] == 409 and r.json()["title"]
+    assert http.get(mgr.url + "/openapi.json").status_code == 200
+    assert _copies(mgr.tb, "fm-t") == []
+    mgr.ok("DELETE", "/vnflcm/v1/vnf_instances/fm-t")
