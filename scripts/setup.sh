@@ -18,7 +18,7 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
 mkdir -p "$STAMP_DIR"
 
-RUNTIME_PKGS=(iproute2 iptables nftables util-linux procps socat dnsmasq-base
+RUNTIME_PKGS=(iproute2 iptables nftables util-linux procps socat dnsmasq-base iputils-arping
   python3 python3-venv python3-dev ca-certificates xz-utils
   libprotobuf-c1 libnl-3-200 libnet1 libnftables1 libaio1 libgnutls30 libbsd0 libcap2)
 BUILD_PKGS=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler

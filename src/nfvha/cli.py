@@ -51,7 +51,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval, keep_checkpoints=args.keep,
         fencing_timeout=args.fencing_timeout,
         netns_prefix=args.netns_prefix, cgroup_parent=args.cgroup_parent,
-        log_dir=Path(args.log_dir), criu_binary=args.criu)
+        log_dir=Path(args.log_dir), work_root=Path(args.work_root), criu_binary=args.criu)
     app = create_app(Agent(cfg))
     uvicorn.run(app, host=host or "0.0.0.0", port=int(port), log_level="warning",
                 access_log=False)
@@ -257,9 +257,9 @@ def cmd_inject(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from nfvha.demo import run_agent_demo
+    from nfvha.demo import run_demo
 
-    return asyncio.run(run_agent_demo(keep=args.keep))
+    return asyncio.run(run_demo(keep=args.keep))
 
 
 def _print(data: object, as_json: bool) -> None:
@@ -293,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--netns-prefix", default=None)
     a.add_argument("--cgroup-parent", default=None)
     a.add_argument("--log-dir", default="/var/log/nfvha/vnf")
+    a.add_argument("--work-root", default="/var/lib/nfvha/vnf",
+                   help="per-instance working directories; the same path on every host")
     a.add_argument("--criu", default=None, help="path of the criu binary")
     a.set_defaults(func=cmd_agent)
 

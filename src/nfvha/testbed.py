@@ -175,6 +175,7 @@ class Testbed:
             "--state-dir", str(self.dir / h.host_id), "--token-file", str(self.token_file),
             "--netns-prefix", f"{h.netns}-", "--cgroup-parent", f"{h.cgroup}/vnf",
             "--log-dir", str(self.log_dir / "vnf"), "--advertise-url", h.url,
+            "--work-root", str(self.dir / "vnf-root"),
             *(["--manager", self.manager_url] if self.with_manager else []),
             *self.agent_args,
         ]

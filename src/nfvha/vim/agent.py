@@ -82,6 +82,7 @@ class AgentConfig:
     netns_prefix: str | None = None
     cgroup_parent: str | None = None
     log_dir: Path = Path("/var/log/nfvha/vnf")
+    work_root: Path = Path("/var/lib/nfvha/vnf")
     criu_binary: str | None = None
 
     @property
@@ -150,7 +151,7 @@ class Agent:
         self.sandbox_cfg = SandboxConfig(
             host_id=cfg.host_id, bridge=cfg.bridge, netns_prefix=cfg.effective_netns_prefix,
             cgroup_parent=cfg.effective_cgroup_parent, run_dir=cfg.state_dir / "run",
-            log_dir=cfg.log_dir)
+            log_dir=cfg.log_dir, work_root=cfg.work_root)
         self.instances: dict[str, Instance] = {}
         self.started_at = time.time()
         self._http: httpx.AsyncClient | None = None
@@ -421,6 +422,7 @@ class Agent:
                     await inst.sandbox.build()
                 stats = await inst.sandbox.restore(self.store.path(instance_id, meta.seq))
                 self._watch(inst, stats.pid)
+                await inst.sandbox.announce()
                 inst.last_restore = stats
                 inst.restored_from = meta.name
                 inst.last_checkpoint = meta

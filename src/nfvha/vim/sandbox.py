@@ -41,6 +41,7 @@ __all__ = ["ExitStatus", "ProcessWatch", "Sandbox", "SandboxConfig", "become_sub
 log = logging.getLogger(__name__)
 
 NETNS_KEY = "vnfnet"
+_background: set[asyncio.Future[None]] = set()  # fire-and-forget helpers, kept referenced
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -61,6 +62,7 @@ class SandboxConfig:
     cgroup_parent: str  # relative cgroup path holding one child per instance
     run_dir: Path  # per-instance working files (CRIU restore logs, pidfiles)
     log_dir: Path  # VNF stdout/stderr; the same path on every host, since CRIU reopens it
+    work_root: Path = Path("/var/lib/nfvha/vnf")  # per-instance cwd, same path on every host
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,11 @@ class Sandbox:
         self.cgroup: Cgroup = cgroups.cgroup(f"{cfg.cgroup_parent}/{instance_id}")
         self.run_dir = cfg.run_dir / instance_id
         self.log_path = cfg.log_dir / f"{instance_id}.log"
+        # CRIU's parasite makes a scratch directory (proc.crtools) in the VNF's cwd; a
+        # cwd of its own per instance keeps concurrent dumps apart, and a dump killed by a
+        # power loss leaves its scratch directory only there, where we clear it.
+        self.workdir = (cfg.work_root / instance_id if descriptor.workdir == "/"
+                        else Path(descriptor.workdir))
         self.built = False
 
     @property
@@ -172,6 +179,7 @@ class Sandbox:
                 memory_bytes=d.resources.memory, cpu_cores=d.resources.cpu))
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
+            self.workdir.mkdir(parents=True, exist_ok=True)
             # CRIU reopens stdout by path on restore: it must exist on whichever host restores.
             self.log_path.touch(exist_ok=True)
         except BaseException:
@@ -188,7 +196,8 @@ class Sandbox:
         """Start the descriptor's command as PID 1 of fresh PID/UTS/IPC namespaces."""
         d = self.descriptor
         args = [sys.executable, "-S", _launch.__file__, "--netns", str(self.netns_path),
-                "--stdout", str(self.log_path), "--hostname", d.id, "--workdir", d.workdir]
+                "--stdout", str(self.log_path), "--hostname", d.id,
+                "--workdir", str(self.workdir)]
         for p in self.cgroup.procs_paths():
             args += ["--cgroup-procs", str(p)]
         for k, v in d.env.items():
@@ -230,6 +239,8 @@ class Sandbox:
         return "skip"
 
     async def dump(self, pid: int, images_dir: Path, *, leave_running: bool = True) -> DumpStats:
+        with contextlib.suppress(OSError):
+            os.rmdir(f"/proc/{pid}/cwd/proc.crtools")  # left by a dump that was killed
         opts = DumpOptions(
             leave_running=leave_running, network_lock=self.network_lock(pid),
             external_netns=(self.netns_inode(), NETNS_KEY))
@@ -244,6 +255,33 @@ class Sandbox:
             join_cgroup_procs=[str(p) for p in self.cgroup.procs_paths()],
             work_dir=str(self.run_dir))
         return await self.criu.restore(images_dir, opts)
+
+    async def announce(self) -> None:
+        """Gratuitous ARP from the VNF's own interface after a restore.
+
+        Bridges elsewhere may still have the VNF's MAC learned on the port towards its
+        old host, where frames for it would now be dropped, and clients' ARP entries may
+        be probing; one unsolicited ARP moves both to the new place at once.
+        """
+        ip = self.descriptor.network.ip
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "nsenter", f"--net={self.netns_path}", "arping", "-U", "-c", "2", "-w", "1",
+                "-I", "eth0", ip, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        except OSError as exc:
+            log.warning("cannot announce %s after restore (is arping installed?): %s", ip, exc)
+            return
+
+        async def reap() -> None:
+            try:
+                await asyncio.wait_for(proc.wait(), 3)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+        _background.add(task := asyncio.ensure_future(reap()))
+        task.add_done_callback(_background.discard)
 
     async def kill(self) -> None:
         """SIGKILL everything in the sandbox's cgroup (the VNF and any children)."""

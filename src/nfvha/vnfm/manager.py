@@ -208,7 +208,7 @@ class Manager:
             self._raise_alarm(f"host:{host_id}", None, "EQUIPMENT_ALARM", "CRITICAL",
                               "host-loss", f"host {host_id} lost: no heartbeat for "
                               f"{silence * 1000:.0f} ms; {how}", {"host": host_id})
-            detected = time.time() - silence + self.cfg.timings.suspect_after
+            detected = time.time()  # confirmed: the loss is known from now on
             for v in self.store.list("vnf"):
                 if v.data.get("host") == host_id and v.data["haState"] == VnfState.ACTIVE:
                     rt = self._rt(v.id)
@@ -318,7 +318,13 @@ class Manager:
             t0 = time.monotonic()
             ok = await probe_vnf(d.ha.probe, d.network.ip)
             busy = rt.busy is not None and not rt.busy.done()
-            if ok or busy:
+            host = rec.data.get("host")
+            host_silent = host is not None and (
+                self.detector.state.get(host) != HostState.UP
+                or self.detector.silence(host) > 2 * self.cfg.timings.heartbeat_interval)
+            if ok or busy or host_silent:
+                # A silent host is the heartbeat detector's to judge: a VNF that does not
+                # answer because its host is gone is a host loss, not a hang.
                 rt.probe_failures = 0
             else:
                 rt.probe_failures += 1
@@ -326,9 +332,7 @@ class Manager:
                     rt.probe_failures = 0
                     cur = self.store.find("vnf", vnf_id)
                     if cur is not None and cur.data["haState"] == VnfState.ACTIVE:
-                        # Detected when the first failing probe went unanswered.
-                        since = d.ha.probe.failure_threshold * d.ha.probe.interval
-                        rt.failure = ("hang", time.time() - since,
+                        rt.failure = ("hang", time.time(),
                                       f"{d.ha.probe.failure_threshold} {d.ha.probe.type} probes "
                                       "unanswered")
                         self._wake.set()
@@ -515,11 +519,13 @@ class Manager:
     async def _wait_serving(self, d: VnfDescriptor, restored: float) -> float:
         if d.ha.probe.type == "none":
             return restored
+        # Short probes, often: the first answer is the moment service is back.
+        fast = d.ha.probe.model_copy(update={"timeout": min(d.ha.probe.timeout, 0.01)})
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
-            if await probe_vnf(d.ha.probe, d.network.ip):
+            if await probe_vnf(fast, d.network.ip):
                 return time.time()
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.002)
         return time.time()
 
     def _finish_recovery(self, vnf_id: str, decision: RecoveryDecision, result: dict[str, Any],
