@@ -77,8 +77,26 @@ def cmd_manager(args: argparse.Namespace) -> int:
                            suspect_after=args.suspect_after,
                            fencing_timeout=args.fencing_timeout)
     cfg = ManagerConfig(token=token, timings=timings,
-                        base_url=args.advertise_url or f"http://{args.listen}")
+                        base_url=args.advertise_url or f"http://{args.listen}",
+                        forwarder_url=args.forwarder)
     app = create_manager_app(Manager(SqliteStore(args.db), cfg))
+    uvicorn.run(app, host=host or "0.0.0.0", port=int(port), log_level="warning",
+                access_log=False)
+    return 0
+
+
+def cmd_forwarder(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from nfvha.dataplane.api import create_forwarder_app
+
+    token = _read_token(args)
+    if not token:
+        print("nfvha forwarder: a token is required (--token-file or NFVHA_TOKEN)",
+              file=sys.stderr)
+        return 2
+    host, _, port = args.listen.rpartition(":")
+    app = create_forwarder_app(token, interface=args.interface, prefixlen=args.prefixlen)
     uvicorn.run(app, host=host or "0.0.0.0", port=int(port), log_level="warning",
                 access_log=False)
     return 0
@@ -130,9 +148,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from nfvha.testbed import Testbed
 
     async def run() -> int:
-        tb = Testbed(name=args.name, n_hosts=args.hosts, with_manager=True)
+        tb = Testbed(name=args.name, n_hosts=args.hosts, with_manager=True,
+                     with_forwarder=True)
         await tb.up()
         info = {"manager_url": tb.manager_url, "token_file": str(tb.token_file),
+                "forwarder_url": tb.forwarder_url,
                 "hosts": {h.host_id: h.url for h in tb.hosts.values()}}
         if args.json:
             print(json.dumps(info, indent=2))
@@ -308,7 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds without heartbeat before a host is suspected")
     m.add_argument("--fencing-timeout", type=float, default=0.25,
                    help="must equal the agents' --fencing-timeout")
+    m.add_argument("--forwarder", default=None, help="steering forwarder URL (for replay)")
     m.set_defaults(func=cmd_manager)
+
+    f = sub.add_parser("forwarder", help="run the steering forwarder (packet log, replay)")
+    f.add_argument("--listen", default="127.0.0.1:8800", help="control API ADDRESS:PORT")
+    f.add_argument("--token-file", default=None)
+    f.add_argument("--interface", default="eth0", help="where service addresses are added")
+    f.add_argument("--prefixlen", type=int, default=16)
+    f.set_defaults(func=cmd_forwarder)
 
     t = sub.add_parser("testbed", help="emulated hosts on this machine")
     t.add_argument("action", choices=["up", "down", "status", "crash-host", "partition-host"])

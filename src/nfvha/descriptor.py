@@ -24,6 +24,7 @@ __all__ = [
     "HealthProbe",
     "Network",
     "Resources",
+    "ServiceAddress",
     "VnfDescriptor",
     "load_descriptor",
     "parse_descriptor",
@@ -55,12 +56,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ServiceAddress(_Strict):
+    """Where clients reach the VNF through the steering forwarder (needed for replay)."""
+
+    address: str = Field(description="IPv4 address the forwarder owns for this VNF")
+    port: int = Field(ge=1, le=65535, description="UDP port, the same on the VNF")
+    exactly_once: bool = Field(default=False, description="hold replies until the "
+                               "checkpoint covering their inputs commits")
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        try:
+            return str(ipaddress.IPv4Address(v))
+        except ValueError as exc:
+            raise ValueError(f"expected an IPv4 address like 10.250.2.10, got {v!r}") from exc
+
+
 class Network(_Strict):
     """The VNF's one connection point: the same IP and MAC on every host it runs on."""
 
     address: str = Field(description="IPv4 address with prefix, e.g. 10.250.1.10/16")
     mac: str | None = Field(default=None, description="unicast MAC; derived from the IP if absent")
     gateway: str | None = Field(default=None, description="default route inside the sandbox")
+    service: ServiceAddress | None = Field(default=None, description="steered service address")
 
     @field_validator("address")
     @classmethod
@@ -190,6 +209,13 @@ class VnfDescriptor(_Strict):
             raise ValueError(
                 f"expected 1-32 chars of a-z, 0-9 and '-' (not at the ends), got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _replay_needs_service(self) -> VnfDescriptor:
+        if self.ha.replay and self.network.service is None:
+            raise ValueError("ha.replay needs network.service (the address the forwarder "
+                             "steers to this VNF)")
+        return self
 
     @field_validator("command")
     @classmethod

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 AGENT_PORT = 8700
 MANAGER_PORT = 8600
+FORWARDER_PORT = 8800
 DEFAULT_SUBNET = "10.250.0.0/16"
 
 
@@ -67,6 +68,7 @@ class Testbed:
     state_dir: Path = Path("/run/nfvha")
     agent_args: list[str] = field(default_factory=list)
     with_manager: bool = False
+    with_forwarder: bool = False
     manager_args: list[str] = field(default_factory=list)
     hosts: dict[str, TestbedHost] = field(default_factory=dict)
     token: str = ""
@@ -98,6 +100,22 @@ class Testbed:
     def vnf_address(self, i: int) -> str:
         """The i-th VNF address of this testbed (10.250.1.i for the default subnet)."""
         return f"{self._hosts_base + 256 + i}/{self.prefixlen}"
+
+    @property
+    def ingress_netns(self) -> str:
+        return f"{self.name}-in"
+
+    @property
+    def ingress_address(self) -> str:
+        return str(self._hosts_base + 5)
+
+    @property
+    def forwarder_url(self) -> str:
+        return f"http://{self.ingress_address}:{FORWARDER_PORT}"
+
+    def service_address(self, i: int) -> str:
+        """The i-th service address the forwarder owns (10.250.2.i by default)."""
+        return str(self._hosts_base + 512 + i)
 
     @property
     def manager_url(self) -> str:
@@ -133,6 +151,8 @@ class Testbed:
         self.token_file.chmod(0o600)
         try:
             await self.net.create_bridge(self.bridge, address=f"{self.gateway}/{self.prefixlen}")
+            if self.with_forwarder:
+                await self._add_ingress()
             if self.with_manager:
                 self.cgroups.cgroup(f"{self.name}/manager").create(CgroupLimits())
                 self.manager_pid = self.start_manager()
@@ -161,11 +181,27 @@ class Testbed:
         self.cgroups.cgroup(f"{h.cgroup}/agent").create(CgroupLimits())
         h.agent_pid = self._start_agent(h)
 
+    async def _add_ingress(self) -> None:
+        """The ingress host: the steering forwarder owns service addresses there."""
+        ns = self.ingress_netns
+        await self.net.create_netns(ns)
+        await self.net.create_veth(f"{self.name}-i0", f"{self.name}-i1", peer_netns=ns,
+                                   peer_name_after_move="eth0", master=self.bridge,
+                                   peer_address=f"{self.ingress_address}/{self.prefixlen}")
+        self.cgroups.cgroup(f"{self.name}/forwarder").create(CgroupLimits())
+        args = [sys.executable, "-m", "nfvha", "forwarder",
+                "--listen", f"{self.ingress_address}:{FORWARDER_PORT}",
+                "--token-file", str(self.token_file), "--interface", "eth0",
+                "--prefixlen", str(self.prefixlen)]
+        self._spawn(args, "forwarder", f"{self.name}/forwarder", ns)
+
     def start_manager(self) -> int:
         """The manager runs in the root netns, reachable by every host at the gateway."""
         args = [sys.executable, "-m", "nfvha", "manager",
                 "--listen", f"{self.gateway}:{MANAGER_PORT}", "--db", str(self.dir / "manager.db"),
-                "--token-file", str(self.token_file), *self.manager_args]
+                "--token-file", str(self.token_file),
+                *(["--forwarder", self.forwarder_url] if self.with_forwarder else []),
+                *self.manager_args]
         return self._spawn(args, "manager", f"{self.name}/manager", None)
 
     def _start_agent(self, h: TestbedHost) -> int:
@@ -205,6 +241,14 @@ class Testbed:
     async def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=1.0) as client:
+            while self.with_forwarder:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.forwarder_url}/healthz")).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise NfvhaError(f"forwarder did not answer at {self.forwarder_url}; its "
+                                     f"log ends:\n{_tail(self.log_dir / 'forwarder.log')}")
+                await asyncio.sleep(0.1)
             while self.with_manager:
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(f"{self.manager_url}/healthz")).status_code == 200:
@@ -271,6 +315,7 @@ class Testbed:
     def _save(self) -> None:
         data = {"name": self.name, "subnet": self.subnet, "n_hosts": self.n_hosts,
                 "with_manager": self.with_manager, "manager_pid": self.manager_pid,
+                "with_forwarder": self.with_forwarder,
                 "token_file": str(self.token_file),
                 "hosts": {k: asdict(v) for k, v in self.hosts.items()}}
         tmp = self.dir / "testbed.json.tmp"
@@ -290,6 +335,7 @@ class Testbed:
         tb.n_hosts = data["n_hosts"]
         tb.with_manager = data.get("with_manager", False)
         tb.manager_pid = data.get("manager_pid")
+        tb.with_forwarder = data.get("with_forwarder", False)
         tb.hosts = {k: TestbedHost(**v) for k, v in data["hosts"].items()}
         tb.token = tb.token_file.read_text().strip()
         return tb
@@ -297,6 +343,7 @@ class Testbed:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "bridge": self.bridge, "gateway": self.gateway,
                 "manager_url": self.manager_url if self.with_manager else None,
+                "forwarder_url": self.forwarder_url if self.with_forwarder else None,
                 "token_file": str(self.token_file),
                 "hosts": [asdict(h) for h in self.hosts.values()]}
 

@@ -331,12 +331,17 @@ class Agent:
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    async def checkpoint(self, instance_id: str, *, stop: bool = False) -> CheckpointMeta:
+    async def checkpoint(self, instance_id: str, *, stop: bool = False, drain: bool = False,
+                         extra: dict[str, Any] | None = None) -> CheckpointMeta:
         """Dump the running VNF and commit the images atomically.
 
         The VNF is left running, unless ``stop``: then CRIU kills it at the end of the dump
         with its network still locked, so TCP peers see no FIN or RST and the checkpoint
         can be restored with every established connection intact (a planned move).
+
+        With ``drain`` (the forwarder holds delivery meanwhile) the dump waits until the
+        VNF has read every datagram already delivered, so the checkpoint is an exact cut
+        at the log position recorded in ``extra``.
         """
         inst = self.get(instance_id)
         async with inst.lock:
@@ -351,6 +356,8 @@ class Agent:
             inst.state = InstanceState.CHECKPOINTING
             pending = await asyncio.to_thread(self.store.begin, instance_id)
             try:
+                if drain:
+                    await _wait_udp_drained(inst.pid)
                 if stop:
                     inst.state = InstanceState.STOPPED  # the exit CRIU causes is no failure
                 stats: DumpStats = await inst.sandbox.dump(inst.pid, pending.path,
@@ -358,7 +365,7 @@ class Agent:
                 meta = await asyncio.to_thread(
                     self.store.commit, pending, vnf_name=inst.descriptor.id,
                     host_id=self.cfg.host_id, criu_stats=stats.as_dict(),
-                    descriptor=inst.descriptor.model_dump(mode="json"))
+                    descriptor=inst.descriptor.model_dump(mode="json"), extra=extra or {})
             except BaseException:
                 await asyncio.to_thread(pending.abort)
                 if stop and inst.watch is not None:
@@ -583,6 +590,24 @@ class Agent:
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.cfg.token}"} if self.cfg.token else {}
+
+
+async def _wait_udp_drained(pid: int, timeout: float = 0.2) -> None:
+    """Wait until no UDP socket in the VNF's netns has unread datagrams (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queued = 0
+        for table in ("udp", "udp6"):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                    fields = line.split()
+                    if len(fields) > 4:
+                        queued += int(fields[4].split(":")[1], 16)
+        if queued == 0:
+            return
+        await asyncio.sleep(0.0005)
+    log.warning("pid %d still had unread datagrams after %.0f ms; dumping anyway", pid,
+                timeout * 1000)
 
 
 def _mem_available() -> int:

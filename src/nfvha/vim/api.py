@@ -68,6 +68,11 @@ class PushRequest(BaseModel):
     peer_url: str = Field(description="base URL of the peer agent, e.g. http://10.250.0.12:8700")
 
 
+class CheckpointRequest(BaseModel):
+    drain: bool = Field(default=False, description="wait until the VNF read every datagram")
+    extra: dict[str, Any] = Field(default_factory=dict, description="stored in the metadata")
+
+
 class InjectRequest(BaseModel):
     fault: Literal["kill", "hang"]
 
@@ -161,8 +166,11 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
         await agent.delete_instance(instance_id, purge_checkpoints=purge_checkpoints)
 
     @app.post("/v1/instances/{instance_id}/checkpoints", dependencies=auth, status_code=201)
-    async def checkpoint(instance_id: str, stop: bool = False) -> dict[str, Any]:
-        return (await agent.checkpoint(instance_id, stop=stop)).model_dump(mode="json")
+    async def checkpoint(instance_id: str, stop: bool = False,
+                         body: CheckpointRequest | None = None) -> dict[str, Any]:
+        b = body or CheckpointRequest()
+        meta = await agent.checkpoint(instance_id, stop=stop, drain=b.drain, extra=b.extra)
+        return meta.model_dump(mode="json")
 
     @app.get("/v1/checkpoints", dependencies=auth)
     async def list_checkpoints(instance_id: str | None = None) -> list[dict[str, Any]]:

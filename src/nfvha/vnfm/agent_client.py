@@ -78,9 +78,11 @@ class AgentClient:
             if exc.status != 404:
                 raise
 
-    async def checkpoint(self, instance_id: str) -> dict[str, Any]:
+    async def checkpoint(self, instance_id: str, *, drain: bool = False,
+                         extra: dict[str, Any] | None = None) -> dict[str, Any]:
         res: dict[str, Any] = await self._call(
-            "POST", f"/v1/instances/{instance_id}/checkpoints", "checkpoint", timeout=120)
+            "POST", f"/v1/instances/{instance_id}/checkpoints", "checkpoint", timeout=120,
+            json={"drain": drain, "extra": extra or {}})
         return res
 
     async def checkpoints(self, instance_id: str) -> list[dict[str, Any]]:

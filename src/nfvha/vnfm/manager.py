@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from nfvha.dataplane.client import ForwarderClient, ForwarderError
 from nfvha.descriptor import VnfDescriptor, parse_descriptor
 from nfvha.errors import InstanceNotFound, InstanceStateError, NfvhaError
 from nfvha.ha.fault import FaultTimings, HeartbeatDetector, HostState, probe_vnf
@@ -54,6 +55,7 @@ class ManagerConfig:
     timings: FaultTimings = field(default_factory=FaultTimings)
     tick: float = 0.02
     base_url: str = ""
+    forwarder_url: str | None = None
 
 
 @dataclass
@@ -65,6 +67,7 @@ class _Runtime:
     probe_failures: int = 0
     probing: bool = False
     failure: tuple[str, float, str] | None = None  # (type, detected wall time, detail)
+    last_hold_ms: float = 0.0
 
 
 class Manager:
@@ -81,6 +84,8 @@ class Manager:
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = time.monotonic()
+        self.forwarder = (ForwarderClient(cfg.forwarder_url, cfg.token, self.http)
+                          if cfg.forwarder_url else None)
 
     # -- start / stop ---------------------------------------------------------------------
 
@@ -99,6 +104,8 @@ class Manager:
                                 error=_problem(500, "manager restarted during the operation; "
                                                     "it is retried automatically"))
         self._loop_task = asyncio.create_task(self._loop())
+        if self.forwarder is not None:
+            self._spawn(self._watch_forwarder())
         log.info("manager started with %d VNF(s), %d host(s)", len(self.store.list("vnf")),
                  len(self.store.list("host")))
 
@@ -346,8 +353,22 @@ class Manager:
         rec = self.store.get("vnf", vnf_id)
         host = rec.data["host"]
         d = parse_descriptor(rec.data["vnfd"])
+        position: int | None = None
+        if d.ha.replay and self.forwarder is not None:
+            try:
+                position = await self.forwarder.hold(vnf_id)
+            except ForwarderError as exc:
+                self._forwarder_alarm(str(exc))
         try:
-            meta = await self.agent(host).checkpoint(vnf_id)
+            try:
+                extra = {} if position is None else {"log_position": position}
+                meta = await self.agent(host).checkpoint(vnf_id, drain=position is not None,
+                                                         extra=extra)
+            finally:
+                if position is not None and self.forwarder is not None:
+                    with contextlib.suppress(ForwarderError):
+                        held_ms = await self.forwarder.release(vnf_id)
+                        self._rt(vnf_id).last_hold_ms = held_ms
             replicas = [host]
             backups = [b for b in rec.data.get("backups", []) if b in self._up_hosts()]
             pushes = [self._replicate(vnf_id, host, meta["seq"], b, d) for b in backups]
@@ -366,8 +387,14 @@ class Manager:
         cp = {"id": f"{vnf_id}/{meta['seq']}", "vnfInstanceId": vnf_id, "seq": meta["seq"],
               "createdAt": meta["created_at"], "host": host, "replicas": replicas,
               "bytes": meta["total_bytes"], "criuStats": meta.get("criu_stats", {}),
-              "generation": rec.data.get("generation", 0)}
+              "generation": rec.data.get("generation", 0), "logPosition": position,
+              "holdMs": self._rt(vnf_id).last_hold_ms if position is not None else None}
         self.store.put("checkpoint", cp["id"], cp)
+        if position is not None and self.forwarder is not None and \
+                (len(replicas) > 1 or d.ha.backups == 0):
+            # The log may forget what this checkpoint covers once a replica exists.
+            with contextlib.suppress(ForwarderError):
+                await self.forwarder.commit(vnf_id, position)
         self._prune_checkpoints(vnf_id, d.ha.retention)
         self._clear_alarm(f"checkpoint:{vnf_id}")
 
@@ -406,6 +433,13 @@ class Manager:
                               failure, detail, {"host": old_host})
         self.store.update("vnf", vnf_id, lambda d: {**d, "haState": VnfState.RECOVERING})
         d = parse_descriptor(rec.data["vnfd"])
+        replaying = d.ha.replay and self.forwarder is not None
+        if replaying and self.forwarder is not None:
+            try:
+                await self.forwarder.hold(vnf_id)  # new traffic waits until replay is done
+            except ForwarderError as exc:
+                replaying = False
+                self._forwarder_alarm(f"{exc}; {vnf_id} is restored without replay")
         failed: set[tuple[str, str]] = set()
         attempts: list[dict[str, Any]] = []
         for strategy in strategy_chain(d.ha.recovery, failure):
@@ -435,6 +469,8 @@ class Manager:
                     self._op_update(op_id, nfvha_merge={"attempts": attempts})
                     continue
                 restored = time.time()
+                replay_info = await self._replay(vnf_id, result.get("seq")) if replaying \
+                    else None
                 serving = await self._wait_serving(d, restored)
                 attempts.append({"strategy": strategy, "host": decision.target_host,
                                  "decidedAt": decided, "checkpoint": result.get("seq"),
@@ -444,6 +480,7 @@ class Manager:
                       "serving": serving}
                 self._op_update(op_id, operationState="COMPLETED", nfvha_merge={
                     "attempts": attempts, "timestamps": ts, "strategy": strategy,
+                    "replay": replay_info,
                     "targetHost": decision.target_host, "checkpoint": result.get("seq"),
                     "phases": {"detect": detected_at, "decideMs": (decided - detected_at) * 1e3,
                                "restoreMs": (restored - decided) * 1e3,
@@ -453,12 +490,69 @@ class Manager:
                 log.info("recovered %s by %s on %s in %.0f ms (detect->serving)", vnf_id,
                          strategy, decision.target_host, (serving - detected_at) * 1000)
                 return
+        if replaying and self.forwarder is not None:
+            with contextlib.suppress(ForwarderError):
+                await self.forwarder.release(vnf_id)
         self.store.update("vnf", vnf_id, lambda dd: {**dd, "haState": VnfState.FAILED})
         self._op_update(op_id, operationState="FAILED", nfvha_merge={"attempts": attempts},
                         error=_problem(500, f"every recovery strategy failed for {vnf_id}: "
                                             + "; ".join(a.get("error") or a.get("reason", "")
                                                         for a in attempts)))
         log.error("decision: %s FAILED: no strategy could recover it", vnf_id)
+
+    async def _replay(self, vnf_id: str, seq: int | None) -> dict[str, Any] | None:
+        """Replay what the restored checkpoint missed, then release held traffic."""
+        assert self.forwarder is not None
+        try:
+            if seq is None:  # restarted without state: the log cannot help
+                await self.forwarder.reset(vnf_id)
+                return {"replayed": 0, "reason": "restart: state lost, log discarded"}
+            cp = self.store.find("checkpoint", f"{vnf_id}/{seq}")
+            position = None if cp is None else cp.data.get("logPosition")
+            if position is None:
+                await self.forwarder.release(vnf_id)
+                return {"replayed": 0, "reason": f"checkpoint {seq} has no log position"}
+            res = await self.forwarder.replay(vnf_id, int(position))
+            log.info("replayed %d datagram(s) to %s after checkpoint %s (position %s) in "
+                     "%.1f ms", res["replayed"], vnf_id, seq, position, res["replay_ms"])
+            return {**res, "fromPosition": position}
+        except ForwarderError as exc:
+            self._forwarder_alarm(str(exc))
+            return {"replayed": 0, "error": str(exc)}
+
+    async def _watch_forwarder(self) -> None:
+        """Force a checkpoint before a log fills; alarm when one would be lost."""
+        assert self.forwarder is not None
+        while True:
+            await asyncio.sleep(0.1)
+            for rec in self.store.list("vnf"):
+                d = parse_descriptor(rec.data["vnfd"])
+                if not d.ha.replay or rec.data["haState"] != VnfState.ACTIVE:
+                    continue
+                try:
+                    st = await self.forwarder.status(rec.id)
+                except ForwarderError as exc:
+                    self._forwarder_alarm(str(exc))
+                    continue
+                self._clear_alarm("forwarder")
+                fill = max(st["log_fill"], st["log_age_s"] / 60.0)
+                if fill > 0.8:
+                    rt = self._rt(rec.id)
+                    if rt.next_checkpoint > time.monotonic():
+                        log.info("decision: checkpoint %s now: its packet log is %.0f%% full",
+                                 rec.id, fill * 100)
+                        rt.next_checkpoint = time.monotonic()
+                if fill > 0.9:
+                    self._raise_alarm(f"log:{rec.id}", rec.id, "PROCESSING_ERROR_ALARM",
+                                      "MAJOR", "packet-log-nearly-full",
+                                      f"packet log of {rec.id} is {fill * 100:.0f}% full; "
+                                      "checkpoints are not keeping up", {"host": None})
+                elif fill < 0.5:
+                    self._clear_alarm(f"log:{rec.id}")
+
+    def _forwarder_alarm(self, detail: str) -> None:
+        self._raise_alarm("forwarder", None, "COMMUNICATIONS_ALARM", "MAJOR",
+                          "forwarder-unavailable", detail, {"host": "forwarder"})
 
     def _context(self, vnf_id: str, failure: str, old_host: str | None, backups: list[str],
                  d: VnfDescriptor, failed: frozenset[tuple[str, str]]) -> RecoveryContext:
@@ -597,6 +691,13 @@ class Manager:
             p = place(self.hosts_view(), memory=d.resources.memory, backups=d.ha.backups)
             log.info("decision: place %s on %s, backups %s (%s)", vnf_id, p.primary,
                      list(p.backups), p.reason)
+            if d.ha.replay:
+                if self.forwarder is None or d.network.service is None:
+                    raise NfvhaError("ha.replay needs a steering forwarder: start the manager "
+                                     "with --forwarder URL (nfvha up does)")
+                await self.forwarder.add(vnf_id, d.network.service.address,
+                                         d.network.service.port, d.network.ip,
+                                         d.network.service.exactly_once)
             created = await self.agent(p.primary).create(d.model_dump(mode="json"), vnf_id)
             await self._wait_serving(d, time.time())  # COMPLETED means it answers
         except (AgentCallError, NfvhaError) as exc:
@@ -645,6 +746,9 @@ class Manager:
                 await self.agent(h).delete(vnf_id, purge=True)
         for cp in self.store.list("checkpoint", where={"vnfInstanceId": vnf_id}):
             self.store.delete("checkpoint", cp.id)
+        if self.forwarder is not None and parse_descriptor(self.get_vnf(vnf_id)["vnfd"]).ha.replay:
+            with contextlib.suppress(ForwarderError):
+                await self.forwarder.remove(vnf_id)
         self.store.update("vnf", vnf_id, lambda d: {
             **d, "haState": VnfState.NOT_INSTANTIATED, "instantiationState": "NOT_INSTANTIATED",
             "host": None, "backups": []})

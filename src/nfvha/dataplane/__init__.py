@@ -1,0 +1,1 @@
+"""Data plane: the steering forwarder with its packet log and replay."""

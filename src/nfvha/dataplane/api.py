@@ -1,0 +1,138 @@
+"""Control API of the forwarder (FastAPI): services, hold/release around checkpoints,
+commit (log trim) and replay after a restore. Used by the manager only."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from nfvha.dataplane.forwarder import Forwarder, ServiceSpec
+from nfvha.errors import HostNetworkError
+from nfvha.vim.api import problem
+from nfvha.vim.hostnet import HostNetwork
+
+__all__ = ["create_forwarder_app"]
+
+
+class ServiceBody(BaseModel):
+    name: str
+    listen_ip: str
+    port: int = Field(ge=1, le=65535)
+    target_ip: str
+    exactly_once: bool = False
+    max_log_bytes: int = Field(default=64 * 2**20, ge=4096)
+    max_log_age: float = Field(default=60.0, gt=0)
+
+
+class PositionBody(BaseModel):
+    position: int = Field(ge=0)
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def create_forwarder_app(token: str, *, interface: str = "eth0",
+                         prefixlen: int = 16) -> FastAPI:
+    fwd = Forwarder()
+    net = HostNetwork()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await fwd.close()
+
+    app = FastAPI(title="nfvha forwarder", lifespan=lifespan)
+    app.state.forwarder = fwd
+    bearer = HTTPBearer(auto_error=False)
+
+    async def require_token(
+        creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
+        if creds is None or not hmac.compare_digest(creds.credentials, token):
+            raise _Unauthorized()
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauth(_: Request, __: _Unauthorized) -> JSONResponse:
+        return problem(401, "Unauthorized", "missing or wrong bearer token")
+
+    @app.exception_handler(KeyError)
+    async def _missing(_: Request, exc: KeyError) -> JSONResponse:
+        return problem(404, "Not found", str(exc.args[0]))
+
+    @app.exception_handler(OSError)
+    async def _os(_: Request, exc: OSError) -> JSONResponse:
+        return problem(409, "Cannot bind", f"{exc}; is the service address free here?")
+
+    auth = [Depends(require_token)]
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/v1/services", dependencies=auth)
+    async def services() -> list[dict[str, Any]]:
+        return [s.status() for s in fwd.services.values()]
+
+    @app.post("/v1/services", dependencies=auth, status_code=201, response_model=None)
+    async def add(body: ServiceBody) -> dict[str, Any] | JSONResponse:
+        ipaddress.IPv4Address(body.listen_ip)
+        owned = {a.split("/")[0] for _, a in await net.addresses()}
+        if body.listen_ip not in owned:
+            try:
+                await net.add_address(interface, f"{body.listen_ip}/{prefixlen}")
+            except HostNetworkError as exc:
+                return problem(409, "Cannot own the service address", str(exc))
+        svc = await fwd.add(ServiceSpec(
+            name=body.name, listen=(body.listen_ip, body.port), target=(body.target_ip, body.port),
+            exactly_once=body.exactly_once, max_log_bytes=body.max_log_bytes,
+            max_log_age=body.max_log_age))
+        return svc.status()
+
+    @app.get("/v1/services/{name}", dependencies=auth)
+    async def get(name: str) -> dict[str, Any]:
+        return fwd.get(name).status()
+
+    @app.delete("/v1/services/{name}", dependencies=auth, status_code=204)
+    async def remove(name: str) -> None:
+        await fwd.remove(name)
+
+    @app.post("/v1/services/{name}/hold", dependencies=auth)
+    async def hold(name: str) -> dict[str, Any]:
+        return {"position": fwd.get(name).hold()}
+
+    @app.post("/v1/services/{name}/release", dependencies=auth)
+    async def release(name: str) -> dict[str, Any]:
+        return {"held_ms": fwd.get(name).release() * 1000}
+
+    @app.post("/v1/services/{name}/commit", dependencies=auth)
+    async def commit(name: str, body: PositionBody) -> dict[str, Any]:
+        return {"trimmed": fwd.get(name).commit(body.position)}
+
+    @app.post("/v1/services/{name}/replay", dependencies=auth)
+    async def replay(name: str, body: PositionBody) -> dict[str, Any]:
+        svc = fwd.get(name)
+        t0 = time.monotonic()
+        n = svc.replay(body.position)
+        replay_s = time.monotonic() - t0
+        held = svc.release()
+        return {"replayed": n, "replay_ms": replay_s * 1000, "held_ms": held * 1000}
+
+    @app.post("/v1/services/{name}/reset", dependencies=auth)
+    async def reset(name: str) -> dict[str, Any]:
+        svc = fwd.get(name)
+        svc.reset()
+        return {"held_ms": svc.release() * 1000}
+
+    return app

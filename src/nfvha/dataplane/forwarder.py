@@ -1,0 +1,307 @@
+"""Steering forwarder: owns service addresses, logs what each VNF receives, replays it.
+
+A UDP proxy per service (service address:port → the active instance's address:port).
+Each client gets an upstream socket of its own, so the VNF sees one stable source per
+client flow, and replies find their way back. Every datagram delivered to the VNF gets a
+sequence number and stays in the log until a committed checkpoint covers it.
+
+Around a checkpoint the manager calls ``hold`` (delivery stops; new datagrams queue; the
+log position P is returned), the agent dumps, and ``commit(P)`` trims the log and
+releases the queue. After a restore from a checkpoint at position P, ``replay(P)``
+delivers the logged datagrams after P in order, before any queued new traffic.
+
+Replies the restored VNF sends again are suppressed per flow by count: the forwarder
+counts, per flow, the replies relayed since each checkpoint's cut, and drops that many
+replies after a replay from that checkpoint. This is exact for VNFs whose replies per
+flow are a deterministic function of their inputs; ``exactly_once`` instead holds each
+reply until the checkpoint covering its inputs commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Forwarder", "LogFull", "Service", "ServiceSpec"]
+
+log = logging.getLogger(__name__)
+
+Addr = tuple[str, int]
+_opening: set[asyncio.Future[None]] = set()  # flows whose upstream socket is being opened
+
+
+class LogFull(Exception):
+    """The packet log reached its bound; the datagram was not delivered."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str  # the VNF instance id
+    listen: Addr  # service address and port, owned by the forwarder
+    target: Addr  # the VNF's address and port
+    exactly_once: bool = False
+    max_log_bytes: int = 64 * 2**20
+    max_log_age: float = 60.0
+
+
+@dataclass
+class _Entry:
+    seq: int
+    client: Addr
+    payload: bytes
+    at: float
+
+
+@dataclass
+class _Flow:
+    """One client's upstream socket towards the VNF."""
+
+    client: Addr
+    transport: asyncio.DatagramTransport | None = None
+    suppress: int = 0  # replies still to drop after a replay
+
+
+class _Upstream(asyncio.DatagramProtocol):
+    def __init__(self, svc: Service, flow: _Flow) -> None:
+        self.svc = svc
+        self.flow = flow
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        self.svc.on_reply(self.flow, data)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP unreachable while VNF is down
+        pass
+
+
+class _Front(asyncio.DatagramProtocol):
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        self.svc.on_client(addr, data)
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+
+@dataclass
+class Service:
+    """One protected service: front socket, flows, log, hold queue, reply counters."""
+
+    spec: ServiceSpec
+    front: asyncio.DatagramTransport | None = None
+    flows: dict[Addr, _Flow] = field(default_factory=dict)
+    log: collections.deque[_Entry] = field(default_factory=collections.deque)
+    log_bytes: int = 0
+    next_seq: int = 1
+    committed: int = 0  # log position covered by the last committed checkpoint
+    held: bool = False
+    hold_started: float = 0.0
+    queue: collections.deque[tuple[Addr, bytes]] = field(default_factory=collections.deque)
+    cuts: dict[int, dict[Addr, int]] = field(default_factory=dict)  # P -> replies since cut
+    pending_replies: collections.deque[tuple[int, _Flow, bytes]] = field(
+        default_factory=collections.deque)
+    stats: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
+
+    # -- data path ----------------------------------------------------------------------
+
+    def on_client(self, client: Addr, data: bytes) -> None:
+        self.stats["rx"] += 1
+        if self.held or self.queue:
+            self.queue.append((client, data))
+            return
+        self._deliver(client, data)
+
+    def _deliver(self, client: Addr, data: bytes) -> None:
+        flow = self.flows.get(client)
+        if flow is None or flow.transport is None:
+            self.queue.append((client, data))  # its upstream socket is being opened
+            self._ensure_flow(client)
+            return
+        if self.log_bytes + len(data) > self.spec.max_log_bytes:
+            self.stats["dropped_log_full"] += 1  # the manager alarms well before this
+            return
+        self.log.append(_Entry(self.next_seq, client, data, time.monotonic()))
+        self.log_bytes += len(data)
+        self.next_seq += 1
+        flow.transport.sendto(data, self.spec.target)
+        self.stats["delivered"] += 1
+
+    def _ensure_flow(self, client: Addr) -> None:
+        if client in self.flows:
+            return
+        flow = _Flow(client)
+        self.flows[client] = flow
+        task = asyncio.ensure_future(self._open_flow(flow))
+        _opening.add(task)
+        task.add_done_callback(_opening.discard)
+
+    async def _open_flow(self, flow: _Flow) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Upstream(self, flow), local_addr=("0.0.0.0", 0))
+        flow.transport = transport
+        self._drain_queue()
+
+    def on_reply(self, flow: _Flow, data: bytes) -> None:
+        self.stats["replies"] += 1
+        if flow.suppress > 0:
+            flow.suppress -= 1
+            self.stats["replies_suppressed"] += 1
+            return
+        for counts in self.cuts.values():
+            counts[flow.client] = counts.get(flow.client, 0) + 1
+        if self.spec.exactly_once:
+            self.pending_replies.append((self.next_seq - 1, flow, data))
+            return
+        self._send_reply(flow, data)
+
+    def _send_reply(self, flow: _Flow, data: bytes) -> None:
+        if self.front is not None:
+            self.front.sendto(data, flow.client)
+
+    def _drain_queue(self) -> None:
+        while self.queue and not self.held:
+            client, data = self.queue[0]
+            flow = self.flows.get(client)
+            if flow is None or flow.transport is None:
+                self._ensure_flow(client)
+                return
+            self.queue.popleft()
+            self._deliver(client, data)
+
+    # -- control --------------------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        """Sequence number of the last datagram delivered to the VNF."""
+        return self.next_seq - 1
+
+    def hold(self) -> int:
+        """Stop delivery (new datagrams queue); the returned position is the cut."""
+        self.held = True
+        self.hold_started = time.monotonic()
+        p = self.position
+        self.cuts[p] = {}
+        return p
+
+    def release(self) -> float:
+        """Resume delivery; returns how long delivery was held, in seconds."""
+        held_for = time.monotonic() - self.hold_started if self.held else 0.0
+        self.held = False
+        if held_for:
+            self.stats["hold_total_s"] += held_for
+            self.stats["holds"] += 1
+            self.stats["hold_max_s"] = max(self.stats["hold_max_s"], held_for)
+        self._drain_queue()
+        return held_for
+
+    def commit(self, position: int) -> int:
+        """A checkpoint at ``position`` committed: trim the log up to it."""
+        trimmed = 0
+        while self.log and self.log[0].seq <= position:
+            e = self.log.popleft()
+            self.log_bytes -= len(e.payload)
+            trimmed += 1
+        self.committed = max(self.committed, position)
+        for p in [p for p in self.cuts if p < position]:
+            del self.cuts[p]
+        while self.pending_replies and self.pending_replies[0][0] <= position:
+            _, flow, data = self.pending_replies.popleft()
+            self._send_reply(flow, data)
+        return trimmed
+
+    def replay(self, position: int) -> int:
+        """Deliver the logged datagrams after ``position`` in order, then queued traffic.
+
+        Replies the old copy already relayed since that cut are dropped per flow.
+        """
+        counts = self.cuts.get(position, {})
+        for flow in self.flows.values():
+            flow.suppress = 0 if self.spec.exactly_once else counts.get(flow.client, 0)
+        # Replies held for exactly-once that the failed copy produced are regenerated.
+        self.pending_replies.clear()
+        # The checkpoint's cut starts counting afresh for the restored copy.
+        self.cuts = {position: {}}
+        n = 0
+        for e in list(self.log):
+            target = self.flows.get(e.client)
+            if e.seq > position and target is not None and target.transport is not None:
+                target.transport.sendto(e.payload, self.spec.target)
+                n += 1
+        self.stats["replayed"] += n
+        return n
+
+    def reset(self) -> None:
+        """The VNF restarted without state: the log cannot help it; start over."""
+        self.log.clear()
+        self.log_bytes = 0
+        self.cuts.clear()
+        self.pending_replies.clear()
+        self.committed = self.position
+        for flow in self.flows.values():
+            flow.suppress = 0
+
+    def status(self) -> dict[str, Any]:
+        oldest = self.log[0].at if self.log else None
+        return {
+            "name": self.spec.name, "listen": list(self.spec.listen),
+            "target": list(self.spec.target), "exactly_once": self.spec.exactly_once,
+            "position": self.position, "committed": self.committed, "held": self.held,
+            "log_packets": len(self.log), "log_bytes": self.log_bytes,
+            "log_age_s": 0.0 if oldest is None else time.monotonic() - oldest,
+            "log_fill": self.log_bytes / self.spec.max_log_bytes,
+            "queued": len(self.queue), "flows": len(self.flows),
+            "pending_replies": len(self.pending_replies), "stats": dict(self.stats),
+        }
+
+
+class Forwarder:
+    """All services of one forwarder process."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, Service] = {}
+
+    async def add(self, spec: ServiceSpec) -> Service:
+        old = self.services.get(spec.name)
+        if old is not None:
+            if old.spec.listen == spec.listen:
+                old.spec = spec  # retarget (same service address)
+                return old
+            await self.remove(spec.name)
+        svc = Service(spec)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Front(svc),
+                                                           local_addr=spec.listen)
+        svc.front = transport
+        self.services[spec.name] = svc
+        log.info("service %s: %s:%d -> %s:%d%s", spec.name, *spec.listen, *spec.target,
+                 " (exactly-once)" if spec.exactly_once else "")
+        return svc
+
+    async def remove(self, name: str) -> None:
+        svc = self.services.pop(name, None)
+        if svc is None:
+            return
+        if svc.front is not None:
+            svc.front.close()
+        for flow in svc.flows.values():
+            if flow.transport is not None:
+                flow.transport.close()
+
+    def get(self, name: str) -> Service:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise KeyError(f"no service {name!r} on this forwarder "
+                           f"(services: {', '.join(self.services) or 'none'})") from None
+
+    async def close(self) -> None:
+        for name in list(self.services):
+            with contextlib.suppress(Exception):
+                await self.remove(name)

@@ -1,0 +1,246 @@
+"""Fault detection: heartbeat bookkeeping on explicit clocks, and real health probes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import pytest
+
+from nfvha.descriptor import HealthProbe
+from nfvha.ha.fault import FaultTimings, HeartbeatDetector, HostState, probe_vnf
+
+LOCAL = "127.0.0.1"
+T = FaultTimings(suspect_after=0.15, fencing_timeout=0.25, fencing_margin=0.1)
+
+
+@pytest.fixture
+def detector() -> HeartbeatDetector:
+    return HeartbeatDetector(T)
+
+
+# -- heartbeats ------------------------------------------------------------------------
+
+
+def test_heard_host_is_up(detector: HeartbeatDetector) -> None:
+    detector.heard("h1", now=10.0)
+
+    assert detector.state["h1"] == HostState.UP
+    assert detector.silence("h1", now=10.04) == pytest.approx(0.04)
+
+
+def test_host_is_suspected_only_after_suspect_after(detector: HeartbeatDetector) -> None:
+    detector.heard("h1", now=10.0)
+
+    assert detector.to_suspect(now=10.0 + T.suspect_after - 0.01) == []
+    assert detector.state["h1"] == HostState.UP
+    assert detector.to_suspect(now=10.0 + T.suspect_after + 0.01) == ["h1"]
+    assert detector.state["h1"] == HostState.SUSPECTED
+
+
+def test_host_is_reported_suspect_only_once(detector: HeartbeatDetector) -> None:
+    detector.heard("h1", now=10.0)
+
+    assert detector.to_suspect(now=11.0) == ["h1"]
+    assert detector.to_suspect(now=12.0) == []
+
+
+def test_only_silent_hosts_are_suspected(detector: HeartbeatDetector) -> None:
+    detector.heard("quiet", now=10.0)
+    detector.heard("chatty", now=10.0)
+    detector.heard("chatty", now=10.2)
+
+    assert detector.to_suspect(now=10.25) == ["quiet"]
+    assert detector.state["chatty"] == HostState.UP
+
+
+def test_heartbeat_clears_suspicion(detector: HeartbeatDetector) -> None:
+    detector.heard("h1", now=10.0)
+    detector.to_suspect(now=11.0)
+
+    assert detector.heard("h1", now=11.1) == HostState.SUSPECTED
+    assert detector.state["h1"] == HostState.UP
+    assert detector.to_suspect(now=11.2) == []
+
+
+def test_grace_gives_a_full_timeout_after_a_manager_restart(detector: HeartbeatDetector) -> None:
+    detector.grace("h1", now=100.0)
+
+    assert detector.state["h1"] == HostState.UP
+    assert detector.to_suspect(now=100.1) == []
+    assert detector.to_suspect(now=100.0 + T.suspect_after + 0.01) == ["h1"]
+
+
+def test_grace_keeps_a_known_state(detector: HeartbeatDetector) -> None:
+    detector.state["h1"] = HostState.DOWN
+
+    detector.grace("h1", now=100.0)
+
+    assert detector.state["h1"] == HostState.DOWN
+    assert detector.to_suspect(now=200.0) == []  # a down host is not suspected again
+
+
+def test_fenced_in_counts_down_from_fencing_timeout_plus_margin(
+        detector: HeartbeatDetector) -> None:
+    detector.heard("h1", now=10.0)
+
+    assert detector.fenced_in("h1", now=10.0) == pytest.approx(0.35)
+    assert detector.fenced_in("h1", now=10.2) == pytest.approx(0.15)
+    assert detector.fenced_in("h1", now=10.35) == pytest.approx(0.0)
+    assert detector.fenced_in("h1", now=11.0) < 0
+
+
+def test_manager_waits_longer_than_the_agent_fences_itself() -> None:
+    assert T.fenced_after() > T.fencing_timeout
+    assert FaultTimings().fenced_after() > FaultTimings().suspect_after
+
+
+def test_heard_after_down_reports_a_rejoin(detector: HeartbeatDetector) -> None:
+    detector.heard("h1", now=10.0)
+    detector.state["h1"] = HostState.DOWN
+
+    assert detector.heard("h1", now=20.0) == HostState.DOWN
+    assert detector.state["h1"] == HostState.UP
+    assert detector.fenced_in("h1", now=20.0) == pytest.approx(T.fenced_after())
+
+
+def test_heard_uses_the_monotonic_clock_by_default(detector: HeartbeatDetector) -> None:
+    before = time.monotonic()
+    detector.heard("h1")
+
+    assert before <= detector.last_seen["h1"] <= time.monotonic()
+
+
+# -- probes ----------------------------------------------------------------------------
+
+
+class _Echo(asyncio.DatagramProtocol):
+    def __init__(self, reply: bytes | None) -> None:
+        self.reply = reply
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        assert self.transport is not None
+        if data == b"PING" and self.reply is not None:
+            self.transport.sendto(self.reply, addr)
+
+
+async def _udp_server(reply: bytes | None) -> tuple[asyncio.DatagramTransport, int]:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: _Echo(reply),
+                                                       local_addr=(LOCAL, 0))
+    return transport, transport.get_extra_info("sockname")[1]
+
+
+@pytest.fixture
+async def pong_port() -> AsyncIterator[int]:
+    transport, port = await _udp_server(b"PONG from vnf")
+    yield port
+    transport.close()
+
+
+def _closed_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((LOCAL, 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+async def test_udp_probe_answered(pong_port: int) -> None:
+    probe = HealthProbe(type="udp", port=pong_port, timeout=1.0)
+
+    assert await probe_vnf(probe, LOCAL) is True
+
+
+async def test_udp_probe_without_expectation_accepts_any_reply(pong_port: int) -> None:
+    probe = HealthProbe(type="udp", port=pong_port, expect=None, timeout=1.0)
+
+    assert await probe_vnf(probe, LOCAL) is True
+
+
+async def test_udp_probe_with_wrong_reply_fails() -> None:
+    transport, port = await _udp_server(b"ERR")
+    try:
+        probe = HealthProbe(type="udp", port=port, timeout=1.0)
+        t0 = time.monotonic()
+        assert await probe_vnf(probe, LOCAL) is False
+        assert time.monotonic() - t0 < 0.5  # refused on the reply, not on the timeout
+    finally:
+        transport.close()
+
+
+async def test_udp_probe_to_closed_port_fails_within_timeout() -> None:
+    probe = HealthProbe(type="udp", port=_closed_udp_port(), timeout=0.3)
+
+    t0 = time.monotonic()
+    assert await probe_vnf(probe, LOCAL) is False
+    assert time.monotonic() - t0 < 0.3 + 0.2
+
+
+async def test_udp_probe_to_silent_vnf_fails_at_timeout() -> None:
+    transport, port = await _udp_server(None)
+    try:
+        probe = HealthProbe(type="udp", port=port, timeout=0.2)
+        t0 = time.monotonic()
+        assert await probe_vnf(probe, LOCAL) is False
+        assert 0.15 < time.monotonic() - t0 < 0.2 + 0.2
+    finally:
+        transport.close()
+
+
+async def test_tcp_probe_to_listening_socket() -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), LOCAL, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert await probe_vnf(HealthProbe(type="tcp", port=port, timeout=1.0), LOCAL) is True
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_tcp_probe_to_closed_port_fails() -> None:
+    with socket.socket() as s:
+        s.bind((LOCAL, 0))
+        port = s.getsockname()[1]  # bound but not listening: connections are refused
+
+        assert await probe_vnf(HealthProbe(type="tcp", port=port, timeout=1.0), LOCAL) is False
+
+
+async def test_none_probe_is_always_healthy() -> None:
+    assert await probe_vnf(HealthProbe(type="none"), "192.0.2.1") is True
+
+
+@pytest.mark.parametrize(("command", "healthy"), [(["true"], True), (["false"], False)])
+async def test_exec_probe_uses_exit_status(command: list[str], healthy: bool) -> None:
+    probe = HealthProbe(type="exec", command=command, timeout=2.0)
+
+    assert await probe_vnf(probe, LOCAL) is healthy
+
+
+async def test_exec_probe_gets_the_vnf_address() -> None:
+    check = [sys.executable, "-c", "import sys; sys.exit(sys.argv[1] != '10.250.1.10')", "{ip}"]
+    probe = HealthProbe(type="exec", command=check, timeout=2.0)
+
+    assert await probe_vnf(probe, "10.250.1.10") is True
+    assert await probe_vnf(probe, "10.250.1.11") is False
+
+
+async def test_exec_probe_that_hangs_fails_at_timeout() -> None:
+    probe = HealthProbe(type="exec", command=["sleep", "30"], timeout=0.2)
+
+    t0 = time.monotonic()
+    assert await probe_vnf(probe, LOCAL) is False
+    assert time.monotonic() - t0 < 1.0
+
+
+async def test_exec_probe_with_missing_program_fails() -> None:
+    probe = HealthProbe(type="exec", command=["/nonexistent/nfvt-probe"], timeout=1.0)
+
+    assert await probe_vnf(probe, LOCAL) is False
