@@ -124,7 +124,7 @@ def create_forwarder_app(token: str, *, interface: str = "eth0",
     async def replay(name: str, body: PositionBody) -> dict[str, Any]:
         svc = fwd.get(name)
         t0 = time.monotonic()
-        n = svc.replay(body.position)
+        n = await svc.replay(body.position)
         replay_s = time.monotonic() - t0
         held = svc.release()
         return {"replayed": n, "replay_ms": replay_s * 1000, "held_ms": held * 1000}

@@ -32,6 +32,7 @@ __all__ = ["Forwarder", "LogFull", "Service", "ServiceSpec"]
 log = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
+_BATCH = 16  # datagrams sent back to back before pacing
 _opening: set[asyncio.Future[None]] = set()  # flows whose upstream socket is being opened
 
 
@@ -47,6 +48,7 @@ class ServiceSpec:
     exactly_once: bool = False
     max_log_bytes: int = 64 * 2**20
     max_log_age: float = 60.0
+    pace_pps: float = 20000.0  # replay and queue drain rate towards the VNF
 
 
 @dataclass
@@ -107,6 +109,7 @@ class Service:
     pending_replies: collections.deque[tuple[int, _Flow, bytes]] = field(
         default_factory=collections.deque)
     stats: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
+    _pump: asyncio.Future[None] | None = None
 
     # -- data path ----------------------------------------------------------------------
 
@@ -166,14 +169,25 @@ class Service:
             self.front.sendto(data, flow.client)
 
     def _drain_queue(self) -> None:
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.ensure_future(self._pump_queue())
+
+    async def _pump_queue(self) -> None:
+        """Deliver queued datagrams in order, paced: a burst larger than the VNF's socket
+        buffer would be dropped there, after it was logged as delivered."""
         while self.queue and not self.held:
-            client, data = self.queue[0]
-            flow = self.flows.get(client)
-            if flow is None or flow.transport is None:
-                self._ensure_flow(client)
-                return
-            self.queue.popleft()
-            self._deliver(client, data)
+            for _ in range(_BATCH):
+                if not self.queue or self.held:
+                    break
+                client, data = self.queue[0]
+                flow = self.flows.get(client)
+                if flow is None or flow.transport is None:
+                    self._ensure_flow(client)
+                    return
+                self.queue.popleft()
+                self._deliver(client, data)
+            if self.queue:
+                await asyncio.sleep(_BATCH / self.spec.pace_pps)
 
     # -- control --------------------------------------------------------------------------
 
@@ -216,7 +230,7 @@ class Service:
             self._send_reply(flow, data)
         return trimmed
 
-    def replay(self, position: int) -> int:
+    async def replay(self, position: int) -> int:
         """Deliver the logged datagrams after ``position`` in order, then queued traffic.
 
         Replies the old copy already relayed since that cut are dropped per flow.
@@ -229,11 +243,13 @@ class Service:
         # The checkpoint's cut starts counting afresh for the restored copy.
         self.cuts = {position: {}}
         n = 0
-        for e in list(self.log):
+        for e in [e for e in self.log if e.seq > position]:
             target = self.flows.get(e.client)
-            if e.seq > position and target is not None and target.transport is not None:
+            if target is not None and target.transport is not None:
                 target.transport.sendto(e.payload, self.spec.target)
                 n += 1
+                if n % _BATCH == 0:
+                    await asyncio.sleep(_BATCH / self.spec.pace_pps)
         self.stats["replayed"] += n
         return n
 

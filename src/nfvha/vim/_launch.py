@@ -57,6 +57,7 @@ def main(argv: list[str]) -> int:
     try:
         socket.sethostname(a.hostname)
         os.setsid()
+        os.setpriority(os.PRIO_PROCESS, 0, 0)  # not the agent's elevated priority
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(log_fd, 1)

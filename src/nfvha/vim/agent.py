@@ -158,7 +158,9 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
         self._last_manager_ok: float | None = None  # monotonic time of the last 2xx heartbeat
-        self._peers: list[str] = []  # other agents, as the manager last listed them
+        self._peers: dict[str, str] = {}  # other agents (id -> url) as the manager lists them
+        self._last_peer_ok: float | None = None  # monotonic send time of the last answered ping
+        self.peer_last_heard: dict[str, float] = {}  # peer id -> when it last pinged us
         self.fenced_at: float | None = None
 
     # -- life of the agent ---------------------------------------------------------------
@@ -176,6 +178,7 @@ class Agent:
         if self.cfg.manager_url:
             self._spawn(self._heartbeat_loop())
             self._spawn(self._event_loop())
+            self._spawn(self._peer_loop())
             if self.cfg.fencing_timeout > 0:
                 self._spawn(self._fencing_loop())
 
@@ -543,13 +546,14 @@ class Agent:
         if self.cfg.fencing_timeout > 0:
             timeout = min(timeout, self.cfg.fencing_timeout / 2)
         while True:
+            sent_at = time.monotonic()  # the lease runs from sending, not from the answer
             try:
                 r = await self._http.post(url, json=self.status(), headers=self._auth(),
                                           timeout=timeout)
                 if r.status_code < 300:
-                    self._last_manager_ok = time.monotonic()
+                    self._last_manager_ok = sent_at
                     with contextlib.suppress(ValueError, KeyError, TypeError):
-                        self._peers = [str(p) for p in r.json()["peers"]]
+                        self._peers = {str(p["id"]): str(p["url"]) for p in r.json()["peers"]}
                     if self.fenced_at is not None:
                         log.info("manager reachable again; fenced instances stay stopped "
                                  "until the manager decides")
@@ -559,34 +563,54 @@ class Agent:
             finally:
                 await asyncio.sleep(self.cfg.heartbeat_interval)
 
+    async def _peer_loop(self) -> None:
+        """Ping every peer agent each heartbeat interval. The pings are the second path:
+        the manager asks peers when they last heard a suspected host, and this agent
+        counts a peer's answer as contact, so a host cut off from the manager alone is
+        neither declared lost nor fenced, while an isolated host is both."""
+        assert self._http is not None
+        while True:
+            peers = dict(self._peers)
+            sent_at = time.monotonic()
+            results = await asyncio.gather(*[self._ping_peer(u) for u in peers.values()])
+            if any(results):
+                self._last_peer_ok = sent_at
+            await asyncio.sleep(self.cfg.heartbeat_interval)
+
+    async def _ping_peer(self, url: str) -> bool:
+        assert self._http is not None
+        try:
+            r = await self._http.post(f"{url}/v1/peer-ping", params={"host": self.cfg.host_id},
+                                      headers=self._auth(),
+                                      timeout=max(self.cfg.heartbeat_interval * 2, 0.1))
+        except httpx.HTTPError:
+            return False
+        return r.status_code < 300
+
+    def peer_heard(self, host_id: str) -> None:
+        self.peer_last_heard[host_id] = time.monotonic()
+
+    def peer_silences(self) -> dict[str, float]:
+        """Seconds since each peer last pinged this agent."""
+        now = time.monotonic()
+        return {h: now - t for h, t in self.peer_last_heard.items()}
+
     async def _fencing_loop(self) -> None:
-        """Stop every VNF here once the manager has been unreachable for the fencing
-        timeout: the manager restores them elsewhere only after that time has passed, so
-        there are never two live copies of one VNF."""
+        """Stop every VNF here once neither the manager nor any peer has answered for the
+        fencing timeout. Contact is counted from when a request was *sent*, so this fires
+        before the manager's deadline (fencing timeout + margin after the last contact
+        anyone *received*): there are never two live copies of one VNF."""
         period = min(self.cfg.fencing_timeout / 10, 0.02)
-        not_isolated_logged = False
         while True:
             await asyncio.sleep(period)
-            last = self._last_manager_ok
-            if last is None or self.fenced_at is not None:
+            contacts = [t for t in (self._last_manager_ok, self._last_peer_ok) if t is not None]
+            if not contacts or self.fenced_at is not None:
                 continue
-            silent = time.monotonic() - last
-            if silent <= self.cfg.fencing_timeout:
-                not_isolated_logged = False
-                continue
-            # The manager may be down rather than this host cut off: a host that still
-            # reaches a peer is not isolated, and the manager would not move its VNFs
-            # either (it confirms a loss through those same peers).
-            checks = [self.probe_peer(p, timeout=0.04) for p in self._peers[:3]]
-            if checks and any(await asyncio.gather(*checks)):
-                if not not_isolated_logged:
-                    log.warning("manager unreachable for %.0f ms but peers answer: not fencing",
-                                silent * 1000)
-                    not_isolated_logged = True
-                continue
-            self.fenced_at = time.time()
-            await self.stop_all(f"fenced: manager and peers unreachable for "
-                                f"{silent * 1000:.0f} ms", state=InstanceState.FENCED)
+            silent = time.monotonic() - max(contacts)
+            if silent > self.cfg.fencing_timeout:
+                self.fenced_at = time.time()
+                await self.stop_all(f"fenced: neither the manager nor any peer answered for "
+                                    f"{silent * 1000:.0f} ms", state=InstanceState.FENCED)
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.cfg.token}"} if self.cfg.token else {}
@@ -595,6 +619,7 @@ class Agent:
 async def _wait_udp_drained(pid: int, timeout: float = 0.2) -> None:
     """Wait until no UDP socket in the VNF's netns has unread datagrams (bounded)."""
     deadline = time.monotonic() + timeout
+    zero_reads = 0
     while time.monotonic() < deadline:
         queued = 0
         for table in ("udp", "udp6"):
@@ -603,9 +628,12 @@ async def _wait_udp_drained(pid: int, timeout: float = 0.2) -> None:
                     fields = line.split()
                     if len(fields) > 4:
                         queued += int(fields[4].split(":")[1], 16)
-        if queued == 0:
+        # Two empty reads a millisecond apart: a datagram the forwarder sent just before
+        # it held delivery may still be crossing the bridges between the two hosts.
+        zero_reads = zero_reads + 1 if queued == 0 else 0
+        if zero_reads >= 2:
             return
-        await asyncio.sleep(0.0005)
+        await asyncio.sleep(0.001)
     log.warning("pid %d still had unread datagrams after %.0f ms; dumping anyway", pid,
                 timeout * 1000)
 

@@ -212,6 +212,15 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
     async def probe(url: str, timeout: float = 0.2) -> dict[str, Any]:
         return {"url": url, "reachable": await agent.probe_peer(url, min(timeout, 5.0))}
 
+    @app.post("/v1/peer-ping", dependencies=auth)
+    async def peer_ping(host: str) -> dict[str, Any]:
+        agent.peer_heard(host)
+        return {"host_id": agent.cfg.host_id}
+
+    @app.get("/v1/peers", dependencies=auth)
+    async def peers() -> dict[str, float]:
+        return agent.peer_silences()
+
     @app.post("/v1/fence", dependencies=auth)
     async def fence() -> dict[str, Any]:
         return {"stopped": await agent.stop_all("fenced by request")}

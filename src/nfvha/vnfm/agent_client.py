@@ -113,6 +113,11 @@ class AgentClient:
             "POST", f"/v1/instances/{instance_id}/inject", "inject fault", json={"fault": fault})
         return res
 
+    async def peer_silences(self, timeout: float) -> dict[str, float]:
+        res: dict[str, float] = await self._call("GET", "/v1/peers", "read peer contacts",
+                                                 timeout=timeout)
+        return res
+
     async def probe(self, url: str, timeout: float) -> bool:
         res = await self._call("GET", "/v1/probe", "probe peer", params={"url": url,
                                "timeout": timeout}, timeout=timeout + 0.5)

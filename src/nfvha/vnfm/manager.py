@@ -80,6 +80,7 @@ class Manager:
         self.runtime: dict[str, _Runtime] = {}
         self._confirming: set[str] = set()
         self._reconciled = False
+        self.fence_deadline: dict[str, float] = {}  # host -> monotonic time it is fenced by
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -142,6 +143,7 @@ class Manager:
         if rec is None or rec.data.get("state") != HostState.UP or before != HostState.UP:
             if rec is not None and rec.data.get("state") == HostState.DOWN:
                 log.info("host %s is back; its stale VNF copies are removed", host_id)
+                self.fence_deadline.pop(host_id, None)
                 self._spawn(self._cleanup_rejoined(host_id))
             self.store.put("host", host_id, {
                 "id": host_id, "url": body.get("url"), "state": HostState.UP,
@@ -151,9 +153,9 @@ class Manager:
         for inst in body.get("instances", []):
             if inst["state"] == "EXITED":
                 self._instance_exited(host_id, inst)
-        peers = [st.get("url") for h, st in self.host_status.items()
-                 if h != host_id and self.detector.state.get(h) == HostState.UP]
-        return {"peers": [p for p in peers if p]}
+        peers = [{"id": h, "url": st.get("url")} for h, st in self.host_status.items()
+                 if h != host_id and st.get("url")]
+        return {"peers": peers}
 
     def event(self, ev: dict[str, Any]) -> None:
         if ev.get("type") == "instance-exit":
@@ -190,31 +192,51 @@ class Manager:
         return frozenset(h for h, s in self.detector.state.items() if s == HostState.UP)
 
     async def _confirm_host_loss(self, host_id: str) -> None:
-        """Second path: ask up to two other agents whether they still reach the host."""
+        """Second path: ask the other agents when they last heard the suspected host.
+
+        A host some peer heard within the suspicion time is alive and not isolated (and
+        would not fence itself): it stays UP. Otherwise it is DOWN, and its VNFs may move
+        once the fencing timeout (+ margin) has passed since anyone last heard it.
+        """
         try:
-            url = self.store.get("host", host_id).data["url"]
-            helpers = [h for h in self._up_hosts() if h != host_id][:2]
+            helpers = [h for h, st in self.detector.state.items()
+                       if h != host_id and st != HostState.DOWN]
             t = self.cfg.timings.confirm_timeout
-            checks = [self.agent(h).probe(url, t) for h in helpers]
-            results = await asyncio.gather(*checks, return_exceptions=True)
-            reachable = [h for h, r in zip(helpers, results, strict=True) if r is True]
-            if reachable or self.detector.state.get(host_id) == HostState.UP:
-                log.info("decision: host %s stays UP: %s still reach it (heartbeat delay, not "
-                         "a loss)", host_id, ", ".join(reachable) or "a new heartbeat")
+            results = await asyncio.gather(*[self.agent(h).peer_silences(t) for h in helpers],
+                                           return_exceptions=True)
+            heard = {h: r[host_id] for h, r in zip(helpers, results, strict=True)
+                     if isinstance(r, dict) and host_id in r}
+            answered = [r for r in results if isinstance(r, dict)]
+            if helpers and not answered:
+                # Nobody could be asked: this manager may be the one cut off. Ask again
+                # on the next tick rather than move VNFs on a guess.
+                log.info("host %s: no peer answered the second-path check; retrying",
+                         host_id)
                 if self.detector.state.get(host_id) == HostState.SUSPECTED:
                     self.detector.state[host_id] = HostState.UP
                 return
-            silence = self.detector.silence(host_id)
+            recent = min([self.detector.silence(host_id), *heard.values()])
+            if recent < self.cfg.timings.suspect_after or \
+                    self.detector.state.get(host_id) == HostState.UP:
+                who = ", ".join(f"{h} ({s * 1000:.0f} ms ago)" for h, s in heard.items()
+                                if s < self.cfg.timings.suspect_after) or "a new heartbeat"
+                log.info("decision: host %s stays UP: heard by %s (the manager's path is "
+                         "slow, not a loss)", host_id, who)
+                if self.detector.state.get(host_id) == HostState.SUSPECTED:
+                    self.detector.state[host_id] = HostState.UP
+                return
             self.detector.state[host_id] = HostState.DOWN
+            self.fence_deadline[host_id] = (time.monotonic() - recent
+                                            + self.cfg.timings.fenced_after())
             self.store.update("host", host_id, lambda d: {**d, "state": HostState.DOWN,
                                                           "stateChangedAt": _now_iso()})
-            how = f"{len(helpers)} other host(s) cannot reach it either" if helpers else \
-                "no other host to ask"
+            how = (f"{len(heard)} other host(s) last heard it {min(heard.values()) * 1000:.0f}"
+                   " ms ago" if heard else "no other host could tell")
             log.warning("decision: host %s DOWN after %.0f ms without heartbeats; %s", host_id,
-                        silence * 1000, how)
+                        recent * 1000, how)
             self._raise_alarm(f"host:{host_id}", None, "EQUIPMENT_ALARM", "CRITICAL",
-                              "host-loss", f"host {host_id} lost: no heartbeat for "
-                              f"{silence * 1000:.0f} ms; {how}", {"host": host_id})
+                              "host-loss", f"host {host_id} lost: no contact for "
+                              f"{recent * 1000:.0f} ms; {how}", {"host": host_id})
             detected = time.time()  # confirmed: the loss is known from now on
             for v in self.store.list("vnf"):
                 if v.data.get("host") == host_id and v.data["haState"] == VnfState.ACTIVE:
@@ -239,7 +261,18 @@ class Manager:
     # -- the loop -------------------------------------------------------------------------
 
     async def _loop(self) -> None:
+        last = time.monotonic()
         while True:
+            now = time.monotonic()
+            if now - last > self.cfg.timings.suspect_after / 2:
+                # This loop itself was stalled (a blocked event loop, a paused machine):
+                # silence measured meanwhile says nothing about the hosts.
+                log.warning("manager loop stalled for %.0f ms; hosts get a fresh timeout",
+                            (now - last) * 1000)
+                for h in list(self.detector.state):
+                    if self.detector.state[h] == HostState.UP:
+                        self.detector.grace(h)
+            last = now
             try:
                 self._tick()
             except Exception:
@@ -254,7 +287,19 @@ class Manager:
             self._reconciled = True
             self._reconcile()
         if not grace:
-            for h in self.detector.to_suspect():
+            suspects = self.detector.to_suspect()
+            up_before = len(self._up_hosts()) + len(suspects)
+            if len(suspects) >= 2 and len(suspects) == up_before:
+                # Every host silent at once: the manager's side is the likelier culprit,
+                # and there would be nowhere to move VNFs to anyway.
+                log.warning("decision: %d of %d hosts silent at once (%s); suspecting the "
+                            "manager's own network or load, not the hosts",
+                            len(suspects), up_before, ", ".join(sorted(suspects)))
+                for h in suspects:
+                    self.detector.state[h] = HostState.UP
+                    self.detector.grace(h)
+                suspects = []
+            for h in suspects:
                 if h not in self._confirming:
                     self._confirming.add(h)
                     log.info("host %s suspected: %.0f ms without heartbeat", h,
@@ -604,7 +649,9 @@ class Manager:
         if self.detector.state.get(old_host) == HostState.UP:
             await self.agent(old_host).delete(vnf_id)
             return
-        wait = self.detector.fenced_in(old_host)
+        deadline = self.fence_deadline.get(old_host)
+        wait = (deadline - time.monotonic() if deadline is not None
+                else self.detector.fenced_in(old_host))
         if wait > 0:
             log.info("decision: waiting %.0f ms until %s is known fenced before moving %s",
                      wait * 1000, old_host, vnf_id)

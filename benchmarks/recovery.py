@@ -1,0 +1,1091 @@
+#!/usr/bin/env python3
+"""Client-visible downtime of a stateful VNF per failure type and recovery strategy.
+
+A 3-host testbed with the HA manager (``nfvrec``, 10.248.0.0/16) runs the sample flow
+monitor (``examples/vnfs/flowmon.py``) with a checkpoint every 0.5 s. Per run:
+
+1. a fresh VNF instance is deployed and answers PING;
+2. a probing client starts: one thread sends ``PING`` to the query port every 1 ms and
+   records the arrival time of every ``PONG`` (sends never wait for replies, so the probe
+   keeps its 1 kHz pace while the VNF is down);
+3. warm-up traffic: N datagrams on one flow to the data port, confirmed with ``ACK?``,
+   then the flow goes quiet; the run waits for a checkpoint taken entirely after that
+   (for standby also for the standby sandbox on the backup host), so the flow counter in
+   the last checkpoint before the failure is exactly N;
+4. the failure: ``inject kill`` (SIGKILL of the VNF), ``inject hang`` (SIGSTOP) or
+   ``crash_host`` of the VNF's host (uplink deleted, then every process of it killed);
+5. the HEAL operation occurrence gives the manager's phases; the client's replies give
+   the downtime: the longest gap between consecutive replies that overlaps the interval
+   from the failure to the manager's ``serving``;
+6. the flow counter is read back: ``>= N`` means the state was kept (restart: 0).
+
+Scenarios: process crash with restore-local and with restart (the plain supervisor /
+Kubernetes baseline), hang with restore-local, host crash with restore-remote, with
+standby and with restart. Process-level scenarios share one testbed; every host-crash
+run destroys a host, so it gets a testbed of its own (built in ~2 s). Runs of the
+scenarios of a group are interleaved so that drift hits them alike.
+
+Writes ``results/recovery.{json,md,png}`` and ``docs/img/recovery.png``. Needs root and
+CRIU. Not a test: targets are reported as PASS/MISS, not asserted. Usage::
+
+    .venv/bin/python benchmarks/recovery.py [--quick] [--runs 20] [--host-runs N]
+                                            [--scenarios crash-local,host-remote,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from nfvha.testbed import Testbed
+from nfvha.vim.criu import CriuRunner
+
+REPO = Path(__file__).resolve().parent.parent
+FLOWMON = REPO / "examples" / "vnfs" / "flowmon.py"
+RESULTS = REPO / "results"
+DOC_IMG = REPO / "docs" / "img"
+
+TB_NAME = "nfvrec"
+TB_SUBNET = "10.248.0.0/16"  # apart from the default testbed, e2e tests and other benchmarks
+STATE_DIR = Path("/run/nfvha-bench-rec")
+N_HOSTS = 3
+
+DATA_PORT = 5000
+QUERY_PORT = 5001
+CHECKPOINT_INTERVAL = 0.5
+# The manager's own health probe of the VNF (hang detection): as in the demo.
+HA_PROBE = {"type": "udp", "port": QUERY_PORT, "send": "PING", "expect": "PONG",
+            "interval": 0.05, "timeout": 0.05, "failure_threshold": 3}
+PROBE_PERIOD = 0.001  # the client's probe: 1 kHz
+WARM_PACKETS = 300  # warm-up datagrams of the client's flow before each failure
+PRE_WINDOW = 0.5  # s before the failure in which the steady-state reply gaps are measured
+OBSERVE_AFTER = 0.3  # s the client keeps probing after its first reply past `serving`
+
+HTTP_TIMEOUT = 10.0
+DEPLOY_TIMEOUT = 20.0
+CHECKPOINT_TIMEOUT = 10.0
+STANDBY_TIMEOUT = 10.0
+HEAL_TIMEOUT = 20.0
+TESTBED_TIMEOUT = 30.0
+PROBE_MAX_S = 120.0  # a probe thread ends by itself after this, whatever happens
+
+DEFAULT_RUNS = 20
+QUICK_RUNS = 3
+TARGET_CRASH_LOCAL_MS = 100.0
+TARGET_HOST_REMOTE_MS = 500.0
+TARGET_HOST_DETECT_MS = 300.0
+
+_DEFAULT_RECOVERY: dict[str, list[str]] = {
+    "process-exit": ["restore-local", "restore-remote", "restart"],
+    "hang": ["restore-local", "restore-remote", "restart"],
+    "host-loss": ["restore-remote", "restart"],
+}
+
+
+class BenchError(RuntimeError):
+    """A step of a run failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    label: str
+    fault: str  # kill | hang | host
+    override: tuple[tuple[str, tuple[str, ...]], ...]  # recovery chains that differ
+    expect: str  # the strategy the policy should pick
+    code: str  # instance id prefix (short: it ends up in interface and cgroup names)
+
+    @property
+    def group(self) -> str:
+        return "host" if self.fault == "host" else "process"
+
+    @property
+    def recovery(self) -> dict[str, list[str]]:
+        out = {k: list(v) for k, v in _DEFAULT_RECOVERY.items()}
+        out.update({k: list(v) for k, v in self.override})
+        return out
+
+    @property
+    def baseline(self) -> bool:
+        return self.expect == "restart"
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("crash-local", "process crash → restore-local", "kill", (), "restore-local", "kl"),
+    Scenario("crash-restart", "process crash → restart (baseline)", "kill",
+             (("process-exit", ("restart",)),), "restart", "kr"),
+    Scenario("hang-local", "hang → restore-local", "hang", (), "restore-local", "hl"),
+    Scenario("host-remote", "host crash → restore-remote", "host", (), "restore-remote", "hr"),
+    Scenario("host-standby", "host crash → standby", "host",
+             (("host-loss", ("standby", "restore-remote")),), "standby", "hs"),
+    Scenario("host-restart", "host crash → restart (baseline)", "host",
+             (("host-loss", ("restart",)),), "restart", "hx"),
+)
+QUICK_SCENARIOS = tuple(s.key for s in SCENARIOS)
+
+
+# -- the client ------------------------------------------------------------------------------
+
+
+class Prober:
+    """1 kHz PING to the VNF's query port from one thread; records when each PONG arrives.
+
+    Sends are paced by the clock, never by replies: while the VNF is down the probe goes
+    on at 1 kHz, and a reply counts at the moment it arrives (wall clock, like the
+    manager's timestamps). No reply at all within ``short_timeout`` after a PING means
+    that PING is lost; the downtime is measured on reply times only.
+    """
+
+    def __init__(self, ip: str, port: int = QUERY_PORT, period: float = PROBE_PERIOD) -> None:
+        self.addr = (ip, port)
+        self.period = period
+        self.replies: list[float] = []
+        self.sent = 0
+        self.started = 0.0
+        self.stopped = 0.0
+        self._stop = threading.Event()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.connect(self.addr)
+        self._sock.setblocking(False)
+        self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
+
+    def start(self) -> Prober:
+        self.started = time.time()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.stopped = time.time()
+        self._sock.close()
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
+        next_send = time.monotonic()
+        deadline = next_send + PROBE_MAX_S
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now > deadline:
+                return
+            if now >= next_send:
+                try:
+                    self._sock.send(b"PING")
+                    self.sent += 1
+                except OSError:
+                    pass  # a queued ICMP error (port unreachable while the VNF is gone)
+                next_send += self.period
+                if next_send < now:  # fell behind (a stall): pace on, do not burst
+                    next_send = now + self.period
+            wait_ms = max(0.0, (next_send - time.monotonic()) * 1000)
+            if poller.poll(wait_ms):
+                self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(64)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue  # ICMP error queued on the socket; later replies still count
+            if data == b"PONG":
+                self.replies.append(time.time())
+
+    def last_reply(self) -> float:
+        return self.replies[-1] if self.replies else 0.0
+
+
+def _query(ip: str, payload: bytes, timeout: float = 0.3, tries: int = 5) -> bytes | None:
+    for _ in range(tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            try:
+                s.connect((ip, QUERY_PORT))
+                s.send(payload)
+                return s.recv(65535)
+            except OSError:
+                time.sleep(0.02)
+    return None
+
+
+def wait_pong(ip: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _query(ip, b"PING", timeout=0.1, tries=1) == b"PONG":
+            return
+        time.sleep(0.02)
+    raise BenchError(f"VNF at {ip} does not answer PING within {timeout:.0f}s")
+
+
+def send_flow(ip: str, n: int) -> tuple[str, int]:
+    """n datagrams on one new flow; returns its key and the count flowmon confirmed."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((ip, DATA_PORT))
+        src = s.getsockname()
+        key = f"{src[0]}:{src[1]}"
+        for i in range(n - 1):
+            s.send(b"x" * 64)
+            if i % 50 == 49:
+                time.sleep(0.001)
+        s.settimeout(0.5)
+        for _ in range(5):
+            with contextlib.suppress(OSError):
+                s.send(b"ACK?")
+                reply = s.recv(64)
+                if reply.startswith(b"ACK "):
+                    return key, int(reply.split()[1])
+        raise BenchError(f"flowmon at {ip} did not confirm the warm-up flow (ACK?)")
+
+
+def flow_count(ip: str, key: str) -> int | None:
+    """Packets flowmon has for ``key``; 0 when it does not know the flow; None: no answer."""
+    raw = _query(ip, f"FLOW {key}".encode(), timeout=0.3, tries=5)
+    if raw is None:
+        return None
+    try:
+        res = json.loads(raw)
+    except ValueError:
+        return None
+    if "error" in res:
+        return 0 if "no flow" in str(res["error"]) else None
+    return int(res["packets"])
+
+
+# -- the manager's API -----------------------------------------------------------------------
+
+
+class Api:
+    """Synchronous client of the manager; every call has a timeout."""
+
+    def __init__(self, tb: Testbed) -> None:
+        self.http = httpx.Client(base_url=tb.manager_url,
+                                 timeout=httpx.Timeout(HTTP_TIMEOUT, connect=3.0),
+                                 headers={"Authorization": f"Bearer {tb.token}"})
+
+    def close(self) -> None:
+        self.http.close()
+
+    def call(self, method: str, path: str, ok: tuple[int, ...] = (), **kw: Any) -> Any:
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise BenchError(f"{method} {path}: {exc!r}") from exc
+        if r.status_code >= 300 and r.status_code not in ok:
+            raise BenchError(f"{method} {path}: HTTP {r.status_code} {r.text[:400]}")
+        if r.status_code == 202 or not r.content:
+            return None
+        return r.json()
+
+    def vnf(self, iid: str) -> dict[str, Any]:
+        res: dict[str, Any] = self.call("GET", f"/vnflcm/v1/vnf_instances/{iid}")
+        return res
+
+    def deploy(self, desc: dict[str, Any], iid: str) -> dict[str, Any]:
+        self.call("POST", "/nfvha/v1/vnfds", json=desc)
+        self.call("POST", "/vnflcm/v1/vnf_instances", json={"vnfdId": desc["id"],
+                                                            "vnfInstanceId": iid})
+        self.call("POST", f"/vnflcm/v1/vnf_instances/{iid}/instantiate", json={})
+        vnf: dict[str, Any] = wait_for(lambda: _active(self.vnf(iid)), DEPLOY_TIMEOUT,
+                                       f"{iid} ACTIVE after instantiate")
+        return vnf
+
+    def checkpoints(self, iid: str) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = self.call("GET", "/nfvha/v1/checkpoints",
+                                              params={"vnfInstanceId": iid})
+        return sorted(res, key=lambda c: int(c["seq"]))
+
+    def heals(self, iid: str) -> list[dict[str, Any]]:
+        ops = self.call("GET", "/vnflcm/v1/vnf_lcm_op_occs", params={"vnfInstanceId": iid})
+        return [o for o in ops if o["operation"] == "HEAL"]
+
+    def standby_on(self, host: str, iid: str) -> bool:
+        return any(h["id"] == host and any(i["id"] == iid and i["state"] == "STANDBY"
+                                           for i in h["instances"])
+                   for h in self.call("GET", "/nfvha/v1/hosts"))
+
+    def remove(self, iid: str) -> None:
+        """Terminate (if instantiated) and delete an instance; bounded."""
+        r = self.http.get(f"/vnflcm/v1/vnf_instances/{iid}")
+        if r.status_code == 404:
+            return
+        if r.json()["haState"] != "NOT_INSTANTIATED":
+            self.call("POST", f"/vnflcm/v1/vnf_instances/{iid}/terminate", json={})
+            wait_for(lambda: self.vnf(iid)["haState"] == "NOT_INSTANTIATED", 15,
+                     f"{iid} terminated")
+        self.call("DELETE", f"/vnflcm/v1/vnf_instances/{iid}", ok=(404,))
+
+
+def _active(v: dict[str, Any]) -> dict[str, Any] | None:
+    return v if v["haState"] == "ACTIVE" else None
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        res = pred()
+        if res:
+            return res
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def descriptor(scn: Scenario, address: str) -> dict[str, Any]:
+    return {"id": f"rec-{scn.key}", "command": [sys.executable, str(FLOWMON)],
+            "network": {"address": address}, "resources": {"memory": "128Mi", "cpu": 0.5},
+            "ha": {"checkpoint_interval": CHECKPOINT_INTERVAL, "backups": 1,
+                   "recovery": scn.recovery, "probe": HA_PROBE}}
+
+
+# -- logs ------------------------------------------------------------------------------------
+
+
+class LogMark:
+    """Where the manager's and agents' logs end now, to read what a run added to them."""
+
+    def __init__(self, tb: Testbed) -> None:
+        self.paths = [tb.log_dir / "manager.log",
+                      *(tb.log_dir / f"agent-{h}.log" for h in tb.hosts)]
+        self.offsets = {p: _size(p) for p in self.paths}
+
+    def since(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for p in self.paths:
+            with contextlib.suppress(OSError), p.open("rb") as f:
+                f.seek(self.offsets[p])
+                out[p.stem] = f.read(400_000).decode(errors="replace").splitlines()
+        return out
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+_FENCE_RE = re.compile(r"waiting (\d+) ms until \S+ is known fenced")
+_RESTORE_RE = re.compile(r"restored from \S+ as pid \d+ \(criu ([\d.]+) ms, wall ([\d.]+) ms\)")
+
+
+def log_facts(logs: dict[str, list[str]], iid: str, target: str | None) -> dict[str, Any]:
+    """What the logs say about a run: fencing wait, CRIU restore time, warnings."""
+    facts: dict[str, Any] = {"fence_wait_ms": None, "criu_restore_ms": None,
+                             "criu_restore_wall_ms": None}
+    for line in logs.get("manager", []):
+        m = _FENCE_RE.search(line)
+        if m and iid in line:
+            facts["fence_wait_ms"] = float(m.group(1))
+    for line in logs.get(f"agent-{target}", []):
+        m = _RESTORE_RE.search(line)
+        if m and iid in line:
+            facts["criu_restore_ms"] = float(m.group(1))
+            facts["criu_restore_wall_ms"] = float(m.group(2))
+    facts["warnings"] = [ln for name, lines in logs.items() for ln in lines
+                         if (" WARNING " in ln or " ERROR " in ln) and "alarm raised" not in ln
+                         and "without heartbeats" not in ln
+                         and not ln.startswith("  ")][:20]
+    facts["excerpt"] = {name: lines[-60:] for name, lines in logs.items() if lines}
+    return facts
+
+
+# -- one run ---------------------------------------------------------------------------------
+
+
+def _gaps(times: Sequence[float], lo: float, hi: float) -> list[tuple[float, float]]:
+    """(start, end) between consecutive replies, with lo and hi as virtual replies."""
+    return list(itertools.pairwise([lo, *(t for t in times if lo < t < hi), hi]))
+
+
+def new_sample(scn: Scenario, run: int) -> dict[str, Any]:
+    return {"scenario": scn.key, "run": run, "instance": f"{scn.code}{run}", "ok": False,
+            "expected_strategy": scn.expect, "load1_start": os.getloadavg()[0]}
+
+
+def run_once(tb: Testbed, api: Api, scn: Scenario, address: str, s: dict[str, Any],
+             mark: LogMark) -> None:
+    """One deploy, warm-up, failure and recovery; fills ``s`` as it goes."""
+    iid = s["instance"]
+    ip = address.split("/")[0]
+    t_deploy = time.perf_counter()
+    vnf = api.deploy(descriptor(scn, address), iid)
+    s["host"], s["backups"] = vnf["host"], vnf["backups"]
+    wait_pong(ip)
+    s["deploy_s"] = time.perf_counter() - t_deploy
+    prober = Prober(ip).start()
+    try:
+        key, n = send_flow(ip, WARM_PACKETS)
+        s["flow"], s["counter_at_checkpoint"] = key, n
+        # The checkpoint in progress now may have been dumped before the flow went quiet:
+        # the one after it certainly was not (one checkpoint at a time per VNF).
+        seen = max((int(c["seq"]) for c in api.checkpoints(iid)), default=0)
+        cp = wait_for(lambda: next((c for c in api.checkpoints(iid)
+                                    if int(c["seq"]) >= seen + 2), None),
+                      CHECKPOINT_TIMEOUT, f"a checkpoint of {iid} after the warm-up")
+        s["checkpoint_before"] = int(cp["seq"])
+        if scn.expect == "standby":
+            backup = vnf["backups"][0] if vnf["backups"] else None
+            if backup is None:
+                raise BenchError(f"{iid} has no backup host, so no standby")
+            wait_for(lambda: api.standby_on(backup, iid), STANDBY_TIMEOUT,
+                     f"a standby of {iid} on {backup}")
+        # Steady state before the failure, then the failure itself.
+        time.sleep(max(0.0, PRE_WINDOW - (time.time() - prober.replies[0]))
+                   if prober.replies else PRE_WINDOW)
+        t_fail = time.time()
+        if scn.fault == "host":
+            asyncio.run(tb.crash_host(vnf["host"]))
+        else:
+            api.call("POST", f"/nfvha/v1/vnf_instances/{iid}/inject", json={"fault": scn.fault})
+        s["inject_call_ms"] = (time.time() - t_fail) * 1000
+        op = wait_for(lambda: next((o for o in api.heals(iid)
+                                    if o["operationState"] in ("COMPLETED", "FAILED")), None),
+                      HEAL_TIMEOUT, f"the HEAL of {iid}")
+        n_op = op.get("nfvha", {})
+        s["operation_state"] = op["operationState"]
+        s["strategy"] = n_op.get("strategy")
+        s["target_host"] = n_op.get("targetHost")
+        s["failure_type"] = n_op.get("failureType")
+        s["restored_checkpoint"] = n_op.get("checkpoint")
+        s["decision_reason"] = n_op.get("decision", {}).get("reason")
+        s["attempts"] = n_op.get("attempts", [])
+        if op["operationState"] != "COMPLETED":
+            raise BenchError(f"HEAL of {iid} {op['operationState']}: "
+                             f"{op.get('error', {}).get('detail')}")
+        ts = n_op["timestamps"]
+        serving = float(ts["serving"])
+        wait_for(lambda: prober.last_reply() > serving, 5.0,
+                 f"a client reply from {iid} after it was serving again", every=0.01)
+        time.sleep(OBSERVE_AFTER)
+    finally:
+        t_end = time.time()
+        prober.stop()
+    replies = list(prober.replies)
+    s["counter_after"] = flow_count(ip, key)
+    s["ok"] = True
+    s["load1_end"] = os.getloadavg()[0]
+
+    detected, decided = float(ts["detected"]), float(ts["decided"])
+    restored = float(ts["restored"])
+    s["detect_ms"] = (detected - t_fail) * 1000
+    s["decide_ms"] = (decided - detected) * 1000
+    s["restore_ms"] = (restored - decided) * 1000
+    s["redirect_ms"] = (serving - restored) * 1000
+    s["total_ms"] = (serving - t_fail) * 1000
+    first = next((t for t in replies if t > restored), None)
+    s["client_first_reply_after_restored_ms"] = (first - restored) * 1000 if first else None
+    outage = [g for g in _gaps(replies, t_fail - PRE_WINDOW, t_end)
+              if g[1] >= t_fail and g[0] <= serving]
+    start, end = max(outage, key=lambda g: g[1] - g[0])
+    s["downtime_ms"] = (end - start) * 1000
+    s["gap_start_ms"] = (start - t_fail) * 1000  # last reply before the outage
+    s["gap_end_ms"] = (end - t_fail) * 1000  # first reply after it
+    s["censored"] = end >= t_end  # no reply after the outage within the observation
+    pre = _gaps(replies, t_fail - PRE_WINDOW, t_fail)
+    s["pre_failure_max_gap_ms"] = max((b - a for a, b in pre[1:-1]), default=math.nan) * 1000
+    window = _gaps(replies, t_fail - PRE_WINDOW, t_end)
+    s["window_max_gap_ms"] = max(b - a for a, b in window) * 1000
+    s["probe_sent"], s["probe_replies"] = prober.sent, len(replies)
+    s["probe_rate_hz"] = prober.sent / max(1e-3, prober.stopped - prober.started)
+    after = s["counter_after"]
+    s["state_kept"] = None if after is None else after >= n
+    s["t_fail"] = t_fail
+    s["timestamps_rel_ms"] = {k: (float(v) - t_fail) * 1000 for k, v in ts.items()}
+    s.update(log_facts(mark.since(), iid, s["target_host"]))
+
+
+def attempt(tb: Testbed, api: Api, scn: Scenario, run: int, address: str) -> dict[str, Any]:
+    """run_once, turning any failure of the run into a sample that says what went wrong."""
+    s = new_sample(scn, run)
+    mark = LogMark(tb)
+    t0 = time.perf_counter()
+    try:
+        run_once(tb, api, scn, address, s, mark)
+    except Exception as exc:
+        s["ok"] = False
+        s["error"] = f"{type(exc).__name__}: {str(exc)[:600]}"
+        with contextlib.suppress(Exception):
+            s.update(log_facts(mark.since(), s["instance"], s.get("target_host")))
+    s["elapsed_s"] = time.perf_counter() - t0
+    return s
+
+
+# -- groups of runs --------------------------------------------------------------------------
+
+
+def _sample_line(s: dict[str, Any]) -> str:
+    if not s["ok"]:
+        return f"{s['scenario']:13} run {s['run']:2}: FAILED: {s.get('error')}"
+    kept = {True: "kept", False: "LOST", None: "?"}[s["state_kept"]]
+    first = s["client_first_reply_after_restored_ms"]
+    return (f"{s['scenario']:13} run {s['run']:2}: downtime {s['downtime_ms']:6.1f} ms | "
+            f"detect {s['detect_ms']:6.1f} decide {s['decide_ms']:5.1f} restore "
+            f"{s['restore_ms']:6.1f} redirect {s['redirect_ms']:5.1f} (client "
+            f"{first if first is None else round(first, 1)}) | {s['strategy']} "
+            f"{s['host']}->{s['target_host']} | state {kept} "
+            f"({s['counter_at_checkpoint']}->{s['counter_after']})")
+
+
+def _failed(scn: Scenario, run: int, exc: BaseException, t0: float) -> dict[str, Any]:
+    return {**new_sample(scn, run), "error": f"{type(exc).__name__}: {str(exc)[:600]}",
+            "elapsed_s": time.perf_counter() - t0}
+
+
+def _up(tb: Testbed) -> None:
+    with contextlib.suppress(Exception):
+        asyncio.run(tb.down())  # leftovers of an interrupted run
+    asyncio.run(tb.up(timeout=TESTBED_TIMEOUT))
+
+
+def _down(tb: Testbed) -> None:
+    try:
+        asyncio.run(tb.down())
+    except Exception as exc:
+        print(f"recovery: testbed down: {exc}", file=sys.stderr)
+    with contextlib.suppress(ChildProcessError):  # manager and agents were our children
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def _testbed() -> Testbed:
+    return Testbed(name=TB_NAME, n_hosts=N_HOSTS, subnet=TB_SUBNET, state_dir=STATE_DIR,
+                   with_manager=True)
+
+
+def run_process_group(scns: Sequence[Scenario], runs: int,
+                      record: Callable[[dict[str, Any]], None]) -> None:
+    """One testbed for every process-level run; rebuilt only if a run leaves it broken."""
+    if not scns or runs < 1:
+        return
+    tb = _testbed()
+    api: Api | None = None
+    try:
+        with _timed("process group: testbed up"):
+            _up(tb)
+        api = Api(tb)
+        address = tb.vnf_address(1)
+        for run in range(runs):
+            for scn in scns:
+                s = attempt(tb, api, scn, run, address)
+                record(s)
+                _progress(_sample_line(s))
+                try:
+                    api.remove(f"{scn.code}{run}")
+                except BenchError as exc:
+                    _progress(f"cleanup of {scn.code}{run} failed ({exc}); rebuilding testbed")
+                    api.close()
+                    _down(tb)
+                    tb = _testbed()
+                    _up(tb)
+                    api = Api(tb)
+    finally:
+        if api is not None:
+            api.close()
+        with _timed("process group: testbed down"):
+            _down(tb)
+
+
+def run_host_group(scns: Sequence[Scenario], runs: int,
+                   record: Callable[[dict[str, Any]], None]) -> None:
+    """A host crash destroys a host: a fresh testbed for every run."""
+    for run in range(runs):
+        for scn in scns:
+            t0 = time.perf_counter()
+            tb = _testbed()
+            api: Api | None = None
+            try:
+                _up(tb)
+                up_s = time.perf_counter() - t0
+                api = Api(tb)
+                s = attempt(tb, api, scn, run, tb.vnf_address(1))
+                s["testbed_up_s"] = up_s
+            except Exception as exc:  # the testbed did not come up
+                s = _failed(scn, run, exc, t0)
+            finally:
+                if api is not None:
+                    api.close()
+                _down(tb)
+            record(s)
+            _progress(_sample_line(s))
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
+    xs = sorted(float(v) for v in values if v is not None and not math.isnan(v))
+    if not xs:
+        return math.nan
+    k = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def describe(values: Sequence[float | None]) -> dict[str, float]:
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return {"median": percentile(xs, 50), "p95": percentile(xs, 95),
+            "min": min(xs, default=math.nan), "max": max(xs, default=math.nan),
+            "mean": sum(xs) / len(xs) if xs else math.nan, "n": len(xs)}
+
+
+METRICS = ("downtime_ms", "detect_ms", "decide_ms", "restore_ms", "redirect_ms", "total_ms",
+           "client_first_reply_after_restored_ms", "pre_failure_max_gap_ms",
+           "fence_wait_ms", "criu_restore_wall_ms", "inject_call_ms")
+
+
+def summarize(scns: Sequence[Scenario], samples: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for scn in scns:
+        mine = [s for s in samples if s["scenario"] == scn.key]
+        ok = [s for s in mine if s["ok"]]
+        if not mine:
+            continue
+        strategies: dict[str, int] = {}
+        for s in ok:
+            strategies[str(s["strategy"])] = strategies.get(str(s["strategy"]), 0) + 1
+        out[scn.key] = {
+            "label": scn.label, "fault": scn.fault, "recovery": scn.recovery,
+            "expected_strategy": scn.expect, "runs": len(mine), "ok": len(ok),
+            "strategies": strategies,
+            "state_kept": sum(1 for s in ok if s["state_kept"]),
+            "counter_at_checkpoint": describe([s["counter_at_checkpoint"] for s in ok]),
+            "counter_after": describe([s["counter_after"] for s in ok]),
+            **{m: describe([s.get(m) for s in ok]) for m in METRICS},
+        }
+    return out
+
+
+def find_outliers(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs whose downtime is far above the rest of their scenario (Tukey, > +20 ms)."""
+    out = []
+    by: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        if s["ok"]:
+            by.setdefault(s["scenario"], []).append(s)
+    for key, ss in by.items():
+        xs = [s["downtime_ms"] for s in ss]
+        q1, q3, med = percentile(xs, 25), percentile(xs, 75), percentile(xs, 50)
+        limit = max(q3 + 1.5 * (q3 - q1), med + 20)
+        for s in ss:
+            if s["downtime_ms"] > limit:
+                phases = {p: s[p] - percentile([x[p] for x in ss], 50)
+                          for p in ("detect_ms", "decide_ms", "restore_ms", "redirect_ms")}
+                out.append({"scenario": key, "run": s["run"], "downtime_ms": s["downtime_ms"],
+                            "scenario_median_ms": med, "limit_ms": limit,
+                            "excess_by_phase_ms": phases,
+                            "dominant_phase": max(phases, key=lambda p: phases[p]),
+                            "warnings": s.get("warnings", [])})
+    return out
+
+
+def evaluate_targets(summary: dict[str, Any], samples: list[dict[str, Any]]
+                     ) -> list[dict[str, Any]]:
+    out = []
+    if "crash-local" in summary:
+        v = summary["crash-local"]["downtime_ms"]["median"]
+        out.append({"target": f"process crash, restore-local: median downtime <= "
+                              f"{TARGET_CRASH_LOCAL_MS:.0f} ms", "value": v, "unit": "ms",
+                    "pass": v <= TARGET_CRASH_LOCAL_MS})
+    if "host-remote" in summary:
+        v = summary["host-remote"]["downtime_ms"]["median"]
+        out.append({"target": f"host crash, restore-remote: median downtime <= "
+                              f"{TARGET_HOST_REMOTE_MS:.0f} ms", "value": v, "unit": "ms",
+                    "pass": v <= TARGET_HOST_REMOTE_MS})
+    host = [s["detect_ms"] for s in samples if s["ok"] and s["scenario"].startswith("host-")]
+    if host:
+        v = percentile(host, 50)
+        p95 = percentile(host, 95)
+        out.append({"target": f"host crash detection <= {TARGET_HOST_DETECT_MS:.0f} ms "
+                              f"(median of all {len(host)} host-crash runs; p95 {p95:.0f} ms)",
+                    "value": v, "unit": "ms", "pass": v <= TARGET_HOST_DETECT_MS})
+    return out
+
+
+# -- machine ---------------------------------------------------------------------------------
+
+
+def machine_description() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    criu = CriuRunner().binary
+    try:
+        version = subprocess.run([criu, "--version"], capture_output=True, text=True,
+                                 timeout=10).stdout.strip().replace("\n", "; ")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        version = f"unknown ({exc})"
+    debian = ""
+    with contextlib.suppress(OSError):
+        debian = Path("/etc/debian_version").read_text().strip()
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "kernel": platform.release(),
+        "os": f"Debian {debian}" if debian else platform.platform(),
+        "cpu_model": cpu,
+        "nproc": os.cpu_count(),
+        "memory_mib": mem_kib // 1024,
+        "criu_binary": criu,
+        "criu_version": version,
+        "python": platform.python_version(),
+        "loadavg_at_start": os.getloadavg(),
+        "other_netns_at_start": _other_netns(),
+    }
+
+
+def _other_netns() -> list[str]:
+    """Network namespaces not ours: other testbeds may share the CPUs meanwhile."""
+    try:
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    names = [ln.split()[0] for ln in out.splitlines() if ln.strip()]
+    return [n for n in names if not n.startswith(TB_NAME)]
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _f(x: float | None, digits: int = 0) -> str:
+    if x is None or math.isnan(x):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m, c = result["machine"], result["config"]
+    summary: dict[str, Any] = result["summary"]
+    version = m["criu_version"].split(";")[0].replace("Version:", "").strip()
+    lines = [
+        "# Recovery: client-visible downtime per failure and strategy",
+        "",
+        f"{m['date']} · kernel {m['kernel']} · {m['os']} · {m['cpu_model']} × {m['nproc']} · "
+        f"{m['memory_mib']} MiB RAM · CRIU {version} · {N_HOSTS} emulated hosts with the "
+        f"manager · flowmon, checkpoint every {c['checkpoint_interval_s']} s, 1 backup · "
+        f"{_f(result['elapsed_s'])} s in all.",
+        "",
+        "*Downtime*: the longest gap between consecutive replies seen by a client probing "
+        "the VNF at 1 kHz (UDP PING→PONG), among the gaps overlapping the interval from the "
+        "failure to the manager's `serving`. Phases are medians from the HEAL operation "
+        "occurrence: *detect* = detected − failure injected, *decide* = decided − detected, "
+        "*restore* = restored − decided (includes waiting until a lost host is known fenced), "
+        "*redirect* = serving − restored (the manager's probe); *client* = the client's "
+        "first reply after `restored`. *State*: runs whose flow counter after recovery is "
+        "≥ its value in the last checkpoint before the failure "
+        f"({c['warm_packets']} datagrams; counter before → after, medians). Times in ms.",
+        "",
+        "| Scenario | Strategy used | Runs ok | Downtime median | p95 | max | Detect | Decide "
+        "| Restore | Redirect | Client after restored | State kept | Counter |",
+        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|",
+    ]
+    for v in summary.values():
+        strat = ", ".join(f"{k} ×{n}" if len(v["strategies"]) > 1 else k
+                          for k, n in v["strategies"].items()) or "–"
+        lines.append(
+            f"| {v['label']} | {strat} | {v['ok']}/{v['runs']} "
+            f"| **{_f(v['downtime_ms']['median'])}** | {_f(v['downtime_ms']['p95'])} "
+            f"| {_f(v['downtime_ms']['max'])} "
+            f"| {_f(v['detect_ms']['median'])} | {_f(v['decide_ms']['median'], 1)} "
+            f"| {_f(v['restore_ms']['median'])} | {_f(v['redirect_ms']['median'], 1)} "
+            f"| {_f(v['client_first_reply_after_restored_ms']['median'], 1)} "
+            f"| {v['state_kept']}/{v['ok']} "
+            f"| {_f(v['counter_at_checkpoint']['median'])} → "
+            f"{_f(v['counter_after']['median'])} |")
+    lines += ["", "p95 of the phases:", "",
+              "| Scenario | Detect | Decide | Restore | Redirect | Fencing wait (median) "
+              "| CRIU restore wall (median) | Steady-state max gap (median) |",
+              "|:---|---:|---:|---:|---:|---:|---:|---:|"]
+    for v in summary.values():
+        lines.append(
+            f"| {v['label']} | {_f(v['detect_ms']['p95'])} | {_f(v['decide_ms']['p95'], 1)} "
+            f"| {_f(v['restore_ms']['p95'])} | {_f(v['redirect_ms']['p95'], 1)} "
+            f"| {_f(v['fence_wait_ms']['median'])} | {_f(v['criu_restore_wall_ms']['median'])} "
+            f"| {_f(v['pre_failure_max_gap_ms']['median'])} |")
+    lines += ["", "*Steady-state max gap*: the longest reply gap in the "
+              f"{PRE_WINDOW:.1f} s before the failure (a checkpoint's freeze falls there).",
+              "", "## Targets", ""]
+    for t in result["targets"]:
+        lines.append(f"- **{'PASS' if t['pass'] else 'MISS'}** {t['target']}: "
+                     f"{t['value']:.0f} {t['unit']}")
+    lines += ["", "## Anomalies", ""]
+    lines += [f"- {a}" for a in result["anomalies"]] or ["- none"]
+    lines += ["", "Settings: " + ", ".join(
+        f"{k} {v}" for k, v in c.items() if k not in ("scenarios", "ha_probe")),
+        f"manager HA probe {json.dumps(c['ha_probe'])}.", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary: dict[str, Any] = result["summary"]
+    if not summary:
+        return
+    keys = list(summary)
+    labels = [summary[k]["label"].replace(" → ", "\n→ ").replace(" (", "\n(") for k in keys]
+    xs = list(range(len(keys)))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 6))
+    med = [summary[k]["downtime_ms"]["median"] for k in keys]
+    p95 = [summary[k]["downtime_ms"]["p95"] for k in keys]
+    colors = ["tab:gray" if summary[k]["expected_strategy"] == "restart" else "tab:blue"
+              for k in keys]
+    ax1.bar(xs, med, color=colors, alpha=0.85, width=0.7)
+    ax1.errorbar(xs, med, yerr=[[0] * len(xs), [max(0.0, p - m) for p, m in
+                                                zip(p95, med, strict=True)]],
+                 fmt="none", ecolor="black", capsize=5)
+    for x, mv, pv in zip(xs, med, p95, strict=True):
+        ax1.annotate(f"{mv:.0f}", (x, mv / 2), ha="center", va="center", fontsize=9,
+                     color="white", fontweight="bold")
+        ax1.annotate(f"p95 {pv:.0f}", (x, pv), ha="center", va="bottom", fontsize=7,
+                     color="dimgray", xytext=(0, 3), textcoords="offset points")
+    labelled = False
+    for key, target in (("crash-local", TARGET_CRASH_LOCAL_MS),
+                        ("host-remote", TARGET_HOST_REMOTE_MS)):
+        if key in keys:
+            i = keys.index(key)
+            ax1.hlines(target, i - 0.45, i + 0.45, colors="red", linestyles="--", lw=1.2,
+                       label=None if labelled else "target (median)")
+            labelled = True
+    if labelled:
+        ax1.legend(fontsize=7, loc="upper left")
+    ax1.set_xticks(xs, labels, fontsize=8)
+    ax1.set_ylabel("client downtime (ms)")
+    ax1.set_title("Downtime seen by a 1 kHz probing client (bar median, whisker p95; "
+                  "gray: restart baselines)", fontsize=9)
+    ax1.grid(True, axis="y", alpha=0.3)
+
+    def phase(k: str, metric: str) -> float:
+        v = summary[k][metric]["median"]
+        return 0.0 if math.isnan(v) else max(0.0, v)
+
+    fence = [phase(k, "fence_wait_ms") for k in keys]
+    parts = [("detect", [phase(k, "detect_ms") for k in keys], "tab:red", None),
+             ("decide", [phase(k, "decide_ms") for k in keys], "tab:orange", None),
+             ("restore: wait until the lost host is fenced", fence, "tab:olive", "//"),
+             ("restore: the agent restores/starts the VNF",
+              [max(0.0, phase(k, "restore_ms") - f) for k, f in zip(keys, fence, strict=True)],
+              "tab:green", None),
+             ("redirect (until the manager's probe answers)",
+              [phase(k, "redirect_ms") for k in keys], "tab:purple", None)]
+    bottom = [0.0] * len(keys)
+    for name, vals, color, hatch in parts:
+        if not any(vals):
+            continue
+        ax2.bar(xs, vals, bottom=bottom, color=color, label=name, alpha=0.85, width=0.7,
+                hatch=hatch)
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax2.plot(xs, med, "k_", markersize=30, mew=2, label="client downtime (median)")
+    ax2.set_xticks(xs, labels, fontsize=8)
+    ax2.set_ylabel("ms after the failure")
+    ax2.set_title("Where the time goes (medians of the HEAL phases)", fontsize=9)
+    ax2.legend(fontsize=7, loc="upper left")
+    ax2.grid(True, axis="y", alpha=0.3)
+    m, c = result["machine"], result["config"]
+    version = m["criu_version"].split(";")[0].replace("Version:", "").strip()
+    fig.suptitle(f"nfvha recovery — flowmon, checkpoint every {c['checkpoint_interval_s']} s, "
+                 f"{N_HOSTS} emulated hosts; kernel {m['kernel']}, {m['nproc']} vCPU, "
+                 f"CRIU {version}; runs per scenario: "
+                 + ", ".join(f"{summary[k]['ok']}" for k in keys), fontsize=10)
+    fig.tight_layout()
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(p, dpi=110)
+    plt.close(fig)
+
+
+def anomalies(result: dict[str, Any], samples: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    m = result["machine"]
+    if m["other_netns_at_start"]:
+        out.append(f"{len(m['other_netns_at_start'])} other network namespaces existed at start "
+                   f"({', '.join(m['other_netns_at_start'][:6])}): other testbeds may have "
+                   f"shared the CPUs; load1 at start {m['loadavg_at_start'][0]:.2f}, at end "
+                   f"{m['loadavg_at_end'][0]:.2f}")
+    for s in samples:
+        tag = f"{s['scenario']} run {s['run']}"
+        if not s["ok"]:
+            out.append(f"{tag} failed: {s.get('error')}")
+            continue
+        if s["strategy"] != s["expected_strategy"]:
+            out.append(f"{tag}: strategy {s['strategy']} instead of {s['expected_strategy']} "
+                       f"(attempts: {s.get('attempts')})")
+        if s["expected_strategy"] != "restart" and s["state_kept"] is not True:
+            out.append(f"{tag}: state not kept (counter {s['counter_at_checkpoint']} -> "
+                       f"{s['counter_after']})")
+        if s["expected_strategy"] == "restart" and s["counter_after"] not in (0, None):
+            out.append(f"{tag}: restart kept a counter of {s['counter_after']}?")
+        if s["censored"]:
+            out.append(f"{tag}: the client saw no reply after the outage while observed")
+        if s["window_max_gap_ms"] > s["downtime_ms"] + 5:
+            out.append(f"{tag}: a longer reply gap ({s['window_max_gap_ms']:.0f} ms) than the "
+                       f"outage ({s['downtime_ms']:.0f} ms) outside it, around the failure")
+    for o in result["outliers"]:
+        w = f"; log warnings: {' | '.join(o['warnings'][:3])}" if o["warnings"] else ""
+        out.append(f"outlier {o['scenario']} run {o['run']}: downtime {o['downtime_ms']:.0f} ms "
+                   f"(median {o['scenario_median_ms']:.0f}); mostly {o['dominant_phase']} "
+                   f"(+{o['excess_by_phase_ms'][o['dominant_phase']]:.0f} ms over its median)"
+                   + w)
+    return out
+
+
+def _compact(samples: list[dict[str, Any]], outliers: list[dict[str, Any]]
+             ) -> list[dict[str, Any]]:
+    """Samples for the JSON: log excerpts only where something needs explaining."""
+    keep = {(o["scenario"], o["run"]) for o in outliers}
+    out = []
+    for s in samples:
+        s = dict(s)
+        odd = (not s["ok"] or (s["scenario"], s["run"]) in keep
+               or s.get("strategy") != s["expected_strategy"])
+        if not odd:
+            s.pop("excerpt", None)
+        out.append(s)
+    return out
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def _on_term(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@contextlib.contextmanager
+def _timed(label: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    _progress(f"{label} ({time.perf_counter() - t0:.1f}s)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--runs", type=int, default=None,
+                    help=f"runs per scenario (default {DEFAULT_RUNS}; {QUICK_RUNS} with --quick)")
+    ap.add_argument("--host-runs", type=int, default=None,
+                    help="runs per host-crash scenario (default: --runs)")
+    ap.add_argument("--quick", action="store_true", help=f"{QUICK_RUNS} runs per scenario")
+    ap.add_argument("--scenarios", default=None,
+                    help="comma-separated subset of: " + ", ".join(s.key for s in SCENARIOS))
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    ap.add_argument("--no-doc-img", action="store_true", help="do not copy the plot to docs/")
+    a = ap.parse_args(argv)
+    runs = a.runs if a.runs is not None else (QUICK_RUNS if a.quick else DEFAULT_RUNS)
+    host_runs = a.host_runs if a.host_runs is not None else runs
+    wanted = [k.strip() for k in a.scenarios.split(",")] if a.scenarios else \
+        list(QUICK_SCENARIOS if a.quick else (s.key for s in SCENARIOS))
+    unknown = set(wanted) - {s.key for s in SCENARIOS}
+    if unknown:
+        ap.error(f"unknown scenarios {sorted(unknown)}")
+    if runs < 1 or host_runs < 0:
+        ap.error("need --runs >= 1 and --host-runs >= 0")
+    if os.geteuid() != 0:
+        print("recovery: needs root (namespaces, cgroups, CRIU)", file=sys.stderr)
+        return 2
+    scns = [s for s in SCENARIOS if s.key in wanted]
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_term)
+
+    result: dict[str, Any] = {
+        "benchmark": "recovery",
+        "machine": machine_description(),
+        "config": {
+            "runs": runs, "host_runs": host_runs, "quick": a.quick,
+            "checkpoint_interval_s": CHECKPOINT_INTERVAL, "backups": 1,
+            "probe_period_ms": PROBE_PERIOD * 1000, "warm_packets": WARM_PACKETS,
+            "pre_window_s": PRE_WINDOW, "observe_after_s": OBSERVE_AFTER,
+            "ha_probe": HA_PROBE,
+            "testbed": {"name": TB_NAME, "subnet": TB_SUBNET, "state_dir": str(STATE_DIR),
+                        "hosts": N_HOSTS},
+            "scenarios": {s.key: {"label": s.label, "fault": s.fault, "recovery": s.recovery,
+                                  "expected_strategy": s.expect} for s in scns},
+        },
+    }
+    samples: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    interrupted: BaseException | None = None
+    try:
+        run_process_group([s for s in scns if s.group == "process"], runs, samples.append)
+        with _timed("host group"):
+            run_host_group([s for s in scns if s.group == "host"], host_runs, samples.append)
+    except (KeyboardInterrupt, BenchError) as exc:
+        interrupted = exc
+        print(f"recovery: stopped: {exc!r}", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _down(_testbed())  # whatever an interrupt left behind
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    result["elapsed_s"] = time.perf_counter() - t_start
+    result["machine"]["loadavg_at_end"] = os.getloadavg()
+    result["complete"] = interrupted is None
+    if interrupted is not None:
+        result["stopped_by"] = repr(interrupted)
+    result["summary"] = summarize(scns, samples)
+    if not result["summary"]:
+        print("recovery: nothing measured; nothing written", file=sys.stderr)
+        return 1
+    result["targets"] = evaluate_targets(result["summary"], samples)
+    result["outliers"] = find_outliers(samples)
+    result["anomalies"] = anomalies(result, samples)
+    result["samples"] = _compact(samples, result["outliers"])
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "recovery.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    (a.out / "recovery.md").write_text(md)
+    pngs = [a.out / "recovery.png"]
+    if not a.no_doc_img:
+        pngs.append(DOC_IMG / "recovery.png")
+    plot(result, pngs)
+    print()
+    print(md)
+    for t in result["targets"]:
+        print(f"{'PASS' if t['pass'] else 'MISS'}: {t['target']}: {t['value']:.0f} {t['unit']}")
+    print(f"wrote {a.out / 'recovery.json'}, .md, .png"
+          + ("" if a.no_doc_img else f" and {DOC_IMG / 'recovery.png'}")
+          + f" in {result['elapsed_s']:.0f}s")
+    return 0 if interrupted is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

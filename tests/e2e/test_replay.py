@@ -1,0 +1,214 @@
+"""Zero state loss: traffic through the steering forwarder is logged and replayed.
+
+Under steady client traffic the VNF process is killed, or its host crashes; after each
+recovery the VNF's state must equal exactly what a run without failure gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import EXAMPLES, TEST_PREFIX
+from tests.e2e.test_manager import Mgr
+from tests.vnfclient import flowmon_stats, wait_until
+
+REPS = int(os.environ.get("NFVHA_REPLAY_REPS", "20"))
+
+
+@pytest.fixture(scope="module")
+def fmgr() -> Iterator[Mgr]:
+    """One testbed with manager and forwarder for the module (hosts are revived)."""
+    from nfvha.testbed import Testbed
+
+    name = f"{TEST_PREFIX}r{os.getpid() % 1000}"[:8]
+    tb = Testbed(name=name, n_hosts=3, with_manager=True, with_forwarder=True,
+                 subnet=f"10.{100 + os.getpid() % 40}.0.0/16", state_dir=Path("/run/nfvha-test"))
+    asyncio.run(tb.up())
+    m = Mgr(tb)
+    try:
+        yield m
+    finally:
+        m.http.close()
+        keep = Path("/tmp/nfvha-test-logs") / name
+        with contextlib.suppress(OSError):
+            import shutil
+
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(tb.log_dir, keep, ignore=shutil.ignore_patterns("vnf"))
+        asyncio.run(tb.down())
+
+
+def replay_vnfd(kind: str, addr: str, service: str, python: str,
+                **extra: Any) -> dict[str, Any]:
+    port, query = (5000, 5001) if kind == "flowmon" else (6000, 6001)
+    return {"id": f"{kind}-r", "command": [python, str(EXAMPLES / f"{kind}.py")],
+            "network": {"address": addr, "service": {"address": service, "port": port,
+                                                     **extra}},
+            "resources": {"memory": "128Mi"},
+            "ha": {"checkpoint_interval": 0.5, "backups": 1, "replay": True,
+                   "probe": {"type": "udp", "port": query, "send": "PING", "expect": "PONG",
+                             "interval": 0.05, "timeout": 0.05, "failure_threshold": 3}}}
+
+
+class Sender:
+    """Steady traffic to a service address from one flow, counting what was sent, and
+    collecting the replies (for the NAT: the per-binding counter it answers with)."""
+
+    def __init__(self, addr: tuple[str, int], rate_hz: float = 500) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.connect(addr)
+        self.sock.settimeout(0.05)
+        self.sent = 0
+        self.replies: list[bytes] = []
+        self.rate = rate_hz
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._send, daemon=True),
+                         threading.Thread(target=self._recv, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _send(self) -> None:
+        deadline = time.monotonic() + 600
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                i = self.sent
+                self.sent += 1
+            with contextlib.suppress(OSError):
+                self.sock.send(f"{i}".encode())
+            time.sleep(1.0 / self.rate)
+
+    def _recv(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.replies.append(self.sock.recv(65535))
+            except (TimeoutError, OSError):
+                continue
+
+    def stop(self) -> int:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        return self.sent
+
+    def close(self) -> None:
+        self.stop()
+        self.sock.close()
+
+
+def _total(ip: str) -> int:
+    return int(flowmon_stats((ip, 5001))["total_packets"])
+
+
+def _nat_table(ip: str) -> dict[str, Any]:
+    q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    q.settimeout(1.0)
+    try:
+        q.sendto(b"TABLE", (ip, 6001))
+        res: dict[str, Any] = json.loads(q.recv(65535))
+        return res
+    finally:
+        q.close()
+
+
+def _recover_once(m: Mgr, iid: str, fault: str, heals: int) -> dict[str, Any]:
+    vnf = m.vnf(iid)
+    if fault == "crash":
+        asyncio.run(m.tb.crash_host(vnf["host"]))
+    else:
+        m.ok("POST", f"/nfvha/v1/vnf_instances/{iid}/inject", json={"fault": fault})
+    op = m.wait_heal(iid, heals + 1, timeout=20)
+    if fault == "crash":
+        asyncio.run(m.tb.revive_host(vnf["host"]))
+    return op
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["kill", "crash"])
+def test_flow_counters_exact_after_every_recovery(fmgr: Mgr, python_bin: str,
+                                                  fault: str) -> None:
+    i = 1 if fault == "kill" else 2
+    addr, service = fmgr.tb.vnf_address(40 + i), fmgr.tb.service_address(i)
+    ip = addr.split("/")[0]
+    iid = f"fmr-{fault}"
+    fmgr.deploy(replay_vnfd("flowmon", addr, service, python_bin), iid)
+    heals = len(fmgr.heals(iid))
+    total_sent = 0
+    for rep in range(REPS):
+        sender = Sender((service, 5000))
+        try:
+            time.sleep(0.7)  # traffic, and at least one checkpoint of it
+            op = _recover_once(fmgr, iid, fault, heals)
+            heals += 1
+            assert op["nfvha"]["strategy"] != "restart", op
+            assert op["nfvha"]["replay"]["replayed"] >= 0
+            time.sleep(0.3)
+        finally:
+            total_sent += sender.stop()
+            sender.close()
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: _total(ip) == total_sent, 5)
+        assert _total(ip) == total_sent, \
+            f"repetition {rep}: {_total(ip)} counted, {total_sent} sent"
+
+
+@pytest.mark.slow
+def test_nat_replies_in_order_exactly_once_across_recoveries(fmgr: Mgr,
+                                                             python_bin: str) -> None:
+    """Replies carry the NAT's per-binding counter n for the client's datagram i: with
+    replay and duplicate suppression the client sees n == i + 1 for every i, once."""
+    addr, service = fmgr.tb.vnf_address(50), fmgr.tb.service_address(10)
+    ip = addr.split("/")[0]
+    iid = "nat-r"
+    fmgr.deploy(replay_vnfd("udpnat", addr, service, python_bin), iid)
+    heals = len(fmgr.heals(iid))
+    sender = Sender((service, 6000), rate_hz=300)
+    try:
+        for _ in range(max(3, REPS // 4)):
+            time.sleep(0.7)
+            _recover_once(fmgr, iid, "kill", heals)
+            heals += 1
+        time.sleep(0.5)
+    finally:
+        sent = sender.stop()
+    wait_until(lambda: len(sender.replies) >= sent, 5)
+    sender.close()
+    seen: dict[int, int] = {}
+    for r in sender.replies:
+        _port, n, payload = r.split(b" ", 2)
+        i = int(payload)
+        assert i not in seen, f"reply to datagram {i} arrived twice"
+        seen[i] = int(n)
+    assert sorted(seen) == list(range(sent)), "some datagrams got no reply"
+    assert all(n == i + 1 for i, n in seen.items()), "the NAT saw datagrams out of order"
+    bindings = _nat_table(ip)["bindings"]
+    assert [b["packets"] for b in bindings.values()] == [sent]
+
+
+def test_exactly_once_holds_replies_until_checkpoint(fmgr: Mgr, python_bin: str) -> None:
+    addr, service = fmgr.tb.vnf_address(60), fmgr.tb.service_address(20)
+    fmgr.deploy(replay_vnfd("udpnat", addr, service, python_bin, exactly_once=True), "nat-x")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3.0)
+    try:
+        s.connect((service, 6000))
+        t0 = time.monotonic()
+        s.send(b"0")
+        reply = s.recv(100)
+        waited = time.monotonic() - t0
+    finally:
+        s.close()
+    assert reply.split(b" ")[1:] == [b"1", b"0"]
+    # The reply waited for the next checkpoint to commit (interval 0.5 s).
+    assert waited > 0.02
