@@ -73,6 +73,7 @@ class Sender:
         self.replies: list[bytes] = []
         self.rate = rate_hz
         self._stop = threading.Event()
+        self._stop_recv = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._send, daemon=True),
                          threading.Thread(target=self._recv, daemon=True)]
@@ -90,20 +91,22 @@ class Sender:
             time.sleep(1.0 / self.rate)
 
     def _recv(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop_recv.is_set():
             try:
                 self.replies.append(self.sock.recv(65535))
             except (TimeoutError, OSError):
                 continue
 
     def stop(self) -> int:
+        """Stop sending (replies are still collected until close)."""
         self._stop.set()
-        for t in self._threads:
-            t.join(5)
+        self._threads[0].join(5)
         return self.sent
 
     def close(self) -> None:
         self.stop()
+        self._stop_recv.set()
+        self._threads[1].join(5)
         self.sock.close()
 
 
@@ -182,7 +185,8 @@ def test_nat_replies_in_order_exactly_once_across_recoveries(fmgr: Mgr,
         time.sleep(0.5)
     finally:
         sent = sender.stop()
-    wait_until(lambda: len(sender.replies) >= sent, 5)
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: len(sender.replies) >= sent, 5)
     sender.close()
     seen: dict[int, int] = {}
     for r in sender.replies:
@@ -190,7 +194,8 @@ def test_nat_replies_in_order_exactly_once_across_recoveries(fmgr: Mgr,
         i = int(payload)
         assert i not in seen, f"reply to datagram {i} arrived twice"
         seen[i] = int(n)
-    assert sorted(seen) == list(range(sent)), "some datagrams got no reply"
+    missing = sorted(set(range(sent)) - set(seen))
+    assert not missing, f"{len(missing)} of {sent} datagrams got no reply: {missing[:20]}"
     assert all(n == i + 1 for i, n in seen.items()), "the NAT saw datagrams out of order"
     bindings = _nat_table(ip)["bindings"]
     assert [b["packets"] for b in bindings.values()] == [sent]
