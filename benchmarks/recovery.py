@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import itertools
 import json
 import math
@@ -183,8 +184,9 @@ class Prober:
         self._sock.close()
 
     def _run(self) -> None:
-        poller = select.poll()
-        poller.register(self._sock.fileno(), select.POLLIN)
+        # select, not poll: poll rounds its timeout up to whole milliseconds, which would
+        # stretch every 1 ms period by the loop's own overhead.
+        socks = [self._sock]
         next_send = time.monotonic()
         deadline = next_send + PROBE_MAX_S
         while not self._stop.is_set():
@@ -200,8 +202,8 @@ class Prober:
                 next_send += self.period
                 if next_send < now:  # fell behind (a stall): pace on, do not burst
                     next_send = now + self.period
-            wait_ms = max(0.0, (next_send - time.monotonic()) * 1000)
-            if poller.poll(wait_ms):
+            ready, _, _ = select.select(socks, [], [], max(0.0, next_send - time.monotonic()))
+            if ready:
                 self._drain()
 
     def _drain(self) -> None:
@@ -473,6 +475,8 @@ def run_once(tb: Testbed, api: Api, scn: Scenario, address: str, s: dict[str, An
         s["restored_checkpoint"] = n_op.get("checkpoint")
         s["decision_reason"] = n_op.get("decision", {}).get("reason")
         s["attempts"] = n_op.get("attempts", [])
+        tried = [a for a in s["attempts"] if "decidedAt" in a]
+        s["fallback"] = len(tried) > 1 or s["strategy"] != scn.expect
         if op["operationState"] != "COMPLETED":
             raise BenchError(f"HEAL of {iid} {op['operationState']}: "
                              f"{op.get('error', {}).get('detail')}")
@@ -493,6 +497,8 @@ def run_once(tb: Testbed, api: Api, scn: Scenario, address: str, s: dict[str, An
     restored = float(ts["restored"])
     s["detect_ms"] = (detected - t_fail) * 1000
     s["decide_ms"] = (decided - detected) * 1000
+    if tried:  # a failed attempt before the last one: its decision was the first one
+        s["first_decision_ms"] = (float(tried[0]["decidedAt"]) - detected) * 1000
     s["restore_ms"] = (restored - decided) * 1000
     s["redirect_ms"] = (serving - restored) * 1000
     s["total_ms"] = (serving - t_fail) * 1000
@@ -521,6 +527,8 @@ def run_once(tb: Testbed, api: Api, scn: Scenario, address: str, s: dict[str, An
 def attempt(tb: Testbed, api: Api, scn: Scenario, run: int, address: str) -> dict[str, Any]:
     """run_once, turning any failure of the run into a sample that says what went wrong."""
     s = new_sample(scn, run)
+    s["other_netns"] = other_netns()
+    s["source_digest"] = source_digest()  # what the manager and agents of this run import
     mark = LogMark(tb)
     t0 = time.perf_counter()
     try:
@@ -761,19 +769,28 @@ def machine_description() -> dict[str, Any]:
         "criu_version": version,
         "python": platform.python_version(),
         "loadavg_at_start": os.getloadavg(),
-        "other_netns_at_start": _other_netns(),
+        "other_netns_at_start": other_netns(),
+        "source_digest_at_start": source_digest(),
     }
 
 
-def _other_netns() -> list[str]:
+def other_netns() -> list[str]:
     """Network namespaces not ours: other testbeds may share the CPUs meanwhile."""
     try:
-        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                             timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        names = os.listdir("/run/netns")
+    except OSError:
         return []
-    names = [ln.split()[0] for ln in out.splitlines() if ln.strip()]
-    return [n for n in names if not n.startswith(TB_NAME)]
+    return sorted(n for n in names if not n.startswith(TB_NAME))
+
+
+def source_digest() -> str:
+    """sha256 over nfvha's sources: the manager and agents each run import them afresh, so
+    an edit during the run means the runs did not all measure the same code."""
+    h = hashlib.sha256()
+    for p in sorted((REPO / "src" / "nfvha").rglob("*.py")):
+        with contextlib.suppress(OSError):
+            h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -937,6 +954,17 @@ def anomalies(result: dict[str, Any], samples: list[dict[str, Any]]) -> list[str
                    f"({', '.join(m['other_netns_at_start'][:6])}): other testbeds may have "
                    f"shared the CPUs; load1 at start {m['loadavg_at_start'][0]:.2f}, at end "
                    f"{m['loadavg_at_end'][0]:.2f}")
+    if m["source_digest_at_start"] != m["source_digest_at_end"]:
+        out.append("nfvha's sources changed during the run (digest "
+                   f"{m['source_digest_at_start']} -> {m['source_digest_at_end']}): later "
+                   "testbeds ran other code than earlier ones; runs per digest: "
+                   + ", ".join(f"{d} ×{n}" for d, n in _counts(
+                       s.get("source_digest", "?") for s in samples).items()))
+    busy = [s for s in samples if s.get("other_netns")]
+    if busy:
+        names = sorted({n.rsplit("-", 1)[0] for s in busy for n in s["other_netns"]})
+        out.append(f"other testbeds' network namespaces existed during {len(busy)} of "
+                   f"{len(samples)} runs ({', '.join(names[:6])}): they shared the 2 CPUs")
     for s in samples:
         tag = f"{s['scenario']} run {s['run']}"
         if not s["ok"]:
@@ -961,6 +989,13 @@ def anomalies(result: dict[str, Any], samples: list[dict[str, Any]]) -> list[str
                    f"(median {o['scenario_median_ms']:.0f}); mostly {o['dominant_phase']} "
                    f"(+{o['excess_by_phase_ms'][o['dominant_phase']]:.0f} ms over its median)"
                    + w)
+    return out
+
+
+def _counts(xs: Iterator[str] | Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in xs:
+        out[x] = out.get(x, 0) + 1
     return out
 
 
@@ -1058,6 +1093,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     result["elapsed_s"] = time.perf_counter() - t_start
     result["machine"]["loadavg_at_end"] = os.getloadavg()
+    result["machine"]["source_digest_at_end"] = source_digest()
     result["complete"] = interrupted is None
     if interrupted is not None:
         result["stopped_by"] = repr(interrupted)

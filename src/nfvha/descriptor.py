@@ -59,18 +59,30 @@ class _Strict(BaseModel):
 class ServiceAddress(_Strict):
     """Where clients reach the VNF through the steering forwarder (needed for replay)."""
 
-    address: str = Field(description="IPv4 address the forwarder owns for this VNF")
+    address: str | None = Field(default=None, description="IPv4 address the forwarder owns "
+                                "for this VNF (the head of a chain)")
+    after: str | None = Field(default=None, description="instance id of the VNF before this "
+                              "one in a service function chain: its outputs are our inputs")
     port: int = Field(ge=1, le=65535, description="UDP port, the same on the VNF")
     exactly_once: bool = Field(default=False, description="hold replies until the "
                                "checkpoint covering their inputs commits")
 
     @field_validator("address")
     @classmethod
-    def _ip(cls, v: str) -> str:
+    def _ip(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         try:
             return str(ipaddress.IPv4Address(v))
         except ValueError as exc:
             raise ValueError(f"expected an IPv4 address like 10.250.2.10, got {v!r}") from exc
+
+    @model_validator(mode="after")
+    def _head_or_member(self) -> ServiceAddress:
+        if (self.address is None) == (self.after is None):
+            raise ValueError("give exactly one of address (the chain head's service address) "
+                             "and after (the VNF instance this one follows)")
+        return self
 
 
 class Network(_Strict):

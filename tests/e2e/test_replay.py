@@ -217,3 +217,40 @@ def test_exactly_once_holds_replies_until_checkpoint(fmgr: Mgr, python_bin: str)
     assert reply.split(b" ")[1:] == [b"1", b"0"]
     # The reply waited for the next checkpoint to commit (interval 0.5 s).
     assert waited > 0.02
+
+
+@pytest.mark.slow
+def test_chain_middle_vnf_recovers_with_exact_state(fmgr: Mgr, python_bin: str) -> None:
+    """NAT -> NAT -> flow monitor behind one service address; the middle NAT is killed
+    again and again under traffic. Every VNF's state must match the traffic sent."""
+    service = fmgr.tb.service_address(30)
+    a, b, c = (fmgr.tb.vnf_address(70 + i) for i in range(3))
+    fmgr.deploy(replay_vnfd("udpnat", a, service, python_bin), "ch-a")
+    mid = replay_vnfd("udpnat", b, service, python_bin)
+    mid["id"] = "udpnat-mid"
+    mid["network"]["service"] = {"after": "ch-a", "port": 6000}
+    fmgr.deploy(mid, "ch-b")
+    tail = replay_vnfd("flowmon", c, service, python_bin)
+    tail["network"]["service"] = {"after": "ch-b", "port": 5000}
+    fmgr.deploy(tail, "ch-c")
+    heals = len(fmgr.heals("ch-b"))
+    total_sent = 0
+    for rep in range(REPS):
+        sender = Sender((service, 6000), rate_hz=300)
+        try:
+            time.sleep(0.7)
+            op = _recover_once(fmgr, "ch-b", "kill", heals)
+            heals += 1
+            assert op["nfvha"]["strategy"] == "restore-local", op
+            time.sleep(0.3)
+        finally:
+            total_sent += sender.stop()
+            sender.close()
+        ip_c = c.split("/")[0]
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: _total(ip_c) == total_sent, 5)
+        counts = [sum(x["packets"] for x in _nat_table(ip.split("/")[0])["bindings"].values())
+                  for ip in (a, b)]
+        assert counts == [total_sent, total_sent], f"repetition {rep}: NATs saw {counts}"
+        assert _total(ip_c) == total_sent, \
+            f"repetition {rep}: monitor counted {_total(ip_c)}, {total_sent} sent"

@@ -25,7 +25,8 @@ __all__ = ["create_forwarder_app"]
 
 class ServiceBody(BaseModel):
     name: str
-    listen_ip: str
+    listen_ip: str | None = Field(default=None, description="chain head: service address")
+    after: str | None = Field(default=None, description="chain member: previous service")
     port: int = Field(ge=1, le=65535)
     target_ip: str
     exactly_once: bool = False
@@ -87,15 +88,21 @@ def create_forwarder_app(token: str, *, interface: str = "eth0",
 
     @app.post("/v1/services", dependencies=auth, status_code=201, response_model=None)
     async def add(body: ServiceBody) -> dict[str, Any] | JSONResponse:
-        ipaddress.IPv4Address(body.listen_ip)
-        owned = {a.split("/")[0] for _, a in await net.addresses()}
-        if body.listen_ip not in owned:
-            try:
-                await net.add_address(interface, f"{body.listen_ip}/{prefixlen}")
-            except HostNetworkError as exc:
-                return problem(409, "Cannot own the service address", str(exc))
+        if (body.listen_ip is None) == (body.after is None):
+            return problem(422, "Invalid service", "give exactly one of listen_ip (a chain "
+                           "head) and after (the service this one follows)")
+        if body.listen_ip is not None:
+            ipaddress.IPv4Address(body.listen_ip)
+            owned = {a.split("/")[0] for _, a in await net.addresses()}
+            if body.listen_ip not in owned:
+                try:
+                    await net.add_address(interface, f"{body.listen_ip}/{prefixlen}")
+                except HostNetworkError as exc:
+                    return problem(409, "Cannot own the service address", str(exc))
         svc = await fwd.add(ServiceSpec(
-            name=body.name, listen=(body.listen_ip, body.port), target=(body.target_ip, body.port),
+            name=body.name, after=body.after,
+            listen=(body.listen_ip, body.port) if body.listen_ip else None,
+            target=(body.target_ip, body.port),
             exactly_once=body.exactly_once, max_log_bytes=body.max_log_bytes,
             max_log_age=body.max_log_age))
         return svc.status()

@@ -32,11 +32,11 @@ class ForwarderClient:
             raise ForwarderError(f"forwarder {method} {path}: {r.status_code} {r.text[:300]}")
         return r.json() if r.content else None
 
-    async def add(self, name: str, listen_ip: str, port: int, target_ip: str,
-                  exactly_once: bool) -> dict[str, Any]:
+    async def add(self, name: str, listen_ip: str | None, port: int, target_ip: str,
+                  exactly_once: bool, after: str | None = None) -> dict[str, Any]:
         res: dict[str, Any] = await self._call("POST", "/v1/services", json={
             "name": name, "listen_ip": listen_ip, "port": port, "target_ip": target_ip,
-            "exactly_once": exactly_once})
+            "exactly_once": exactly_once, "after": after})
         return res
 
     async def remove(self, name: str) -> None:

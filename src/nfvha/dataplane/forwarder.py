@@ -11,8 +11,8 @@ releases the queue. After a restore from a checkpoint at position P, ``replay(P)
 delivers the logged datagrams after P in order, before any queued new traffic.
 
 Replies the restored VNF sends again are suppressed per flow by count: the forwarder
-counts, per flow, the replies relayed since each checkpoint's cut, and drops that many
-replies after a replay from that checkpoint. This is exact for VNFs whose replies per
+counts, per flow, the replies relayed since each checkpoint's dump ended, and drops that
+many replies after a replay from that checkpoint. This is exact for VNFs whose replies per
 flow are a deterministic function of their inputs; ``exactly_once`` instead holds each
 reply until the checkpoint covering its inputs commits.
 """
@@ -42,13 +42,17 @@ class LogFull(Exception):
 
 @dataclass(frozen=True)
 class ServiceSpec:
+    """One VNF behind the forwarder: at the head of a chain (``listen`` set), or after
+    another service (``after``), whose outputs it then receives as its inputs."""
+
     name: str  # the VNF instance id
-    listen: Addr  # service address and port, owned by the forwarder
+    listen: Addr | None  # service address and port, owned by the forwarder (chain head)
     target: Addr  # the VNF's address and port
     exactly_once: bool = False
     max_log_bytes: int = 64 * 2**20
     max_log_age: float = 60.0
     pace_pps: float = 20000.0  # replay and queue drain rate towards the VNF
+    after: str | None = None  # the service whose VNF's outputs feed this one
 
 
 @dataclass
@@ -96,7 +100,8 @@ class Service:
     """One protected service: front socket, flows, log, hold queue, reply counters."""
 
     spec: ServiceSpec
-    front: asyncio.DatagramTransport | None = None
+    front: asyncio.DatagramTransport | None = None  # the chain head's: replies leave by it
+    downstream: Service | None = None  # next VNF of the chain, fed with this one's outputs
     flows: dict[Addr, _Flow] = field(default_factory=dict)
     log: collections.deque[_Entry] = field(default_factory=collections.deque)
     log_bytes: int = 0
@@ -110,6 +115,7 @@ class Service:
         default_factory=collections.deque)
     stats: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
     _pump: asyncio.Future[None] | None = None
+    _cut_pending: int | None = None  # position of a hold whose dump is under way
 
     # -- data path ----------------------------------------------------------------------
 
@@ -165,7 +171,9 @@ class Service:
         self._send_reply(flow, data)
 
     def _send_reply(self, flow: _Flow, data: bytes) -> None:
-        if self.front is not None:
+        if self.downstream is not None:
+            self.downstream.on_client(flow.client, data)  # the next VNF logs it as input
+        elif self.front is not None:
             self.front.sendto(data, flow.client)
 
     def _drain_queue(self) -> None:
@@ -200,14 +208,19 @@ class Service:
         """Stop delivery (new datagrams queue); the returned position is the cut."""
         self.held = True
         self.hold_started = time.monotonic()
-        p = self.position
-        self.cuts[p] = {}
-        return p
+        self._cut_pending = self.position
+        return self.position
 
     def release(self) -> float:
         """Resume delivery; returns how long delivery was held, in seconds."""
         held_for = time.monotonic() - self.hold_started if self.held else 0.0
         self.held = False
+        if self._cut_pending is not None:
+            # Replies are counted from here: the dump is done and, with inputs held, the
+            # VNF sent nothing new since it froze. What arrived between hold and now was
+            # sent before the freeze, and a restored copy will not send it again.
+            self.cuts[self._cut_pending] = {}
+            self._cut_pending = None
         if held_for:
             self.stats["hold_total_s"] += held_for
             self.stats["holds"] += 1
@@ -242,6 +255,7 @@ class Service:
         self.pending_replies.clear()
         # The checkpoint's cut starts counting afresh for the restored copy.
         self.cuts = {position: {}}
+        self._cut_pending = None
         n = 0
         for e in [e for e in self.log if e.seq > position]:
             target = self.flows.get(e.client)
@@ -266,7 +280,9 @@ class Service:
     def status(self) -> dict[str, Any]:
         oldest = self.log[0].at if self.log else None
         return {
-            "name": self.spec.name, "listen": list(self.spec.listen),
+            "name": self.spec.name,
+            "listen": list(self.spec.listen) if self.spec.listen else None,
+            "after": self.spec.after,
             "target": list(self.spec.target), "exactly_once": self.spec.exactly_once,
             "position": self.position, "committed": self.committed, "held": self.held,
             "log_packets": len(self.log), "log_bytes": self.log_bytes,
@@ -291,20 +307,40 @@ class Forwarder:
                 return old
             await self.remove(spec.name)
         svc = Service(spec)
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Front(svc),
-                                                           local_addr=spec.listen)
-        svc.front = transport
+        if spec.after is not None:
+            prev = self.get(spec.after)
+            prev.downstream = svc
+            svc.front = prev.front
+            self._propagate_front(prev)
+        elif spec.listen is not None:
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Front(svc),
+                                                               local_addr=spec.listen)
+            svc.front = transport
+        else:
+            raise ValueError(f"service {spec.name} needs a listen address or a service to "
+                             "follow")
         self.services[spec.name] = svc
-        log.info("service %s: %s:%d -> %s:%d%s", spec.name, *spec.listen, *spec.target,
+        source = f"after {spec.after}" if spec.after else f"{spec.listen}"
+        log.info("service %s: %s -> %s:%d%s", spec.name, source, *spec.target,
                  " (exactly-once)" if spec.exactly_once else "")
         return svc
+
+    @staticmethod
+    def _propagate_front(head: Service) -> None:
+        svc: Service | None = head
+        while svc is not None:
+            svc.front = head.front
+            svc = svc.downstream
 
     async def remove(self, name: str) -> None:
         svc = self.services.pop(name, None)
         if svc is None:
             return
-        if svc.front is not None:
+        for other in self.services.values():
+            if other.downstream is svc:
+                other.downstream = svc.downstream
+        if svc.front is not None and svc.spec.after is None:
             svc.front.close()
         for flow in svc.flows.values():
             if flow.transport is not None:

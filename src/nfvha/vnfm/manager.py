@@ -744,7 +744,8 @@ class Manager:
                                      "with --forwarder URL (nfvha up does)")
                 await self.forwarder.add(vnf_id, d.network.service.address,
                                          d.network.service.port, d.network.ip,
-                                         d.network.service.exactly_once)
+                                         d.network.service.exactly_once,
+                                         after=d.network.service.after)
             created = await self.agent(p.primary).create(d.model_dump(mode="json"), vnf_id)
             await self._wait_serving(d, time.time())  # COMPLETED means it answers
         except (AgentCallError, NfvhaError) as exc:
