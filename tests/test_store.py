@@ -124,7 +124,7 @@ def test_keep_below_one_is_a_config_error(tmp_path: Path) -> None:
 def test_disk_full_during_commit_says_so_and_leaves_nothing(
     store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_space(directory: Path, meta: CheckpointMeta) -> None:
+    def no_space(directory: Path, meta: CheckpointMeta, **_: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(directory / "meta.json"))
 
     monkeypatch.setattr(store_module, "_write_meta", no_space)
@@ -287,8 +287,24 @@ def test_import_keeps_seq_and_verifies(store: CheckpointStore, tmp_path: Path) -
     assert peer.list() == [meta]
     assert peer.verify("vnf1", 2) == meta
     assert peer.begin("vnf1").seq == 3
-    with pytest.raises(CheckpointError, match="vnf1/000002 is already present"):
-        peer.begin_import(meta)
+
+
+def test_import_replaces_a_stale_checkpoint_of_the_same_number(
+        store: CheckpointStore, tmp_path: Path) -> None:
+    """A host that crashed as primary may hold a checkpoint numbered like the one the
+    new primary pushes: the pushed one (the current incarnation) replaces it."""
+    peer = CheckpointStore(tmp_path / "peer", keep=3)
+    stale = peer.begin("vnf1")
+    (stale.path / "pages-1.img").write_bytes(b"old incarnation")
+    peer.commit(stale, vnf_name="fw", host_id="old")
+    pending = store.begin("vnf1")
+    write_images(pending)
+    meta = store.commit(pending, vnf_name="fw", host_id="new")
+    incoming = peer.begin_import(meta)
+    copy_into(store.path("vnf1", 1), incoming)
+    peer.commit_import(incoming, meta)
+    assert peer.verify("vnf1", 1) == meta
+    assert [m.host_id for m in peer.list("vnf1")] == ["new"]
 
 
 @pytest.mark.parametrize(("damage", "fname", "problem"), [

@@ -34,6 +34,17 @@ def _read_token(args: argparse.Namespace) -> str:
     return os.environ.get("NFVHA_TOKEN", "")
 
 
+def _raise_priority(nice: int) -> None:
+    """HA daemons must keep heartbeats on time on a loaded host (corosync runs real-time
+    for the same reason): they run ahead of the VNFs. Applied after start-up, so that a
+    daemon that is starting does not starve the ones already running."""
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        except OSError as exc:
+            logging.getLogger("nfvha").warning("cannot set priority %d: %s", nice, exc)
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -53,6 +64,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         netns_prefix=args.netns_prefix, cgroup_parent=args.cgroup_parent,
         log_dir=Path(args.log_dir), work_root=Path(args.work_root), criu_binary=args.criu)
     app = create_app(Agent(cfg))
+    _raise_priority(args.nice)  # imports are done: the costly part of starting
     uvicorn.run(app, host=host or "0.0.0.0", port=int(port), log_level="warning",
                 access_log=False)
     return 0
@@ -80,6 +92,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
                         base_url=args.advertise_url or f"http://{args.listen}",
                         forwarder_url=args.forwarder)
     app = create_manager_app(Manager(SqliteStore(args.db), cfg))
+    _raise_priority(args.nice)  # imports are done: the costly part of starting
     uvicorn.run(app, host=host or "0.0.0.0", port=int(port), log_level="warning",
                 access_log=False)
     return 0
@@ -97,6 +110,7 @@ def cmd_forwarder(args: argparse.Namespace) -> int:
         return 2
     host, _, port = args.listen.rpartition(":")
     app = create_forwarder_app(token, interface=args.interface, prefixlen=args.prefixlen)
+    _raise_priority(args.nice)  # imports are done: the costly part of starting
     uvicorn.run(app, host=host or "0.0.0.0", port=int(port), log_level="warning",
                 access_log=False)
     return 0
@@ -316,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--work-root", default="/var/lib/nfvha/vnf",
                    help="per-instance working directories; the same path on every host")
     a.add_argument("--criu", default=None, help="path of the criu binary")
+    a.add_argument("--nice", type=int, default=-10,
+                   help="scheduling priority once started (VNFs and CRIU run at 0)")
     a.set_defaults(func=cmd_agent)
 
     m = sub.add_parser("manager", help="run the HA manager (SOL003-shaped REST API)")
@@ -329,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--fencing-timeout", type=float, default=0.25,
                    help="must equal the agents' --fencing-timeout")
     m.add_argument("--forwarder", default=None, help="steering forwarder URL (for replay)")
+    m.add_argument("--nice", type=int, default=-10,
+                   help="scheduling priority once started (VNFs and CRIU run at 0)")
     m.set_defaults(func=cmd_manager)
 
     f = sub.add_parser("forwarder", help="run the steering forwarder (packet log, replay)")
@@ -336,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--token-file", default=None)
     f.add_argument("--interface", default="eth0", help="where service addresses are added")
     f.add_argument("--prefixlen", type=int, default=16)
+    f.add_argument("--nice", type=int, default=-10,
+                   help="scheduling priority once started (VNFs and CRIU run at 0)")
     f.set_defaults(func=cmd_forwarder)
 
     t = sub.add_parser("testbed", help="emulated hosts on this machine")

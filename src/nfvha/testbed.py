@@ -222,9 +222,7 @@ class Testbed:
         netns_path = str(self.net.netns_path(netns)) if netns else None
 
         def enter() -> None:  # in the child: join the host's cgroup and netns, then exec
-            # HA daemons must keep their heartbeats on time on a loaded host (corosync runs
-            # real-time for the same reason): they run ahead of the VNFs.
-            os.nice(-10)
+
             me = str(os.getpid()).encode()
             for p in procs:
                 fd = os.open(p, os.O_WRONLY)

@@ -161,7 +161,7 @@ def test_flow_counters_exact_after_every_recovery(fmgr: Mgr, python_bin: str,
             total_sent += sender.stop()
             sender.close()
         with contextlib.suppress(TimeoutError):
-            wait_until(lambda: _total(ip) == total_sent, 5)
+            wait_until(lambda n=total_sent: _total(ip) == n, 5)
         assert _total(ip) == total_sent, \
             f"repetition {rep}: {_total(ip)} counted, {total_sent} sent"
 
@@ -248,7 +248,7 @@ def test_chain_middle_vnf_recovers_with_exact_state(fmgr: Mgr, python_bin: str) 
             sender.close()
         ip_c = c.split("/")[0]
         with contextlib.suppress(TimeoutError):
-            wait_until(lambda: _total(ip_c) == total_sent, 5)
+            wait_until(lambda n=total_sent, ipc=ip_c: _total(ipc) == n, 5)
         counts = [sum(x["packets"] for x in _nat_table(ip.split("/")[0])["bindings"].values())
                   for ip in (a, b)]
         assert counts == [total_sent, total_sent], f"repetition {rep}: NATs saw {counts}"

@@ -161,6 +161,11 @@ def parse_stats(text: str) -> dict[str, int]:
     return out
 
 
+def _normal_priority() -> None:
+    """CRIU copies memory at full speed: it runs at normal priority, below the agent."""
+    os.setpriority(os.PRIO_PROCESS, 0, 0)
+
+
 def _log_errors(log_path: Path, limit: int = 12) -> list[str]:
     """The lines of a CRIU log worth showing a person: errors first, else its tail."""
     try:
@@ -327,6 +332,7 @@ class CriuRunner:
         procs = list(opts.join_cgroup_procs)
 
         def _join_cgroups() -> None:  # runs in the child between fork and exec
+            os.setpriority(os.PRIO_PROCESS, 0, 0)  # never ahead of the HA daemons
             me = str(os.getpid()).encode()
             for path in procs:
                 fd = os.open(path, os.O_WRONLY)
@@ -389,7 +395,8 @@ class CriuRunner:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, pass_fds=tuple(pass_fds), preexec_fn=preexec_fn,
+                stderr=asyncio.subprocess.PIPE, pass_fds=tuple(pass_fds),
+                preexec_fn=preexec_fn or _normal_priority,
             )
         except OSError as exc:
             raise CriuError(f"cannot run {self.binary}: {exc}; run `make deps`") from exc

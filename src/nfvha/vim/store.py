@@ -215,12 +215,13 @@ def _read_meta(path: Path) -> CheckpointMeta:
     return CheckpointMeta.model_validate_json((path / META_FILE).read_bytes())
 
 
-def _write_meta(directory: Path, meta: CheckpointMeta) -> None:
+def _write_meta(directory: Path, meta: CheckpointMeta, *, durable: bool = True) -> None:
     target = directory / META_FILE
     with target.open("xb") as f:
         f.write(meta.model_dump_json(indent=2).encode())
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
 
 
 class CheckpointStore:
@@ -239,10 +240,15 @@ class CheckpointStore:
     All methods block on file I/O; async callers use ``asyncio.to_thread``.
     """
 
-    def __init__(self, root: Path, keep: int = 3) -> None:
+    def __init__(self, root: Path, keep: int = 3, *, durable: bool = False) -> None:
         if keep < 1:
             raise ConfigError(f"checkpoint retention must keep at least 1 checkpoint, got {keep}")
         self.root = Path(root)
+        # fsync images and directories on commit. Off by default: every file is verified
+        # by SHA-256 before a restore, so a torn write is caught and the previous
+        # checkpoint used; and the host that wrote a checkpoint losing power loses its VNF
+        # too (the replica elsewhere is what a restore then uses).
+        self.durable = durable
         self.keep = keep
         self._lock = threading.Lock()
         self._active: set[Path] = set()
@@ -295,10 +301,8 @@ class CheckpointStore:
 
     def begin_import(self, meta: CheckpointMeta) -> PendingCheckpoint:
         """Start receiving ``meta``'s checkpoint from a peer, keeping its sequence number."""
-        instance_dir = self._instance_dir(meta.instance_id)
+        self._instance_dir(meta.instance_id)
         with self._lock:
-            if (instance_dir / f"{meta.seq:06d}").exists():
-                raise CheckpointError(f"checkpoint {meta.name} is already present in {self.root}")
             return self._make_pending(meta.instance_id, meta.seq)
 
     def _make_pending(self, instance_id: str, seq: int) -> PendingCheckpoint:
@@ -354,7 +358,7 @@ class CheckpointStore:
                 raise CheckpointError(
                     f"cannot commit {pending.name}: {META_FILE} is reserved for the store"
                 )
-            entries = self._hash_all(files, fsync=True)
+            entries = self._hash_all(files, fsync=self.durable)
             try:
                 meta = CheckpointMeta(
                     instance_id=pending.instance_id,
@@ -412,7 +416,7 @@ class CheckpointStore:
                 )
             self._check_files(
                 pending.path, meta, what=f"incoming checkpoint {meta.name}",
-                advice=_IMPORT_ADVICE, known=received, fsync=True,
+                advice=_IMPORT_ADVICE, known=received, fsync=self.durable,
             )
             self._seal(pending, meta, "importing")
         except BaseException as exc:
@@ -428,18 +432,31 @@ class CheckpointStore:
 
     def _seal(self, pending: PendingCheckpoint, meta: CheckpointMeta, action: str) -> None:
         """Write meta.json, fsync, rename into place. Raises OSError or CheckpointError."""
-        _write_meta(pending.path, meta)
-        _sync_tree(pending.path)
+        _write_meta(pending.path, meta, durable=self.durable)
+        if self.durable:
+            _sync_tree(pending.path)
         instance_dir = pending.path.parent
         final = instance_dir / f"{meta.seq:06d}"
+        stale: Path | None = None
         with self._lock:
             if final.exists():
-                raise CheckpointError(
-                    f"cannot finish {action} {meta.name}: it is already present in {self.root}"
-                )
+                if action != "importing":
+                    raise CheckpointError(
+                        f"cannot finish {action} {meta.name}: it is already present in "
+                        f"{self.root}")
+                # A checkpoint of the same number from an earlier incarnation of the VNF
+                # (this host crashed as its primary): the current primary's copy wins.
+                stale = instance_dir / f".deleting-{meta.seq:06d}-{secrets.token_hex(4)}"
+                os.rename(final, stale)
+                logger.warning("replacing stale checkpoint %s with the one pushed by %s",
+                               meta.name, meta.host_id)
             os.rename(pending.path, final)
             self._active.discard(pending.path)
         pending._close()
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
+        if not self.durable:
+            return
         try:
             _fsync_path(instance_dir, directory=True)
         except OSError as exc:
