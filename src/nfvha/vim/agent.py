@@ -400,36 +400,45 @@ class Agent:
         return await asyncio.to_thread(self.store.get, instance_id, seq)
 
     async def restore(self, instance_id: str, seq: int | None = None) -> Instance:
-        """Restore a checkpoint into a fresh sandbox with the VNF's network identity.
+        """Restore a checkpoint into a sandbox with the VNF's network identity.
 
-        The checkpoint is verified first: a corrupt one is refused (``CheckpointCorrupt``)
-        before anything is built, so the caller can fall back to the previous one.
+        The sandbox of a dead, stopped or standby instance is reused (its netns, veth and
+        cgroup are already there); otherwise a fresh one is built. Every image file is
+        verified against its SHA-256 meanwhile: a corrupt checkpoint is refused
+        (``CheckpointCorrupt``) before CRIU runs, and nothing of the attempt is left.
         """
         meta = await self._resolve_checkpoint(instance_id, seq)
-        meta = await asyncio.to_thread(self.store.verify, instance_id, meta.seq)
         d = parse_descriptor(meta.descriptor)
         old = self.instances.get(instance_id)
         if old is not None and old.state in LIVE_STATES:
             raise InstanceStateError(
                 f"instance {instance_id} is {old.state} on host {self.cfg.host_id}; stop it "
                 "before restoring over it")
-        standby = old if (old is not None and old.state == InstanceState.STANDBY
-                          and old.sandbox.built and old.descriptor == d) else None
-        if standby is not None:
+        reusable = {InstanceState.STANDBY, InstanceState.EXITED, InstanceState.STOPPED,
+                    InstanceState.FENCED}
+        reuse = old if (old is not None and old.state in reusable and old.sandbox.built
+                        and old.descriptor == d) else None
+        if reuse is not None:
             self._check_address_free(d, instance_id)
-            inst = standby
+            inst = reuse
+            if inst.watch is not None:
+                inst.watch.close()
+                inst.watch = None
         else:
             inst = self._new_instance(d, instance_id)
             if old is not None:
                 await self._discard(old)
+        was_standby = inst.state == InstanceState.STANDBY
         inst.state = InstanceState.RESTORING
         self.instances[inst.id] = inst
         try:
             async with inst.lock:
-                if standby is not None:
-                    await inst.sandbox.activate()
-                else:
-                    await inst.sandbox.build()
+                # Hashing (a thread) and sandbox preparation (ip, cgroups) overlap.
+                verified, _ = await asyncio.gather(
+                    asyncio.to_thread(self.store.verify, instance_id, meta.seq),
+                    self._prepare_sandbox(inst, reused=reuse is not None,
+                                          standby=was_standby))
+                meta = verified
                 stats = await inst.sandbox.restore(self.store.path(instance_id, meta.seq))
                 self._watch(inst, stats.pid)
                 await inst.sandbox.announce()
@@ -444,10 +453,19 @@ class Agent:
             if isinstance(exc, NfvhaError):
                 log.error("restore of %s failed: %s", meta.name, exc)
             raise
-        log.info("instance %s restored from %s as pid %d (criu %.1f ms, wall %.1f ms)",
+        log.info("instance %s restored from %s as pid %d (criu %.1f ms, wall %.1f ms%s)",
                  inst.id, meta.name, stats.pid, stats.restore_time_us / 1000,
-                 stats.wall_seconds * 1000)
+                 stats.wall_seconds * 1000, ", sandbox reused" if reuse else "")
         return inst
+
+    @staticmethod
+    async def _prepare_sandbox(inst: Instance, *, reused: bool, standby: bool) -> None:
+        if not reused:
+            await inst.sandbox.build()
+        elif standby:
+            await inst.sandbox.activate()
+        else:
+            await inst.sandbox.kill()  # whatever is left of the dead copy goes first
 
     async def prepare_standby(self, instance_id: str, seq: int | None = None) -> Instance:
         """Build the sandbox of a replicated checkpoint with its link down, so that a later

@@ -158,8 +158,8 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
         return agent.get(instance_id).view()
 
     @app.post("/v1/instances/{instance_id}/stop", dependencies=auth)
-    async def stop_instance(instance_id: str) -> dict[str, Any]:
-        return (await agent.stop_instance(instance_id)).view()
+    async def stop_instance(instance_id: str, grace: float = 2.0) -> dict[str, Any]:
+        return (await agent.stop_instance(instance_id, grace=min(max(grace, 0.0), 60.0))).view()
 
     @app.delete("/v1/instances/{instance_id}", dependencies=auth, status_code=204)
     async def delete_instance(instance_id: str, purge_checkpoints: bool = False) -> None:

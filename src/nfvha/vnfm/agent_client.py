@@ -78,6 +78,15 @@ class AgentClient:
             if exc.status != 404:
                 raise
 
+    async def kill(self, instance_id: str) -> None:
+        """Stop the VNF at once but keep its sandbox, for a restore on the same host."""
+        try:
+            await self._call("POST", f"/v1/instances/{instance_id}/stop", "kill instance",
+                             params={"grace": 0}, timeout=10)
+        except AgentCallError as exc:
+            if exc.status != 404:
+                raise
+
     async def checkpoint(self, instance_id: str, *, drain: bool = False,
                          extra: dict[str, Any] | None = None) -> dict[str, Any]:
         res: dict[str, Any] = await self._call(

@@ -80,6 +80,7 @@ class Manager:
         self.runtime: dict[str, _Runtime] = {}
         self._confirming: set[str] = set()
         self._reconciled = False
+        self._vnfd_cache: dict[tuple[Any, ...], VnfDescriptor] = {}
         self.fence_deadline: dict[str, float] = {}  # host -> monotonic time it is fenced by
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -357,8 +358,16 @@ class Manager:
                                             f"runs nowhere after a manager restart (was on "
                                             f"{host})")
 
+    def _vnfd(self, data: dict[str, Any]) -> VnfDescriptor:
+        """The VNF's validated descriptor; cached, as the loop reads it every tick."""
+        key = (data["id"], data.get("vnfdId"), data.get("vnfdVersion"))
+        d = self._vnfd_cache.get(key)
+        if d is None:
+            d = self._vnfd_cache[key] = parse_descriptor(data["vnfd"])
+        return d
+
     def _policy(self, data: dict[str, Any]) -> Any:
-        return parse_descriptor(data["vnfd"]).ha
+        return self._vnfd(data).ha
 
     async def _probe(self, vnf_id: str) -> None:
         rt = self._rt(vnf_id)
@@ -366,7 +375,7 @@ class Manager:
             rec = self.store.find("vnf", vnf_id)
             if rec is None:
                 return
-            d = parse_descriptor(rec.data["vnfd"])
+            d = self._vnfd(rec.data)
             t0 = time.monotonic()
             ok = await probe_vnf(d.ha.probe, d.network.ip)
             busy = rt.busy is not None and not rt.busy.done()
@@ -397,7 +406,7 @@ class Manager:
     async def _checkpoint(self, vnf_id: str) -> None:
         rec = self.store.get("vnf", vnf_id)
         host = rec.data["host"]
-        d = parse_descriptor(rec.data["vnfd"])
+        d = self._vnfd(rec.data)
         position: int | None = None
         if d.ha.replay and self.forwarder is not None:
             try:
@@ -477,7 +486,7 @@ class Manager:
             self._raise_alarm(f"vnf:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM", "CRITICAL",
                               failure, detail, {"host": old_host})
         self.store.update("vnf", vnf_id, lambda d: {**d, "haState": VnfState.RECOVERING})
-        d = parse_descriptor(rec.data["vnfd"])
+        d = self._vnfd(rec.data)
         replaying = d.ha.replay and self.forwarder is not None
         if replaying and self.forwarder is not None:
             try:
@@ -571,7 +580,7 @@ class Manager:
         while True:
             await asyncio.sleep(0.1)
             for rec in self.store.list("vnf"):
-                d = parse_descriptor(rec.data["vnfd"])
+                d = self._vnfd(rec.data)
                 if not d.ha.replay or rec.data["haState"] != VnfState.ACTIVE:
                     continue
                 try:
@@ -622,8 +631,10 @@ class Manager:
         target = self.agent(decision.target_host)
         if decision.target_host != old_host and old_host is not None:
             await self._ensure_old_copy_stopped(vnf_id, old_host)
-        elif failure in ("hang", "manual") or decision.strategy == "restart":
-            await target.delete(vnf_id)  # the hung copy is killed before its restore
+        elif decision.strategy == "restart":
+            await target.delete(vnf_id)
+        elif failure in ("hang", "manual"):
+            await target.kill(vnf_id)  # the hung copy dies; its sandbox is reused
         if decision.strategy == "restart":
             res = await target.create(d.model_dump(mode="json"), vnf_id)
             return {"instance": res, "seq": None}
@@ -672,7 +683,7 @@ class Manager:
     def _finish_recovery(self, vnf_id: str, decision: RecoveryDecision, result: dict[str, Any],
                          old_host: str | None) -> None:
         rec = self.store.get("vnf", vnf_id)
-        d = parse_descriptor(rec.data["vnfd"])
+        d = self._vnfd(rec.data)
         try:
             backups = list(place(self.hosts_view(), memory=d.resources.memory,
                                  backups=d.ha.backups, prefer=decision.target_host).backups)
@@ -733,7 +744,7 @@ class Manager:
     async def _instantiate(self, vnf_id: str, op_id: str) -> None:
         self._op_update(op_id, operationState="PROCESSING")
         data = self.get_vnf(vnf_id)
-        d = parse_descriptor(data["vnfd"])
+        d = self._vnfd(data)
         try:
             p = place(self.hosts_view(), memory=d.resources.memory, backups=d.ha.backups)
             log.info("decision: place %s on %s, backups %s (%s)", vnf_id, p.primary,
@@ -794,7 +805,7 @@ class Manager:
                 await self.agent(h).delete(vnf_id, purge=True)
         for cp in self.store.list("checkpoint", where={"vnfInstanceId": vnf_id}):
             self.store.delete("checkpoint", cp.id)
-        if self.forwarder is not None and parse_descriptor(self.get_vnf(vnf_id)["vnfd"]).ha.replay:
+        if self.forwarder is not None and self._vnfd(self.get_vnf(vnf_id)).ha.replay:
             with contextlib.suppress(ForwarderError):
                 await self.forwarder.remove(vnf_id)
         self.store.update("vnf", vnf_id, lambda d: {
@@ -811,6 +822,8 @@ class Manager:
                                      "it before deleting it")
         self.store.delete("vnf", vnf_id)
         self.runtime.pop(vnf_id, None)
+        for key in [k for k in self._vnfd_cache if k[0] == vnf_id]:
+            del self._vnfd_cache[key]
 
     async def inject(self, vnf_id: str, fault: str) -> dict[str, Any]:
         data = self.get_vnf(vnf_id)
