@@ -41,13 +41,15 @@ class Client:
     ip: str
     data_port: int
     query_port: int
+    via: str | None = None  # service address of the steering forwarder, if replayed
     sent: int = 0
     answered: list[float] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    paused: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.connect((self.ip, self.data_port))
+        self.sock.connect((self.via or self.ip, self.data_port))
         self.key = "{}:{}".format(*self.sock.getsockname())
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._send, daemon=True),
@@ -59,6 +61,9 @@ class Client:
         period = 1.0 / RATE_HZ
         deadline = time.monotonic() + 300
         while not self.stop.is_set() and time.monotonic() < deadline:
+            if self.paused.is_set():
+                time.sleep(period)
+                continue
             with contextlib.suppress(OSError):
                 self.sock.send(b"x" * 64)
                 with self.lock:
@@ -106,20 +111,27 @@ class Client:
 
 
 def _counted(c: Client, kind: str) -> int | None:
-    if kind == "flowmon":
+    if kind.startswith("flowmon") and c.via:
+        st = c.query(b"STATS")  # behind the forwarder the VNF sees the forwarder's flow
+        return None if st is None else int(st["total_packets"])
+    if kind.startswith("flowmon"):
         st = c.query(b"STATS")
         return None if st is None else int(st["flows"].get(c.key, {}).get("packets", 0))
     st = c.query(b"TABLE")
     return None if st is None else int(st["bindings"].get(c.key, {}).get("packets", 0))
 
 
-def _vnfd(kind: str, addr: str, interval: float) -> dict[str, Any]:
+def _vnfd(kind: str, addr: str, interval: float, *, vnfd_id: str | None = None,
+          service: str | None = None) -> dict[str, Any]:
     port = 5001 if kind == "flowmon" else 6001
     host_loss = ["restore-remote", "restart"] if kind == "flowmon" else \
         ["standby", "restore-remote", "restart"]
-    return {"id": kind, "command": [sys.executable, str(EXAMPLES / f"{kind}.py")],
-            "network": {"address": addr}, "resources": {"memory": "128Mi", "cpu": 0.5},
-            "ha": {"checkpoint_interval": interval, "backups": 1,
+    network: dict[str, Any] = {"address": addr}
+    if service:
+        network["service"] = {"address": service, "port": port - 1}
+    return {"id": vnfd_id or kind, "command": [sys.executable, str(EXAMPLES / f"{kind}.py")],
+            "network": network, "resources": {"memory": "128Mi", "cpu": 0.5},
+            "ha": {"checkpoint_interval": interval, "backups": 1, "replay": bool(service),
                    "recovery": {"process-exit": ["restore-local", "restore-remote", "restart"],
                                 "hang": ["restore-local", "restore-remote", "restart"],
                                 "host-loss": host_loss},
@@ -129,10 +141,11 @@ def _vnfd(kind: str, addr: str, interval: float) -> dict[str, Any]:
 
 async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
     con = Console(width=max(Console().width, 120))
-    tb = Testbed(name="nfvha", n_hosts=3, with_manager=True)
+    tb = Testbed(name="nfvha", n_hosts=3, with_manager=True, with_forwarder=True)
     con.rule("[bold]nfvha demo[/]")
-    con.print("3 emulated hosts, the HA manager, a flow monitor and a UDP NAT under traffic; "
-              f"checkpoints every {interval:.1f} s")
+    con.print("3 emulated hosts, the HA manager, the steering forwarder; two flow monitors "
+              "(one with packet log and replay) and a UDP NAT under traffic; checkpoints every "
+              f"{interval:.1f} s")
     with contextlib.suppress(Exception):
         await tb.down()  # leftovers of an interrupted earlier run
     clients: list[Client] = []
@@ -143,24 +156,32 @@ async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
             await tb.up()
         auth = {"Authorization": f"Bearer {tb.token}"}
         async with httpx.AsyncClient(base_url=tb.manager_url, headers=auth, timeout=30) as m:
-            vnfs = {"flowmon": tb.vnf_address(10), "udpnat": tb.vnf_address(20)}
-            for kind, addr in vnfs.items():
-                (await m.post("/nfvha/v1/vnfds", json=_vnfd(kind, addr, interval))) \
-                    .raise_for_status()
+            vnfs = {"flowmon": tb.vnf_address(10), "udpnat": tb.vnf_address(20),
+                    "flowmon-replay": tb.vnf_address(11)}
+            service = tb.service_address(10)
+            for name, addr in vnfs.items():
+                kind = "udpnat" if name == "udpnat" else "flowmon"
+                vnfd = _vnfd(kind, addr, interval, vnfd_id=name,
+                             service=service if name == "flowmon-replay" else None)
+                (await m.post("/nfvha/v1/vnfds", json=vnfd)).raise_for_status()
                 (await m.post("/vnflcm/v1/vnf_instances",
-                              json={"vnfdId": kind, "vnfInstanceId": kind})).raise_for_status()
-                (await m.post(f"/vnflcm/v1/vnf_instances/{kind}/instantiate")).raise_for_status()
+                              json={"vnfdId": name, "vnfInstanceId": name})).raise_for_status()
+                (await m.post(f"/vnflcm/v1/vnf_instances/{name}/instantiate")).raise_for_status()
             with con.status("instantiating..."):
                 await _wait(m, lambda v: all(x["haState"] == "ACTIVE" for x in v), 20)
-            for kind, addr in vnfs.items():
-                v = (await m.get(f"/vnflcm/v1/vnf_instances/{kind}")).json()
-                con.print(f"  {kind:8} on {v['host']} (backup {', '.join(v['backups'])}) at "
-                          f"{addr.split('/')[0]}")
+            for name, addr in vnfs.items():
+                v = (await m.get(f"/vnflcm/v1/vnf_instances/{name}")).json()
+                via = f", clients via {service}" if name == "flowmon-replay" else ""
+                con.print(f"  {name:14} on {v['host']} (backup {', '.join(v['backups'])}) at "
+                          f"{addr.split('/')[0]}{via}")
             clients_by = {
                 "flowmon": Client(vnfs["flowmon"].split("/")[0], 5000, 5001),
-                "udpnat": Client(vnfs["udpnat"].split("/")[0], 6000, 6001)}
+                "udpnat": Client(vnfs["udpnat"].split("/")[0], 6000, 6001),
+                "flowmon-replay": Client(vnfs["flowmon-replay"].split("/")[0], 5000, 5001,
+                                         via=service)}
             clients = list(clients_by.values())
             scenarios = [("kill -9 the flow monitor", "flowmon", "kill"),
+                         ("kill -9 the flow monitor with replay", "flowmon-replay", "kill"),
                          ("the NAT hangs (SIGSTOP)", "udpnat", "hang"),
                          ("power loss of the NAT's host", "udpnat", "crash")]
             for title, kind, fault in scenarios:
@@ -177,7 +198,8 @@ async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
         con.print("detected: failure to detection; restored: decision to restored VNF; "
                   "client downtime: longest gap between answers to a 500 Hz probe. "
                   f"Without replay, what arrives after the last checkpoint (<= {interval:.1f} s "
-                  "of traffic) is lost.")
+                  "of traffic) is lost; with replay the forwarder's packet log brings the "
+                  "restored VNF to exactly what the client sent.")
         con.print(f"demo finished in {time.monotonic() - t_start:.0f} s")
         return 0
     finally:
@@ -213,9 +235,12 @@ async def _inject(con: Console, m: httpx.AsyncClient, tb: Testbed, title: str, k
     await asyncio.sleep(0.3)  # let the probe see it answering again
     n = op["nfvha"]
     ts = n["timestamps"]
+    client.paused.set()  # a quiet moment, so that what was sent has arrived
+    await asyncio.sleep(0.1)
     with client.lock:
         sent = client.sent
     counted = _counted(client, kind)
+    client.paused.clear()
     lost = "?" if counted is None else str(sent - counted)
     cp = n.get("checkpoint")
     if os.environ.get("NFVHA_DEMO_DEBUG"):
@@ -223,6 +248,8 @@ async def _inject(con: Console, m: httpx.AsyncClient, tb: Testbed, title: str, k
         rel = {k: round((v - t0) * 1000) for k, v in ts.items()}
         print(f"   debug: phases (ms after fault) {rel}; answers at {after}")
     state = f"{counted}/{sent} counted, {lost} lost (checkpoint {cp})"
+    if n.get("replay"):
+        state += f", {n['replay'].get('replayed', 0)} replayed"
     con.print(f"   {op['operationState']}: {n.get('strategy')} on {n.get('targetHost')} — "
               f"{n.get('decision', {}).get('reason', '')}")
     return [title, f"{n.get('strategy')} on {n.get('targetHost')}",
