@@ -407,6 +407,8 @@ def log_facts(logs: dict[str, list[str]], iid: str, target: str | None) -> dict[
         if m and iid in line:
             facts["criu_restore_ms"] = float(m.group(1))
             facts["criu_restore_wall_ms"] = float(m.group(2))
+    facts["suspected"] = [m.group(1) for ln in logs.get("manager", [])
+                          if (m := re.search(r"host (\S+) suspected", ln))]
     facts["warnings"] = [ln for name, lines in logs.items() for ln in lines
                          if (" WARNING " in ln or " ERROR " in ln) and "alarm raised" not in ln
                          and "without heartbeats" not in ln
@@ -464,9 +466,17 @@ def run_once(tb: Testbed, api: Api, scn: Scenario, address: str, s: dict[str, An
         else:
             api.call("POST", f"/nfvha/v1/vnf_instances/{iid}/inject", json={"fault": scn.fault})
         s["inject_call_ms"] = (time.time() - t_fail) * 1000
-        op = wait_for(lambda: next((o for o in api.heals(iid)
-                                    if o["operationState"] in ("COMPLETED", "FAILED")), None),
-                      HEAL_TIMEOUT, f"the HEAL of {iid}")
+        try:
+            op = wait_for(lambda: next((o for o in api.heals(iid)
+                                        if o["operationState"] in ("COMPLETED", "FAILED")),
+                                       None), HEAL_TIMEOUT, f"the HEAL of {iid}")
+        except BenchError as exc:
+            recent = sum(1 for t in prober.replies if t > time.time() - 1.0)
+            if recent:
+                raise BenchError(f"{exc}; the VNF kept answering ({recent} replies in the "
+                                 f"last second): the injected {scn.fault} did not take "
+                                 "effect") from exc
+            raise
         n_op = op.get("nfvha", {})
         s["operation_state"] = op["operationState"]
         s["strategy"] = n_op.get("strategy")
@@ -482,8 +492,15 @@ def run_once(tb: Testbed, api: Api, scn: Scenario, address: str, s: dict[str, An
                              f"{op.get('error', {}).get('detail')}")
         ts = n_op["timestamps"]
         serving = float(ts["serving"])
-        wait_for(lambda: prober.last_reply() > serving, 5.0,
-                 f"a client reply from {iid} after it was serving again", every=0.01)
+        try:
+            wait_for(lambda: prober.last_reply() > serving, 5.0,
+                     f"a client reply from {iid} after it was serving again", every=0.01)
+        except BenchError as exc:
+            heals = api.heals(iid)
+            raise BenchError(
+                f"{exc}; {len(heals)} HEAL operations so far, from checkpoints "
+                f"{[h.get('nfvha', {}).get('checkpoint') for h in heals]}: the recovered "
+                "VNF fails again") from exc
         time.sleep(OBSERVE_AFTER)
     finally:
         t_end = time.time()
@@ -528,7 +545,8 @@ def attempt(tb: Testbed, api: Api, scn: Scenario, run: int, address: str) -> dic
     """run_once, turning any failure of the run into a sample that says what went wrong."""
     s = new_sample(scn, run)
     s["other_netns"] = other_netns()
-    s["source_digest"] = source_digest()  # what the manager and agents of this run import
+    # What a testbed built now imports (process-group runs share the testbed of the group).
+    s["source_digest"] = source_digest()
     mark = LogMark(tb)
     t0 = time.perf_counter()
     try:
@@ -563,10 +581,45 @@ def _failed(scn: Scenario, run: int, exc: BaseException, t0: float) -> dict[str,
             "elapsed_s": time.perf_counter() - t0}
 
 
+PIN_BRIDGE_MACS = True  # see pin_bridge_macs(); --no-pin-bridge-macs turns it off
+
+
 def _up(tb: Testbed) -> None:
     with contextlib.suppress(Exception):
         asyncio.run(tb.down())  # leftovers of an interrupted run
     asyncio.run(tb.up(timeout=TESTBED_TIMEOUT))
+    if PIN_BRIDGE_MACS:
+        pin_bridge_macs(tb)
+
+
+def _ip(*args: str) -> str:
+    try:
+        proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BenchError(f"ip {' '.join(args)}: {exc}") from exc
+    if proc.returncode != 0:
+        raise BenchError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def pin_bridge_macs(tb: Testbed) -> None:
+    """Give every bridge of the testbed its current MAC explicitly, so that it keeps it.
+
+    A Linux bridge without an explicitly set address takes the lowest MAC of its ports and
+    changes it when that port goes away. The testbed does not set one, so a crashed host
+    whose uplink had the lowest MAC (one run in three) changes the root bridge's MAC: the
+    root netns flushes its ARP entries (the client's entry for the VNF is re-resolved only
+    after up to 1 s) and the surviving agents keep sending heartbeats to the old gateway
+    MAC until they re-ARP, so the manager suspects them at the very moment it decides
+    where to recover. Real switches and routers do not change MAC when a host dies; a
+    host's br0 likewise changes MAC when a VNF's veth comes or goes. Re-setting the same
+    address marks it as administratively set (no disruption at all).
+    """
+    mac = Path(f"/sys/class/net/{tb.bridge}/address").read_text().strip()
+    _ip("link", "set", "dev", tb.bridge, "address", mac)
+    for h in tb.hosts.values():
+        info = json.loads(_ip("-n", h.netns, "-j", "link", "show", "br0"))
+        _ip("-n", h.netns, "link", "set", "dev", "br0", "address", info[0]["address"])
 
 
 def _down(tb: Testbed) -> None:
@@ -1041,6 +1094,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_RUNS} runs per scenario")
     ap.add_argument("--scenarios", default=None,
                     help="comma-separated subset of: " + ", ".join(s.key for s in SCENARIOS))
+    ap.add_argument("--no-pin-bridge-macs", action="store_true",
+                    help="leave the testbed's bridges free to change MAC when a port goes "
+                         "away (reproduces the testbed artifact described in the report)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     ap.add_argument("--no-doc-img", action="store_true", help="do not copy the plot to docs/")
     a = ap.parse_args(argv)
@@ -1057,6 +1113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("recovery: needs root (namespaces, cgroups, CRIU)", file=sys.stderr)
         return 2
     scns = [s for s in SCENARIOS if s.key in wanted]
+    global PIN_BRIDGE_MACS
+    PIN_BRIDGE_MACS = not a.no_pin_bridge_macs
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_term)
 
@@ -1068,6 +1126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "checkpoint_interval_s": CHECKPOINT_INTERVAL, "backups": 1,
             "probe_period_ms": PROBE_PERIOD * 1000, "warm_packets": WARM_PACKETS,
             "pre_window_s": PRE_WINDOW, "observe_after_s": OBSERVE_AFTER,
+            "pin_bridge_macs": PIN_BRIDGE_MACS,
             "ha_probe": HA_PROBE,
             "testbed": {"name": TB_NAME, "subnet": TB_SUBNET, "state_dir": str(STATE_DIR),
                         "hosts": N_HOSTS},

@@ -125,6 +125,22 @@ def _nat_table(ip: str) -> dict[str, Any]:
         q.close()
 
 
+def _terminate(m: Mgr, *iids: str) -> None:
+    """Tests share one testbed: VNFs of a finished test must not keep checkpointing."""
+    for iid in iids:
+        with contextlib.suppress(AssertionError):
+            m.ok("POST", f"/vnflcm/v1/vnf_instances/{iid}/terminate", json={})
+    for iid in iids:
+        with contextlib.suppress(AssertionError, TimeoutError):
+            wait_until(lambda i=iid: m.vnf(i)["haState"] == "NOT_INSTANTIATED", 10)
+
+
+def _wait_replicated(m: Mgr, iid: str, after: float) -> None:
+    """A host loss is survivable once a checkpoint taken after ``after`` has a replica."""
+    wait_until(lambda: any(c["createdAt"] > after and len(c["replicas"]) > 1
+                           for c in m.checkpoints(iid)), 10)
+
+
 def _recover_once(m: Mgr, iid: str, fault: str, heals: int) -> dict[str, Any]:
     vnf = m.vnf(iid)
     if fault == "crash":
@@ -151,7 +167,10 @@ def test_flow_counters_exact_after_every_recovery(fmgr: Mgr, python_bin: str,
     for rep in range(REPS):
         sender = Sender((service, 5000))
         try:
+            started = time.time()
             time.sleep(0.7)  # traffic, and at least one checkpoint of it
+            if fault == "crash":
+                _wait_replicated(fmgr, iid, started)
             op = _recover_once(fmgr, iid, fault, heals)
             heals += 1
             assert op["nfvha"]["strategy"] != "restart", op
@@ -164,6 +183,7 @@ def test_flow_counters_exact_after_every_recovery(fmgr: Mgr, python_bin: str,
             wait_until(lambda n=total_sent: _total(ip) == n, 5)
         assert _total(ip) == total_sent, \
             f"repetition {rep}: {_total(ip)} counted, {total_sent} sent"
+    _terminate(fmgr, iid)
 
 
 @pytest.mark.slow
@@ -199,6 +219,7 @@ def test_nat_replies_in_order_exactly_once_across_recoveries(fmgr: Mgr,
     assert all(n == i + 1 for i, n in seen.items()), "the NAT saw datagrams out of order"
     bindings = _nat_table(ip)["bindings"]
     assert [b["packets"] for b in bindings.values()] == [sent]
+    _terminate(fmgr, iid)
 
 
 def test_exactly_once_holds_replies_until_checkpoint(fmgr: Mgr, python_bin: str) -> None:
@@ -214,6 +235,7 @@ def test_exactly_once_holds_replies_until_checkpoint(fmgr: Mgr, python_bin: str)
         waited = time.monotonic() - t0
     finally:
         s.close()
+    _terminate(fmgr, "nat-x")
     assert reply.split(b" ")[1:] == [b"1", b"0"]
     # The reply waited for the next checkpoint to commit (interval 0.5 s).
     assert waited > 0.02
@@ -254,3 +276,4 @@ def test_chain_middle_vnf_recovers_with_exact_state(fmgr: Mgr, python_bin: str) 
         assert counts == [total_sent, total_sent], f"repetition {rep}: NATs saw {counts}"
         assert _total(ip_c) == total_sent, \
             f"repetition {rep}: monitor counted {_total(ip_c)}, {total_sent} sent"
+    _terminate(fmgr, "ch-c", "ch-b", "ch-a")

@@ -32,6 +32,8 @@ __all__ = ["Manager", "ManagerConfig", "VnfState"]
 
 log = logging.getLogger("nfvha.manager")
 
+_DUMPS_PER_HOST = 1
+
 
 class VnfState:
     """The HA state of a VNF instance (stored as a string in its record)."""
@@ -80,6 +82,7 @@ class Manager:
         self.runtime: dict[str, _Runtime] = {}
         self._confirming: set[str] = set()
         self._reconciled = False
+        self._dump_slots: dict[str, asyncio.Semaphore] = {}
         self._vnfd_cache: dict[tuple[Any, ...], VnfDescriptor] = {}
         self.fence_deadline: dict[str, float] = {}  # host -> monotonic time it is fenced by
         self._wake = asyncio.Event()
@@ -404,6 +407,14 @@ class Manager:
     # -- checkpoints ----------------------------------------------------------------------
 
     async def _checkpoint(self, vnf_id: str) -> None:
+        """One periodic checkpoint; at most ``_DUMPS_PER_HOST`` run at once on a host, so
+        that checkpointing many VNFs cannot starve the host (and its heartbeats)."""
+        host = self.store.get("vnf", vnf_id).data["host"]
+        sem = self._dump_slots.setdefault(host, asyncio.Semaphore(_DUMPS_PER_HOST))
+        async with sem:
+            await self._checkpoint_now(vnf_id)
+
+    async def _checkpoint_now(self, vnf_id: str) -> None:
         rec = self.store.get("vnf", vnf_id)
         host = rec.data["host"]
         d = self._vnfd(rec.data)
