@@ -45,17 +45,30 @@ def _raise_priority(nice: int) -> None:
             logging.getLogger("nfvha").warning("cannot set priority %d: %s", nice, exc)
 
 
-def cmd_agent(args: argparse.Namespace) -> int:
+def _daemon_token(args: argparse.Namespace) -> str:
+    token = _read_token(args)
+    if not token:
+        raise NfvhaError(f"{args.command}: a token is required (--token-file or "
+                         "NFVHA_TOKEN); every daemon of a cluster shares it")
+    return token
+
+
+def _serve(app: object, args: argparse.Namespace) -> int:
+    """Run a daemon's ASGI app on ``--listen`` at its raised priority."""
     import uvicorn
 
+    host, _, port = args.listen.rpartition(":")
+    _raise_priority(args.nice)  # imports are done: the costly part of starting
+    uvicorn.run(app, host=host or "0.0.0.0", port=int(port),  # type: ignore[arg-type]
+                log_level="warning", access_log=False)
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
     from nfvha.vim.agent import Agent, AgentConfig
     from nfvha.vim.api import create_app
 
-    token = _read_token(args)
-    if not token:
-        print("nfvha agent: a token is required (--token-file or NFVHA_TOKEN)", file=sys.stderr)
-        return 2
-    host, _, port = args.listen.rpartition(":")
+    token = _daemon_token(args)
     cfg = AgentConfig(
         host_id=args.host_id, state_dir=Path(args.state_dir), bridge=args.bridge, token=token,
         manager_url=args.manager, advertise_url=args.advertise_url or f"http://{args.listen}",
@@ -63,27 +76,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
         fencing_timeout=args.fencing_timeout,
         netns_prefix=args.netns_prefix, cgroup_parent=args.cgroup_parent,
         log_dir=Path(args.log_dir), work_root=Path(args.work_root), criu_binary=args.criu)
-    app = create_app(Agent(cfg))
-    _raise_priority(args.nice)  # imports are done: the costly part of starting
-    uvicorn.run(app, host=host or "0.0.0.0", port=int(port), log_level="warning",
-                access_log=False)
-    return 0
+    return _serve(create_app(Agent(cfg)), args)
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from nfvha.ha.fault import FaultTimings
     from nfvha.store.sqlite import SqliteStore
     from nfvha.vnfm.api import create_manager_app
     from nfvha.vnfm.manager import Manager, ManagerConfig
 
-    token = _read_token(args)
-    if not token:
-        print("nfvha manager: a token is required (--token-file or NFVHA_TOKEN)",
-              file=sys.stderr)
-        return 2
-    host, _, port = args.listen.rpartition(":")
+    token = _daemon_token(args)
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     timings = FaultTimings(heartbeat_interval=args.heartbeat_interval,
                            suspect_after=args.suspect_after,
@@ -91,29 +93,15 @@ def cmd_manager(args: argparse.Namespace) -> int:
     cfg = ManagerConfig(token=token, timings=timings,
                         base_url=args.advertise_url or f"http://{args.listen}",
                         forwarder_url=args.forwarder)
-    app = create_manager_app(Manager(SqliteStore(args.db), cfg))
-    _raise_priority(args.nice)  # imports are done: the costly part of starting
-    uvicorn.run(app, host=host or "0.0.0.0", port=int(port), log_level="warning",
-                access_log=False)
-    return 0
+    return _serve(create_manager_app(Manager(SqliteStore(args.db), cfg)), args)
 
 
 def cmd_forwarder(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from nfvha.dataplane.api import create_forwarder_app
 
-    token = _read_token(args)
-    if not token:
-        print("nfvha forwarder: a token is required (--token-file or NFVHA_TOKEN)",
-              file=sys.stderr)
-        return 2
-    host, _, port = args.listen.rpartition(":")
+    token = _daemon_token(args)
     app = create_forwarder_app(token, interface=args.interface, prefixlen=args.prefixlen)
-    _raise_priority(args.nice)  # imports are done: the costly part of starting
-    uvicorn.run(app, host=host or "0.0.0.0", port=int(port), log_level="warning",
-                access_log=False)
-    return 0
+    return _serve(app, args)
 
 
 def cmd_testbed(args: argparse.Namespace) -> int:

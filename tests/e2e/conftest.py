@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 from collections.abc import Iterator
@@ -85,3 +86,14 @@ def flowmon_descriptor(address: str, python: str, vnfd_id: str = "flowmon") -> d
 def tcpcounter_descriptor(address: str, python: str) -> dict[str, Any]:
     return {"id": "tcpcounter", "command": [python, str(EXAMPLES / "tcpcounter.py")],
             "network": {"address": address}, "resources": {"memory": "128Mi", "cpu": 1.0}}
+
+
+def keep_logs(tb: Any) -> None:
+    """Copy a testbed's daemon logs to /tmp/nfvha-test-logs/<name> before teardown, for
+    post-mortems of failed runs (the testbed's own directory is removed)."""
+    import shutil
+
+    keep = Path("/tmp/nfvha-test-logs") / tb.name
+    shutil.rmtree(keep, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        shutil.copytree(tb.log_dir, keep, ignore=shutil.ignore_patterns("vnf"))

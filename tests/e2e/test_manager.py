@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import EXAMPLES, TEST_PREFIX
+from tests.e2e.conftest import keep_logs
 from tests.vnfclient import UdpFlow, flowmon_stats, wait_until
 
 
@@ -89,12 +90,7 @@ def mgr() -> Iterator[Mgr]:
         yield m
     finally:
         m.http.close()
-        keep = Path("/tmp/nfvha-test-logs") / name  # for post-mortems of failed runs
-        with contextlib.suppress(OSError):
-            import shutil
-
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(tb.log_dir, keep, ignore=shutil.ignore_patterns("vnf"))
+        keep_logs(tb)
         asyncio.run(tb.down())
 
 

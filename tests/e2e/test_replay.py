@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, TEST_PREFIX
+from tests.e2e.conftest import keep_logs
 from tests.e2e.test_manager import Mgr
 from tests.vnfclient import flowmon_stats, wait_until
 
@@ -40,12 +41,7 @@ def fmgr() -> Iterator[Mgr]:
         yield m
     finally:
         m.http.close()
-        keep = Path("/tmp/nfvha-test-logs") / name
-        with contextlib.suppress(OSError):
-            import shutil
-
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(tb.log_dir, keep, ignore=shutil.ignore_patterns("vnf"))
+        keep_logs(tb)
         asyncio.run(tb.down())
 
 

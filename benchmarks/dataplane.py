@@ -1,0 +1,1724 @@
+#!/usr/bin/env python3
+"""Data-plane cost of the steering forwarder: latency, throughput, holds, replay.
+
+A 2-host testbed with the HA manager and the steering forwarder (``nfvdp``,
+10.247.0.0/16, state in /run/nfvha-bench-dp) runs the sample VNFs of ``examples/vnfs``
+with ``ha.replay`` on, so every datagram to the service address crosses the forwarder
+(logged, then sent on to the VNF) while the VNF's own address can be reached directly.
+Measured side by side in one run:
+
+1. **Latency and throughput.** Closed-loop request→reply RTT to ``udpnat`` (one
+   datagram in flight) straight to the VNF's address and via the service address, in
+   interleaved blocks; *added latency* = RTT via the forwarder − RTT direct (p50 and p99
+   of each path; the reply crosses the forwarder too). Throughput: paced Python senders
+   (separate processes, tight ``send`` loops) offer fixed loads, then one unpaced sender,
+   to ``flowmon`` (a cheap sink) directly and via the forwarder. Delivered packets/s come
+   from the forwarder's ``delivered`` counter, what the VNF counted from its STATS; CPU
+   of the forwarder from ``/proc/<pid>/stat`` (utime+stime; cross-checked with its
+   cgroup's cpuacct), hence packets/s per core. Each window falls between two of the
+   sink's checkpoints (long interval, started right after one), and a second sink with a
+   checkpoint every second shows throughput *across* checkpoints (queue drain pacing).
+2. **Holds.** ``udpnat`` with a checkpoint every 0.5 s under 1000 datagrams/s of
+   open-loop traffic: how long delivery is held per checkpoint (the checkpoint records'
+   ``holdMs``; the forwarder's ``holds``/``hold_total_s``/``hold_max_s``), beside CRIU's
+   own dump time and the RTT clients see meanwhile.
+3. **Replay.** ``flowmon`` with a 30 s checkpoint interval: right after a checkpoint, N
+   datagrams (1,000 / 5,000 / 20,000) via the forwarder, then ``inject kill``; the HEAL
+   operation's ``nfvha.replay`` gives ``replayed`` and ``replay_ms``; flowmon's total must
+   equal what was sent.
+4. **Exactly-once.** ``udpnat`` with ``network.service.exactly_once`` false and true at
+   checkpoint intervals 0.2 / 0.5 / 1.0 s: RTT p50/p99 of 1000 datagrams/s open-loop
+   traffic (each reply matched to its request by the echoed payload).
+
+With py-spy available (``.venv/bin/pip install py-spy``), the forwarder is profiled
+under load after the throughput windows (not during them).
+
+Writes ``results/dataplane.{json,md,png}`` and ``docs/img/dataplane.png``. Needs root.
+Not a test: targets are reported as PASS/MISS, not asserted. Traffic goes only to the
+testbed's own addresses. Usage::
+
+    .venv/bin/python benchmarks/dataplane.py [--quick] [--no-profile] [--no-wait]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from nfvha.testbed import Testbed
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples" / "vnfs"
+RESULTS = REPO / "results"
+DOC_IMG = REPO / "docs" / "img"
+
+TB_NAME = "nfvdp"
+TB_SUBNET = "10.247.0.0/16"  # apart from the default testbed, e2e tests and other benchmarks
+STATE_DIR = Path("/run/nfvha-bench-dp")
+N_HOSTS = 2  # a primary and a backup (checkpoints commit once replicated)
+OTHER_BENCHMARKS = ("nfvrec", "nfvbench")  # wait until these are gone before measuring
+
+NAT_PORT, NAT_QUERY = 6000, 6001
+FM_PORT, FM_QUERY = 5000, 5001
+PACE_PPS = 20000.0  # the forwarder's replay and queue-drain pace (ServiceSpec.pace_pps)
+# The manager's health probe of each VNF. Lenient: a sink flooded at 100k+ datagrams/s
+# must not be taken for hung (a hang verdict would restore it mid-window).
+HA_PROBE_LENIENT = {"interval": 0.2, "timeout": 0.2, "failure_threshold": 10}
+NO_CHECKPOINTS = 3600.0  # "interval" for instances whose windows fall between checkpoints
+REPLAY_INTERVAL = 30.0
+REPLAY_SEND_PPS = 10000.0  # pace of the N datagrams sent before a kill
+PROBE_PPS = 1000.0  # open-loop RTT traffic (holds, exactly-once)
+PAYLOAD = 32  # bytes per throughput datagram (small: the log stays well below its bound)
+
+HTTP_TIMEOUT = 10.0
+DEPLOY_TIMEOUT = 30.0
+HEAL_TIMEOUT = 30.0
+TESTBED_TIMEOUT = 30.0
+QUIET_POLL_S = 10.0
+QUIET_MAX_S = 15 * 60.0
+LOSS_OK = 0.01  # a load counts as sustained if at most 1% of what was sent is missing
+
+TARGET_ADDED_P50_US = 100.0
+TARGET_PPS_PER_CORE = 50000.0
+
+
+class BenchError(RuntimeError):
+    """A step failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    lat_samples: int  # per path
+    lat_block: int
+    tput_loads: tuple[int | None, ...]  # offered datagrams/s; None: one unpaced sender
+    tput_window: float
+    cp_loads: tuple[int, ...]  # offered loads with a checkpoint every CP_INTERVAL
+    cp_interval: float
+    cp_window: float
+    hold_duration: float
+    replay_sizes: tuple[int, ...]
+    replay_reps: int
+    eo_intervals: tuple[float, ...]
+    eo_duration: float
+    ref_duration: float  # open-loop references: direct, and via without checkpoints
+    profile_s: float
+
+    @property
+    def tput_interval(self) -> float:
+        """The sink's checkpoint interval: two windows and their settling fit in between."""
+        return 2 * self.tput_window + 3.0
+
+
+FULL = Plan(quick=False, lat_samples=5000, lat_block=250,
+            tput_loads=(10000, 20000, 30000, 40000, 50000, 60000, 80000, None),
+            tput_window=3.0, cp_loads=(10000, 30000), cp_interval=1.0, cp_window=6.0,
+            hold_duration=16.0, replay_sizes=(1000, 5000, 20000), replay_reps=2,
+            eo_intervals=(0.2, 0.5, 1.0), eo_duration=8.0, ref_duration=4.0, profile_s=5.0)
+QUICK = Plan(quick=True, lat_samples=1000, lat_block=250, tput_loads=(30000, None),
+             tput_window=1.5, cp_loads=(30000,), cp_interval=1.0, cp_window=2.5,
+             hold_duration=4.0, replay_sizes=(1000, 5000), replay_reps=1,
+             eo_intervals=(0.5,), eo_duration=2.5, ref_duration=1.5, profile_s=3.0)
+
+
+# -- descriptors -----------------------------------------------------------------------------
+
+
+def nat_vnfd(vid: str, addr: str, service: str, interval: float, *,
+             exactly_once: bool = False) -> dict[str, Any]:
+    return {"id": vid, "command": [sys.executable, str(EXAMPLES / "udpnat.py")],
+            "network": {"address": addr, "service": {"address": service, "port": NAT_PORT,
+                                                     "exactly_once": exactly_once}},
+            "resources": {"memory": "128Mi"},
+            "ha": {"checkpoint_interval": interval, "backups": 1, "replay": True,
+                   "probe": {"type": "udp", "port": NAT_QUERY, "send": "PING",
+                             "expect": "PONG", **HA_PROBE_LENIENT}}}
+
+
+def flowmon_vnfd(vid: str, addr: str, service: str, interval: float) -> dict[str, Any]:
+    return {"id": vid, "command": [sys.executable, str(EXAMPLES / "flowmon.py")],
+            "network": {"address": addr, "service": {"address": service, "port": FM_PORT}},
+            "resources": {"memory": "128Mi"},
+            "ha": {"checkpoint_interval": interval, "backups": 1, "replay": True,
+                   "probe": {"type": "udp", "port": FM_QUERY, "send": "PING",
+                             "expect": "PONG", **HA_PROBE_LENIENT}}}
+
+
+# -- the manager's and the forwarder's APIs --------------------------------------------------
+
+
+class Api:
+    """Synchronous client of the manager and the forwarder; every call has a timeout."""
+
+    def __init__(self, tb: Testbed) -> None:
+        headers = {"Authorization": f"Bearer {tb.token}"}
+        timeout = httpx.Timeout(HTTP_TIMEOUT, connect=3.0)
+        self.m = httpx.Client(base_url=tb.manager_url, timeout=timeout, headers=headers)
+        self.f = httpx.Client(base_url=tb.forwarder_url, timeout=timeout, headers=headers)
+
+    def close(self) -> None:
+        self.m.close()
+        self.f.close()
+
+    @staticmethod
+    def _call(http: httpx.Client, method: str, path: str, ok: tuple[int, ...] = (),
+              **kw: Any) -> Any:
+        try:
+            r = http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise BenchError(f"{method} {path}: {exc!r}") from exc
+        if r.status_code >= 300 and r.status_code not in ok:
+            raise BenchError(f"{method} {path}: HTTP {r.status_code} {r.text[:400]}")
+        if r.status_code == 202 or not r.content:
+            return None
+        return r.json()
+
+    def call(self, method: str, path: str, ok: tuple[int, ...] = (), **kw: Any) -> Any:
+        return self._call(self.m, method, path, ok, **kw)
+
+    def service(self, iid: str) -> dict[str, Any]:
+        res: dict[str, Any] = self._call(self.f, "GET", f"/v1/services/{iid}")
+        return res
+
+    def vnf(self, iid: str) -> dict[str, Any]:
+        res: dict[str, Any] = self.call("GET", f"/vnflcm/v1/vnf_instances/{iid}")
+        return res
+
+    def deploy(self, desc: dict[str, Any], iid: str) -> dict[str, Any]:
+        self.call("POST", "/nfvha/v1/vnfds", json=desc)
+        self.call("POST", "/vnflcm/v1/vnf_instances", json={"vnfdId": desc["id"],
+                                                            "vnfInstanceId": iid})
+        self.call("POST", f"/vnflcm/v1/vnf_instances/{iid}/instantiate", json={})
+        wait_for(lambda: self.vnf(iid)["haState"] == "ACTIVE", DEPLOY_TIMEOUT,
+                 f"{iid} ACTIVE after instantiate")
+        # The first checkpoint is taken right away; wait until it committed (log empty).
+        wait_for(lambda: self.checkpoints(iid) and not (st := self.service(iid))["held"]
+                 and st["log_packets"] == 0, DEPLOY_TIMEOUT, f"first checkpoint of {iid}")
+        return self.vnf(iid)
+
+    def checkpoints(self, iid: str) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = self.call("GET", "/nfvha/v1/checkpoints",
+                                              params={"vnfInstanceId": iid})
+        return sorted(res, key=lambda c: int(c["seq"]))
+
+    def heals(self, iid: str) -> list[dict[str, Any]]:
+        ops = self.call("GET", "/vnflcm/v1/vnf_lcm_op_occs", params={"vnfInstanceId": iid})
+        return [o for o in ops if o["operation"] == "HEAL"]
+
+    def remove(self, iid: str) -> None:
+        """Terminate (if instantiated) and delete an instance; bounded."""
+        try:
+            r = self.m.get(f"/vnflcm/v1/vnf_instances/{iid}")
+        except httpx.HTTPError as exc:
+            raise BenchError(f"GET {iid}: {exc!r}") from exc
+        if r.status_code == 404:
+            return
+        if r.json()["haState"] != "NOT_INSTANTIATED":
+            self.call("POST", f"/vnflcm/v1/vnf_instances/{iid}/terminate", json={})
+            wait_for(lambda: self.vnf(iid)["haState"] == "NOT_INSTANTIATED", 20,
+                     f"{iid} terminated")
+        self.call("DELETE", f"/vnflcm/v1/vnf_instances/{iid}", ok=(404,))
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        res = pred()
+        if res:
+            return res
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def _ip(cidr: str) -> str:
+    return cidr.split("/")[0]
+
+
+def query(addr: tuple[str, int], payload: bytes, timeout: float = 0.5,
+          tries: int = 4) -> bytes:
+    """One UDP request to a VNF's query port, retried (the port may be flooded)."""
+    last: Exception | None = None
+    for _ in range(tries):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(timeout)
+        try:
+            s.sendto(payload, addr)
+            return s.recv(65535)
+        except OSError as exc:
+            last = exc
+        finally:
+            s.close()
+    raise BenchError(f"no answer from {addr[0]}:{addr[1]} to {payload!r}: {last!r}")
+
+
+def flowmon_total(ip: str) -> int:
+    return int(json.loads(query((ip, FM_QUERY), b"STATS"))["total_packets"])
+
+
+# -- CPU and drop counters -------------------------------------------------------------------
+
+
+_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int | None) -> float:
+    """utime+stime of a process (all its threads), seconds; NaN if it is gone."""
+    if pid is None:
+        return math.nan
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / _TCK
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    total = sum(f[:8])
+    return (total - f[3] - f[4]) / _TCK, total / _TCK
+
+
+def netns_udp(ns: str) -> dict[str, int]:
+    """UDP counters (RcvbufErrors…) of a network namespace; empty if unreadable."""
+    try:
+        out = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"],
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    rows = [line.split() for line in out.splitlines() if line.startswith("Udp:")]
+    if len(rows) < 2:
+        return {}
+    return dict(zip(rows[0][1:], (int(x) for x in rows[1][1:]), strict=False))
+
+
+def softnet_drops() -> int:
+    try:
+        return sum(int(line.split()[1], 16)
+                   for line in Path("/proc/net/softnet_stat").read_text().splitlines())
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def find_forwarder_pid(tb: Testbed) -> int:
+    pids = tb.cgroups.cgroup(f"{tb.name}/forwarder").pids()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if b"forwarder" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return int(pid)
+    raise BenchError(f"no forwarder process in cgroup {tb.name}/forwarder (pids {pids})")
+
+
+class Counters:
+    """A snapshot of every counter a throughput window is judged by."""
+
+    def __init__(self, tb: Testbed, api: Api, fwd_pid: int, iid: str, vnf_pid: int | None,
+                 vnf_netns: str, vnf_ip: str) -> None:
+        self.t = time.perf_counter()
+        st = api.service(iid)
+        self.rx = int(st["stats"].get("rx", 0))
+        self.delivered = int(st["stats"].get("delivered", 0))
+        self.holds = int(st["stats"].get("holds", 0))
+        self.queued = int(st["queued"])
+        self.fwd_cpu = proc_cpu(fwd_pid)
+        self.fwd_cpuacct = _cg_cpu(tb, f"{tb.name}/forwarder")
+        self.tb_cpuacct = _cg_cpu(tb, tb.name)
+        self.vnf_cpu = proc_cpu(vnf_pid)
+        self.machine_busy, self.machine_total = machine_cpu()
+        self.self_cpu = time.process_time()
+        self.front_drops = netns_udp(tb.ingress_netns).get("RcvbufErrors", 0)
+        self.vnf_drops = netns_udp(vnf_netns).get("RcvbufErrors", 0)
+        self.softnet = softnet_drops()
+        self.counted = flowmon_total(vnf_ip)
+
+
+def _cg_cpu(tb: Testbed, path: str) -> float:
+    try:
+        return float(tb.cgroups.cgroup(path).usage().cpu_seconds)
+    except Exception:
+        return math.nan
+
+
+# -- traffic ---------------------------------------------------------------------------------
+
+
+def _sender(target: tuple[str, int], rate: float | None, duration: float, size: int,
+            go: MpEvent, out: Any) -> None:
+    """A load generator process: one flow, paced in bursts of 16, or unpaced."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    s.connect(target)
+    payload = b"d" * size
+    send = s.send
+    n = errors = 0
+    go.wait(30)
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    end = t0 + duration
+    burst = 16 if rate else 256
+    while True:
+        for _ in range(burst):
+            try:
+                send(payload)
+            except OSError:
+                errors += 1
+        n += burst
+        now = time.perf_counter()
+        if now >= end:
+            break
+        if rate:
+            ahead = n / rate - (now - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+    out.put({"sent": n - errors, "errors": errors, "elapsed": time.perf_counter() - t0,
+             "cpu": time.process_time() - c0})
+    s.close()
+
+
+def run_senders(target: tuple[str, int], rate: float | None, duration: float,
+                processes: int, before: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Start ``processes`` senders together; returns their totals. Bounded."""
+    ctx = mp.get_context("fork")
+    go = ctx.Event()
+    out = ctx.Queue()
+    each = None if rate is None else rate / processes
+    procs = [ctx.Process(target=_sender, args=(target, each, duration, PAYLOAD, go, out),
+                         daemon=True) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    try:
+        time.sleep(0.05)
+        if before is not None:
+            before()
+        go.set()
+        res = [out.get(timeout=duration + 20) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
+                p.join(2)
+    return {"sent": sum(r["sent"] for r in res), "errors": sum(r["errors"] for r in res),
+            "elapsed": max(r["elapsed"] for r in res), "cpu": sum(r["cpu"] for r in res)}
+
+
+def _prober(target: tuple[str, int], rate: float, duration: float, grace: float,
+            go: MpEvent, out: Any) -> None:
+    """Open-loop request/reply traffic to udpnat: one datagram every 1/rate s, each reply
+    matched to its request by the echoed sequence number. One thread, poll-driven."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE: reply bursts
+    s.connect(target)
+    s.setblocking(False)
+    poller = select.poll()
+    poller.register(s, select.POLLIN)
+    sent_at: list[float] = []
+    rtt: dict[int, float] = {}
+    dups = errors = 0
+    go.wait(30)
+    t0 = time.perf_counter()
+    stop_send = t0 + duration
+    stop_all = stop_send + grace
+    period = 1.0 / rate
+    while True:
+        now = time.perf_counter()
+        if now >= stop_all or (now >= stop_send and len(rtt) >= len(sent_at)):
+            break
+        next_send = t0 + len(sent_at) * period
+        if now < stop_send and now >= next_send:
+            seq = len(sent_at)
+            sent_at.append(now)
+            try:
+                s.send(b"%d" % seq)
+            except OSError:
+                errors += 1
+            continue
+        wait = (min(next_send, stop_send) if now < stop_send else stop_all) - now
+        if not poller.poll(max(0.0, wait) * 1000):
+            continue
+        while True:
+            try:
+                data = s.recv(65535)
+            except BlockingIOError:
+                break
+            except OSError:
+                errors += 1
+                break
+            t = time.perf_counter()
+            parts = data.split(b" ", 2)
+            if len(parts) == 3 and parts[2].isdigit():
+                seq = int(parts[2])
+                if seq in rtt:
+                    dups += 1
+                elif seq < len(sent_at):
+                    rtt[seq] = t - sent_at[seq]
+    out.put({"sent": len(sent_at), "send_offsets": [x - t0 for x in sent_at],
+             "rtt_us": [rtt[i] * 1e6 if i in rtt else None for i in range(len(sent_at))],
+             "duplicates": dups, "errors": errors})
+    s.close()
+
+
+def run_prober(target: tuple[str, int], duration: float, grace: float,
+               during: Callable[[], None] | None = None) -> dict[str, Any]:
+    """The open-loop prober in a process of its own (no GIL shared with the polling)."""
+    ctx = mp.get_context("fork")
+    go = ctx.Event()
+    out = ctx.Queue()
+    p = ctx.Process(target=_prober, args=(target, PROBE_PPS, duration, grace, go, out),
+                    daemon=True)
+    p.start()
+    try:
+        time.sleep(0.05)
+        go.set()
+        t_end = time.monotonic() + duration + grace
+        while during is not None and time.monotonic() < t_end - grace:
+            during()
+            time.sleep(0.25)
+        res: dict[str, Any] = out.get(timeout=duration + grace + 20)
+    finally:
+        p.join(5)
+        if p.is_alive():
+            p.terminate()
+            p.join(2)
+    return res
+
+
+def closed_loop(sock: socket.socket, n: int, seq0: int) -> tuple[list[float], int]:
+    """n request→reply RTTs (µs) on a connected socket, one request in flight."""
+    out: list[float] = []
+    lost = 0
+    for i in range(seq0, seq0 + n):
+        want = b"%d" % i
+        t0 = time.perf_counter_ns()
+        sock.send(want)
+        while True:
+            try:
+                data = sock.recv(65535)
+            except TimeoutError:
+                lost += 1
+                break
+            if data.rsplit(b" ", 1)[-1] == want:
+                out.append((time.perf_counter_ns() - t0) / 1000)
+                break
+    return out, lost
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
+    xs = sorted(float(v) for v in values if v is not None and not math.isnan(v))
+    if not xs:
+        return math.nan
+    k = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def describe(values: Sequence[float | None]) -> dict[str, float]:
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return {"n": len(xs), "p50": percentile(xs, 50), "p90": percentile(xs, 90),
+            "p99": percentile(xs, 99), "p999": percentile(xs, 99.9),
+            "min": min(xs, default=math.nan), "max": max(xs, default=math.nan),
+            "mean": sum(xs) / len(xs) if xs else math.nan}
+
+
+# -- section 1: latency ----------------------------------------------------------------------
+
+
+def measure_latency(plan: Plan, nat_ip: str, service: str) -> dict[str, Any]:
+    socks = {}
+    for path, addr in (("direct", (nat_ip, NAT_PORT)), ("via", (service, NAT_PORT))):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect(addr)
+        s.settimeout(0.5)
+        socks[path] = s
+    samples: dict[str, list[float]] = {"direct": [], "via": []}
+    lost = {"direct": 0, "via": 0}
+    try:
+        seq = 0
+        for path in ("direct", "via"):  # warm-up: bindings, flows, caches
+            closed_loop(socks[path], 200, seq)
+            seq += 200
+        while len(samples["via"]) + lost["via"] < plan.lat_samples:
+            for path in ("direct", "via"):
+                got, miss = closed_loop(socks[path], plan.lat_block, seq)
+                seq += plan.lat_block
+                samples[path] += got
+                lost[path] += miss
+    finally:
+        for s in socks.values():
+            s.close()
+    d, v = describe(samples["direct"]), describe(samples["via"])
+    added = {k: v[k] - d[k] for k in ("p50", "p90", "p99", "p999", "mean")}
+    return {"direct": {**d, "lost": lost["direct"]}, "via": {**v, "lost": lost["via"]},
+            "added_rtt_us": added, "added_per_traversal_us": {k: x / 2 for k, x in added.items()},
+            "samples_us": {k: [round(x, 1) for x in xs] for k, xs in samples.items()}}
+
+
+def open_loop_reference(api: Api, iid: str, nat_ip: str, service: str,
+                        plan: Plan) -> list[dict[str, Any]]:
+    """Open-loop RTT at PROBE_PPS straight to the VNF and via the forwarder, no checkpoint."""
+    out = []
+    for path, addr in (("direct", (nat_ip, NAT_PORT)), ("via, no checkpoints",
+                                                        (service, NAT_PORT))):
+        holds0 = int(api.service(iid)["stats"].get("holds", 0))
+        res = run_prober(addr, plan.ref_duration, 1.0)
+        holds = int(api.service(iid)["stats"].get("holds", 0)) - holds0
+        out.append(_rtt_row(path, None, None, res, [], holds))
+    return out
+
+
+# -- section 1: throughput -------------------------------------------------------------------
+
+
+def _window(tb: Testbed, api: Api, fwd_pid: int, iid: str, vnf: dict[str, Any],
+            target: tuple[str, int], path: str, load: int | None, duration: float,
+            netns: str) -> dict[str, Any]:
+    ip = _ip(vnf["vnfd"]["network"]["address"])
+    snap: list[Counters] = []
+
+    def take() -> None:
+        snap.append(Counters(tb, api, fwd_pid, iid, vnf.get("pid"), netns, ip))
+
+    snd = run_senders(target, load, duration, 1, before=take)
+    time.sleep(0.3)  # what is still in socket buffers reaches its end
+    take()
+    a, b = snap
+    wall = b.t - a.t
+    fwd_cores = (b.fwd_cpu - a.fwd_cpu) / wall
+    delivered = b.delivered - a.delivered
+    counted = b.counted - a.counted
+    fwd_cpu_s = b.fwd_cpu - a.fwd_cpu
+    mine = (b.tb_cpuacct - a.tb_cpuacct) + snd["cpu"] + (b.self_cpu - a.self_cpu)
+    w = {
+        "path": path, "offered_pps": load, "duration_s": snd["elapsed"], "wall_s": wall,
+        "sent": snd["sent"], "send_errors": snd["errors"],
+        "sent_pps": snd["sent"] / snd["elapsed"],
+        "fwd_rx": b.rx - a.rx, "fwd_delivered": delivered, "vnf_counted": counted,
+        "fwd_delivered_pps": delivered / snd["elapsed"],
+        "vnf_counted_pps": counted / snd["elapsed"],
+        "fwd_cpu_s": fwd_cpu_s, "fwd_cores": fwd_cores,
+        "fwd_cores_cpuacct": (b.fwd_cpuacct - a.fwd_cpuacct) / wall,
+        "fwd_pps_per_core": delivered / fwd_cpu_s if fwd_cpu_s > 0 else math.nan,
+        "fwd_us_per_packet": fwd_cpu_s / delivered * 1e6 if delivered else math.nan,
+        "vnf_cores": (b.vnf_cpu - a.vnf_cpu) / wall,
+        "sender_cores": snd["cpu"] / wall,
+        "machine_busy_cores": (b.machine_busy - a.machine_busy) / wall,
+        "other_cores": ((b.machine_busy - a.machine_busy) - mine) / wall,
+        "front_rcvbuf_drops": b.front_drops - a.front_drops,
+        "vnf_rcvbuf_drops": b.vnf_drops - a.vnf_drops,
+        "softnet_drops": b.softnet - a.softnet,
+        "holds_during": b.holds - a.holds, "queued_after": b.queued,
+    }
+    reached = delivered if path == "via" else counted
+    w["loss"] = 1 - reached / snd["sent"] if snd["sent"] else math.nan
+    return w
+
+
+def wait_fresh_checkpoint(api: Api, iid: str, timeout: float) -> None:
+    """Return right after a checkpoint of ``iid`` released delivery and committed."""
+    holds0 = int(api.service(iid)["stats"].get("holds", 0))
+
+    def fresh() -> bool:
+        st = api.service(iid)
+        return (int(st["stats"].get("holds", 0)) > holds0 and not st["held"]
+                and st["queued"] == 0 and st["log_packets"] == 0)
+
+    wait_for(fresh, timeout, f"a fresh checkpoint of {iid}", every=0.02)
+
+
+def measure_throughput(tb: Testbed, api: Api, plan: Plan, fwd_pid: int,
+                       log: Callable[[str], None]) -> list[dict[str, Any]]:
+    iid = "dpsink"
+    addr, service = tb.vnf_address(2), tb.service_address(2)
+    vnf = api.deploy(flowmon_vnfd("dp-sink", addr, service, plan.tput_interval), iid)
+    netns = f"{tb.name}-{vnf['host']}-{iid}"
+    out = []
+    try:
+        for load in plan.tput_loads:
+            wait_fresh_checkpoint(api, iid, plan.tput_interval + 15)
+            for path, target in (("via", (service, FM_PORT)), ("direct", (_ip(addr), FM_PORT))):
+                w = _window(tb, api, fwd_pid, iid, api.vnf(iid), target, path, load,
+                            plan.tput_window, netns)
+                out.append(w)
+                log(f"throughput {path:6s} offered {_load(load):>9s}: sent "
+                    f"{w['sent_pps']:8.0f}/s, forwarder delivered {w['fwd_delivered_pps']:8.0f}/s"
+                    f", VNF counted {w['vnf_counted_pps']:8.0f}/s, loss {w['loss'] * 100:5.1f}%, "
+                    f"forwarder {w['fwd_cores']:.2f} cores ({w['fwd_pps_per_core']:.0f} pps/core)"
+                    f", other load {w['other_cores']:.2f} cores")
+                time.sleep(0.2)
+    finally:
+        api.remove(iid)
+    return out
+
+
+def measure_throughput_cp(tb: Testbed, api: Api, plan: Plan, fwd_pid: int,
+                          log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Offered load across checkpoints: each hold queues traffic that drains paced."""
+    out = []
+    for k, load in enumerate(plan.cp_loads):
+        iid = f"dpcp{k}"
+        addr, service = tb.vnf_address(10 + k), tb.service_address(10 + k)
+        vnf = api.deploy(flowmon_vnfd(f"dp-cp{k}", addr, service, plan.cp_interval), iid)
+        netns = f"{tb.name}-{vnf['host']}-{iid}"
+        try:
+            queue_max = [0]
+            samples: list[tuple[float, int, int]] = []
+
+            def poll(iid: str = iid, q: list[int] = queue_max,
+                     ss: list[tuple[float, int, int]] = samples) -> None:
+                st = api.service(iid)
+                q[0] = max(q[0], int(st["queued"]))
+                ss.append((time.perf_counter(), int(st["queued"]),
+                           int(st["stats"].get("delivered", 0))))
+
+            a = Counters(tb, api, fwd_pid, iid, vnf.get("pid"), netns, _ip(addr))
+            ctx_res: dict[str, Any] = {}
+
+            def traffic(res: dict[str, Any] = ctx_res, service: str = service,
+                        load: int = load) -> None:
+                res.update(run_senders((service, FM_PORT), load, plan.cp_window, 1))
+
+            th = threading.Thread(target=traffic, daemon=True)
+            th.start()
+            end = time.monotonic() + plan.cp_window + 20
+            while th.is_alive() and time.monotonic() < end:
+                poll()
+                time.sleep(0.1)
+            th.join(5)
+            b = Counters(tb, api, fwd_pid, iid, vnf.get("pid"), netns, _ip(addr))
+            el = ctx_res.get("elapsed", plan.cp_window)
+            delivered = b.delivered - a.delivered
+            fwd_s = b.fwd_cpu - a.fwd_cpu
+            w = {"offered_pps": load, "checkpoint_interval_s": plan.cp_interval,
+                 "duration_s": el, "sent": ctx_res.get("sent", 0),
+                 "sent_pps": ctx_res.get("sent", 0) / el,
+                 "fwd_rx_pps": (b.rx - a.rx) / el, "fwd_delivered_pps": delivered / el,
+                 "vnf_counted_pps": (b.counted - a.counted) / el,
+                 "holds_during": b.holds - a.holds, "queued_max": queue_max[0],
+                 "queued_at_end": b.queued, "fwd_cores": fwd_s / (b.t - a.t),
+                 "front_rcvbuf_drops": b.front_drops - a.front_drops,
+                 "queue_series": [(round(t - a.t, 2), q, d - a.delivered)
+                                  for t, q, d in samples]}
+            if b.queued:
+                t0 = time.monotonic()
+                with contextlib.suppress(BenchError):
+                    wait_for(lambda: api.service(iid)["queued"] == 0, 30,  # noqa: B023
+                             "queue drained")
+                w["drain_after_s"] = time.monotonic() - t0
+            out.append(w)
+            log(f"across checkpoints every {plan.cp_interval} s, offered {load}/s: forwarder "
+                f"received {w['fwd_rx_pps']:.0f}/s, delivered {w['fwd_delivered_pps']:.0f}/s; "
+                f"{w['holds_during']} holds; queue max {w['queued_max']}, "
+                f"{w['queued_at_end']} at the end")
+        finally:
+            api.remove(iid)
+    return out
+
+
+def _load(load: int | None) -> str:
+    return "unpaced" if load is None else f"{load}/s"
+
+
+# -- profile ---------------------------------------------------------------------------------
+
+
+def py_spy() -> str | None:
+    cand = Path(sys.executable).parent / "py-spy"
+    return str(cand) if cand.exists() else shutil.which("py-spy")
+
+
+def profile_forwarder(tb: Testbed, api: Api, plan: Plan, fwd_pid: int, load: int | None,
+                      log: Callable[[str], None]) -> dict[str, Any] | None:
+    exe = py_spy()
+    if exe is None:
+        return None
+    iid = "dpprof"
+    addr, service = tb.vnf_address(20), tb.service_address(20)
+    api.deploy(flowmon_vnfd("dp-prof", addr, service, NO_CHECKPOINTS), iid)
+    try:
+        with tempfile.TemporaryDirectory(prefix="nfvdp-") as tmp:
+            raw = Path(tmp) / "fwd.txt"
+            cmd = [exe, "record", "--pid", str(fwd_pid), "--duration", str(int(plan.profile_s)),
+                   "--rate", "250", "--format", "raw", "--nonblocking", "--output", str(raw)]
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                time.sleep(0.5)
+                snd = run_senders((service, FM_PORT), load, plan.profile_s, 1)
+                _, err = proc.communicate(timeout=plan.profile_s + 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                return {"error": "py-spy did not finish"}
+            if not raw.exists():
+                return {"error": f"py-spy wrote nothing: {err.decode(errors='replace')[-400:]}"}
+            prof = summarize_profile(raw.read_text())
+    finally:
+        api.remove(iid)
+    prof.update({"offered_pps": load, "sent_pps": snd["sent"] / snd["elapsed"],
+                 "duration_s": plan.profile_s, "rate_hz": 250})
+    log(f"profile: {prof['samples']} samples; top self: "
+        + ", ".join(f"{r['function']} {r['share'] * 100:.0f}%" for r in prof["self"][:4]))
+    return prof
+
+
+def _frame_name(frame: str) -> str:
+    # py-spy raw frames: "function (file.py:line)"
+    name, _, loc = frame.partition(" (")
+    file = loc.rsplit(":", 1)[0]
+    return f"{name} ({Path(file).name})" if file else name
+
+
+def summarize_profile(raw: str, top: int = 15) -> dict[str, Any]:
+    selfc: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = idle = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_frame_name(f) for f in stack.split(";") if f and not f.startswith("process ")
+                  and not f.startswith("thread ")]
+        if not frames:
+            continue
+        total += n
+        leaf = frames[-1]
+        if leaf.startswith(("select (selectors.py", "poll (selectors.py")):
+            idle += n
+        selfc[leaf] = selfc.get(leaf, 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+
+    def rows(d: dict[str, int]) -> list[dict[str, Any]]:
+        return [{"function": k, "samples": v, "share": v / total if total else math.nan}
+                for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"samples": total, "idle_share": idle / total if total else math.nan,
+            "self": rows(selfc), "inclusive": rows(incl)}
+
+
+# -- section 2 and 4: holds and exactly-once -------------------------------------------------
+
+
+class CheckpointLog:
+    """Every checkpoint record seen while polling (the manager keeps only a few)."""
+
+    def __init__(self, api: Api, iid: str) -> None:
+        self.api = api
+        self.iid = iid
+        self.seen: dict[str, dict[str, Any]] = {}
+        self.start = time.time()
+
+    def poll(self) -> None:
+        with contextlib.suppress(BenchError):
+            for c in self.api.checkpoints(self.iid):
+                if c["createdAt"] >= self.start:
+                    self.seen[c["id"]] = c
+
+    def records(self) -> list[dict[str, Any]]:
+        return sorted(self.seen.values(), key=lambda c: int(c["seq"]))
+
+
+def _rtt_row(label: str, interval: float | None, exactly_once: bool | None,
+             res: dict[str, Any], cps: list[dict[str, Any]], holds: int) -> dict[str, Any]:
+    rtts = [x for x in res["rtt_us"] if x is not None]
+    holds_ms = [c["holdMs"] for c in cps if c.get("holdMs") is not None]
+    return {"label": label, "checkpoint_interval_s": interval, "exactly_once": exactly_once,
+            "sent": res["sent"], "replies": len(rtts), "lost": res["sent"] - len(rtts),
+            "duplicates": res["duplicates"], "rtt_us": describe(rtts),
+            "checkpoints": len(cps), "holds": holds, "hold_ms": describe(holds_ms),
+            "rtt_samples_us": [None if x is None else round(x, 1) for x in res["rtt_us"]]}
+
+
+def measure_holds(tb: Testbed, api: Api, plan: Plan,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    iid = "dphold"
+    addr, service = tb.vnf_address(30), tb.service_address(30)
+    api.deploy(nat_vnfd("dp-hold", addr, service, 0.5), iid)
+    try:
+        time.sleep(0.6)
+        cl = CheckpointLog(api, iid)
+        st0 = api.service(iid)["stats"]
+        res = run_prober((service, NAT_PORT), plan.hold_duration, 1.0, during=cl.poll)
+        cl.poll()
+        st1 = api.service(iid)["stats"]
+    finally:
+        api.remove(iid)
+    cps = cl.records()
+    holds = int(st1.get("holds", 0) - st0.get("holds", 0))
+    hold_total = float(st1.get("hold_total_s", 0) - st0.get("hold_total_s", 0))
+    crit = [c.get("criuStats", {}) for c in cps]
+    row = _rtt_row("via, checkpoint every 0.5 s", 0.5, False, res, cps, holds)
+    out = {
+        "checkpoint_interval_s": 0.5, "duration_s": plan.hold_duration, "rate_pps": PROBE_PPS,
+        "records": [{"seq": c["seq"], "holdMs": c.get("holdMs"), "bytes": c.get("bytes"),
+                     "logPosition": c.get("logPosition"),
+                     "criu_wall_ms": c.get("criuStats", {}).get("wall_seconds", 0) * 1000,
+                     "criu_frozen_ms": c.get("criuStats", {}).get("frozen_time_us", 0) / 1000}
+                    for c in cps],
+        "hold_ms": describe([c["holdMs"] for c in cps if c.get("holdMs") is not None]),
+        "criu_wall_ms": describe([x.get("wall_seconds", 0) * 1000 for x in crit]),
+        "criu_frozen_ms": describe([x.get("frozen_time_us", 0) / 1000 for x in crit]),
+        "forwarder": {"holds": holds, "hold_total_s": hold_total,
+                      "hold_mean_ms": hold_total / holds * 1000 if holds else math.nan,
+                      "hold_max_s_since_deploy": float(st1.get("hold_max_s", 0)),
+                      "held_share": hold_total / (plan.hold_duration + 1.0)},
+        "rtt": row,
+    }
+    h = describe([c["holdMs"] for c in cps if c.get("holdMs") is not None])
+    log(f"holds: {len(cps)} checkpoint records, hold p50 {h['p50']:.1f} ms, max "
+        f"{h['max']:.1f} ms; forwarder: {holds} holds, {hold_total * 1000:.0f} ms held; "
+        f"client RTT p50 {row['rtt_us']['p50']:.0f} µs p99 {row['rtt_us']['p99']:.0f} µs")
+    return out
+
+
+def measure_exactly_once(tb: Testbed, api: Api, plan: Plan, hold_row: dict[str, Any] | None,
+                         log: Callable[[str], None]) -> list[dict[str, Any]]:
+    out = []
+    k = 0
+    for interval in plan.eo_intervals:
+        for eo in (False, True):
+            if not eo and interval == 0.5 and hold_row is not None:
+                out.append({**hold_row, "label": "via, reused from the hold run"})
+                continue
+            k += 1
+            iid = f"dpeo{k}"
+            addr, service = tb.vnf_address(40 + k), tb.service_address(40 + k)
+            api.deploy(nat_vnfd(f"dp-eo{k}", addr, service, interval, exactly_once=eo), iid)
+            try:
+                time.sleep(interval + 0.1)
+                cl = CheckpointLog(api, iid)
+                h0 = int(api.service(iid)["stats"].get("holds", 0))
+                res = run_prober((service, NAT_PORT), plan.eo_duration, 3 * interval + 1.5,
+                                 during=cl.poll)
+                cl.poll()
+                holds = int(api.service(iid)["stats"].get("holds", 0)) - h0
+            finally:
+                api.remove(iid)
+            row = _rtt_row("via", interval, eo, res, cl.records(), holds)
+            out.append(row)
+            r = row["rtt_us"]
+            log(f"exactly_once={eo!s:5s} interval {interval} s: RTT p50 {r['p50'] / 1000:.2f} "
+                f"ms, p99 {r['p99'] / 1000:.2f} ms; {row['lost']} of {row['sent']} lost")
+    return out
+
+
+# -- section 3: replay -----------------------------------------------------------------------
+
+
+def measure_replay(tb: Testbed, api: Api, plan: Plan,
+                   log: Callable[[str], None]) -> list[dict[str, Any]]:
+    iid = "dpreplay"
+    addr, service = tb.vnf_address(60), tb.service_address(60)
+    ip = _ip(addr)
+    api.deploy(flowmon_vnfd("dp-replay", addr, service, REPLAY_INTERVAL), iid)
+    out = []
+    total_sent = 0
+    try:
+        for rep in range(plan.replay_reps):
+            for n in plan.replay_sizes:
+                s: dict[str, Any] = {"n": n, "rep": rep}
+                try:
+                    total_sent = _replay_once(api, iid, ip, service, n, total_sent, s)
+                except BenchError as exc:
+                    s["error"] = str(exc)[:500]
+                    with contextlib.suppress(Exception):
+                        total_sent = flowmon_total(ip)  # carry on from what it counts now
+                out.append(s)
+                if "error" in s:
+                    log(f"replay N={n} rep {rep}: FAILED: {s['error']}")
+                else:
+                    log(f"replay N={n} rep {rep}: logged {s['logged']}, replayed "
+                        f"{s['replayed']} in {s['replay_ms']:.0f} ms "
+                        f"({s['ms_per_1000']:.1f} ms/1000); counted {s['counted_after']} of "
+                        f"{s['expected_total']} sent: {'ok' if s['exact'] else 'MISMATCH'}")
+    finally:
+        api.remove(iid)
+    return out
+
+
+def _replay_once(api: Api, iid: str, ip: str, service: str, n: int, total_sent: int,
+                 s: dict[str, Any]) -> int:
+    # A clean start: a committed checkpoint, nothing in the log, the VNF counted all.
+    wait_for(lambda: (st := api.service(iid))["log_packets"] == 0 and not st["held"]
+             and api.vnf(iid)["haState"] == "ACTIVE", 40, f"{iid}: log empty after checkpoint")
+    wait_for(lambda: flowmon_total(ip) == total_sent, 10,
+             f"{iid}: flowmon counts the {total_sent} datagrams sent so far")
+    cp_before = api.checkpoints(iid)[-1]
+    heals0 = len(api.heals(iid))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect((service, FM_PORT))
+    t0 = time.perf_counter()
+    payload = b"r" * PAYLOAD
+    try:
+        for i in range(n):
+            sock.send(payload)
+            if i % 16 == 15:
+                ahead = (i + 1) / REPLAY_SEND_PPS - (time.perf_counter() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+    finally:
+        sock.close()
+    s["send_s"] = time.perf_counter() - t0
+    expected = total_sent + n
+    with contextlib.suppress(BenchError):
+        wait_for(lambda: flowmon_total(ip) >= expected, 10, "flowmon counted the burst")
+    st = api.service(iid)
+    s["counted_before_kill"] = flowmon_total(ip)
+    s["logged"] = int(st["log_packets"])
+    s["log_bytes"] = int(st["log_bytes"])
+    s["checkpoint_before"] = cp_before["seq"]
+    if api.checkpoints(iid)[-1]["seq"] != cp_before["seq"]:
+        s["note"] = "a checkpoint was taken between the burst and the kill"
+    t_kill = time.time()
+    api.call("POST", f"/nfvha/v1/vnf_instances/{iid}/inject", json={"fault": "kill"})
+    wait_for(lambda: len([o for o in api.heals(iid)
+                          if o["operationState"] in ("COMPLETED", "FAILED")]) > heals0,
+             HEAL_TIMEOUT, f"HEAL of {iid}")
+    op = [o for o in api.heals(iid) if o["operationState"] in ("COMPLETED", "FAILED")][-1]
+    if op["operationState"] != "COMPLETED":
+        raise BenchError(f"HEAL {op['operationState']}: {json.dumps(op)[:400]}")
+    nf = op.get("nfvha", {})
+    rp = nf.get("replay") or {}
+    s.update({"strategy": nf.get("strategy"), "checkpoint_restored": nf.get("checkpoint"),
+              "replayed": rp.get("replayed"), "replay_ms": rp.get("replay_ms"),
+              "replay_held_ms": rp.get("held_ms"), "from_position": rp.get("fromPosition"),
+              "heal_total_ms": nf.get("phases", {}).get("totalMs"),
+              "kill_to_serving_ms": (nf.get("timestamps", {}).get("serving", t_kill)
+                                     - t_kill) * 1000, "replay": rp})
+    if not isinstance(s["replayed"], int) or s["replay_ms"] is None:
+        raise BenchError(f"HEAL without replay information: {json.dumps(nf)[:400]}")
+    s["ms_per_1000"] = s["replay_ms"] / s["replayed"] * 1000 if s["replayed"] else math.nan
+    s["replay_pps"] = s["replayed"] / s["replay_ms"] * 1000 if s["replay_ms"] else math.nan
+    with contextlib.suppress(BenchError):
+        wait_for(lambda: flowmon_total(ip) >= expected, 5, "flowmon counts all after replay")
+    time.sleep(0.2)  # a duplicate would show now
+    s["counted_after"] = flowmon_total(ip)
+    s["expected_total"] = expected
+    s["exact"] = s["counted_after"] == expected
+    return int(s["counted_after"])
+
+
+# -- machine ---------------------------------------------------------------------------------
+
+
+def machine_description() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    debian = ""
+    with contextlib.suppress(OSError):
+        debian = Path("/etc/debian_version").read_text().strip()
+    sysctl = {}
+    for k in ("net/core/rmem_default", "net/core/rmem_max", "net/core/netdev_max_backlog"):
+        with contextlib.suppress(OSError):
+            sysctl[k.replace("/", ".")] = int(Path(f"/proc/sys/{k}").read_text())
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "kernel": platform.release(),
+        "os": f"Debian {debian}" if debian else platform.platform(),
+        "cpu_model": cpu,
+        "nproc": os.cpu_count(),
+        "memory_mib": mem_kib // 1024,
+        "python": platform.python_version(),
+        "clock_ticks_per_s": _TCK,
+        "sysctl": sysctl,
+        "loadavg_at_start": os.getloadavg(),
+        "other_netns_at_start": other_netns(),
+        "source_digest_at_start": source_digest(),
+    }
+
+
+def other_netns() -> list[str]:
+    """Network namespaces not ours: other testbeds may share the CPUs meanwhile."""
+    try:
+        names = os.listdir("/run/netns")
+    except OSError:
+        return []
+    return sorted(n for n in names if not n.startswith(TB_NAME))
+
+
+def source_digest() -> str:
+    h = hashlib.sha256()
+    for p in sorted((REPO / "src" / "nfvha").rglob("*.py")):
+        with contextlib.suppress(OSError):
+            h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def other_benchmarks() -> list[str]:
+    """Command lines of running processes of the other benchmarks."""
+    found = []
+    me = os.getpid()
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) == me:
+            continue
+        with contextlib.suppress(OSError):
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if any(b in cmd for b in OTHER_BENCHMARKS):
+                found.append(f"{p.name}: {cmd[:120]}")
+    return found
+
+
+def wait_quiet(log: Callable[[str], None]) -> dict[str, Any]:
+    t0 = time.monotonic()
+    while True:
+        busy = other_benchmarks()
+        if not busy:
+            return {"waited_s": time.monotonic() - t0, "gave_up": False}
+        if time.monotonic() - t0 > QUIET_MAX_S:
+            log(f"other benchmarks still running after {QUIET_MAX_S / 60:.0f} min; measuring "
+                "anyway")
+            return {"waited_s": time.monotonic() - t0, "gave_up": True, "running": busy[:5]}
+        log(f"waiting for other benchmarks to end ({len(busy)} processes, e.g. {busy[0]})")
+        time.sleep(QUIET_POLL_S)
+
+
+# -- summary, targets, output ----------------------------------------------------------------
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    s: dict[str, Any] = {}
+    lat = result.get("latency")
+    if lat:
+        s["added_rtt_p50_us"] = lat["added_rtt_us"]["p50"]
+        s["added_rtt_p99_us"] = lat["added_rtt_us"]["p99"]
+    tp = result.get("throughput") or []
+    via = [w for w in tp if w["path"] == "via"]
+    direct = [w for w in tp if w["path"] == "direct"]
+    if via:
+        ok = [w for w in via if w["loss"] <= LOSS_OK]
+        s["fwd_max_sustained_pps"] = max((w["fwd_delivered_pps"] for w in ok), default=0.0)
+        peak = max(via, key=lambda w: w["fwd_delivered_pps"])
+        s["fwd_peak_delivered_pps"] = peak["fwd_delivered_pps"]
+        s["fwd_peak_offered"] = _load(peak["offered_pps"])
+        s["fwd_peak_cores"] = peak["fwd_cores"]
+        s["fwd_pps_per_core_at_peak"] = peak["fwd_pps_per_core"]
+        s["fwd_us_per_packet_at_peak"] = peak["fwd_us_per_packet"]
+        s["fwd_pps_per_core_best"] = max(w["fwd_pps_per_core"] for w in via
+                                         if not math.isnan(w["fwd_pps_per_core"]))
+    if direct:
+        ok = [w for w in direct if w["loss"] <= LOSS_OK]
+        s["direct_max_sustained_pps"] = max((w["vnf_counted_pps"] for w in ok), default=0.0)
+        s["direct_peak_counted_pps"] = max(w["vnf_counted_pps"] for w in direct)
+    h = result.get("holds")
+    if h:
+        s["hold_p50_ms"] = h["hold_ms"]["p50"]
+        s["hold_max_ms"] = h["hold_ms"]["max"]
+        s["hold_checkpoints"] = h["hold_ms"]["n"]
+    rp = [r for r in result.get("replay") or [] if "error" not in r and r["replayed"]]
+    if rp:
+        s["replay_ms_per_1000"] = describe([r["ms_per_1000"] for r in rp])["p50"]
+        s["replay_all_exact"] = all(r["exact"] for r in result["replay"] if "error" not in r)
+    return s
+
+
+def evaluate_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    if "added_rtt_p50_us" in summary:
+        v = summary["added_rtt_p50_us"]
+        out.append({"target": f"added latency p50 <= {TARGET_ADDED_P50_US:.0f} µs (RTT via "
+                              "the forwarder − RTT direct; request and reply both cross it)",
+                    "value": v, "unit": "µs", "pass": v <= TARGET_ADDED_P50_US})
+    if "fwd_pps_per_core_at_peak" in summary:
+        v = summary["fwd_pps_per_core_at_peak"]
+        out.append({"target": f">= {TARGET_PPS_PER_CORE:.0f} packets/s per core (forwarder "
+                              "delivered / its CPU seconds, at its peak delivered rate)",
+                    "value": v, "unit": "pps/core", "pass": v >= TARGET_PPS_PER_CORE})
+    return out
+
+
+def anomalies(result: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    quiet = result["machine"].get("waited_for_other_benchmarks", {})
+    if quiet.get("gave_up"):
+        out.append("measured while another benchmark was still running: "
+                   f"{quiet.get('running')}")
+    if result["machine"].get("other_netns_at_start"):
+        ns = result["machine"]["other_netns_at_start"]
+        out.append(f"other network namespaces existed at start ({len(ns)}, e.g. "
+                   f"{', '.join(ns[:4])}): other testbeds may have shared the 2 CPUs")
+    for w in result.get("throughput") or []:
+        if w["holds_during"]:
+            out.append(f"throughput {w['path']} {_load(w['offered_pps'])}: "
+                       f"{w['holds_during']} checkpoint hold(s) fell inside the window")
+        if w["other_cores"] > 0.3:
+            out.append(f"throughput {w['path']} {_load(w['offered_pps'])}: processes outside "
+                       f"this benchmark used {w['other_cores']:.2f} cores during the window")
+    lat = result.get("latency")
+    if lat and (lat["direct"]["lost"] or lat["via"]["lost"]):
+        out.append(f"latency: {lat['direct']['lost']} direct and {lat['via']['lost']} via "
+                   "requests got no reply within 0.5 s")
+    for r in result.get("replay") or []:
+        if "error" in r:
+            out.append(f"replay N={r['n']} rep {r['rep']}: {r['error']}")
+            continue
+        if not r["exact"]:
+            out.append(f"replay N={r['n']} rep {r['rep']}: flowmon counted "
+                       f"{r['counted_after']}, {r['expected_total']} sent")
+        if r["logged"] != r["n"]:
+            out.append(f"replay N={r['n']} rep {r['rep']}: the log held {r['logged']} "
+                       f"datagrams, not {r['n']}")
+        if r.get("note"):
+            out.append(f"replay N={r['n']} rep {r['rep']}: {r['note']}")
+    for row in (result.get("exactly_once") or []) + (result.get("open_loop_reference") or []):
+        if row["lost"]:
+            out.append(f"open-loop {row['label']} (interval {row['checkpoint_interval_s']}, "
+                       f"exactly_once {row['exactly_once']}): {row['lost']} of {row['sent']} "
+                       "requests got no reply")
+        if row["duplicates"]:
+            out.append(f"open-loop {row['label']}: {row['duplicates']} duplicate replies")
+    for row in result.get("open_loop_reference") or []:
+        if row["holds"]:
+            out.append(f"reference '{row['label']}': {row['holds']} checkpoint hold(s) inside")
+    return out
+
+
+def _f(x: float | None, digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:,.{digits}f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    c = result["config"]
+    su = result["summary"]
+    lines = [
+        "# Data plane: the steering forwarder's latency, throughput, holds and replay",
+        "",
+        f"{m['date']} · kernel {m['kernel']} · {m['os']} · {m['cpu_model']} × {m['nproc']} · "
+        f"{m['memory_mib']} MiB RAM · Python {m['python']} · {N_HOSTS} emulated hosts with "
+        f"manager and forwarder · {'quick' if c['quick'] else 'full'} run, "
+        f"{result['elapsed_s']:.0f} s in all. Load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}.",
+        "",
+        "The forwarder is one asyncio process (uvicorn's loop, no uvloop) in the ingress "
+        "netns; clients and load generators run in the root netns; VNFs run on the emulated "
+        "hosts behind the bridge. *Direct* = to the VNF's own address; *via* = to the "
+        "service address, i.e. through the forwarder (one more netns and veth pair each way, "
+        "plus the Python forwarder). Everything shares the machine's "
+        f"{m['nproc']} CPUs.",
+        "",
+    ]
+    lat = result.get("latency")
+    if lat:
+        lines += [
+            "## 1a. Added latency (closed loop, udpnat, one request in flight)",
+            "",
+            f"{lat['via']['n']} samples per path in interleaved blocks of {c['lat_block']}. "
+            "Added = RTT via − RTT direct, per percentile (the reply crosses the forwarder "
+            "too, so one crossing costs about half).",
+            "",
+            "| Path | Samples | Lost | p50 µs | p90 µs | p99 µs | p99.9 µs | mean µs |",
+            "|:---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for k in ("direct", "via"):
+            d = lat[k]
+            lines.append(f"| {k} | {d['n']} | {d['lost']} | {_f(d['p50'])} | {_f(d['p90'])} | "
+                         f"{_f(d['p99'])} | {_f(d['p999'])} | {_f(d['mean'])} |")
+        a = lat["added_rtt_us"]
+        lines.append(f"| **added (RTT)** | | | **{_f(a['p50'])}** | {_f(a['p90'])} | "
+                     f"**{_f(a['p99'])}** | {_f(a['p999'])} | {_f(a['mean'])} |")
+        h = lat["added_per_traversal_us"]
+        lines += [f"| added per crossing (÷2) | | | {_f(h['p50'])} | {_f(h['p90'])} | "
+                  f"{_f(h['p99'])} | {_f(h['p999'])} | {_f(h['mean'])} |", ""]
+    tp = result.get("throughput")
+    if tp:
+        lines += [
+            "## 1b. Throughput (flowmon sink, 32-byte datagrams)",
+            "",
+            f"Windows of {c['tput_window']} s, each right after a checkpoint of the sink "
+            f"(interval {c['tput_interval']} s), so no hold falls inside; paced loads from "
+            "one sender process (bursts of 16), *unpaced* = one process sending as fast as it "
+            "can. *Delivered* = the forwarder's `delivered` counter (via) or flowmon's count "
+            "(direct); loss = 1 − that / sent. Forwarder CPU from /proc/<pid>/stat "
+            "(utime+stime; the cgroup's cpuacct agrees within a few %), pps/core = delivered / "
+            "forwarder CPU seconds. *Front drops* = UDP receive-buffer overflows in the "
+            "forwarder's netns, *VNF drops* the same in the VNF's. *Other* = CPU used by "
+            "processes outside this benchmark (other sessions' tests) during the window.",
+            "",
+            "| Offered | Path | Sent/s | Delivered/s | VNF counted/s | Loss | Fwd CPU (cores) "
+            "| Fwd pps/core | Fwd µs/pkt | VNF CPU | Sender CPU | Front drops | VNF drops "
+            "| Other CPU |",
+            "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for w in tp:
+            via = w["path"] == "via"
+            lines.append(
+                f"| {_load(w['offered_pps'])} | {w['path']} | {_f(w['sent_pps'])} | "
+                f"{_f(w['fwd_delivered_pps']) if via else _f(w['vnf_counted_pps'])} | "
+                f"{_f(w['vnf_counted_pps'])} | {w['loss'] * 100:.1f}% | "
+                f"{_f(w['fwd_cores'], 2) if via else '–'} | "
+                f"{_f(w['fwd_pps_per_core']) if via else '–'} | "
+                f"{_f(w['fwd_us_per_packet'], 1) if via else '–'} | {_f(w['vnf_cores'], 2)} | "
+                f"{_f(w['sender_cores'], 2)} | {w['front_rcvbuf_drops'] if via else '–'} | "
+                f"{w['vnf_rcvbuf_drops']} | {_f(w['other_cores'], 2)} |")
+        lines += [
+            "",
+            f"Forwarder: max sustained (loss ≤ {LOSS_OK * 100:.0f}%) "
+            f"**{_f(su.get('fwd_max_sustained_pps'))} packets/s**; peak delivered "
+            f"{_f(su.get('fwd_peak_delivered_pps'))}/s (offered {su.get('fwd_peak_offered')}) "
+            f"on {_f(su.get('fwd_peak_cores'), 2)} cores = "
+            f"**{_f(su.get('fwd_pps_per_core_at_peak'))} packets/s per core** "
+            f"({_f(su.get('fwd_us_per_packet_at_peak'), 1)} µs CPU per packet). Direct to the "
+            f"VNF: max sustained {_f(su.get('direct_max_sustained_pps'))}/s, peak counted "
+            f"{_f(su.get('direct_peak_counted_pps'))}/s.",
+            "",
+        ]
+    cp = result.get("throughput_across_checkpoints")
+    if cp:
+        lines += [
+            f"### Throughput across checkpoints (flowmon, checkpoint every "
+            f"{cp[0]['checkpoint_interval_s']} s)",
+            "",
+            "During a hold new datagrams queue; after it the queue drains at the replay pace "
+            f"({PACE_PPS:.0f} datagrams/s nominal, 16 per `asyncio.sleep`), and while it is "
+            "not empty every new datagram joins it.",
+            "",
+            "| Offered | Window s | Sent/s | Forwarder rx/s | Delivered/s | VNF counted/s | "
+            "Holds | Queue max | Queue at end | Drained after s | Front drops |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for w in cp:
+            lines.append(
+                f"| {w['offered_pps']}/s | {w['duration_s']:.1f} | {_f(w['sent_pps'])} | "
+                f"{_f(w['fwd_rx_pps'])} | {_f(w['fwd_delivered_pps'])} | "
+                f"{_f(w['vnf_counted_pps'])} | {w['holds_during']} | {w['queued_max']} | "
+                f"{w['queued_at_end']} | {_f(w.get('drain_after_s'), 1)} | "
+                f"{w['front_rcvbuf_drops']} |")
+        lines.append("")
+    h = result.get("holds")
+    if h:
+        hm, fw, r = h["hold_ms"], h["forwarder"], h["rtt"]
+        lines += [
+            "## 2. Delivery held per checkpoint (udpnat, interval 0.5 s, "
+            f"{h['rate_pps']:.0f} datagrams/s open loop, {h['duration_s']:.0f} s)",
+            "",
+            "*Hold* = checkpoint records' `holdMs` (hold → drain → CRIU dump → commit to the "
+            "store → release, as the forwarder timed it). *CRIU wall / frozen* = the dump's "
+            "own times from the same records.",
+            "",
+            "| Measure | n | p50 ms | p90 ms | p99 ms | max ms | mean ms |",
+            "|:---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for label, d in (("hold (holdMs)", hm), ("CRIU dump wall", h["criu_wall_ms"]),
+                         ("CRIU frozen", h["criu_frozen_ms"])):
+            lines.append(f"| {label} | {d['n']} | {_f(d['p50'], 1)} | {_f(d['p90'], 1)} | "
+                         f"{_f(d['p99'], 1)} | {_f(d['max'], 1)} | {_f(d['mean'], 1)} |")
+        lines += [
+            "",
+            f"Forwarder stats over the run: {fw['holds']} holds, "
+            f"{fw['hold_total_s'] * 1000:.0f} ms held in all (mean "
+            f"{_f(fw['hold_mean_ms'], 1)} ms; {fw['held_share'] * 100:.1f}% of the time); "
+            f"hold_max_s since deploy {fw['hold_max_s_since_deploy'] * 1000:.1f} ms. Client "
+            f"RTT meanwhile: p50 {_f(r['rtt_us']['p50'])} µs, p99 {_f(r['rtt_us']['p99'])} µs, "
+            f"max {_f(r['rtt_us']['max'] / 1000, 1)} ms ({r['lost']} of {r['sent']} lost).",
+            "",
+        ]
+    rp = result.get("replay")
+    if rp:
+        lines += [
+            f"## 3. Replay after a kill (flowmon, checkpoint interval {REPLAY_INTERVAL:.0f} s)",
+            "",
+            f"N datagrams sent via the forwarder at {REPLAY_SEND_PPS:.0f}/s right after a "
+            "committed checkpoint, then `inject kill`; *replay ms* = the HEAL operation's "
+            "`nfvha.replay.replay_ms` (the forwarder's replay call, paced at "
+            f"{PACE_PPS:.0f}/s, i.e. ≥ {1000 / PACE_PPS * 1000:.0f} ms per 1,000 by design). "
+            "*Exact* = flowmon's total after recovery equals all datagrams sent.",
+            "",
+            "| N | Rep | Logged | Replayed | Replay ms | ms per 1,000 | Replay pps | "
+            "Kill→serving ms | Strategy | Counted / sent | Exact |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|:---|---:|:---:|",
+        ]
+        for r in rp:
+            if "error" in r:
+                lines.append(f"| {r['n']} | {r['rep']} | – | – | – | – | – | – | – | – | "
+                             f"error |")
+                continue
+            lines.append(
+                f"| {r['n']} | {r['rep']} | {r['logged']} | {r['replayed']} | "
+                f"{_f(r['replay_ms'], 1)} | {_f(r['ms_per_1000'], 1)} | {_f(r['replay_pps'])} | "
+                f"{_f(r['kill_to_serving_ms'])} | {r['strategy']} | "
+                f"{r['counted_after']} / {r['expected_total']} | "
+                f"{'yes' if r['exact'] else '**no**'} |")
+        lines.append("")
+    eo = result.get("exactly_once")
+    ref = result.get("open_loop_reference") or []
+    if eo or ref:
+        lines += [
+            f"## 4. The latency cost of exactly-once (udpnat, {PROBE_PPS:.0f} datagrams/s "
+            "open loop)",
+            "",
+            "RTT of every request, matched to its reply by the echoed sequence number. With "
+            "`exactly_once` a reply waits until the checkpoint covering its input has "
+            "committed (after the dump and its replication to the backup).",
+            "",
+            "| Path | Checkpoint interval | exactly_once | Replies / sent | p50 ms | p90 ms | "
+            "p99 ms | max ms | Checkpoints | Hold p50 ms |",
+            "|:---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in ref + (eo or []):
+            r = row["rtt_us"]
+            iv = row["checkpoint_interval_s"]
+            lines.append(
+                f"| {row['label']} | {'–' if iv is None else f'{iv} s'} | "
+                f"{'–' if row['exactly_once'] is None else str(row['exactly_once']).lower()} | "
+                f"{row['replies']} / {row['sent']} | {_f(r['p50'] / 1000, 3)} | "
+                f"{_f(r['p90'] / 1000, 3)} | {_f(r['p99'] / 1000, 3)} | "
+                f"{_f(r['max'] / 1000, 1)} | {row['checkpoints']} | "
+                f"{_f(row['hold_ms']['p50'], 1)} |")
+        lines.append("")
+    prof = result.get("profile")
+    if prof and "self" in prof:
+        lines += [
+            f"## Forwarder profile (py-spy, {prof['rate_hz']} Hz, {prof['duration_s']:.0f} s, "
+            f"offered {_load(prof['offered_pps'])}, separate from the measured windows)",
+            "",
+            f"{prof['samples']} samples; waiting in the selector (idle): "
+            f"{prof['idle_share'] * 100:.0f}%.",
+            "",
+            "| Self: function | Share | | Inclusive: function | Share |",
+            "|:---|---:|---|:---|---:|",
+        ]
+        for a, b in zip(prof["self"][:12], prof["inclusive"][:12], strict=False):
+            lines.append(f"| `{a['function']}` | {a['share'] * 100:.1f}% | | "
+                         f"`{b['function']}` | {b['share'] * 100:.1f}% |")
+        lines.append("")
+    lines += ["## Targets", ""]
+    for t in result["targets"]:
+        lines.append(f"- **{'PASS' if t['pass'] else 'MISS'}** {t['target']}: "
+                     f"{_f(t['value'])} {t['unit']}")
+    lines += ["", "## Anomalies", ""]
+    lines += [f"- {a}" for a in result["anomalies"]] or ["- none"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(2, 3, figsize=(17, 9.5))
+    # (a) throughput
+    a = ax[0][0]
+    tp = result.get("throughput") or []
+    for path, key, mk, label in (("via", "fwd_delivered_pps", "o-", "via forwarder: delivered"),
+                                 ("via", "vnf_counted_pps", "x:", "via forwarder: VNF counted"),
+                                 ("direct", "vnf_counted_pps", "s-", "direct: VNF counted")):
+        ws = [w for w in tp if w["path"] == path]
+        if ws:
+            a.plot([w["sent_pps"] / 1000 for w in ws], [w[key] / 1000 for w in ws], mk,
+                   label=label)
+    if tp:
+        top = max(w["sent_pps"] for w in tp) / 1000
+        a.plot([0, top], [0, top], color="grey", lw=0.8, ls="--", label="delivered = sent")
+    a.set_xlabel("sent (k datagrams/s)")
+    a.set_ylabel("k datagrams/s")
+    a.set_title("Throughput (flowmon sink)")
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3)
+    # (b) forwarder CPU
+    b = ax[0][1]
+    ws = [w for w in tp if w["path"] == "via"]
+    if ws:
+        x = [w["sent_pps"] / 1000 for w in ws]
+        b.plot(x, [w["fwd_cores"] for w in ws], "o-", label="forwarder CPU (cores)")
+        b.plot(x, [w["other_cores"] for w in ws], "^:", label="other processes (cores)")
+        b.set_ylabel("cores")
+        b2 = b.twinx()
+        b2.plot(x, [w["fwd_pps_per_core"] / 1000 for w in ws], "s--", color="tab:red",
+                label="forwarder k pps per core")
+        b2.axhline(TARGET_PPS_PER_CORE / 1000, color="tab:red", lw=0.8, ls=":")
+        b2.set_ylabel("k packets/s per core", color="tab:red")
+        b.legend(loc="upper left", fontsize=8)
+        b2.legend(loc="lower right", fontsize=8)
+    b.set_xlabel("sent (k datagrams/s)")
+    b.set_title("Forwarder CPU")
+    b.grid(alpha=0.3)
+    # (c) latency CDF
+    c = ax[0][2]
+    lat = result.get("latency")
+    if lat:
+        for k in ("direct", "via"):
+            xs = sorted(lat["samples_us"][k])
+            if xs:
+                c.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))],
+                       label=f"{k}: p50 {lat[k]['p50']:.0f} µs, p99 {lat[k]['p99']:.0f} µs")
+        c.set_xscale("log")
+        c.set_title(f"Closed-loop RTT (udpnat); added p50 {lat['added_rtt_us']['p50']:.0f} µs")
+        c.legend(fontsize=8)
+    c.set_xlabel("RTT (µs)")
+    c.set_ylabel("CDF")
+    c.grid(alpha=0.3)
+    # (d) holds
+    d = ax[1][0]
+    h = result.get("holds")
+    if h:
+        recs = h["records"]
+        d.plot(range(len(recs)), [r["holdMs"] for r in recs], "o-", label="hold (holdMs)")
+        d.plot(range(len(recs)), [r["criu_wall_ms"] for r in recs], "s:", label="CRIU dump wall")
+        d.plot(range(len(recs)), [r["criu_frozen_ms"] for r in recs], "^:", label="CRIU frozen")
+        d.set_xlabel("checkpoint (interval 0.5 s)")
+        d.set_title(f"Delivery held per checkpoint: p50 {h['hold_ms']['p50']:.1f} ms")
+        d.legend(fontsize=8)
+    d.set_ylabel("ms")
+    d.grid(alpha=0.3)
+    # (e) replay
+    e = ax[1][1]
+    rp = [r for r in result.get("replay") or [] if "error" not in r]
+    if rp:
+        e.plot([r["replayed"] for r in rp], [r["replay_ms"] for r in rp], "o", label="replay ms")
+        top = max(r["replayed"] for r in rp)
+        e.plot([0, top], [0, top / PACE_PPS * 1000], color="grey", ls="--",
+               label=f"pace floor ({PACE_PPS:.0f}/s)")
+        e.set_title(f"Replay: {result['summary'].get('replay_ms_per_1000', math.nan):.1f} ms "
+                    "per 1,000 (median)")
+        e.legend(fontsize=8)
+    e.set_xlabel("datagrams replayed")
+    e.set_ylabel("ms")
+    e.grid(alpha=0.3)
+    # (f) exactly-once
+    f = ax[1][2]
+    rows = (result.get("open_loop_reference") or []) + (result.get("exactly_once") or [])
+    if rows:
+        labels = []
+        p50 = []
+        p99 = []
+        for r in rows:
+            iv = r["checkpoint_interval_s"]
+            eo = r["exactly_once"]
+            labels.append(r["label"].split(",")[0] if iv is None and eo is None else
+                          f"{iv}s\n{'EO' if eo else 'no EO'}")
+            if iv is None and "no checkpoints" in r["label"]:
+                labels[-1] = "via\nno cp"
+            p50.append(r["rtt_us"]["p50"] / 1000)
+            p99.append(r["rtt_us"]["p99"] / 1000)
+        xs = list(range(len(rows)))
+        f.bar([x - 0.2 for x in xs], p50, 0.4, label="p50")
+        f.bar([x + 0.2 for x in xs], p99, 0.4, label="p99")
+        f.set_xticks(xs)
+        f.set_xticklabels(labels, fontsize=7)
+        f.set_yscale("log")
+        f.legend(fontsize=8)
+    f.set_ylabel("RTT (ms)")
+    f.set_title("Open-loop RTT, 1000/s: exactly-once (EO) vs not")
+    f.grid(alpha=0.3, axis="y")
+    m = result["machine"]
+    fig.suptitle(f"nfvha steering forwarder — {m['cpu_model']} × {m['nproc']}, kernel "
+                 f"{m['kernel']}, {m['date'][:10]}"
+                 f"{' (quick run)' if result['config']['quick'] else ''}")
+    fig.tight_layout()
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(p, dpi=110)
+    plt.close(fig)
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def _on_term(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@contextlib.contextmanager
+def _timed(label: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    _progress(f"{label} ({time.perf_counter() - t0:.1f}s)")
+
+
+def _testbed() -> Testbed:
+    return Testbed(name=TB_NAME, n_hosts=N_HOSTS, subnet=TB_SUBNET, state_dir=STATE_DIR,
+                   with_manager=True, with_forwarder=True)
+
+
+def _down(tb: Testbed) -> None:
+    try:
+        asyncio.run(tb.down())
+    except Exception as exc:
+        print(f"dataplane: testbed down: {exc}", file=sys.stderr)
+    with contextlib.suppress(ChildProcessError):  # manager, agents, forwarder: our children
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def run(plan: Plan, result: dict[str, Any], profile: bool) -> None:
+    tb = _testbed()
+    api: Api | None = None
+    try:
+        with _timed("testbed up"):
+            with contextlib.suppress(Exception):
+                asyncio.run(tb.down())  # leftovers of an interrupted run
+            asyncio.run(tb.up(timeout=TESTBED_TIMEOUT))
+        api = Api(tb)
+        fwd_pid = find_forwarder_pid(tb)
+        result["forwarder_pid"] = fwd_pid
+        # 1a: closed-loop latency, then the open-loop references, on one udpnat.
+        nat_addr, nat_service = tb.vnf_address(1), tb.service_address(1)
+        with _timed("latency"):
+            api.deploy(nat_vnfd("dp-nat", nat_addr, nat_service, NO_CHECKPOINTS), "dpnat")
+            h0 = int(api.service("dpnat")["stats"].get("holds", 0))
+            result["latency"] = measure_latency(plan, _ip(nat_addr), nat_service)
+            result["latency"]["holds_during"] = int(
+                api.service("dpnat")["stats"].get("holds", 0)) - h0
+            lat = result["latency"]
+            _progress(f"latency: direct p50 {lat['direct']['p50']:.0f} µs, via p50 "
+                      f"{lat['via']['p50']:.0f} µs, added p50 {lat['added_rtt_us']['p50']:.0f} "
+                      f"µs p99 {lat['added_rtt_us']['p99']:.0f} µs")
+            result["open_loop_reference"] = open_loop_reference(api, "dpnat", _ip(nat_addr),
+                                                                nat_service, plan)
+            for row in result["open_loop_reference"]:
+                _progress(f"open loop {row['label']}: p50 {row['rtt_us']['p50']:.0f} µs, "
+                          f"p99 {row['rtt_us']['p99']:.0f} µs")
+            api.remove("dpnat")
+        with _timed("throughput"):
+            result["throughput"] = measure_throughput(tb, api, plan, fwd_pid, _progress)
+        with _timed("throughput across checkpoints"):
+            result["throughput_across_checkpoints"] = measure_throughput_cp(
+                tb, api, plan, fwd_pid, _progress)
+        if profile:
+            with _timed("profile"):
+                via = [w for w in result["throughput"] if w["path"] == "via"]
+                peak = max(via, key=lambda w: w["fwd_delivered_pps"])["offered_pps"] if via \
+                    else None
+                result["profile"] = profile_forwarder(tb, api, plan, fwd_pid, peak, _progress)
+        with _timed("holds"):
+            result["holds"] = measure_holds(tb, api, plan, _progress)
+        with _timed("replay"):
+            result["replay"] = measure_replay(tb, api, plan, _progress)
+        with _timed("exactly-once"):
+            result["exactly_once"] = measure_exactly_once(
+                tb, api, plan, result["holds"]["rtt"] if result.get("holds") else None,
+                _progress)
+    finally:
+        if api is not None:
+            api.close()
+        with contextlib.suppress(Exception):
+            log = tb.log_dir / "manager.log"
+            warn = [line for line in log.read_text(errors="replace").splitlines()
+                    if " WARNING " in line or " ERROR " in line]
+            result["manager_warnings"] = warn[-30:]
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _down(tb)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--quick", action="store_true", help="under a minute, fewer samples")
+    ap.add_argument("--profile", dest="profile", action="store_true", default=None,
+                    help="profile the forwarder with py-spy (default: on in full mode)")
+    ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--no-wait", action="store_true",
+                    help="do not wait for other benchmarks (nfvrec, nfvbench) to end")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    ap.add_argument("--no-doc-img", action="store_true", help="do not copy the plot to docs/")
+    a = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("dataplane: needs root (namespaces, cgroups, CRIU)", file=sys.stderr)
+        return 2
+    plan = QUICK if a.quick else FULL
+    profile = (not a.quick) if a.profile is None else a.profile
+    if profile and py_spy() is None:
+        _progress("py-spy not found (.venv/bin/pip install py-spy): no profile")
+        profile = False
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_term)
+    quiet = {"waited_s": 0.0, "skipped": True} if a.no_wait else wait_quiet(_progress)
+    result: dict[str, Any] = {
+        "benchmark": "dataplane",
+        "machine": {**machine_description(), "waited_for_other_benchmarks": quiet},
+        "config": {**asdict(plan), "tput_interval": plan.tput_interval, "payload_bytes": PAYLOAD,
+                   "probe_pps": PROBE_PPS, "replay_interval_s": REPLAY_INTERVAL,
+                   "replay_send_pps": REPLAY_SEND_PPS, "pace_pps": PACE_PPS,
+                   "loss_ok": LOSS_OK, "ha_probe": HA_PROBE_LENIENT, "profile": profile,
+                   "testbed": {"name": TB_NAME, "subnet": TB_SUBNET,
+                               "state_dir": str(STATE_DIR), "hosts": N_HOSTS}},
+    }
+    t_start = time.perf_counter()
+    interrupted: BaseException | None = None
+    try:
+        run(plan, result, profile)
+    except (KeyboardInterrupt, BenchError) as exc:
+        interrupted = exc
+        print(f"dataplane: stopped: {exc!r}", file=sys.stderr)
+    result["elapsed_s"] = time.perf_counter() - t_start
+    result["machine"]["loadavg_at_end"] = os.getloadavg()
+    result["machine"]["source_digest_at_end"] = source_digest()
+    result["complete"] = interrupted is None
+    if interrupted is not None:
+        result["stopped_by"] = repr(interrupted)
+    if not any(result.get(k) for k in ("latency", "throughput", "holds", "replay")):
+        print("dataplane: nothing measured; nothing written", file=sys.stderr)
+        return 1
+    result["summary"] = summarize(result)
+    result["targets"] = evaluate_targets(result["summary"])
+    result["anomalies"] = anomalies(result)
+    if interrupted is not None:
+        result["anomalies"].insert(0, f"run incomplete: {interrupted!r}")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "dataplane.json").write_text(json.dumps(result, indent=1) + "\n")
+    md = markdown(result)
+    (a.out / "dataplane.md").write_text(md)
+    pngs = [a.out / "dataplane.png"]
+    if not a.no_doc_img:
+        pngs.append(DOC_IMG / "dataplane.png")
+    plot(result, pngs)
+    print()
+    print(md)
+    for t in result["targets"]:
+        print(f"{'PASS' if t['pass'] else 'MISS'}: {t['target']}: {t['value']:.0f} {t['unit']}")
+    print(f"wrote {a.out / 'dataplane.json'}, .md, .png"
+          + ("" if a.no_doc_img else f" and {DOC_IMG / 'dataplane.png'}")
+          + f" in {result['elapsed_s']:.0f}s")
+    return 0 if interrupted is None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
