@@ -346,6 +346,7 @@ class Counters:
         self.delivered = int(st["stats"].get("delivered", 0))
         self.holds = int(st["stats"].get("holds", 0))
         self.queued = int(st["queued"])
+        self.log_packets = int(st["log_packets"])
         self.fwd_cpu = proc_cpu(fwd_pid)
         self.fwd_cpuacct = _cg_cpu(tb, f"{tb.name}/forwarder")
         self.tb_cpuacct = _cg_cpu(tb, tb.name)
@@ -638,6 +639,7 @@ def _window(tb: Testbed, api: Api, fwd_pid: int, iid: str, vnf: dict[str, Any],
         "vnf_rcvbuf_drops": b.vnf_drops - a.vnf_drops,
         "softnet_drops": b.softnet - a.softnet,
         "holds_during": b.holds - a.holds, "queued_after": b.queued,
+        "log_packets_after": b.log_packets,
     }
     reached = delivered if path == "via" else counted
     w["loss"] = 1 - reached / snd["sent"] if snd["sent"] else math.nan
@@ -1292,10 +1294,16 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_f(w['fwd_us_per_packet'], 1) if via else '–'} | {_f(w['vnf_cores'], 2)} | "
                 f"{_f(w['sender_cores'], 2)} | {w['front_rcvbuf_drops'] if via else '–'} | "
                 f"{w['vnf_rcvbuf_drops']} | {_f(w['other_cores'], 2)} |")
+        low = min((w for w in tp if w["path"] == "via" and w["offered_pps"]),
+                  key=lambda w: w["offered_pps"], default=None)
+        sustained = (f"**{_f(su.get('fwd_max_sustained_pps'))} packets/s**"
+                     if su.get("fwd_max_sustained_pps") else
+                     "**not reached at any offered load**"
+                     + (f" (the lowest, {low['offered_pps']}/s, lost {low['loss'] * 100:.1f}%)"
+                        if low else ""))
         lines += [
             "",
-            f"Forwarder: max sustained (loss ≤ {LOSS_OK * 100:.0f}%) "
-            f"**{_f(su.get('fwd_max_sustained_pps'))} packets/s**; peak delivered "
+            f"Forwarder: max sustained (loss ≤ {LOSS_OK * 100:.0f}%) {sustained}; peak delivered "
             f"{_f(su.get('fwd_peak_delivered_pps'))}/s (offered {su.get('fwd_peak_offered')}) "
             f"on {_f(su.get('fwd_peak_cores'), 2)} cores = "
             f"**{_f(su.get('fwd_pps_per_core_at_peak'))} packets/s per core** "
@@ -1451,7 +1459,9 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
                    label=label)
     if tp:
         top = max(w["sent_pps"] for w in tp) / 1000
-        a.plot([0, top], [0, top], color="grey", lw=0.8, ls="--", label="delivered = sent")
+        a.plot([1, top], [1, top], color="grey", lw=0.8, ls="--", label="delivered = sent")
+    a.set_xscale("log")
+    a.set_yscale("log")
     a.set_xlabel("sent (k datagrams/s)")
     a.set_ylabel("k datagrams/s")
     a.set_title("Throughput (flowmon sink)")
@@ -1472,8 +1482,9 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
         b2.set_ylabel("k packets/s per core", color="tab:red")
         b.legend(loc="upper left", fontsize=8)
         b2.legend(loc="lower right", fontsize=8)
+    b.set_xscale("log")
     b.set_xlabel("sent (k datagrams/s)")
-    b.set_title("Forwarder CPU")
+    b.set_title("Forwarder CPU (unpaced = rightmost)")
     b.grid(alpha=0.3)
     # (c) latency CDF
     c = ax[0][2]

@@ -391,7 +391,8 @@ def _size(p: Path) -> int:
 
 
 _FENCE_RE = re.compile(r"waiting (\d+) ms until \S+ is known fenced")
-_RESTORE_RE = re.compile(r"restored from \S+ as pid \d+ \(criu ([\d.]+) ms, wall ([\d.]+) ms\)")
+_RESTORE_RE = re.compile(r"restored from \S+ as pid \d+ \(criu ([\d.]+) ms, wall ([\d.]+) ms"
+                         r"(, sandbox reused)?")
 
 
 def log_facts(logs: dict[str, list[str]], iid: str, target: str | None) -> dict[str, Any]:
@@ -407,6 +408,7 @@ def log_facts(logs: dict[str, list[str]], iid: str, target: str | None) -> dict[
         if m and iid in line:
             facts["criu_restore_ms"] = float(m.group(1))
             facts["criu_restore_wall_ms"] = float(m.group(2))
+            facts["sandbox_reused"] = m.group(3) is not None
     facts["suspected"] = [m.group(1) for ln in logs.get("manager", [])
                           if (m := re.search(r"host (\S+) suspected", ln))]
     facts["warnings"] = [ln for name, lines in logs.items() for ln in lines
@@ -866,6 +868,17 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['memory_mib']} MiB RAM · CRIU {version} · {N_HOSTS} emulated hosts with the "
         f"manager · flowmon, checkpoint every {c['checkpoint_interval_s']} s, 1 backup · "
         f"{_f(result['elapsed_s'])} s in all.",
+        "",
+        "*Method*: per run a fresh instance, 1 kHz PING probe from the root netns, "
+        f"{c['warm_packets']} datagrams on one flow, then the failure right after the "
+        "manager has recorded a checkpoint taken wholly after that traffic. Process-level "
+        "runs share one testbed; each host-crash run gets a fresh one. "
+        + ("The testbed's bridges get their current MAC set explicitly after `up` (a Linux "
+           "bridge otherwise changes MAC when its lowest-MAC port is deleted, e.g. the "
+           "crashed host's uplink, which flushes ARP entries and misroutes the surviving "
+           "agents' heartbeats; see `pin_bridge_macs` in the script)."
+           if c.get("pin_bridge_macs") else
+           "The testbed's bridges are left as `Testbed.up` makes them (MAC not pinned)."),
         "",
         "*Downtime*: the longest gap between consecutive replies seen by a client probing "
         "the VNF at 1 kHz (UDP PING→PONG), among the gaps overlapping the interval from the "

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import EXAMPLES, TEST_PREFIX
-from tests.e2e.conftest import keep_logs
+from tests.e2e.conftest import TOLERANT_AGENT, TOLERANT_MANAGER, keep_logs
 from tests.vnfclient import UdpFlow, flowmon_stats, wait_until
 
 
@@ -82,6 +82,7 @@ def mgr() -> Iterator[Mgr]:
     _n[0] += 1
     name = f"{TEST_PREFIX}m{os.getpid() % 100}{_n[0]}"[:8]
     tb = Testbed(name=name, n_hosts=3, with_manager=True,
+                 agent_args=TOLERANT_AGENT, manager_args=TOLERANT_MANAGER,
                  subnet=f"10.{150 + (os.getpid() + _n[0]) % 40}.0.0/16",
                  state_dir=Path("/run/nfvha-test"))
     asyncio.run(tb.up())

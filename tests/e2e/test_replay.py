@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, TEST_PREFIX
-from tests.e2e.conftest import keep_logs
+from tests.e2e.conftest import TOLERANT_AGENT, TOLERANT_MANAGER, keep_logs
 from tests.e2e.test_manager import Mgr
 from tests.vnfclient import flowmon_stats, wait_until
 
@@ -33,7 +33,8 @@ def fmgr() -> Iterator[Mgr]:
     from nfvha.testbed import Testbed
 
     name = f"{TEST_PREFIX}r{os.getpid() % 1000}"[:8]
-    tb = Testbed(name=name, n_hosts=3, with_manager=True, with_forwarder=True,
+    tb = Testbed(name=name, n_hosts=3, with_manager=True,
+                 agent_args=TOLERANT_AGENT, manager_args=TOLERANT_MANAGER, with_forwarder=True,
                  subnet=f"10.{100 + os.getpid() % 40}.0.0/16", state_dir=Path("/run/nfvha-test"))
     asyncio.run(tb.up())
     m = Mgr(tb)

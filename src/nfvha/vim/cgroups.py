@@ -406,7 +406,12 @@ class Cgroup:
                 self._kill_member(pid)
         finally:
             # A killed task only dies once thawed (v1), and a cgroup must never be left
-            # frozen with survivors in it.
+            # frozen with survivors in it. Descendants are thawed too: one frozen by a
+            # kill of its own that was cut short (its caller killed with this subtree)
+            # would keep its tasks frozen with their SIGKILL pending, forever.
+            for child_state in sorted(state_file.parent.rglob(state_file.name), reverse=True):
+                with contextlib.suppress(OSError):
+                    _write(child_state, thawed)
             _write(state_file, thawed)
 
     def _v1_frozen(self) -> bool:
