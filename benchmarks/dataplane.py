@@ -52,6 +52,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import queue
 import select
 import shutil
 import signal
@@ -89,6 +90,11 @@ PACE_PPS = 20000.0  # the forwarder's replay and queue-drain pace (ServiceSpec.p
 # The manager's health probe of each VNF. Lenient: a sink flooded at 100k+ datagrams/s
 # must not be taken for hung (a hang verdict would restore it mid-window).
 HA_PROBE_LENIENT = {"interval": 0.2, "timeout": 0.2, "failure_threshold": 10}
+# Host-failure detection is not measured here, and a flood on a 2-core machine delays
+# heartbeats past the 150 ms default: with it, throughput windows made the manager declare
+# live hosts dead (and agents fence their VNFs). Relaxed for this benchmark only.
+MANAGER_ARGS = ["--suspect-after", "2.0", "--fencing-timeout", "3.0"]
+AGENT_ARGS = ["--fencing-timeout", "3.0"]
 NO_CHECKPOINTS = 3600.0  # "interval" for instances whose windows fall between checkpoints
 REPLAY_INTERVAL = 30.0
 REPLAY_SEND_PPS = 10000.0  # pace of the N datagrams sent before a kill
@@ -101,6 +107,7 @@ HEAL_TIMEOUT = 30.0
 TESTBED_TIMEOUT = 30.0
 QUIET_POLL_S = 10.0
 QUIET_MAX_S = 15 * 60.0
+QUIET_CONFIRM_S = 5.0
 LOSS_OK = 0.01  # a load counts as sustained if at most 1% of what was sent is missing
 
 TARGET_ADDED_P50_US = 100.0
@@ -160,13 +167,17 @@ def nat_vnfd(vid: str, addr: str, service: str, interval: float, *,
                              "expect": "PONG", **HA_PROBE_LENIENT}}}
 
 
-def flowmon_vnfd(vid: str, addr: str, service: str, interval: float) -> dict[str, Any]:
+def flowmon_vnfd(vid: str, addr: str, service: str, interval: float, *,
+                 probe: bool = True) -> dict[str, Any]:
+    """flowmon behind the forwarder. Throughput sinks go without the manager's probe: a
+    flood may starve its query port, and a hang verdict would restore it mid-window."""
     return {"id": vid, "command": [sys.executable, str(EXAMPLES / "flowmon.py")],
             "network": {"address": addr, "service": {"address": service, "port": FM_PORT}},
             "resources": {"memory": "128Mi"},
             "ha": {"checkpoint_interval": interval, "backups": 1, "replay": True,
                    "probe": {"type": "udp", "port": FM_QUERY, "send": "PING",
-                             "expect": "PONG", **HA_PROBE_LENIENT}}}
+                             "expect": "PONG", **HA_PROBE_LENIENT} if probe
+                   else {"type": "none"}}}
 
 
 # -- the manager's and the forwarder's APIs --------------------------------------------------
@@ -318,6 +329,37 @@ def netns_udp(ns: str) -> dict[str, int]:
     return dict(zip(rows[0][1:], (int(x) for x in rows[1][1:]), strict=False))
 
 
+def all_proc_cpu() -> dict[int, tuple[float, bool]]:
+    """CPU seconds so far of every process: pid -> (seconds, is a kernel thread)."""
+    out: dict[int, tuple[float, bool]] = {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        kthread = int(p) == 2 or f[1] == "2"
+        out[int(p)] = ((int(f[11]) + int(f[12])) / _TCK, kthread)
+    return out
+
+
+def cpu_split(a: dict[int, tuple[float, bool]], b: dict[int, tuple[float, bool]],
+              mine: set[int]) -> tuple[float, float]:
+    """(other user processes, kernel threads) CPU seconds between two snapshots; processes
+    that started meanwhile count in full, those that ended are missed."""
+    user = kern = 0.0
+    for pid, (cpu, kthread) in b.items():
+        if pid in mine:
+            continue
+        d = cpu - a.get(pid, (0.0, kthread))[0]
+        if kthread:
+            kern += d
+        else:
+            user += d
+    return user, kern
+
+
 def softnet_drops() -> int:
     try:
         return sum(int(line.split()[1], 16)
@@ -352,6 +394,8 @@ class Counters:
         self.tb_cpuacct = _cg_cpu(tb, tb.name)
         self.vnf_cpu = proc_cpu(vnf_pid)
         self.machine_busy, self.machine_total = machine_cpu()
+        self.procs = all_proc_cpu()
+        self.mine = set(tb.cgroups.cgroup(tb.name).pids()) | {os.getpid()}
         self.self_cpu = time.process_time()
         self.front_drops = netns_udp(tb.ingress_netns).get("RcvbufErrors", 0)
         self.vnf_drops = netns_udp(vnf_netns).get("RcvbufErrors", 0)
@@ -403,7 +447,8 @@ def _sender(target: tuple[str, int], rate: float | None, duration: float, size: 
 
 
 def run_senders(target: tuple[str, int], rate: float | None, duration: float,
-                processes: int, before: Callable[[], None] | None = None) -> dict[str, Any]:
+                processes: int, before: Callable[[], None] | None = None,
+                during: Callable[[], None] | None = None) -> dict[str, Any]:
     """Start ``processes`` senders together; returns their totals. Bounded."""
     ctx = mp.get_context("fork")
     go = ctx.Event()
@@ -418,7 +463,16 @@ def run_senders(target: tuple[str, int], rate: float | None, duration: float,
         if before is not None:
             before()
         go.set()
-        res = [out.get(timeout=duration + 20) for _ in procs]
+        res: list[dict[str, Any]] = []
+        deadline = time.monotonic() + duration + 20
+        while len(res) < len(procs):
+            if time.monotonic() > deadline:
+                raise BenchError(f"senders to {target[0]} did not report in time")
+            try:
+                res.append(out.get(timeout=0.25))
+            except queue.Empty:
+                if during is not None:
+                    during()
     finally:
         for p in procs:
             p.join(5)
@@ -426,7 +480,8 @@ def run_senders(target: tuple[str, int], rate: float | None, duration: float,
                 p.terminate()
                 p.join(2)
     return {"sent": sum(r["sent"] for r in res), "errors": sum(r["errors"] for r in res),
-            "elapsed": max(r["elapsed"] for r in res), "cpu": sum(r["cpu"] for r in res)}
+            "elapsed": max(r["elapsed"] for r in res), "cpu": sum(r["cpu"] for r in res),
+            "pids": [p.pid for p in procs]}
 
 
 def _prober(target: tuple[str, int], rate: float, duration: float, grace: float,
@@ -610,16 +665,26 @@ def _window(tb: Testbed, api: Api, fwd_pid: int, iid: str, vnf: dict[str, Any],
     def take() -> None:
         snap.append(Counters(tb, api, fwd_pid, iid, vnf.get("pid"), netns, ip))
 
-    snd = run_senders(target, load, duration, 1, before=take)
+    ctl_ms: list[float] = []
+
+    def ctl() -> None:  # is the forwarder's control API still answering under load?
+        t0 = time.perf_counter()
+        with contextlib.suppress(BenchError):
+            api.service(iid)
+            ctl_ms.append((time.perf_counter() - t0) * 1000)
+
+    snd = run_senders(target, load, duration, 1, before=take, during=ctl)
     time.sleep(0.3)  # what is still in socket buffers reaches its end
     take()
     a, b = snap
+    mine = a.mine | b.mine | set(snd["pids"])
+    other_user, kthreads = cpu_split(a.procs, b.procs, mine)
     wall = b.t - a.t
     fwd_cores = (b.fwd_cpu - a.fwd_cpu) / wall
     delivered = b.delivered - a.delivered
     counted = b.counted - a.counted
     fwd_cpu_s = b.fwd_cpu - a.fwd_cpu
-    mine = (b.tb_cpuacct - a.tb_cpuacct) + snd["cpu"] + (b.self_cpu - a.self_cpu)
+    mine_s = (b.tb_cpuacct - a.tb_cpuacct) + snd["cpu"] + (b.self_cpu - a.self_cpu)
     w = {
         "path": path, "offered_pps": load, "duration_s": snd["elapsed"], "wall_s": wall,
         "sent": snd["sent"], "send_errors": snd["errors"],
@@ -634,7 +699,11 @@ def _window(tb: Testbed, api: Api, fwd_pid: int, iid: str, vnf: dict[str, Any],
         "vnf_cores": (b.vnf_cpu - a.vnf_cpu) / wall,
         "sender_cores": snd["cpu"] / wall,
         "machine_busy_cores": (b.machine_busy - a.machine_busy) / wall,
-        "other_cores": ((b.machine_busy - a.machine_busy) - mine) / wall,
+        "other_cores": other_user / wall,
+        "kernel_thread_cores": kthreads / wall,
+        "unattributed_cores": ((b.machine_busy - a.machine_busy) - mine_s - other_user
+                               - kthreads) / wall,
+        "ctl_api_ms": describe(ctl_ms),
         "front_rcvbuf_drops": b.front_drops - a.front_drops,
         "vnf_rcvbuf_drops": b.vnf_drops - a.vnf_drops,
         "softnet_drops": b.softnet - a.softnet,
@@ -659,18 +728,25 @@ def wait_fresh_checkpoint(api: Api, iid: str, timeout: float) -> None:
 
 
 def measure_throughput(tb: Testbed, api: Api, plan: Plan, fwd_pid: int,
-                       log: Callable[[str], None]) -> list[dict[str, Any]]:
+                       log: Callable[[str], None], out: list[dict[str, Any]]) -> None:
     iid = "dpsink"
     addr, service = tb.vnf_address(2), tb.service_address(2)
-    vnf = api.deploy(flowmon_vnfd("dp-sink", addr, service, plan.tput_interval), iid)
+    vnf = api.deploy(flowmon_vnfd("dp-sink", addr, service, plan.tput_interval,
+                                  probe=False), iid)
     netns = f"{tb.name}-{vnf['host']}-{iid}"
-    out = []
     try:
         for load in plan.tput_loads:
             wait_fresh_checkpoint(api, iid, plan.tput_interval + 15)
             for path, target in (("via", (service, FM_PORT)), ("direct", (_ip(addr), FM_PORT))):
-                w = _window(tb, api, fwd_pid, iid, api.vnf(iid), target, path, load,
-                            plan.tput_window, netns)
+                try:
+                    w = _window(tb, api, fwd_pid, iid, api.vnf(iid), target, path, load,
+                                plan.tput_window, netns)
+                except BenchError as exc:
+                    log(f"throughput {path} offered {_load(load)}: FAILED: {exc}")
+                    out.append({"path": path, "offered_pps": load, "error": str(exc)[:400]})
+                    wait_for(lambda: api.vnf(iid)["haState"] == "ACTIVE", 30,
+                             f"{iid} ACTIVE again")
+                    continue
                 out.append(w)
                 log(f"throughput {path:6s} offered {_load(load):>9s}: sent "
                     f"{w['sent_pps']:8.0f}/s, forwarder delivered {w['fwd_delivered_pps']:8.0f}/s"
@@ -680,7 +756,6 @@ def measure_throughput(tb: Testbed, api: Api, plan: Plan, fwd_pid: int,
                 time.sleep(0.2)
     finally:
         api.remove(iid)
-    return out
 
 
 def measure_throughput_cp(tb: Testbed, api: Api, plan: Plan, fwd_pid: int,
@@ -690,7 +765,8 @@ def measure_throughput_cp(tb: Testbed, api: Api, plan: Plan, fwd_pid: int,
     for k, load in enumerate(plan.cp_loads):
         iid = f"dpcp{k}"
         addr, service = tb.vnf_address(10 + k), tb.service_address(10 + k)
-        vnf = api.deploy(flowmon_vnfd(f"dp-cp{k}", addr, service, plan.cp_interval), iid)
+        vnf = api.deploy(flowmon_vnfd(f"dp-cp{k}", addr, service, plan.cp_interval,
+                                      probe=False), iid)
         netns = f"{tb.name}-{vnf['host']}-{iid}"
         try:
             queue_max = [0]
@@ -766,7 +842,7 @@ def profile_forwarder(tb: Testbed, api: Api, plan: Plan, fwd_pid: int, load: int
         return None
     iid = "dpprof"
     addr, service = tb.vnf_address(20), tb.service_address(20)
-    api.deploy(flowmon_vnfd("dp-prof", addr, service, NO_CHECKPOINTS), iid)
+    api.deploy(flowmon_vnfd("dp-prof", addr, service, NO_CHECKPOINTS, probe=False), iid)
     try:
         with tempfile.TemporaryDirectory(prefix="nfvdp-") as tmp:
             raw = Path(tmp) / "fwd.txt"
@@ -1087,8 +1163,8 @@ def source_digest() -> str:
 
 
 def other_benchmarks() -> list[str]:
-    """Command lines of running processes of the other benchmarks."""
-    found = []
+    """Running processes (command lines) and network namespaces of the other benchmarks."""
+    found = [f"netns {n}" for n in other_netns() if n.startswith(OTHER_BENCHMARKS)]
     me = os.getpid()
     for p in Path("/proc").iterdir():
         if not p.name.isdigit() or int(p.name) == me:
@@ -1101,16 +1177,22 @@ def other_benchmarks() -> list[str]:
 
 
 def wait_quiet(log: Callable[[str], None]) -> dict[str, Any]:
+    """Wait until no other benchmark runs, confirmed by a second look a few seconds later
+    (a benchmark that rebuilds its testbed between runs has short gaps without any)."""
     t0 = time.monotonic()
     while True:
         busy = other_benchmarks()
         if not busy:
-            return {"waited_s": time.monotonic() - t0, "gave_up": False}
+            time.sleep(QUIET_CONFIRM_S)
+            busy = other_benchmarks()
+            if not busy:
+                return {"waited_s": time.monotonic() - t0, "gave_up": False}
         if time.monotonic() - t0 > QUIET_MAX_S:
             log(f"other benchmarks still running after {QUIET_MAX_S / 60:.0f} min; measuring "
                 "anyway")
             return {"waited_s": time.monotonic() - t0, "gave_up": True, "running": busy[:5]}
-        log(f"waiting for other benchmarks to end ({len(busy)} processes, e.g. {busy[0]})")
+        log(f"waiting for other benchmarks to end ({len(busy)} processes or netns, e.g. "
+            f"{busy[0][:100]})")
         time.sleep(QUIET_POLL_S)
 
 
@@ -1123,7 +1205,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     if lat:
         s["added_rtt_p50_us"] = lat["added_rtt_us"]["p50"]
         s["added_rtt_p99_us"] = lat["added_rtt_us"]["p99"]
-    tp = result.get("throughput") or []
+    tp = [w for w in result.get("throughput") or [] if "error" not in w]
     via = [w for w in tp if w["path"] == "via"]
     direct = [w for w in tp if w["path"] == "direct"]
     if via:
@@ -1178,13 +1260,23 @@ def anomalies(result: dict[str, Any]) -> list[str]:
         ns = result["machine"]["other_netns_at_start"]
         out.append(f"other network namespaces existed at start ({len(ns)}, e.g. "
                    f"{', '.join(ns[:4])}): other testbeds may have shared the 2 CPUs")
+    for sec, err in (result.get("section_errors") or {}).items():
+        out.append(f"section {sec} stopped: {err}")
+    for sec, busy in (result.get("concurrent_benchmarks") or {}).items():
+        out.append(f"another benchmark was running when section {sec} started: {busy[0][:100]}")
     for w in result.get("throughput") or []:
+        if "error" in w:
+            out.append(f"throughput {w['path']} {_load(w['offered_pps'])}: {w['error']}")
+            continue
         if w["holds_during"]:
             out.append(f"throughput {w['path']} {_load(w['offered_pps'])}: "
                        f"{w['holds_during']} checkpoint hold(s) fell inside the window")
         if w["other_cores"] > 0.3:
             out.append(f"throughput {w['path']} {_load(w['offered_pps'])}: processes outside "
                        f"this benchmark used {w['other_cores']:.2f} cores during the window")
+        if w["ctl_api_ms"]["n"] and w["ctl_api_ms"]["max"] > 500:
+            out.append(f"throughput {w['path']} {_load(w['offered_pps'])}: the forwarder's "
+                       f"control API took up to {w['ctl_api_ms']['max']:.0f} ms to answer")
     lat = result.get("latency")
     if lat and (lat["direct"]["lost"] or lat["via"]["lost"]):
         out.append(f"latency: {lat['direct']['lost']} direct and {lat['via']['lost']} via "
@@ -1263,7 +1355,7 @@ def markdown(result: dict[str, Any]) -> str:
         h = lat["added_per_traversal_us"]
         lines += [f"| added per crossing (÷2) | | | {_f(h['p50'])} | {_f(h['p90'])} | "
                   f"{_f(h['p99'])} | {_f(h['p999'])} | {_f(h['mean'])} |", ""]
-    tp = result.get("throughput")
+    tp = [w for w in result.get("throughput") or [] if "error" not in w]
     if tp:
         lines += [
             "## 1b. Throughput (flowmon sink, 32-byte datagrams)",
@@ -1275,13 +1367,15 @@ def markdown(result: dict[str, Any]) -> str:
             "(direct); loss = 1 − that / sent. Forwarder CPU from /proc/<pid>/stat "
             "(utime+stime; the cgroup's cpuacct agrees within a few %), pps/core = delivered / "
             "forwarder CPU seconds. *Front drops* = UDP receive-buffer overflows in the "
-            "forwarder's netns, *VNF drops* the same in the VNF's. *Other* = CPU used by "
-            "processes outside this benchmark (other sessions' tests) during the window.",
+            "forwarder's netns, *VNF drops* the same in the VNF's. *Other procs* = CPU of "
+            "user processes outside this benchmark (e.g. other sessions' tests), *kthreads* = "
+            "kernel threads (ksoftirqd, kworkers: partly this traffic), in cores. *Ctl p50* = "
+            "the forwarder's control API (GET status) answering under the load.",
             "",
             "| Offered | Path | Sent/s | Delivered/s | VNF counted/s | Loss | Fwd CPU (cores) "
             "| Fwd pps/core | Fwd µs/pkt | VNF CPU | Sender CPU | Front drops | VNF drops "
-            "| Other CPU |",
-            "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| Other procs | kthreads | Ctl p50 ms |",
+            "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for w in tp:
             via = w["path"] == "via"
@@ -1293,7 +1387,8 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_f(w['fwd_pps_per_core']) if via else '–'} | "
                 f"{_f(w['fwd_us_per_packet'], 1) if via else '–'} | {_f(w['vnf_cores'], 2)} | "
                 f"{_f(w['sender_cores'], 2)} | {w['front_rcvbuf_drops'] if via else '–'} | "
-                f"{w['vnf_rcvbuf_drops']} | {_f(w['other_cores'], 2)} |")
+                f"{w['vnf_rcvbuf_drops']} | {_f(w['other_cores'], 2)} | "
+                f"{_f(w['kernel_thread_cores'], 2)} | {_f(w['ctl_api_ms']['p50'], 1)} |")
         low = min((w for w in tp if w["path"] == "via" and w["offered_pps"]),
                   key=lambda w: w["offered_pps"], default=None)
         sustained = (f"**{_f(su.get('fwd_max_sustained_pps'))} packets/s**"
@@ -1449,7 +1544,7 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
     fig, ax = plt.subplots(2, 3, figsize=(17, 9.5))
     # (a) throughput
     a = ax[0][0]
-    tp = result.get("throughput") or []
+    tp = [w for w in result.get("throughput") or [] if "error" not in w]
     for path, key, mk, label in (("via", "fwd_delivered_pps", "o-", "via forwarder: delivered"),
                                  ("via", "vnf_counted_pps", "x:", "via forwarder: VNF counted"),
                                  ("direct", "vnf_counted_pps", "s-", "direct: VNF counted")):
@@ -1459,7 +1554,10 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
                    label=label)
     if tp:
         top = max(w["sent_pps"] for w in tp) / 1000
-        a.plot([1, top], [1, top], color="grey", lw=0.8, ls="--", label="delivered = sent")
+        bottom = min(min(w["sent_pps"], w["vnf_counted_pps"] or w["sent_pps"]) for w in tp)
+        bottom = max(bottom / 1000 * 0.8, 0.1)
+        a.plot([bottom, top], [bottom, top], color="grey", lw=0.8, ls="--",
+               label="delivered = sent")
     a.set_xscale("log")
     a.set_yscale("log")
     a.set_xlabel("sent (k datagrams/s)")
@@ -1480,8 +1578,8 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
                 label="forwarder k pps per core")
         b2.axhline(TARGET_PPS_PER_CORE / 1000, color="tab:red", lw=0.8, ls=":")
         b2.set_ylabel("k packets/s per core", color="tab:red")
-        b.legend(loc="upper left", fontsize=8)
-        b2.legend(loc="lower right", fontsize=8)
+        b.legend(loc="center left", fontsize=8)
+        b2.legend(loc="center right", fontsize=8)
     b.set_xscale("log")
     b.set_xlabel("sent (k datagrams/s)")
     b.set_title("Forwarder CPU (unpaced = rightmost)")
@@ -1585,7 +1683,8 @@ def _timed(label: str) -> Iterator[None]:
 
 def _testbed() -> Testbed:
     return Testbed(name=TB_NAME, n_hosts=N_HOSTS, subnet=TB_SUBNET, state_dir=STATE_DIR,
-                   with_manager=True, with_forwarder=True)
+                   with_manager=True, with_forwarder=True, manager_args=list(MANAGER_ARGS),
+                   agent_args=list(AGENT_ARGS))
 
 
 def _down(tb: Testbed) -> None:
@@ -1598,6 +1697,20 @@ def _down(tb: Testbed) -> None:
             pass
 
 
+def _section(result: dict[str, Any], name: str, fn: Callable[[], None]) -> None:
+    """Run one section; a failure is recorded and the next section still runs."""
+    t0 = time.perf_counter()
+    busy = other_benchmarks()
+    if busy:
+        result.setdefault("concurrent_benchmarks", {})[name] = busy[:5]
+    try:
+        fn()
+    except BenchError as exc:
+        result.setdefault("section_errors", {})[name] = str(exc)[:600]
+        _progress(f"{name}: FAILED: {exc}")
+    _progress(f"{name} ({time.perf_counter() - t0:.1f}s)")
+
+
 def run(plan: Plan, result: dict[str, Any], profile: bool) -> None:
     tb = _testbed()
     api: Api | None = None
@@ -1607,45 +1720,62 @@ def run(plan: Plan, result: dict[str, Any], profile: bool) -> None:
                 asyncio.run(tb.down())  # leftovers of an interrupted run
             asyncio.run(tb.up(timeout=TESTBED_TIMEOUT))
         api = Api(tb)
+        a = api
         fwd_pid = find_forwarder_pid(tb)
         result["forwarder_pid"] = fwd_pid
-        # 1a: closed-loop latency, then the open-loop references, on one udpnat.
-        nat_addr, nat_service = tb.vnf_address(1), tb.service_address(1)
-        with _timed("latency"):
-            api.deploy(nat_vnfd("dp-nat", nat_addr, nat_service, NO_CHECKPOINTS), "dpnat")
-            h0 = int(api.service("dpnat")["stats"].get("holds", 0))
-            result["latency"] = measure_latency(plan, _ip(nat_addr), nat_service)
-            result["latency"]["holds_during"] = int(
-                api.service("dpnat")["stats"].get("holds", 0)) - h0
-            lat = result["latency"]
-            _progress(f"latency: direct p50 {lat['direct']['p50']:.0f} µs, via p50 "
-                      f"{lat['via']['p50']:.0f} µs, added p50 {lat['added_rtt_us']['p50']:.0f} "
-                      f"µs p99 {lat['added_rtt_us']['p99']:.0f} µs")
-            result["open_loop_reference"] = open_loop_reference(api, "dpnat", _ip(nat_addr),
-                                                                nat_service, plan)
-            for row in result["open_loop_reference"]:
-                _progress(f"open loop {row['label']}: p50 {row['rtt_us']['p50']:.0f} µs, "
-                          f"p99 {row['rtt_us']['p99']:.0f} µs")
-            api.remove("dpnat")
-        with _timed("throughput"):
-            result["throughput"] = measure_throughput(tb, api, plan, fwd_pid, _progress)
-        with _timed("throughput across checkpoints"):
+
+        def latency() -> None:  # closed loop, then the open-loop references, on one udpnat
+            nat_addr, nat_service = tb.vnf_address(1), tb.service_address(1)
+            a.deploy(nat_vnfd("dp-nat", nat_addr, nat_service, NO_CHECKPOINTS), "dpnat")
+            try:
+                h0 = int(a.service("dpnat")["stats"].get("holds", 0))
+                result["latency"] = lat = measure_latency(plan, _ip(nat_addr), nat_service)
+                lat["holds_during"] = int(a.service("dpnat")["stats"].get("holds", 0)) - h0
+                _progress(f"latency: direct p50 {lat['direct']['p50']:.0f} µs, via p50 "
+                          f"{lat['via']['p50']:.0f} µs, added p50 "
+                          f"{lat['added_rtt_us']['p50']:.0f} µs p99 "
+                          f"{lat['added_rtt_us']['p99']:.0f} µs")
+                result["open_loop_reference"] = open_loop_reference(
+                    a, "dpnat", _ip(nat_addr), nat_service, plan)
+                for row in result["open_loop_reference"]:
+                    _progress(f"open loop {row['label']}: p50 {row['rtt_us']['p50']:.0f} µs, "
+                              f"p99 {row['rtt_us']['p99']:.0f} µs")
+            finally:
+                a.remove("dpnat")
+
+        def throughput() -> None:
+            result["throughput"] = []
+            measure_throughput(tb, a, plan, fwd_pid, _progress, result["throughput"])
+
+        def across() -> None:
             result["throughput_across_checkpoints"] = measure_throughput_cp(
-                tb, api, plan, fwd_pid, _progress)
+                tb, a, plan, fwd_pid, _progress)
+
+        def prof() -> None:
+            via = [w for w in result.get("throughput") or []
+                   if w["path"] == "via" and "error" not in w]
+            peak = max(via, key=lambda w: w["fwd_delivered_pps"])["offered_pps"] if via \
+                else None
+            result["profile"] = profile_forwarder(tb, a, plan, fwd_pid, peak, _progress)
+
+        def holds() -> None:
+            result["holds"] = measure_holds(tb, a, plan, _progress)
+
+        def replay() -> None:
+            result["replay"] = measure_replay(tb, a, plan, _progress)
+
+        def exactly_once() -> None:
+            hold_row = result["holds"]["rtt"] if result.get("holds") else None
+            result["exactly_once"] = measure_exactly_once(tb, a, plan, hold_row, _progress)
+
+        sections: list[tuple[str, Callable[[], None]]] = [
+            ("latency", latency), ("throughput", throughput),
+            ("throughput across checkpoints", across)]
         if profile:
-            with _timed("profile"):
-                via = [w for w in result["throughput"] if w["path"] == "via"]
-                peak = max(via, key=lambda w: w["fwd_delivered_pps"])["offered_pps"] if via \
-                    else None
-                result["profile"] = profile_forwarder(tb, api, plan, fwd_pid, peak, _progress)
-        with _timed("holds"):
-            result["holds"] = measure_holds(tb, api, plan, _progress)
-        with _timed("replay"):
-            result["replay"] = measure_replay(tb, api, plan, _progress)
-        with _timed("exactly-once"):
-            result["exactly_once"] = measure_exactly_once(
-                tb, api, plan, result["holds"]["rtt"] if result.get("holds") else None,
-                _progress)
+            sections.append(("profile", prof))
+        sections += [("holds", holds), ("replay", replay), ("exactly-once", exactly_once)]
+        for name, fn in sections:
+            _section(result, name, fn)
     finally:
         if api is not None:
             api.close()
@@ -1689,6 +1819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "probe_pps": PROBE_PPS, "replay_interval_s": REPLAY_INTERVAL,
                    "replay_send_pps": REPLAY_SEND_PPS, "pace_pps": PACE_PPS,
                    "loss_ok": LOSS_OK, "ha_probe": HA_PROBE_LENIENT, "profile": profile,
+                   "manager_args": MANAGER_ARGS, "agent_args": AGENT_ARGS,
                    "testbed": {"name": TB_NAME, "subnet": TB_SUBNET,
                                "state_dir": str(STATE_DIR), "hosts": N_HOSTS}},
     }

@@ -96,6 +96,7 @@ class Manager:
 
     async def start(self) -> None:
         """Reload state: every known host gets a full timeout, interrupted work resumes."""
+        self.started = time.monotonic()
         for rec in self.store.list("host"):
             self.detector.grace(rec.id)
             if rec.data.get("state") == HostState.DOWN:
@@ -172,7 +173,9 @@ class Manager:
         if rec.data.get("pid") is not None and inst.get("pid") != rec.data["pid"]:
             return  # a report about an earlier incarnation, already recovered
         rt = self._rt(rec.id)
-        if rt.failure is None and (rt.busy is None or rt.busy.done()):
+        if rt.failure is None:
+            if rt.busy is not None and not rt.busy.done():
+                rt.busy.cancel()  # an ACTIVE VNF is busy only with a checkpoint: moot now
             reason = (inst.get("exit") or {}).get("reason", "exited")
             rt.failure = ("process-exit", time.time(), f"VNF process {reason} on {host_id}")
             self._wake.set()
@@ -287,7 +290,7 @@ class Manager:
 
     def _tick(self) -> None:
         grace = time.monotonic() - self.started < self.cfg.timings.suspect_after * 2
-        if not grace and not self._reconciled:
+        if not grace and not self._reconciled and self._all_hosts_reported():
             self._reconciled = True
             self._reconcile()
         if not grace:
@@ -332,6 +335,14 @@ class Manager:
                 # A VNF failing its probes may be hung: a checkpoint now would save the hang.
                 rt.next_checkpoint = now + policy.checkpoint_interval
                 rt.busy = self._spawn(self._checkpoint(rec.id))
+
+    def _all_hosts_reported(self) -> bool:
+        """Reconcile only once every live host has told what it runs (bounded wait: a host
+        that stays silent is handled by the heartbeat detector)."""
+        waited = time.monotonic() - self.started
+        known = [h for h, st in self.detector.state.items() if st != HostState.DOWN]
+        return waited > 4 * self.cfg.timings.fenced_after() or \
+            all(h in self.host_status for h in known)
 
     def _reconcile(self) -> None:
         """After a (re)start, once every live host has reported: align the store with what
