@@ -151,7 +151,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         tb = Testbed(name=args.name, n_hosts=args.hosts, with_manager=True,
-                     with_forwarder=True)
+                     with_forwarder=True, subnet=args.subnet)
         await tb.up()
         info = {"manager_url": tb.manager_url, "token_file": str(tb.token_file),
                 "forwarder_url": tb.forwarder_url,
@@ -365,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = client("up", "start a testbed with a manager and agents in the background")
     c.add_argument("--hosts", type=int, default=3)
+    c.add_argument("--subnet", default="10.250.0.0/16",
+                   help="testbed network (hosts .0.x, VNFs .1.x, service addresses .2.x)")
     c.set_defaults(func=cmd_up)
     client("down", "stop and remove the testbed, manager and agents").set_defaults(
         func=cmd_down)

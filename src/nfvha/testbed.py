@@ -337,14 +337,13 @@ class Testbed:
 
     @classmethod
     def load(cls, name: str = "nfvha", state_dir: Path = Path("/run/nfvha")) -> Testbed:
-        tb = cls(name=name, state_dir=state_dir)
-        path = tb.dir / "testbed.json"
+        path = state_dir / f"testbed-{name}" / "testbed.json"
         try:
             data: dict[str, Any] = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"no testbed {name} is up ({path}: {exc}); "
-                              "start one with `nfvha testbed up`") from exc
-        tb.subnet = data["subnet"]
+                              "start one with `nfvha up` or `nfvha testbed up`") from exc
+        tb = cls(name=name, state_dir=state_dir, subnet=data["subnet"])
         tb.n_hosts = data["n_hosts"]
         tb.with_manager = data.get("with_manager", False)
         tb.manager_pid = data.get("manager_pid")

@@ -1,0 +1,93 @@
+"""The `nfvha` command as an operator uses it: up, deploy, status, inject, ops, heal, down."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nfvha.testbed import Testbed
+from tests.conftest import EXAMPLES, TEST_PREFIX
+from tests.e2e.conftest import keep_logs
+from tests.vnfclient import wait_until
+
+NAME = f"{TEST_PREFIX}c{os.getpid() % 1000}"[:8]
+
+
+def nfvha(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([sys.executable, "-m", "nfvha", *args], capture_output=True, text=True,
+                       timeout=120, check=False)
+    if check:
+        assert r.returncode == 0, f"nfvha {' '.join(args)}: {r.stderr}"
+    return r
+
+
+def jcall(*args: str) -> Any:
+    return json.loads(nfvha(*args, "--name", NAME, "--json").stdout)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, Any]]:
+    subnet = f"10.{60 + os.getpid() % 30}.0.0/16"
+    try:
+        info = json.loads(nfvha("up", "--name", NAME, "--hosts", "2", "--subnet", subnet,
+                                "--json").stdout)
+        yield {**info, "subnet": subnet}
+    finally:
+        with contextlib.suppress(Exception):
+            keep_logs(Testbed.load(NAME))
+        nfvha("down", "--name", NAME, check=False)
+
+
+def test_up_deploy_status_inject_heal_down(cluster: dict[str, Any], tmp_path: Path) -> None:
+    assert cluster["manager_url"].startswith("http://") and len(cluster["hosts"]) == 2
+    assert Path(cluster["token_file"]).stat().st_mode & 0o077 == 0  # the token is private
+    base = cluster["subnet"].split(".0.0/")[0]
+    vnfd = tmp_path / "fm.yaml"
+    vnfd.write_text(f"""
+vnfd:
+  id: clifm
+  command: [{sys.executable}, {EXAMPLES / 'flowmon.py'}]
+  network: {{address: {base}.1.5/16}}
+  ha:
+    checkpoint_interval: 0.5
+    probe: {{type: udp, port: 5001, send: PING, expect: PONG, interval: 0.1, timeout: 0.1}}
+""")
+    out = jcall("deploy", str(vnfd), "--id", "clifm-1")
+    assert out["vnfInstanceId"] == "clifm-1" and "/vnf_lcm_op_occs/" in out["operation"]
+    wait_until(lambda: any(v["haState"] == "ACTIVE" for v in jcall("status")["vnfs"]), 15)
+    wait_until(lambda: len(jcall("checkpoints")) >= 1, 10)
+
+    jcall("inject", "kill-vnf", "clifm-1")
+    wait_until(lambda: any(o["operation"] == "HEAL" and o["operationState"] == "COMPLETED"
+                           for o in jcall("ops")), 15)
+    heal = [o for o in jcall("ops") if o["operation"] == "HEAL"][-1]
+    assert heal["isAutomaticInvocation"]
+    assert heal["nfvha"]["strategy"] in ("restore-local", "restore-remote")  # state kept
+
+    jcall("heal", "clifm-1")
+    wait_until(lambda: sum(o["operation"] == "HEAL" and o["operationState"] == "COMPLETED"
+                           for o in jcall("ops")) >= 2, 15)
+    manual = [o for o in jcall("ops") if o["operation"] == "HEAL"][-1]
+    assert manual["isAutomaticInvocation"] is False
+    status = jcall("status")
+    assert [v["haState"] for v in status["vnfs"]] == ["ACTIVE"]
+    assert {h["state"] for h in status["hosts"]} == {"UP"}
+
+
+def test_bad_input_says_what_is_wrong(cluster: dict[str, Any], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vnfd:\n  id: x\n  command: []\n")
+    r = nfvha("deploy", str(bad), "--name", NAME, check=False)
+    assert r.returncode == 1 and "command" in r.stderr and "network" in r.stderr
+    r = nfvha("heal", "no-such-vnf", "--name", NAME, check=False)
+    assert r.returncode == 1 and "no-such-vnf" in r.stderr
+    r = nfvha("status", "--name", "nfvtnone", check=False)
+    assert r.returncode == 1 and "nfvha up" in r.stderr
