@@ -309,6 +309,23 @@ def proc_cpu(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / _TCK
 
 
+def sched_times(pid: int | None) -> tuple[float, float]:
+    """(on-CPU, waiting-to-run) seconds of all threads of a process, from schedstat."""
+    run = wait = 0.0
+    if pid is None:
+        return math.nan, math.nan
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return math.nan, math.nan
+    for t in tasks:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            f = Path(f"/proc/{pid}/task/{t}/schedstat").read_text().split()
+            run += int(f[0]) / 1e9
+            wait += int(f[1]) / 1e9
+    return run, wait
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
     f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -391,6 +408,7 @@ class Counters:
         self.log_packets = int(st["log_packets"])
         self.fwd_cpu = proc_cpu(fwd_pid)
         self.fwd_cpuacct = _cg_cpu(tb, f"{tb.name}/forwarder")
+        self.fwd_run, self.fwd_wait = sched_times(fwd_pid)
         self.tb_cpuacct = _cg_cpu(tb, tb.name)
         self.vnf_cpu = proc_cpu(vnf_pid)
         self.machine_busy, self.machine_total = machine_cpu()
@@ -635,8 +653,15 @@ def measure_latency(plan: Plan, nat_ip: str, service: str) -> dict[str, Any]:
             s.close()
     d, v = describe(samples["direct"]), describe(samples["via"])
     added = {k: v[k] - d[k] for k in ("p50", "p90", "p99", "p999", "mean")}
+    b = plan.lat_block
+    blocks = [{"direct_p50": percentile(samples["direct"][i:i + b], 50),
+               "via_p50": percentile(samples["via"][i:i + b], 50)}
+              for i in range(0, min(len(samples["direct"]), len(samples["via"])), b)]
+    for blk in blocks:
+        blk["added_p50"] = blk["via_p50"] - blk["direct_p50"]
     return {"direct": {**d, "lost": lost["direct"]}, "via": {**v, "lost": lost["via"]},
-            "added_rtt_us": added, "added_per_traversal_us": {k: x / 2 for k, x in added.items()},
+            "blocks": blocks, "added_rtt_us": added,
+            "added_per_traversal_us": {k: x / 2 for k, x in added.items()},
             "samples_us": {k: [round(x, 1) for x in xs] for k, xs in samples.items()}}
 
 
@@ -694,12 +719,15 @@ def _window(tb: Testbed, api: Api, fwd_pid: int, iid: str, vnf: dict[str, Any],
         "vnf_counted_pps": counted / snd["elapsed"],
         "fwd_cpu_s": fwd_cpu_s, "fwd_cores": fwd_cores,
         "fwd_cores_cpuacct": (b.fwd_cpuacct - a.fwd_cpuacct) / wall,
+        "fwd_cores_schedstat": (b.fwd_run - a.fwd_run) / wall,
+        "fwd_runqueue_wait_share": (b.fwd_wait - a.fwd_wait) / wall,
         "fwd_pps_per_core": delivered / fwd_cpu_s if fwd_cpu_s > 0 else math.nan,
         "fwd_us_per_packet": fwd_cpu_s / delivered * 1e6 if delivered else math.nan,
         "vnf_cores": (b.vnf_cpu - a.vnf_cpu) / wall,
         "sender_cores": snd["cpu"] / wall,
         "machine_busy_cores": (b.machine_busy - a.machine_busy) / wall,
-        "other_cores": other_user / wall,
+        "other_cores": ((b.machine_busy - a.machine_busy) - mine_s) / wall,
+        "other_user_process_cores": other_user / wall,
         "kernel_thread_cores": kthreads / wall,
         "unattributed_cores": ((b.machine_busy - a.machine_busy) - mine_s - other_user
                                - kthreads) / wall,
@@ -728,7 +756,8 @@ def wait_fresh_checkpoint(api: Api, iid: str, timeout: float) -> None:
 
 
 def measure_throughput(tb: Testbed, api: Api, plan: Plan, fwd_pid: int,
-                       log: Callable[[str], None], out: list[dict[str, Any]]) -> None:
+                       log: Callable[[str], None], out: list[dict[str, Any]],
+                       quiet: Quiet) -> None:
     iid = "dpsink"
     addr, service = tb.vnf_address(2), tb.service_address(2)
     vnf = api.deploy(flowmon_vnfd("dp-sink", addr, service, plan.tput_interval,
@@ -736,6 +765,7 @@ def measure_throughput(tb: Testbed, api: Api, plan: Plan, fwd_pid: int,
     netns = f"{tb.name}-{vnf['host']}-{iid}"
     try:
         for load in plan.tput_loads:
+            quiet.wait(f"throughput {_load(load)}")
             wait_fresh_checkpoint(api, iid, plan.tput_interval + 15)
             for path, target in (("via", (service, FM_PORT)), ("direct", (_ip(addr), FM_PORT))):
                 try:
@@ -780,6 +810,7 @@ def measure_throughput_cp(tb: Testbed, api: Api, plan: Plan, fwd_pid: int,
                            int(st["stats"].get("delivered", 0))))
 
             a = Counters(tb, api, fwd_pid, iid, vnf.get("pid"), netns, _ip(addr))
+            cl = CheckpointLog(api, iid)
             ctx_res: dict[str, Any] = {}
 
             def traffic(res: dict[str, Any] = ctx_res, service: str = service,
@@ -789,9 +820,14 @@ def measure_throughput_cp(tb: Testbed, api: Api, plan: Plan, fwd_pid: int,
             th = threading.Thread(target=traffic, daemon=True)
             th.start()
             end = time.monotonic() + plan.cp_window + 20
+            n_poll = 0
             while th.is_alive() and time.monotonic() < end:
                 poll()
+                n_poll += 1
+                if n_poll % 3 == 0:
+                    cl.poll()
                 time.sleep(0.1)
+            cl.poll()
             th.join(5)
             b = Counters(tb, api, fwd_pid, iid, vnf.get("pid"), netns, _ip(addr))
             el = ctx_res.get("elapsed", plan.cp_window)
@@ -803,6 +839,8 @@ def measure_throughput_cp(tb: Testbed, api: Api, plan: Plan, fwd_pid: int,
                  "fwd_rx_pps": (b.rx - a.rx) / el, "fwd_delivered_pps": delivered / el,
                  "vnf_counted_pps": (b.counted - a.counted) / el,
                  "holds_during": b.holds - a.holds, "queued_max": queue_max[0],
+                 "hold_ms": describe([c["holdMs"] for c in cl.records()
+                                      if c.get("holdMs") is not None]),
                  "queued_at_end": b.queued, "fwd_cores": fwd_s / (b.t - a.t),
                  "front_rcvbuf_drops": b.front_drops - a.front_drops,
                  "queue_series": [(round(t - a.t, 2), q, d - a.delivered)
@@ -891,7 +929,7 @@ def summarize_profile(raw: str, top: int = 15) -> dict[str, Any]:
             continue
         total += n
         leaf = frames[-1]
-        if leaf.startswith(("select (selectors.py", "poll (selectors.py")):
+        if leaf.split(" (")[0].endswith(("Selector.select", ".poll", ".select")):
             idle += n
         selfc[leaf] = selfc.get(leaf, 0) + n
         for f in set(frames):
@@ -901,7 +939,7 @@ def summarize_profile(raw: str, top: int = 15) -> dict[str, Any]:
         return [{"function": k, "samples": v, "share": v / total if total else math.nan}
                 for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
 
-    return {"samples": total, "idle_share": idle / total if total else math.nan,
+    return {"samples": total, "in_select_share": idle / total if total else math.nan,
             "self": rows(selfc), "inclusive": rows(incl)}
 
 
@@ -1176,24 +1214,43 @@ def other_benchmarks() -> list[str]:
     return found
 
 
-def wait_quiet(log: Callable[[str], None]) -> dict[str, Any]:
-    """Wait until no other benchmark runs, confirmed by a second look a few seconds later
-    (a benchmark that rebuilds its testbed between runs has short gaps without any)."""
-    t0 = time.monotonic()
-    while True:
+class Quiet:
+    """Waits until no other benchmark runs (they share the 2 CPUs): at the start and again
+    before each section and throughput load, out of one budget of QUIET_MAX_S. Quiet is
+    confirmed by a second look a few seconds later (a benchmark that rebuilds its testbed
+    between runs has short gaps without any process)."""
+
+    def __init__(self, enabled: bool, log: Callable[[str], None]) -> None:
+        self.enabled = enabled
+        self.log = log
+        self.budget = QUIET_MAX_S
+        self.waits: list[dict[str, Any]] = []
+
+    def wait(self, where: str) -> None:
+        if not self.enabled:
+            return
         busy = other_benchmarks()
-        if not busy:
-            time.sleep(QUIET_CONFIRM_S)
-            busy = other_benchmarks()
+        if not busy and where != "start":
+            return
+        t0 = time.monotonic()
+        while True:
             if not busy:
-                return {"waited_s": time.monotonic() - t0, "gave_up": False}
-        if time.monotonic() - t0 > QUIET_MAX_S:
-            log(f"other benchmarks still running after {QUIET_MAX_S / 60:.0f} min; measuring "
-                "anyway")
-            return {"waited_s": time.monotonic() - t0, "gave_up": True, "running": busy[:5]}
-        log(f"waiting for other benchmarks to end ({len(busy)} processes or netns, e.g. "
-            f"{busy[0][:100]})")
-        time.sleep(QUIET_POLL_S)
+                time.sleep(QUIET_CONFIRM_S)
+                busy = other_benchmarks()
+                if not busy:
+                    break
+            if time.monotonic() - t0 > self.budget:
+                self.log(f"other benchmarks still running; the {QUIET_MAX_S / 60:.0f} min "
+                         "waiting budget is spent: measuring anyway")
+                break
+            self.log(f"{where}: waiting for other benchmarks to end ({len(busy)} processes or "
+                     f"netns, e.g. {busy[0][:90]})")
+            time.sleep(QUIET_POLL_S)
+            busy = other_benchmarks()
+        waited = time.monotonic() - t0
+        self.budget = max(0.0, self.budget - waited)
+        self.waits.append({"where": where, "waited_s": round(waited, 1),
+                           "gave_up": bool(busy), "running": busy[:3]})
 
 
 # -- summary, targets, output ----------------------------------------------------------------
@@ -1252,10 +1309,10 @@ def evaluate_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 def anomalies(result: dict[str, Any]) -> list[str]:
     out: list[str] = []
-    quiet = result["machine"].get("waited_for_other_benchmarks", {})
-    if quiet.get("gave_up"):
-        out.append("measured while another benchmark was still running: "
-                   f"{quiet.get('running')}")
+    for w in result.get("waits_for_other_benchmarks") or []:
+        if w["gave_up"]:
+            out.append(f"{w['where']}: measured while another benchmark was still running: "
+                       f"{w['running']}")
     if result["machine"].get("other_netns_at_start"):
         ns = result["machine"]["other_netns_at_start"]
         out.append(f"other network namespaces existed at start ({len(ns)}, e.g. "
@@ -1312,6 +1369,10 @@ def _f(x: float | None, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
+def _pct(x: float | None) -> str:
+    return "–" if x is None or math.isnan(x) else f"{x * 100:.0f}%"
+
+
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     c = result["config"]
@@ -1322,7 +1383,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['date']} · kernel {m['kernel']} · {m['os']} · {m['cpu_model']} × {m['nproc']} · "
         f"{m['memory_mib']} MiB RAM · Python {m['python']} · {N_HOSTS} emulated hosts with "
         f"manager and forwarder · {'quick' if c['quick'] else 'full'} run, "
-        f"{result['elapsed_s']:.0f} s in all. Load average at start "
+        f"{result['elapsed_s'] - result.get('waited_s', 0):.0f} s measuring"
+        + (f" (+ {result['waited_s']:.0f} s waiting for other benchmarks)"
+           if result.get("waited_s", 0) >= 1 else "") + ". Load average at start "
         f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}.",
         "",
         "The forwarder is one asyncio process (uvicorn's loop, no uvloop) in the ingress "
@@ -1355,6 +1418,18 @@ def markdown(result: dict[str, Any]) -> str:
         h = lat["added_per_traversal_us"]
         lines += [f"| added per crossing (÷2) | | | {_f(h['p50'])} | {_f(h['p90'])} | "
                   f"{_f(h['p99'])} | {_f(h['p999'])} | {_f(h['mean'])} |", ""]
+        blk = [x["added_p50"] for x in lat.get("blocks", [])]
+        if blk:
+            lines += [
+                f"Per pair of blocks, the added p50 ranged {_f(min(blk))}–{_f(max(blk))} µs "
+                f"(median {_f(percentile(blk, 50))}); block p50s direct "
+                f"{_f(min(x['direct_p50'] for x in lat['blocks']))}–"
+                f"{_f(max(x['direct_p50'] for x in lat['blocks']))} µs, via "
+                f"{_f(min(x['via_p50'] for x in lat['blocks']))}–"
+                f"{_f(max(x['via_p50'] for x in lat['blocks']))} µs. Whole blocks shift between "
+                "modes: where the scheduler places the client, forwarder and VNF (same or "
+                "other vCPU, idle vCPU wake-ups) moves RTTs more than the forwarder's own work.",
+                ""]
     tp = [w for w in result.get("throughput") or [] if "error" not in w]
     if tp:
         lines += [
@@ -1367,14 +1442,16 @@ def markdown(result: dict[str, Any]) -> str:
             "(direct); loss = 1 − that / sent. Forwarder CPU from /proc/<pid>/stat "
             "(utime+stime; the cgroup's cpuacct agrees within a few %), pps/core = delivered / "
             "forwarder CPU seconds. *Front drops* = UDP receive-buffer overflows in the "
-            "forwarder's netns, *VNF drops* the same in the VNF's. *Other procs* = CPU of "
-            "user processes outside this benchmark (e.g. other sessions' tests), *kthreads* = "
-            "kernel threads (ksoftirqd, kworkers: partly this traffic), in cores. *Ctl p50* = "
-            "the forwarder's control API (GET status) answering under the load.",
+            "forwarder's netns, *VNF drops* the same in the VNF's. *Fwd waiting* = share of "
+            "the window the forwarder was runnable but waiting for a CPU (schedstat). *Other* "
+            "= machine busy (/proc/stat) − this benchmark's processes (testbed cgroup, "
+            "senders, this script), in cores: other sessions' tests, kernel work in idle "
+            "context; ±0.1 from 250 Hz tick sampling. *Ctl p50* = the forwarder's control API "
+            "(GET status) answering under the load.",
             "",
             "| Offered | Path | Sent/s | Delivered/s | VNF counted/s | Loss | Fwd CPU (cores) "
-            "| Fwd pps/core | Fwd µs/pkt | VNF CPU | Sender CPU | Front drops | VNF drops "
-            "| Other procs | kthreads | Ctl p50 ms |",
+            "| Fwd pps/core | Fwd µs/pkt | Fwd waiting | VNF CPU | Sender CPU | Front drops "
+            "| VNF drops | Other CPU | Ctl p50 ms |",
             "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for w in tp:
@@ -1385,10 +1462,12 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_f(w['vnf_counted_pps'])} | {w['loss'] * 100:.1f}% | "
                 f"{_f(w['fwd_cores'], 2) if via else '–'} | "
                 f"{_f(w['fwd_pps_per_core']) if via else '–'} | "
-                f"{_f(w['fwd_us_per_packet'], 1) if via else '–'} | {_f(w['vnf_cores'], 2)} | "
+                f"{_f(w['fwd_us_per_packet'], 1) if via else '–'} | "
+                f"{_pct(w['fwd_runqueue_wait_share']) if via else '–'} | "
+                f"{_f(w['vnf_cores'], 2)} | "
                 f"{_f(w['sender_cores'], 2)} | {w['front_rcvbuf_drops'] if via else '–'} | "
                 f"{w['vnf_rcvbuf_drops']} | {_f(w['other_cores'], 2)} | "
-                f"{_f(w['kernel_thread_cores'], 2)} | {_f(w['ctl_api_ms']['p50'], 1)} |")
+                f"{_f(w['ctl_api_ms']['p50'], 1)} |")
         low = min((w for w in tp if w["path"] == "via" and w["offered_pps"]),
                   key=lambda w: w["offered_pps"], default=None)
         sustained = (f"**{_f(su.get('fwd_max_sustained_pps'))} packets/s**"
@@ -1418,14 +1497,16 @@ def markdown(result: dict[str, Any]) -> str:
             "not empty every new datagram joins it.",
             "",
             "| Offered | Window s | Sent/s | Forwarder rx/s | Delivered/s | VNF counted/s | "
-            "Holds | Queue max | Queue at end | Drained after s | Front drops |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "Holds | Hold p50 / max ms | Queue max | Queue at end | Drained after s | "
+            "Front drops |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for w in cp:
             lines.append(
                 f"| {w['offered_pps']}/s | {w['duration_s']:.1f} | {_f(w['sent_pps'])} | "
                 f"{_f(w['fwd_rx_pps'])} | {_f(w['fwd_delivered_pps'])} | "
-                f"{_f(w['vnf_counted_pps'])} | {w['holds_during']} | {w['queued_max']} | "
+                f"{_f(w['vnf_counted_pps'])} | {w['holds_during']} | "
+                f"{_f(w['hold_ms']['p50'])} / {_f(w['hold_ms']['max'])} | {w['queued_max']} | "
                 f"{w['queued_at_end']} | {_f(w.get('drain_after_s'), 1)} | "
                 f"{w['front_rcvbuf_drops']} |")
         lines.append("")
@@ -1516,8 +1597,11 @@ def markdown(result: dict[str, Any]) -> str:
             f"## Forwarder profile (py-spy, {prof['rate_hz']} Hz, {prof['duration_s']:.0f} s, "
             f"offered {_load(prof['offered_pps'])}, separate from the measured windows)",
             "",
-            f"{prof['samples']} samples; waiting in the selector (idle): "
-            f"{prof['idle_share'] * 100:.0f}%.",
+            f"{prof['samples']} samples of {prof['rate_hz'] * prof['duration_s']:.0f} "
+            "possible: py-spy drops samples of a thread blocked in a system call (idle), so "
+            "the rest were spent waiting. Of the samples taken, "
+            f"{prof['in_select_share'] * 100:.0f}% were in the selector's epoll_wait, i.e. "
+            "runnable but not yet running again or in the kernel part of the call.",
             "",
             "| Self: function | Share | | Inclusive: function | Share |",
             "|:---|---:|---|:---|---:|",
@@ -1697,8 +1781,9 @@ def _down(tb: Testbed) -> None:
             pass
 
 
-def _section(result: dict[str, Any], name: str, fn: Callable[[], None]) -> None:
+def _section(result: dict[str, Any], name: str, fn: Callable[[], None], quiet: Quiet) -> None:
     """Run one section; a failure is recorded and the next section still runs."""
+    quiet.wait(name)
     t0 = time.perf_counter()
     busy = other_benchmarks()
     if busy:
@@ -1711,7 +1796,7 @@ def _section(result: dict[str, Any], name: str, fn: Callable[[], None]) -> None:
     _progress(f"{name} ({time.perf_counter() - t0:.1f}s)")
 
 
-def run(plan: Plan, result: dict[str, Any], profile: bool) -> None:
+def run(plan: Plan, result: dict[str, Any], profile: bool, quiet: Quiet) -> None:
     tb = _testbed()
     api: Api | None = None
     try:
@@ -1745,7 +1830,7 @@ def run(plan: Plan, result: dict[str, Any], profile: bool) -> None:
 
         def throughput() -> None:
             result["throughput"] = []
-            measure_throughput(tb, a, plan, fwd_pid, _progress, result["throughput"])
+            measure_throughput(tb, a, plan, fwd_pid, _progress, result["throughput"], quiet)
 
         def across() -> None:
             result["throughput_across_checkpoints"] = measure_throughput_cp(
@@ -1775,7 +1860,7 @@ def run(plan: Plan, result: dict[str, Any], profile: bool) -> None:
             sections.append(("profile", prof))
         sections += [("holds", holds), ("replay", replay), ("exactly-once", exactly_once)]
         for name, fn in sections:
-            _section(result, name, fn)
+            _section(result, name, fn, quiet)
     finally:
         if api is not None:
             api.close()
@@ -1811,10 +1896,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile = False
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_term)
-    quiet = {"waited_s": 0.0, "skipped": True} if a.no_wait else wait_quiet(_progress)
+    quiet = Quiet(not a.no_wait, _progress)
+    quiet.wait("start")
     result: dict[str, Any] = {
         "benchmark": "dataplane",
-        "machine": {**machine_description(), "waited_for_other_benchmarks": quiet},
+        "machine": machine_description(),
         "config": {**asdict(plan), "tput_interval": plan.tput_interval, "payload_bytes": PAYLOAD,
                    "probe_pps": PROBE_PPS, "replay_interval_s": REPLAY_INTERVAL,
                    "replay_send_pps": REPLAY_SEND_PPS, "pace_pps": PACE_PPS,
@@ -1826,11 +1912,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     interrupted: BaseException | None = None
     try:
-        run(plan, result, profile)
+        run(plan, result, profile, quiet)
     except (KeyboardInterrupt, BenchError) as exc:
         interrupted = exc
         print(f"dataplane: stopped: {exc!r}", file=sys.stderr)
     result["elapsed_s"] = time.perf_counter() - t_start
+    result["waits_for_other_benchmarks"] = quiet.waits
+    result["waited_s"] = sum(w["waited_s"] for w in quiet.waits)
     result["machine"]["loadavg_at_end"] = os.getloadavg()
     result["machine"]["source_digest_at_end"] = source_digest()
     result["complete"] = interrupted is None

@@ -25,6 +25,7 @@ import httpx
 from nfvha.descriptor import VnfDescriptor, parse_descriptor
 from nfvha.errors import (
     AddressInUse,
+    CheckpointCorrupt,
     CheckpointError,
     InstanceNotFound,
     InstanceStateError,
@@ -365,6 +366,12 @@ class Agent:
                     inst.state = InstanceState.STOPPED  # the exit CRIU causes is no failure
                 stats: DumpStats = await inst.sandbox.dump(inst.pid, pending.path,
                                                            leave_running=not stop)
+                if not stop and proc_state(inst.pid) in ("T", "t"):
+                    # Stopped during the dump (e.g. SIGSTOP): the images hold a stopped
+                    # VNF, and restoring them would restore the hang.
+                    raise InstanceStateError(
+                        f"instance {instance_id} was stopped during its dump; checkpoint "
+                        "discarded")
                 meta = await asyncio.to_thread(
                     self.store.commit, pending, vnf_name=inst.descriptor.id,
                     host_id=self.cfg.host_id, criu_stats=stats.as_dict(),
@@ -440,6 +447,11 @@ class Agent:
                                           standby=was_standby))
                 meta = verified
                 stats = await inst.sandbox.restore(self.store.path(instance_id, meta.seq))
+                if proc_state(stats.pid) in ("T", "t"):
+                    raise CheckpointCorrupt(
+                        f"checkpoint {meta.name} holds a stopped VNF (it was stopped while "
+                        "being dumped); restore the previous checkpoint",
+                        checkpoint=meta.name, file="core-1.img")
                 self._watch(inst, stats.pid)
                 await inst.sandbox.announce()
                 inst.last_restore = stats

@@ -7,6 +7,7 @@ netlink bindings and every action can be replayed by hand from an error message.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import json
 import re
@@ -236,15 +237,26 @@ class HostNetwork:
     # -- links -------------------------------------------------------------------
 
     async def create_bridge(
-        self, name: str, *, netns: str | None = None, address: str | None = None
+        self, name: str, *, netns: str | None = None, address: str | None = None,
+        mac: str | None = None,
     ) -> None:
-        """Create a bridge, optionally give it an address (CIDR), and bring it up."""
+        """Create a bridge, optionally give it an address (CIDR), and bring it up.
+
+        The bridge gets a MAC of its own (``mac``, else one derived from its name and
+        netns): a Linux bridge without one takes its lowest port's MAC and changes it when
+        that port goes, e.g. when a host dies or a VNF moves, which flushes everyone's
+        ARP entries for the bridge's address at the worst moment.
+        """
         _check_ifname(name)
         if netns is not None:
             _check_netns(netns)
         cidr = _check_cidr(address) if address is not None else None
+        if mac is None:
+            digest = hashlib.sha1(f"{netns or ''}/{name}".encode()).digest()
+            mac = "02:" + ":".join(f"{b:02x}" for b in digest[:5])
+        mac = _check_mac(mac)
         await self._must(
-            ["link", "add", "name", name, "type", "bridge"],
+            ["link", "add", "name", name, "address", mac, "type", "bridge"],
             netns=netns,
             what=f"create bridge {name!r}",
         )

@@ -73,7 +73,7 @@ class AgentClient:
     async def delete(self, instance_id: str, *, purge: bool = False) -> None:
         try:
             await self._call("DELETE", f"/v1/instances/{instance_id}", "delete instance",
-                             params={"purge_checkpoints": str(purge).lower()}, timeout=10)
+                             params={"purge_checkpoints": str(purge).lower()}, timeout=3)
         except AgentCallError as exc:
             if exc.status != 404:
                 raise
@@ -82,7 +82,7 @@ class AgentClient:
         """Stop the VNF at once but keep its sandbox, for a restore on the same host."""
         try:
             await self._call("POST", f"/v1/instances/{instance_id}/stop", "kill instance",
-                             params={"grace": 0}, timeout=10)
+                             params={"grace": 0}, timeout=3)
         except AgentCallError as exc:
             if exc.status != 404:
                 raise

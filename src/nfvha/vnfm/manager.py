@@ -82,6 +82,7 @@ class Manager:
         self.runtime: dict[str, _Runtime] = {}
         self._confirming: set[str] = set()
         self._reconciled = False
+        self._to_reconcile: set[str] = set()  # VNFs found in the store at start-up
         self._dump_slots: dict[str, asyncio.Semaphore] = {}
         self._vnfd_cache: dict[tuple[Any, ...], VnfDescriptor] = {}
         self.fence_deadline: dict[str, float] = {}  # host -> monotonic time it is fenced by
@@ -102,6 +103,7 @@ class Manager:
             if rec.data.get("state") == HostState.DOWN:
                 self.detector.state[rec.id] = HostState.DOWN
         for rec in self.store.list("vnf"):
+            self._to_reconcile.add(rec.id)
             rt = self._rt(rec.id)
             rt.next_checkpoint = time.monotonic() + self._policy(rec.data).checkpoint_interval
         for rec in self.store.list("op"):
@@ -348,6 +350,8 @@ class Manager:
         """After a (re)start, once every live host has reported: align the store with what
         really runs. Extra copies are removed; a VNF that runs nowhere is recovered."""
         for rec in self.store.list("vnf"):
+            if rec.id not in self._to_reconcile:
+                continue  # instantiated by this manager: nothing to find out
             if rec.data["haState"] in (VnfState.NOT_INSTANTIATED, VnfState.FAILED):
                 continue
             running = [h for h, st in self.host_status.items()
@@ -547,7 +551,19 @@ class Manager:
                 restored = time.time()
                 replay_info = await self._replay(vnf_id, result.get("seq")) if replaying \
                     else None
-                serving = await self._wait_serving(d, restored)
+                answered = await self._wait_serving(d, restored)
+                if answered is None:
+                    err = (f"restored by {strategy} on {decision.target_host} but it did not "
+                           "answer its health probe within 3 s")
+                    log.warning("recovery of %s: %s", vnf_id, err)
+                    failed.add((strategy, decision.target_host))
+                    attempts.append({"strategy": strategy, "host": decision.target_host,
+                                     "decidedAt": decided, "error": err})
+                    self._op_update(op_id, nfvha_merge={"attempts": attempts})
+                    with contextlib.suppress(AgentCallError):
+                        await self.agent(decision.target_host).delete(vnf_id)
+                    continue
+                serving = answered
                 attempts.append({"strategy": strategy, "host": decision.target_host,
                                  "decidedAt": decided, "checkpoint": result.get("seq"),
                                  "ok": True})
@@ -632,7 +648,11 @@ class Manager:
 
     def _context(self, vnf_id: str, failure: str, old_host: str | None, backups: list[str],
                  d: VnfDescriptor, failed: frozenset[tuple[str, str]]) -> RecoveryContext:
-        up = self._up_hosts()
+        # A merely suspected host is alive until confirmed lost: a backup being checked
+        # must not be ruled out (if it is really gone, the attempt fails and escalates).
+        up = frozenset(h for h, st in self.detector.state.items()
+                       if st in (HostState.UP, HostState.SUSPECTED) and
+                       not (h == old_host and failure == "host-loss"))
         standby = frozenset(
             h for h in up
             for i in self.host_status.get(h, {}).get("instances", [])
@@ -690,7 +710,8 @@ class Manager:
                      wait * 1000, old_host, vnf_id)
             await asyncio.sleep(wait)
 
-    async def _wait_serving(self, d: VnfDescriptor, restored: float) -> float:
+    async def _wait_serving(self, d: VnfDescriptor, restored: float) -> float | None:
+        """When the restored VNF first answered its probe; None if not within 3 s."""
         if d.ha.probe.type == "none":
             return restored
         # Short probes, often: the first answer is the moment service is back.
@@ -700,7 +721,7 @@ class Manager:
             if await probe_vnf(fast, d.network.ip):
                 return time.time()
             await asyncio.sleep(0.002)
-        return time.time()
+        return None
 
     def _finish_recovery(self, vnf_id: str, decision: RecoveryDecision, result: dict[str, Any],
                          old_host: str | None) -> None:
