@@ -82,7 +82,7 @@ TB_NAME = "nfvdp"
 TB_SUBNET = "10.247.0.0/16"  # apart from the default testbed, e2e tests and other benchmarks
 STATE_DIR = Path("/run/nfvha-bench-dp")
 N_HOSTS = 2  # a primary and a backup (checkpoints commit once replicated)
-OTHER_BENCHMARKS = ("nfvrec", "nfvbench")  # wait until these are gone before measuring
+OTHER_BENCHMARKS = ["nfvrec", "nfvbench"]  # wait until these are gone before measuring
 
 NAT_PORT, NAT_QUERY = 6000, 6001
 FM_PORT, FM_QUERY = 5000, 5001
@@ -362,10 +362,12 @@ def all_proc_cpu() -> dict[int, tuple[float, bool]]:
 
 
 def cpu_split(a: dict[int, tuple[float, bool]], b: dict[int, tuple[float, bool]],
-              mine: set[int]) -> tuple[float, float]:
-    """(other user processes, kernel threads) CPU seconds between two snapshots; processes
-    that started meanwhile count in full, those that ended are missed."""
+              mine: set[int]) -> tuple[float, float, list[tuple[float, int]]]:
+    """(other user processes, kernel threads, top others as (seconds, pid)) CPU seconds
+    between two snapshots; processes that started meanwhile count in full, those that ended
+    are missed."""
     user = kern = 0.0
+    top: list[tuple[float, int]] = []
     for pid, (cpu, kthread) in b.items():
         if pid in mine:
             continue
@@ -374,7 +376,17 @@ def cpu_split(a: dict[int, tuple[float, bool]], b: dict[int, tuple[float, bool]]
             kern += d
         else:
             user += d
-    return user, kern
+        if d > 0:
+            top.append((d, pid))
+    return user, kern, sorted(top, reverse=True)[:4]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip()
+        return raw.decode(errors="replace")[:110] or Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "(gone)"
 
 
 def softnet_drops() -> int:
@@ -703,7 +715,7 @@ def _window(tb: Testbed, api: Api, fwd_pid: int, iid: str, vnf: dict[str, Any],
     take()
     a, b = snap
     mine = a.mine | b.mine | set(snd["pids"])
-    other_user, kthreads = cpu_split(a.procs, b.procs, mine)
+    other_user, kthreads, top = cpu_split(a.procs, b.procs, mine)
     wall = b.t - a.t
     fwd_cores = (b.fwd_cpu - a.fwd_cpu) / wall
     delivered = b.delivered - a.delivered
@@ -728,6 +740,8 @@ def _window(tb: Testbed, api: Api, fwd_pid: int, iid: str, vnf: dict[str, Any],
         "machine_busy_cores": (b.machine_busy - a.machine_busy) / wall,
         "other_cores": ((b.machine_busy - a.machine_busy) - mine_s) / wall,
         "other_user_process_cores": other_user / wall,
+        "other_top": [{"pid": pid, "cores": round(d / wall, 3), "cmd": _cmdline(pid)}
+                      for d, pid in top],
         "kernel_thread_cores": kthreads / wall,
         "unattributed_cores": ((b.machine_busy - a.machine_busy) - mine_s - other_user
                                - kthreads) / wall,
@@ -1202,16 +1216,30 @@ def source_digest() -> str:
 
 def other_benchmarks() -> list[str]:
     """Running processes (command lines) and network namespaces of the other benchmarks."""
-    found = [f"netns {n}" for n in other_netns() if n.startswith(OTHER_BENCHMARKS)]
+    found = [f"netns {n}" for n in other_netns() if n.startswith(tuple(OTHER_BENCHMARKS))]
     me = os.getpid()
+    ours = _ancestors(me)  # this run's own command line (and its wrappers') may name them
     for p in Path("/proc").iterdir():
-        if not p.name.isdigit() or int(p.name) == me:
+        if not p.name.isdigit() or int(p.name) in ours:
             continue
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == me:
+                continue  # our own senders
             cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             if any(b in cmd for b in OTHER_BENCHMARKS):
                 found.append(f"{p.name}: {cmd[:120]}")
     return found
+
+
+def _ancestors(pid: int) -> set[int]:
+    out = {pid}
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+        out.add(pid)
+    return out
 
 
 class Quiet:
@@ -1329,8 +1357,10 @@ def anomalies(result: dict[str, Any]) -> list[str]:
             out.append(f"throughput {w['path']} {_load(w['offered_pps'])}: "
                        f"{w['holds_during']} checkpoint hold(s) fell inside the window")
         if w["other_cores"] > 0.3:
+            top = "; ".join(f"{t['cmd'][:70]} {t['cores']:.2f}" for t in w["other_top"][:2])
             out.append(f"throughput {w['path']} {_load(w['offered_pps'])}: processes outside "
-                       f"this benchmark used {w['other_cores']:.2f} cores during the window")
+                       f"this benchmark used {w['other_cores']:.2f} cores during the window "
+                       f"(most: {top})")
         if w["ctl_api_ms"]["n"] and w["ctl_api_ms"]["max"] > 500:
             out.append(f"throughput {w['path']} {_load(w['offered_pps'])}: the forwarder's "
                        f"control API took up to {w['ctl_api_ms']['max']:.0f} ms to answer")
@@ -1883,6 +1913,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-profile", dest="profile", action="store_false")
     ap.add_argument("--no-wait", action="store_true",
                     help="do not wait for other benchmarks (nfvrec, nfvbench) to end")
+    ap.add_argument("--also-wait", action="append", default=[], metavar="NAME",
+                    help="also wait while processes or netns named like this exist (e.g. "
+                         "nfvt for e2e test runs); repeatable")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     ap.add_argument("--no-doc-img", action="store_true", help="do not copy the plot to docs/")
     a = ap.parse_args(argv)
@@ -1896,6 +1929,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile = False
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_term)
+    OTHER_BENCHMARKS.extend(a.also_wait)
     quiet = Quiet(not a.no_wait, _progress)
     quiet.wait("start")
     result: dict[str, Any] = {
@@ -1906,6 +1940,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "replay_send_pps": REPLAY_SEND_PPS, "pace_pps": PACE_PPS,
                    "loss_ok": LOSS_OK, "ha_probe": HA_PROBE_LENIENT, "profile": profile,
                    "manager_args": MANAGER_ARGS, "agent_args": AGENT_ARGS,
+                   "waits_for": list(OTHER_BENCHMARKS),
                    "testbed": {"name": TB_NAME, "subnet": TB_SUBNET,
                                "state_dir": str(STATE_DIR), "hosts": N_HOSTS}},
     }

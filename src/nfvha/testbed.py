@@ -62,6 +62,8 @@ class TestbedHost:
 class Testbed:
     """A set of emulated hosts. ``up`` builds and starts, ``down`` removes everything."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
     name: str = "nfvha"
     n_hosts: int = 3
     subnet: str = DEFAULT_SUBNET
