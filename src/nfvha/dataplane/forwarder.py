@@ -32,7 +32,7 @@ __all__ = ["Forwarder", "LogFull", "Service", "ServiceSpec"]
 log = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
-_BATCH = 16  # datagrams sent back to back before pacing
+_BATCH = 32  # datagrams sent back to back before pacing
 _opening: set[asyncio.Future[None]] = set()  # flows whose upstream socket is being opened
 
 
@@ -51,7 +51,7 @@ class ServiceSpec:
     exactly_once: bool = False
     max_log_bytes: int = 64 * 2**20
     max_log_age: float = 60.0
-    pace_pps: float = 20000.0  # replay and queue drain rate towards the VNF
+    pace_pps: float = 50000.0  # replay and queue drain rate towards the VNF
     after: str | None = None  # the service whose VNF's outputs feed this one
 
 
