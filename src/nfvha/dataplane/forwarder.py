@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,24 @@ log = logging.getLogger(__name__)
 Addr = tuple[str, int]
 _BATCH = 32  # datagrams sent back to back before pacing
 _opening: set[asyncio.Future[None]] = set()  # flows whose upstream socket is being opened
+
+
+_SOCKET_BUFFER = 8 * 2**20
+SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32
+
+
+def _big_buffers(transport: asyncio.DatagramTransport) -> None:
+    """A datagram dropped by a full receive buffer before it is logged is lost for good:
+    the forwarder's sockets get large buffers (forced past rmem_max: it runs as root)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, _SOCKET_BUFFER)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, plain, _SOCKET_BUFFER)
 
 
 class LogFull(Exception):
@@ -154,6 +173,7 @@ class Service:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Upstream(self, flow), local_addr=("0.0.0.0", 0))
+        _big_buffers(transport)
         flow.transport = transport
         self._drain_queue()
 
@@ -316,6 +336,7 @@ class Forwarder:
             loop = asyncio.get_running_loop()
             transport, _ = await loop.create_datagram_endpoint(lambda: _Front(svc),
                                                                local_addr=spec.listen)
+            _big_buffers(transport)
             svc.front = transport
         else:
             raise ValueError(f"service {spec.name} needs a listen address or a service to "
