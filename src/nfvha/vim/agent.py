@@ -163,6 +163,7 @@ class Agent:
         self._last_peer_ok: float | None = None  # monotonic send time of the last answered ping
         self.peer_last_heard: dict[str, float] = {}  # peer id -> when it last pinged us
         self.fenced_at: float | None = None
+        self._usage, self._usage_at = 0, -1e9  # cached checkpoint disk use
 
     # -- life of the agent ---------------------------------------------------------------
 
@@ -545,8 +546,17 @@ class Agent:
             "instances": instances,
             "resources": {"load1": load1, "mem_available_bytes": _mem_available(),
                           "cpus": os.cpu_count() or 1,
-                          "checkpoint_bytes": self.store.usage_bytes()},
+                          "checkpoint_bytes": self._checkpoint_bytes()},
         }
+
+    def _checkpoint_bytes(self) -> int:
+        """Disk used by checkpoints; walking the store is too slow for every heartbeat
+        (20 a second), so the figure is at most two seconds old."""
+        now = time.monotonic()
+        if now - self._usage_at > 2.0:
+            self._usage = self.store.usage_bytes()
+            self._usage_at = now
+        return self._usage
 
     def _emit(self, event: dict[str, Any]) -> None:
         event.setdefault("at", time.time())
