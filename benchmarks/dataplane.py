@@ -56,6 +56,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import math
@@ -1942,7 +1943,10 @@ def run(plan: Plan, result: dict[str, Any], profile: bool, quiet: Quiet) -> None
         with _timed("testbed up"):
             with contextlib.suppress(Exception):
                 asyncio.run(tb.down())  # leftovers of an interrupted run
-            asyncio.run(tb.up(timeout=TESTBED_TIMEOUT))
+            try:
+                asyncio.run(tb.up(timeout=TESTBED_TIMEOUT))
+            except Exception as exc:  # NfvhaError, or OSError if a concurrent teardown raced
+                raise BenchError(f"testbed {TB_NAME} did not come up: {exc}") from exc
         api = Api(tb)
         a = api
         fwd_pid = find_forwarder_pid(tb)
@@ -2021,6 +2025,28 @@ def run(plan: Plan, result: dict[str, Any], profile: bool, quiet: Quiet) -> None
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@contextlib.contextmanager
+def run_lock(log: Callable[[str], None]) -> Iterator[None]:
+    """One run at a time: two runs would build and tear down the same testbed (bounded)."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / "dataplane.lock", "w") as f:
+        deadline = time.monotonic() + QUIET_MAX_S
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise BenchError("another dataplane run held the lock for "
+                                     f"{QUIET_MAX_S / 60:.0f} min") from None
+                log("another dataplane run is under way (same testbed); waiting")
+                time.sleep(QUIET_POLL_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="under a minute, fewer samples")
@@ -2045,6 +2071,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile = False
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_term)
+    try:
+        with run_lock(_progress):
+            return _main(a, plan, profile)
+    except BenchError as exc:
+        print(f"dataplane: {exc}", file=sys.stderr)
+        return 1
+
+
+def _main(a: argparse.Namespace, plan: Plan, profile: bool) -> int:
     OTHER_BENCHMARKS.extend(a.also_wait)
     pace_pps, pace_batch = forwarder_pacing()
     quiet = Quiet(not a.no_wait, _progress)

@@ -55,6 +55,28 @@ def _big_buffers(transport: asyncio.DatagramTransport) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, plain, _SOCKET_BUFFER)
 
 
+class _Pace:
+    """Sends at ``pps`` on average: how many are due is worked out from the time elapsed,
+    since an ``asyncio.sleep`` of a fraction of a millisecond sleeps longer than asked."""
+
+    def __init__(self, pps: float) -> None:
+        self.pps = pps
+        self.start = time.monotonic()
+        self.sent = 0
+
+    def due(self) -> int:
+        """Datagrams to send now; never a burst of more than a few batches, which the
+        VNF's socket buffer could not take after a stall."""
+        behind = int((time.monotonic() - self.start) * self.pps) + _BATCH - self.sent
+        if behind > 4 * _BATCH:  # a stall: do not try to catch up all at once
+            self.sent += behind - 4 * _BATCH
+            behind = 4 * _BATCH
+        return behind
+
+    async def wait(self) -> None:
+        await asyncio.sleep(_BATCH / self.pps)
+
+
 class LogFull(Exception):
     """The packet log reached its bound; the datagram was not delivered."""
 
@@ -203,8 +225,9 @@ class Service:
     async def _pump_queue(self) -> None:
         """Deliver queued datagrams in order, paced: a burst larger than the VNF's socket
         buffer would be dropped there, after it was logged as delivered."""
+        pace = _Pace(self.spec.pace_pps)
         while self.queue and not self.held:
-            for _ in range(_BATCH):
+            for _ in range(pace.due()):
                 if not self.queue or self.held:
                     break
                 client, data = self.queue[0]
@@ -214,8 +237,9 @@ class Service:
                     return
                 self.queue.popleft()
                 self._deliver(client, data)
+                pace.sent += 1
             if self.queue:
-                await asyncio.sleep(_BATCH / self.spec.pace_pps)
+                await pace.wait()
 
     # -- control --------------------------------------------------------------------------
 
@@ -277,13 +301,15 @@ class Service:
         self.cuts = {position: {}}
         self._cut_pending = None
         n = 0
+        pace = _Pace(self.spec.pace_pps)
         for e in [e for e in self.log if e.seq > position]:
             target = self.flows.get(e.client)
             if target is not None and target.transport is not None:
                 target.transport.sendto(e.payload, self.spec.target)
                 n += 1
-                if n % _BATCH == 0:
-                    await asyncio.sleep(_BATCH / self.spec.pace_pps)
+                pace.sent += 1
+                if pace.due() <= 0:
+                    await pace.wait()
         self.stats["replayed"] += n
         return n
 
