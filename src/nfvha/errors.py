@@ -17,7 +17,13 @@ Third-party and OS errors are converted once, at the boundary that met them, wit
     │   └── AddressInUse
     ├── InstanceNotFound
     ├── InstanceStateError           operation not valid in the instance's state
-    └── HostNetworkError             `ip` / netlink failures
+    ├── HostNetworkError             `ip` / netlink failures
+    ├── StoreError                   (nfvha.store.base) state store backend failures
+    │   ├── ConflictError            compare-and-set lost
+    │   └── NotFound
+    ├── AgentCallError               (nfvha.vnfm.agent_client) an agent call failed
+    ├── ForwarderError               (nfvha.dataplane.client) the forwarder is unreachable
+    └── PlacementError               (nfvha.nfvo.placement) no host can take the VNF
 """
 
 from __future__ import annotations
