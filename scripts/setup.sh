@@ -34,16 +34,14 @@ apt_update_once() {
   fi
 }
 
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
 missing_pkgs() {
   local p
   for p in "$@"; do
-    # libaio1 is libaio1t64 on Debian 13; accept either name.
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-      case "$p" in
-        libaio1) dpkg-query -W -f='${Status}' libaio1t64 2>/dev/null | grep -q "install ok installed" && continue ;;
-      esac
-      echo "$p"
-    fi
+    # Debian 13 renamed some libraries for the 64-bit time_t transition (libaio1t64,
+    # libgnutls30t64, ...): either name will do.
+    installed "$p" || installed "${p}t64" || echo "$p"
   done
 }
 
@@ -54,7 +52,9 @@ install_pkgs() {
   apt_update_once
   local resolved=() p
   for p in $miss; do
-    if [ "$p" = libaio1 ] && ! apt-cache show libaio1 >/dev/null 2>&1; then p=libaio1t64; fi
+    if ! apt-cache show "$p" >/dev/null 2>&1 && apt-cache show "${p}t64" >/dev/null 2>&1; then
+      p="${p}t64"
+    fi
     resolved+=("$p")
   done
   log "installing: ${resolved[*]}"
