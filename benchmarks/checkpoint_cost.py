@@ -32,9 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
-import datetime as dt
 import hashlib
-import json
 import math
 import os
 import platform
@@ -45,11 +43,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -58,10 +55,21 @@ from nfvha.testbed import Testbed
 from nfvha.vim import _launch
 from nfvha.vim.criu import CriuRunner, DumpOptions, RestoreOptions, parse_stats
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
+from _common import (
+    RESULTS,
+    BenchError,
+    install_signal_handlers,
+    machine_basics,
+    median,
+    percentile,
+    progress,
+    publish,
+    signals_ignored,
+    timed,
+)
+
 VNF_SCRIPT = Path(__file__).resolve().parent / "vnf_state.py"
-RESULTS = REPO / "results"
-DOC_IMG = REPO / "docs" / "img"
 
 TB_NAME = "nfvbench"
 # Outside 10.250/16 (the default testbed) and 10.200-249/16 (e2e tests' testbeds).
@@ -101,10 +109,6 @@ PR_SET_CHILD_SUBREAPER = 36
 CLONE_NEWNET = 0x40000000
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-class BenchError(RuntimeError):
-    """A step of the benchmark failed; the message says which and why."""
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -581,20 +585,6 @@ def http_rtt_seconds(api: Api, n: int = 20) -> float:
 # -- statistics ----------------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
-    xs = sorted(v for v in values if not math.isnan(v))
-    if not xs:
-        return math.nan
-    k = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
-def median(values: Sequence[float]) -> float:
-    return percentile(values, 50)
-
-
 def describe(values: Sequence[float]) -> dict[str, float]:
     xs = [float(v) for v in values]
     return {"median": median(xs), "p95": percentile(xs, 95), "min": min(xs, default=math.nan),
@@ -669,28 +659,9 @@ def evaluate_targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def machine_description(criu: CriuRunner) -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_kib = 0
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
     version = run([criu.binary, "--version"], check=False).stdout.strip().replace("\n", "; ")
-    debian = ""
-    with contextlib.suppress(OSError):
-        debian = Path("/etc/debian_version").read_text().strip()
     return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "kernel": platform.release(),
-        "os": f"Debian {debian}" if debian else platform.platform(),
-        "cpu_model": cpu,
-        "nproc": os.cpu_count(),
-        "memory_mib": mem_kib // 1024,
+        **machine_basics(),
         "criu_binary": criu.binary,
         "criu_version": version,
         "python": platform.python_version(),
@@ -993,21 +964,6 @@ def anomalies(nfv: list[dict[str, Any]], bare: list[dict[str, Any]],
 # -- main ----------------------------------------------------------------------------------------
 
 
-def _on_term(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _progress(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-@contextlib.contextmanager
-def _timed(label: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    yield
-    _progress(f"{label} ({time.perf_counter() - t0:.1f}s)")
-
-
 def _sample_line(side: str, s: dict[str, Any]) -> str:
     nfv = side == "nfvha"
     return (f"{s['size_mb']:>4} MiB rep {s['rep']} {s['memory']} {side:5}: dump "
@@ -1024,7 +980,7 @@ def measure(sizes: Sequence[int], repeats: int, conditions: Sequence[str], criu:
     api = Api(tb)
     try:
         for size in sizes:
-            with _timed(f"{size} MiB done"):
+            with timed(f"{size} MiB done"):
                 nvnf = NfvhaVnf.start(api, tb, size)
                 bvnf = BareVnf.start(criu, size, live_bare)
                 try:
@@ -1036,7 +992,7 @@ def measure(sizes: Sequence[int], repeats: int, conditions: Sequence[str], criu:
                             sample = (nvnf.cycle(rep, memory) if side == "nfvha"
                                       else bvnf.cycle(rep, memory))
                             record(side, sample)
-                            _progress(_sample_line(side, sample))
+                            progress(_sample_line(side, sample))
                     ckpt = nvnf.checkpoint_dir(nvnf.last_seq)
                     attribution[str(size)] = {
                         "sha256_s": median([sha256_seconds(ckpt) for _ in range(3)]),
@@ -1073,10 +1029,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     criu = CriuRunner()
     asyncio.run(criu.require_usable())
     become_subreaper()
-    # Ctrl-C must reach the cleanup even when started in the background (where SIGINT is
-    # inherited as ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_term)
+    install_signal_handlers()
 
     result: dict[str, Any] = {
         "benchmark": "checkpoint_cost",
@@ -1106,7 +1059,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with contextlib.suppress(Exception):
             asyncio.run(tb.down())  # leftovers of an interrupted run
-        with _timed("testbed up"):
+        with timed("testbed up"):
             asyncio.run(tb.up())
         bare_netns_up()
         measure(sizes, repeats, conditions, criu, tb, live_bare,
@@ -1115,9 +1068,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted = exc
         print(f"checkpoint_cost: stopped: {exc!r}", file=sys.stderr)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        with _timed("cleanup"):
+        with signals_ignored(), timed("cleanup"):
             for pid in list(live_bare):
                 with contextlib.suppress(BenchError):
                     kill_and_reap(pid, timeout=5)
@@ -1130,7 +1081,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             _remove_parasite_leftovers()
             shutil.rmtree(STATE_DIR, ignore_errors=True)
             reap_all()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     result["elapsed_s"] = time.perf_counter() - t_start
     result["machine"]["loadavg_at_end"] = os.getloadavg()
@@ -1147,21 +1097,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not result["summary"]:
         print("checkpoint_cost: no complete size measured; nothing written", file=sys.stderr)
         return 1
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "checkpoint_cost.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = markdown(result)
-    (a.out / "checkpoint_cost.md").write_text(md)
-    pngs = [a.out / "checkpoint_cost.png"]
-    if not a.no_doc_img:
-        pngs.append(DOC_IMG / "checkpoint_cost.png")
-    plot(result, pngs)
-    print()
-    print(md)
-    for t in result["targets"]:
-        print(f"{'PASS' if t['pass'] else 'MISS'}: {t['target']}: {t['value']:.2f}")
-    print(f"wrote {a.out / 'checkpoint_cost.json'}, .md, .png"
-          + ("" if a.no_doc_img else f" and {DOC_IMG / 'checkpoint_cost.png'}")
-          + f" in {result['elapsed_s']:.0f}s")
+    publish(result, "checkpoint_cost", a.out, markdown=markdown, plot=plot,
+            target_value=lambda t: f"{t['value']:.2f}", doc_img=not a.no_doc_img)
     return 0 if interrupted is None else 1
 
 

@@ -55,9 +55,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import fcntl
-import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -66,7 +64,6 @@ import platform
 import queue
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -77,17 +74,31 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
 
 from nfvha.testbed import Testbed
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
+from _common import (
+    REPO,
+    RESULTS,
+    BenchError,
+    install_signal_handlers,
+    machine_basics,
+    other_netns,
+    percentile,
+    progress,
+    publish,
+    signals_ignored,
+    source_digest,
+    testbed_down,
+    timed,
+    wait_for,
+)
+
 EXAMPLES = REPO / "examples" / "vnfs"
-RESULTS = REPO / "results"
-DOC_IMG = REPO / "docs" / "img"
 
 TB_NAME = "nfvdp"
 TB_SUBNET = "10.247.0.0/16"  # apart from the default testbed, e2e tests and other benchmarks
@@ -122,10 +133,6 @@ LOSS_OK = 0.01  # a load counts as sustained if at most 1% of what was sent is m
 
 TARGET_ADDED_P50_US = 100.0
 TARGET_PPS_PER_CORE = 50000.0
-
-
-class BenchError(RuntimeError):
-    """A step failed; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -264,17 +271,6 @@ class Api:
             wait_for(lambda: self.vnf(iid)["haState"] == "NOT_INSTANTIATED", 20,
                      f"{iid} terminated")
         self.call("DELETE", f"/vnflcm/v1/vnf_instances/{iid}", ok=(404,))
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        res = pred()
-        if res:
-            return res
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 def forwarder_pacing() -> tuple[float, int]:
@@ -641,16 +637,6 @@ def closed_loop(sock: socket.socket, n: int, seq0: int) -> tuple[list[float], in
 
 
 # -- statistics ------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
-    xs = sorted(float(v) for v in values if v is not None and not math.isnan(v))
-    if not xs:
-        return math.nan
-    k = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def describe(values: Sequence[float | None]) -> dict[str, float]:
@@ -1219,60 +1205,24 @@ def _replay_once(api: Api, iid: str, ip: str, service: str, n: int, total_sent: 
 
 
 def machine_description() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_kib = 0
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    debian = ""
-    with contextlib.suppress(OSError):
-        debian = Path("/etc/debian_version").read_text().strip()
     sysctl = {}
     for k in ("net/core/rmem_default", "net/core/rmem_max", "net/core/netdev_max_backlog"):
         with contextlib.suppress(OSError):
             sysctl[k.replace("/", ".")] = int(Path(f"/proc/sys/{k}").read_text())
     return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "kernel": platform.release(),
-        "os": f"Debian {debian}" if debian else platform.platform(),
-        "cpu_model": cpu,
-        "nproc": os.cpu_count(),
-        "memory_mib": mem_kib // 1024,
+        **machine_basics(),
         "python": platform.python_version(),
         "clock_ticks_per_s": _TCK,
         "sysctl": sysctl,
         "loadavg_at_start": os.getloadavg(),
-        "other_netns_at_start": other_netns(),
+        "other_netns_at_start": other_netns(TB_NAME),
         "source_digest_at_start": source_digest(),
     }
 
 
-def other_netns() -> list[str]:
-    """Network namespaces not ours: other testbeds may share the CPUs meanwhile."""
-    try:
-        names = os.listdir("/run/netns")
-    except OSError:
-        return []
-    return sorted(n for n in names if not n.startswith(TB_NAME))
-
-
-def source_digest() -> str:
-    h = hashlib.sha256()
-    for p in sorted((REPO / "src" / "nfvha").rglob("*.py")):
-        with contextlib.suppress(OSError):
-            h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def other_benchmarks() -> list[str]:
     """Running processes (command lines) and network namespaces of the other benchmarks."""
-    found = [f"netns {n}" for n in other_netns() if n.startswith(tuple(OTHER_BENCHMARKS))]
+    found = [f"netns {n}" for n in other_netns(TB_NAME) if n.startswith(tuple(OTHER_BENCHMARKS))]
     me = os.getpid()
     ours = _ancestors(me)  # this run's own command line (and its wrappers') may name them
     for p in Path("/proc").iterdir():
@@ -1890,21 +1840,6 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
 # -- main ------------------------------------------------------------------------------------
 
 
-def _on_term(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _progress(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-@contextlib.contextmanager
-def _timed(label: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    yield
-    _progress(f"{label} ({time.perf_counter() - t0:.1f}s)")
-
-
 def _testbed() -> Testbed:
     return Testbed(name=TB_NAME, n_hosts=N_HOSTS, subnet=TB_SUBNET, state_dir=STATE_DIR,
                    with_manager=True, with_forwarder=True, manager_args=list(MANAGER_ARGS),
@@ -1912,13 +1847,7 @@ def _testbed() -> Testbed:
 
 
 def _down(tb: Testbed) -> None:
-    try:
-        asyncio.run(tb.down())
-    except Exception as exc:
-        print(f"dataplane: testbed down: {exc}", file=sys.stderr)
-    with contextlib.suppress(ChildProcessError):  # manager, agents, forwarder: our children
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
+    testbed_down(tb, "dataplane")
 
 
 def _section(result: dict[str, Any], name: str, fn: Callable[[], None], quiet: Quiet) -> None:
@@ -1932,15 +1861,15 @@ def _section(result: dict[str, Any], name: str, fn: Callable[[], None], quiet: Q
         fn()
     except BenchError as exc:
         result.setdefault("section_errors", {})[name] = str(exc)[:600]
-        _progress(f"{name}: FAILED: {exc}")
-    _progress(f"{name} ({time.perf_counter() - t0:.1f}s)")
+        progress(f"{name}: FAILED: {exc}")
+    progress(f"{name} ({time.perf_counter() - t0:.1f}s)")
 
 
 def run(plan: Plan, result: dict[str, Any], profile: bool, quiet: Quiet) -> None:
     tb = _testbed()
     api: Api | None = None
     try:
-        with _timed("testbed up"):
+        with timed("testbed up"):
             with contextlib.suppress(Exception):
                 asyncio.run(tb.down())  # leftovers of an interrupted run
             try:
@@ -1959,7 +1888,7 @@ def run(plan: Plan, result: dict[str, Any], profile: bool, quiet: Quiet) -> None
                 h0 = int(a.service("dpnat")["stats"].get("holds", 0))
                 result["latency"] = lat = measure_latency(plan, _ip(nat_addr), nat_service)
                 lat["holds_during"] = int(a.service("dpnat")["stats"].get("holds", 0)) - h0
-                _progress(f"latency: direct p50 {lat['direct']['p50']:.0f} µs, via p50 "
+                progress(f"latency: direct p50 {lat['direct']['p50']:.0f} µs, via p50 "
                           f"{lat['via']['p50']:.0f} µs, added p50 "
                           f"{lat['added_rtt_us']['p50']:.0f} µs p99 "
                           f"{lat['added_rtt_us']['p99']:.0f} µs")
@@ -1967,41 +1896,41 @@ def run(plan: Plan, result: dict[str, Any], profile: bool, quiet: Quiet) -> None
                     result["latency_spinning"] = sp = measure_latency(
                         replace(plan, lat_samples=plan.lat_samples // 2), _ip(nat_addr),
                         nat_service)
-                _progress(f"latency with idle-priority spinners: direct p50 "
+                progress(f"latency with idle-priority spinners: direct p50 "
                           f"{sp['direct']['p50']:.0f} µs, via p50 {sp['via']['p50']:.0f} µs, "
                           f"added p50 {sp['added_rtt_us']['p50']:.0f} µs")
                 result["open_loop_reference"] = open_loop_reference(
                     a, "dpnat", _ip(nat_addr), nat_service, plan)
                 for row in result["open_loop_reference"]:
-                    _progress(f"open loop {row['label']}: p50 {row['rtt_us']['p50']:.0f} µs, "
+                    progress(f"open loop {row['label']}: p50 {row['rtt_us']['p50']:.0f} µs, "
                               f"p99 {row['rtt_us']['p99']:.0f} µs")
             finally:
                 a.remove("dpnat")
 
         def throughput() -> None:
             result["throughput"] = []
-            measure_throughput(tb, a, plan, fwd_pid, _progress, result["throughput"], quiet)
+            measure_throughput(tb, a, plan, fwd_pid, progress, result["throughput"], quiet)
 
         def across() -> None:
             result["throughput_across_checkpoints"] = measure_throughput_cp(
-                tb, a, plan, fwd_pid, _progress)
+                tb, a, plan, fwd_pid, progress)
 
         def prof() -> None:
             via = [w for w in result.get("throughput") or []
                    if w["path"] == "via" and "error" not in w]
             peak = max(via, key=lambda w: w["fwd_delivered_pps"])["offered_pps"] if via \
                 else None
-            result["profile"] = profile_forwarder(tb, a, plan, fwd_pid, peak, _progress)
+            result["profile"] = profile_forwarder(tb, a, plan, fwd_pid, peak, progress)
 
         def holds() -> None:
-            result["holds"] = measure_holds(tb, a, plan, _progress)
+            result["holds"] = measure_holds(tb, a, plan, progress)
 
         def replay() -> None:
-            result["replay"] = measure_replay(tb, a, plan, _progress)
+            result["replay"] = measure_replay(tb, a, plan, progress)
 
         def exactly_once() -> None:
             hold_row = result["holds"]["rtt"] if result.get("holds") else None
-            result["exactly_once"] = measure_exactly_once(tb, a, plan, hold_row, _progress)
+            result["exactly_once"] = measure_exactly_once(tb, a, plan, hold_row, progress)
 
         sections: list[tuple[str, Callable[[], None]]] = [
             ("latency", latency), ("throughput", throughput),
@@ -2019,10 +1948,8 @@ def run(plan: Plan, result: dict[str, Any], profile: bool, quiet: Quiet) -> None
             warn = [line for line in log.read_text(errors="replace").splitlines()
                     if " WARNING " in line or " ERROR " in line]
             result["manager_warnings"] = warn[-30:]
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _down(tb)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with signals_ignored():
+            _down(tb)
 
 
 @contextlib.contextmanager
@@ -2067,12 +1994,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = QUICK if a.quick else FULL
     profile = (not a.quick) if a.profile is None else a.profile
     if profile and py_spy() is None:
-        _progress("py-spy not found (.venv/bin/pip install py-spy): no profile")
+        progress("py-spy not found (.venv/bin/pip install py-spy): no profile")
         profile = False
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_term)
+    install_signal_handlers()
     try:
-        with run_lock(_progress):
+        with run_lock(progress):
             return _main(a, plan, profile)
     except BenchError as exc:
         print(f"dataplane: {exc}", file=sys.stderr)
@@ -2082,7 +2008,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(a: argparse.Namespace, plan: Plan, profile: bool) -> int:
     OTHER_BENCHMARKS.extend(a.also_wait)
     pace_pps, pace_batch = forwarder_pacing()
-    quiet = Quiet(not a.no_wait, _progress)
+    quiet = Quiet(not a.no_wait, progress)
     quiet.wait("start")
     result: dict[str, Any] = {
         "benchmark": "dataplane",
@@ -2120,21 +2046,9 @@ def _main(a: argparse.Namespace, plan: Plan, profile: bool) -> int:
     result["anomalies"] = anomalies(result)
     if interrupted is not None:
         result["anomalies"].insert(0, f"run incomplete: {interrupted!r}")
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "dataplane.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = markdown(result)
-    (a.out / "dataplane.md").write_text(md)
-    pngs = [a.out / "dataplane.png"]
-    if not a.no_doc_img:
-        pngs.append(DOC_IMG / "dataplane.png")
-    plot(result, pngs)
-    print()
-    print(md)
-    for t in result["targets"]:
-        print(f"{'PASS' if t['pass'] else 'MISS'}: {t['target']}: {t['value']:.0f} {t['unit']}")
-    print(f"wrote {a.out / 'dataplane.json'}, .md, .png"
-          + ("" if a.no_doc_img else f" and {DOC_IMG / 'dataplane.png'}")
-          + f" in {result['elapsed_s']:.0f}s")
+    publish(result, "dataplane", a.out, markdown=markdown, plot=plot,
+            target_value=lambda t: f"{t['value']:.0f} {t['unit']}", doc_img=not a.no_doc_img,
+            json_indent=1)
     return 0 if interrupted is None else 1
 
 

@@ -44,8 +44,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
-import hashlib
 import itertools
 import json
 import math
@@ -53,7 +51,6 @@ import os
 import platform
 import re
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -62,7 +59,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -70,10 +66,26 @@ import httpx
 from nfvha.testbed import Testbed
 from nfvha.vim.criu import CriuRunner
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
+from _common import (
+    REPO,
+    RESULTS,
+    BenchError,
+    install_signal_handlers,
+    machine_basics,
+    other_netns,
+    percentile,
+    progress,
+    publish,
+    signals_ignored,
+    source_digest,
+    testbed_down,
+    timed,
+    wait_for,
+)
+from _common import fmt_num as _f  # short: it fills the report tables
+
 FLOWMON = REPO / "examples" / "vnfs" / "flowmon.py"
-RESULTS = REPO / "results"
-DOC_IMG = REPO / "docs" / "img"
 
 TB_NAME = "nfvrec"
 TB_SUBNET = "10.248.0.0/16"  # apart from the default testbed, e2e tests and other benchmarks
@@ -110,10 +122,6 @@ _DEFAULT_RECOVERY: dict[str, list[str]] = {
     "hang": ["restore-local", "restore-remote", "restart"],
     "host-loss": ["restore-remote", "restart"],
 }
-
-
-class BenchError(RuntimeError):
-    """A step of a run failed; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -352,17 +360,6 @@ def _active(v: dict[str, Any]) -> dict[str, Any] | None:
     return v if v["haState"] == "ACTIVE" else None
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        res = pred()
-        if res:
-            return res
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
-
 def descriptor(scn: Scenario, address: str) -> dict[str, Any]:
     return {"id": f"rec-{scn.key}", "command": [sys.executable, str(FLOWMON)],
             "network": {"address": address}, "resources": {"memory": "128Mi", "cpu": 0.5},
@@ -563,7 +560,7 @@ def run_once(tb: Testbed, api: Api, scn: Scenario, address: str, s: dict[str, An
 def attempt(tb: Testbed, api: Api, scn: Scenario, run: int, address: str) -> dict[str, Any]:
     """run_once, turning any failure of the run into a sample that says what went wrong."""
     s = new_sample(scn, run)
-    s["other_netns"] = other_netns()
+    s["other_netns"] = other_netns(TB_NAME)
     # What a testbed built now imports (process-group runs share the testbed of the group).
     s["source_digest"] = source_digest()
     mark = LogMark(tb)
@@ -642,13 +639,7 @@ def pin_bridge_macs(tb: Testbed) -> None:
 
 
 def _down(tb: Testbed) -> None:
-    try:
-        asyncio.run(tb.down())
-    except Exception as exc:
-        print(f"recovery: testbed down: {exc}", file=sys.stderr)
-    with contextlib.suppress(ChildProcessError):  # manager and agents were our children
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
+    testbed_down(tb, "recovery")
 
 
 def _testbed() -> Testbed:
@@ -664,7 +655,7 @@ def run_process_group(scns: Sequence[Scenario], runs: int,
     tb = _testbed()
     api: Api | None = None
     try:
-        with _timed("process group: testbed up"):
+        with timed("process group: testbed up"):
             _up(tb)
         api = Api(tb)
         address = tb.vnf_address(1)
@@ -672,11 +663,11 @@ def run_process_group(scns: Sequence[Scenario], runs: int,
             for scn in scns:
                 s = attempt(tb, api, scn, run, address)
                 record(s)
-                _progress(_sample_line(s))
+                progress(_sample_line(s))
                 try:
                     api.remove(f"{scn.code}{run}")
                 except BenchError as exc:
-                    _progress(f"cleanup of {scn.code}{run} failed ({exc}); rebuilding testbed")
+                    progress(f"cleanup of {scn.code}{run} failed ({exc}); rebuilding testbed")
                     api.close()
                     _down(tb)
                     tb = _testbed()
@@ -685,7 +676,7 @@ def run_process_group(scns: Sequence[Scenario], runs: int,
     finally:
         if api is not None:
             api.close()
-        with _timed("process group: testbed down"):
+        with timed("process group: testbed down"):
             _down(tb)
 
 
@@ -710,20 +701,10 @@ def run_host_group(scns: Sequence[Scenario], runs: int,
                     api.close()
                 _down(tb)
             record(s)
-            _progress(_sample_line(s))
+            progress(_sample_line(s))
 
 
 # -- statistics ------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (q in 0..100); NaN for no values."""
-    xs = sorted(float(v) for v in values if v is not None and not math.isnan(v))
-    if not xs:
-        return math.nan
-    k = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def describe(values: Sequence[float | None]) -> dict[str, float]:
@@ -810,68 +791,24 @@ def evaluate_targets(summary: dict[str, Any], samples: list[dict[str, Any]]
 
 
 def machine_description() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_kib = 0
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
     criu = CriuRunner().binary
     try:
         version = subprocess.run([criu, "--version"], capture_output=True, text=True,
                                  timeout=10).stdout.strip().replace("\n", "; ")
     except (OSError, subprocess.TimeoutExpired) as exc:
         version = f"unknown ({exc})"
-    debian = ""
-    with contextlib.suppress(OSError):
-        debian = Path("/etc/debian_version").read_text().strip()
     return {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "kernel": platform.release(),
-        "os": f"Debian {debian}" if debian else platform.platform(),
-        "cpu_model": cpu,
-        "nproc": os.cpu_count(),
-        "memory_mib": mem_kib // 1024,
+        **machine_basics(),
         "criu_binary": criu,
         "criu_version": version,
         "python": platform.python_version(),
         "loadavg_at_start": os.getloadavg(),
-        "other_netns_at_start": other_netns(),
+        "other_netns_at_start": other_netns(TB_NAME),
         "source_digest_at_start": source_digest(),
     }
 
 
-def other_netns() -> list[str]:
-    """Network namespaces not ours: other testbeds may share the CPUs meanwhile."""
-    try:
-        names = os.listdir("/run/netns")
-    except OSError:
-        return []
-    return sorted(n for n in names if not n.startswith(TB_NAME))
-
-
-def source_digest() -> str:
-    """sha256 over nfvha's sources: the manager and agents each run import them afresh, so
-    an edit during the run means the runs did not all measure the same code."""
-    h = hashlib.sha256()
-    for p in sorted((REPO / "src" / "nfvha").rglob("*.py")):
-        with contextlib.suppress(OSError):
-            h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:16]
-
-
 # -- output ----------------------------------------------------------------------------------
-
-
-def _f(x: float | None, digits: int = 0) -> str:
-    if x is None or math.isnan(x):
-        return "–"
-    return f"{x:.{digits}f}"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -1104,21 +1041,6 @@ def _compact(samples: list[dict[str, Any]], outliers: list[dict[str, Any]]
 # -- main ------------------------------------------------------------------------------------
 
 
-def _on_term(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _progress(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-@contextlib.contextmanager
-def _timed(label: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    yield
-    _progress(f"{label} ({time.perf_counter() - t0:.1f}s)")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--runs", type=int, default=None,
@@ -1149,8 +1071,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scns = [s for s in SCENARIOS if s.key in wanted]
     global PIN_BRIDGE_MACS
     PIN_BRIDGE_MACS = not a.no_pin_bridge_macs
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_term)
+    install_signal_handlers()
 
     result: dict[str, Any] = {
         "benchmark": "recovery",
@@ -1173,18 +1094,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupted: BaseException | None = None
     try:
         run_process_group([s for s in scns if s.group == "process"], runs, samples.append)
-        with _timed("host group"):
+        with timed("host group"):
             run_host_group([s for s in scns if s.group == "host"], host_runs, samples.append)
     except (KeyboardInterrupt, BenchError) as exc:
         interrupted = exc
         print(f"recovery: stopped: {exc!r}", file=sys.stderr)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _down(_testbed())  # whatever an interrupt left behind
-        with contextlib.suppress(OSError):
-            STATE_DIR.rmdir()  # empty by now: each testbed removes its own directory
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with signals_ignored():
+            _down(_testbed())  # whatever an interrupt left behind
+            with contextlib.suppress(OSError):
+                STATE_DIR.rmdir()  # empty by now: each testbed removes its own directory
 
     result["elapsed_s"] = time.perf_counter() - t_start
     result["machine"]["loadavg_at_end"] = os.getloadavg()
@@ -1200,21 +1119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["outliers"] = find_outliers(samples)
     result["anomalies"] = anomalies(result, samples)
     result["samples"] = _compact(samples, result["outliers"])
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "recovery.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = markdown(result)
-    (a.out / "recovery.md").write_text(md)
-    pngs = [a.out / "recovery.png"]
-    if not a.no_doc_img:
-        pngs.append(DOC_IMG / "recovery.png")
-    plot(result, pngs)
-    print()
-    print(md)
-    for t in result["targets"]:
-        print(f"{'PASS' if t['pass'] else 'MISS'}: {t['target']}: {t['value']:.0f} {t['unit']}")
-    print(f"wrote {a.out / 'recovery.json'}, .md, .png"
-          + ("" if a.no_doc_img else f" and {DOC_IMG / 'recovery.png'}")
-          + f" in {result['elapsed_s']:.0f}s")
+    publish(result, "recovery", a.out, markdown=markdown, plot=plot,
+            target_value=lambda t: f"{t['value']:.0f} {t['unit']}", doc_img=not a.no_doc_img)
     return 0 if interrupted is None else 1
 
 

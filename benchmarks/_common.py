@@ -1,0 +1,236 @@
+"""Helpers shared by the benchmark scripts (checkpoint_cost, recovery, dataplane).
+
+The scripts are run as ``python benchmarks/X.py``, not as a package, so each one puts its
+own directory on ``sys.path`` and imports this module as ``_common``. Only what is truly the
+same in every script that uses it lives here: each report's own statistics, tables and
+plots stay in its script, so that changing one benchmark's output cannot change another's.
+Stdlib only, apart from the testbed type, so that importing it costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nfvha.testbed import Testbed
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results"
+DOC_IMG = REPO / "docs" / "img"
+
+
+class BenchError(RuntimeError):
+    """A step of the benchmark failed; the message says which and why.
+
+    One class for all scripts, so that the shared helpers (``wait_for``) raise exactly what
+    each script's main loop catches to stop cleanly and still write partial results.
+    """
+
+
+# -- progress and signals --------------------------------------------------------------------
+
+
+def progress(msg: str) -> None:
+    """Print a time-stamped progress line, flushed so that it shows at once in a log."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@contextlib.contextmanager
+def timed(label: str) -> Iterator[None]:
+    """Report how long the block took, so a slow step stands out in the progress log."""
+    t0 = time.perf_counter()
+    yield
+    progress(f"{label} ({time.perf_counter() - t0:.1f}s)")
+
+
+def on_term(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM handler: turn it into KeyboardInterrupt so that it takes the same cleanup path
+    as Ctrl-C (testbed down, partial results written)."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def install_signal_handlers() -> None:
+    """Make SIGINT and SIGTERM interrupt the run.
+
+    Ctrl-C must reach the cleanup even when started in the background (where SIGINT is
+    inherited as ignored), and a plain ``kill`` must tear the testbed down too.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_term)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM during cleanup, so that a second Ctrl-C cannot leave a
+    half-torn-down testbed behind; afterwards SIGINT interrupts again (SIGTERM stays
+    ignored: the results are about to be written)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# -- waiting and the testbed -----------------------------------------------------------------
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll ``pred`` until it returns something truthy (returned) or ``timeout`` s pass
+    (BenchError naming ``what``): every wait of a benchmark must be bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        res = pred()
+        if res:
+            return res
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def testbed_down(tb: Testbed, who: str) -> None:
+    """Tear the testbed down, reporting (not raising) a failure, then reap its processes.
+
+    Used in ``finally`` blocks, where raising would hide the original error; the manager,
+    agents and forwarder were our children, so they are reaped here to leave no zombies.
+    """
+    try:
+        asyncio.run(tb.down())
+    except Exception as exc:
+        print(f"{who}: testbed down: {exc}", file=sys.stderr)
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float | None], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100); NaN for no values.
+
+    None and NaN (a sample that could not be measured) are left out rather than failing
+    the whole summary.
+    """
+    xs = sorted(float(v) for v in values if v is not None and not math.isnan(v))
+    if not xs:
+        return math.nan
+    k = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def median(values: Sequence[float | None]) -> float:
+    """The 50th percentile, with ``percentile``'s handling of missing values."""
+    return percentile(values, 50)
+
+
+def fmt_num(x: float | None, digits: int = 0) -> str:
+    """A number for a Markdown table; a dash where nothing was measured."""
+    if x is None or math.isnan(x):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+# -- the machine -----------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def _memory_kib() -> int:
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    return mem_kib
+
+
+def machine_basics() -> dict[str, Any]:
+    """Date, kernel, OS, CPU model, CPU count and memory: what every report states about the
+    machine, so that results from different machines are never compared unknowingly.
+
+    Each script adds its own facts (CRIU version, sysctls, ...) after these keys.
+    """
+    cpu = _cpu_model()
+    mem_kib = _memory_kib()
+    debian = ""
+    with contextlib.suppress(OSError):
+        debian = Path("/etc/debian_version").read_text().strip()
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "kernel": platform.release(),
+        "os": f"Debian {debian}" if debian else platform.platform(),
+        "cpu_model": cpu,
+        "nproc": os.cpu_count(),
+        "memory_mib": mem_kib // 1024,
+    }
+
+
+def other_netns(ours: str) -> list[str]:
+    """Network namespaces not ours (not starting with ``ours``): other testbeds may share
+    the CPUs meanwhile."""
+    try:
+        names = os.listdir("/run/netns")
+    except OSError:
+        return []
+    return sorted(n for n in names if not n.startswith(ours))
+
+
+def source_digest() -> str:
+    """sha256 over nfvha's sources: the manager and agents each run import them afresh, so
+    an edit during the run means the runs did not all measure the same code."""
+    h = hashlib.sha256()
+    for p in sorted((REPO / "src" / "nfvha").rglob("*.py")):
+        with contextlib.suppress(OSError):
+            h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def publish(result: dict[str, Any], name: str, out: Path, *,
+            markdown: Callable[[dict[str, Any]], str],
+            plot: Callable[[dict[str, Any], Sequence[Path]], None],
+            target_value: Callable[[dict[str, Any]], str],
+            doc_img: bool, json_indent: int = 2) -> None:
+    """Write ``<name>.json``, ``.md`` and ``.png`` to ``out`` (and the plot to docs/img
+    if ``doc_img``), then print the report, the targets and what was written.
+
+    One place for it so that every benchmark leaves the same set of files, named alike,
+    and the docs copy of a plot is only ever refreshed on request.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=json_indent) + "\n")
+    md = markdown(result)
+    (out / f"{name}.md").write_text(md)
+    pngs = [out / f"{name}.png"]
+    if doc_img:
+        pngs.append(DOC_IMG / f"{name}.png")
+    plot(result, pngs)
+    print()
+    print(md)
+    for t in result["targets"]:
+        print(f"{'PASS' if t['pass'] else 'MISS'}: {t['target']}: {target_value(t)}")
+    print(f"wrote {out / f'{name}.json'}, .md, .png"
+          + (f" and {DOC_IMG / f'{name}.png'}" if doc_img else "")
+          + f" in {result['elapsed_s']:.0f}s")
