@@ -96,8 +96,10 @@ class ServiceSpec:
     after: str | None = None  # the service whose VNF's outputs feed this one
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
+    """One logged datagram; slotted, as the log may hold hundreds of thousands."""
+
     seq: int
     client: Addr
     payload: bytes

@@ -126,8 +126,3 @@ class AgentClient:
         res: dict[str, float] = await self._call("GET", "/v1/peers", "read peer contacts",
                                                  timeout=timeout)
         return res
-
-    async def probe(self, url: str, timeout: float) -> bool:
-        res = await self._call("GET", "/v1/probe", "probe peer", params={"url": url,
-                               "timeout": timeout}, timeout=timeout + 0.5)
-        return bool(res["reachable"])

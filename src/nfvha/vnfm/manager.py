@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from nfvha.dataplane.client import ForwarderClient, ForwarderError
-from nfvha.descriptor import VnfDescriptor, parse_descriptor
+from nfvha.descriptor import HaPolicy, VnfDescriptor, parse_descriptor
 from nfvha.errors import InstanceNotFound, InstanceStateError, NfvhaError
 from nfvha.ha.fault import FaultTimings, HeartbeatDetector, HostState, probe_vnf
 from nfvha.ha.recovery import RecoveryContext, RecoveryDecision, decide, strategy_chain
@@ -183,13 +183,15 @@ class Manager:
             self._wake.set()
 
     def hosts_view(self) -> dict[str, HostView]:
+        load: dict[str, int] = {}
+        for v in self.store.list("vnf"):
+            if v.data.get("host") and v.data["haState"] != VnfState.FAILED:
+                load[v.data["host"]] = load.get(v.data["host"], 0) + 1
         out = {}
         for rec in self.store.list("host"):
             st = self.host_status.get(rec.id, {})
             up = self.detector.state.get(rec.id) == HostState.UP
-            n = sum(1 for v in self.store.list("vnf")
-                    if v.data.get("host") == rec.id and v.data["haState"] != VnfState.FAILED)
-            out[rec.id] = HostView(rec.id, up, n,
+            out[rec.id] = HostView(rec.id, up, load.get(rec.id, 0),
                                    int(st.get("resources", {}).get("mem_available_bytes", 0)))
         return out
 
@@ -384,7 +386,7 @@ class Manager:
             d = self._vnfd_cache[key] = parse_descriptor(data["vnfd"])
         return d
 
-    def _policy(self, data: dict[str, Any]) -> Any:
+    def _policy(self, data: dict[str, Any]) -> HaPolicy:
         return self._vnfd(data).ha
 
     async def _probe(self, vnf_id: str) -> None:
