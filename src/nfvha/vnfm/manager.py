@@ -27,6 +27,7 @@ from nfvha.ha.recovery import RecoveryContext, RecoveryDecision, decide, strateg
 from nfvha.nfvo.placement import HostView, PlacementError, place
 from nfvha.store.base import StateStore
 from nfvha.vnfm.agent_client import AgentCallError, AgentClient
+from nfvha.vnfm.events import EventBus, EventKind
 
 __all__ = ["Manager", "ManagerConfig", "VnfState"]
 
@@ -92,6 +93,9 @@ class Manager:
         self.started = time.monotonic()
         self.forwarder = (ForwarderClient(cfg.forwarder_url, cfg.token, self.http)
                           if cfg.forwarder_url else None)
+        self.events = EventBus()
+        self.heartbeats_missed: dict[str, int] = {}  # host -> heartbeats not received
+        self.forwarder_logs: dict[str, dict[str, Any]] = {}  # last forwarder log stats
 
     # -- start / stop ---------------------------------------------------------------------
 
@@ -139,11 +143,28 @@ class Manager:
     def _rt(self, vnf_id: str) -> _Runtime:
         return self.runtime.setdefault(vnf_id, _Runtime())
 
+    def _update_vnf(self, vnf_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+                    ) -> None:
+        """Every write of a VNF record goes through here, so that observers see it."""
+        rec = self.store.update("vnf", vnf_id, change)
+        self.events.publish(EventKind.VNF, rec.data)
+
+    def _host_state(self, host_id: str, state: str, previous: str | None,
+                    reason: str) -> None:
+        self.events.publish(EventKind.HOST, {"id": host_id, "state": state,
+                                             "previous": previous, "reason": reason})
+
     # -- hosts ----------------------------------------------------------------------------
 
     def heartbeat(self, host_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Record a heartbeat; the answer tells the agent its peers, which it asks before
         fencing itself (an agent that still reaches a peer is not isolated)."""
+        if host_id in self.detector.state:
+            # Heartbeats that should have come in the silence that just ended.
+            gap = self.detector.silence(host_id) / self.cfg.timings.heartbeat_interval
+            if gap >= 2:
+                self.heartbeats_missed[host_id] = (self.heartbeats_missed.get(host_id, 0)
+                                                   + int(gap) - 1)
         before = self.detector.heard(host_id)
         self.host_status[host_id] = body
         rec = self.store.find("host", host_id)
@@ -156,6 +177,11 @@ class Manager:
                 "id": host_id, "url": body.get("url"), "state": HostState.UP,
                 "registeredAt": (rec.data.get("registeredAt") if rec else None) or _now_iso(),
                 "stateChangedAt": _now_iso()})
+            previous = rec.data.get("state") if rec is not None else None
+            if before != HostState.UP and previous == HostState.UP:
+                previous = str(before)
+            self._host_state(host_id, HostState.UP, previous,
+                             "registered" if rec is None else "heartbeat received")
         # An exit the agent's event did not deliver is still seen here.
         for inst in body.get("instances", []):
             if inst["state"] == "EXITED":
@@ -235,6 +261,8 @@ class Manager:
                          "slow, not a loss)", host_id, who)
                 if self.detector.state.get(host_id) == HostState.SUSPECTED:
                     self.detector.state[host_id] = HostState.UP
+                    self._host_state(host_id, HostState.UP, HostState.SUSPECTED,
+                                     f"heard by {who}")
                 return
             self.detector.state[host_id] = HostState.DOWN
             self.fence_deadline[host_id] = (time.monotonic() - recent
@@ -245,6 +273,8 @@ class Manager:
                    " ms ago" if heard else "no other host could tell")
             log.warning("decision: host %s DOWN after %.0f ms without heartbeats; %s", host_id,
                         recent * 1000, how)
+            self._host_state(host_id, HostState.DOWN, HostState.SUSPECTED,
+                             f"no contact for {recent * 1000:.0f} ms; {how}")
             self._raise_alarm(f"host:{host_id}", None, "EQUIPMENT_ALARM", "CRITICAL",
                               "host-loss", f"host {host_id} lost: no contact for "
                               f"{recent * 1000:.0f} ms; {how}", {"host": host_id})
@@ -315,6 +345,9 @@ class Manager:
                     self._confirming.add(h)
                     log.info("host %s suspected: %.0f ms without heartbeat", h,
                              self.detector.silence(h) * 1000)
+                    self._host_state(h, HostState.SUSPECTED, HostState.UP,
+                                     f"{self.detector.silence(h) * 1000:.0f} ms without "
+                                     "heartbeat")
                     self._spawn(self._confirm_host_loss(h))
         now = time.monotonic()
         for rec in self.store.list("vnf"):
@@ -371,7 +404,7 @@ class Manager:
                 if rec.data["haState"] != VnfState.ACTIVE or keep != host:
                     log.info("decision: %s runs on %s: ACTIVE there (found after restart)",
                              rec.id, keep)
-                    self.store.update("vnf", rec.id, _set(haState=VnfState.ACTIVE, host=keep,
+                    self._update_vnf(rec.id, _set(haState=VnfState.ACTIVE, host=keep,
                                                           instantiationState="INSTANTIATED"))
             elif rec.data["haState"] != VnfState.TERMINATING and host is not None:
                 self._rt(rec.id).failure = ("process-exit", time.time(),
@@ -432,6 +465,7 @@ class Manager:
             await self._checkpoint_now(vnf_id)
 
     async def _checkpoint_now(self, vnf_id: str) -> None:
+        started = time.monotonic()
         rec = self.store.get("vnf", vnf_id)
         host = rec.data["host"]
         d = self._vnfd(rec.data)
@@ -465,13 +499,17 @@ class Manager:
             log.warning("checkpoint of %s on %s failed: %s", vnf_id, host, exc)
             self._raise_alarm(f"checkpoint:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM", "MAJOR",
                               "checkpoint-failed", str(exc), {"host": host})
+            self.events.publish(EventKind.CHECKPOINT_FAILED, {
+                "vnfInstanceId": vnf_id, "host": host, "detail": str(exc)})
             return
         cp = {"id": f"{vnf_id}/{meta['seq']}", "vnfInstanceId": vnf_id, "seq": meta["seq"],
               "createdAt": meta["created_at"], "host": host, "replicas": replicas,
               "bytes": meta["total_bytes"], "criuStats": meta.get("criu_stats", {}),
               "generation": rec.data.get("generation", 0), "logPosition": position,
-              "holdMs": self._rt(vnf_id).last_hold_ms if position is not None else None}
+              "holdMs": self._rt(vnf_id).last_hold_ms if position is not None else None,
+              "durationMs": (time.monotonic() - started) * 1000}
         self.store.put("checkpoint", cp["id"], cp)
+        self.events.publish(EventKind.CHECKPOINT, cp)
         if position is not None and self.forwarder is not None and \
                 (len(replicas) > 1 or d.ha.backups == 0):
             # The log may forget what this checkpoint covers once a replica exists.
@@ -513,7 +551,7 @@ class Manager:
         if failure != "manual":
             self._raise_alarm(f"vnf:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM", "CRITICAL",
                               failure, detail, {"host": old_host})
-        self.store.update("vnf", vnf_id, lambda d: {**d, "haState": VnfState.RECOVERING})
+        self._update_vnf(vnf_id, lambda d: {**d, "haState": VnfState.RECOVERING})
         d = self._vnfd(rec.data)
         replaying = d.ha.replay and self.forwarder is not None
         if replaying and self.forwarder is not None:
@@ -587,7 +625,7 @@ class Manager:
         if replaying and self.forwarder is not None:
             with contextlib.suppress(ForwarderError):
                 await self.forwarder.release(vnf_id)
-        self.store.update("vnf", vnf_id, lambda dd: {**dd, "haState": VnfState.FAILED})
+        self._update_vnf(vnf_id, lambda dd: {**dd, "haState": VnfState.FAILED})
         self._op_update(op_id, operationState="FAILED", nfvha_merge={"attempts": attempts},
                         error=_problem(500, f"every recovery strategy failed for {vnf_id}: "
                                             + "; ".join(a.get("error") or a.get("reason", "")
@@ -629,6 +667,7 @@ class Manager:
                     self._forwarder_alarm(str(exc))
                     continue
                 self._clear_alarm("forwarder")
+                self.forwarder_logs[rec.id] = st
                 fill = max(st["log_fill"], st["log_age_s"] / 60.0)
                 if fill > 0.8:
                     rt = self._rt(rec.id)
@@ -737,7 +776,7 @@ class Manager:
         rt = self._rt(vnf_id)
         rt.next_checkpoint = time.monotonic()  # re-protect at once: new replicas, new standby
         rt.probe_failures = 0
-        self.store.update("vnf", vnf_id, lambda dd: {
+        self._update_vnf(vnf_id, lambda dd: {
             **dd, "haState": VnfState.ACTIVE, "host": decision.target_host, "backups": backups,
             "generation": dd.get("generation", 0) + 1, "restoredFrom": result.get("seq"),
             "pid": result.get("instance", {}).get("pid"),
@@ -781,7 +820,7 @@ class Manager:
         if data["haState"] != VnfState.NOT_INSTANTIATED:
             raise InstanceStateError(f"VNF instance {vnf_id} is {data['haState']}: only a "
                                      "NOT_INSTANTIATED instance can be instantiated")
-        self.store.update("vnf", vnf_id, lambda d: {**d, "haState": VnfState.INSTANTIATING})
+        self._update_vnf(vnf_id, lambda d: {**d, "haState": VnfState.INSTANTIATING})
         op_id = self._new_op(vnf_id, "INSTANTIATE", False)
         self._rt(vnf_id).busy = self._spawn(self._instantiate(vnf_id, op_id))
         return op_id
@@ -805,11 +844,11 @@ class Manager:
             created = await self.agent(p.primary).create(d.model_dump(mode="json"), vnf_id)
             await self._wait_serving(d, time.time())  # COMPLETED means it answers
         except (AgentCallError, NfvhaError) as exc:
-            self.store.update("vnf", vnf_id, lambda dd: {**dd, "haState":
+            self._update_vnf(vnf_id, lambda dd: {**dd, "haState":
                                                          VnfState.NOT_INSTANTIATED})
             self._op_update(op_id, operationState="FAILED", error=_problem(409, str(exc)))
             return
-        self.store.update("vnf", vnf_id, lambda dd: {
+        self._update_vnf(vnf_id, lambda dd: {
             **dd, "haState": VnfState.ACTIVE, "instantiationState": "INSTANTIATED",
             "host": p.primary, "backups": list(p.backups), "generation": 1,
             "pid": created.get("pid"),
@@ -837,7 +876,7 @@ class Manager:
         rt = self._rt(vnf_id)
         if rt.busy is not None and not rt.busy.done():
             rt.busy.cancel()
-        self.store.update("vnf", vnf_id, lambda d: {**d, "haState": VnfState.TERMINATING})
+        self._update_vnf(vnf_id, lambda d: {**d, "haState": VnfState.TERMINATING})
         op_id = self._new_op(vnf_id, "TERMINATE", False)
         rt.busy = self._spawn(self._terminate(vnf_id, op_id))
         return op_id
@@ -853,7 +892,7 @@ class Manager:
         if self.forwarder is not None and self._vnfd(self.get_vnf(vnf_id)).ha.replay:
             with contextlib.suppress(ForwarderError):
                 await self.forwarder.remove(vnf_id)
-        self.store.update("vnf", vnf_id, lambda d: {
+        self._update_vnf(vnf_id, lambda d: {
             **d, "haState": VnfState.NOT_INSTANTIATED, "instantiationState": "NOT_INSTANTIATED",
             "host": None, "backups": []})
         self._clear_alarm(f"vnf:{vnf_id}")
@@ -866,6 +905,7 @@ class Manager:
             raise InstanceStateError(f"VNF instance {vnf_id} is {data['haState']}: terminate "
                                      "it before deleting it")
         self.store.delete("vnf", vnf_id)
+        self.events.publish(EventKind.VNF_DELETED, {"id": vnf_id})
         self.runtime.pop(vnf_id, None)
         for key in [k for k in self._vnfd_cache if k[0] == vnf_id]:
             del self._vnfd_cache[key]
@@ -881,19 +921,23 @@ class Manager:
     def _new_op(self, vnf_id: str, operation: str, auto: bool) -> str:
         op_id = uuid.uuid4().hex
         now = _now_iso()
-        self.store.create("op", op_id, {
+        rec = self.store.create("op", op_id, {
             "id": op_id, "operationState": "STARTING", "stateEnteredTime": now,
             "startTime": now, "vnfInstanceId": vnf_id, "operation": operation,
             "isAutomaticInvocation": auto, "isCancelPending": False, "nfvha": {},
             "_links": {"self": {"href": f"{self.cfg.base_url}/vnflcm/v1/vnf_lcm_op_occs/{op_id}"},
                        "vnfInstance": {"href":
                                        f"{self.cfg.base_url}/vnflcm/v1/vnf_instances/{vnf_id}"}}})
+        self.events.publish(EventKind.OP, {**rec.data, "stateChanged": True})
         return op_id
 
     def _op_update(self, op_id: str, *, operationState: str | None = None,
                    error: dict[str, Any] | None = None, nfvha: dict[str, Any] | None = None,
                    nfvha_merge: dict[str, Any] | None = None) -> None:
+        before: list[str] = []
+
         def change(d: dict[str, Any]) -> dict[str, Any]:
+            before[:] = [d["operationState"]]
             d = dict(d)
             if operationState is not None and operationState != d["operationState"]:
                 d["operationState"] = operationState
@@ -910,7 +954,9 @@ class Manager:
                 d["nfvha"] = n
             return d
 
-        self.store.update("op", op_id, change)
+        rec = self.store.update("op", op_id, change)
+        self.events.publish(EventKind.OP, {**rec.data, "stateChanged":
+                                           before[:1] != [rec.data["operationState"]]})
 
     def _raise_alarm(self, key: str, vnf_id: str | None, event_type: str, severity: str,
                      cause: str, detail: str, resource: dict[str, Any]) -> None:
@@ -920,7 +966,7 @@ class Manager:
             return
         aid = uuid.uuid4().hex
         now = _now_iso()
-        self.store.create("alarm", aid, {
+        rec = self.store.create("alarm", aid, {
             "id": aid, "key": key, "managedObjectId": vnf_id or resource.get("host"),
             "alarmRaisedTime": now, "eventTime": now, "ackState": "UNACKNOWLEDGED",
             "perceivedSeverity": severity, "eventType": event_type, "faultType": cause,
@@ -930,13 +976,15 @@ class Manager:
             "alarmClearedTime": None,
             "_links": {"self": {"href": f"{self.cfg.base_url}/vnffm/v1/alarms/{aid}"}}})
         log.warning("alarm raised: %s %s: %s", severity, cause, detail)
+        self.events.publish(EventKind.ALARM_RAISED, rec.data)
 
     def _clear_alarm(self, key: str) -> None:
         for a in self.store.list("alarm", where={"key": key}):
             if a.data.get("alarmClearedTime") is None:
-                self.store.update("alarm", a.id, lambda d: {
+                rec = self.store.update("alarm", a.id, lambda d: {
                     **d, "alarmClearedTime": _now_iso(), "perceivedSeverity": "CLEARED"})
                 log.info("alarm cleared: %s", key)
+                self.events.publish(EventKind.ALARM_CLEARED, rec.data)
 
 
 def _set(**changes: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
