@@ -15,17 +15,9 @@ import sys
 from pathlib import Path
 
 from nfvha.errors import NfvhaError
+from nfvha.logs import setup_logging
 
 __all__ = ["main"]
-
-
-def _setup_logging(level: str, json_logs: bool = False) -> None:
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    if json_logs:
-        fmt = ('{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
-               '"message":%(message)r}')
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _read_token(args: argparse.Namespace) -> str:
@@ -297,7 +289,10 @@ def _print(data: object, as_json: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nfvha", description=__doc__)
     p.add_argument("--log-level", default=os.environ.get("NFVHA_LOG_LEVEL", "info"))
-    p.add_argument("--log-json", action="store_true", help="structured JSON log lines")
+    p.add_argument("--log-json", action="store_true",
+                   default=os.environ.get("NFVHA_LOG_JSON", "") not in ("", "0"),
+                   help="one JSON object per log line, decisions with their reason as fields "
+                        "(or NFVHA_LOG_JSON=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("agent", help="run the compute-node agent (HTTP API)")
@@ -395,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level, args.log_json)
+    setup_logging(args.log_level, args.log_json)
     if args.command == "testbed" and args.action in ("crash-host", "partition-host") \
             and not args.host:
         print(f"nfvha testbed {args.action}: name the host, e.g. h1", file=sys.stderr)

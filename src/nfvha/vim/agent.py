@@ -35,6 +35,7 @@ from nfvha.errors import (
 from nfvha.vim.cgroups import CgroupDriver
 from nfvha.vim.criu import CriuRunner, DumpStats, RestoreStats
 from nfvha.vim.hostnet import HostNetwork
+from nfvha.vim.metrics import AgentMetrics
 from nfvha.vim.sandbox import (
     ExitStatus,
     ProcessWatch,
@@ -164,6 +165,12 @@ class Agent:
         self.peer_last_heard: dict[str, float] = {}  # peer id -> when it last pinged us
         self.fenced_at: float | None = None
         self._usage, self._usage_at = 0, -1e9  # cached checkpoint disk use
+        self.metrics = AgentMetrics(self)
+
+    @property
+    def last_manager_ok(self) -> float | None:
+        """Monotonic send time of the last heartbeat the manager accepted."""
+        return self._last_manager_ok
 
     # -- life of the agent ---------------------------------------------------------------
 
@@ -359,6 +366,7 @@ class Agent:
                     f"instance {instance_id} is stopped (SIGSTOP or traced): a checkpoint "
                     "would save it stopped; heal it instead")
             inst.state = InstanceState.CHECKPOINTING
+            started = time.monotonic()
             pending = await asyncio.to_thread(self.store.begin, instance_id)
             try:
                 if drain:
@@ -378,6 +386,7 @@ class Agent:
                     host_id=self.cfg.host_id, criu_stats=stats.as_dict(),
                     descriptor=inst.descriptor.model_dump(mode="json"), extra=extra or {})
             except BaseException:
+                self.metrics.checkpoint_failures.inc()
                 await asyncio.to_thread(pending.abort)
                 if stop and inst.watch is not None:
                     inst.state = InstanceState.CHECKPOINTING  # still alive: back to RUNNING
@@ -386,6 +395,9 @@ class Agent:
                 if inst.state == InstanceState.CHECKPOINTING:
                     inst.state = InstanceState.RUNNING
             inst.last_checkpoint = meta
+        self.metrics.checkpoint_duration.observe(time.monotonic() - started)
+        self.metrics.checkpoint_frozen.observe(stats.frozen_time_us / 1e6)
+        self.metrics.checkpoint_size.observe(meta.total_bytes)
         log.info("checkpoint %s: %d bytes, frozen %.1f ms", meta.name, meta.total_bytes,
                  stats.frozen_time_us / 1000)
         return meta
@@ -415,6 +427,7 @@ class Agent:
         verified against its SHA-256 meanwhile: a corrupt checkpoint is refused
         (``CheckpointCorrupt``) before CRIU runs, and nothing of the attempt is left.
         """
+        started = time.monotonic()
         meta = await self._resolve_checkpoint(instance_id, seq)
         d = parse_descriptor(meta.descriptor)
         old = self.instances.get(instance_id)
@@ -460,12 +473,14 @@ class Agent:
                 inst.last_checkpoint = meta
                 inst.state = InstanceState.RUNNING
         except BaseException as exc:
+            self.metrics.restore_duration.labels("failure").observe(time.monotonic() - started)
             self.instances.pop(inst.id, None)
             with contextlib.suppress(NfvhaError):
                 await inst.sandbox.destroy()
             if isinstance(exc, NfvhaError):
                 log.error("restore of %s failed: %s", meta.name, exc)
             raise
+        self.metrics.restore_duration.labels("success").observe(time.monotonic() - started)
         log.info("instance %s restored from %s as pid %d (criu %.1f ms, wall %.1f ms%s)",
                  inst.id, meta.name, stats.pid, stats.restore_time_us / 1000,
                  stats.wall_seconds * 1000, ", sandbox reused" if reuse else "")
@@ -590,6 +605,8 @@ class Agent:
             try:
                 r = await self._http.post(url, json=self.status(), headers=self._auth(),
                                           timeout=timeout)
+                self.metrics.heartbeats.labels("ok" if r.status_code < 300 else
+                                               "refused").inc()
                 if r.status_code < 300:
                     self._last_manager_ok = sent_at
                     with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -599,6 +616,7 @@ class Agent:
                                  "until the manager decides")
                         self.fenced_at = None
             except httpx.HTTPError as exc:
+                self.metrics.heartbeats.labels("failed").inc()
                 log.debug("heartbeat to %s failed: %s", url, exc)
             finally:
                 await asyncio.sleep(self.cfg.heartbeat_interval)
@@ -649,6 +667,7 @@ class Agent:
             silent = time.monotonic() - max(contacts)
             if silent > self.cfg.fencing_timeout:
                 self.fenced_at = time.time()
+                self.metrics.fencings.inc()
                 await self.stop_all(f"fenced: neither the manager nor any peer answered for "
                                     f"{silent * 1000:.0f} ms", state=InstanceState.FENCED)
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -139,6 +139,12 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"ok": True, "host_id": agent.cfg.host_id}
+
+    @app.get("/metrics", dependencies=auth, response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text format; scrape with ``authorization: {credentials: <token>}``."""
+        return Response(agent.metrics.render(),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/status", dependencies=auth)
     async def status() -> dict[str, Any]:

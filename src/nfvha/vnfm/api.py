@@ -22,6 +22,7 @@ from nfvha.errors import DescriptorError, InstanceNotFound, InstanceStateError, 
 from nfvha.store.base import StoreError
 from nfvha.vim.api import problem
 from nfvha.vnfm.manager import Manager
+from nfvha.vnfm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 __all__ = ["create_manager_app"]
 
@@ -123,6 +124,11 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"ok": True}
+
+    @app.get("/metrics", dependencies=auth, response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text format; scrape with ``authorization: {credentials: <token>}``."""
+        return Response(manager.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     # -- agents talk to these -----------------------------------------------------------
 

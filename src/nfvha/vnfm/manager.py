@@ -24,10 +24,12 @@ from nfvha.descriptor import HaPolicy, VnfDescriptor, parse_descriptor
 from nfvha.errors import InstanceNotFound, InstanceStateError, NfvhaError
 from nfvha.ha.fault import FaultTimings, HeartbeatDetector, HostState, probe_vnf
 from nfvha.ha.recovery import RecoveryContext, RecoveryDecision, decide, strategy_chain
+from nfvha.logs import decision as log_decision
 from nfvha.nfvo.placement import HostView, PlacementError, place
 from nfvha.store.base import StateStore
 from nfvha.vnfm.agent_client import AgentCallError, AgentClient
 from nfvha.vnfm.events import EventBus, EventKind
+from nfvha.vnfm.metrics import ManagerMetrics
 
 __all__ = ["Manager", "ManagerConfig", "VnfState"]
 
@@ -70,6 +72,8 @@ class _Runtime:
     probe_failures: int = 0
     probing: bool = False
     failure: tuple[str, float, str] | None = None  # (type, detected wall time, detail)
+    failed_at: float | None = None  # best estimate of when the failure happened (wall time)
+    probe_failing_since: float | None = None  # wall time of the first unanswered probe
     last_hold_ms: float = 0.0
 
 
@@ -94,6 +98,7 @@ class Manager:
         self.forwarder = (ForwarderClient(cfg.forwarder_url, cfg.token, self.http)
                           if cfg.forwarder_url else None)
         self.events = EventBus()
+        self.metrics = ManagerMetrics(self)
         self.heartbeats_missed: dict[str, int] = {}  # host -> heartbeats not received
         self.forwarder_logs: dict[str, dict[str, Any]] = {}  # last forwarder log stats
 
@@ -206,6 +211,8 @@ class Manager:
                 rt.busy.cancel()  # an ACTIVE VNF is busy only with a checkpoint: moot now
             reason = (inst.get("exit") or {}).get("reason", "exited")
             rt.failure = ("process-exit", time.time(), f"VNF process {reason} on {host_id}")
+            at = (inst.get("exit") or {}).get("at")
+            rt.failed_at = float(at) if isinstance(at, int | float) else None
             self._wake.set()
 
     def hosts_view(self) -> dict[str, HostView]:
@@ -257,8 +264,10 @@ class Manager:
                     self.detector.state.get(host_id) == HostState.UP:
                 who = ", ".join(f"{h} ({s * 1000:.0f} ms ago)" for h, s in heard.items()
                                 if s < self.cfg.timings.suspect_after) or "a new heartbeat"
-                log.info("decision: host %s stays UP: heard by %s (the manager's path is "
-                         "slow, not a loss)", host_id, who)
+                log_decision(log, "host-stays-up", f"host {host_id} stays UP: heard by {who}",
+                             reason="a peer or a new heartbeat heard it within the suspicion time:"
+                                    " the manager's path is slow, the host is not lost",
+                             host=host_id)
                 if self.detector.state.get(host_id) == HostState.SUSPECTED:
                     self.detector.state[host_id] = HostState.UP
                     self._host_state(host_id, HostState.UP, HostState.SUSPECTED,
@@ -271,8 +280,11 @@ class Manager:
                                                           "stateChangedAt": _now_iso()})
             how = (f"{len(heard)} other host(s) last heard it {min(heard.values()) * 1000:.0f}"
                    " ms ago" if heard else "no other host could tell")
-            log.warning("decision: host %s DOWN after %.0f ms without heartbeats; %s", host_id,
-                        recent * 1000, how)
+            log_decision(log, "host-down", f"host {host_id} DOWN after {recent * 1000:.0f} ms "
+                         f"without heartbeats; {how}", level=logging.WARNING,
+                         reason=f"no contact for {recent * 1000:.0f} ms, over the suspicion time "
+                                f"of {self.cfg.timings.suspect_after * 1000:.0f} ms; {how}",
+                         host=host_id, silence_ms=round(recent * 1000))
             self._host_state(host_id, HostState.DOWN, HostState.SUSPECTED,
                              f"no contact for {recent * 1000:.0f} ms; {how}")
             self._raise_alarm(f"host:{host_id}", None, "EQUIPMENT_ALARM", "CRITICAL",
@@ -285,6 +297,7 @@ class Manager:
                     if rt.busy is not None and not rt.busy.done():
                         rt.busy.cancel()
                     rt.failure = ("host-loss", detected, f"host {host_id} lost")
+                    rt.failed_at = detected - recent  # last heard by anyone
             self._wake.set()
         finally:
             self._confirming.discard(host_id)
@@ -333,9 +346,13 @@ class Manager:
             if len(suspects) >= 2 and len(suspects) == up_before:
                 # Every host silent at once: the manager's side is the likelier culprit,
                 # and there would be nowhere to move VNFs to anyway.
-                log.warning("decision: %d of %d hosts silent at once (%s); suspecting the "
-                            "manager's own network or load, not the hosts",
-                            len(suspects), up_before, ", ".join(sorted(suspects)))
+                log_decision(log, "suspect-manager",
+                             f"{len(suspects)} of {up_before} hosts silent at once "
+                             f"({', '.join(sorted(suspects))}); hosts kept UP",
+                             level=logging.WARNING,
+                             reason="every host silent at once points at the manager's own "
+                                    "network or load, and there is nowhere to move VNFs to",
+                             hosts=sorted(suspects))
                 for h in suspects:
                     self.detector.state[h] = HostState.UP
                     self.detector.grace(h)
@@ -397,15 +414,18 @@ class Manager:
             keep = host if host in running else (running[0] if running else None)
             for h in running:
                 if h != keep:
-                    log.warning("decision: remove duplicate copy of %s on %s (it lives on %s)",
-                                rec.id, h, keep)
+                    log_decision(log, "remove-duplicate", f"remove duplicate copy of {rec.id} on "
+                                 f"{h} (it lives on {keep})", level=logging.WARNING,
+                                 reason="found running on two hosts after a manager restart",
+                                 vnf=rec.id, host=h, keep=keep)
                     self._spawn(self.agent(h).delete(rec.id))
             if keep is not None:
                 if rec.data["haState"] != VnfState.ACTIVE or keep != host:
-                    log.info("decision: %s runs on %s: ACTIVE there (found after restart)",
-                             rec.id, keep)
+                    log_decision(log, "adopt", f"{rec.id} runs on {keep}: ACTIVE there",
+                                 reason="found running there after a manager restart",
+                                 vnf=rec.id, host=keep)
                     self._update_vnf(rec.id, _set(haState=VnfState.ACTIVE, host=keep,
-                                                          instantiationState="INSTANTIATED"))
+                                                  instantiationState="INSTANTIATED"))
             elif rec.data["haState"] != VnfState.TERMINATING and host is not None:
                 self._rt(rec.id).failure = ("process-exit", time.time(),
                                             f"runs nowhere after a manager restart (was on "
@@ -440,8 +460,11 @@ class Manager:
                 # A silent host is the heartbeat detector's to judge: a VNF that does not
                 # answer because its host is gone is a host loss, not a hang.
                 rt.probe_failures = 0
+                rt.probe_failing_since = None
             else:
                 rt.probe_failures += 1
+                if rt.probe_failing_since is None:
+                    rt.probe_failing_since = time.time() - d.ha.probe.timeout
                 if rt.probe_failures >= d.ha.probe.failure_threshold and rt.failure is None:
                     rt.probe_failures = 0
                     cur = self.store.find("vnf", vnf_id)
@@ -449,6 +472,7 @@ class Manager:
                         rt.failure = ("hang", time.time(),
                                       f"{d.ha.probe.failure_threshold} {d.ha.probe.type} probes "
                                       "unanswered")
+                        rt.failed_at = rt.probe_failing_since
                         self._wake.set()
             await asyncio.sleep(max(0.0, d.ha.probe.interval - (time.monotonic() - t0)))
         finally:
@@ -545,9 +569,13 @@ class Manager:
         rec = self.store.get("vnf", vnf_id)
         old_host = rec.data.get("host")
         op_id = op_id or self._new_op(vnf_id, "HEAL", auto)
+        rt = self._rt(vnf_id)
+        failed_at = rt.failed_at if failure != "manual" and rt.failed_at is not None and \
+            rt.failed_at <= detected_at else None
+        rt.failed_at = None
         self._op_update(op_id, operationState="PROCESSING", nfvha={
             "failureType": failure, "detail": detail, "detectedAt": detected_at,
-            "timestamps": {"detected": detected_at}, "attempts": []})
+            "failedAt": failed_at, "timestamps": {"detected": detected_at}, "attempts": []})
         if failure != "manual":
             self._raise_alarm(f"vnf:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM", "CRITICAL",
                               failure, detail, {"host": old_host})
@@ -568,14 +596,18 @@ class Manager:
                                     d, frozenset(failed))
                 decision = decide(strategy, ctx)
                 if isinstance(decision, str):
-                    log.info("decision: %s for %s not applicable: %s", strategy, vnf_id,
-                             decision)
+                    log_decision(log, "strategy-skipped",
+                                 f"{strategy} for {vnf_id} not applicable: {decision}",
+                                 reason=decision, vnf=vnf_id, strategy=strategy,
+                                 failure=failure)
                     attempts.append({"strategy": strategy, "applicable": False,
                                      "reason": decision})
                     break
                 decided = time.time()
-                log.info("decision: %s %s -> %s on %s (%s)", failure, vnf_id, strategy,
-                         decision.target_host, decision.reason)
+                log_decision(log, "recover", f"{failure} {vnf_id} -> {strategy} on "
+                             f"{decision.target_host} ({decision.reason})",
+                             reason=decision.reason, vnf=vnf_id, failure=failure,
+                             strategy=strategy, host=decision.target_host, op=op_id)
                 self._op_update(op_id, nfvha_merge={"decision": decision.as_dict(),
                                                     "timestamps": {"decided": decided}})
                 try:
@@ -614,10 +646,15 @@ class Manager:
                     "attempts": attempts, "timestamps": ts, "strategy": strategy,
                     "replay": replay_info,
                     "targetHost": decision.target_host, "checkpoint": result.get("seq"),
-                    "phases": {"detect": detected_at, "decideMs": (decided - detected_at) * 1e3,
+                    "phases": {"detect": detected_at,
+                               "detectMs": None if failed_at is None
+                               else (detected_at - failed_at) * 1e3,
+                               "decideMs": (decided - detected_at) * 1e3,
                                "restoreMs": (restored - decided) * 1e3,
                                "redirectMs": (serving - restored) * 1e3,
-                               "totalMs": (serving - detected_at) * 1e3}})
+                               "totalMs": (serving - detected_at) * 1e3,
+                               "downtimeMs": None if failed_at is None
+                               else (serving - failed_at) * 1e3}})
                 self._clear_alarm(f"vnf:{vnf_id}")
                 log.info("recovered %s by %s on %s in %.0f ms (detect->serving)", vnf_id,
                          strategy, decision.target_host, (serving - detected_at) * 1000)
@@ -630,7 +667,9 @@ class Manager:
                         error=_problem(500, f"every recovery strategy failed for {vnf_id}: "
                                             + "; ".join(a.get("error") or a.get("reason", "")
                                                         for a in attempts)))
-        log.error("decision: %s FAILED: no strategy could recover it", vnf_id)
+        log_decision(log, "give-up", f"{vnf_id} FAILED: no strategy could recover it",
+                     level=logging.ERROR, vnf=vnf_id, failure=failure, op=op_id,
+                     reason="; ".join(str(a.get("error") or a.get("reason", "")) for a in attempts))
 
     async def _replay(self, vnf_id: str, seq: int | None) -> dict[str, Any] | None:
         """Replay what the restored checkpoint missed, then release held traffic."""
@@ -672,8 +711,9 @@ class Manager:
                 if fill > 0.8:
                     rt = self._rt(rec.id)
                     if rt.next_checkpoint > time.monotonic():
-                        log.info("decision: checkpoint %s now: its packet log is %.0f%% full",
-                                 rec.id, fill * 100)
+                        log_decision(log, "checkpoint-now", f"checkpoint {rec.id} now",
+                                     reason=f"its packet log is {fill * 100:.0f}% full",
+                                     vnf=rec.id)
                         rt.next_checkpoint = time.monotonic()
                 if fill > 0.9:
                     self._raise_alarm(f"log:{rec.id}", rec.id, "PROCESSING_ERROR_ALARM",
@@ -728,9 +768,11 @@ class Manager:
                 return {"instance": res, "seq": seq}
             except AgentCallError as exc:
                 if exc.corrupt_checkpoint:
-                    log.warning("decision: checkpoint %s/%s on %s is corrupt (%s); trying the "
-                                "previous one", vnf_id, seq, decision.target_host,
-                                exc.problem.get("file"))
+                    log_decision(log, "skip-checkpoint", f"checkpoint {vnf_id}/{seq} on "
+                                 f"{decision.target_host} is corrupt; trying the previous one",
+                                 level=logging.WARNING, vnf=vnf_id, seq=seq,
+                                 host=decision.target_host,
+                                 reason=f"verification failed on {exc.problem.get('file')}")
                     last_error = exc
                     continue
                 raise
@@ -747,8 +789,10 @@ class Manager:
         wait = (deadline - time.monotonic() if deadline is not None
                 else self.detector.fenced_in(old_host))
         if wait > 0:
-            log.info("decision: waiting %.0f ms until %s is known fenced before moving %s",
-                     wait * 1000, old_host, vnf_id)
+            log_decision(log, "wait-fenced", f"waiting {wait * 1000:.0f} ms until {old_host} is "
+                         f"known fenced before moving {vnf_id}",
+                         reason="never two live copies: the old host's fencing timeout has not "
+                                "passed since it was last heard", vnf=vnf_id, host=old_host)
             await asyncio.sleep(wait)
 
     async def _wait_serving(self, d: VnfDescriptor, restored: float) -> float | None:
@@ -831,8 +875,9 @@ class Manager:
         d = self._vnfd(data)
         try:
             p = place(self.hosts_view(), memory=d.resources.memory, backups=d.ha.backups)
-            log.info("decision: place %s on %s, backups %s (%s)", vnf_id, p.primary,
-                     list(p.backups), p.reason)
+            log_decision(log, "place", f"place {vnf_id} on {p.primary}, backups "
+                         f"{list(p.backups)}", reason=p.reason, vnf=vnf_id, host=p.primary,
+                         backups=list(p.backups))
             if d.ha.replay:
                 if self.forwarder is None or d.network.service is None:
                     raise NfvhaError("ha.replay needs a steering forwarder: start the manager "
@@ -844,8 +889,7 @@ class Manager:
             created = await self.agent(p.primary).create(d.model_dump(mode="json"), vnf_id)
             await self._wait_serving(d, time.time())  # COMPLETED means it answers
         except (AgentCallError, NfvhaError) as exc:
-            self._update_vnf(vnf_id, lambda dd: {**dd, "haState":
-                                                         VnfState.NOT_INSTANTIATED})
+            self._update_vnf(vnf_id, lambda dd: {**dd, "haState": VnfState.NOT_INSTANTIATED})
             self._op_update(op_id, operationState="FAILED", error=_problem(409, str(exc)))
             return
         self._update_vnf(vnf_id, lambda dd: {
