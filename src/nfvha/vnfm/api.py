@@ -23,6 +23,7 @@ from nfvha.store.base import StoreError
 from nfvha.vim.api import problem
 from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from nfvha.vnfm.subscriptions_api import subscriptions_router
 
 __all__ = ["create_manager_app"]
 
@@ -237,4 +238,5 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
             raise InstanceNotFound(f"no alarm {alarm_id!r}")
         return rec.data
 
+    app.include_router(subscriptions_router(manager, auth))
     return app

@@ -30,6 +30,7 @@ from nfvha.store.base import StateStore
 from nfvha.vnfm.agent_client import AgentCallError, AgentClient
 from nfvha.vnfm.events import EventBus, EventKind
 from nfvha.vnfm.metrics import ManagerMetrics
+from nfvha.vnfm.notify import Notifier
 
 __all__ = ["Manager", "ManagerConfig", "VnfState"]
 
@@ -98,6 +99,7 @@ class Manager:
         self.forwarder = (ForwarderClient(cfg.forwarder_url, cfg.token, self.http)
                           if cfg.forwarder_url else None)
         self.events = EventBus()
+        self.notifier = Notifier(store, self.events, base_url=cfg.base_url)  # SOL003
         self.metrics = ManagerMetrics(self)
         self.heartbeats_missed: dict[str, int] = {}  # host -> heartbeats not received
         self.forwarder_logs: dict[str, dict[str, Any]] = {}  # last forwarder log stats
@@ -107,6 +109,7 @@ class Manager:
     async def start(self) -> None:
         """Reload state: every known host gets a full timeout, interrupted work resumes."""
         self.started = time.monotonic()
+        self.notifier.start()  # first: subscribers hear of ops failed by the restart
         for rec in self.store.list("host"):
             self.detector.grace(rec.id)
             if rec.data.get("state") == HostState.DOWN:
@@ -137,6 +140,7 @@ class Manager:
         for t in pending:
             with contextlib.suppress(BaseException):
                 await t
+        await self.notifier.close()
         await self.http.aclose()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
