@@ -21,6 +21,9 @@ mkdir -p "$STAMP_DIR"
 RUNTIME_PKGS=(iproute2 iptables nftables util-linux procps socat dnsmasq-base iputils-arping
   python3 python3-venv python3-dev ca-certificates xz-utils
   libprotobuf-c1 libnl-3-200 libnet1 libnftables1 libaio1 libgnutls30 libbsd0 libcap2)
+# The dashboard's browser test drives Debian's headless Chromium through its chromedriver
+# (Selenium is pointed at /usr/bin/chromedriver and never downloads a browser or driver).
+TEST_PKGS=(chromium chromium-driver fonts-dejavu-core)
 BUILD_PKGS=(build-essential pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler
   protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev
   libgnutls28-dev uuid-dev libnftables-dev libaio-dev dpkg-dev)
@@ -110,7 +113,7 @@ build_criu() {
   log "CRIU $(criu --version | sed -n 's/^Version: *//p') installed at $CRIU_PREFIX/sbin/criu"
 }
 
-install_pkgs "${RUNTIME_PKGS[@]}"
+install_pkgs "${RUNTIME_PKGS[@]}" "${TEST_PKGS[@]}"
 # A Debian criu older than $CRIU_MIN would shadow ours only if earlier on PATH; /usr/local/sbin comes first.
 criu_ok || build_criu
 

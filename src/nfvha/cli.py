@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -45,15 +46,33 @@ def _daemon_token(args: argparse.Namespace) -> str:
     return token
 
 
-def _serve(app: object, args: argparse.Namespace) -> int:
-    """Run a daemon's ASGI app on ``--listen`` at its raised priority."""
+def _serve(app: object, args: argparse.Namespace, *,
+           shutdown_timeout: int | None = None) -> int:
+    """Run a daemon's ASGI app on ``--listen`` at its raised priority.
+
+    When a stop begins, the callables the app lists in ``app.state.on_stop`` are called
+    before open requests are waited for, so that long-lived responses (the dashboard's
+    event stream) end by themselves; requests still open ``shutdown_timeout`` s later are
+    cancelled (None: waited for).
+    """
+    import socket
+
     import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            for stop in getattr(getattr(app, "state", None), "on_stop", []):
+                stop()
+            await super().shutdown(sockets)
 
     host, _, port = args.listen.rpartition(":")
     _raise_priority(args.nice)  # imports are done: the costly part of starting
-    uvicorn.run(app, host=host or "0.0.0.0", port=int(port),  # type: ignore[arg-type]
-                log_level="warning", access_log=False)
-    return 0
+    server = Server(uvicorn.Config(app, host=host or "0.0.0.0",  # type: ignore[arg-type]
+                                   port=int(port), log_level="warning", access_log=False,
+                                   timeout_graceful_shutdown=shutdown_timeout))
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else 1
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -85,7 +104,10 @@ def cmd_manager(args: argparse.Namespace) -> int:
     cfg = ManagerConfig(token=token, timings=timings,
                         base_url=args.advertise_url or f"http://{args.listen}",
                         forwarder_url=args.forwarder)
-    return _serve(create_manager_app(Manager(SqliteStore(args.db), cfg)), args)
+    # Dashboard streams end at a stop by themselves (app.state.on_stop); a request
+    # still open after this is cut short rather than hold the stop up.
+    return _serve(create_manager_app(Manager(SqliteStore(args.db), cfg)), args,
+                  shutdown_timeout=3)
 
 
 def cmd_forwarder(args: argparse.Namespace) -> int:
@@ -146,12 +168,14 @@ def cmd_up(args: argparse.Namespace) -> int:
                      with_forwarder=True, subnet=args.subnet)
         await tb.up()
         info = {"manager_url": tb.manager_url, "token_file": str(tb.token_file),
+                "dashboard_url": f"{tb.manager_url}/#token={tb.token}",
                 "forwarder_url": tb.forwarder_url,
                 "hosts": {h.host_id: h.url for h in tb.hosts.values()}}
         if args.json:
             print(json.dumps(info, indent=2))
         else:
             print(f"manager: {tb.manager_url}  (token in {tb.token_file})")
+            print(f"dashboard: {tb.manager_url}/#token={tb.token}")
             for h in tb.hosts.values():
                 print(f"  {h.host_id}: agent {h.url}")
             print("next: nfvha deploy examples/flowmon.yaml; nfvha status; nfvha down")

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from nfvha.errors import DescriptorError, InstanceNotFound, InstanceStateError, NfvhaError
 from nfvha.store.base import StoreError
 from nfvha.vim.api import problem
+from nfvha.vnfm.dashboard import dashboard_router
 from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from nfvha.vnfm.subscriptions_api import subscriptions_router
@@ -238,5 +239,6 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
             raise InstanceNotFound(f"no alarm {alarm_id!r}")
         return rec.data
 
+    app.include_router(dashboard_router(manager, auth))
     app.include_router(subscriptions_router(manager, auth))
     return app

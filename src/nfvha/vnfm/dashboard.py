@@ -1,0 +1,333 @@
+"""The live dashboard: a static page served at ``/``, and the data it shows as a JSON
+snapshot and a Server-Sent Events stream fed by the manager's event bus.
+
+The page holds no data and needs no token; the data endpoints need the manager's bearer
+token. The stream sends a snapshot first, then coalesced batches of changes (in the same
+shapes as the snapshot), and a tick every second so that ages and host silences move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.params import Depends
+from fastapi.responses import Response, StreamingResponse
+
+from nfvha.ha.fault import HostState
+from nfvha.vnfm.events import Event, EventKind
+from nfvha.vnfm.manager import Manager
+
+__all__ = ["DashboardFeed", "dashboard_router"]
+
+WINDOW_S = 600.0  # checkpoint history kept for the cadence charts
+TICK_S = 1.0  # refresh of ages and host silences; also the stream's keep-alive
+COALESCE_S = 0.05  # a burst of changes within this time goes out as one message
+_TIMELINE_OPS = 100
+_RECENT_ALARMS = 30
+
+_STATIC = Path(__file__).parent / "static"
+_ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+_PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # Everything the page loads comes from here; no inline script, no other origin.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; "
+                               "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                               "connect-src 'self'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _epoch(iso: str | None) -> float | None:
+    """Wall time of one of the manager's ISO timestamps (``...Z``)."""
+    if not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+class DashboardFeed:
+    """What the dashboard shows, built from the manager's store and live state.
+
+    The store keeps only the last few checkpoints of a VNF and no history of host states,
+    so the feed listens to the event bus for those (bounded: ``WINDOW_S`` of checkpoints,
+    the last 200 host state changes). Everything else is read when needed.
+    """
+
+    def __init__(self, manager: Manager) -> None:
+        self.m = manager
+        self.closing = asyncio.Event()
+        self.checkpoints: dict[str, deque[tuple[float, int, float]]] = {}
+        self.latest_checkpoint: dict[str, dict[str, Any]] = {}
+        self.host_changes: deque[dict[str, Any]] = deque(maxlen=200)
+        for rec in sorted(manager.store.list("checkpoint"),
+                          key=lambda r: float(r.data.get("createdAt") or 0)):
+            self._add_checkpoint(rec.data)
+        manager.events.listen(self._observe)
+
+    # -- history the store does not keep ----------------------------------------------------
+
+    def _observe(self, ev: Event) -> None:
+        if ev.kind == EventKind.CHECKPOINT:
+            self._add_checkpoint(ev.data)
+        elif ev.kind == EventKind.HOST:
+            self.host_changes.append(self._host_change(ev))
+        elif ev.kind == EventKind.VNF_DELETED:
+            self.checkpoints.pop(ev.data["id"], None)
+            self.latest_checkpoint.pop(ev.data["id"], None)
+
+    def _add_checkpoint(self, cp: dict[str, Any]) -> None:
+        vnf = cp["vnfInstanceId"]
+        points = self.checkpoints.setdefault(vnf, deque(maxlen=4096))
+        points.append(self._point(cp))
+        while points and points[0][0] < time.time() - WINDOW_S:
+            points.popleft()
+        self.latest_checkpoint[vnf] = self._checkpoint_view(cp)
+
+    @staticmethod
+    def _point(cp: dict[str, Any]) -> tuple[float, int, float]:
+        return (float(cp.get("createdAt") or 0), int(cp.get("bytes") or 0),
+                round(float(cp.get("durationMs") or 0), 1))
+
+    @staticmethod
+    def _checkpoint_view(cp: dict[str, Any]) -> dict[str, Any]:
+        return {"seq": cp.get("seq"), "createdAt": cp.get("createdAt"),
+                "bytes": cp.get("bytes"), "durationMs": cp.get("durationMs"),
+                "host": cp.get("host"), "replicas": cp.get("replicas", [])}
+
+    @staticmethod
+    def _host_change(ev: Event) -> dict[str, Any]:
+        return {"type": "host", "id": f"host-{ev.seq}", "at": ev.at, "host": ev.data["id"],
+                "state": ev.data["state"], "previous": ev.data.get("previous"),
+                "reason": ev.data.get("reason", "")}
+
+    # -- views ------------------------------------------------------------------------------
+
+    def _host_live(self, host_id: str) -> dict[str, Any]:
+        """What changes every second: state, silence, fencing."""
+        m = self.m
+        state = str(m.detector.state.get(host_id, HostState.DOWN))
+        deadline = m.fence_deadline.get(host_id)
+        fenced_in = None if deadline is None or state != HostState.DOWN \
+            else deadline - time.monotonic()
+        return {"id": host_id, "state": state,
+                "fenced": fenced_in is not None and fenced_in <= 0,
+                "fencedInS": round(fenced_in, 2) if fenced_in and fenced_in > 0 else None,
+                "lastHeartbeatAgoMs": round(m.detector.silence(host_id) * 1000),
+                "instances": [{"id": i.get("id"), "state": i.get("state")}
+                              for i in m.host_status.get(host_id, {}).get("instances", [])]}
+
+    def host_view(self, host_id: str) -> dict[str, Any]:
+        rec = self.m.store.find("host", host_id)
+        data = rec.data if rec is not None else {}
+        mem = self.m.host_status.get(host_id, {}).get("resources", {})
+        return {**self._host_live(host_id), "url": data.get("url"),
+                "registeredAt": data.get("registeredAt"),
+                "stateChangedAt": _epoch(data.get("stateChangedAt")),
+                "memAvailableBytes": mem.get("mem_available_bytes"),
+                "heartbeatsMissed": self.m.heartbeats_missed.get(host_id, 0)}
+
+    def vnf_view(self, vnf: dict[str, Any]) -> dict[str, Any]:
+        vnfd = vnf.get("vnfd") or {}
+        ha = vnfd.get("ha") or {}
+        return {"id": vnf["id"], "name": vnf.get("vnfInstanceName"), "vnfdId": vnf.get("vnfdId"),
+                "state": vnf.get("haState"), "host": vnf.get("host"),
+                "backups": vnf.get("backups", []), "generation": vnf.get("generation", 0),
+                "address": (vnfd.get("network") or {}).get("address"),
+                "replay": bool(ha.get("replay")),
+                "checkpointInterval": ha.get("checkpoint_interval"),
+                "createdAt": _epoch(vnf.get("createdAt")),
+                "lastRecovery": vnf.get("lastRecovery"),
+                "lastCheckpoint": self.latest_checkpoint.get(vnf["id"])}
+
+    @staticmethod
+    def op_view(op: dict[str, Any]) -> dict[str, Any]:
+        n = op.get("nfvha") or {}
+        phases = n.get("phases") or {}
+        return {"type": "op", "id": op["id"], "operation": op.get("operation"),
+                "vnf": op.get("vnfInstanceId"), "state": op.get("operationState"),
+                "auto": bool(op.get("isAutomaticInvocation")),
+                "at": n.get("detectedAt") or _epoch(op.get("startTime")),
+                "failureType": n.get("failureType"), "detail": n.get("detail"),
+                "strategy": n.get("strategy") or (n.get("decision") or {}).get("strategy"),
+                "targetHost": n.get("targetHost") or (n.get("decision") or {}).get("target_host"),
+                "checkpoint": n.get("checkpoint"), "timestamps": n.get("timestamps") or {},
+                "phases": {k: round(v, 1) for k, v in phases.items()
+                           if k.endswith("Ms") and isinstance(v, int | float)},
+                "attempts": len(n.get("attempts") or []),
+                "error": (op.get("error") or {}).get("detail")}
+
+    @staticmethod
+    def alarm_view(a: dict[str, Any]) -> dict[str, Any]:
+        return {"id": a["id"], "object": a.get("managedObjectId"),
+                "severity": a.get("perceivedSeverity"), "eventType": a.get("eventType"),
+                "faultType": a.get("faultType"), "detail": a.get("probableCause"),
+                "raisedAt": _epoch(a.get("alarmRaisedTime")),
+                "clearedAt": _epoch(a.get("alarmClearedTime"))}
+
+    def snapshot(self) -> dict[str, Any]:
+        m = self.m
+        ids = [r.id for r in m.store.list("host")]
+        ids += [h for h in m.detector.state if h not in ids]
+        ops = sorted((self.op_view(r.data) for r in m.store.list("op")),
+                     key=lambda o: o["at"] or 0)[-_TIMELINE_OPS:]
+        alarms = sorted((self.alarm_view(r.data) for r in m.store.list("alarm")),
+                        key=lambda a: a["raisedAt"] or 0)
+        active = [a for a in alarms if a["clearedAt"] is None]
+        cleared = [a for a in alarms if a["clearedAt"] is not None][-_RECENT_ALARMS:]
+        since = time.time() - WINDOW_S
+        return {"now": time.time(), "window": WINDOW_S, "tick": TICK_S,
+                "hosts": [self.host_view(h) for h in sorted(ids)],
+                "vnfs": [self.vnf_view(r.data) for r in m.store.list("vnf")],
+                "alarms": active + cleared,
+                "timeline": sorted([*ops, *self.host_changes], key=lambda e: e["at"] or 0),
+                "checkpoints": {v: [p for p in pts if p[0] >= since]
+                                for v, pts in self.checkpoints.items()}}
+
+    def tick(self) -> dict[str, Any]:
+        return {"now": time.time(), "hosts": [self._host_live(h) for h in self.m.detector.state]}
+
+    def item(self, ev: Event) -> dict[str, Any] | None:
+        """One event as the page applies it (None: nothing the page shows)."""
+        d = ev.data
+        if ev.kind == EventKind.HOST:
+            return {"kind": "host", "key": d["id"], "host": self.host_view(d["id"]),
+                    "change": self._host_change(ev)}
+        if ev.kind == EventKind.VNF:
+            return {"kind": "vnf", "key": d["id"], "vnf": self.vnf_view(d)}
+        if ev.kind == EventKind.VNF_DELETED:
+            return {"kind": "vnf-deleted", "key": d["id"], "id": d["id"]}
+        if ev.kind == EventKind.OP:
+            return {"kind": "op", "key": d["id"], "op": self.op_view(d)}
+        if ev.kind in (EventKind.ALARM_RAISED, EventKind.ALARM_CLEARED):
+            return {"kind": "alarm", "key": d["id"], "alarm": self.alarm_view(d)}
+        if ev.kind == EventKind.CHECKPOINT:
+            return {"kind": "checkpoint", "key": None, "vnf": d["vnfInstanceId"],
+                    "point": self._point(d), "checkpoint": self._checkpoint_view(d)}
+        if ev.kind == EventKind.CHECKPOINT_FAILED:
+            return {"kind": "checkpoint-failed", "key": None, "vnf": d.get("vnfInstanceId"),
+                    "host": d.get("host"), "detail": d.get("detail"), "at": ev.at}
+        return None
+
+    def batch(self, events: Sequence[Event]) -> list[dict[str, Any]]:
+        """A burst of events as page items; a record changed twice is sent once, at the
+        place of its last change. Host changes and checkpoints are history: all kept."""
+        items = [it for it in (self.item(ev) for ev in events) if it is not None]
+        last = {(it["kind"], it["key"]): i for i, it in enumerate(items) if it["key"]}
+        out = []
+        for i, it in enumerate(items):
+            if it["key"] and last[(it["kind"], it["key"])] != i:
+                if it["kind"] == "host":  # keep the transition for the timeline
+                    out.append({"kind": "host-change", "change": it["change"]})
+                continue
+            out.append(it)
+        return out
+
+    # -- the stream -------------------------------------------------------------------------
+
+    async def stream(self) -> AsyncGenerator[str, None]:
+        """Snapshot, then batches and ticks, until the client leaves (the response task
+        is cancelled) or the manager shuts down. A gap in the event sequence (the
+        subscriber queue overflowed) is answered with a fresh snapshot."""
+        loop = asyncio.get_running_loop()
+        with self.m.events.subscribe() as q:
+            yield _sse("snapshot", self.snapshot())
+            last_seq: int | None = None
+            next_tick = loop.time() + TICK_S
+            while not self.closing.is_set():
+                now = loop.time()
+                if now >= next_tick:
+                    next_tick = now + TICK_S
+                    yield _sse("tick", self.tick())
+                    continue
+                try:
+                    first = await asyncio.wait_for(q.get(), next_tick - now)
+                except TimeoutError:
+                    continue
+                await asyncio.sleep(COALESCE_S)  # let the rest of a burst arrive
+                events = [first]
+                while not q.empty():
+                    events.append(q.get_nowait())
+                gap = last_seq is not None and events[0].seq != last_seq + 1
+                last_seq = events[-1].seq
+                if gap:
+                    yield _sse("snapshot", self.snapshot())
+                    continue
+                items = self.batch(events)
+                if items:
+                    yield _sse("events", {"now": time.time(), "seq": last_seq, "items": items})
+            yield _sse("closing", {"now": time.time(), "reason": "manager shutting down"})
+
+
+class _EventStream(StreamingResponse):
+    """An SSE response that closes its generator whichever way the response ends: a
+    client that goes away cancels the send, and a generator left suspended would keep
+    its bus subscription until garbage collection."""
+
+    body_iterator: AsyncGenerator[str, None]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
+def dashboard_router(manager: Manager, auth: Sequence[Depends]) -> APIRouter:
+    """The page at ``/``, its assets, and ``/dashboard/v1/{state,stream}`` (token)."""
+    feed = DashboardFeed(manager)
+    page = (_STATIC / "index.html").read_bytes()
+    assets = {name: (_STATIC / name).read_bytes() for name in _ASSETS}
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        feed.closing.clear()
+        # The server calls these when a stop begins, before it waits for open requests
+        # (nfvha's `_serve`): open streams end within a tick instead of holding it up.
+        if not hasattr(app.state, "on_stop"):
+            app.state.on_stop = []
+        app.state.on_stop.append(feed.closing.set)
+        try:
+            yield
+        finally:
+            feed.closing.set()
+
+    router = APIRouter(lifespan=lifespan)
+
+    @router.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return Response(page, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+    @router.get("/dashboard/{name}", include_in_schema=False)
+    async def asset(name: str) -> Response:
+        if name not in assets:
+            return Response(status_code=404)
+        return Response(assets[name], media_type=_ASSETS[name], headers=_PAGE_HEADERS)
+
+    @router.get("/dashboard/v1/state", dependencies=list(auth))
+    async def state() -> dict[str, Any]:
+        """Everything the dashboard shows, at once."""
+        return feed.snapshot()
+
+    @router.get("/dashboard/v1/stream", dependencies=list(auth))
+    async def stream() -> _EventStream:
+        """Server-Sent Events: ``snapshot``, then ``events`` batches and ``tick``s."""
+        return _EventStream(feed.stream(), media_type="text/event-stream",
+                            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    return router
