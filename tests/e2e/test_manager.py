@@ -178,6 +178,40 @@ def test_host_crash_is_restored_remotely_with_state(mgr: Mgr, python_bin: str) -
         assert hosts[vnf["host"]] == "DOWN"
 
 
+def test_failed_vnf_is_retried_when_a_replica_host_returns(mgr: Mgr, python_bin: str) -> None:
+    """Every host is lost, so nothing can recover the VNF and it is FAILED; once the host
+    with its replica is back, the manager's retry restores it there with its state."""
+    addr = mgr.tb.vnf_address(6)
+    ip = addr.split("/")[0]
+    vnf = mgr.deploy(flowmon(addr, python_bin, recovery={"host-loss": ["restore-remote"]}),
+                     "fm-f")
+    flow, sent = _warm(mgr, ip, "fm-f")
+    backup = vnf["backups"][0]
+    other = next(h for h in mgr.tb.hosts if h not in (vnf["host"], backup))
+
+    def down(host: str) -> bool:
+        return {h["id"]: h["state"] for h in mgr.ok("GET", "/nfvha/v1/hosts")}[host] == "DOWN"
+
+    with flow:
+        # One at a time: hosts all silent at once would be blamed on the manager instead.
+        asyncio.run(mgr.tb.partition_host(other))
+        wait_until(lambda: down(other), 10)
+        asyncio.run(mgr.tb.crash_host(backup))
+        wait_until(lambda: down(backup), 10)
+        asyncio.run(mgr.tb.crash_host(vnf["host"]))
+        wait_until(lambda: mgr.vnf("fm-f")["haState"] == "FAILED", 15)
+        assert [o["operationState"] for o in mgr.heals("fm-f")] == ["FAILED"]
+        time.sleep(3)  # the manager keeps looking, but records no new failed HEAL
+        assert [o["operationState"] for o in mgr.heals("fm-f")] == ["FAILED"]
+        asyncio.run(mgr.tb.revive_host(backup))
+        op = mgr.wait_heal("fm-f", n=2, timeout=40)
+        assert op["isAutomaticInvocation"] is True
+        assert op["nfvha"]["strategy"] == "restore-remote"
+        assert op["nfvha"]["targetHost"] == backup
+        assert mgr.vnf("fm-f")["haState"] == "ACTIVE"
+        assert _count(ip, flow.key) >= sent
+
+
 def test_host_crash_with_standby_strategy(mgr: Mgr, python_bin: str) -> None:
     addr = mgr.tb.vnf_address(4)
     ip = addr.split("/")[0]

@@ -37,6 +37,7 @@ __all__ = ["Manager", "ManagerConfig", "VnfState"]
 log = logging.getLogger("nfvha.manager")
 
 _DUMPS_PER_HOST = 1
+_RETRY_MAX_S = 30.0  # longest wait between tries to recover a FAILED VNF
 
 
 class VnfState:
@@ -75,6 +76,9 @@ class _Runtime:
     failure: tuple[str, float, str] | None = None  # (type, detected wall time, detail)
     failed_at: float | None = None  # best estimate of when the failure happened (wall time)
     probe_failing_since: float | None = None  # wall time of the first unanswered probe
+    retries: int = 0  # recoveries of a FAILED VNF tried since it last ran
+    retry_at: float | None = None  # monotonic time of the next try, while FAILED
+    retry_failure: str = "process-exit"  # the failure type whose strategies are retried
     last_hold_ms: float = 0.0
 
 
@@ -118,6 +122,8 @@ class Manager:
             self._to_reconcile.add(rec.id)
             rt = self._rt(rec.id)
             rt.next_checkpoint = time.monotonic() + self._policy(rec.data).checkpoint_interval
+            if rec.data["haState"] == VnfState.FAILED:
+                rt.retry_at = time.monotonic()  # after the start-up grace, like the others
         for rec in self.store.list("op"):
             if rec.data["operationState"] in ("STARTING", "PROCESSING"):
                 self._op_update(rec.id, operationState="FAILED_TEMP",
@@ -222,8 +228,12 @@ class Manager:
     def hosts_view(self) -> dict[str, HostView]:
         load: dict[str, int] = {}
         for v in self.store.list("vnf"):
-            if v.data.get("host") and v.data["haState"] != VnfState.FAILED:
-                load[v.data["host"]] = load.get(v.data["host"], 0) + 1
+            # An instance still being created counts where it was placed, so that
+            # instantiations running side by side do not all pick the same host.
+            where = v.data.get("host") or (v.data.get("placedOn") if v.data["haState"] ==
+                                           VnfState.INSTANTIATING else None)
+            if where and v.data["haState"] != VnfState.FAILED:
+                load[where] = load.get(where, 0) + 1
         out = {}
         for rec in self.store.list("host"):
             st = self.host_status.get(rec.id, {})
@@ -383,6 +393,22 @@ class Manager:
                 else:
                     rt.failure = None
                 continue
+            if state == VnfState.FAILED and not busy and not grace and \
+                    rt.retry_at is not None and now >= rt.retry_at:
+                if not self._recoverable(rec.data, rt.retry_failure):
+                    # Nothing could work yet (no live host, no replica): look again later
+                    # without recording a failed operation each time.
+                    rt.retry_at = now + min(_RETRY_MAX_S, 2.0 ** rt.retries)
+                    continue
+                rt.retry_at = None
+                log_decision(log, "retry", f"retry recovering {rec.id} (try {rt.retries + 1})",
+                             reason="every strategy failed last time; a transient cause "
+                                    "(overload, a host coming back) may have passed",
+                             vnf=rec.id, failure=rt.retry_failure)
+                rt.busy = self._spawn(self._recover(
+                    rec.id, rt.retry_failure, time.time(),
+                    f"retry {rt.retries + 1} after every strategy failed", auto=True))
+                continue
             if state != VnfState.ACTIVE or busy:
                 continue
             policy = self._policy(rec.data)
@@ -393,6 +419,14 @@ class Manager:
                 # A VNF failing its probes may be hung: a checkpoint now would save the hang.
                 rt.next_checkpoint = now + policy.checkpoint_interval
                 rt.busy = self._spawn(self._checkpoint(rec.id))
+
+    def _recoverable(self, data: dict[str, Any], failure: str) -> bool:
+        """Whether some strategy of the VNF's policy applies now (a pure check)."""
+        d = self._vnfd(data)
+        ctx = self._context(data["id"], failure, data.get("host"), data.get("backups", []), d,
+                            frozenset())
+        return any(not isinstance(decide(s, ctx), str)
+                   for s in strategy_chain(d.ha.recovery, failure))
 
     def _all_hosts_reported(self) -> bool:
         """Reconcile only once every live host has told what it runs (bounded wait: a host
@@ -644,6 +678,7 @@ class Manager:
                                  "decidedAt": decided, "checkpoint": result.get("seq"),
                                  "ok": True})
                 self._finish_recovery(vnf_id, decision, result, old_host)
+                rt.retries, rt.retry_at = 0, None
                 ts = {"detected": detected_at, "decided": decided, "restored": restored,
                       "serving": serving}
                 self._op_update(op_id, operationState="COMPLETED", nfvha_merge={
@@ -667,6 +702,12 @@ class Manager:
             with contextlib.suppress(ForwarderError):
                 await self.forwarder.release(vnf_id)
         self._update_vnf(vnf_id, lambda dd: {**dd, "haState": VnfState.FAILED})
+        if failure != "manual":
+            # Not forever: overload or a host on its way back can make every strategy fail
+            # once. Try again with back-off (2, 4, 8, 16, then every 30 s).
+            rt.retries += 1
+            rt.retry_failure = failure
+            rt.retry_at = time.monotonic() + min(_RETRY_MAX_S, 2.0 ** rt.retries)
         self._op_update(op_id, operationState="FAILED", nfvha_merge={"attempts": attempts},
                         error=_problem(500, f"every recovery strategy failed for {vnf_id}: "
                                             + "; ".join(a.get("error") or a.get("reason", "")
@@ -879,6 +920,7 @@ class Manager:
         d = self._vnfd(data)
         try:
             p = place(self.hosts_view(), memory=d.resources.memory, backups=d.ha.backups)
+            self._update_vnf(vnf_id, _set(placedOn=p.primary))  # no await since place()
             log_decision(log, "place", f"place {vnf_id} on {p.primary}, backups "
                          f"{list(p.backups)}", reason=p.reason, vnf=vnf_id, host=p.primary,
                          backups=list(p.backups))
