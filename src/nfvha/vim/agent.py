@@ -675,26 +675,54 @@ class Agent:
         return {"Authorization": f"Bearer {self.cfg.token}"} if self.cfg.token else {}
 
 
-async def _wait_udp_drained(pid: int, timeout: float = 0.2) -> None:
-    """Wait until no UDP socket in the VNF's netns has unread datagrams (bounded)."""
-    deadline = time.monotonic() + timeout
-    zero_reads = 0
-    while time.monotonic() < deadline:
-        queued = 0
+def _udp_netns_state(pid: int) -> tuple[int, int] | None:
+    """(datagrams unread in any UDP socket, datagrams received so far) in the netns of
+    ``pid``; None if it cannot be read (the process is gone)."""
+    queued = 0
+    try:
         for table in ("udp", "udp6"):
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-                    fields = line.split()
-                    if len(fields) > 4:
-                        queued += int(fields[4].split(":")[1], 16)
-        # Two empty reads a millisecond apart: a datagram the forwarder sent just before
-        # it held delivery may still be crossing the bridges between the two hosts.
-        zero_reads = zero_reads + 1 if queued == 0 else 0
-        if zero_reads >= 2:
-            return
-        await asyncio.sleep(0.001)
-    log.warning("pid %d still had unread datagrams after %.0f ms; dumping anyway", pid,
-                timeout * 1000)
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 4:
+                    queued += int(fields[4].split(":")[1], 16)
+        snmp = Path(f"/proc/{pid}/net/snmp").read_text().splitlines()
+    except (OSError, ValueError, IndexError):
+        return None
+    udp = [ln.split()[1:] for ln in snmp if ln.startswith("Udp:")]
+    if len(udp) < 2:
+        return None
+    counters = dict(zip(udp[0], udp[1], strict=False))
+    # Every datagram the netns took in: read, dropped on a full buffer, or otherwise bad.
+    arrived = sum(int(counters.get(k, 0)) for k in ("InDatagrams", "InErrors", "NoPorts"))
+    return queued, arrived
+
+
+async def _wait_udp_drained(pid: int, timeout: float = 0.2) -> None:
+    """Wait until the VNF has read every datagram already sent to it (bounded).
+
+    The forwarder holds delivery before this is called, but a datagram it sent just
+    before may still be on its way: in a per-CPU backlog that softirq processing (or a
+    CPU-starved ksoftirqd) has not reached, or crossing the bridges between hosts. So
+    the netns must show no unread datagram *and* no new arrival across consecutive
+    reads, not merely an empty queue once.
+    """
+    deadline = time.monotonic() + timeout
+    quiet_reads = 0
+    last_arrived: int | None = None
+    while time.monotonic() < deadline:
+        state = _udp_netns_state(pid)
+        if state is None:
+            quiet_reads, last_arrived = 0, None
+        else:
+            queued, arrived = state
+            quiet = queued == 0 and arrived == last_arrived
+            quiet_reads = quiet_reads + 1 if quiet else 0
+            last_arrived = arrived
+            if quiet_reads >= 2:
+                return
+        await asyncio.sleep(0.002)
+    log.warning("pid %d still had unread or arriving datagrams after %.0f ms; dumping "
+                "anyway", pid, timeout * 1000)
 
 
 def _mem_available() -> int:
