@@ -20,8 +20,17 @@ lint: deps
 	$(VENV)/bin/ruff check src tests examples benchmarks
 	$(VENV)/bin/mypy
 
+# Every experiment, then docs/evaluation.md regenerated from results/*.json.
+# Quick mode (each experiment under a minute) by default; FULL=1 for the full runs.
+BENCH_MODE := $(if $(FULL),,--quick)
+BENCH_EXPERIMENTS := checkpoint_cost recovery rpo dataplane campaign scale
+
 bench: deps
-	$(PY) benchmarks/checkpoint_cost.py
+	@set -e; for e in $(BENCH_EXPERIMENTS); do \
+	  echo "== benchmarks/$$e.py $(BENCH_MODE)"; \
+	  $(PY) benchmarks/$$e.py $(BENCH_MODE); \
+	done
+	$(PY) benchmarks/report.py
 
 # Remove testbeds of interrupted runs (names nfvha and nfvt*).
 clean-testbeds: deps

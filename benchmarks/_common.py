@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts (checkpoint_cost, recovery, dataplane).
+"""Helpers shared by the benchmark scripts (checkpoint_cost, recovery, dataplane, scale).
 
 The scripts are run as ``python benchmarks/X.py``, not as a package, so each one puts its
 own directory on ``sys.path`` and imports this module as ``_common``. Only what is truly the
@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -113,6 +114,37 @@ def testbed_down(tb: Testbed, who: str) -> None:
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
             pass
+
+
+def run_ip(*args: str) -> str:
+    """Run ``ip ARGS`` (bounded): its stdout, or BenchError with its stderr."""
+    try:
+        proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BenchError(f"ip {' '.join(args)}: {exc}") from exc
+    if proc.returncode != 0:
+        raise BenchError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def pin_bridge_macs(tb: Testbed) -> None:
+    """Give every bridge of the testbed its current MAC explicitly, so that it keeps it.
+
+    A Linux bridge without an explicitly set address takes the lowest MAC of its ports and
+    changes it when that port goes away. The testbed does not set one, so a crashed host
+    whose uplink had the lowest MAC (one run in three) changes the root bridge's MAC: the
+    root netns flushes its ARP entries (the client's entry for the VNF is re-resolved only
+    after up to 1 s) and the surviving agents keep sending heartbeats to the old gateway
+    MAC until they re-ARP, so the manager suspects them at the very moment it decides
+    where to recover. Real switches and routers do not change MAC when a host dies; a
+    host's br0 likewise changes MAC when a VNF's veth comes or goes. Re-setting the same
+    address marks it as administratively set (no disruption at all).
+    """
+    mac = Path(f"/sys/class/net/{tb.bridge}/address").read_text().strip()
+    run_ip("link", "set", "dev", tb.bridge, "address", mac)
+    for h in tb.hosts.values():
+        info = json.loads(run_ip("-n", h.netns, "-j", "link", "show", "br0"))
+        run_ip("-n", h.netns, "link", "set", "dev", "br0", "address", info[0]["address"])
 
 
 # -- statistics ------------------------------------------------------------------------------

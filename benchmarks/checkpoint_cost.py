@@ -22,7 +22,7 @@ Writes ``results/checkpoint_cost.{json,md,png}`` and ``docs/img/checkpoint_cost.
 Needs root, CRIU >= 4.2, ``ip`` and ``nft``. Not a test: targets are reported, not
 asserted. Usage::
 
-    .venv/bin/python benchmarks/checkpoint_cost.py [--quick] [--sizes 1,16,64,256]
+    .venv/bin/python benchmarks/checkpoint_cost.py [--quick] [--sizes 1,16,64,256,512]
                                                    [--repeats 5]
 """
 
@@ -92,7 +92,7 @@ CMD_TIMEOUT = 60.0
 READY_TIMEOUT = 90.0
 EXIT_TIMEOUT = 15.0
 
-DEFAULT_SIZES = (1, 16, 64, 256)
+DEFAULT_SIZES = (1, 16, 64, 256, 512)
 QUICK_SIZES = (1, 16)
 TARGET_DUMP_RATIO = 1.2
 TARGET_FROZEN_MS = 50.0
@@ -1007,7 +1007,7 @@ def measure(sizes: Sequence[int], repeats: int, conditions: Sequence[str], criu:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--sizes", default=None, help="comma-separated MiB, default 1,16,64,256")
+    ap.add_argument("--sizes", default=None, help="comma-separated MiB, default 1,16,64,256,512")
     ap.add_argument("--repeats", type=int, default=None, help="default 5 (2 with --quick)")
     ap.add_argument("--quick", action="store_true", help="sizes 1,16 and 2 repeats")
     ap.add_argument("--memory", choices=[*MEMORY_CONDITIONS, "both"], default="both",

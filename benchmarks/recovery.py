@@ -19,11 +19,23 @@ monitor (``examples/vnfs/flowmon.py``) with a checkpoint every 0.5 s. Per run:
    from the failure to the manager's ``serving``;
 6. the flow counter is read back: ``>= N`` means the state was kept (restart: 0).
 
-Scenarios: process crash with restore-local and with restart (the plain supervisor /
-Kubernetes baseline), hang with restore-local, host crash with restore-remote, with
-standby and with restart. Process-level scenarios share one testbed; every host-crash
-run destroys a host, so it gets a testbed of its own (built in ~2 s). Runs of the
-scenarios of a group are interleaved so that drift hits them alike.
+Scenarios: process crash with restore-local and with restart (nfvha's own restart
+strategy), hang with restore-local, host crash with restore-remote, with standby and with
+restart. Process-level scenarios share one testbed; every host-crash run destroys a host,
+so it gets a testbed of its own (built in ~2 s). Runs of the scenarios of a group are
+interleaved so that drift hits them alike.
+
+External baseline, ``crash-supervisor``: the same flowmon, without nfvha, under a plain
+restart-only supervisor (``SUPERVISOR``: a loop that restarts the program as soon as it
+exits, what systemd's ``Restart=always`` with ``RestartSec=0``, or a container runtime's
+restart policy, gives; PID 1 here is not systemd, so ``systemd-run`` is not available). It
+runs in a netns of its own on the testbed's bridge (``<testbed>-sv``, the VNF's cgroup
+limits of 128 MiB and 0.5 CPU), is probed by the same client and SIGKILLed directly
+(no API call in between). Its phases come from the supervisor's own timestamps: detect =
+the supervisor's ``wait`` returned, restore = the new process was spawned, redirect =
+until the client's first reply. A host crash has no recovery under a single-host
+supervisor (it dies with the host); the JSON's ``supervisor_baseline`` says so and cites
+Kubernetes' documented default for node failures (not measured).
 
 The testbed's bridges get their current MAC set explicitly right after ``up`` (see
 ``pin_bridge_macs``): otherwise a Linux bridge changes MAC whenever its lowest-MAC port
@@ -51,6 +63,7 @@ import os
 import platform
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -64,6 +77,7 @@ from typing import Any
 import httpx
 
 from nfvha.testbed import Testbed
+from nfvha.vim.cgroups import CgroupLimits
 from nfvha.vim.criu import CriuRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
@@ -75,6 +89,7 @@ from _common import (
     machine_basics,
     other_netns,
     percentile,
+    pin_bridge_macs,
     progress,
     publish,
     signals_ignored,
@@ -117,6 +132,9 @@ TARGET_CRASH_LOCAL_MS = 100.0
 TARGET_HOST_REMOTE_MS = 500.0
 TARGET_HOST_DETECT_MS = 300.0
 
+SUPERVISOR_RESTART = "supervisor-restart"  # the "strategy" of the external baseline
+RESTARTS = ("restart", SUPERVISOR_RESTART)  # baselines: the state is lost by design
+
 _DEFAULT_RECOVERY: dict[str, list[str]] = {
     "process-exit": ["restore-local", "restore-remote", "restart"],
     "hang": ["restore-local", "restore-remote", "restart"],
@@ -137,21 +155,27 @@ class Scenario:
     def group(self) -> str:
         return "host" if self.fault == "host" else "process"
 
+    supervisor: bool = False  # run under the restart-only supervisor, without nfvha
+
     @property
     def recovery(self) -> dict[str, list[str]]:
+        if self.supervisor:
+            return {}
         out = {k: list(v) for k, v in _DEFAULT_RECOVERY.items()}
         out.update({k: list(v) for k, v in self.override})
         return out
 
     @property
     def baseline(self) -> bool:
-        return self.expect == "restart"
+        return self.expect in RESTARTS
 
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("crash-local", "process crash → restore-local", "kill", (), "restore-local", "kl"),
     Scenario("crash-restart", "process crash → restart (baseline)", "kill",
              (("process-exit", ("restart",)),), "restart", "kr"),
+    Scenario("crash-supervisor", "process crash → restart-only supervisor, no nfvha "
+             "(external baseline)", "kill", (), SUPERVISOR_RESTART, "ks", supervisor=True),
     Scenario("hang-local", "hang → restore-local", "hang", (), "restore-local", "hl"),
     Scenario("host-remote", "host crash → restore-remote", "host", (), "restore-remote", "hr"),
     Scenario("host-standby", "host crash → standby", "host",
@@ -532,12 +556,24 @@ def run_once(tb: Testbed, api: Api, scn: Scenario, address: str, s: dict[str, An
     s["restore_ms"] = (restored - decided) * 1000
     s["redirect_ms"] = (serving - restored) * 1000
     s["total_ms"] = (serving - t_fail) * 1000
+    client_view(s, prober, replies, t_fail, restored, serving, t_end, f"HEAL of {iid}")
+    after = s["counter_after"]
+    s["state_kept"] = None if after is None else after >= n
+    s["t_fail"] = t_fail
+    s["timestamps_rel_ms"] = {k: (float(v) - t_fail) * 1000 for k, v in ts.items()}
+    s.update(log_facts(mark.since(), iid, s["target_host"]))
+
+
+def client_view(s: dict[str, Any], prober: Prober, replies: list[float], t_fail: float,
+                restored: float, serving: float, t_end: float, what: str) -> None:
+    """What the client saw: the outage (longest reply gap overlapping failure..serving),
+    the first reply after ``restored``, and the steady-state gaps before the failure."""
     first = next((t for t in replies if t > restored), None)
     s["client_first_reply_after_restored_ms"] = (first - restored) * 1000 if first else None
     outage = [g for g in _gaps(replies, t_fail - PRE_WINDOW, t_end)
               if g[1] >= t_fail and g[0] <= serving]
     if not outage:
-        raise BenchError(f"HEAL of {iid} says serving at {serving - t_fail:+.3f} s, before the "
+        raise BenchError(f"{what} says serving at {serving - t_fail:+.3f} s, before the "
                          "failure: not this failure's recovery")
     start, end = max(outage, key=lambda g: g[1] - g[0])
     s["downtime_ms"] = (end - start) * 1000
@@ -550,14 +586,210 @@ def run_once(tb: Testbed, api: Api, scn: Scenario, address: str, s: dict[str, An
     s["window_max_gap_ms"] = max(b - a for a, b in window) * 1000
     s["probe_sent"], s["probe_replies"] = prober.sent, len(replies)
     s["probe_rate_hz"] = prober.sent / max(1e-3, prober.stopped - prober.started)
+
+
+# -- the external baseline: a restart-only supervisor, without nfvha -------------------------
+
+# Restart the program whenever it exits, at once (systemd Restart=always, RestartSec=0),
+# printing one JSON line per event with its wall-clock time; SIGTERM ends it and the
+# program. Bounded: a program that cannot start is not restarted forever.
+SUPERVISOR = r'''
+import json, signal, subprocess, sys, time
+child = None
+stopping = False
+def say(**kw):
+    print(json.dumps({"t": time.time(), **kw}), flush=True)
+def term(signum, frame):
+    global stopping
+    stopping = True
+    if child is not None and child.poll() is None:
+        child.kill()
+signal.signal(signal.SIGTERM, term)
+for n in range(1000):
+    if stopping:
+        break
+    child = subprocess.Popen(sys.argv[1:])
+    say(event="start", pid=child.pid, n=n)
+    status = child.wait()
+    say(event="exit", pid=child.pid, status=status)
+'''
+SUPERVISOR_NOTE: dict[str, Any] = {
+    "what": "flowmon without nfvha under a restart-only supervisor loop (restart at once on "
+            "every exit: systemd Restart=always with RestartSec=0; systemd's default "
+            "RestartSec is 100 ms), in a netns of its own on the testbed bridge, with the "
+            "VNF's cgroup limits; SIGKILLed directly, probed by the same client. Phases from "
+            "the supervisor's timestamps: detect = its wait() returned, restore = the new "
+            "process spawned, redirect = until the client's first reply.",
+    "restart_sec": 0.0,
+    "host_crash": "Not measured: a host crash has no recovery under a single-host "
+                  "supervisor (it dies with the host; the VNF is down until the host is back, "
+                  "with its state lost). Kubernetes (documented default, not measured): pods "
+                  "on a failed node are evicted only when the node's "
+                  "node.kubernetes.io/unreachable or not-ready NoExecute taint outlasts the "
+                  "toleration the DefaultTolerationSeconds admission plugin adds to every "
+                  "pod, tolerationSeconds=300 (kube-apiserver "
+                  "--default-unreachable-toleration-seconds, --default-not-ready-toleration-"
+                  "seconds), counted from when the node controller taints the node; then "
+                  "the pod is recreated elsewhere, with its in-memory state lost.",
+    "citations": [
+        "https://kubernetes.io/docs/concepts/scheduling-eviction/taint-and-toleration/"
+        "#taint-based-evictions",
+        "https://kubernetes.io/docs/reference/access-authn-authz/admission-controllers/"
+        "#defaulttolerationseconds",
+        "https://pkg.go.dev/k8s.io/kubernetes/plugin/pkg/admission/defaulttolerationseconds",
+        "https://www.freedesktop.org/software/systemd/man/latest/systemd.service.html"
+        "#RestartSec=",
+    ],
+}
+SUPERVISOR_LIMITS = CgroupLimits(memory_bytes=128 << 20, cpu_cores=0.5)  # as descriptor()
+
+
+class Supervised:
+    """flowmon under ``SUPERVISOR`` in a netns of its own on the testbed's bridge.
+
+    Every name starts with the testbed's, so ``Testbed.down`` removes whatever an
+    interrupted run left (netns, veth, cgroup).
+    """
+
+    def __init__(self, tb: Testbed, address: str) -> None:
+        self.tb = tb
+        self.address = address
+        self.ip = address.split("/")[0]
+        self.netns = f"{tb.name}-sv"
+        self.link = f"{tb.name}-sv0"
+        self.cgroup = f"{tb.name}/supervised"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.events_path = tb.log_dir / "supervisor.log"
+
+    def setup(self) -> None:
+        async def build() -> None:
+            await self.tb.net.create_netns(self.netns)
+            await self.tb.net.create_veth(self.link, f"{self.tb.name}-sv1",
+                                          peer_netns=self.netns, peer_name_after_move="eth0",
+                                          master=self.tb.bridge, peer_address=self.address)
+        try:
+            asyncio.run(build())
+            self.tb.cgroups.cgroup(self.cgroup).create(SUPERVISOR_LIMITS)
+        except Exception as exc:  # NfvhaError, OSError: the run stops cleanly
+            raise BenchError(f"supervised netns {self.netns}: {exc}") from exc
+
+    def teardown(self) -> None:
+        self.stop()
+        async def remove() -> None:
+            await self.tb.net.delete_netns(self.netns)
+            await self.tb.net.delete_link(self.link)
+        try:
+            asyncio.run(remove())
+            self.tb.cgroups.cgroup(self.cgroup).delete()
+        except Exception as exc:  # Testbed.down removes it by name anyway
+            print(f"recovery: supervisor teardown: {exc}", file=sys.stderr)
+
+    def start(self) -> None:
+        """A fresh supervisor (and flowmon) in the netns and the cgroup."""
+        procs = [str(p) for p in self.tb.cgroups.cgroup(self.cgroup).procs_paths()]
+
+        def enter() -> None:  # in the child: join the cgroup; `ip netns exec` does the netns
+            me = str(os.getpid()).encode()
+            for path in procs:
+                fd = os.open(path, os.O_WRONLY)
+                os.write(fd, me)
+                os.close(fd)
+
+        self.events_path.write_bytes(b"")
+        with self.events_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.netns, sys.executable, "-c", SUPERVISOR,
+                 sys.executable, str(FLOWMON)], stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, preexec_fn=enter, start_new_session=True)
+
+    def stop(self) -> None:
+        """SIGTERM (the supervisor kills flowmon), bounded; then whatever is left."""
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(3)
+            self.proc = None
+        with contextlib.suppress(Exception):
+            self.tb.cgroups.cgroup(self.cgroup).kill_all()
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        with contextlib.suppress(OSError):
+            for line in self.events_path.read_text(errors="replace").splitlines():
+                if line.startswith("{"):
+                    with contextlib.suppress(ValueError):
+                        out.append(json.loads(line))
+        return out
+
+    def child(self) -> int:
+        starts = [e for e in self.events() if e.get("event") == "start"]
+        if not starts:
+            raise BenchError("the supervisor has not started flowmon")
+        return int(starts[-1]["pid"])
+
+
+def run_supervised(sv: Supervised, s: dict[str, Any]) -> None:
+    """run_once for the external baseline: same client, warm-up and SIGKILL; no nfvha."""
+    ip = sv.ip
+    t_deploy = time.perf_counter()
+    sv.start()
+    s["host"], s["backups"] = "supervisor", []
+    wait_pong(ip)
+    s["deploy_s"] = time.perf_counter() - t_deploy
+    prober = Prober(ip).start()
+    try:
+        key, n = send_flow(ip, WARM_PACKETS)
+        s["flow"], s["counter_at_checkpoint"] = key, n
+        time.sleep(max(0.0, PRE_WINDOW - (time.time() - prober.replies[0]))
+                   if prober.replies else PRE_WINDOW)
+        child = sv.child()
+        t_fail = time.time()
+        os.kill(child, signal.SIGKILL)
+        s["inject_call_ms"] = (time.time() - t_fail) * 1000
+        start = wait_for(lambda: next((e for e in sv.events() if e.get("event") == "start"
+                                       and float(e["t"]) > t_fail), None),
+                         HEAL_TIMEOUT, "the supervisor's restart of flowmon")
+        exited = next((e for e in sv.events() if e.get("event") == "exit"
+                       and e.get("pid") == child), None)
+        detected = float(exited["t"]) if exited else math.nan
+        restored = float(start["t"])
+        wait_for(lambda: prober.last_reply() > restored, 5.0,
+                 "a client reply from the restarted flowmon", every=0.01)
+        serving = next(t for t in prober.replies if t > restored)
+        time.sleep(OBSERVE_AFTER)
+    finally:
+        t_end = time.time()
+        prober.stop()
+    replies = list(prober.replies)
+    s["counter_after"] = flow_count(ip, key)
+    s["ok"] = True
+    s["load1_end"] = os.getloadavg()[0]
+    s.update({"operation_state": "COMPLETED", "strategy": SUPERVISOR_RESTART,
+              "target_host": "supervisor", "failure_type": "process-exit",
+              "restored_checkpoint": None, "decision_reason": "restart-only supervisor",
+              "attempts": [], "fallback": False, "exit_status": exited and exited["status"]})
+    # Phases as the HEAL's: no decision to make (0), restore = until the new process ran,
+    # redirect = until the client's first reply (the supervisor has no probe of its own).
+    s["detect_ms"] = (detected - t_fail) * 1000
+    s["decide_ms"] = 0.0
+    s["restore_ms"] = (restored - detected) * 1000
+    s["redirect_ms"] = (serving - restored) * 1000
+    s["total_ms"] = (serving - t_fail) * 1000
+    client_view(s, prober, replies, t_fail, restored, serving, t_end, "the supervisor")
     after = s["counter_after"]
     s["state_kept"] = None if after is None else after >= n
     s["t_fail"] = t_fail
-    s["timestamps_rel_ms"] = {k: (float(v) - t_fail) * 1000 for k, v in ts.items()}
-    s.update(log_facts(mark.since(), iid, s["target_host"]))
+    ts = {"detected": detected, "decided": detected, "restored": restored, "serving": serving}
+    s["timestamps_rel_ms"] = {k: (v - t_fail) * 1000 for k, v in ts.items()}
+    s.update({"fence_wait_ms": None, "criu_restore_ms": None, "criu_restore_wall_ms": None,
+              "suspected": [], "warnings": []})
 
 
-def attempt(tb: Testbed, api: Api, scn: Scenario, run: int, address: str) -> dict[str, Any]:
+def attempt(tb: Testbed, api: Api, scn: Scenario, run: int, address: str,
+            sv: Supervised | None = None) -> dict[str, Any]:
     """run_once, turning any failure of the run into a sample that says what went wrong."""
     s = new_sample(scn, run)
     s["other_netns"] = other_netns(TB_NAME)
@@ -566,12 +798,21 @@ def attempt(tb: Testbed, api: Api, scn: Scenario, run: int, address: str) -> dic
     mark = LogMark(tb)
     t0 = time.perf_counter()
     try:
-        run_once(tb, api, scn, address, s, mark)
+        if scn.supervisor:
+            if sv is None:
+                raise BenchError("no supervised netns for the supervisor baseline")
+            try:
+                run_supervised(sv, s)
+            finally:
+                sv.stop()
+        else:
+            run_once(tb, api, scn, address, s, mark)
     except Exception as exc:
         s["ok"] = False
         s["error"] = f"{type(exc).__name__}: {str(exc)[:600]}"
-        with contextlib.suppress(Exception):
-            s.update(log_facts(mark.since(), s["instance"], s.get("target_host")))
+        if not scn.supervisor:
+            with contextlib.suppress(Exception):
+                s.update(log_facts(mark.since(), s["instance"], s.get("target_host")))
     s["elapsed_s"] = time.perf_counter() - t0
     return s
 
@@ -608,36 +849,6 @@ def _up(tb: Testbed) -> None:
         pin_bridge_macs(tb)
 
 
-def _ip(*args: str) -> str:
-    try:
-        proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BenchError(f"ip {' '.join(args)}: {exc}") from exc
-    if proc.returncode != 0:
-        raise BenchError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def pin_bridge_macs(tb: Testbed) -> None:
-    """Give every bridge of the testbed its current MAC explicitly, so that it keeps it.
-
-    A Linux bridge without an explicitly set address takes the lowest MAC of its ports and
-    changes it when that port goes away. The testbed does not set one, so a crashed host
-    whose uplink had the lowest MAC (one run in three) changes the root bridge's MAC: the
-    root netns flushes its ARP entries (the client's entry for the VNF is re-resolved only
-    after up to 1 s) and the surviving agents keep sending heartbeats to the old gateway
-    MAC until they re-ARP, so the manager suspects them at the very moment it decides
-    where to recover. Real switches and routers do not change MAC when a host dies; a
-    host's br0 likewise changes MAC when a VNF's veth comes or goes. Re-setting the same
-    address marks it as administratively set (no disruption at all).
-    """
-    mac = Path(f"/sys/class/net/{tb.bridge}/address").read_text().strip()
-    _ip("link", "set", "dev", tb.bridge, "address", mac)
-    for h in tb.hosts.values():
-        info = json.loads(_ip("-n", h.netns, "-j", "link", "show", "br0"))
-        _ip("-n", h.netns, "link", "set", "dev", "br0", "address", info[0]["address"])
-
-
 def _down(tb: Testbed) -> None:
     testbed_down(tb, "recovery")
 
@@ -654,14 +865,19 @@ def run_process_group(scns: Sequence[Scenario], runs: int,
         return
     tb = _testbed()
     api: Api | None = None
+    sv: Supervised | None = None
+    want_sv = any(s.supervisor for s in scns)
     try:
         with timed("process group: testbed up"):
             _up(tb)
+            if want_sv:  # an address of its own: no ARP entry of an nfvha VNF to go stale
+                sv = Supervised(tb, tb.vnf_address(2))
+                sv.setup()
         api = Api(tb)
         address = tb.vnf_address(1)
         for run in range(runs):
             for scn in scns:
-                s = attempt(tb, api, scn, run, address)
+                s = attempt(tb, api, scn, run, address, sv)
                 record(s)
                 progress(_sample_line(s))
                 try:
@@ -673,10 +889,15 @@ def run_process_group(scns: Sequence[Scenario], runs: int,
                     tb = _testbed()
                     _up(tb)
                     api = Api(tb)
+                    if want_sv:
+                        sv = Supervised(tb, tb.vnf_address(2))
+                        sv.setup()
     finally:
         if api is not None:
             api.close()
         with timed("process group: testbed down"):
+            if sv is not None:
+                sv.teardown()
             _down(tb)
 
 
@@ -732,6 +953,7 @@ def summarize(scns: Sequence[Scenario], samples: list[dict[str, Any]]) -> dict[s
         out[scn.key] = {
             "label": scn.label, "fault": scn.fault, "recovery": scn.recovery,
             "expected_strategy": scn.expect, "runs": len(mine), "ok": len(ok),
+            "baseline": scn.baseline, "external_baseline": scn.supervisor,
             "strategies": strategies,
             "state_kept": sum(1 for s in ok if s["state_kept"]),
             "counter_at_checkpoint": describe([s["counter_at_checkpoint"] for s in ok]),
@@ -848,6 +1070,10 @@ def markdown(result: dict[str, Any]) -> str:
         "| Restore | Redirect | Client after restored | State kept | Counter |",
         "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|",
     ]
+    sb = result.get("supervisor_baseline")
+    if sb and any(v.get("external_baseline") for v in summary.values()):
+        lines[-3:-3] = ["", "*External baseline* (`crash-supervisor`): " + sb["what"] + " "
+                        + sb["host_crash"]]
     for v in summary.values():
         strat = ", ".join(f"{k} ×{n}" if len(v["strategies"]) > 1 else k
                           for k, n in v["strategies"].items()) or "–"
@@ -900,7 +1126,8 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 6))
     med = [summary[k]["downtime_ms"]["median"] for k in keys]
     p95 = [summary[k]["downtime_ms"]["p95"] for k in keys]
-    colors = ["tab:gray" if summary[k]["expected_strategy"] == "restart" else "tab:blue"
+    colors = ["tab:brown" if summary[k].get("external_baseline") else
+              "tab:gray" if summary[k]["expected_strategy"] in RESTARTS else "tab:blue"
               for k in keys]
     ax1.bar(xs, med, color=colors, alpha=0.85, width=0.7)
     ax1.errorbar(xs, med, yerr=[[0] * len(xs), [max(0.0, p - m) for p, m in
@@ -924,7 +1151,7 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
     ax1.set_xticks(xs, labels, fontsize=8)
     ax1.set_ylabel("client downtime (ms)")
     ax1.set_title("Downtime seen by a 1 kHz probing client (bar median, whisker p95; "
-                  "gray: restart baselines)", fontsize=9)
+                  "gray: restart baselines, brown: external)", fontsize=9)
     ax1.grid(True, axis="y", alpha=0.3)
 
     def phase(k: str, metric: str) -> float:
@@ -994,10 +1221,10 @@ def anomalies(result: dict[str, Any], samples: list[dict[str, Any]]) -> list[str
         if s["strategy"] != s["expected_strategy"]:
             out.append(f"{tag}: strategy {s['strategy']} instead of {s['expected_strategy']} "
                        f"(attempts: {s.get('attempts')})")
-        if s["expected_strategy"] != "restart" and s["state_kept"] is not True:
+        if s["expected_strategy"] not in RESTARTS and s["state_kept"] is not True:
             out.append(f"{tag}: state not kept (counter {s['counter_at_checkpoint']} -> "
                        f"{s['counter_after']})")
-        if s["expected_strategy"] == "restart" and s["counter_after"] not in (0, None):
+        if s["expected_strategy"] in RESTARTS and s["counter_after"] not in (0, None):
             out.append(f"{tag}: restart kept a counter of {s['counter_after']}?")
         if s.get("heals_before_failure"):
             out.append(f"{tag}: recovered before the injected failure already: "
@@ -1089,6 +1316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   "expected_strategy": s.expect} for s in scns},
         },
     }
+    if any(s.supervisor for s in scns):
+        result["supervisor_baseline"] = SUPERVISOR_NOTE
     samples: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     interrupted: BaseException | None = None
