@@ -151,10 +151,10 @@ def _recover_once(m: Mgr, iid: str, fault: str, heals: int) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["kill", "crash"])
+@pytest.mark.parametrize("fault", ["kill", "crash", "hang"])
 def test_flow_counters_exact_after_every_recovery(fmgr: Mgr, python_bin: str,
                                                   fault: str) -> None:
-    i = 1 if fault == "kill" else 2
+    i = {"kill": 1, "crash": 2, "hang": 3}[fault]
     addr, service = fmgr.tb.vnf_address(40 + i), fmgr.tb.service_address(i)
     ip = addr.split("/")[0]
     iid = f"fmr-{fault}"

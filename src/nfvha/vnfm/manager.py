@@ -494,11 +494,16 @@ class Manager:
             host_silent = host is not None and (
                 self.detector.state.get(host) != HostState.UP
                 or self.detector.silence(host) > 2 * self.cfg.timings.heartbeat_interval)
-            if ok or busy or host_silent:
+            if ok or host_silent:
                 # A silent host is the heartbeat detector's to judge: a VNF that does not
                 # answer because its host is gone is a host loss, not a hang.
                 rt.probe_failures = 0
                 rt.probe_failing_since = None
+            elif busy:
+                # Frozen by a checkpoint, or being recovered: this probe proves nothing
+                # either way. Not a reset: a hung VNF whose checkpoints keep failing must
+                # still reach the threshold.
+                pass
             else:
                 rt.probe_failures += 1
                 if rt.probe_failing_since is None:
@@ -559,6 +564,14 @@ class Manager:
                     replicas.append(b)
         except AgentCallError as exc:
             log.warning("checkpoint of %s on %s failed: %s", vnf_id, host, exc)
+            rt = self._rt(vnf_id)
+            if exc.status == 409 and "stopped" in str(exc) and rt.failure is None:
+                # The agent found the VNF stopped (SIGSTOP, a debugger): a hang, known now
+                # rather than after the probes' threshold.
+                rt.failure = ("hang", time.time(), f"VNF found stopped by a checkpoint on "
+                              f"{host}")
+                rt.failed_at = rt.probe_failing_since
+                self._wake.set()
             self._raise_alarm(f"checkpoint:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM", "MAJOR",
                               "checkpoint-failed", str(exc), {"host": host})
             self.events.publish(EventKind.CHECKPOINT_FAILED, {
@@ -659,6 +672,16 @@ class Manager:
                     self._op_update(op_id, nfvha_merge={"attempts": attempts})
                     continue
                 restored = time.time()
+                if failure == "host-loss" and old_host is not None \
+                        and decision.target_host != old_host \
+                        and self.detector.state.get(old_host) == HostState.UP:
+                    # The old host came back during the restore: its rejoin clean-up still
+                    # saw the VNF as living there, so its copy is removed now.
+                    try:
+                        await self.agent(old_host).delete(vnf_id)
+                    except AgentCallError as exc:
+                        log.warning("could not remove the old copy of %s on %s after moving "
+                                    "it: %s", vnf_id, old_host, exc)
                 replay_info = await self._replay(vnf_id, result.get("seq")) if replaying \
                     else None
                 answered = await self._wait_serving(d, restored)
@@ -839,6 +862,10 @@ class Manager:
                          reason="never two live copies: the old host's fencing timeout has not "
                                 "passed since it was last heard", vnf=vnf_id, host=old_host)
             await asyncio.sleep(wait)
+        if self.detector.state.get(old_host) == HostState.UP:
+            # It came back meanwhile (e.g. a partition shorter than its fencing timeout), so
+            # it may not have fenced itself: its copy is stopped through its agent.
+            await self.agent(old_host).delete(vnf_id)
 
     async def _wait_serving(self, d: VnfDescriptor, restored: float) -> float | None:
         """When the restored VNF first answered its probe; None if not within 3 s."""
