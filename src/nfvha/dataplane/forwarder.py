@@ -299,8 +299,11 @@ class Service:
             flow.suppress = 0 if self.spec.exactly_once else counts.get(flow.client, 0)
         # Replies held for exactly-once that the failed copy produced are regenerated.
         self.pending_replies.clear()
-        # The checkpoint's cut starts counting afresh for the restored copy.
-        self.cuts = {position: {}}
+        # The cut keeps its counts: the restored copy's replies suppressed now are not
+        # counted again and its new ones are added, so a second restore from the same
+        # checkpoint suppresses every reply ever relayed since that cut, not only those
+        # relayed since this replay (which left duplicates downstream).
+        self.cuts = {position: dict(counts)}
         self._cut_pending = None
         n = 0
         pace = _Pace(self.spec.pace_pps)
