@@ -217,6 +217,24 @@ def machine_basics() -> dict[str, Any]:
     }
 
 
+def testbed_machine(tb_name: str) -> dict[str, Any]:
+    """``machine_basics`` plus what every testbed benchmark states about its run: CRIU,
+    Python, the load, the other testbeds present (they share the CPUs) and the digest of
+    nfvha's sources at the start (compared with the end by the caller)."""
+    from nfvha.vim.criu import CriuRunner
+
+    criu = CriuRunner().binary
+    try:
+        version = subprocess.run([criu, "--version"], capture_output=True, text=True,
+                                 timeout=10).stdout.strip().replace("\n", "; ")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        version = f"unknown ({exc})"
+    return {**machine_basics(), "criu_binary": criu, "criu_version": version,
+            "python": platform.python_version(), "loadavg_at_start": os.getloadavg(),
+            "other_netns_at_start": other_netns(tb_name),
+            "source_digest_at_start": source_digest()}
+
+
 def other_netns(ours: str) -> list[str]:
     """Network namespaces not ours (not starting with ``ours``): other testbeds may share
     the CPUs meanwhile."""

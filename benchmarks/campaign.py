@@ -55,13 +55,11 @@ import itertools
 import json
 import math
 import os
-import platform
 import random
 import select
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -74,7 +72,6 @@ from typing import Any
 import httpx
 
 from nfvha.testbed import Testbed
-from nfvha.vim.criu import CriuRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
 from _common import (
@@ -82,9 +79,7 @@ from _common import (
     RESULTS,
     BenchError,
     install_signal_handlers,
-    machine_basics,
     median,
-    other_netns,
     percentile,
     pin_bridge_macs,
     progress,
@@ -93,6 +88,7 @@ from _common import (
     signals_ignored,
     source_digest,
     testbed_down,
+    testbed_machine,
 )
 from _common import fmt_num as _f  # short: it fills the report tables
 
@@ -1560,16 +1556,7 @@ def anomalies(c: Campaign, result: dict[str, Any], samples: list[dict[str, Any]]
 
 
 def machine_description() -> dict[str, Any]:
-    criu = CriuRunner().binary
-    try:
-        version = subprocess.run([criu, "--version"], capture_output=True, text=True,
-                                 timeout=10).stdout.strip().replace("\n", "; ")
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        version = f"unknown ({exc})"
-    return {**machine_basics(), "criu_binary": criu, "criu_version": version,
-            "python": platform.python_version(), "loadavg_at_start": os.getloadavg(),
-            "other_netns_at_start": other_netns(TB_NAME),
-            "source_digest_at_start": source_digest()}
+    return testbed_machine(TB_NAME)
 
 
 def log_summary(tb: Testbed, keep: Path | None) -> dict[str, Any]:

@@ -60,7 +60,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import re
 import select
 import signal
@@ -78,7 +77,6 @@ import httpx
 
 from nfvha.testbed import Testbed
 from nfvha.vim.cgroups import CgroupLimits
-from nfvha.vim.criu import CriuRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
 from _common import (
@@ -86,7 +84,6 @@ from _common import (
     RESULTS,
     BenchError,
     install_signal_handlers,
-    machine_basics,
     other_netns,
     percentile,
     pin_bridge_macs,
@@ -95,6 +92,7 @@ from _common import (
     signals_ignored,
     source_digest,
     testbed_down,
+    testbed_machine,
     timed,
     wait_for,
 )
@@ -1013,21 +1011,7 @@ def evaluate_targets(summary: dict[str, Any], samples: list[dict[str, Any]]
 
 
 def machine_description() -> dict[str, Any]:
-    criu = CriuRunner().binary
-    try:
-        version = subprocess.run([criu, "--version"], capture_output=True, text=True,
-                                 timeout=10).stdout.strip().replace("\n", "; ")
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        version = f"unknown ({exc})"
-    return {
-        **machine_basics(),
-        "criu_binary": criu,
-        "criu_version": version,
-        "python": platform.python_version(),
-        "loadavg_at_start": os.getloadavg(),
-        "other_netns_at_start": other_netns(TB_NAME),
-        "source_digest_at_start": source_digest(),
-    }
+    return testbed_machine(TB_NAME)
 
 
 # -- output ----------------------------------------------------------------------------------

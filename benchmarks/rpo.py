@@ -68,7 +68,6 @@ from nfvha.testbed import Testbed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
 import dataplane as dp
-import recovery
 from _common import (
     REPO,
     RESULTS,
@@ -81,6 +80,7 @@ from _common import (
     signals_ignored,
     source_digest,
     testbed_down,
+    testbed_machine,
     timed,
     wait_for,
 )
@@ -956,7 +956,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     plan = QUICK if a.quick else FULL
     install_signal_handlers()
-    machine = recovery.machine_description()
+    machine = testbed_machine(TB_NAME)
     machine["other_netns_at_start"] = other_netns(TB_NAME)
     with contextlib.suppress(OSError):
         machine["rmem_default"] = int(Path("/proc/sys/net/core/rmem_default").read_text())

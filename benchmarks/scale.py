@@ -48,11 +48,9 @@ import contextlib
 import itertools
 import math
 import os
-import platform
 import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -66,7 +64,6 @@ import httpx
 
 from nfvha.ha.fault import FaultTimings
 from nfvha.testbed import Testbed
-from nfvha.vim.criu import CriuRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
 from _common import (
@@ -74,7 +71,6 @@ from _common import (
     RESULTS,
     BenchError,
     install_signal_handlers,
-    machine_basics,
     other_netns,
     percentile,
     pin_bridge_macs,
@@ -83,6 +79,7 @@ from _common import (
     signals_ignored,
     source_digest,
     testbed_down,
+    testbed_machine,
     timed,
     wait_for,
 )
@@ -1033,21 +1030,7 @@ def anomalies(result: dict[str, Any], points: list[dict[str, Any]]) -> list[str]
 
 
 def machine_description() -> dict[str, Any]:
-    criu = CriuRunner().binary
-    try:
-        version = subprocess.run([criu, "--version"], capture_output=True, text=True,
-                                 timeout=10).stdout.strip().replace("\n", "; ")
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        version = f"unknown ({exc})"
-    return {
-        **machine_basics(),
-        "criu_binary": criu,
-        "criu_version": version,
-        "python": platform.python_version(),
-        "loadavg_at_start": os.getloadavg(),
-        "other_netns_at_start": other_netns(TB_NAME),
-        "source_digest_at_start": source_digest(),
-    }
+    return testbed_machine(TB_NAME)
 
 
 # -- output ----------------------------------------------------------------------------------
