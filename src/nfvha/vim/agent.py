@@ -697,7 +697,7 @@ def _udp_netns_state(pid: int) -> tuple[int, int] | None:
     return queued, arrived
 
 
-async def _wait_udp_drained(pid: int, timeout: float = 0.2) -> None:
+async def _wait_udp_drained(pid: int, timeout: float = 0.5) -> None:
     """Wait until the VNF has read every datagram already sent to it (bounded).
 
     The forwarder holds delivery before this is called, but a datagram it sent just
@@ -721,8 +721,12 @@ async def _wait_udp_drained(pid: int, timeout: float = 0.2) -> None:
             if quiet_reads >= 2:
                 return
         await asyncio.sleep(0.002)
-    log.warning("pid %d still had unread or arriving datagrams after %.0f ms; dumping "
-                "anyway", pid, timeout * 1000)
+    # Dumping now would cut the VNF's state short of the log position the forwarder
+    # recorded, and replay would then miss what lies between: refuse rather than lose it.
+    raise CheckpointError(
+        f"the VNF (pid {pid}) still had unread or arriving datagrams after "
+        f"{timeout * 1000:.0f} ms of held delivery; checkpoint skipped so that its cut stays "
+        "exact (the next one is tried at the next interval)")
 
 
 def _mem_available() -> int:
