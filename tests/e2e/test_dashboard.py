@@ -165,8 +165,11 @@ def test_dashboard_shows_host_crash_and_remote_restore_live(
                15, f"{home} fenced and new checkpoints of fm-d taken on {target}")
 
     browser.save_screenshot(str(SCREENSHOT))
-    DOCS_COPY.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(SCREENSHOT, DOCS_COPY)
+    assert SCREENSHOT.stat().st_size > 10_000, "the screenshot is empty"
+    if os.environ.get("NFVHA_UPDATE_DOCS_SCREENSHOT"):
+        # Tests leave the repository alone unless asked to refresh the docs' picture.
+        DOCS_COPY.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SCREENSHOT, DOCS_COPY)
     print(f"\ndashboard: page live in {crashed - started:.1f} s; after crashing {home}, "
           f"showed fm-d ACTIVE on {after['vnfs']['fm-d']['host']} {shown:.1f} s later, "
-          f"without reload; screenshot {SCREENSHOT} (copy in {DOCS_COPY})")
+          f"without reload; screenshot {SCREENSHOT}")
