@@ -1036,6 +1036,13 @@ def machine_description() -> dict[str, Any]:
 # -- output ----------------------------------------------------------------------------------
 
 
+def _window_text(w: Any) -> str:
+    """The steady window: one number, or one per N (it grows with the interval)."""
+    if isinstance(w, dict):
+        return " / ".join(f"{float(v):.0f}" for v in w.values()) + " (per N)"
+    return f"{float(w):.0f}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     m, c = result["machine"], result["config"]
     summ: dict[str, Any] = result["summary"]
@@ -1057,8 +1064,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{HA_PROBE['interval']} s; default daemon timings (heartbeat "
         f"{c['timings']['heartbeat_interval'] * 1000:.0f} ms, suspicion "
         f"{c['timings']['suspect_after'] * 1000:.0f} ms, fencing "
-        f"{c['timings']['fencing_timeout'] * 1000:.0f} ms). A {c['window_s']:.0f} s steady "
-        f"window without faults, then {c['kills']} single SIGKILLs and {c['host_crashes']} "
+        f"{c['timings']['fencing_timeout'] * 1000:.0f} ms). A "
+        f"{_window_text(c['window_s'])} s steady window without faults, then "
+        f"{c['kills']} single SIGKILLs and {c['host_crashes']} "
         "host crash(es). Detection = the HEAL occurrence's `detected` − the fault. CPU in % of "
         "one core over the window (utime+stime from /proc; *with CRIU* = the agents' cgroups, "
         "which hold the CRIU and tar children). Times in ms unless stated.",
