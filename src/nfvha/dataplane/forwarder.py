@@ -92,7 +92,11 @@ class ServiceSpec:
     exactly_once: bool = False
     max_log_bytes: int = 64 * 2**20
     max_log_age: float = 60.0
-    pace_pps: float = 50000.0  # replay and queue drain rate towards the VNF
+    pace_pps: float = 50000.0  # queue drain rate towards a running VNF after a hold
+    # Replay, and the drain of traffic queued meanwhile, go to a VNF that was just
+    # restored and may not read for some milliseconds: its socket buffer (208 KiB by
+    # default) holds only about 230 small datagrams, so these are sent slower.
+    replay_pps: float = 10000.0
     after: str | None = None  # the service whose VNF's outputs feed this one
 
 
@@ -151,6 +155,7 @@ class Service:
     next_seq: int = 1
     committed: int = 0  # log position covered by the last committed checkpoint
     held: bool = False
+    _after_replay: bool = False  # the next queue drain goes to a just-restored VNF
     hold_started: float = 0.0
     queue: collections.deque[tuple[Addr, bytes]] = field(default_factory=collections.deque)
     cuts: dict[int, dict[Addr, int]] = field(default_factory=dict)  # P -> replies since cut
@@ -227,7 +232,7 @@ class Service:
     async def _pump_queue(self) -> None:
         """Deliver queued datagrams in order, paced: a burst larger than the VNF's socket
         buffer would be dropped there, after it was logged as delivered."""
-        pace = _Pace(self.spec.pace_pps)
+        pace = _Pace(self.spec.replay_pps if self._after_replay else self.spec.pace_pps)
         while self.queue and not self.held:
             for _ in range(pace.due()):
                 if not self.queue or self.held:
@@ -242,6 +247,8 @@ class Service:
                 pace.sent += 1
             if self.queue:
                 await pace.wait()
+        if not self.queue:
+            self._after_replay = False
 
     # -- control --------------------------------------------------------------------------
 
@@ -306,7 +313,8 @@ class Service:
         self.cuts = {position: dict(counts)}
         self._cut_pending = None
         n = 0
-        pace = _Pace(self.spec.pace_pps)
+        self._after_replay = True
+        pace = _Pace(self.spec.replay_pps)
         for e in [e for e in self.log if e.seq > position]:
             target = self.flows.get(e.client)
             if target is not None and target.transport is not None:

@@ -640,6 +640,7 @@ class Manager:
                 replaying = False
                 self._forwarder_alarm(f"{exc}; {vnf_id} is restored without replay")
         failed: set[tuple[str, str]] = set()
+        retried: set[tuple[str, str]] = set()
         attempts: list[dict[str, Any]] = []
         for strategy in strategy_chain(d.ha.recovery, failure):
             while True:
@@ -666,7 +667,18 @@ class Manager:
                 except (AgentCallError, NfvhaError) as exc:
                     log.warning("recovery of %s by %s on %s failed: %s", vnf_id, strategy,
                                 decision.target_host, exc)
-                    failed.add((strategy, decision.target_host))
+                    key = (strategy, decision.target_host)
+                    if isinstance(exc, AgentCallError) and exc.status == 0 and \
+                            key not in retried and \
+                            self.detector.state.get(decision.target_host) == HostState.UP:
+                        # Unreachable although it heartbeats: typically a pooled connection
+                        # to the agent's previous process (a host that just came back). Try
+                        # the same once more before falling back to a strategy that may
+                        # lose the state.
+                        retried.add(key)
+                        await asyncio.sleep(0.05)
+                        continue
+                    failed.add(key)
                     attempts.append({"strategy": strategy, "host": decision.target_host,
                                      "decidedAt": decided, "error": str(exc)})
                     self._op_update(op_id, nfvha_merge={"attempts": attempts})
