@@ -410,6 +410,12 @@ def sec_campaign(r: Result) -> tuple[str, list[str]]:
                       f"{r.num(f'{q}.vnf_nines'):.1f}",
                       f"{f(r.num(f'{q}.service_downtime_s_per_year'))} s",
                       f"{r.num(f'{q}.service_nines'):.1f}"])
+    srows = []
+    for v in r.get("summary.state", dict):
+        q = f"summary.state.{v}"
+        srows.append([v, "yes" if r.get(f"{q}.replay", bool) else "no",
+                      f(r.num(f"{q}.sent")), f(r.opt(f"{q}.lost_over_run")),
+                      f(r.opt(f"{q}.lost_in_failures")), f(r.opt(f"{q}.duplicate_replies"))])
     inv = "summary.invariants"
     two = r.get(f"{inv}.two_live_copies.count", int)
     lost_vnf = r.get(f"{inv}.vnf_lost.count", int)
@@ -433,6 +439,15 @@ failure rates. Detection timings: {timings or "as in the JSON's config"}.
 {table(["Fault", "Faults", "VNF failures", "Recovered", "Strategies", "Downtime p50",
         "p95", "max", "Detect p50", "Lost with replay", "Lost direct p50"], rows,
        "lrrrlrrrrrr")}
+
+*Lost with replay* sums, per failure of a replayed VNF, the datagrams its counter no
+longer includes half a second after the recovery compared with before (negative where a
+counter later ran ahead of that reference); the table below gives the unambiguous end
+state: what each VNF counted against what its client sent over the whole run, where a
+restart (no usable checkpoint), a VNF healed by hand, or a replay overflow all count.
+
+{table(["VNF", "Replay", "Sent", "Lost over the run", "Of which in failures",
+        "Duplicate replies"], srows, "llrrrr")}
 
 **Availability measured during the campaign** (all downtime, and only the downtime that
 overlaps an injected failure — the rest is checkpoint freezes and CPU stalls of this
