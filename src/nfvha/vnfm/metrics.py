@@ -9,6 +9,7 @@ several managers in one process (tests) never share series.
 
 from __future__ import annotations
 
+import calendar
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -36,8 +37,6 @@ _SIZE_BUCKETS = tuple(float(2 ** k) for k in range(20, 34))  # 1 MiB .. 8 GiB
 
 def iso_to_epoch(text: str) -> float | None:
     """The manager's ``YYYY-mm-ddTHH:MM:SS.mmmZ`` timestamps as Unix time (UTC)."""
-    import calendar
-
     try:
         head, _, frac = text.rstrip("Z").partition(".")
         base = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
