@@ -64,7 +64,7 @@ class Mgr:
         return op
 
     def wait_checkpoint_after(self, iid: str, t: float, timeout: float = 10) -> dict[str, Any]:
-        wait_until(lambda: any(c["createdAt"] > t for c in self.checkpoints(iid)), timeout)
+        wait_until(lambda: any(c["cutAt"] > t for c in self.checkpoints(iid)), timeout)
         return self.checkpoints(iid)[-1]
 
     def alarms(self) -> list[dict[str, Any]]:

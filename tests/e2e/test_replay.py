@@ -134,7 +134,7 @@ def _terminate(m: Mgr, *iids: str) -> None:
 
 def _wait_replicated(m: Mgr, iid: str, after: float) -> None:
     """A host loss is survivable once a checkpoint taken after ``after`` has a replica."""
-    wait_until(lambda: any(c["createdAt"] > after and len(c["replicas"]) > 1
+    wait_until(lambda: any(c["cutAt"] > after and len(c["replicas"]) > 1
                            for c in m.checkpoints(iid)), 10)
 
 

@@ -128,6 +128,7 @@ class Instance:
             "restored_from": self.restored_from,
             "last_checkpoint": None if self.last_checkpoint is None else {
                 "seq": self.last_checkpoint.seq, "created_at": self.last_checkpoint.created_at,
+                "cut_at": self.last_checkpoint.cut_at,
                 "total_bytes": self.last_checkpoint.total_bytes},
             "error": self.error,
             "netns": self.sandbox.netns,
@@ -373,6 +374,7 @@ class Agent:
                     await _wait_udp_drained(inst.pid)
                 if stop:
                     inst.state = InstanceState.STOPPED  # the exit CRIU causes is no failure
+                cut_at = time.time()
                 stats: DumpStats = await inst.sandbox.dump(inst.pid, pending.path,
                                                            leave_running=not stop)
                 if not stop and proc_state(inst.pid) in ("T", "t"):
@@ -384,7 +386,8 @@ class Agent:
                 meta = await asyncio.to_thread(
                     self.store.commit, pending, vnf_name=inst.descriptor.id,
                     host_id=self.cfg.host_id, criu_stats=stats.as_dict(),
-                    descriptor=inst.descriptor.model_dump(mode="json"), extra=extra or {})
+                    descriptor=inst.descriptor.model_dump(mode="json"), extra=extra or {},
+                    cut_at=cut_at)
             except BaseException:
                 self.metrics.checkpoint_failures.inc()
                 await asyncio.to_thread(pending.abort)

@@ -84,6 +84,10 @@ class CheckpointMeta(BaseModel):
     vnf_name: str
     seq: int = Field(ge=1)
     created_at: float
+    #: Wall time just before CRIU froze the VNF: everything it had processed by then is
+    #: in the images. ``created_at`` (the commit) can be much later, after the dump and
+    #: hashing, so it is no bound on what the state holds. None for older checkpoints.
+    cut_at: float | None = None
     host_id: str
     files: dict[str, FileEntry]
     total_bytes: int = Field(ge=0)
@@ -341,6 +345,7 @@ class CheckpointStore:
         descriptor: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
         created_at: float | None = None,
+        cut_at: float | None = None,
     ) -> CheckpointMeta:
         """Hash and seal every file in ``pending.path``, publish it, apply retention.
 
@@ -365,6 +370,7 @@ class CheckpointStore:
                     vnf_name=vnf_name,
                     seq=pending.seq,
                     created_at=time.time() if created_at is None else created_at,
+                    cut_at=cut_at,
                     host_id=host_id,
                     files=dict(sorted(entries.items())),
                     total_bytes=sum(e.size for e in entries.values()),

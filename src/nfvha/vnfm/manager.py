@@ -578,7 +578,9 @@ class Manager:
                 "vnfInstanceId": vnf_id, "host": host, "detail": str(exc)})
             return
         cp = {"id": f"{vnf_id}/{meta['seq']}", "vnfInstanceId": vnf_id, "seq": meta["seq"],
-              "createdAt": meta["created_at"], "host": host, "replicas": replicas,
+              "createdAt": meta["created_at"],
+              # The state it holds is as of cutAt (the freeze), not createdAt (the commit).
+              "cutAt": meta.get("cut_at") or meta["created_at"], "host": host, "replicas": replicas,
               "bytes": meta["total_bytes"], "criuStats": meta.get("criu_stats", {}),
               "generation": rec.data.get("generation", 0), "logPosition": position,
               "holdMs": self._rt(vnf_id).last_hold_ms if position is not None else None,

@@ -185,7 +185,8 @@ class _ViewCollector(Collector):
             vnf_state.add_metric([vrec.id, str(vrec.data.get("haState")),
                                   str(vrec.data.get("host") or "")], 1.0)
             cp = newest.get(vrec.id)
-            created = _epoch(cp.get("createdAt")) if cp else None
+            # Age of the protected state: from the freeze (cutAt), not the commit.
+            created = _epoch(cp.get("cutAt") or cp.get("createdAt")) if cp else None
             if cp is not None and created is not None:
                 age.add_metric([vrec.id], max(0.0, now - created))
                 last_size.add_metric([vrec.id], float(cp.get("bytes", 0)))
