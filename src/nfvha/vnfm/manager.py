@@ -181,7 +181,17 @@ class Manager:
                 self.heartbeats_missed[host_id] = (self.heartbeats_missed.get(host_id, 0)
                                                    + int(gap) - 1)
         before = self.detector.heard(host_id)
-        self.host_status[host_id] = body
+        need_full = False
+        if body.get("full", True):
+            self.host_status[host_id] = body
+        else:
+            # "Alive, nothing changed": the last full status still holds, unless this
+            # manager has none or it came from an earlier run of the agent.
+            prev = self.host_status.get(host_id)
+            if prev is None or prev.get("started_at") != body.get("started_at"):
+                need_full = True
+            else:
+                prev["time"] = body.get("time")
         rec = self.store.find("host", host_id)
         if rec is None or rec.data.get("state") != HostState.UP or before != HostState.UP:
             if rec is not None and rec.data.get("state") == HostState.DOWN:
@@ -203,7 +213,7 @@ class Manager:
                 self._instance_exited(host_id, inst)
         peers = [{"id": h, "url": st.get("url")} for h, st in self.host_status.items()
                  if h != host_id and st.get("url")]
-        return {"peers": peers}
+        return {"peers": peers, "need_full": need_full}
 
     def event(self, ev: dict[str, Any]) -> None:
         if ev.get("type") == "instance-exit":

@@ -1,0 +1,113 @@
+"""Heartbeats: a full status when something changed, "alive" otherwise (in-process)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nfvha.store.sqlite import SqliteStore
+from nfvha.vnfm.manager import Manager, ManagerConfig
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[Manager]:
+    m = Manager(SqliteStore(tmp_path / "m.db"), ManagerConfig(token="t"))
+    try:
+        yield m
+    finally:
+        await m.close()
+        m.store.close()
+
+
+def _full(started: float, instances: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"host_id": "h1", "url": "http://h1:9000", "started_at": started, "time": 1.0,
+            "instances": instances, "resources": {"load1": 0.5}}
+
+
+def _light(started: float, t: float) -> dict[str, Any]:
+    return {"host_id": "h1", "url": "http://h1:9000", "started_at": started, "time": t,
+            "full": False}
+
+
+async def test_light_heartbeat_keeps_the_last_full_view(manager: Manager) -> None:
+    inst = {"id": "fm", "state": "RUNNING", "pid": 42}
+    assert manager.heartbeat("h1", _full(100.0, [inst]))["need_full"] is False
+    assert manager.heartbeat("h1", _light(100.0, 2.0))["need_full"] is False
+    st = manager.host_status["h1"]
+    assert st["instances"] == [inst] and st["time"] == 2.0
+    assert manager.detector.state["h1"] == "UP"
+
+
+async def test_a_manager_without_a_full_view_asks_for_one(manager: Manager) -> None:
+    # A manager that restarted hears "alive" first: the host is alive, but what it runs
+    # is unknown until the agent sends everything; reconciliation must wait for it.
+    answer = manager.heartbeat("h1", _light(100.0, 2.0))
+    assert answer["need_full"] is True
+    assert "h1" not in manager.host_status
+    assert manager.detector.state["h1"] == "UP"
+    assert manager.heartbeat("h1", _full(100.0, []))["need_full"] is False
+    assert manager.host_status["h1"]["instances"] == []
+
+
+async def test_an_agent_that_restarted_must_resend_everything(manager: Manager) -> None:
+    manager.heartbeat("h1", _full(100.0, [{"id": "fm", "state": "RUNNING", "pid": 42}]))
+    answer = manager.heartbeat("h1", _light(200.0, 3.0))  # a new run of the agent
+    assert answer["need_full"] is True
+    assert manager.host_status["h1"]["started_at"] == 100.0  # not mixed with the new run
+
+
+async def test_agent_sends_full_status_on_change_on_request_and_each_period(
+        tmp_path: Path) -> None:
+    """The agent's side against a stand-in manager: light heartbeats in between."""
+    import asyncio
+
+    import httpx
+
+    from nfvha.vim.agent import Agent, AgentConfig
+
+    bodies: list[dict[str, Any]] = []
+    ask_full = [False]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        import json
+        bodies.append(json.loads(request.content))
+        need, ask_full[0] = ask_full[0], False
+        return httpx.Response(200, json={"peers": [], "need_full": need})
+
+    agent = Agent(AgentConfig(host_id="h1", state_dir=tmp_path, manager_url="http://m",
+                              heartbeat_interval=0.01, full_status_every=0.3))
+    agent._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    signature: list[Any] = [("fm", "RUNNING", 42, 1)]
+    agent._signature = lambda: tuple(signature)  # type: ignore[method-assign]
+    task = asyncio.create_task(agent._heartbeat_loop())
+    try:
+        async def wait_for(n: int) -> None:
+            for _ in range(500):
+                if len(bodies) >= n:
+                    return
+                await asyncio.sleep(0.005)
+            raise AssertionError(f"only {len(bodies)} heartbeats")
+
+        await wait_for(10)
+        assert bodies[0].get("full", True) is not False  # the first is always full
+        assert all(b["full"] is False for b in bodies[1:10])  # nothing changed since
+        assert all("instances" not in b for b in bodies[1:10])
+        signature[0] = ("fm", "EXITED", 42, 1)  # a VNF exited: the next one is full
+        n = len(bodies)
+        await wait_for(n + 2)
+        assert any(b.get("full", True) is not False for b in bodies[n:n + 2])
+        ask_full[0] = True  # a restarted manager asks for everything
+        n = len(bodies)
+        await wait_for(n + 3)
+        assert any(b.get("full", True) is not False for b in bodies[n + 1:n + 3])
+        await asyncio.sleep(0.35)  # and at least once per full_status_every
+        n = len(bodies)
+        await asyncio.sleep(0.35)
+        assert any(b.get("full", True) is not False for b in bodies[n:])
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await agent._http.aclose()
