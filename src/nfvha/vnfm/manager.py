@@ -80,6 +80,9 @@ class _Runtime:
     retry_at: float | None = None  # monotonic time of the next try, while FAILED
     retry_failure: str = "process-exit"  # the failure type whose strategies are retried
     last_hold_ms: float = 0.0
+    checkpointing: bool = False  # a periodic checkpoint task, from queueing to replication
+    dumping: bool = False  # the part of it where the VNF is held and frozen
+    thawed_at: float = 0.0  # monotonic end of the last dump
 
 
 class Manager:
@@ -499,7 +502,11 @@ class Manager:
             d = self._vnfd(rec.data)
             t0 = time.monotonic()
             ok = await probe_vnf(d.ha.probe, d.network.ip)
-            busy = rt.busy is not None and not rt.busy.done()
+            # Excused: frozen by a dump, or being recovered. Not merely queued for the
+            # host's dump slot (at 20 VNFs a host that is most of the time) or replicating:
+            # the VNF runs meanwhile, and a hang must still be seen.
+            busy = rt.dumping or rt.thawed_at >= t0 or (
+                rt.busy is not None and not rt.busy.done() and not rt.checkpointing)
             host = rec.data.get("host")
             host_silent = host is not None and (
                 self.detector.state.get(host) != HostState.UP
@@ -538,8 +545,17 @@ class Manager:
         that checkpointing many VNFs cannot starve the host (and its heartbeats)."""
         host = self.store.get("vnf", vnf_id).data["host"]
         sem = self._dump_slots.setdefault(host, asyncio.Semaphore(_DUMPS_PER_HOST))
-        async with sem:
-            await self._checkpoint_now(vnf_id)
+        rt = self._rt(vnf_id)
+        rt.checkpointing = True
+        try:
+            async with sem:
+                if rt.probe_failures > 0:
+                    # It stopped answering while it waited for the host's dump slot: a
+                    # checkpoint now might save a hang.
+                    return
+                await self._checkpoint_now(vnf_id)
+        finally:
+            rt.checkpointing = rt.dumping = False
 
     async def _checkpoint_now(self, vnf_id: str) -> None:
         started = time.monotonic()
@@ -547,6 +563,8 @@ class Manager:
         host = rec.data["host"]
         d = self._vnfd(rec.data)
         position: int | None = None
+        rt = self._rt(vnf_id)
+        rt.dumping = True
         if d.ha.replay and self.forwarder is not None:
             try:
                 position = await self.forwarder.hold(vnf_id)
@@ -562,6 +580,8 @@ class Manager:
                     with contextlib.suppress(ForwarderError):
                         held_ms = await self.forwarder.release(vnf_id)
                         self._rt(vnf_id).last_hold_ms = held_ms
+                rt.dumping = False
+                rt.thawed_at = time.monotonic()
             replicas = [host]
             backups = [b for b in rec.data.get("backups", []) if b in self._up_hosts()]
             pushes = [self._replicate(vnf_id, host, meta["seq"], b, d) for b in backups]

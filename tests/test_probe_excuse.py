@@ -1,0 +1,67 @@
+"""Which unanswered health probes count towards a hang (in-process manager, real UDP)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from nfvha.store.sqlite import SqliteStore
+from nfvha.vnfm.manager import Manager, ManagerConfig
+from tests.conftest import EXAMPLES
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[Manager]:
+    m = Manager(SqliteStore(tmp_path / "m.db"), ManagerConfig(token="t"))
+    m.heartbeat("h1", {"url": "http://h1:9000", "instances": []})
+    # Nothing listens on 127.0.0.1:9 (discard): every probe goes unanswered.
+    vnfd = {"id": "fm", "command": [sys.executable, str(EXAMPLES / "flowmon.py")],
+            "network": {"address": "127.0.0.1/8"},
+            "ha": {"checkpoint_interval": 1.0,
+                   "probe": {"type": "udp", "port": 9, "send": "PING", "expect": "PONG",
+                             "interval": 0.01, "timeout": 0.05, "failure_threshold": 3}}}
+    m.store.put("vnf", "fm", {"id": "fm", "vnfd": vnfd, "haState": "ACTIVE", "host": "h1"})
+    try:
+        yield m
+    finally:
+        await m.close()
+        m.store.close()
+
+
+async def _probe_times(m: Manager, n: int) -> None:
+    for _ in range(n):
+        m.detector.heard("h1")  # the host keeps heartbeating: the VNF is the one silent
+        await m._probe("fm")
+
+
+async def test_queued_for_the_hosts_dump_slot_still_counts(manager: Manager) -> None:
+    """A VNF waiting its turn to be checkpointed runs meanwhile: a hang must be seen."""
+    rt = manager._rt("fm")
+    rt.busy = asyncio.ensure_future(asyncio.sleep(10))
+    rt.checkpointing = True
+    try:
+        await _probe_times(manager, 3)
+        assert rt.failure is not None and rt.failure[0] == "hang"
+    finally:
+        rt.busy.cancel()
+
+
+async def test_frozen_by_its_dump_does_not_count(manager: Manager) -> None:
+    rt = manager._rt("fm")
+    rt.busy = asyncio.ensure_future(asyncio.sleep(10))
+    rt.checkpointing = rt.dumping = True
+    try:
+        await _probe_times(manager, 5)
+        assert rt.failure is None and rt.probe_failures == 0
+    finally:
+        rt.busy.cancel()
+
+
+async def test_unanswered_probes_of_an_idle_vnf_make_a_hang(manager: Manager) -> None:
+    await _probe_times(manager, 3)
+    rt = manager._rt("fm")
+    assert rt.failure is not None and rt.failure[0] == "hang"
