@@ -391,3 +391,21 @@ def test_empty_id_and_non_json_data_are_refused(store: SqliteStore) -> None:
     with pytest.raises(StoreError, match="not storable as JSON"):
         store.put("vnf", "a", {"load": float("nan")})
     assert store.find("vnf", "a") is None
+
+
+def test_database_and_its_wal_are_readable_by_the_owner_only(tmp_path: Path) -> None:
+    """It holds subscription passwords: never world-readable, even under umask 022."""
+    old = os.umask(0o022)
+    try:
+        s = SqliteStore(tmp_path / "new.db")
+        s.put("vnf", "a", {"x": 1})
+        modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+        s.close()
+        assert modes and all(m == 0o600 for m in modes.values()), modes
+        loose = tmp_path / "loose.db"
+        loose.touch(mode=0o644)
+        os.chmod(loose, 0o644)
+        SqliteStore(loose).close()
+        assert loose.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

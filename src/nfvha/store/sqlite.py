@@ -63,6 +63,33 @@ _SCHEMA = (
 )
 
 
+def _owner_only(path: str) -> None:
+    """Create the database readable by its owner alone, or tighten one that is not.
+
+    It holds what operators gave the manager, subscription passwords (sent as BASIC
+    credentials, so kept usable) among them. SQLite gives the -wal and -shm files the
+    database's own mode.
+    """
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    except OSError:
+        return  # sqlite3.connect reports what is wrong with the path
+    try:
+        mode = os.fstat(fd).st_mode & 0o777
+        if mode & 0o077:
+            os.fchmod(fd, 0o600)
+            logger.warning("state store %s was readable by others (mode %o); now 600", path,
+                           mode)
+    finally:
+        os.close(fd)
+    for side in (f"{path}-wal", f"{path}-shm"):
+        try:
+            if os.stat(side).st_mode & 0o077:
+                os.chmod(side, 0o600)
+        except OSError:
+            pass
+
+
 class SqliteStore(StateStore):
     """`StateStore` on one SQLite file (or ``":memory:"`` for tests).
 
@@ -74,6 +101,8 @@ class SqliteStore(StateStore):
     def __init__(self, path: str | Path) -> None:
         self.path = os.fspath(path)
         self._lock = threading.Lock()
+        if self.path != ":memory:":
+            _owner_only(self.path)
         try:
             conn = sqlite3.connect(
                 self.path,
