@@ -208,8 +208,14 @@ class Api:
         self.call("POST", "/vnflcm/v1/vnf_instances", json={"vnfdId": desc["id"],
                                                             "vnfInstanceId": iid})
         self.call("POST", f"/vnflcm/v1/vnf_instances/{iid}/instantiate", json={})
-        vnf: dict[str, Any] = wait_for(lambda: _active(self.vnf(iid)), DEPLOY_TIMEOUT,
-                                       f"{iid} ACTIVE after instantiate", every=0.02)
+        try:
+            vnf: dict[str, Any] = wait_for(lambda: _active(self.vnf(iid)), DEPLOY_TIMEOUT,
+                                           f"{iid} ACTIVE after instantiate", every=0.02)
+        except BenchError as exc:
+            ops = self.call("GET", "/vnflcm/v1/vnf_lcm_op_occs", params={"vnfInstanceId": iid})
+            why = [o.get("error", {}).get("detail") for o in ops
+                   if o["operation"] == "INSTANTIATE" and o.get("error")]
+            raise BenchError(f"{exc}: {why[-1] if why else 'no error recorded'}") from exc
         return vnf
 
 

@@ -20,7 +20,8 @@ T = FaultTimings(suspect_after=0.15, fencing_timeout=0.25, fencing_margin=0.1)
 
 @pytest.fixture
 def detector() -> HeartbeatDetector:
-    return HeartbeatDetector(T)
+    # Fake clock from 10.0 on; started long before, so no lease of an earlier run counts.
+    return HeartbeatDetector(T, started=-100.0)
 
 
 # -- heartbeats ------------------------------------------------------------------------
@@ -106,6 +107,72 @@ def test_heard_after_down_reports_a_rejoin(detector: HeartbeatDetector) -> None:
     assert detector.heard("h1", now=20.0) == HostState.DOWN
     assert detector.state["h1"] == HostState.UP
     assert detector.fenced_in("h1", now=20.0) == pytest.approx(T.fenced_after())
+
+
+# -- leases -----------------------------------------------------------------------------
+
+
+def _beat(d: HeartbeatDetector, host: str, times: list[float]) -> None:
+    for t in times:
+        d.heard(host, now=t)
+
+
+def test_a_calm_host_gets_the_configured_lease(detector: HeartbeatDetector) -> None:
+    _beat(detector, "h1", [10.0 + 0.05 * i for i in range(40)])
+    assert detector.lease("h1", now=12.0) == T.fencing_timeout
+    assert detector.suspect_after("h1", now=12.0) == T.suspect_after
+
+
+def test_a_host_back_from_a_silence_gets_a_longer_lease_for_a_while(
+        detector: HeartbeatDetector) -> None:
+    _beat(detector, "h1", [10.0, 10.05, 10.25])  # a 200 ms stall (CPU starvation)
+    assert detector.lease("h1", now=10.3) == pytest.approx(0.6)  # 3 x 200 ms
+    assert detector.suspect_after("h1", now=10.3) == pytest.approx(0.4)
+    # Suspected later: 300 ms of silence is no longer suspicious...
+    assert detector.to_suspect(now=10.25 + 0.3) == []
+    # ...and the window passes: back to the configured figures.
+    later = 10.25 + T.strain_window + 1
+    assert detector.lease("h1", now=later) == T.fencing_timeout
+    assert detector.suspect_after("h1", now=later) == T.suspect_after
+
+
+def test_the_lease_is_capped(detector: HeartbeatDetector) -> None:
+    _beat(detector, "h1", [10.0, 15.0])  # 5 s silent, then back (still UP: not confirmed)
+    assert detector.lease("h1", now=15.0) == T.max_lease
+
+
+def test_a_rejoin_after_down_stretches_nothing(detector: HeartbeatDetector) -> None:
+    detector.heard("h1", now=10.0)
+    detector.state["h1"] = HostState.DOWN
+    detector.heard("h1", now=20.0)
+    assert detector.lease("h1", now=20.0) == T.fencing_timeout
+
+
+def test_a_manager_loop_stall_stretches_every_host(detector: HeartbeatDetector) -> None:
+    _beat(detector, "h1", [10.0, 10.05])
+    detector.stalled(0.3, now=10.1)
+    assert detector.lease("h1", now=10.2) == pytest.approx(0.9)
+
+
+def test_the_fencing_wait_honours_the_longest_lease_that_may_be_held(
+        detector: HeartbeatDetector) -> None:
+    detector.heard("h1", now=10.0)
+    detector.granted("h1", 1.2, now=10.0)
+    detector.heard("h1", now=10.05)
+    detector.granted("h1", 0.25, now=10.05)  # the answer carrying it may have been lost
+    assert detector.fenced_in("h1", now=10.05) == pytest.approx(1.2 + T.fencing_margin)
+    # Once the long one must have run out, the short one rules again.
+    t = 10.0 + T.max_lease + 1.5
+    detector.heard("h1", now=t)
+    assert detector.fenced_in("h1", now=t) == pytest.approx(T.fenced_after())
+
+
+def test_a_new_manager_assumes_the_longest_lease_at_first() -> None:
+    d = HeartbeatDetector(T, started=10.0)
+    d.heard("h1", now=10.1)
+    assert d.fenced_in("h1", now=10.1) == pytest.approx(T.max_lease + T.fencing_margin)
+    d.heard("h1", now=10.0 + T.max_lease + 2)
+    assert d.fenced_in("h1", now=10.0 + T.max_lease + 2) == pytest.approx(T.fenced_after())
 
 
 def test_heard_uses_the_monotonic_clock_by_default(detector: HeartbeatDetector) -> None:

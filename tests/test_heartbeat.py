@@ -111,3 +111,35 @@ async def test_agent_sends_full_status_on_change_on_request_and_each_period(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await agent._http.aclose()
+
+
+async def test_agent_takes_the_granted_lease_never_below_its_fencing_timeout(
+        tmp_path: Path) -> None:
+    import asyncio
+
+    import httpx
+
+    from nfvha.vim.agent import Agent, AgentConfig
+
+    leases = [0.9, 0.1]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"peers": [], "lease": leases[0]})
+
+    agent = Agent(AgentConfig(host_id="h1", state_dir=tmp_path, manager_url="http://m",
+                              heartbeat_interval=0.01, fencing_timeout=0.25))
+    assert agent.lease == 0.25  # until a manager says otherwise
+    agent._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    task = asyncio.create_task(agent._heartbeat_loop())
+    try:
+        for want in (0.9, 0.25):  # a stretched lease; then a too-short one is raised
+            for _ in range(200):
+                if agent.lease == want:
+                    break
+                await asyncio.sleep(0.005)
+            assert agent.lease == want
+            leases.pop(0)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await agent._http.aclose()

@@ -100,7 +100,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     timings = FaultTimings(heartbeat_interval=args.heartbeat_interval,
                            suspect_after=args.suspect_after,
-                           fencing_timeout=args.fencing_timeout)
+                           fencing_timeout=args.fencing_timeout, max_lease=args.max_lease)
     cfg = ManagerConfig(token=token, timings=timings,
                         base_url=args.advertise_url or f"http://{args.listen}",
                         forwarder_url=args.forwarder)
@@ -351,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds without heartbeat before a host is suspected")
     m.add_argument("--fencing-timeout", type=float, default=0.25,
                    help="must equal the agents' --fencing-timeout")
+    m.add_argument("--max-lease", type=float, default=2.0,
+                   help="longest lease granted to a strained host (its agent fences after "
+                        "that long without contact; failover waits for it); equal to "
+                        "--fencing-timeout: leases never stretch")
     m.add_argument("--forwarder", default=None, help="steering forwarder URL (for replay)")
     m.add_argument("--nice", type=int, default=-10,
                    help="scheduling priority once started (VNFs and CRIU run at 0)")

@@ -178,6 +178,47 @@ def test_host_crash_is_restored_remotely_with_state(mgr: Mgr, python_bin: str) -
         assert hosts[vnf["host"]] == "DOWN"
 
 
+def test_an_agent_stalling_in_bursts_keeps_its_vnf_and_a_crash_still_moves_it(
+        mgr: Mgr, python_bin: str) -> None:
+    """CPU starvation, played by SIGSTOP/SIGCONT of the agent: once the manager has seen
+    the host come back from a silence, it suspects it later and grants it a longer lease,
+    so longer stalls neither fence the agent nor move its VNF. A real crash afterwards is
+    still detected, and the VNF moves once the longer lease has surely run out."""
+    addr = mgr.tb.vnf_address(7)
+    ip = addr.split("/")[0]
+    vnf = mgr.deploy(flowmon(addr, python_bin), "fm-s")
+    host = vnf["host"]
+    flow, sent = _warm(mgr, ip, "fm-s")
+    pid = mgr.tb.hosts[host].agent_pid
+    assert pid is not None
+
+    def stall(seconds: float) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.4)
+
+    with flow:
+        stall(0.2)  # under the suspicion time (0.3 s): seen as strain, nothing more
+        for _ in range(5):
+            stall(0.4)  # over it: with fixed timings, DOWN, and the VNF moved
+        assert mgr.heals("fm-s") == []
+        hosts = {h["id"]: h for h in mgr.ok("GET", "/nfvha/v1/hosts")}
+        assert hosts[host]["state"] == "UP"
+        assert hosts[host]["leaseMs"] > 500 and hosts[host]["suspectAfterMs"] > 400
+        assert mgr.vnf("fm-s")["host"] == host
+        assert _count(ip, flow.key) == sent  # the same process all along
+        t0 = time.time()
+        asyncio.run(mgr.tb.crash_host(host))
+        op = mgr.wait_heal("fm-s", timeout=20)
+        assert op["nfvha"]["failureType"] == "host-loss"
+        assert op["nfvha"]["targetHost"] != host
+        assert op["nfvha"]["timestamps"]["restored"] - t0 < 5
+        assert _count(ip, flow.key) >= sent
+
+
 def test_failed_vnf_is_retried_when_a_replica_host_returns(mgr: Mgr, python_bin: str) -> None:
     """Every host is lost, so nothing can recover the VNF and it is FAILED; once the host
     with its replica is back, the manager's retry restores it there with its state."""

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import socket
@@ -41,25 +42,107 @@ class FaultTimings:
     confirm_timeout: float = 0.06
     fencing_timeout: float = 0.25
     fencing_margin: float = 0.1  # > heartbeat latency + agent check period + peer probe
+    #: Leases stretch up to this under strain (= fencing_timeout: never stretched).
+    max_lease: float = 2.0
+    #: A lease is this many times the longest silence the host recently came back from.
+    lease_factor: float = 3.0
+    #: How long a silence that ended keeps its host's lease and suspicion stretched.
+    strain_window: float = 30.0
 
     def fenced_after(self) -> float:
         return self.fencing_timeout + self.fencing_margin
 
 
 class HeartbeatDetector:
-    """Tracks when each host was last heard from and says which ones to suspect."""
+    """Tracks when each host was last heard from and says which ones to suspect.
 
-    def __init__(self, timings: FaultTimings) -> None:
+    **Leases that stretch under strain.** Every heartbeat answer grants the agent a lease:
+    it stops its own VNFs (fences) once that long has passed without an answer from the
+    manager or a peer, and the manager moves them only after the longest lease it may
+    have granted has run out, plus a margin. The lease is normally ``fencing_timeout``.
+    A host that comes back from a silence (a CPU-starved agent, a stalled manager loop)
+    gets ``lease_factor`` times that silence, up to ``max_lease``, for
+    ``strain_window`` seconds, and is suspected only after twice that silence. With fixed
+    short timings an overloaded machine fences its own agents, which restores their VNFs
+    elsewhere and overloads it further: failover slows down under strain instead. A host
+    that really died sends no heartbeat, so nothing stretches its last lease.
+    """
+
+    def __init__(self, timings: FaultTimings, *, started: float | None = None) -> None:
         self.timings = timings
         self.last_seen: dict[str, float] = {}
         self.state: dict[str, HostState] = {}
+        self._silences: dict[str, collections.deque[tuple[float, float]]] = {}
+        self._stalls: collections.deque[tuple[float, float]] = collections.deque()
+        self._grants: dict[str, collections.deque[tuple[float, float]]] = {}
+        # An agent may still hold a long lease granted by this manager's previous run.
+        self._born = time.monotonic() if started is None else started
 
     def heard(self, host_id: str, now: float | None = None) -> HostState:
         """Record a heartbeat; returns the state before it (DOWN -> the host rejoined)."""
+        t = time.monotonic() if now is None else now
         before = self.state.get(host_id, HostState.DOWN)
-        self.last_seen[host_id] = time.monotonic() if now is None else now
+        if before != HostState.DOWN and host_id in self.last_seen:
+            # A silence that ended: strain, not a loss (a rejoin after DOWN is neither).
+            gap = t - self.last_seen[host_id]
+            if gap > 2 * self.timings.heartbeat_interval:
+                self._silences.setdefault(host_id, collections.deque()).append((t, gap))
+        self.last_seen[host_id] = t
         self.state[host_id] = HostState.UP
         return before
+
+    def stalled(self, duration: float, now: float | None = None) -> None:
+        """The manager's own loop stalled this long: every host's heartbeats were late."""
+        self._stalls.append((time.monotonic() if now is None else now, duration))
+
+    def strain(self, host_id: str, now: float | None = None) -> float:
+        """The longest silence the host (or the manager's loop) came back from lately."""
+        t = time.monotonic() if now is None else now
+        cutoff = t - self.timings.strain_window
+        worst = 0.0
+        for q in (self._silences.get(host_id), self._stalls):
+            if q is None:
+                continue
+            while q and q[0][0] < cutoff:
+                q.popleft()
+            worst = max([worst, *(gap for _, gap in q)])
+        return worst
+
+    def lease(self, host_id: str, now: float | None = None) -> float:
+        """The lease to grant with this heartbeat's answer (see the class docstring)."""
+        tm = self.timings
+        return min(max(tm.fencing_timeout, tm.lease_factor * self.strain(host_id, now)),
+                   max(tm.max_lease, tm.fencing_timeout))
+
+    def suspect_after(self, host_id: str, now: float | None = None) -> float:
+        """Silence after which the host is suspected: longer while it is strained."""
+        tm = self.timings
+        return min(max(tm.suspect_after, 2 * self.strain(host_id, now)),
+                   max(tm.max_lease, tm.suspect_after))
+
+    def granted(self, host_id: str, lease: float, now: float | None = None) -> None:
+        """Remember a lease granted, so that the fencing wait honours the longest one."""
+        t = time.monotonic() if now is None else now
+        q = self._grants.setdefault(host_id, collections.deque())
+        q.append((t, lease))
+        cutoff = t - max(self.timings.max_lease, self.timings.fencing_timeout) - 1.0
+        while q and q[0][0] < cutoff:
+            q.popleft()
+
+    def lease_granted(self, host_id: str, now: float | None = None) -> float:
+        """The longest lease the host may still hold. A grant older than the longest
+        possible lease has expired, whatever the agent received since."""
+        t = time.monotonic() if now is None else now
+        longest = max(self.timings.max_lease, self.timings.fencing_timeout)
+        cutoff = t - longest - 1.0
+        if cutoff < self._born:
+            return longest
+        return max([self.timings.fencing_timeout,
+                    *(lease for at, lease in self._grants.get(host_id, ()) if at >= cutoff)])
+
+    def fenced_after(self, host_id: str, now: float | None = None) -> float:
+        """Silence after which the host's VNFs are known stopped by its own fencing."""
+        return self.lease_granted(host_id, now) + self.timings.fencing_margin
 
     def grace(self, host_id: str, now: float | None = None) -> None:
         """A manager that just (re)started gives every known host a full timeout."""
@@ -70,7 +153,7 @@ class HeartbeatDetector:
         t = time.monotonic() if now is None else now
         out = []
         for h, st in self.state.items():
-            if st == HostState.UP and t - self.last_seen.get(h, t) > self.timings.suspect_after:
+            if st == HostState.UP and t - self.last_seen.get(h, t) > self.suspect_after(h, t):
                 self.state[h] = HostState.SUSPECTED
                 out.append(h)
         return out
@@ -81,7 +164,7 @@ class HeartbeatDetector:
 
     def fenced_in(self, host_id: str, now: float | None = None) -> float:
         """Seconds until the host's VNFs are known stopped by its own fencing (<= 0: now)."""
-        return self.timings.fenced_after() - self.silence(host_id, now)
+        return self.fenced_after(host_id, now) - self.silence(host_id, now)
 
 
 async def probe_vnf(probe: HealthProbe, ip: str) -> bool:

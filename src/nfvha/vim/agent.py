@@ -172,6 +172,9 @@ class Agent:
         self._sent_signature: tuple[Any, ...] | None = None  # of the last full status accepted
         self._sent_full_at = -1e9
         self._need_full = True
+        # The lease the manager granted with its last answer: fence after this long
+        # without an answer from it or a peer. fencing_timeout until it says otherwise.
+        self.lease = cfg.fencing_timeout
         self.metrics = AgentMetrics(self)
 
     @property
@@ -641,6 +644,10 @@ class Agent:
                         self._peers = {str(p["id"]): str(p["url"]) for p in answer["peers"]}
                         # A manager that (re)started knows nothing yet: it asks for it.
                         self._need_full = bool(answer.get("need_full", False))
+                        if self.cfg.fencing_timeout > 0 and "lease" in answer:
+                            # Never shorter than configured, never past a sane bound.
+                            self.lease = min(max(float(answer["lease"]),
+                                                 self.cfg.fencing_timeout), _MAX_LEASE_S)
                     if full:
                         self._sent_signature, self._sent_full_at = signature, sent_at
                     if self.fenced_at is not None:
@@ -697,7 +704,7 @@ class Agent:
             if not contacts or self.fenced_at is not None:
                 continue
             silent = time.monotonic() - max(contacts)
-            if silent > self.cfg.fencing_timeout:
+            if silent > self.lease:
                 self.fenced_at = time.time()
                 self.metrics.fencings.inc()
                 await self.stop_all(f"fenced: neither the manager nor any peer answered for "
@@ -705,6 +712,9 @@ class Agent:
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.cfg.token}"} if self.cfg.token else {}
+
+
+_MAX_LEASE_S = 30.0  # a manager granting more is broken; the agent fences by then anyway
 
 
 def _udp_unread(pid: int) -> int | None:

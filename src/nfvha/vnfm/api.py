@@ -149,6 +149,9 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
             st = manager.host_status.get(rec.id, {})
             out.append({**rec.data, "state": manager.detector.state.get(rec.id, "DOWN"),
                         "lastHeartbeatAgoMs": round(manager.detector.silence(rec.id) * 1000),
+                        # Stretched while the host (or the manager) recently stalled.
+                        "leaseMs": round(manager.detector.lease(rec.id) * 1000),
+                        "suspectAfterMs": round(manager.detector.suspect_after(rec.id) * 1000),
                         "instances": st.get("instances", []),
                         "resources": st.get("resources", {})})
         return out

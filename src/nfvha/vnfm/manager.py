@@ -216,7 +216,9 @@ class Manager:
                 self._instance_exited(host_id, inst)
         peers = [{"id": h, "url": st.get("url")} for h, st in self.host_status.items()
                  if h != host_id and st.get("url")]
-        return {"peers": peers, "need_full": need_full}
+        lease = self.detector.lease(host_id)
+        self.detector.granted(host_id, lease)
+        return {"peers": peers, "need_full": need_full, "lease": lease}
 
     def event(self, ev: dict[str, Any]) -> None:
         if ev.get("type") == "instance-exit":
@@ -287,10 +289,10 @@ class Manager:
                     self.detector.state[host_id] = HostState.UP
                 return
             recent = min([self.detector.silence(host_id), *heard.values()])
-            if recent < self.cfg.timings.suspect_after or \
-                    self.detector.state.get(host_id) == HostState.UP:
+            suspect_after = self.detector.suspect_after(host_id)
+            if recent < suspect_after or self.detector.state.get(host_id) == HostState.UP:
                 who = ", ".join(f"{h} ({s * 1000:.0f} ms ago)" for h, s in heard.items()
-                                if s < self.cfg.timings.suspect_after) or "a new heartbeat"
+                                if s < suspect_after) or "a new heartbeat"
                 log_decision(log, "host-stays-up", f"host {host_id} stays UP: heard by {who}",
                              reason="a peer or a new heartbeat heard it within the suspicion time:"
                                     " the manager's path is slow, the host is not lost",
@@ -302,7 +304,7 @@ class Manager:
                 return
             self.detector.state[host_id] = HostState.DOWN
             self.fence_deadline[host_id] = (time.monotonic() - recent
-                                            + self.cfg.timings.fenced_after())
+                                            + self.detector.fenced_after(host_id))
             self.store.update("host", host_id, lambda d: {**d, "state": HostState.DOWN,
                                                           "stateChangedAt": _now_iso()})
             how = (f"{len(heard)} other host(s) last heard it {min(heard.values()) * 1000:.0f}"
@@ -310,8 +312,9 @@ class Manager:
             log_decision(log, "host-down", f"host {host_id} DOWN after {recent * 1000:.0f} ms "
                          f"without heartbeats; {how}", level=logging.WARNING,
                          reason=f"no contact for {recent * 1000:.0f} ms, over the suspicion time "
-                                f"of {self.cfg.timings.suspect_after * 1000:.0f} ms; {how}",
-                         host=host_id, silence_ms=round(recent * 1000))
+                                f"of {suspect_after * 1000:.0f} ms; {how}",
+                         host=host_id, silence_ms=round(recent * 1000),
+                         lease_ms=round(self.detector.lease_granted(host_id) * 1000))
             self._host_state(host_id, HostState.DOWN, HostState.SUSPECTED,
                              f"no contact for {recent * 1000:.0f} ms; {how}")
             self._raise_alarm(f"host:{host_id}", None, "EQUIPMENT_ALARM", "CRITICAL",
@@ -350,6 +353,7 @@ class Manager:
                 # silence measured meanwhile says nothing about the hosts.
                 log.warning("manager loop stalled for %.0f ms; hosts get a fresh timeout",
                             (now - last) * 1000)
+                self.detector.stalled(now - last)
                 for h in list(self.detector.state):
                     if self.detector.state[h] == HostState.UP:
                         self.detector.grace(h)

@@ -158,7 +158,12 @@ class _ViewCollector(Collector):
         missed = CounterMetricFamily("nfvha_heartbeats_missed",
                                      "Heartbeats that did not arrive when due",
                                      labels=["host"])
+        lease = GaugeMetricFamily("nfvha_host_lease_seconds",
+                                  "Lease granted with the host's heartbeats: its agent fences "
+                                  "after this long without contact (stretched under strain)",
+                                  labels=["host"])
         for rec in m.store.list("host"):
+            lease.add_metric([rec.id], m.detector.lease(rec.id))
             st = str(m.detector.state.get(rec.id, "DOWN"))
             if st == "DOWN" and rec.id in m.fence_deadline and \
                     time.monotonic() >= m.fence_deadline[rec.id]:
@@ -168,7 +173,7 @@ class _ViewCollector(Collector):
                 host_state.add_metric([rec.id, s], 1.0 if s == st else 0.0)
             silence.add_metric([rec.id], m.detector.silence(rec.id))
             missed.add_metric([rec.id], float(m.heartbeats_missed.get(rec.id, 0)))
-        yield from (hosts, host_state, silence, missed)
+        yield from (hosts, host_state, silence, missed, lease)
 
         vnf_state = GaugeMetricFamily("nfvha_vnf_state", "1 for the VNF's current HA state",
                                       labels=["vnf", "state", "host"])
