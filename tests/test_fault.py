@@ -136,6 +136,20 @@ def test_a_host_back_from_a_silence_gets_a_longer_lease_for_a_while(
     assert detector.suspect_after("h1", now=later) == T.suspect_after
 
 
+def test_a_host_restoring_for_the_manager_counts_as_strained(
+        detector: HeartbeatDetector) -> None:
+    _beat(detector, "h2", [10.0, 10.05])
+    detector.loading("h2", +1)
+    detector.loading("h2", +1)
+    assert detector.lease("h2", now=10.1) == pytest.approx(3 * T.fencing_timeout)
+    assert detector.suspect_after("h2", now=10.1) == pytest.approx(2 * T.fencing_timeout)
+    assert detector.lease("h1", now=10.1) == T.fencing_timeout  # only that host
+    detector.loading("h2", -1)
+    assert detector.lease("h2", now=10.1) > T.fencing_timeout  # one still running
+    detector.loading("h2", -1)
+    assert detector.lease("h2", now=10.1) == T.fencing_timeout
+
+
 def test_the_lease_is_capped(detector: HeartbeatDetector) -> None:
     _beat(detector, "h1", [10.0, 15.0])  # 5 s silent, then back (still UP: not confirmed)
     assert detector.lease("h1", now=15.0) == T.max_lease

@@ -75,6 +75,7 @@ class HeartbeatDetector:
         self._silences: dict[str, collections.deque[tuple[float, float]]] = {}
         self._stalls: collections.deque[tuple[float, float]] = collections.deque()
         self._grants: dict[str, collections.deque[tuple[float, float]]] = {}
+        self._loading: dict[str, int] = {}  # host -> restores the manager has under way
         # An agent may still hold a long lease granted by this manager's previous run.
         self._born = time.monotonic() if started is None else started
 
@@ -95,11 +96,21 @@ class HeartbeatDetector:
         """The manager's own loop stalled this long: every host's heartbeats were late."""
         self._stalls.append((time.monotonic() if now is None else now, duration))
 
+    def loading(self, host_id: str, delta: int) -> None:
+        """The manager starts (+1) or ends (-1) heavy work on the host, a restore: it is
+        strained meanwhile even before any heartbeat of it came late."""
+        n = self._loading.get(host_id, 0) + delta
+        if n > 0:
+            self._loading[host_id] = n
+        else:
+            self._loading.pop(host_id, None)
+
     def strain(self, host_id: str, now: float | None = None) -> float:
-        """The longest silence the host (or the manager's loop) came back from lately."""
+        """The longest silence the host (or the manager's loop) came back from lately;
+        at least the fencing timeout while restores run on it."""
         t = time.monotonic() if now is None else now
         cutoff = t - self.timings.strain_window
-        worst = 0.0
+        worst = self.timings.fencing_timeout if self._loading.get(host_id) else 0.0
         for q in (self._silences.get(host_id), self._stalls):
             if q is None:
                 continue
