@@ -181,12 +181,18 @@ def test_the_fencing_wait_honours_the_longest_lease_that_may_be_held(
     assert detector.fenced_in("h1", now=t) == pytest.approx(T.fenced_after())
 
 
-def test_a_new_manager_assumes_the_longest_lease_at_first() -> None:
+def test_a_new_manager_assumes_the_longest_lease_until_the_agent_says() -> None:
     d = HeartbeatDetector(T, started=10.0)
-    d.heard("h1", now=10.1)
+    d.heard("h1", now=10.1)  # an agent that did not say which lease it holds
     assert d.fenced_in("h1", now=10.1) == pytest.approx(T.max_lease + T.fencing_margin)
     d.heard("h1", now=10.0 + T.max_lease + 2)
     assert d.fenced_in("h1", now=10.0 + T.max_lease + 2) == pytest.approx(T.fenced_after())
+    d.heard("h2", now=10.1)
+    d.held("h2", 0.25, now=10.1)  # its heartbeat: "I hold 250 ms"
+    assert d.fenced_in("h2", now=10.1) == pytest.approx(T.fenced_after())
+    d.heard("h3", now=10.1)
+    d.held("h3", 1.5, now=10.1)  # a long one from the previous manager run
+    assert d.fenced_in("h3", now=10.1) == pytest.approx(1.5 + T.fencing_margin)
 
 
 def test_heard_uses_the_monotonic_clock_by_default(detector: HeartbeatDetector) -> None:

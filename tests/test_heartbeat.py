@@ -143,3 +143,15 @@ async def test_agent_takes_the_granted_lease_never_below_its_fencing_timeout(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await agent._http.aclose()
+
+
+async def test_a_fresh_manager_learns_the_held_lease_from_the_heartbeat(
+        manager: Manager) -> None:
+    """Right after a (re)start the manager assumes the longest lease, but only for hosts
+    that have not yet said which lease they hold: a crash then is moved without the 2 s
+    wait."""
+    timings = manager.cfg.timings
+    manager.heartbeat("h1", {**_full(100.0, []), "lease": timings.fencing_timeout})
+    assert manager.detector.fenced_in("h1") == pytest.approx(timings.fenced_after(), abs=0.05)
+    manager.heartbeat("h2", _full(100.0, []))  # an agent that does not say
+    assert manager.detector.fenced_in("h2") > timings.max_lease

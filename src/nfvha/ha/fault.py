@@ -76,8 +76,10 @@ class HeartbeatDetector:
         self._stalls: collections.deque[tuple[float, float]] = collections.deque()
         self._grants: dict[str, collections.deque[tuple[float, float]]] = {}
         self._loading: dict[str, int] = {}  # host -> restores the manager has under way
-        # An agent may still hold a long lease granted by this manager's previous run.
+        # An agent may still hold a long lease granted by this manager's previous run,
+        # until its first heartbeat to this run says which lease it holds.
         self._born = time.monotonic() if started is None else started
+        self._reported: set[str] = set()
 
     def heard(self, host_id: str, now: float | None = None) -> HostState:
         """Record a heartbeat; returns the state before it (DOWN -> the host rejoined)."""
@@ -131,6 +133,11 @@ class HeartbeatDetector:
         return min(max(tm.suspect_after, 2 * self.strain(host_id, now)),
                    max(tm.max_lease, tm.suspect_after))
 
+    def held(self, host_id: str, lease: float, now: float | None = None) -> None:
+        """The agent says (in a heartbeat) which lease it holds: whoever granted it."""
+        self._reported.add(host_id)
+        self.granted(host_id, lease, now)
+
     def granted(self, host_id: str, lease: float, now: float | None = None) -> None:
         """Remember a lease granted, so that the fencing wait honours the longest one."""
         t = time.monotonic() if now is None else now
@@ -146,8 +153,8 @@ class HeartbeatDetector:
         t = time.monotonic() if now is None else now
         longest = max(self.timings.max_lease, self.timings.fencing_timeout)
         cutoff = t - longest - 1.0
-        if cutoff < self._born:
-            return longest
+        if cutoff < self._born and host_id not in self._reported:
+            return longest  # not heard since this manager started: assume the worst
         return max([self.timings.fencing_timeout,
                     *(lease for at, lease in self._grants.get(host_id, ()) if at >= cutoff)])
 

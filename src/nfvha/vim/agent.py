@@ -571,6 +571,7 @@ class Agent:
             "started_at": self.started_at,
             "time": time.time(),
             "instances": instances,
+            "lease": self.lease,  # held now: a restarted manager learns it from here
             "resources": {"load1": load1, "mem_available_bytes": _mem_available(),
                           "cpus": os.cpu_count() or 1,
                           "checkpoint_bytes": self._checkpoint_bytes()},
@@ -588,7 +589,8 @@ class Agent:
         cgroup read per instance and a JSON body that grows with them, twenty times a
         second: at 20 VNFs per host, most of an idle agent's CPU."""
         return {"host_id": self.cfg.host_id, "url": self.cfg.advertise_url,
-                "started_at": self.started_at, "time": time.time(), "full": False}
+                "started_at": self.started_at, "time": time.time(), "full": False,
+                "lease": self.lease}
 
     def _checkpoint_bytes(self) -> int:
         """Disk used by checkpoints; walking the store is too slow for every heartbeat

@@ -186,6 +186,9 @@ class Manager:
                 self.heartbeats_missed[host_id] = (self.heartbeats_missed.get(host_id, 0)
                                                    + int(gap) - 1)
         before = self.detector.heard(host_id)
+        held = body.get("lease")
+        if isinstance(held, int | float) and not isinstance(held, bool):
+            self.detector.held(host_id, float(held))
         need_full = False
         if body.get("full", True):
             self.host_status[host_id] = body
