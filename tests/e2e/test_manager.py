@@ -201,9 +201,11 @@ def test_an_agent_stalling_in_bursts_keeps_its_vnf_and_a_crash_still_moves_it(
         time.sleep(0.4)
 
     with flow:
-        stall(0.2)  # under the suspicion time (0.3 s): seen as strain, nothing more
-        for _ in range(5):
-            stall(0.4)  # over it: with fixed timings, DOWN, and the VNF moved
+        # Ever longer, each within twice the last (the stretched suspicion), from under
+        # the configured suspicion time (0.3 s) to well over it: with fixed timings the
+        # 0.35 s stall already had the host DOWN and the VNF moved.
+        for seconds in (0.15, 0.25, 0.35, 0.45, 0.45, 0.45):
+            stall(seconds)
         assert mgr.heals("fm-s") == []
         hosts = {h["id"]: h for h in mgr.ok("GET", "/nfvha/v1/hosts")}
         assert hosts[host]["state"] == "UP"
