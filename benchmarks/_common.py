@@ -27,6 +27,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import httpx
+
     from nfvha.testbed import Testbed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,6 +116,26 @@ def testbed_down(tb: Testbed, who: str) -> None:
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
             pass
+
+
+def api_result(method: str, path: str, r: httpx.Response, ok: tuple[int, ...] = ()) -> Any:
+    """The JSON of a manager or forwarder answer; None for 202 or an empty body. Any other
+    status >= 300 that ``ok`` does not allow is a BenchError naming the request."""
+    if r.status_code >= 300 and r.status_code not in ok:
+        raise BenchError(f"{method} {path}: HTTP {r.status_code} {r.text[:400]}")
+    if r.status_code == 202 or not r.content:
+        return None
+    return r.json()
+
+
+def save_figure(fig: Any, paths: Sequence[Path]) -> None:
+    """Write a matplotlib figure to every path (directories made), then free it."""
+    import matplotlib.pyplot as plt
+
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(p, dpi=100)
+    plt.close(fig)
 
 
 def run_ip(*args: str) -> str:

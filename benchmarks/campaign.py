@@ -78,6 +78,7 @@ from _common import (
     REPO,
     RESULTS,
     BenchError,
+    api_result,
     install_signal_handlers,
     median,
     percentile,
@@ -85,6 +86,7 @@ from _common import (
     progress,
     publish,
     run_ip,
+    save_figure,
     signals_ignored,
     source_digest,
     testbed_down,
@@ -654,11 +656,7 @@ class Campaign:
             r = await self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
             raise BenchError(f"{method} {path}: {exc!r}") from exc
-        if r.status_code >= 300 and r.status_code not in ok:
-            raise BenchError(f"{method} {path}: HTTP {r.status_code} {r.text[:300]}")
-        if r.status_code == 202 or not r.content:
-            return None
-        return r.json()
+        return api_result(method, path, r, ok)
 
     async def vnf(self, iid: str) -> dict[str, Any]:
         res: dict[str, Any] = await self.call("GET", f"/vnflcm/v1/vnf_instances/{iid}")
@@ -1790,10 +1788,7 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
                  f"{sm['invariants']['vnf_lost']['count']}; kernel {m['kernel']}, "
                  f"{m['nproc']} vCPU", fontsize=10)
     fig.tight_layout()
-    for p in paths:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(p, dpi=100)
-    plt.close(fig)
+    save_figure(fig, paths)
 
 
 # -- main ------------------------------------------------------------------------------------

@@ -85,6 +85,7 @@ from _common import (
     REPO,
     RESULTS,
     BenchError,
+    api_result,
     install_signal_handlers,
     machine_basics,
     other_netns,
@@ -220,11 +221,7 @@ class Api:
             r = http.request(method, path, **kw)
         except httpx.HTTPError as exc:
             raise BenchError(f"{method} {path}: {exc!r}") from exc
-        if r.status_code >= 300 and r.status_code not in ok:
-            raise BenchError(f"{method} {path}: HTTP {r.status_code} {r.text[:400]}")
-        if r.status_code == 202 or not r.content:
-            return None
-        return r.json()
+        return api_result(method, path, r, ok)
 
     def call(self, method: str, path: str, ok: tuple[int, ...] = (), **kw: Any) -> Any:
         return self._call(self.m, method, path, ok, **kw)

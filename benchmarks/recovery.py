@@ -83,6 +83,7 @@ from _common import (
     REPO,
     RESULTS,
     BenchError,
+    api_result,
     install_signal_handlers,
     other_netns,
     percentile,
@@ -333,11 +334,7 @@ class Api:
             r = self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
             raise BenchError(f"{method} {path}: {exc!r}") from exc
-        if r.status_code >= 300 and r.status_code not in ok:
-            raise BenchError(f"{method} {path}: HTTP {r.status_code} {r.text[:400]}")
-        if r.status_code == 202 or not r.content:
-            return None
-        return r.json()
+        return api_result(method, path, r, ok)
 
     def vnf(self, iid: str) -> dict[str, Any]:
         res: dict[str, Any] = self.call("GET", f"/vnflcm/v1/vnf_instances/{iid}")

@@ -70,12 +70,14 @@ from _common import (
     REPO,
     RESULTS,
     BenchError,
+    api_result,
     install_signal_handlers,
     other_netns,
     percentile,
     pin_bridge_macs,
     progress,
     publish,
+    save_figure,
     signals_ignored,
     source_digest,
     testbed_down,
@@ -179,9 +181,7 @@ class Api:
             r = self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
             raise BenchError(f"{method} {path}: {exc!r}") from exc
-        if r.status_code >= 300:
-            raise BenchError(f"{method} {path}: HTTP {r.status_code} {r.text[:400]}")
-        return r.json() if r.status_code != 202 and r.content else None
+        return api_result(method, path, r)
 
     def vnf(self, iid: str) -> dict[str, Any]:
         res: dict[str, Any] = self.call("GET", f"/vnflcm/v1/vnf_instances/{iid}")
@@ -1259,10 +1259,7 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
                  f"({ivs}); kernel {m['kernel']}, {m['nproc']} vCPU, load1 at start "
                  f"{m['loadavg_at_start'][0]:.2f}", fontsize=10)
     fig.tight_layout()
-    for p in paths:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(p, dpi=100)
-    plt.close(fig)
+    save_figure(fig, paths)
 
 
 # -- main ------------------------------------------------------------------------------------

@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from nfvha.vnfm.manager import Manager
 
 TEST_PREFIX = "nfvt"
 REPO = Path(__file__).resolve().parent.parent
@@ -28,3 +33,17 @@ def real_system_ready() -> str | None:
 @pytest.fixture(scope="session")
 def python_bin() -> str:
     return sys.executable
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[Manager]:
+    """An in-process manager on a fresh SQLite store: no hosts, no agents, token "t"."""
+    from nfvha.store.sqlite import SqliteStore
+    from nfvha.vnfm.manager import Manager, ManagerConfig
+
+    m = Manager(SqliteStore(tmp_path / "m.db"), ManagerConfig(token="t"))
+    try:
+        yield m
+    finally:
+        await m.close()
+        m.store.close()

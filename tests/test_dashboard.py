@@ -5,29 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 
-from nfvha.store.sqlite import SqliteStore
 from nfvha.vnfm.api import create_manager_app
 from nfvha.vnfm.dashboard import DashboardFeed
 from nfvha.vnfm.events import EventKind
-from nfvha.vnfm.manager import Manager, ManagerConfig
-
-
-@pytest.fixture
-async def manager(tmp_path: Path) -> AsyncIterator[Manager]:
-    m = Manager(SqliteStore(tmp_path / "m.db"), ManagerConfig(token="t"))
-    try:
-        yield m
-    finally:
-        await m.close()
-        m.store.close()
+from nfvha.vnfm.manager import Manager
 
 
 def _client(m: Manager, token: str | None = "t") -> httpx.AsyncClient:

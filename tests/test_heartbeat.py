@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from nfvha.store.sqlite import SqliteStore
-from nfvha.vnfm.manager import Manager, ManagerConfig
-
-
-@pytest.fixture
-async def manager(tmp_path: Path) -> AsyncIterator[Manager]:
-    m = Manager(SqliteStore(tmp_path / "m.db"), ManagerConfig(token="t"))
-    try:
-        yield m
-    finally:
-        await m.close()
-        m.store.close()
+from nfvha.vim.agent import Agent, AgentConfig
+from nfvha.vnfm.manager import Manager
 
 
 def _full(started: float, instances: list[dict[str, Any]]) -> dict[str, Any]:
@@ -59,31 +53,36 @@ async def test_an_agent_that_restarted_must_resend_everything(manager: Manager) 
     assert manager.host_status["h1"]["started_at"] == 100.0  # not mixed with the new run
 
 
+@contextlib.asynccontextmanager
+async def _heartbeating(agent: Agent, manager: Callable[[httpx.Request], httpx.Response]
+                        ) -> AsyncIterator[None]:
+    """The agent's heartbeat loop runs, against a stand-in manager, inside the block."""
+    agent._http = httpx.AsyncClient(transport=httpx.MockTransport(manager))
+    task = asyncio.create_task(agent._heartbeat_loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await agent._http.aclose()
+
+
 async def test_agent_sends_full_status_on_change_on_request_and_each_period(
         tmp_path: Path) -> None:
     """The agent's side against a stand-in manager: light heartbeats in between."""
-    import asyncio
-
-    import httpx
-
-    from nfvha.vim.agent import Agent, AgentConfig
-
     bodies: list[dict[str, Any]] = []
     ask_full = [False]
 
     def handler(request: httpx.Request) -> httpx.Response:
-        import json
         bodies.append(json.loads(request.content))
         need, ask_full[0] = ask_full[0], False
         return httpx.Response(200, json={"peers": [], "need_full": need})
 
     agent = Agent(AgentConfig(host_id="h1", state_dir=tmp_path, manager_url="http://m",
                               heartbeat_interval=0.01, full_status_every=0.3))
-    agent._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     signature: list[Any] = [("fm", "RUNNING", 42, 1)]
     agent._signature = lambda: tuple(signature)  # type: ignore[method-assign]
-    task = asyncio.create_task(agent._heartbeat_loop())
-    try:
+    async with _heartbeating(agent, handler):
         async def wait_for(n: int) -> None:
             for _ in range(500):
                 if len(bodies) >= n:
@@ -107,20 +106,10 @@ async def test_agent_sends_full_status_on_change_on_request_and_each_period(
         n = len(bodies)
         await asyncio.sleep(0.35)
         assert any(b.get("full", True) is not False for b in bodies[n:])
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await agent._http.aclose()
 
 
 async def test_agent_takes_the_granted_lease_never_below_its_fencing_timeout(
         tmp_path: Path) -> None:
-    import asyncio
-
-    import httpx
-
-    from nfvha.vim.agent import Agent, AgentConfig
-
     leases = [0.9, 0.1]
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -129,9 +118,7 @@ async def test_agent_takes_the_granted_lease_never_below_its_fencing_timeout(
     agent = Agent(AgentConfig(host_id="h1", state_dir=tmp_path, manager_url="http://m",
                               heartbeat_interval=0.01, fencing_timeout=0.25))
     assert agent.lease == 0.25  # until a manager says otherwise
-    agent._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    task = asyncio.create_task(agent._heartbeat_loop())
-    try:
+    async with _heartbeating(agent, handler):
         for want in (0.9, 0.25):  # a stretched lease; then a too-short one is raised
             for _ in range(200):
                 if agent.lease == want:
@@ -139,10 +126,6 @@ async def test_agent_takes_the_granted_lease_never_below_its_fencing_timeout(
                 await asyncio.sleep(0.005)
             assert agent.lease == want
             leases.pop(0)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await agent._http.aclose()
 
 
 async def test_a_fresh_manager_learns_the_held_lease_from_the_heartbeat(

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from nfvha.store.sqlite import SqliteStore
-from nfvha.vnfm.manager import Manager, ManagerConfig
+from nfvha.vnfm.manager import Manager
 from tests.conftest import EXAMPLES
 
 
 @pytest.fixture
-async def manager(tmp_path: Path) -> AsyncIterator[Manager]:
-    m = Manager(SqliteStore(tmp_path / "m.db"), ManagerConfig(token="t"))
+def manager(manager: Manager) -> Manager:
+    """The shared in-process manager, with host h1 and an ACTIVE VNF no probe can reach."""
+    m = manager
     m.heartbeat("h1", {"url": "http://h1:9000", "instances": []})
     # Nothing listens on 127.0.0.1:9 (discard): every probe goes unanswered.
     vnfd = {"id": "fm", "command": [sys.executable, str(EXAMPLES / "flowmon.py")],
@@ -25,11 +23,7 @@ async def manager(tmp_path: Path) -> AsyncIterator[Manager]:
                    "probe": {"type": "udp", "port": 9, "send": "PING", "expect": "PONG",
                              "interval": 0.01, "timeout": 0.05, "failure_threshold": 3}}}
     m.store.put("vnf", "fm", {"id": "fm", "vnfd": vnfd, "haState": "ACTIVE", "host": "h1"})
-    try:
-        yield m
-    finally:
-        await m.close()
-        m.store.close()
+    return m
 
 
 async def _probe_times(m: Manager, n: int) -> None:
