@@ -628,9 +628,19 @@ class Manager:
         self.events.publish(EventKind.CHECKPOINT, cp)
         if position is not None and self.forwarder is not None and \
                 (len(replicas) > 1 or d.ha.backups == 0):
-            # The log may forget what this checkpoint covers once a replica exists.
-            with contextlib.suppress(ForwarderError):
-                await self.forwarder.commit(vnf_id, position)
+            # Once this checkpoint has a replica, the log may forget what the *previous* one
+            # covers, not more (and exactly-once replies go out up to there): a restore
+            # that finds this one unusable (the VNF stopped during its dump, a corrupt
+            # image) falls back to the previous checkpoint, and replay must still reach
+            # back to that one's cut. Trimming to this one lost a checkpoint interval of
+            # datagrams on such a fallback (replay e2e, a SIGSTOP during a dump).
+            older = [int(c.data["logPosition"]) for c in
+                     self.store.list("checkpoint", where={"vnfInstanceId": vnf_id})
+                     if int(c.data["seq"]) < int(meta["seq"])
+                     and c.data.get("logPosition") is not None]
+            if older:
+                with contextlib.suppress(ForwarderError):
+                    await self.forwarder.commit(vnf_id, max(older))
         self._prune_checkpoints(vnf_id, d.ha.retention)
         self._clear_alarm(f"checkpoint:{vnf_id}")
 
