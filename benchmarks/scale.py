@@ -434,8 +434,9 @@ def cpu_sample(tb: Testbed, mgr_pid: int) -> dict[str, Any]:
         "manager_wait_s": proc_wait(mgr_pid),
         "manager_rss_mib": proc_rss_mib(mgr_pid),
         "manager_cgroup_cpu_s": cgroup_cpu(tb, f"{TB_NAME}/manager"),
-        "agent_cpu_s": {h.host_id: proc_cpu(h.agent_pid) for h in hosts},
-        "agent_rss_mib": {h.host_id: proc_rss_mib(h.agent_pid) for h in hosts},
+        "agent_cpu_s": {h.host_id: proc_cpu(tb.agent_process(h.host_id)) for h in hosts},
+        "agent_rss_mib": {h.host_id: proc_rss_mib(tb.agent_process(h.host_id))
+                          for h in hosts},
         "agent_cgroup_cpu_s": {h.host_id: cgroup_cpu(tb, f"{h.cgroup}/agent") for h in hosts},
         "vnf_cgroup_cpu_s": {h.host_id: cgroup_cpu(tb, f"{h.cgroup}/vnf") for h in hosts},
         "machine_busy_s": busy, "machine_total_s": total,

@@ -113,7 +113,18 @@ build_criu() {
   log "CRIU $(criu --version | sed -n 's/^Version: *//p') installed at $CRIU_PREFIX/sbin/criu"
 }
 
-install_pkgs "${RUNTIME_PKGS[@]}" "${TEST_PKGS[@]}"
+# ClusterLabs fence agents for active fencing (nfvha.ha.fencing): Debian 12 ships them all
+# in fence-agents; Debian 13 splits them per agent (fence-agents there is a transitional
+# package pulling every agent). fence_ipmilan drives ipmitool; fence_dummy serves the tests.
+FENCE_PKGS=(fence-agents-ipmilan fence-agents-dummy)
+if ! installed fence-agents-ipmilan && ! installed fence-agents; then
+  apt_update_once
+  apt-cache show fence-agents-ipmilan >/dev/null 2>&1 || FENCE_PKGS=(fence-agents)
+elif installed fence-agents; then
+  FENCE_PKGS=(fence-agents)
+fi
+
+install_pkgs "${RUNTIME_PKGS[@]}" "${TEST_PKGS[@]}" "${FENCE_PKGS[@]}" ipmitool
 # A Debian criu older than $CRIU_MIN would shadow ours only if earlier on PATH; /usr/local/sbin comes first.
 criu_ok || build_criu
 

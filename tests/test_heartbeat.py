@@ -79,7 +79,7 @@ async def test_agent_sends_full_status_on_change_on_request_and_each_period(
         return httpx.Response(200, json={"peers": [], "need_full": need})
 
     agent = Agent(AgentConfig(host_id="h1", state_dir=tmp_path, manager_url="http://m",
-                              heartbeat_interval=0.01, full_status_every=0.3))
+                              status_interval=0.01, full_status_every=0.3))
     signature: list[Any] = [("fm", "RUNNING", 42, 1)]
     agent._signature = lambda: tuple(signature)  # type: ignore[method-assign]
     async with _heartbeating(agent, handler):
@@ -106,26 +106,6 @@ async def test_agent_sends_full_status_on_change_on_request_and_each_period(
         n = len(bodies)
         await asyncio.sleep(0.35)
         assert any(b.get("full", True) is not False for b in bodies[n:])
-
-
-async def test_agent_takes_the_granted_lease_never_below_its_fencing_timeout(
-        tmp_path: Path) -> None:
-    leases = [0.9, 0.1]
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"peers": [], "lease": leases[0]})
-
-    agent = Agent(AgentConfig(host_id="h1", state_dir=tmp_path, manager_url="http://m",
-                              heartbeat_interval=0.01, fencing_timeout=0.25))
-    assert agent.lease == 0.25  # until a manager says otherwise
-    async with _heartbeating(agent, handler):
-        for want in (0.9, 0.25):  # a stretched lease; then a too-short one is raised
-            for _ in range(200):
-                if agent.lease == want:
-                    break
-                await asyncio.sleep(0.005)
-            assert agent.lease == want
-            leases.pop(0)
 
 
 async def test_a_fresh_manager_learns_the_held_lease_from_the_heartbeat(

@@ -84,7 +84,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
         host_id=args.host_id, state_dir=Path(args.state_dir), bridge=args.bridge, token=token,
         manager_url=args.manager, advertise_url=args.advertise_url or f"http://{args.listen}",
         heartbeat_interval=args.heartbeat_interval, keep_checkpoints=args.keep,
-        fencing_timeout=args.fencing_timeout,
+        fencing_timeout=args.fencing_timeout, agent_grace=args.agent_grace,
+        status_interval=args.status_interval, liveness_listen=args.liveness_listen,
+        token_file=Path(args.token_file) if args.token_file else None,
+        watchdog=Path(args.watchdog) if args.watchdog else None,
+        watchdog_timeout=args.watchdog_timeout, keep_vnfs_on_exit=True,
         netns_prefix=args.netns_prefix, cgroup_parent=args.cgroup_parent,
         log_dir=Path(args.log_dir), work_root=Path(args.work_root), criu_binary=args.criu)
     return _serve(create_app(Agent(cfg)), args)
@@ -101,9 +105,14 @@ def cmd_manager(args: argparse.Namespace) -> int:
     timings = FaultTimings(heartbeat_interval=args.heartbeat_interval,
                            suspect_after=args.suspect_after,
                            fencing_timeout=args.fencing_timeout, max_lease=args.max_lease)
+    from nfvha.ha.fencing import load_fence_config
+
+    host, _, port = (args.liveness_listen or args.listen).rpartition(":")
     cfg = ManagerConfig(token=token, timings=timings,
                         base_url=args.advertise_url or f"http://{args.listen}",
-                        forwarder_url=args.forwarder)
+                        forwarder_url=args.forwarder, liveness_listen=(host, int(port)),
+                        fencers=load_fence_config(args.fence_config) if args.fence_config
+                        else {})
     # Dashboard streams end at a stop by themselves (app.state.on_stop); a request
     # still open after this is cut short rather than hold the stop up.
     return _serve(create_manager_app(Manager(SqliteStore(args.db), cfg)), args,
@@ -165,7 +174,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         tb = Testbed(name=args.name, n_hosts=args.hosts, with_manager=True,
-                     with_forwarder=True, subnet=args.subnet)
+                     with_forwarder=True, subnet=args.subnet, fencing=not args.no_fencing)
         await tb.up()
         info = {"manager_url": tb.manager_url, "token_file": str(tb.token_file),
                 "dashboard_url": f"{tb.manager_url}/#token={tb.token}",
@@ -282,9 +291,22 @@ def cmd_inject(args: argparse.Namespace) -> int:
         _print(_request(args, "POST", f"/nfvha/v1/vnf_instances/{args.target}/inject",
                         json={"fault": fault}), args.json)
         return 0
+    if args.fault == "fence":
+        _print(_request(args, "POST", f"/nfvha/v1/hosts/{args.target}/fence"), args.json)
+        return 0
     from nfvha.testbed import Testbed
 
     tb = Testbed.load(args.name)
+    if args.fault == "kill-agent":
+        pid = asyncio.run(tb.kill_agent(args.target, restart=not args.no_restart))
+        print(f"{args.target}: agent (pid {pid}) killed"
+              + ("; not restarted" if args.no_restart or tb.agent_restart_delay is None
+                 else f"; its supervisor restarts it in {tb.agent_restart_delay:g} s"))
+        return 0
+    if args.fault == "stop-agent":
+        pid = asyncio.run(tb.stop_agent(args.target, args.seconds))
+        print(f"{args.target}: agent (pid {pid}) stopped for {args.seconds:g} s, continued")
+        return 0
     if args.fault == "crash-host":
         asyncio.run(tb.crash_host(args.target))
         print(f"{args.target}: links cut, every process killed")
@@ -327,9 +349,24 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--state-dir", default="/var/lib/nfvha/agent")
     a.add_argument("--token-file", default=None, help="file holding the bearer token")
     a.add_argument("--manager", default=None, help="manager URL for heartbeats and events")
-    a.add_argument("--heartbeat-interval", type=float, default=0.05)
+    a.add_argument("--heartbeat-interval", type=float, default=0.05,
+                   help="liveness heartbeats of the host's lease guard (UDP)")
     a.add_argument("--fencing-timeout", type=float, default=0.25,
-                   help="stop own VNFs after losing the manager this many seconds (0: never)")
+                   help="host lease: the guard stops this host's VNFs after losing the manager "
+                        "and every peer this many seconds (0: never)")
+    a.add_argument("--agent-grace", type=float, default=3.0,
+                   help="the guard stops this host's VNFs when the agent itself is silent "
+                        "(dead, stopped) this long; a restart within it is a non-event "
+                        "(0: never)")
+    a.add_argument("--status-interval", type=float, default=0.5,
+                   help="status reports to the manager (HTTP); sooner when something changed")
+    a.add_argument("--liveness-listen", default=None,
+                   help="UDP ADDRESS:PORT of the guard (default: the --advertise-url's)")
+    a.add_argument("--watchdog", default=None,
+                   help="kernel watchdog device the guard feeds, e.g. /dev/watchdog after "
+                        "`modprobe softdog` (resets the host if agent and guard both die); "
+                        "off by default")
+    a.add_argument("--watchdog-timeout", type=int, default=0, help="seconds (0: the device's)")
     a.add_argument("--keep", type=int, default=3, help="checkpoints kept per instance")
     a.add_argument("--netns-prefix", default=None)
     a.add_argument("--cgroup-parent", default=None)
@@ -356,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "that long without contact; failover waits for it); equal to "
                         "--fencing-timeout: leases never stretch")
     m.add_argument("--forwarder", default=None, help="steering forwarder URL (for replay)")
+    m.add_argument("--liveness-listen", default=None,
+                   help="UDP ADDRESS:PORT for the guards' heartbeats (default: --listen's)")
+    m.add_argument("--fence-config", default=None,
+                   help="YAML: a fence agent per host (STONITH), e.g. fence_ipmilan with its "
+                        "options; hosts without one are waited out (their lease)")
     m.add_argument("--nice", type=int, default=-10,
                    help="scheduling priority once started (VNFs and CRIU run at 0)")
     m.set_defaults(func=cmd_manager)
@@ -390,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--hosts", type=int, default=3)
     c.add_argument("--subnet", default="10.250.0.0/16",
                    help="testbed network (hosts .0.x, VNFs .1.x, service addresses .2.x)")
+    c.add_argument("--no-fencing", action="store_true",
+                   help="no STONITH driver: lost hosts are waited out (their lease)")
     c.set_defaults(func=cmd_up)
     client("down", "stop and remove the testbed, manager and agents").set_defaults(
         func=cmd_down)
@@ -405,9 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cause", default=None)
     c.set_defaults(func=cmd_heal)
     c = client("inject", "inject a fault")
-    c.add_argument("fault", choices=["kill-vnf", "hang-vnf", "crash-host", "partition-host"])
+    c.add_argument("fault", choices=["kill-vnf", "hang-vnf", "crash-host", "partition-host",
+                                     "kill-agent", "stop-agent", "fence"])
     c.add_argument("target", help="VNF instance id or host id")
     c.add_argument("--heal", action="store_true", help="partition-host: restore the links")
+    c.add_argument("--no-restart", action="store_true",
+                   help="kill-agent: its supervisor does not restart it")
+    c.add_argument("--seconds", type=float, default=2.0, help="stop-agent: how long")
     c.set_defaults(func=cmd_inject)
 
     d = sub.add_parser("demo", help="the embedded default run")

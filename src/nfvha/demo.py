@@ -141,7 +141,7 @@ def _vnfd(kind: str, addr: str, interval: float, *, vnfd_id: str | None = None,
 
 async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
     con = Console(width=max(Console().width, 120))
-    tb = Testbed(name="nfvha", n_hosts=3, with_manager=True, with_forwarder=True)
+    tb = Testbed(name="nfvha", n_hosts=3, with_manager=True, with_forwarder=True, fencing=True)
     con.rule("[bold]nfvha demo[/]")
     con.print("3 emulated hosts, the HA manager, the steering forwarder; two flow monitors "
               "(one with packet log and replay) and a UDP NAT under traffic; checkpoints every "
@@ -183,7 +183,11 @@ async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
             scenarios = [("kill -9 the flow monitor", "flowmon", "kill"),
                          ("kill -9 the flow monitor with replay", "flowmon-replay", "kill"),
                          ("the NAT hangs (SIGSTOP)", "udpnat", "hang"),
-                         ("power loss of the NAT's host", "udpnat", "crash")]
+                         ("kill -9 the flow monitor's agent; restarted", "flowmon",
+                          "kill-agent"),
+                         ("kill -9 the flow monitor's agent; not restarted", "flowmon",
+                          "kill-agent-for-good"),
+                         ("power loss of the NAT's host (fenced)", "udpnat", "crash")]
             for title, kind, fault in scenarios:
                 await asyncio.sleep(interval * 2.5)  # traffic, and checkpoints of it
                 row = await _inject(con, m, tb, title, kind, fault, clients_by[kind])
@@ -216,8 +220,20 @@ async def _inject(con: Console, m: httpx.AsyncClient, tb: Testbed, title: str, k
     v = (await m.get(f"/vnflcm/v1/vnf_instances/{kind}")).json()
     con.print(f"[yellow]>>[/] {title} (on {v['host']})")
     t0 = time.time()
+    if fault == "kill-agent":
+        # Its supervisor restarts it; the new agent adopts the VNF within the grace.
+        await tb.kill_agent(v["host"])
+        await asyncio.sleep(4.0)
+        if len(await _heals(m, kind)) > heals_before:
+            return [title, "unexpected recovery", "-", "-", "-", "-"]
+        con.print("   no recovery needed: the restarted agent adopted the running VNF "
+                  "within its grace")
+        return [title, "none: adopted by the restarted agent", "-", "-",
+                f"{client.downtime_since(t0) * 1000:.0f} ms", "kept (same process)"]
     if fault == "crash":
         await tb.crash_host(v["host"])
+    elif fault == "kill-agent-for-good":
+        await tb.kill_agent(v["host"], restart=False)
     else:
         (await m.post(f"/nfvha/v1/vnf_instances/{kind}/inject", json={"fault": fault})) \
             .raise_for_status()
@@ -230,6 +246,8 @@ async def _inject(con: Console, m: httpx.AsyncClient, tb: Testbed, title: str, k
             op = done[-1]
             break
         await asyncio.sleep(0.05)
+    if fault == "kill-agent-for-good":
+        await tb.start_agent(v["host"])  # back for what follows: its fenced copy is removed
     if op is None:
         return [title, "-", "-", "-", "no recovery within 20 s", "-"]
     await asyncio.sleep(0.3)  # let the probe see it answering again

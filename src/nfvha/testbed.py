@@ -75,6 +75,14 @@ class Testbed:
     hosts: dict[str, TestbedHost] = field(default_factory=dict)
     token: str = ""
     manager_pid: int | None = None
+    #: Restart a dead agent after this long, as systemd's Restart=always would (None: never).
+    agent_restart_delay: float | None = 0.2
+    #: Give the manager the testbed fence driver for every host (STONITH by link cut).
+    fencing: bool = False
+    #: Another fence agent (argv) for every host instead of the testbed's (tests: a
+    #: broken one), with its timeout.
+    fence_agent: list[str] | None = None
+    fence_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 8 or not self.name.replace("-", "").isalnum():
@@ -197,12 +205,32 @@ class Testbed:
                 "--prefixlen", str(self.prefixlen)]
         self._spawn(args, "forwarder", f"{self.name}/forwarder", ns)
 
+    @property
+    def fence_config(self) -> Path:
+        return self.dir / "fence.yaml"
+
+    def _write_fence_config(self) -> None:
+        import yaml
+
+        from nfvha.ha.fence_testbed import testbed_fence_config
+
+        hosts = [f"h{i}" for i in range(1, self.n_hosts + 1)]
+        cfg = testbed_fence_config(self.name, hosts, state_dir=str(self.state_dir))
+        for h in cfg["hosts"].values():
+            h["timeout"] = self.fence_timeout
+            if self.fence_agent is not None:
+                h["agent"] = self.fence_agent
+        self.fence_config.write_text(yaml.safe_dump(cfg))
+
     def start_manager(self) -> int:
         """The manager runs in the root netns, reachable by every host at the gateway."""
+        if self.fencing:
+            self._write_fence_config()
         args = [sys.executable, "-m", "nfvha", "manager",
                 "--listen", f"{self.gateway}:{MANAGER_PORT}", "--db", str(self.dir / "manager.db"),
                 "--token-file", str(self.token_file),
                 *(["--forwarder", self.forwarder_url] if self.with_forwarder else []),
+                *(["--fence-config", str(self.fence_config)] if self.fencing else []),
                 *self.manager_args]
         return self._spawn(args, "manager", f"{self.name}/manager", None)
 
@@ -217,7 +245,71 @@ class Testbed:
             *(["--manager", self.manager_url] if self.with_manager else []),
             *self.agent_args,
         ]
+        if self.agent_restart_delay is not None:
+            from nfvha import _supervise
+
+            args = [sys.executable, "-S", _supervise.__file__,
+                    "--pidfile", str(self.agent_pidfile(h.host_id)),
+                    "--delay", str(self.agent_restart_delay), "--", *args]
         return self._spawn(args, f"agent-{h.host_id}", f"{h.cgroup}/agent", h.netns)
+
+    def agent_pidfile(self, host_id: str) -> Path:
+        return self.dir / f"agent-{host_id}.pid"
+
+    def agent_process(self, host_id: str) -> int:
+        """The pid of the host's agent process itself (not its supervisor)."""
+        h = self.host(host_id)
+        if self.agent_restart_delay is None:
+            if h.agent_pid is None:
+                raise ConfigError(f"host {host_id} runs no agent")
+            return h.agent_pid
+        try:
+            return int(self.agent_pidfile(host_id).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"host {host_id}: no agent pid ({exc})") from exc
+
+    def guard_process(self, host_id: str) -> int | None:
+        """The pid of the host's lease guard, from the file it shares with the agent."""
+        from nfvha.vim.guard import LeaseFile
+
+        path = self.dir / host_id / "guard" / "lease"
+        if not path.exists():
+            return None
+        lf = LeaseFile(path)
+        try:
+            return lf.guard().pid or None
+        finally:
+            lf.close()
+
+    async def kill_agent(self, host_id: str, *, restart: bool = True) -> int:
+        """SIGKILL the host's agent (its VNFs and guard live on). Its supervisor restarts
+        it after ``agent_restart_delay`` unless ``restart`` is False."""
+        h = self.host(host_id)
+        pid = self.agent_process(host_id)
+        if not restart and self.agent_restart_delay is not None and h.agent_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(h.agent_pid, signal.SIGKILL)  # the supervisor first
+            h.agent_pid = None
+            self._save()
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    async def stop_agent(self, host_id: str, seconds: float) -> int:
+        """SIGSTOP the host's agent for ``seconds`` (a stall: swap, a stuck syscall)."""
+        pid = self.agent_process(host_id)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        return pid
+
+    async def start_agent(self, host_id: str) -> None:
+        """Start the host's agent again (after ``kill_agent(restart=False)``)."""
+        h = self.host(host_id)
+        h.agent_pid = self._start_agent(h)
+        self._save()
 
     def _spawn(self, args: list[str], label: str, cgroup: str, netns: str | None) -> int:
         procs = [str(p) for p in self.cgroups.cgroup(cgroup).procs_paths()]
@@ -330,6 +422,7 @@ class Testbed:
     def _save(self) -> None:
         data = {"name": self.name, "subnet": self.subnet, "n_hosts": self.n_hosts,
                 "with_manager": self.with_manager, "manager_pid": self.manager_pid,
+                "agent_restart_delay": self.agent_restart_delay, "fencing": self.fencing,
                 "with_forwarder": self.with_forwarder,
                 "token_file": str(self.token_file),
                 "hosts": {k: asdict(v) for k, v in self.hosts.items()}}
@@ -350,6 +443,8 @@ class Testbed:
         tb.with_manager = data.get("with_manager", False)
         tb.manager_pid = data.get("manager_pid")
         tb.with_forwarder = data.get("with_forwarder", False)
+        tb.agent_restart_delay = data.get("agent_restart_delay")
+        tb.fencing = data.get("fencing", False)
         tb.hosts = {k: TestbedHost(**v) for k, v in data["hosts"].items()}
         tb.token = tb.token_file.read_text().strip()
         return tb

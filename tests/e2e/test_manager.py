@@ -180,7 +180,7 @@ def test_host_crash_is_restored_remotely_with_state(mgr: Mgr, python_bin: str) -
 
 def test_an_agent_stalling_in_bursts_keeps_its_vnf_and_a_crash_still_moves_it(
         mgr: Mgr, python_bin: str) -> None:
-    """CPU starvation, played by SIGSTOP/SIGCONT of the agent: once the manager has seen
+    """CPU starvation, played by SIGSTOP/SIGCONT of the lease guard: once the manager has seen
     the host come back from a silence, it suspects it later and grants it a longer lease,
     so longer stalls neither fence the agent nor move its VNF. A real crash afterwards is
     still detected, and the VNF moves once the longer lease has surely run out."""
@@ -189,7 +189,9 @@ def test_an_agent_stalling_in_bursts_keeps_its_vnf_and_a_crash_still_moves_it(
     vnf = mgr.deploy(flowmon(addr, python_bin), "fm-s")
     host = vnf["host"]
     flow, sent = _warm(mgr, ip, "fm-s")
-    pid = mgr.tb.hosts[host].agent_pid
+    # The guard is what keeps the host's liveness and lease: starving it is starving the
+    # host as the manager sees it.
+    pid = mgr.tb.guard_process(host)
     assert pid is not None
 
     def stall(seconds: float) -> None:

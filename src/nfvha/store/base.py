@@ -29,7 +29,7 @@ __all__ = [
     "matches_where",
 ]
 
-KINDS = ("vnfd", "vnf", "op", "alarm", "host", "checkpoint", "subscription")
+KINDS = ("vnfd", "vnf", "op", "alarm", "host", "checkpoint", "subscription", "fence")
 
 OpAction = Literal["create", "put", "cas", "delete"]
 _ACTIONS: tuple[OpAction, ...] = ("create", "put", "cas", "delete")

@@ -9,10 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import fcntl
+import json
 import logging
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -34,6 +38,7 @@ from nfvha.errors import (
 )
 from nfvha.vim.cgroups import CgroupDriver
 from nfvha.vim.criu import CriuRunner, DumpStats, RestoreStats
+from nfvha.vim.guard import AgentSide, GuardSide, LeaseFile
 from nfvha.vim.hostnet import HostNetwork
 from nfvha.vim.metrics import AgentMetrics
 from nfvha.vim.sandbox import (
@@ -83,12 +88,33 @@ class AgentConfig:
     #: out when something changed and at least this often; the others only say "alive".
     full_status_every: float = 1.0
     fencing_timeout: float = 0.0  # >0: stop own VNFs after losing the manager this long
+    #: How long the agent itself may be silent (dead, stopped, restarting) before its lease
+    #: guard stops the host's VNFs; a restart within it is a non-event.
+    agent_grace: float = 3.0
+    #: The manager's UDP liveness address (default: the host and port of ``manager_url``).
+    manager_liveness: str | None = None
+    #: Where this host's lease guard listens for peers (UDP; default: the advertised
+    #: address, same port number as the API).
+    liveness_listen: str | None = None
+    token_file: Path | None = None
+    watchdog: Path | None = None  # kernel watchdog the guard feeds (off by default)
+    watchdog_timeout: int = 0
     keep_checkpoints: int = 3
     netns_prefix: str | None = None
     cgroup_parent: str | None = None
     log_dir: Path = Path("/var/log/nfvha/vnf")
     work_root: Path = Path("/var/lib/nfvha/vnf")
     criu_binary: str | None = None
+    #: Full status reports go out at most this often unless something changed; liveness
+    #: is the guard's (UDP), so the agent itself stays quiet.
+    status_interval: float = 0.5
+    #: A daemon that stops (a restart, an upgrade) leaves its VNFs and guard running; the
+    #: next run adopts them. In-process users (tests) stop everything with the agent.
+    keep_vnfs_on_exit: bool = False
+
+    @property
+    def guard_dir(self) -> Path:
+        return self.state_dir / "guard"
 
     @property
     def effective_netns_prefix(self) -> str:
@@ -164,17 +190,15 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
         self._last_manager_ok: float | None = None  # monotonic time of the last 2xx heartbeat
-        self._peers: dict[str, str] = {}  # other agents (id -> url) as the manager lists them
-        self._last_peer_ok: float | None = None  # monotonic send time of the last answered ping
-        self.peer_last_heard: dict[str, float] = {}  # peer id -> when it last pinged us
         self.fenced_at: float | None = None
         self._usage, self._usage_at = 0, -1e9  # cached checkpoint disk use
         self._sent_signature: tuple[Any, ...] | None = None  # of the last full status accepted
         self._sent_full_at = -1e9
         self._need_full = True
-        # The lease the manager granted with its last answer: fence after this long
-        # without an answer from it or a peer. fencing_timeout until it says otherwise.
-        self.lease = cfg.fencing_timeout
+        self.lease_file: LeaseFile | None = None  # shared with this host's lease guard
+        self._guard: subprocess.Popen[bytes] | None = None
+        self._guard_watch: ProcessWatch | None = None
+        self.guard_restarts = 0
         self.metrics = AgentMetrics(self)
 
     @property
@@ -185,23 +209,29 @@ class Agent:
     # -- life of the agent ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Check CRIU, adopt orphans, clear leftovers of a previous run, start heartbeats."""
+        """Check CRIU, adopt the VNFs a previous run left, start the guard and reports."""
         await self.criu.require_usable()
         become_subreaper()
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         stale = await asyncio.to_thread(self.store.cleanup_pending)
         if stale:
             log.info("removed %d incomplete checkpoint(s) left by a previous run", stale)
-        await self._remove_stale_sandboxes()
+        if self.cfg.manager_url:
+            self.lease_file = LeaseFile(self.cfg.guard_dir / "lease")
+            self._feed()  # before anything slow: the guard must not fence a restart
+        await self._adopt_sandboxes()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=1.0))
         if self.cfg.manager_url:
+            self._ensure_guard()
+            self._spawn(self._lease_loop())
+            await self._wait_guard_contact()
             self._spawn(self._heartbeat_loop())
             self._spawn(self._event_loop())
-            self._spawn(self._peer_loop())
-            if self.cfg.fencing_timeout > 0:
-                self._spawn(self._fencing_loop())
 
     async def close(self, *, stop_instances: bool = True) -> None:
+        """Stop the agent. With ``stop_instances`` (tests, a host taken out of service)
+        its VNFs and its guard go too; without (a daemon restart) both keep running, and
+        the guard stops the VNFs only if no agent feeds it within the agent grace."""
         for t in list(self._tasks):
             t.cancel()
         for t in list(self._tasks):
@@ -211,6 +241,9 @@ class Agent:
             for inst in list(self.instances.values()):
                 with contextlib.suppress(NfvhaError):
                     await self.delete_instance(inst.id)
+            self._stop_guard()
+        elif self._guard_watch is not None:
+            self._guard_watch.close()
         if self._http is not None:
             await self._http.aclose()
 
@@ -219,12 +252,46 @@ class Agent:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _remove_stale_sandboxes(self) -> None:
-        """A restarted agent must not leave orphaned sandboxes of its previous life around."""
+    # -- adoption: a restarted agent takes over what its previous run left ------------------
+
+    def _record_path(self, instance_id: str) -> Path:
+        return self.cfg.state_dir / "instances" / f"{instance_id}.json"
+
+    def _save_record(self, inst: Instance) -> None:
+        """What a restarted agent needs to adopt the instance: written whenever it starts
+        running (its pid and that pid's start time, against pid reuse) or stands by."""
+        path = self._record_path(inst.id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"id": inst.id, "descriptor": inst.descriptor.model_dump(mode="json"),
+                "state": inst.state.value, "pid": inst.pid,
+                "pid_start": _proc_start(inst.pid) if inst.pid else None,
+                "started_at": inst.started_at, "restored_from": inst.restored_from}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+
+    def _drop_record(self, instance_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._record_path(instance_id).unlink()
+
+    async def _adopt_sandboxes(self) -> None:
+        """Adopt the sandboxes a previous run of this agent left (Kubernetes keeps pods
+        across kubelet restarts): a VNF still running in its cgroup is RUNNING again,
+        watched through a pidfd; a standby stays STANDBY; one whose process ended
+        meanwhile is EXITED (the manager recovers it). A sandbox without a record, or
+        whose record cannot be read, is removed."""
         prefix = self.cfg.effective_netns_prefix
+        fenced = self._fence_pending()
         for ns in await self.net.list_netns(prefix):
             iid = ns[len(prefix):]
             if iid in self.instances:
+                continue
+            inst = self._adopt(iid, fenced)
+            if inst is not None:
+                self.instances[iid] = inst
+                log.info("adopted instance %s (%s) left by a previous run: %s%s", iid,
+                         inst.descriptor.id, inst.state,
+                         f" as pid {inst.pid}" if inst.state == InstanceState.RUNNING else "")
                 continue
             log.warning("removing stale sandbox %s of a previous agent run", ns)
             cg = self.cgroups.cgroup(f"{self.cfg.effective_cgroup_parent}/{iid}")
@@ -232,6 +299,47 @@ class Agent:
                 await asyncio.to_thread(cg.delete)
             with contextlib.suppress(NfvhaError):
                 await self.net.delete_netns(ns)
+            self._drop_record(iid)
+        # Records whose sandbox is gone (a reboot): nothing to adopt.
+        records = self.cfg.state_dir / "instances"
+        for path in records.glob("*.json") if records.is_dir() else []:
+            if path.stem not in self.instances:
+                path.unlink(missing_ok=True)
+
+    def _adopt(self, iid: str, fenced: bool) -> Instance | None:
+        try:
+            data = json.loads(self._record_path(iid).read_text())
+            d = parse_descriptor(data["descriptor"])
+        except (OSError, ValueError, KeyError, NfvhaError) as exc:
+            log.warning("cannot adopt %s: no readable record (%s)", iid, exc)
+            return None
+        sandbox = Sandbox(self.sandbox_cfg, iid, d, self.net, self.cgroups, self.criu)
+        sandbox.built = True
+        inst = Instance(id=iid, descriptor=d, sandbox=sandbox,
+                        restored_from=data.get("restored_from"),
+                        started_at=data.get("started_at"))
+        inst.last_checkpoint = self.store.latest(iid)
+        pid = data.get("pid")
+        if data.get("state") == InstanceState.STANDBY:
+            inst.state = InstanceState.STANDBY
+            return inst
+        alive = isinstance(pid, int) and _proc_start(pid) == data.get("pid_start") \
+            and pid in sandbox.cgroup.pids()
+        if alive and not fenced:
+            assert isinstance(pid, int)
+            inst.pid = pid
+            inst.state = InstanceState.RUNNING
+            inst.watch = ProcessWatch(pid, lambda st: self._on_exit(inst, st))
+            return inst
+        inst.pid = pid if isinstance(pid, int) else None
+        if fenced:
+            inst.state = InstanceState.FENCED
+            inst.error = "fenced by the lease guard while the agent was away"
+        else:
+            inst.state = InstanceState.EXITED
+            inst.exit = ExitStatus(code=None, signal=None, at=time.time())
+            inst.error = "ended while the agent was away"
+        return inst
 
     # -- instances -----------------------------------------------------------------------
 
@@ -287,6 +395,7 @@ class Agent:
                 inst.state = InstanceState.RUNNING
         except BaseException as exc:
             self.instances.pop(inst.id, None)
+            self._drop_record(inst.id)
             with contextlib.suppress(NfvhaError):
                 await inst.sandbox.destroy()
             if isinstance(exc, NfvhaError):
@@ -301,6 +410,7 @@ class Agent:
         inst.started_at = time.time()
         inst.exit = None
         inst.watch = ProcessWatch(pid, lambda st: self._on_exit(inst, st))
+        self._save_record(inst)
 
     def _on_exit(self, inst: Instance, status: ExitStatus) -> None:
         inst.exit = status
@@ -335,6 +445,7 @@ class Agent:
                 await inst.sandbox.destroy()
             finally:
                 self.instances.pop(inst.id, None)
+                self._drop_record(inst.id)
 
     async def stop_all(self, reason: str,
                        state: InstanceState = InstanceState.STOPPED) -> list[str]:
@@ -345,7 +456,8 @@ class Agent:
                 inst.state = state
                 inst.error = reason
                 with contextlib.suppress(NfvhaError):
-                    await inst.sandbox.kill()
+                    await (inst.sandbox.fence() if state == InstanceState.FENCED
+                           else inst.sandbox.kill())
                 stopped.append(inst.id)
         if stopped:
             log.warning("stopped %s: %s", ", ".join(stopped), reason)
@@ -484,9 +596,11 @@ class Agent:
                 inst.restored_from = meta.name
                 inst.last_checkpoint = meta
                 inst.state = InstanceState.RUNNING
+                self._save_record(inst)
         except BaseException as exc:
             self.metrics.restore_duration.labels("failure").observe(time.monotonic() - started)
             self.instances.pop(inst.id, None)
+            self._drop_record(inst.id)
             with contextlib.suppress(NfvhaError):
                 await inst.sandbox.destroy()
             if isinstance(exc, NfvhaError):
@@ -506,6 +620,7 @@ class Agent:
             await inst.sandbox.activate()
         else:
             await inst.sandbox.kill()  # whatever is left of the dead copy goes first
+            await inst.sandbox.activate()  # a fence took its link down
 
     async def prepare_standby(self, instance_id: str, seq: int | None = None) -> Instance:
         """Build the sandbox of a replicated checkpoint with its link down, so that a later
@@ -528,6 +643,7 @@ class Agent:
         except BaseException:
             self.instances.pop(inst.id, None)
             raise
+        self._save_record(inst)
         return inst
 
     async def inject(self, instance_id: str, fault: str) -> Instance:
@@ -623,13 +739,15 @@ class Agent:
                 await asyncio.sleep(0.05 * (attempt + 1))
 
     async def _heartbeat_loop(self) -> None:
+        """Status reports to the manager over HTTP: full when something changed, when a
+        (re)started manager asks, or every ``full_status_every``; "alive" otherwise, each
+        ``status_interval``. Liveness itself is the guard's (UDP), so this can be slow."""
         assert self._http is not None
         url = f"{self.cfg.manager_url}/nfvha/v1/hosts/{self.cfg.host_id}/heartbeat"
-        timeout = max(self.cfg.heartbeat_interval * 2, 0.2)
-        if self.cfg.fencing_timeout > 0:
-            timeout = min(timeout, self.cfg.fencing_timeout / 2)
+        period = self.cfg.status_interval
+        timeout = max(period * 2, 0.5)
         while True:
-            sent_at = time.monotonic()  # the lease runs from sending, not from the answer
+            sent_at = time.monotonic()
             signature = self._signature()
             full = self._need_full or signature != self._sent_signature or \
                 sent_at - self._sent_full_at >= self.cfg.full_status_every
@@ -641,82 +759,201 @@ class Agent:
                                                "refused").inc()
                 if r.status_code < 300:
                     self._last_manager_ok = sent_at
-                    with contextlib.suppress(ValueError, KeyError, TypeError):
-                        answer = r.json()
-                        self._peers = {str(p["id"]): str(p["url"]) for p in answer["peers"]}
+                    with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
                         # A manager that (re)started knows nothing yet: it asks for it.
-                        self._need_full = bool(answer.get("need_full", False))
-                        if self.cfg.fencing_timeout > 0 and "lease" in answer:
-                            # Never shorter than configured, never past a sane bound.
-                            self.lease = min(max(float(answer["lease"]),
-                                                 self.cfg.fencing_timeout), _MAX_LEASE_S)
+                        self._need_full = bool(r.json().get("need_full", False))
                     if full:
                         self._sent_signature, self._sent_full_at = signature, sent_at
-                    if self.fenced_at is not None:
-                        log.info("manager reachable again; fenced instances stay stopped "
-                                 "until the manager decides")
-                        self.fenced_at = None
             except httpx.HTTPError as exc:
                 self.metrics.heartbeats.labels("failed").inc()
-                log.debug("heartbeat to %s failed: %s", url, exc)
+                log.debug("status report to %s failed: %s", url, exc)
             finally:
-                await asyncio.sleep(self.cfg.heartbeat_interval)
+                # Sooner when something changed (an exit, a restore): at most 20 per second.
+                deadline = time.monotonic() + period
+                while time.monotonic() < deadline and not self._need_full \
+                        and self._signature() == self._sent_signature:
+                    await asyncio.sleep(min(0.05, period))
 
-    async def _peer_loop(self) -> None:
-        """Ping every peer agent each heartbeat interval. The pings are the second path:
-        the manager asks peers when they last heard a suspected host, and this agent
-        counts a peer's answer as contact, so a host cut off from the manager alone is
-        neither declared lost nor fenced, while an isolated host is both."""
-        assert self._http is not None
-        while True:
-            peers = dict(self._peers)
-            sent_at = time.monotonic()
-            results = await asyncio.gather(*[self._ping_peer(u) for u in peers.values()])
-            if any(results):
-                self._last_peer_ok = sent_at
-            await asyncio.sleep(self.cfg.heartbeat_interval)
+    # -- the lease guard -----------------------------------------------------------------
 
-    async def _ping_peer(self, url: str) -> bool:
-        assert self._http is not None
-        try:
-            r = await self._http.post(f"{url}/v1/peer-ping", params={"host": self.cfg.host_id},
-                                      headers=self._auth(),
-                                      timeout=max(self.cfg.heartbeat_interval * 2, 0.1))
-        except httpx.HTTPError:
+    @property
+    def lease(self) -> float:
+        """The host lease the guard holds now (the manager's last grant)."""
+        if self.lease_file is None:
+            return self.cfg.fencing_timeout
+        return self.lease_file.guard().lease or self.cfg.fencing_timeout
+
+    def _feed(self) -> None:
+        """Tell the guard this agent is alive for another ``agent_grace``. Called from the
+        event loop only, so a blocked loop stops feeding it too."""
+        if self.lease_file is None:
+            return
+        a = self.lease_file.agent()
+        until = time.monotonic() + self.cfg.agent_grace if self.cfg.agent_grace > 0 else 0.0
+        self.lease_file.write_agent(AgentSide(until, a.ack_seq, os.getpid()))
+
+    def _fence_pending(self) -> bool:
+        """The guard fenced and this agent has not yet seen it through."""
+        if self.lease_file is None:
             return False
-        return r.status_code < 300
+        return self.lease_file.guard().fence_seq > self.lease_file.agent().ack_seq
 
-    def peer_heard(self, host_id: str) -> None:
-        self.peer_last_heard[host_id] = time.monotonic()
+    def _guard_args(self) -> list[str]:
+        cfg = self.cfg
+        assert cfg.manager_url is not None
+        manager = cfg.manager_liveness or httpx.URL(cfg.manager_url).netloc.decode()
+        listen = cfg.liveness_listen or httpx.URL(cfg.advertise_url or "http://0.0.0.0:8700"
+                                                  ).netloc.decode()
+        token_file = cfg.token_file
+        if token_file is None:
+            token_file = cfg.guard_dir / "token"
+            token_file.touch(mode=0o600, exist_ok=True)
+            token_file.write_text(cfg.token)
+        args = [sys.executable, "-m", "nfvha.vim.guard", "--host-id", cfg.host_id,
+                "--lease-file", str(cfg.guard_dir / "lease"),
+                "--cgroup-parent", cfg.effective_cgroup_parent, "--listen", listen,
+                "--manager", manager, "--token-file", str(token_file),
+                "--heartbeat-interval", str(cfg.heartbeat_interval),
+                "--fencing-timeout", str(cfg.fencing_timeout),
+                "--agent-grace", str(cfg.agent_grace), "--bridge", cfg.bridge]
+        if cfg.watchdog is not None:
+            args += ["--watchdog", str(cfg.watchdog),
+                     "--watchdog-timeout", str(cfg.watchdog_timeout)]
+        return args
 
-    def peer_silences(self) -> dict[str, float]:
-        """Seconds since each peer last pinged this agent."""
-        now = time.monotonic()
-        return {h: now - t for h, t in self.peer_last_heard.items()}
+    def _ensure_guard(self) -> None:
+        """Adopt the guard a previous run started (it outlives the agent by design), or
+        start one; watch it, and start another when it dies."""
+        assert self.lease_file is not None
+        pid = self.lease_file.guard().pid
+        if pid and _guard_running(self.cfg.guard_dir / "lease.lock"):
+            try:
+                self._guard_watch = ProcessWatch(pid, self._on_guard_exit)
+                log.info("adopted the running lease guard (pid %d)", pid)
+                return
+            except SandboxError:
+                pass  # it ended just now
+        logf = open(self.cfg.guard_dir / "guard.log", "ab")  # noqa: SIM115
+        with logf:
+            # Its own session: a signal to the agent's process group must not reach it.
+            self._guard = subprocess.Popen(self._guard_args(), stdin=subprocess.DEVNULL,
+                                           stdout=logf, stderr=logf, start_new_session=True)
+        self._guard_watch = ProcessWatch(self._guard.pid, self._on_guard_exit)
+        log.info("lease guard started (pid %d)", self._guard.pid)
 
-    async def _fencing_loop(self) -> None:
-        """Stop every VNF here once neither the manager nor any peer has answered for the
-        fencing timeout. Contact is counted from when a request was *sent*, so this fires
-        before the manager's deadline (fencing timeout + margin after the last contact
-        anyone *received*): there are never two live copies of one VNF."""
-        period = min(self.cfg.fencing_timeout / 10, 0.02)
+    async def _wait_guard_contact(self, timeout: float = 5.0) -> None:
+        """Report to the manager only once the guard's heartbeats reach it: a host whose
+        report registers it but whose liveness has not begun would be suspected."""
+        assert self.lease_file is not None
+        deadline = time.monotonic() + timeout
+        while self.lease_file.guard().host_until <= 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    def _on_guard_exit(self, status: ExitStatus) -> None:
+        self._guard_watch = None
+        self.guard_restarts += 1
+        log.error("lease guard %s; starting another (the agent enforces the host lease "
+                  "meanwhile)", status.describe())
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.02, self._restart_guard)
+
+    def _restart_guard(self) -> None:
+        if self.lease_file is None or self._guard_watch is not None:
+            return
+        try:
+            self._ensure_guard()
+        except (OSError, SandboxError) as exc:
+            log.error("cannot restart the lease guard: %s; retrying", exc)
+            asyncio.get_running_loop().call_later(0.5, self._restart_guard)
+
+    def _stop_guard(self) -> None:
+        if self._guard_watch is not None:
+            self._guard_watch.close()
+            self._guard_watch = None
+        if self._guard is not None and self._guard.poll() is None:
+            self._guard.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._guard.wait(2)
+        if self.lease_file is not None:
+            self.lease_file.write_agent(AgentSide(0.0, self.lease_file.agent().ack_seq, 0))
+
+    async def _lease_loop(self) -> None:
+        """Feed the guard; see its fences through; and enforce the host lease here too,
+        for when the guard itself is dead or stopped (no single process death may leave
+        a VNF running past its lease)."""
+        assert self.lease_file is not None
+        feed_every = max(0.05, min(self.cfg.agent_grace / 10, 0.25))
+        next_feed = 0.0
         while True:
-            await asyncio.sleep(period)
-            contacts = [t for t in (self._last_manager_ok, self._last_peer_ok) if t is not None]
-            if not contacts or self.fenced_at is not None:
-                continue
-            silent = time.monotonic() - max(contacts)
-            if silent > self.lease:
+            now = time.monotonic()
+            if now >= next_feed:
+                self._feed()
+                next_feed = now + feed_every
+            g = self.lease_file.guard()
+            if g.fence_seq > self.lease_file.agent().ack_seq:
+                await self._see_fence_through(g)
+            expired = self.cfg.fencing_timeout > 0 and g.host_until > 0 and now > g.host_until
+            if expired and self.fenced_at is None:
+                # The guard fences at the same moment; if it is dead or stopped, this is
+                # the only thing that does.
                 self.fenced_at = time.time()
                 self.metrics.fencings.inc()
-                await self.stop_all(f"fenced: neither the manager nor any peer answered for "
-                                    f"{silent * 1000:.0f} ms", state=InstanceState.FENCED)
+                await self.stop_all(f"fenced: host lease ran out {(now - g.host_until) * 1000:.0f}"
+                                    " ms ago (neither the manager nor any peer answered)",
+                                    state=InstanceState.FENCED)
+            elif not expired and self.fenced_at is not None and not g.fenced:
+                log.info("host lease held again; fenced instances stay stopped until the "
+                         "manager decides")
+                self.fenced_at = None
+            wake = next_feed
+            if g.host_until > now:
+                wake = min(wake, g.host_until + 0.002)
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+
+    async def _see_fence_through(self, g: GuardSide) -> None:
+        """The guard fenced: mark every instance FENCED (waiting for operations under way,
+        such as a restore, to end, their result killed too), then acknowledge, which ends
+        the guard's sweeping of the VNF cgroups."""
+        assert self.lease_file is not None
+        self.fenced_at = self.fenced_at or g.fenced_at or time.time()
+        self.metrics.fencings.inc()
+        for inst in list(self.instances.values()):
+            async with inst.lock:
+                if inst.state in LIVE_STATES or inst.state == InstanceState.EXITED:
+                    inst.state = InstanceState.FENCED
+                    inst.error = "fenced by the host's lease guard"
+                    with contextlib.suppress(NfvhaError):
+                        await inst.sandbox.fence()
+        a = self.lease_file.agent()
+        self.lease_file.write_agent(AgentSide(a.agent_until, g.fence_seq, os.getpid()))
+        log.warning("fence %d by the lease guard seen through: every VNF here is FENCED",
+                    g.fence_seq)
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.cfg.token}"} if self.cfg.token else {}
 
 
-_MAX_LEASE_S = 30.0  # a manager granting more is broken; the agent fences by then anyway
+def _proc_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (pid reuse gives another)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _guard_running(lock: Path) -> bool:
+    """A guard holds its lock file for as long as it lives."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _udp_unread(pid: int) -> int | None:

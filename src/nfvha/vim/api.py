@@ -92,7 +92,7 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
             yield
         finally:
             if manage_lifecycle:
-                await agent.close()
+                await agent.close(stop_instances=not agent.cfg.keep_vnfs_on_exit)
 
     app = FastAPI(title="nfvha agent", version="1", lifespan=lifespan)
     bearer = HTTPBearer(auto_error=False)
@@ -217,15 +217,6 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
     @app.get("/v1/probe", dependencies=auth)
     async def probe(url: str, timeout: float = 0.2) -> dict[str, Any]:
         return {"url": url, "reachable": await agent.probe_peer(url, min(timeout, 5.0))}
-
-    @app.post("/v1/peer-ping", dependencies=auth)
-    async def peer_ping(host: str) -> dict[str, Any]:
-        agent.peer_heard(host)
-        return {"host_id": agent.cfg.host_id}
-
-    @app.get("/v1/peers", dependencies=auth)
-    async def peers() -> dict[str, float]:
-        return agent.peer_silences()
 
     @app.post("/v1/fence", dependencies=auth)
     async def fence() -> dict[str, Any]:

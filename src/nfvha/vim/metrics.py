@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -75,12 +75,17 @@ class _AgentView(Collector):
         for state, n in sorted(counts.items()):
             states.add_metric([state], float(n))
         yield states
-        peers = GaugeMetricFamily("nfvha_agent_peer_silence_seconds",
-                                  "Time since each peer agent last answered a ping",
-                                  labels=["peer"])
-        for peer, s in a.peer_silences().items():
-            peers.add_metric([peer], s)
-        yield peers
+        lease = GaugeMetricFamily("nfvha_agent_host_lease_left_seconds",
+                                  "Time until the host lease the guard holds runs out")
+        guard_restarts = CounterMetricFamily("nfvha_agent_guard_restarts",
+                                             "Lease guards this agent restarted after they died")
+        guard_restarts.add_metric([], float(a.guard_restarts))
+        if a.lease_file is not None:
+            g = a.lease_file.guard()
+            if g.host_until > 0:
+                lease.add_metric([], g.host_until - time.monotonic())
+        yield lease
+        yield guard_restarts
         fenced = GaugeMetricFamily("nfvha_agent_fenced", "1 while this agent is fenced")
         fenced.add_metric([], 1.0 if a.fenced_at is not None else 0.0)
         yield fenced

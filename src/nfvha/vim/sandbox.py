@@ -79,6 +79,8 @@ class ExitStatus:
                 return f"killed by {signal.Signals(self.signal).name}"
             except ValueError:
                 return f"killed by signal {self.signal}"
+        if self.code is None:
+            return "ended (exit status unknown: not a child of this agent run)"
         return f"exited with code {self.code}"
 
 
@@ -101,16 +103,19 @@ class ProcessWatch:
             return
         code: int | None = None
         sig: int | None = None
+        adopted = False
         try:
             res = os.waitid(os.P_PIDFD, self._fd, os.WEXITED | os.WNOHANG)
         except ChildProcessError:
-            res = None  # not our child (should not happen with the subreaper); no status
+            # Not our child: adopted after an agent restart (or the guard of an earlier
+            # run). A pidfd is readable only once its process has exited, so it has.
+            res, adopted = None, True
         if res is not None:
             if res.si_code == os.CLD_EXITED:
                 code = res.si_status
             else:
                 sig = res.si_status
-        elif not self._exited_without_child():
+        elif not adopted and not self._exited_without_child():
             return  # spurious wake-up
         self.close()
         self.status = ExitStatus(code=code, signal=sig, at=time.time())
@@ -287,6 +292,12 @@ class Sandbox:
         """SIGKILL everything in the sandbox's cgroup (the VNF and any children)."""
         if self.cgroup.exists():
             await asyncio.to_thread(self.cgroup.kill_all)
+
+    async def fence(self) -> None:
+        """Kill the VNF and take its link down: a dead VNF's netns still answers ARP for
+        its address, which may by now live on another host."""
+        await self.kill()
+        await self.net.set_link_up(self.veth, False)
 
     async def terminate(self, pid: int, grace: float = 2.0) -> None:
         """SIGTERM the VNF, then SIGKILL what is left after ``grace`` seconds."""

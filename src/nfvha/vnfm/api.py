@@ -152,9 +152,26 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
                         # Stretched while the host (or the manager) recently stalled.
                         "leaseMs": round(manager.detector.lease(rec.id) * 1000),
                         "suspectAfterMs": round(manager.detector.suspect_after(rec.id) * 1000),
+                        "fenced": rec.id in manager.fenced_hosts,
+                        "fenceDriver": (manager.cfg.fencers[rec.id].name
+                                        if rec.id in manager.cfg.fencers else None),
+                        "guard": manager.guard_view(rec.id),
                         "instances": st.get("instances", []),
                         "resources": st.get("resources", {})})
         return out
+
+    @app.post("/nfvha/v1/hosts/{host_id}/fence", dependencies=auth)
+    async def fence(host_id: str) -> dict[str, Any]:
+        """Fence the host now through its configured driver (STONITH); once confirmed off,
+        its VNFs are recovered elsewhere. 409 when the host has no fence driver."""
+        return await manager.fence_host(host_id)
+
+    @app.get("/nfvha/v1/fences", dependencies=auth)
+    async def fences(host: str | None = None) -> list[dict[str, Any]]:
+        """Every fence attempt with its result, oldest first."""
+        recs = [r.data for r in manager.store.list("fence", where={"host": host} if host
+                                                    else None)]
+        return sorted(recs, key=lambda d: str(d.get("startedAt")))
 
     @app.get("/nfvha/v1/checkpoints", dependencies=auth)
     async def checkpoints(vnfInstanceId: str | None = None) -> list[dict[str, Any]]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -23,6 +24,8 @@ from nfvha.dataplane.client import ForwarderClient, ForwarderError
 from nfvha.descriptor import HaPolicy, VnfDescriptor, parse_descriptor
 from nfvha.errors import InstanceNotFound, InstanceStateError, NfvhaError
 from nfvha.ha.fault import FaultTimings, HeartbeatDetector, HostState, probe_vnf
+from nfvha.ha.fencing import FenceDriver, FenceResult
+from nfvha.ha.liveness import decode, encode, liveness_key
 from nfvha.ha.recovery import RecoveryContext, RecoveryDecision, decide, strategy_chain
 from nfvha.logs import decision as log_decision
 from nfvha.nfvo.placement import HostView, PlacementError, place
@@ -64,6 +67,48 @@ class ManagerConfig:
     tick: float = 0.02
     base_url: str = ""
     forwarder_url: str | None = None
+    #: UDP address the lease guards' heartbeats arrive at (None: HTTP heartbeats only).
+    liveness_listen: tuple[str, int] | None = None
+    #: Active fencing (STONITH): a driver per host id; a host without one is waited out.
+    fencers: Mapping[str, FenceDriver] = field(default_factory=dict)
+
+
+@dataclass
+class GuardReport:
+    """The last heartbeat of a host's lease guard, as received."""
+
+    addr: tuple[str, int]
+    msg: dict[str, Any]
+    at: float  # monotonic receive time
+
+    def heard(self, host_id: str) -> float | None:
+        """Monotonic time at which this guard last heard ``host_id``, if it said."""
+        ms = self.msg.get("p", {}).get(host_id) if isinstance(self.msg.get("p"), dict) \
+            else None
+        return None if not isinstance(ms, int | float) else self.at - ms / 1000.0
+
+
+class _LivenessProtocol(asyncio.DatagramProtocol):
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Not an isinstance check: uvloop's UDP transport is no asyncio.DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        msg = decode(self.manager.liveness_key, data)
+        if msg is None or msg.get("k") != "hb" or not isinstance(msg.get("h"), str):
+            self.manager.liveness_rejected += 1
+            return
+        try:
+            answer = self.manager.liveness(msg["h"], msg, addr)
+        except Exception:
+            log.exception("liveness datagram from %s", addr)
+            return
+        if answer is not None and self.transport is not None:
+            self.transport.sendto(encode(self.manager.liveness_key, answer), addr)
 
 
 @dataclass
@@ -111,6 +156,18 @@ class Manager:
         self.notifier = Notifier(store, self.events, base_url=cfg.base_url)  # SOL003
         self.metrics = ManagerMetrics(self)
         self.heartbeats_missed: dict[str, int] = {}  # host -> heartbeats not received
+        self.liveness_key = liveness_key(cfg.token)
+        self.liveness_rejected = 0  # datagrams dropped: not authentic, or malformed
+        self.guards: dict[str, GuardReport] = {}  # host -> its guard's last heartbeat
+        self._guard_seq: dict[str, tuple[float, int]] = {}  # host -> (incarnation, seq)
+        self._guard_fence_seen: dict[str, tuple[float, int]] = {}
+        # host -> monotonic time from which its VNFs are known stopped (a confirmed
+        # STONITH, or its guard reporting a fence); moves need not wait for its lease.
+        self.fenced_hosts: dict[str, float] = {}
+        self._fencing: dict[str, asyncio.Task[FenceResult | None]] = {}
+        self._stale_deletes: dict[tuple[str, str], float] = {}
+        self._liveness: asyncio.DatagramTransport | None = None
+        self._stonith_off: set[str] = set()  # hosts a fence driver powered off
         self.forwarder_logs: dict[str, dict[str, Any]] = {}  # last forwarder log stats
 
     # -- start / stop ---------------------------------------------------------------------
@@ -134,6 +191,10 @@ class Manager:
                 self._op_update(rec.id, operationState="FAILED_TEMP",
                                 error=_problem(500, "manager restarted during the operation; "
                                                     "it is retried automatically"))
+        if self.cfg.liveness_listen is not None:
+            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: _LivenessProtocol(self), local_addr=self.cfg.liveness_listen)
+            self._liveness = transport
         self._loop_task = asyncio.create_task(self._loop())
         if self.forwarder is not None:
             self._spawn(self._watch_forwarder())
@@ -141,6 +202,8 @@ class Manager:
                  len(self.store.list("host")))
 
     async def close(self) -> None:
+        if self._liveness is not None:
+            self._liveness.close()
         if self._loop_task:
             self._loop_task.cancel()
         for t in list(self._tasks):
@@ -176,9 +239,8 @@ class Manager:
 
     # -- hosts ----------------------------------------------------------------------------
 
-    def heartbeat(self, host_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Record a heartbeat; the answer tells the agent its peers, which it asks before
-        fencing itself (an agent that still reaches a peer is not isolated)."""
+    def _host_heard(self, host_id: str, url: str | None) -> None:
+        """Any sign of life from a host (a guard's datagram, an agent's report)."""
         if host_id in self.detector.state:
             # Heartbeats that should have come in the silence that just ended.
             gap = self.detector.silence(host_id) / self.cfg.timings.heartbeat_interval
@@ -186,12 +248,37 @@ class Manager:
                 self.heartbeats_missed[host_id] = (self.heartbeats_missed.get(host_id, 0)
                                                    + int(gap) - 1)
         before = self.detector.heard(host_id)
+        rec = self.store.find("host", host_id)
+        if rec is None or rec.data.get("state") != HostState.UP or before != HostState.UP \
+                or (url and rec.data.get("url") != url):
+            if rec is not None and rec.data.get("state") == HostState.DOWN:
+                log.info("host %s is back; its stale VNF copies are removed", host_id)
+                self.fence_deadline.pop(host_id, None)
+                self.fenced_hosts.pop(host_id, None)
+                self._stonith_off.discard(host_id)
+                self._spawn(self._cleanup_rejoined(host_id))
+            self.store.put("host", host_id, {
+                "id": host_id, "url": url or (rec.data.get("url") if rec else None),
+                "state": HostState.UP,
+                "registeredAt": (rec.data.get("registeredAt") if rec else None) or _now_iso(),
+                "stateChangedAt": _now_iso()})
+            previous = rec.data.get("state") if rec is not None else None
+            if before != HostState.UP and previous == HostState.UP:
+                previous = str(before)
+            if previous != HostState.UP:
+                self._host_state(host_id, HostState.UP, previous,
+                                 "registered" if rec is None else "heartbeat received")
+
+    def heartbeat(self, host_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An agent's status report (HTTP): what runs there. Liveness is the guard's
+        (``liveness``), but a report is a sign of life too."""
         held = body.get("lease")
         if isinstance(held, int | float) and not isinstance(held, bool):
             self.detector.held(host_id, float(held))
         need_full = False
         if body.get("full", True):
             self.host_status[host_id] = body
+            self._remove_stale_copies(host_id, body)
         else:
             # "Alive, nothing changed": the last full status still holds, unless this
             # manager has none or it came from an earlier run of the agent.
@@ -200,30 +287,129 @@ class Manager:
                 need_full = True
             else:
                 prev["time"] = body.get("time")
-        rec = self.store.find("host", host_id)
-        if rec is None or rec.data.get("state") != HostState.UP or before != HostState.UP:
-            if rec is not None and rec.data.get("state") == HostState.DOWN:
-                log.info("host %s is back; its stale VNF copies are removed", host_id)
-                self.fence_deadline.pop(host_id, None)
-                self._spawn(self._cleanup_rejoined(host_id))
-            self.store.put("host", host_id, {
-                "id": host_id, "url": body.get("url"), "state": HostState.UP,
-                "registeredAt": (rec.data.get("registeredAt") if rec else None) or _now_iso(),
-                "stateChangedAt": _now_iso()})
-            previous = rec.data.get("state") if rec is not None else None
-            if before != HostState.UP and previous == HostState.UP:
-                previous = str(before)
-            self._host_state(host_id, HostState.UP, previous,
-                             "registered" if rec is None else "heartbeat received")
+        self._host_heard(host_id, body.get("url"))
         # An exit the agent's event did not deliver is still seen here.
         for inst in body.get("instances", []):
             if inst["state"] == "EXITED":
                 self._instance_exited(host_id, inst)
-        peers = [{"id": h, "url": st.get("url")} for h, st in self.host_status.items()
-                 if h != host_id and st.get("url")]
         lease = self.detector.lease(host_id)
         self.detector.granted(host_id, lease)
-        return {"peers": peers, "need_full": need_full, "lease": lease}
+        return {"peers": [], "need_full": need_full, "lease": lease}
+
+    def liveness(self, host_id: str, msg: dict[str, Any],
+                 addr: tuple[str, int]) -> dict[str, Any] | None:
+        """A lease guard's heartbeat (UDP): the host is alive; the answer grants its lease
+        and, when the guard's list is out of date, names the peers it should ping."""
+        inc, seq = msg.get("i"), msg.get("s")
+        if not isinstance(inc, int | float) or not isinstance(seq, int):
+            self.liveness_rejected += 1
+            return None
+        last = self._guard_seq.get(host_id)
+        if last is not None and (inc < last[0] or (inc == last[0] and seq <= last[1])):
+            return None  # late or replayed: only the newest counts
+        self._guard_seq[host_id] = (float(inc), seq)
+        answer: dict[str, Any] = {"k": "hb-ack", "s": seq}
+        rec = self.store.find("host", host_id)
+        if rec is None:
+            # Registered by its agent's first report (which brings the agent's URL).
+            answer["l"] = self.cfg.timings.fencing_timeout
+            return answer
+        self.guards[host_id] = GuardReport(addr, msg, time.monotonic())
+        held = msg.get("l")
+        if isinstance(held, int | float) and not isinstance(held, bool):
+            self.detector.held(host_id, float(held))
+        self._host_heard(host_id, None)
+        fence = msg.get("f")
+        if isinstance(fence, int) and fence > 0:
+            if self._guard_fence_seen.get(host_id, (0, 0))[1] != fence:
+                self._guard_fence_seen[host_id] = (float(inc), fence)
+                self._guard_fenced(host_id, str(msg.get("fr") or "fenced"), msg.get("fa"))
+        elif host_id in self.fenced_hosts and self.detector.state.get(host_id) == HostState.UP \
+                and host_id not in self._stonith_off:
+            del self.fenced_hosts[host_id]  # the guard lifted its fence: the agent is back
+        self._agent_alarm(host_id, msg.get("a"), msg.get("g"))
+        peers, version = self._guard_peers()
+        if msg.get("pv") != version:
+            answer["peers"], answer["pv"] = peers, version
+        lease = self.detector.lease(host_id)
+        self.detector.granted(host_id, lease)
+        answer["l"] = lease
+        return answer
+
+    def guard_view(self, host_id: str) -> dict[str, Any] | None:
+        """What the host's guard said last: the agent's remaining grace, its fence."""
+        r = self.guards.get(host_id)
+        if r is None:
+            return None
+        return {"lastHeardAgoMs": round((time.monotonic() - r.at) * 1000),
+                "agentGraceLeftS": r.msg.get("a"), "fence": r.msg.get("f") or 0,
+                "fenceReason": r.msg.get("fr") or None,
+                "watchdogS": r.msg.get("w") or 0}
+
+    def _guard_peers(self) -> tuple[list[list[Any]], str]:
+        peers = sorted([h, r.addr[0], r.addr[1]] for h, r in self.guards.items()
+                       if self.detector.state.get(h) != HostState.DOWN)
+        return peers, hashlib.sha1(repr(peers).encode()).hexdigest()[:12]
+
+    def _agent_alarm(self, host_id: str, left: Any, grace: Any) -> None:
+        """The guard says how long its agent may still be silent: an alarm while the agent
+        is overdue (dead, stopped or starved), before the guard has to fence."""
+        if not isinstance(left, int | float) or not isinstance(grace, int | float):
+            return
+        silent = float(grace) - float(left)
+        if silent > max(1.0, float(grace) / 3):
+            self._raise_alarm(f"agent:{host_id}", None, "PROCESSING_ERROR_ALARM", "MAJOR",
+                              "agent-unresponsive", f"the agent of host {host_id} has not fed "
+                              f"its lease guard for {silent:.1f} s (grace {float(grace):g} s): "
+                              "dead, stopped or starved; its VNFs keep running until then",
+                              {"host": host_id})
+        elif silent < 1.0:
+            self._clear_alarm(f"agent:{host_id}")
+
+    def _guard_fenced(self, host_id: str, reason: str, fenced_at: Any) -> None:
+        """The host's guard killed every VNF there: they are known stopped, so they move
+        now, with no lease to wait out."""
+        self.fenced_hosts[host_id] = time.monotonic()
+        log_decision(log, "host-fenced-by-guard", f"host {host_id}'s lease guard fenced its "
+                     f"VNFs: {reason}", level=logging.WARNING, reason=reason, host=host_id)
+        detected = time.time()
+        at = float(fenced_at) if isinstance(fenced_at, int | float) and fenced_at else detected
+        for v in self.store.list("vnf"):
+            if v.data.get("host") == host_id and v.data["haState"] == VnfState.ACTIVE:
+                rt = self._rt(v.id)
+                if rt.busy is not None and not rt.busy.done():
+                    rt.busy.cancel()
+                rt.failure = ("host-loss", detected, f"fenced on {host_id} by its lease guard: "
+                              f"{reason}")
+                rt.failed_at = min(at, detected)
+        self._wake.set()
+
+    def _remove_stale_copies(self, host_id: str, status: dict[str, Any]) -> None:
+        """A copy of a VNF that lives elsewhere (a host back from a fence or a partition,
+        a restore the stopped agent finished late) is removed as soon as it is reported."""
+        now = time.monotonic()
+        for inst in status.get("instances", []):
+            if inst.get("state") in ("STANDBY", "STOPPED"):
+                continue
+            rec = self.store.find("vnf", str(inst.get("id")))
+            if rec is None or rec.data["haState"] != VnfState.ACTIVE or \
+                    rec.data.get("host") in (None, host_id):
+                continue
+            key = (host_id, rec.id)
+            if now - self._stale_deletes.get(key, -1e9) < 2.0:
+                continue
+            self._stale_deletes[key] = now
+            log_decision(log, "remove-stale-copy", f"remove the stale copy of {rec.id} on "
+                         f"{host_id} ({inst.get('state')}); it lives on {rec.data['host']}",
+                         level=logging.WARNING, vnf=rec.id, host=host_id,
+                         reason="never two copies: the VNF was moved while this host could "
+                                "not be told")
+
+            async def delete(h: str = host_id, vnf: str = rec.id) -> None:
+                with contextlib.suppress(AgentCallError):
+                    await self.agent(h).delete(vnf)
+
+            self._spawn(delete())
 
     def event(self, ev: dict[str, Any]) -> None:
         if ev.get("type") == "instance-exit":
@@ -270,29 +456,31 @@ class Manager:
         return frozenset(h for h, s in self.detector.state.items() if s == HostState.UP)
 
     async def _confirm_host_loss(self, host_id: str) -> None:
-        """Second path: ask the other agents when they last heard the suspected host.
+        """Second path: did any other host hear the suspected one lately?
 
         A host some peer heard within the suspicion time is alive and not isolated (and
         would not fence itself): it stays UP. Otherwise it is DOWN, and its VNFs may move
-        once the fencing timeout (+ margin) has passed since anyone last heard it.
+        once it is fenced (STONITH confirmed) or, failing that, once the longest lease it
+        may hold (+ margin) has passed since anyone last heard it.
         """
         try:
             helpers = [h for h, st in self.detector.state.items()
-                       if h != host_id and st != HostState.DOWN]
-            t = self.cfg.timings.confirm_timeout
-            results = await asyncio.gather(*[self.agent(h).peer_silences(t) for h in helpers],
-                                           return_exceptions=True)
-            heard = {h: r[host_id] for h, r in zip(helpers, results, strict=True)
-                     if isinstance(r, dict) and host_id in r}
-            answered = [r for r in results if isinstance(r, dict)]
-            if helpers and not answered:
+                       if h != host_id and st != HostState.DOWN and h in self.guards]
+            now = time.monotonic()
+            # The second path costs no round trip: every guard's heartbeat says when it
+            # last heard its ring neighbours. Only fresh reports count.
+            fresh = {h: self.guards[h] for h in helpers
+                     if now - self.guards[h].at < self.detector.suspect_after(h)}
+            if helpers and not fresh:
                 # Nobody could be asked: this manager may be the one cut off. Ask again
                 # on the next tick rather than move VNFs on a guess.
-                log.info("host %s: no peer answered the second-path check; retrying",
+                log.info("host %s: no other host reported lately; second path retried",
                          host_id)
                 if self.detector.state.get(host_id) == HostState.SUSPECTED:
                     self.detector.state[host_id] = HostState.UP
                 return
+            heard = {h: now - t for h, r in fresh.items()
+                     if (t := r.heard(host_id)) is not None}
             recent = min([self.detector.silence(host_id), *heard.values()])
             suspect_after = self.detector.suspect_after(host_id)
             if recent < suspect_after or self.detector.state.get(host_id) == HostState.UP:
@@ -334,6 +522,8 @@ class Manager:
                     rt.failure = ("host-loss", detected, f"host {host_id} lost")
                     rt.failed_at = detected - recent  # last heard by anyone
             self._wake.set()
+            if host_id in self.cfg.fencers:
+                self.start_fence(host_id, "host-loss")
         finally:
             self._confirming.discard(host_id)
 
@@ -930,24 +1120,147 @@ class Manager:
         raise last_error
 
     async def _ensure_old_copy_stopped(self, vnf_id: str, old_host: str) -> None:
-        """Never two live copies: the old host is either told to stop the VNF, or known
-        fenced because its fencing timeout has passed since it was last heard."""
-        if self.detector.state.get(old_host) == HostState.UP:
-            await self.agent(old_host).delete(vnf_id)
+        """Never two live copies. The old copy is known stopped when its host was fenced
+        (STONITH confirmed off, or its guard reported a fence); or it is stopped through
+        its agent; or, for a lost host, the longest lease it may hold has run out (its
+        guard, or its agent if the guard is dead, stops the VNFs by then)."""
+        if old_host in self.fenced_hosts:
             return
-        deadline = self.fence_deadline.get(old_host)
-        wait = (deadline - time.monotonic() if deadline is not None
-                else self.detector.fenced_in(old_host))
-        if wait > 0:
-            log_decision(log, "wait-fenced", f"waiting {wait * 1000:.0f} ms until {old_host} is "
-                         f"known fenced before moving {vnf_id}",
-                         reason="never two live copies: the old host's fencing timeout has not "
-                                "passed since it was last heard", vnf=vnf_id, host=old_host)
-            await asyncio.sleep(wait)
         if self.detector.state.get(old_host) == HostState.UP:
+            try:
+                await self.agent(old_host).delete(vnf_id)
+                return
+            except AgentCallError as exc:
+                if not exc.unreachable:
+                    raise
+                # Alive (its guard beats) but its agent does not answer: the guard stops
+                # the VNFs when the agent grace runs out, and says so.
+                await self._wait_guard_fence(old_host, vnf_id, exc)
+                return
+        logged = False
+        while old_host not in self.fenced_hosts:
+            deadline = self.fence_deadline.get(old_host)
+            wait = (deadline - time.monotonic() if deadline is not None
+                    else self.detector.fenced_in(old_host))
+            if wait <= 0:
+                break
+            if not logged:
+                logged = True
+                how = ("or until its fence is confirmed" if old_host in self._fencing
+                       and not self._fencing[old_host].done() else "(no fence confirmed)")
+                log_decision(log, "wait-fenced", f"waiting {wait * 1000:.0f} ms until {old_host}"
+                             f" is known fenced before moving {vnf_id} {how}",
+                             reason="never two live copies: the longest lease the old host may "
+                                    "hold has not run out since it was last heard",
+                             vnf=vnf_id, host=old_host)
+            await asyncio.sleep(min(wait, 0.005))  # a confirmed fence ends the wait early
+        if old_host not in self.fenced_hosts and \
+                self.detector.state.get(old_host) == HostState.UP:
             # It came back meanwhile (e.g. a partition shorter than its fencing timeout), so
             # it may not have fenced itself: its copy is stopped through its agent.
             await self.agent(old_host).delete(vnf_id)
+
+    async def _wait_guard_fence(self, host_id: str, vnf_id: str, exc: AgentCallError) -> None:
+        report = self.guards.get(host_id)
+        left = report.msg.get("a") if report is not None else None
+        if not isinstance(left, int | float):
+            raise exc
+        deadline = time.monotonic() + max(0.0, float(left)) + 1.0
+        log_decision(log, "wait-guard-fence", f"agent of {host_id} unreachable; waiting up to "
+                     f"{deadline - time.monotonic():.1f} s for its guard to fence before moving "
+                     f"{vnf_id}", reason="never two live copies: the host is alive, so the old "
+                     "copy is stopped only by its guard once the agent grace runs out",
+                     vnf=vnf_id, host=host_id)
+        while time.monotonic() < deadline:
+            if host_id in self.fenced_hosts:
+                return
+            try:
+                await self.agent(host_id).delete(vnf_id)  # the agent may be back
+                return
+            except AgentCallError as again:
+                if not again.unreachable:
+                    raise
+            await asyncio.sleep(0.05)
+        raise exc
+
+    # -- active fencing (STONITH) ----------------------------------------------------------
+
+    def start_fence(self, host_id: str, trigger: str) -> asyncio.Task[FenceResult | None]:
+        """Fence the host through its driver, once at a time per host."""
+        t = self._fencing.get(host_id)
+        if t is None or t.done():
+            t = self._fencing[host_id] = self._spawn(self._fence(host_id, trigger))
+        return t
+
+    async def _fence(self, host_id: str, trigger: str) -> FenceResult | None:
+        """Power the host off through its fence driver and record the attempt. Confirmed
+        off, its VNFs move at once; otherwise the lease wait still covers them."""
+        driver = self.cfg.fencers.get(host_id)
+        if driver is None:
+            return None
+        rec_id = f"{host_id}-{uuid.uuid4().hex[:8]}"
+        started = time.time()
+        base = {"id": rec_id, "host": host_id, "trigger": trigger, "driver": driver.name,
+                "startedAt": _now_iso(started)}
+        self.store.put("fence", rec_id, {**base, "state": "PROCESSING"})
+        log_decision(log, "fence", f"fencing {host_id} through {driver.name} ({trigger})",
+                     reason="make the host safe without trusting it, before its VNFs move",
+                     host=host_id, driver=driver.name)
+        try:
+            result = await driver.off()
+        except Exception as exc:  # a driver bug must not stop failover: the lease covers it
+            log.exception("fence driver %s for %s", driver.name, host_id)
+            result = FenceResult(host=host_id, action="off", ok=False, status="unknown",
+                                 detail=f"driver error: {exc}", driver=driver.name,
+                                 duration_s=time.time() - started)
+        self.store.put("fence", rec_id, {
+            **base, "state": "COMPLETED" if result.ok else "FAILED", "result": result.as_dict(),
+            "finishedAt": _now_iso(), "durationMs": round(result.duration_s * 1000, 1)})
+        self.metrics.fences.labels("confirmed" if result.ok else "failed").inc()
+        self.metrics.fence_duration.observe(result.duration_s)
+        if result.ok:
+            self._stonith_off.add(host_id)
+            self.fenced_hosts[host_id] = time.monotonic()
+            self._clear_alarm(f"fence:{host_id}")
+            log_decision(log, "fenced", f"host {host_id} fenced ({result.detail}) in "
+                         f"{result.duration_s * 1000:.0f} ms", reason="fence confirmed off",
+                         host=host_id)
+            self._wake.set()
+        else:
+            self._raise_alarm(f"fence:{host_id}", None, "EQUIPMENT_ALARM", "MAJOR",
+                              "fence-failed", f"fencing {host_id} through {driver.name} "
+                              f"failed: {result.detail}; its VNFs move once the longest lease "
+                              "it may hold has run out", {"host": host_id})
+        return result
+
+    async def fence_host(self, host_id: str) -> dict[str, Any]:
+        """Operator's fence (``nfvha inject fence``): through the configured driver; a
+        host confirmed off is DOWN at once and its VNFs are recovered elsewhere."""
+        if self.store.find("host", host_id) is None:
+            raise InstanceNotFound(f"no host {host_id!r} (see GET /nfvha/v1/hosts)")
+        if host_id not in self.cfg.fencers:
+            raise InstanceStateError(f"no fence driver is configured for host {host_id}; give "
+                                     "the manager one with --fence-config")
+        result = await self.start_fence(host_id, "manual")
+        assert result is not None
+        if result.ok and self.detector.state.get(host_id) != HostState.DOWN:
+            self.detector.state[host_id] = HostState.DOWN
+            self.fence_deadline[host_id] = time.monotonic()
+            previous = self.store.get("host", host_id).data.get("state")
+            self.store.update("host", host_id, lambda d: {**d, "state": HostState.DOWN,
+                                                          "stateChangedAt": _now_iso()})
+            self._host_state(host_id, HostState.DOWN, previous, "fenced by the operator")
+            detected = time.time()
+            for v in self.store.list("vnf"):
+                if v.data.get("host") == host_id and v.data["haState"] == VnfState.ACTIVE:
+                    rt = self._rt(v.id)
+                    if rt.busy is not None and not rt.busy.done():
+                        rt.busy.cancel()
+                    rt.failure = ("host-loss", detected, f"host {host_id} fenced by the "
+                                  "operator")
+                    rt.failed_at = detected
+            self._wake.set()
+        return result.as_dict()
 
     async def _wait_serving(self, d: VnfDescriptor, restored: float) -> float | None:
         """When the restored VNF first answered its probe; None if not within 3 s."""

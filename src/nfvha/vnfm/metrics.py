@@ -86,6 +86,12 @@ class ManagerMetrics:
         self.host_transitions = Counter(
             "nfvha_host_state_changes", "Host state changes seen by the manager", ["state"],
             registry=r)
+        self.fences = Counter(
+            "nfvha_fences", "Active fencing (STONITH) attempts by result", ["result"],
+            registry=self.registry)
+        self.fence_duration = Histogram(
+            "nfvha_fence_duration_seconds", "Time a fence driver took to confirm power-off",
+            registry=self.registry)
         self.alarms = Counter(
             "nfvha_alarms_raised", "Alarms raised, by fault type and severity",
             ["fault_type", "severity"], registry=r)

@@ -1,0 +1,449 @@
+"""The lease guard: a small per-host process that keeps the host's lease and enforces it.
+
+The agent is a large asyncio program that can crash, be OOM-killed or stall; the promise
+that a VNF never runs twice cannot rest on it. The guard is separate, small and
+stdlib-only (it starts in tens of milliseconds), and it alone speaks the liveness path:
+
+* it sends the manager one UDP heartbeat per interval and pings ``fanout`` peers; each
+  answer renews the **host lease** (the manager's grant; an answered peer ping counts,
+  so a host cut off from the manager alone is not isolated);
+* the agent **feeds** it through the shared lease file (``LeaseFile``): "I am alive
+  until T"; the **agent grace** is how long the agent may be silent (a restart, a stall)
+  before the VNFs it can no longer manage are stopped;
+* when either runs out it **fences**: every process in the host's VNF cgroups is killed
+  at once, and it keeps killing whatever appears there until the agent acknowledges
+  the fence (a restore the stopped agent had started must not come back to life); its
+  heartbeats report the fence, so the manager can move the VNFs without waiting.
+
+No single process death leaves a VNF running past its lease: the guard enforces both
+leases while the agent is dead or stopped; the agent enforces the host lease (read from
+the same file) while the guard is dead or stopped, and restarts it. Both dead at once is
+what a kernel watchdog covers (``--watchdog``: fed while the guard runs and fencing
+works, as SBD does); the manager's active fencing (STONITH) covers it regardless.
+
+Run as ``python -m nfvha.vim.guard`` by the agent (or systemd).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import mmap
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from nfvha.errors import SandboxError
+from nfvha.ha.liveness import MAX_DATAGRAM, decode, encode, liveness_key, ring_successors
+from nfvha.vim.cgroups import CgroupDriver
+
+__all__ = ["AgentSide", "GuardConfig", "GuardSide", "LeaseFile", "LeaseGuard", "main"]
+
+log = logging.getLogger("nfvha.guard")
+
+_MAX_LEASE_S = 30.0  # a manager granting more is broken
+_SWEEP_S = 0.02  # while fenced and unacknowledged: look for (and kill) new VNF processes
+
+
+# -- the shared lease file ---------------------------------------------------------------
+
+
+class GuardSide(NamedTuple):
+    host_until: float  # CLOCK_MONOTONIC deadline of the host lease; 0: never had contact
+    fence_seq: int  # fences so far; the one in force when > the agent's ack_seq
+    fenced_at: float  # wall time of the last fence, 0 if none
+    pid: int
+    lease: float  # length of the lease last granted
+    fenced: int  # 1 while fenced (VNFs must not run), 0 otherwise
+
+
+class AgentSide(NamedTuple):
+    agent_until: float  # CLOCK_MONOTONIC deadline the agent last fed; 0: not yet armed
+    ack_seq: int  # the last fence the agent has seen through (its VNFs marked FENCED)
+    pid: int
+
+
+_MAGIC = b"NFVHALS1"
+_BOOT = 8  # 16 bytes of the boot id: monotonic deadlines mean nothing after a reboot
+_G = 32  # guard region: seq, host_until, fence_seq, fenced_at, pid, lease, fenced
+_G_FMT = struct.Struct("<dQdQdQ")
+_A = 96  # agent region: seq, agent_until, ack_seq, pid
+_A_FMT = struct.Struct("<dQQ")
+_SIZE = 128
+_SEQ = struct.Struct("<Q")
+
+
+def _boot_id() -> bytes:
+    try:
+        return bytes.fromhex(Path("/proc/sys/kernel/random/boot_id").read_text()
+                             .strip().replace("-", ""))[:16]
+    except (OSError, ValueError):
+        return b"\0" * 16
+
+
+class LeaseFile:
+    """128 bytes shared by the guard and the agent through ``mmap``.
+
+    Each side writes only its own region, under a sequence lock (odd while writing), so
+    a reader never acts on a torn deadline. Monotonic times are comparable between the
+    two processes (one clock per boot); a file from an earlier boot is reset.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # one initialiser at a time
+            if os.fstat(fd).st_size < _SIZE:
+                os.ftruncate(fd, _SIZE)
+            self._mm = mmap.mmap(fd, _SIZE)
+            boot = _boot_id()
+            if self._mm[:8] != _MAGIC or self._mm[_BOOT:_BOOT + 16] != boot:
+                self._mm[:_SIZE] = b"\0" * _SIZE
+                self._mm[:8] = _MAGIC
+                self._mm[_BOOT:_BOOT + 16] = boot
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        self.path = path
+
+    def _write(self, off: int, fmt: struct.Struct, *values: Any) -> None:
+        seq = _SEQ.unpack_from(self._mm, off)[0]
+        seq += 1 if seq % 2 == 0 else 2  # odd: writing (a writer that died mid-write: skip)
+        _SEQ.pack_into(self._mm, off, seq)
+        fmt.pack_into(self._mm, off + 8, *values)
+        _SEQ.pack_into(self._mm, off, seq + 1)
+
+    def _read(self, off: int, fmt: struct.Struct) -> tuple[Any, ...]:
+        values: tuple[Any, ...] = ()
+        for _ in range(1000):
+            s1 = _SEQ.unpack_from(self._mm, off)[0]
+            values = fmt.unpack_from(self._mm, off + 8)
+            if s1 % 2 == 0 and _SEQ.unpack_from(self._mm, off)[0] == s1:
+                break
+        return values
+
+    def guard(self) -> GuardSide:
+        return GuardSide(*self._read(_G, _G_FMT))
+
+    def write_guard(self, g: GuardSide) -> None:
+        self._write(_G, _G_FMT, *g)
+
+    def agent(self) -> AgentSide:
+        return AgentSide(*self._read(_A, _A_FMT))
+
+    def write_agent(self, a: AgentSide) -> None:
+        self._write(_A, _A_FMT, *a)
+
+    def close(self) -> None:
+        self._mm.close()
+
+
+# -- the guard -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    host_id: str
+    lease_path: Path
+    cgroup_parent: str  # every VNF cgroup of this host is below it
+    listen: tuple[str, int]
+    key: bytes
+    manager: tuple[str, int] | None = None
+    heartbeat_interval: float = 0.05
+    fencing_timeout: float = 0.25  # the shortest lease; 0: never fence on the host lease
+    agent_grace: float = 3.0  # the agent may be silent this long (0: never fence for it)
+    fanout: int = 3
+    watchdog: Path | None = None
+    watchdog_timeout: int = 0  # seconds; 0: the device's own
+    #: The bridge the VNFs' veths join: a fence takes them down as well, since a dead
+    #: VNF's sandbox still answers ARP for its address (and the kernel refuses its
+    #: traffic) where the VNF now runs elsewhere with the same IP and MAC.
+    bridge: str | None = None
+    veth_prefix: str = "nv"
+
+
+class LeaseGuard:
+    """One guard; ``run`` loops until SIGTERM. Single-threaded: one socket, ``select``."""
+
+    def __init__(self, cfg: GuardConfig) -> None:
+        self.cfg = cfg
+        self.file = LeaseFile(cfg.lease_path)
+        self.cgroup = CgroupDriver.detect().cgroup(cfg.cgroup_parent)
+        g = self.file.guard()
+        # A restarted guard inherits the lease in force: restarting must not disarm it.
+        self.host_until = g.host_until
+        self.lease = g.lease or cfg.fencing_timeout
+        self.fence_seq = g.fence_seq
+        self.fenced_at = g.fenced_at
+        self.fenced = bool(g.fenced)
+        self.reason = "inherited from the previous guard" if self.fenced else ""
+        self.incarnation = time.time()
+        self.seq = 0
+        self.sent: dict[int, float] = {}  # heartbeat/ping seq -> monotonic send time
+        self.peers: dict[str, tuple[str, int]] = {}
+        self.peers_version = ""
+        self.heard: dict[str, float] = {}  # peer -> monotonic time we last heard it
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(cfg.listen)
+        self.sock.setblocking(False)
+        self._stop = False
+        self._wd: int | None = None
+        self._sweep_failed = False
+        self._publish()
+
+    # -- state shared with the agent -----------------------------------------------------
+
+    def _publish(self) -> None:
+        self.file.write_guard(GuardSide(self.host_until, self.fence_seq, self.fenced_at,
+                                        os.getpid(), self.lease, int(self.fenced)))
+
+    def _renew(self, sent_at: float, lease: float) -> None:
+        """Contact that began at ``sent_at`` was answered: the lease runs from sending."""
+        until = sent_at + lease
+        if until > self.host_until:
+            self.host_until = until
+            self._publish()
+
+    # -- fencing -------------------------------------------------------------------------
+
+    def check(self, now: float) -> None:
+        a = self.file.agent()
+        agent_out = self.cfg.agent_grace > 0 and a.agent_until > 0 and now > a.agent_until
+        host_out = self.cfg.fencing_timeout > 0 and self.host_until > 0 \
+            and now > self.host_until
+        if (agent_out or host_out) and not self.fenced:
+            if host_out:
+                why = (f"host lease ran out: neither the manager nor any peer answered for "
+                       f"{(now - self.host_until + self.lease) * 1000:.0f} ms")
+            else:
+                why = (f"agent silent for {(now - a.agent_until + self.cfg.agent_grace):.1f}"
+                       f" s (grace {self.cfg.agent_grace:g} s): dead or stopped")
+            self.fence(why)
+        if not self.fenced:
+            return
+        if a.ack_seq < self.fence_seq:
+            self._sweep()
+        elif not agent_out and not host_out:
+            log.info("fence %d lifted: the agent acknowledged it and the lease is held",
+                     self.fence_seq)
+            self.fenced = False
+            self.reason = ""
+            self._publish()
+
+    def fence(self, reason: str) -> None:
+        self.fenced = True
+        self.fence_seq += 1
+        self.fenced_at = time.time()
+        self.reason = reason
+        self._publish()
+        log.warning("fencing host %s (fence %d): %s", self.cfg.host_id, self.fence_seq, reason)
+        self._sweep()
+        self._cut_links()
+
+    def _cut_links(self) -> None:
+        if self.cfg.bridge is None:
+            return
+        try:
+            out = subprocess.run(["ip", "-o", "link", "show", "master", self.cfg.bridge],
+                                 capture_output=True, text=True, timeout=5).stdout
+            for line in out.splitlines():
+                name = line.split(":", 2)[1].strip().split("@")[0]
+                if name.startswith(self.cfg.veth_prefix) and ",UP" in line + ",":
+                    subprocess.run(["ip", "link", "set", name, "down"], timeout=5,
+                                   capture_output=True)
+        except (OSError, subprocess.SubprocessError, IndexError) as exc:
+            log.error("fence could not take the VNF links down: %s", exc)
+
+    def _sweep(self) -> None:
+        try:
+            if self.cgroup.exists() and self.cgroup.pids():
+                self.cgroup.kill_all()
+            self._sweep_failed = False
+        except SandboxError as exc:
+            # Processes that survive SIGKILL (state D): the watchdog, if armed, is no
+            # longer fed, and resets the host (SBD's rule).
+            self._sweep_failed = True
+            log.error("fence could not kill every VNF process: %s", exc)
+
+    # -- the liveness path ---------------------------------------------------------------
+
+    def _send(self, msg: dict[str, Any], addr: tuple[str, int]) -> None:
+        with contextlib.suppress(OSError):  # unreachable now: the lease tells the rest
+            self.sock.sendto(encode(self.cfg.key, msg), addr)
+
+    def _next_seq(self, now: float) -> int:
+        self.seq += 1
+        self.sent[self.seq] = now
+        if len(self.sent) > 256:
+            for s in sorted(self.sent)[:128]:
+                del self.sent[s]
+        return self.seq
+
+    def beat(self, now: float) -> None:
+        """One heartbeat to the manager and one ping to each of ``fanout`` peers."""
+        a = self.file.agent()
+        if self.cfg.manager is not None:
+            self._send({
+                "k": "hb", "h": self.cfg.host_id, "i": self.incarnation,
+                "s": self._next_seq(now), "t": time.time(), "l": self.lease,
+                "a": None if a.agent_until <= 0 else round(a.agent_until - now, 3),
+                "g": self.cfg.agent_grace,
+                "f": self.fence_seq if self.fenced else 0, "fr": self.reason,
+                "fa": self.fenced_at, "pv": self.peers_version,
+                "w": self.cfg.watchdog_timeout if self._wd is not None else 0,
+                "p": {p: round((now - t) * 1000) for p, t in self.heard.items()
+                      if now - t < 10.0},
+            }, self.cfg.manager)
+        for peer in ring_successors(self.cfg.host_id, list(self.peers), self.cfg.fanout):
+            if peer != self.cfg.host_id:
+                self._send({"k": "ping", "h": self.cfg.host_id, "s": self._next_seq(now)},
+                           self.peers[peer])
+
+    def receive(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        msg = decode(self.cfg.key, data)
+        if msg is None:
+            return
+        kind = msg.get("k")
+        sent_at = self.sent.get(msg.get("s", -1)) if isinstance(msg.get("s"), int) else None
+        if kind == "hb-ack":
+            if sent_at is not None and isinstance(msg.get("l"), int | float):
+                self.lease = min(max(float(msg["l"]), self.cfg.fencing_timeout), _MAX_LEASE_S)
+                self._renew(sent_at, self.lease)
+            if isinstance(msg.get("peers"), list):
+                self.peers = {str(p[0]): (str(p[1]), int(p[2])) for p in msg["peers"]
+                              if isinstance(p, list) and len(p) == 3}
+                self.peers_version = str(msg.get("pv", ""))
+        elif kind == "ping" and isinstance(msg.get("h"), str):
+            self.heard[msg["h"]] = now
+            self._send({"k": "pong", "h": self.cfg.host_id, "s": msg.get("s")}, addr)
+        elif kind == "pong" and isinstance(msg.get("h"), str):
+            self.heard[msg["h"]] = now
+            if sent_at is not None:
+                self._renew(sent_at, self.lease)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _open_watchdog(self) -> None:
+        if self.cfg.watchdog is None:
+            return
+        self._wd = os.open(self.cfg.watchdog, os.O_WRONLY)
+        if self.cfg.watchdog_timeout:
+            import array
+
+            wdioc_settimeout = 0xC0045706
+            with contextlib.suppress(OSError):  # a plain file in tests, or a fixed timeout
+                fcntl.ioctl(self._wd, wdioc_settimeout,
+                            array.array("i", [self.cfg.watchdog_timeout]))
+        log.info("watchdog %s armed", self.cfg.watchdog)
+
+    def _feed_watchdog(self) -> None:
+        if self._wd is not None and not self._sweep_failed:
+            os.write(self._wd, b"\0")
+
+    def stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def run(self) -> None:
+        self._open_watchdog()
+        interval = self.cfg.heartbeat_interval
+        next_beat = time.monotonic()
+        next_sweep = 0.0
+        while not self._stop:
+            now = time.monotonic()
+            if now >= next_beat:
+                self.beat(now)
+                next_beat = max(next_beat + interval, now)
+            self.check(now)
+            self._feed_watchdog()
+            wake = next_beat
+            if self.fenced and self.file.agent().ack_seq < self.fence_seq:
+                next_sweep = now + _SWEEP_S
+                wake = min(wake, next_sweep)
+            a = self.file.agent()
+            for deadline in (self.host_until, a.agent_until):
+                if deadline > now:
+                    wake = min(wake, deadline + 0.001)
+            with contextlib.suppress(InterruptedError):
+                ready, _, _ = select.select([self.sock], [], [], max(0.0, wake - now))
+                if ready:
+                    for _ in range(64):
+                        try:
+                            data, addr = self.sock.recvfrom(MAX_DATAGRAM + 1)
+                        except BlockingIOError:
+                            break
+                        self.receive(data, addr, time.monotonic())
+        if self._wd is not None:
+            os.write(self._wd, b"V")  # magic close: a clean stop disarms the watchdog
+            os.close(self._wd)
+        self.sock.close()
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "0.0.0.0", int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="nfvha-guard", description=__doc__.splitlines()[0])
+    ap.add_argument("--host-id", required=True)
+    ap.add_argument("--lease-file", required=True, type=Path)
+    ap.add_argument("--cgroup-parent", required=True)
+    ap.add_argument("--listen", required=True, help="UDP ADDRESS:PORT for peers' pings")
+    ap.add_argument("--manager", default=None, help="the manager's UDP ADDRESS:PORT")
+    ap.add_argument("--token-file", required=True, type=Path)
+    ap.add_argument("--heartbeat-interval", type=float, default=0.05)
+    ap.add_argument("--fencing-timeout", type=float, default=0.25)
+    ap.add_argument("--agent-grace", type=float, default=3.0)
+    ap.add_argument("--fanout", type=int, default=3)
+    ap.add_argument("--bridge", default=None, help="the VNFs' bridge: a fence takes their "
+                    "veths down too")
+    ap.add_argument("--watchdog", type=Path, default=None,
+                    help="kernel watchdog device (e.g. /dev/watchdog with softdog)")
+    ap.add_argument("--watchdog-timeout", type=int, default=0)
+    ap.add_argument("--nice", type=int, default=-15)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s guard[%(process)d] %(levelname)s %(message)s")
+    # Exclusive: two guards of one host would fight over the lease file and the port.
+    lock_fd = os.open(str(args.lease_file) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.error("another guard holds %s.lock; exiting", args.lease_file)
+        return 3
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+    with contextlib.suppress(OSError):  # never swapped out: a stall here is a late fence
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).mlockall(1 | 2)  # MCL_CURRENT | MCL_FUTURE
+    guard = LeaseGuard(GuardConfig(
+        host_id=args.host_id, lease_path=args.lease_file, cgroup_parent=args.cgroup_parent,
+        listen=_addr(args.listen), key=liveness_key(args.token_file.read_text().strip()),
+        manager=_addr(args.manager) if args.manager else None,
+        heartbeat_interval=args.heartbeat_interval, fencing_timeout=args.fencing_timeout,
+        agent_grace=args.agent_grace, fanout=args.fanout, watchdog=args.watchdog,
+        bridge=args.bridge,
+        watchdog_timeout=args.watchdog_timeout))
+    signal.signal(signal.SIGTERM, guard.stop)
+    signal.signal(signal.SIGINT, guard.stop)
+    log.info("guard of %s on udp %s, lease file %s", args.host_id, args.listen,
+             args.lease_file)
+    guard.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
