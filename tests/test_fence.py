@@ -23,7 +23,7 @@ from tests.conftest import TEST_PREFIX
 
 SECRET = "Sw0rdf1sh-7731"
 OPTIONS = {"ip": "10.0.0.5", "username": "admin", "password": SECRET, "lanplus": "1"}
-TESTBED_AGENT = [sys.executable, "-m", "nfvha.ha.fence_testbed"]
+TESTBED_AGENT = [sys.executable, "-S", fence_testbed.__file__]
 
 
 def fake_agent(tmp_path: Path, on_off: str, on_status: str = "echo 'Status: OFF'; exit 2"

@@ -359,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(dead, stopped) this long; a restart within it is a non-event "
                         "(0: never)")
     a.add_argument("--status-interval", type=float, default=0.5,
-                   help="status reports to the manager (HTTP); sooner when something changed")
+                   help="how soon a change (an exit, a restore) is reported to the manager "
+                        "(HTTP); unchanged, the full status goes every 5 s")
     a.add_argument("--liveness-listen", default=None,
                    help="UDP ADDRESS:PORT of the guard (default: the --advertise-url's)")
     a.add_argument("--watchdog", default=None,

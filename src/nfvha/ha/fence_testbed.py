@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as a file with ``python -S`` (fast start): find the package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 __all__ = ["AGENT_NAME", "main", "testbed_fence_config"]
 
 AGENT_NAME = "fence_nfvha_testbed"
@@ -184,7 +187,8 @@ def testbed_fence_config(testbed_name: str, host_ids: list[str],
                          state_dir: str = "/run/nfvha") -> dict[str, Any]:
     """A ``load_fence_config`` mapping that fences each testbed host with this agent."""
     return {"hosts": {
-        hid: {"agent": [sys.executable, "-m", "nfvha.ha.fence_testbed"],
+        # As a file with -S: no site-packages scan, so it starts in ~20 ms, not ~50.
+        hid: {"agent": [sys.executable, "-S", str(Path(__file__).resolve())],
               "options": {"testbed": testbed_name, "plug": hid, "state_dir": str(state_dir)},
               "timeout": 5,
               # Its off checks link and cgroup itself before exiting 0: no second call.

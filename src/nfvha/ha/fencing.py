@@ -254,6 +254,9 @@ def _agent_name(argv: Sequence[str]) -> str:
     """``fence_ipmilan`` for a path, the module's last part for ``python -m pkg.mod``."""
     if "-m" in argv[1:-1]:
         return argv[argv.index("-m", 1) + 1].rsplit(".", 1)[-1]
+    scripts = [a for a in argv[1:] if a.endswith(".py")]
+    if scripts and Path(argv[0]).name.startswith("python"):
+        return Path(scripts[0]).stem  # python [-S] path/to/agent.py
     return Path(argv[0]).name
 
 

@@ -86,7 +86,7 @@ class AgentConfig:
     heartbeat_interval: float = 0.1
     #: A full heartbeat (every instance with its cgroup usage, the host's resources) goes
     #: out when something changed and at least this often; the others only say "alive".
-    full_status_every: float = 1.0
+    full_status_every: float = 5.0
     fencing_timeout: float = 0.0  # >0: stop own VNFs after losing the manager this long
     #: How long the agent itself may be silent (dead, stopped, restarting) before its lease
     #: guard stops the host's VNFs; a restart within it is a non-event.
@@ -193,8 +193,8 @@ class Agent:
         self.fenced_at: float | None = None
         self._usage, self._usage_at = 0, -1e9  # cached checkpoint disk use
         self._sent_signature: tuple[Any, ...] | None = None  # of the last full status accepted
-        self._sent_full_at = -1e9
         self._need_full = True
+        self._asked_seen = 0  # the guard's need_full counter, as last answered
         self.lease_file: LeaseFile | None = None  # shared with this host's lease guard
         self._guard: subprocess.Popen[bytes] | None = None
         self._guard_watch: ProcessWatch | None = None
@@ -688,6 +688,7 @@ class Agent:
             "time": time.time(),
             "instances": instances,
             "lease": self.lease,  # held now: a restarted manager learns it from here
+            "agent_pid": os.getpid(),  # the guard reports it: a restarted agent is told apart
             "resources": {"load1": load1, "mem_available_bytes": _mem_available(),
                           "cpus": os.cpu_count() or 1,
                           "checkpoint_bytes": self._checkpoint_bytes()},
@@ -699,14 +700,6 @@ class Agent:
         return tuple((i, inst.state, inst.pid,
                       inst.last_checkpoint.seq if inst.last_checkpoint else None)
                      for i, inst in self.instances.items())
-
-    def light_status(self) -> dict[str, Any]:
-        """A heartbeat that says only "alive, nothing changed". A full status costs a
-        cgroup read per instance and a JSON body that grows with them, twenty times a
-        second: at 20 VNFs per host, most of an idle agent's CPU."""
-        return {"host_id": self.cfg.host_id, "url": self.cfg.advertise_url,
-                "started_at": self.started_at, "time": time.time(), "full": False,
-                "lease": self.lease}
 
     def _checkpoint_bytes(self) -> int:
         """Disk used by checkpoints; walking the store is too slow for every heartbeat
@@ -739,40 +732,47 @@ class Agent:
                 await asyncio.sleep(0.05 * (attempt + 1))
 
     async def _heartbeat_loop(self) -> None:
-        """Status reports to the manager over HTTP: full when something changed, when a
-        (re)started manager asks, or every ``full_status_every``; "alive" otherwise, each
-        ``status_interval``. Liveness itself is the guard's (UDP), so this can be slow."""
+        """Full status reports to the manager over HTTP: when something changed, when a
+        (re)started manager asks (through the guard, or in an answer), and at least every
+        ``full_status_every``. Liveness is the guard's (UDP), so nothing else is sent."""
         assert self._http is not None
         url = f"{self.cfg.manager_url}/nfvha/v1/hosts/{self.cfg.host_id}/heartbeat"
-        period = self.cfg.status_interval
-        timeout = max(period * 2, 0.5)
+        timeout = max(self.cfg.status_interval * 2, 0.5)
         while True:
             sent_at = time.monotonic()
             signature = self._signature()
-            full = self._need_full or signature != self._sent_signature or \
-                sent_at - self._sent_full_at >= self.cfg.full_status_every
+            asked = self.lease_file.guard().need_full if self.lease_file is not None else 0
             try:
-                r = await self._http.post(url, json=self.status() if full else
-                                          self.light_status(), headers=self._auth(),
+                r = await self._http.post(url, json=self.status(), headers=self._auth(),
                                           timeout=timeout)
                 self.metrics.heartbeats.labels("ok" if r.status_code < 300 else
                                                "refused").inc()
                 if r.status_code < 300:
                     self._last_manager_ok = sent_at
+                    self._sent_signature = signature
+                    self._asked_seen = asked
                     with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-                        # A manager that (re)started knows nothing yet: it asks for it.
                         self._need_full = bool(r.json().get("need_full", False))
-                    if full:
-                        self._sent_signature, self._sent_full_at = signature, sent_at
             except httpx.HTTPError as exc:
                 self.metrics.heartbeats.labels("failed").inc()
                 log.debug("status report to %s failed: %s", url, exc)
             finally:
-                # Sooner when something changed (an exit, a restore): at most 20 per second.
-                deadline = time.monotonic() + period
-                while time.monotonic() < deadline and not self._need_full \
-                        and self._signature() == self._sent_signature:
-                    await asyncio.sleep(min(0.05, period))
+                await self._until_report_due(sent_at)
+
+    async def _until_report_due(self, last: float) -> None:
+        """Wait until a report is due: a change (an exit, a restore) goes out within
+        ``status_interval``, a failed report is retried then, the rest every
+        ``full_status_every``."""
+        period = self.cfg.status_interval
+        await asyncio.sleep(period)
+        while time.monotonic() - last < self.cfg.full_status_every:
+            if self._need_full or self._sent_signature is None \
+                    or self._signature() != self._sent_signature:
+                return
+            if self.lease_file is not None and \
+                    self.lease_file.guard().need_full != self._asked_seen:
+                return
+            await asyncio.sleep(period)
 
     # -- the lease guard -----------------------------------------------------------------
 
@@ -883,12 +883,10 @@ class Agent:
         a VNF running past its lease)."""
         assert self.lease_file is not None
         feed_every = max(0.05, min(self.cfg.agent_grace / 10, 0.25))
-        next_feed = 0.0
         while True:
+            # Fed at every wake: the wake-ups (what idling costs) are one per lease check.
+            self._feed()
             now = time.monotonic()
-            if now >= next_feed:
-                self._feed()
-                next_feed = now + feed_every
             g = self.lease_file.guard()
             if g.fence_seq > self.lease_file.agent().ack_seq:
                 await self._see_fence_through(g)
@@ -905,7 +903,7 @@ class Agent:
                 log.info("host lease held again; fenced instances stay stopped until the "
                          "manager decides")
                 self.fenced_at = None
-            wake = next_feed
+            wake = now + feed_every
             if g.host_until > now:
                 wake = min(wake, g.host_until + 0.002)
             await asyncio.sleep(max(0.0, wake - time.monotonic()))

@@ -32,7 +32,6 @@ import fcntl
 import logging
 import mmap
 import os
-import select
 import signal
 import socket
 import struct
@@ -53,6 +52,8 @@ log = logging.getLogger("nfvha.guard")
 
 _MAX_LEASE_S = 30.0  # a manager granting more is broken
 _SWEEP_S = 0.02  # while fenced and unacknowledged: look for (and kill) new VNF processes
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux, x86 and arm
+_CMSG_SPACE = socket.CMSG_SPACE(16)
 
 
 # -- the shared lease file ---------------------------------------------------------------
@@ -65,6 +66,7 @@ class GuardSide(NamedTuple):
     pid: int
     lease: float  # length of the lease last granted
     fenced: int  # 1 while fenced (VNFs must not run), 0 otherwise
+    need_full: int = 0  # bumped when the manager asks the agent for a full status
 
 
 class AgentSide(NamedTuple):
@@ -75,8 +77,8 @@ class AgentSide(NamedTuple):
 
 _MAGIC = b"NFVHALS1"
 _BOOT = 8  # 16 bytes of the boot id: monotonic deadlines mean nothing after a reboot
-_G = 32  # guard region: seq, host_until, fence_seq, fenced_at, pid, lease, fenced
-_G_FMT = struct.Struct("<dQdQdQ")
+_G = 32  # guard region: seq, host_until, fence_seq, fenced_at, pid, lease, fenced, need_full
+_G_FMT = struct.Struct("<dQdQdQQ")
 _A = 96  # agent region: seq, agent_until, ack_seq, pid
 _A_FMT = struct.Struct("<dQQ")
 _SIZE = 128
@@ -164,6 +166,9 @@ class GuardConfig:
     fencing_timeout: float = 0.25  # the shortest lease; 0: never fence on the host lease
     agent_grace: float = 3.0  # the agent may be silent this long (0: never fence for it)
     fanout: int = 3
+    #: Peers are pinged every this many heartbeats: they are the second path and a spare
+    #: lease renewal, both content with ten a second.
+    ping_every: int = 2
     watchdog: Path | None = None
     watchdog_timeout: int = 0  # seconds; 0: the device's own
     #: The bridge the VNFs' veths join: a fence takes them down as well, since a dead
@@ -187,15 +192,19 @@ class LeaseGuard:
         self.fence_seq = g.fence_seq
         self.fenced_at = g.fenced_at
         self.fenced = bool(g.fenced)
+        self.need_full = g.need_full
+        self._asked_full = 0.0
         self.reason = "inherited from the previous guard" if self.fenced else ""
         self.incarnation = time.time()
         self.seq = 0
+        self.beats = 0
         self.sent: dict[int, float] = {}  # heartbeat/ping seq -> monotonic send time
         self.peers: dict[str, tuple[str, int]] = {}
         self.peers_version = ""
         self.heard: dict[str, float] = {}  # peer -> monotonic time we last heard it
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         self.sock.bind(cfg.listen)
         self.sock.setblocking(False)
         self._stop = False
@@ -207,7 +216,8 @@ class LeaseGuard:
 
     def _publish(self) -> None:
         self.file.write_guard(GuardSide(self.host_until, self.fence_seq, self.fenced_at,
-                                        os.getpid(), self.lease, int(self.fenced)))
+                                        os.getpid(), self.lease, int(self.fenced),
+                                        self.need_full))
 
     def _renew(self, sent_at: float, lease: float) -> None:
         """Contact that began at ``sent_at`` was answered: the lease runs from sending."""
@@ -218,8 +228,8 @@ class LeaseGuard:
 
     # -- fencing -------------------------------------------------------------------------
 
-    def check(self, now: float) -> None:
-        a = self.file.agent()
+    def check(self, now: float, a: AgentSide | None = None) -> None:
+        a = a or self.file.agent()
         agent_out = self.cfg.agent_grace > 0 and a.agent_until > 0 and now > a.agent_until
         host_out = self.cfg.fencing_timeout > 0 and self.host_until > 0 \
             and now > self.host_until
@@ -291,21 +301,24 @@ class LeaseGuard:
                 del self.sent[s]
         return self.seq
 
-    def beat(self, now: float) -> None:
+    def beat(self, now: float, a: AgentSide | None = None) -> None:
         """One heartbeat to the manager and one ping to each of ``fanout`` peers."""
-        a = self.file.agent()
+        a = a or self.file.agent()
         if self.cfg.manager is not None:
             self._send({
                 "k": "hb", "h": self.cfg.host_id, "i": self.incarnation,
                 "s": self._next_seq(now), "t": time.time(), "l": self.lease,
                 "a": None if a.agent_until <= 0 else round(a.agent_until - now, 3),
-                "g": self.cfg.agent_grace,
+                "g": self.cfg.agent_grace, "ap": a.pid,
                 "f": self.fence_seq if self.fenced else 0, "fr": self.reason,
                 "fa": self.fenced_at, "pv": self.peers_version,
                 "w": self.cfg.watchdog_timeout if self._wd is not None else 0,
                 "p": {p: round((now - t) * 1000) for p, t in self.heard.items()
                       if now - t < 10.0},
             }, self.cfg.manager)
+        self.beats += 1
+        if self.beats % self.cfg.ping_every:
+            return
         for peer in ring_successors(self.cfg.host_id, list(self.peers), self.cfg.fanout):
             if peer != self.cfg.host_id:
                 self._send({"k": "ping", "h": self.cfg.host_id, "s": self._next_seq(now)},
@@ -321,6 +334,12 @@ class LeaseGuard:
             if sent_at is not None and isinstance(msg.get("l"), int | float):
                 self.lease = min(max(float(msg["l"]), self.cfg.fencing_timeout), _MAX_LEASE_S)
                 self._renew(sent_at, self.lease)
+            if msg.get("nf") and now - self._asked_full > 0.5:
+                # The manager needs the agent's full status: passed on through the file
+                # (at most twice a second: answers to earlier heartbeats ask again).
+                self._asked_full = now
+                self.need_full += 1
+                self._publish()
             if isinstance(msg.get("peers"), list):
                 self.peers = {str(p[0]): (str(p[1]), int(p[2])) for p in msg["peers"]
                               if isinstance(p, list) and len(p) == 3}
@@ -334,6 +353,24 @@ class LeaseGuard:
                 self._renew(sent_at, self.lease)
 
     # -- the loop ------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Everything that arrived since the last wake, each at its kernel arrival time
+        (SO_TIMESTAMPNS): read late, a peer still counts heard when it was, neither later
+        (which would keep a dead host UP longer) nor earlier (which would let the manager
+        count a live host's lease out too soon)."""
+        for _ in range(1024):
+            try:
+                data, anc, _, addr = self.sock.recvmsg(MAX_DATAGRAM + 1, _CMSG_SPACE)
+            except BlockingIOError:
+                return
+            now_mono, now_real = time.monotonic(), time.time()
+            at = now_mono
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(raw) >= 16:
+                    sec, nsec = struct.unpack("qq", raw[:16])
+                    at = min(now_mono, now_mono - (now_real - (sec + nsec / 1e9)))
+            self.receive(data, addr, at)
 
     def _open_watchdog(self) -> None:
         if self.cfg.watchdog is None:
@@ -359,31 +396,30 @@ class LeaseGuard:
         self._open_watchdog()
         interval = self.cfg.heartbeat_interval
         next_beat = time.monotonic()
-        next_sweep = 0.0
         while not self._stop:
+            # Wake-ups are what idling costs (a VM exit each): the socket is not waited
+            # on. Answers and pings are drained at each beat and at each deadline, before
+            # anything is decided; renewals count from the send time, so reading them late
+            # shortens no lease, and peers count heard at their kernel arrival time.
+            self._drain()
             now = time.monotonic()
+            a = self.file.agent()
             if now >= next_beat:
-                self.beat(now)
+                if now - next_beat > interval:
+                    # Starved or descheduled: the manager sees this as a silence (strain).
+                    log.warning("heartbeat %.0f ms late", (now - next_beat) * 1000)
+                self.beat(now, a)
                 next_beat = max(next_beat + interval, now)
-            self.check(now)
+            self.check(now, a)
             self._feed_watchdog()
             wake = next_beat
-            if self.fenced and self.file.agent().ack_seq < self.fence_seq:
-                next_sweep = now + _SWEEP_S
-                wake = min(wake, next_sweep)
-            a = self.file.agent()
+            if self.fenced and a.ack_seq < self.fence_seq:
+                wake = min(wake, now + _SWEEP_S)
             for deadline in (self.host_until, a.agent_until):
                 if deadline > now:
                     wake = min(wake, deadline + 0.001)
             with contextlib.suppress(InterruptedError):
-                ready, _, _ = select.select([self.sock], [], [], max(0.0, wake - now))
-                if ready:
-                    for _ in range(64):
-                        try:
-                            data, addr = self.sock.recvfrom(MAX_DATAGRAM + 1)
-                        except BlockingIOError:
-                            break
-                        self.receive(data, addr, time.monotonic())
+                time.sleep(max(0.0, wake - time.monotonic()))
         if self._wd is not None:
             os.write(self._wd, b"V")  # magic close: a clean stop disarms the watchdog
             os.close(self._wd)
@@ -417,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s guard[%(process)d] %(levelname)s %(message)s")
     # Exclusive: two guards of one host would fight over the lease file and the port.
+    args.lease_file.parent.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(str(args.lease_file) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import socket
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import httpx
 
@@ -25,7 +27,7 @@ from nfvha.descriptor import HaPolicy, VnfDescriptor, parse_descriptor
 from nfvha.errors import InstanceNotFound, InstanceStateError, NfvhaError
 from nfvha.ha.fault import FaultTimings, HeartbeatDetector, HostState, probe_vnf
 from nfvha.ha.fencing import FenceDriver, FenceResult
-from nfvha.ha.liveness import decode, encode, liveness_key
+from nfvha.ha.liveness import MAX_DATAGRAM, decode, encode, liveness_key
 from nfvha.ha.recovery import RecoveryContext, RecoveryDecision, decide, strategy_chain
 from nfvha.logs import decision as log_decision
 from nfvha.nfvo.placement import HostView, PlacementError, place
@@ -42,6 +44,8 @@ log = logging.getLogger("nfvha.manager")
 _DUMPS_PER_HOST = 1
 _RESTORES_PER_HOST = 2
 _RETRY_MAX_S = 30.0  # longest wait between tries to recover a FAILED VNF
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux, x86 and arm
+_CMSG_SPACE = socket.CMSG_SPACE(16)
 
 
 class VnfState:
@@ -56,8 +60,8 @@ class VnfState:
 
 
 def _now_iso(t: float | None = None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t or time.time())) + \
-        f".{int(((t or time.time()) % 1) * 1000):03d}Z"
+    t = time.time() if t is None else t  # once: two reads could straddle a second
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
 
 
 @dataclass(frozen=True)
@@ -86,29 +90,6 @@ class GuardReport:
         ms = self.msg.get("p", {}).get(host_id) if isinstance(self.msg.get("p"), dict) \
             else None
         return None if not isinstance(ms, int | float) else self.at - ms / 1000.0
-
-
-class _LivenessProtocol(asyncio.DatagramProtocol):
-    def __init__(self, manager: Manager) -> None:
-        self.manager = manager
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Not an isinstance check: uvloop's UDP transport is no asyncio.DatagramTransport.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        msg = decode(self.manager.liveness_key, data)
-        if msg is None or msg.get("k") != "hb" or not isinstance(msg.get("h"), str):
-            self.manager.liveness_rejected += 1
-            return
-        try:
-            answer = self.manager.liveness(msg["h"], msg, addr)
-        except Exception:
-            log.exception("liveness datagram from %s", addr)
-            return
-        if answer is not None and self.transport is not None:
-            self.transport.sendto(encode(self.manager.liveness_key, answer), addr)
 
 
 @dataclass
@@ -166,8 +147,11 @@ class Manager:
         self.fenced_hosts: dict[str, float] = {}
         self._fencing: dict[str, asyncio.Task[FenceResult | None]] = {}
         self._stale_deletes: dict[tuple[str, str], float] = {}
-        self._liveness: asyncio.DatagramTransport | None = None
+        self._liveness: socket.socket | None = None
         self._stonith_off: set[str] = set()  # hosts a fence driver powered off
+        self._due = 0.0  # when the loop must next look at the VNFs (see _tick)
+        self._host_known: dict[str, tuple[str, str | None]] = {}  # host -> (state, url) stored
+        self._peers_cache: tuple[float, list[list[Any]], str] = (-1.0, [], "")
         self.forwarder_logs: dict[str, dict[str, Any]] = {}  # last forwarder log stats
 
     # -- start / stop ---------------------------------------------------------------------
@@ -192,9 +176,12 @@ class Manager:
                                 error=_problem(500, "manager restarted during the operation; "
                                                     "it is retried automatically"))
         if self.cfg.liveness_listen is not None:
-            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: _LivenessProtocol(self), local_addr=self.cfg.liveness_listen)
-            self._liveness = transport
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind(self.cfg.liveness_listen)
+            sock.setblocking(False)
+            self._liveness = sock
         self._loop_task = asyncio.create_task(self._loop())
         if self.forwarder is not None:
             self._spawn(self._watch_forwarder())
@@ -204,6 +191,7 @@ class Manager:
     async def close(self) -> None:
         if self._liveness is not None:
             self._liveness.close()
+            self._liveness = None
         if self._loop_task:
             self._loop_task.cancel()
         for t in list(self._tasks):
@@ -220,8 +208,12 @@ class Manager:
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         t: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        t.add_done_callback(self._task_done)
         return t
+
+    def _task_done(self, t: asyncio.Task[Any]) -> None:
+        self._tasks.discard(t)
+        self._wake.set()  # what it finished may let the loop act (a VNF no longer busy)
 
     def _rt(self, vnf_id: str) -> _Runtime:
         return self.runtime.setdefault(vnf_id, _Runtime())
@@ -239,15 +231,21 @@ class Manager:
 
     # -- hosts ----------------------------------------------------------------------------
 
-    def _host_heard(self, host_id: str, url: str | None) -> None:
-        """Any sign of life from a host (a guard's datagram, an agent's report)."""
+    def _host_heard(self, host_id: str, url: str | None, *, at: float | None = None) -> None:
+        """Any sign of life from a host (a guard's datagram, an agent's report). Twenty
+        a second per host: the store is read only when something may have changed."""
         if host_id in self.detector.state:
             # Heartbeats that should have come in the silence that just ended.
-            gap = self.detector.silence(host_id) / self.cfg.timings.heartbeat_interval
+            gap = self.detector.silence(host_id, at) / self.cfg.timings.heartbeat_interval
             if gap >= 2:
                 self.heartbeats_missed[host_id] = (self.heartbeats_missed.get(host_id, 0)
                                                    + int(gap) - 1)
-        before = self.detector.heard(host_id)
+        known = self._host_known.get(host_id)
+        if known is not None and known[0] == HostState.UP and (not url or url == known[1]) \
+                and self.detector.state.get(host_id) == HostState.UP:
+            self.detector.heard(host_id, at)
+            return
+        before = self.detector.heard(host_id, at)
         rec = self.store.find("host", host_id)
         if rec is None or rec.data.get("state") != HostState.UP or before != HostState.UP \
                 or (url and rec.data.get("url") != url):
@@ -257,8 +255,9 @@ class Manager:
                 self.fenced_hosts.pop(host_id, None)
                 self._stonith_off.discard(host_id)
                 self._spawn(self._cleanup_rejoined(host_id))
+            url = url or (rec.data.get("url") if rec else None)
             self.store.put("host", host_id, {
-                "id": host_id, "url": url or (rec.data.get("url") if rec else None),
+                "id": host_id, "url": url,
                 "state": HostState.UP,
                 "registeredAt": (rec.data.get("registeredAt") if rec else None) or _now_iso(),
                 "stateChangedAt": _now_iso()})
@@ -268,10 +267,14 @@ class Manager:
             if previous != HostState.UP:
                 self._host_state(host_id, HostState.UP, previous,
                                  "registered" if rec is None else "heartbeat received")
+        self._host_known[host_id] = (HostState.UP, url or (rec.data.get("url") if rec else None))
 
     def heartbeat(self, host_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """An agent's status report (HTTP): what runs there. Liveness is the guard's
         (``liveness``), but a report is a sign of life too."""
+        # The guards' datagrams that arrived before this report count first: otherwise
+        # the silence since the last one read looks like a gap in the host's heartbeats.
+        self._drain_liveness()
         held = body.get("lease")
         if isinstance(held, int | float) and not isinstance(held, bool):
             self.detector.held(host_id, float(held))
@@ -296,8 +299,42 @@ class Manager:
         self.detector.granted(host_id, lease)
         return {"peers": [], "need_full": need_full, "lease": lease}
 
-    def liveness(self, host_id: str, msg: dict[str, Any],
-                 addr: tuple[str, int]) -> dict[str, Any] | None:
+    def _drain_liveness(self) -> None:
+        """The guards' heartbeats, read once per loop tick rather than each as it arrives:
+        a wake-up per datagram (20 a second per host) is most of what idling costs. Each
+        counts at its kernel arrival time, so reading late delays detection by nothing."""
+        sock = self._liveness
+        if sock is None:
+            return
+        for _ in range(4096):
+            try:
+                data, anc, _, addr = sock.recvmsg(MAX_DATAGRAM + 1, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("liveness socket: %s", exc)
+                return
+            now_mono, now_real = time.monotonic(), time.time()
+            at = now_mono
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(raw) >= 16:
+                    sec, nsec = struct.unpack("qq", raw[:16])
+                    at = min(now_mono, now_mono - (now_real - (sec + nsec / 1e9)))
+            msg = decode(self.liveness_key, data)
+            if msg is None or msg.get("k") != "hb" or not isinstance(msg.get("h"), str):
+                self.liveness_rejected += 1
+                continue
+            try:
+                answer = self.liveness(msg["h"], msg, addr, at=at)
+            except Exception:
+                log.exception("liveness datagram from %s", addr)
+                continue
+            if answer is not None:
+                with contextlib.suppress(OSError):
+                    sock.sendto(encode(self.liveness_key, answer), addr)
+
+    def liveness(self, host_id: str, msg: dict[str, Any], addr: tuple[str, int],
+                 *, at: float | None = None) -> dict[str, Any] | None:
         """A lease guard's heartbeat (UDP): the host is alive; the answer grants its lease
         and, when the guard's list is out of date, names the peers it should ping."""
         inc, seq = msg.get("i"), msg.get("s")
@@ -309,16 +346,19 @@ class Manager:
             return None  # late or replayed: only the newest counts
         self._guard_seq[host_id] = (float(inc), seq)
         answer: dict[str, Any] = {"k": "hb-ack", "s": seq}
-        rec = self.store.find("host", host_id)
-        if rec is None:
+        if host_id not in self._host_known and self.store.find("host", host_id) is None:
             # Registered by its agent's first report (which brings the agent's URL).
             answer["l"] = self.cfg.timings.fencing_timeout
             return answer
-        self.guards[host_id] = GuardReport(addr, msg, time.monotonic())
+        prev = self.guards.get(host_id)
+        if prev is None or prev.addr != addr:
+            self._peers_cache = (-1.0, [], "")  # a new guard, or one that moved
+        at = time.monotonic() if at is None else at
+        self.guards[host_id] = GuardReport(addr, msg, at)
         held = msg.get("l")
         if isinstance(held, int | float) and not isinstance(held, bool):
             self.detector.held(host_id, float(held))
-        self._host_heard(host_id, None)
+        self._host_heard(host_id, None, at=at)
         fence = msg.get("f")
         if isinstance(fence, int) and fence > 0:
             if self._guard_fence_seen.get(host_id, (0, 0))[1] != fence:
@@ -328,6 +368,11 @@ class Manager:
                 and host_id not in self._stonith_off:
             del self.fenced_hosts[host_id]  # the guard lifted its fence: the agent is back
         self._agent_alarm(host_id, msg.get("a"), msg.get("g"))
+        status = self.host_status.get(host_id)
+        if msg.get("ap") and (status is None or status.get("agent_pid") != msg.get("ap")):
+            # What runs there is unknown to this manager, or was told by an earlier run of
+            # the agent: the guard passes the request on through the lease file.
+            answer["nf"] = 1
         peers, version = self._guard_peers()
         if msg.get("pv") != version:
             answer["peers"], answer["pv"] = peers, version
@@ -347,9 +392,15 @@ class Manager:
                 "watchdogS": r.msg.get("w") or 0}
 
     def _guard_peers(self) -> tuple[list[list[Any]], str]:
+        """The guards' peer list and its version; recomputed at most twice a second."""
+        now = time.monotonic()
+        if now - self._peers_cache[0] < 0.5:
+            return self._peers_cache[1], self._peers_cache[2]
         peers = sorted([h, r.addr[0], r.addr[1]] for h, r in self.guards.items()
                        if self.detector.state.get(h) != HostState.DOWN)
-        return peers, hashlib.sha1(repr(peers).encode()).hexdigest()[:12]
+        version = hashlib.sha1(repr(peers).encode()).hexdigest()[:12]
+        self._peers_cache = (now, peers, version)
+        return peers, version
 
     def _agent_alarm(self, host_id: str, left: Any, grace: Any) -> None:
         """The guard says how long its agent may still be silent: an alarm while the agent
@@ -498,6 +549,7 @@ class Manager:
             self.detector.state[host_id] = HostState.DOWN
             self.fence_deadline[host_id] = (time.monotonic() - recent
                                             + self.detector.fenced_after(host_id))
+            self._host_known.pop(host_id, None)
             self.store.update("host", host_id, lambda d: {**d, "state": HostState.DOWN,
                                                           "stateChangedAt": _now_iso()})
             how = (f"{len(heard)} other host(s) last heard it {min(heard.values()) * 1000:.0f}"
@@ -540,26 +592,46 @@ class Manager:
     # -- the loop -------------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        last = time.monotonic()
+        """Run ``_tick`` when something happened (``_wake``) or is due (``_next_wake``):
+        not on a fixed beat, since wake-ups are most of what an idle manager costs."""
+        intended = time.monotonic()
         while True:
             now = time.monotonic()
-            if now - last > self.cfg.timings.suspect_after / 2:
+            late = now - intended
+            if late > self.cfg.timings.suspect_after / 2:
                 # This loop itself was stalled (a blocked event loop, a paused machine):
                 # silence measured meanwhile says nothing about the hosts.
                 log.warning("manager loop stalled for %.0f ms; hosts get a fresh timeout",
-                            (now - last) * 1000)
-                self.detector.stalled(now - last)
+                            late * 1000)
+                self.detector.stalled(late)
                 for h in list(self.detector.state):
                     if self.detector.state[h] == HostState.UP:
                         self.detector.grace(h)
-            last = now
             try:
+                self._drain_liveness()
                 self._tick()
             except Exception:
                 log.exception("manager loop error (continuing)")
             self._wake.clear()
+            intended = self._next_wake(time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.cfg.tick)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, intended - time.monotonic()))
+            intended = min(intended, time.monotonic())  # woken early: not late
+
+    def _next_wake(self, now: float) -> float:
+        """When the loop must look again though nothing woke it: the first moment a host
+        could become suspect (the guards' heartbeats are read then, each at its arrival
+        time), a checkpoint or a retry falls due; at least every ``tick`` and at most
+        every 10 ticks (the guards' fence reports and alarms are read then too)."""
+        t = min(now + 10 * self.cfg.tick, self._due)
+        for h, st in self.detector.state.items():
+            if st == HostState.UP:
+                t = min(t, self.detector.last_seen.get(h, now)
+                        + self.detector.suspect_after(h, now) + 0.001)
+        if now - self.started < self.cfg.timings.suspect_after * 2 or self._confirming \
+                or not self._reconciled:
+            t = now + self.cfg.tick
+        return max(t, now + self.cfg.tick)
 
     def _tick(self) -> None:
         grace = time.monotonic() - self.started < self.cfg.timings.suspect_after * 2
@@ -593,10 +665,17 @@ class Manager:
                                      "heartbeat")
                     self._spawn(self._confirm_host_loss(h))
         now = time.monotonic()
+        self._due = now + 10 * self.cfg.tick
         for rec in self.store.list("vnf"):
             rt = self._rt(rec.id)
             busy = rt.busy is not None and not rt.busy.done()
             state = rec.data["haState"]
+            if rt.failure is not None:
+                self._due = now  # handled below, or once the grace or the busy task ends
+            elif state == VnfState.FAILED and rt.retry_at is not None:
+                self._due = min(self._due, rt.retry_at)
+            elif state == VnfState.ACTIVE and not busy:
+                self._due = min(self._due, rt.next_checkpoint)
             if rt.failure is not None and not busy and not grace:
                 if state in (VnfState.ACTIVE, VnfState.RECOVERING, VnfState.INSTANTIATING):
                     ftype, at, detail = rt.failure
@@ -736,6 +815,7 @@ class Manager:
             await asyncio.sleep(max(0.0, d.ha.probe.interval - (time.monotonic() - t0)))
         finally:
             rt.probing = False
+            self._wake.set()  # the next probe is due now
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -1247,6 +1327,7 @@ class Manager:
             self.detector.state[host_id] = HostState.DOWN
             self.fence_deadline[host_id] = time.monotonic()
             previous = self.store.get("host", host_id).data.get("state")
+            self._host_known.pop(host_id, None)
             self.store.update("host", host_id, lambda d: {**d, "state": HostState.DOWN,
                                                           "stateChangedAt": _now_iso()})
             self._host_state(host_id, HostState.DOWN, previous, "fenced by the operator")
