@@ -77,7 +77,9 @@ def test_metrics_show_the_recovery_and_checkpoints(json_logs: None, mgr: Mgr,  #
     a = scrape(agent.url, mgr.tb.token)
     assert value(a, "nfvha_agent_restore_seconds_count", result="success") == 1.0
     assert (value(a, "nfvha_agent_checkpoint_frozen_seconds_count") or 0) >= 1
-    assert (value(a, "nfvha_agent_heartbeats_total", result="ok") or 0) > 10
+    # Status reports: on every change (the restore, checkpoints), not on a fixed beat.
+    assert (value(a, "nfvha_agent_heartbeats_total", result="ok") or 0) >= 1
+    assert value(a, "nfvha_agent_host_lease_left_seconds") is not None
     assert value(a, "nfvha_agent_fenced") == 0.0
 
     # The manager's JSON log has one line for that recovery decision, with its reason.

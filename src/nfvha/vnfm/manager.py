@@ -150,6 +150,7 @@ class Manager:
         self._liveness: socket.socket | None = None
         self._stonith_off: set[str] = set()  # hosts a fence driver powered off
         self._due = 0.0  # when the loop must next look at the VNFs (see _tick)
+        self._down_at: dict[str, float] = {}  # host -> monotonic time it was declared DOWN
         self._host_known: dict[str, tuple[str, str | None]] = {}  # host -> (state, url) stored
         self._peers_cache: tuple[float, list[list[Any]], str] = (-1.0, [], "")
         self.forwarder_logs: dict[str, dict[str, Any]] = {}  # last forwarder log stats
@@ -234,6 +235,9 @@ class Manager:
     def _host_heard(self, host_id: str, url: str | None, *, at: float | None = None) -> None:
         """Any sign of life from a host (a guard's datagram, an agent's report). Twenty
         a second per host: the store is read only when something may have changed."""
+        if self.detector.state.get(host_id) == HostState.DOWN and at is not None \
+                and at <= self._down_at.get(host_id, -1.0):
+            return  # sent before it was declared lost (read late): no sign it is back
         if host_id in self.detector.state:
             # Heartbeats that should have come in the silence that just ended.
             gap = self.detector.silence(host_id, at) / self.cfg.timings.heartbeat_interval
@@ -547,6 +551,7 @@ class Manager:
                                      f"heard by {who}")
                 return
             self.detector.state[host_id] = HostState.DOWN
+            self._down_at[host_id] = time.monotonic()
             self.fence_deadline[host_id] = (time.monotonic() - recent
                                             + self.detector.fenced_after(host_id))
             self._host_known.pop(host_id, None)
@@ -1325,6 +1330,7 @@ class Manager:
         assert result is not None
         if result.ok and self.detector.state.get(host_id) != HostState.DOWN:
             self.detector.state[host_id] = HostState.DOWN
+            self._down_at[host_id] = time.monotonic()
             self.fence_deadline[host_id] = time.monotonic()
             previous = self.store.get("host", host_id).data.get("state")
             self._host_known.pop(host_id, None)
