@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps demo test lint bench clean-testbeds
+.PHONY: deps demo test soak lint bench clean-testbeds
 
 deps:
 	@bash scripts/setup.sh
@@ -16,6 +16,11 @@ test: deps
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+# The fencing faults of tests/e2e/test_fencing.py, 20 repetitions each (make test: one).
+SOAK_REPS ?= 20
+soak: deps
+	NFVHA_REPS=$(SOAK_REPS) $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_fencing.py $(PYTEST_ARGS)
+
 lint: deps
 	$(VENV)/bin/ruff check src tests examples benchmarks
 	$(VENV)/bin/mypy
@@ -23,7 +28,7 @@ lint: deps
 # Every experiment, then docs/evaluation.md regenerated from results/*.json.
 # Quick mode (each experiment under a minute) by default; FULL=1 for the full runs.
 BENCH_MODE := $(if $(FULL),,--quick)
-BENCH_EXPERIMENTS := checkpoint_cost recovery rpo dataplane campaign scale
+BENCH_EXPERIMENTS := checkpoint_cost recovery rpo dataplane campaign scale idle_cost
 
 bench: deps
 	@set -e; for e in $(BENCH_EXPERIMENTS); do \

@@ -382,6 +382,9 @@ class Testbed:
         await self.net.delete_link(h.uplink)
         root = self.cgroups.cgroup(h.cgroup)
         await asyncio.to_thread(root.delete)
+        # /run is a tmpfs on a real host: what the guard kept there (its lease, in
+        # monotonic time of a boot that is over) does not survive the power cycle.
+        shutil.rmtree(self.dir / host_id / "guard", ignore_errors=True)
         await self._add_host(int(host_id[1:]))
         self._save()
         await self.wait_ready()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import socket
 import threading
 import time
@@ -147,11 +148,15 @@ def _recover_once(m: Mgr, iid: str, fault: str, heals: int) -> dict[str, Any]:
     if fault == "hang":
         # A SIGSTOP that lands while CRIU has the VNF seized for a dump is consumed by
         # CRIU, which resumes the task when it lets go: then there is no hang to heal,
-        # and the test stops it again.
-        try:
-            return m.wait_heal(iid, heals + 1, timeout=5)
-        except TimeoutError:
-            m.ok("POST", f"/nfvha/v1/vnf_instances/{iid}/inject", json={"fault": fault})
+        # and the test stops it again, at a random point of the checkpoint cycle (the
+        # manager's checkpoints keep an exact beat: a retry a whole number of intervals
+        # later lands in a dump again).
+        for _ in range(4):
+            try:
+                return m.wait_heal(iid, heals + 1, timeout=2)
+            except TimeoutError:
+                time.sleep(random.uniform(0.0, 0.5))
+                m.ok("POST", f"/nfvha/v1/vnf_instances/{iid}/inject", json={"fault": fault})
     op = m.wait_heal(iid, heals + 1, timeout=20)
     if fault == "crash":
         asyncio.run(m.tb.revive_host(vnf["host"]))

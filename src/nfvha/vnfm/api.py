@@ -144,6 +144,7 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
 
     @app.get("/nfvha/v1/hosts", dependencies=auth)
     async def hosts() -> list[dict[str, Any]]:
+        manager.drain_liveness()  # silences as of now, not as of the loop's last turn
         out = []
         for rec in manager.store.list("host"):
             st = manager.host_status.get(rec.id, {})

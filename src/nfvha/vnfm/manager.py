@@ -278,7 +278,7 @@ class Manager:
         (``liveness``), but a report is a sign of life too."""
         # The guards' datagrams that arrived before this report count first: otherwise
         # the silence since the last one read looks like a gap in the host's heartbeats.
-        self._drain_liveness()
+        self.drain_liveness()
         held = body.get("lease")
         if isinstance(held, int | float) and not isinstance(held, bool):
             self.detector.held(host_id, float(held))
@@ -303,7 +303,7 @@ class Manager:
         self.detector.granted(host_id, lease)
         return {"peers": [], "need_full": need_full, "lease": lease}
 
-    def _drain_liveness(self) -> None:
+    def drain_liveness(self) -> None:
         """The guards' heartbeats, read once per loop tick rather than each as it arrives:
         a wake-up per datagram (20 a second per host) is most of what idling costs. Each
         counts at its kernel arrival time, so reading late delays detection by nothing."""
@@ -613,7 +613,7 @@ class Manager:
                     if self.detector.state[h] == HostState.UP:
                         self.detector.grace(h)
             try:
-                self._drain_liveness()
+                self.drain_liveness()
                 self._tick()
             except Exception:
                 log.exception("manager loop error (continuing)")
@@ -791,6 +791,7 @@ class Manager:
             busy = rt.dumping or rt.thawed_at >= t0 or (
                 rt.busy is not None and not rt.busy.done() and not rt.checkpointing)
             host = rec.data.get("host")
+            self.drain_liveness()  # silence is measured to the last heartbeat read
             host_silent = host is not None and (
                 self.detector.state.get(host) != HostState.UP
                 or self.detector.silence(host) > 2 * self.cfg.timings.heartbeat_interval)
@@ -877,7 +878,9 @@ class Manager:
                 else:
                     replicas.append(b)
         except AgentCallError as exc:
-            log.warning("checkpoint of %s on %s failed: %s", vnf_id, host, exc)
+            criu_tail = " | ".join(str(ln) for ln in (exc.problem.get("criu_log") or [])[-4:])
+            log.warning("checkpoint of %s on %s failed: %s%s", vnf_id, host, exc,
+                        f" (CRIU: {criu_tail})" if criu_tail else "")
             rt = self._rt(vnf_id)
             if exc.status == 409 and "stopped" in str(exc) and rt.failure is None:
                 # The agent found the VNF stopped (SIGSTOP, a debugger): a hang, known now
