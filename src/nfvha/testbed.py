@@ -415,6 +415,7 @@ class Testbed:
             await asyncio.to_thread(root.delete)
         except NfvhaError as exc:
             errors.append(str(exc))
+        _unmount_below(self.dir)  # a CRIU dump killed mid-way leaves its proc mount
         shutil.rmtree(self.dir, ignore_errors=True)
         self.hosts.clear()
         if errors:
@@ -474,6 +475,21 @@ def _setns(fd: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, 0x40000000) != 0:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _unmount_below(top: Path) -> None:
+    """Detach every mount under ``top`` (deepest first), so that it can be removed."""
+    import ctypes
+
+    prefix = str(top).rstrip("/") + "/"
+    try:
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for point in sorted((m.encode().decode("unicode_escape") for m in mounts
+                         if m.startswith(prefix)), reverse=True):
+        libc.umount2(point.encode(), 2)  # MNT_DETACH
 
 
 def _tail(path: Path, n: int = 15) -> str:
