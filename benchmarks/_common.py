@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts (checkpoint_cost, recovery, dataplane, scale).
+"""Helpers shared by the benchmark scripts (checkpoint_cost, recovery, dataplane, scale,
+idle_cost).
 
 The scripts are run as ``python benchmarks/X.py``, not as a package, so each one puts its
 own directory on ``sys.path`` and imports this module as ``_common``. Only what is truly the
@@ -118,6 +119,14 @@ def testbed_down(tb: Testbed, who: str) -> None:
             pass
 
 
+def manager_client(tb: Testbed, timeout: float = 10.0) -> httpx.Client:
+    """A client of the testbed's manager with its bearer token; every call has a timeout."""
+    import httpx
+
+    return httpx.Client(base_url=tb.manager_url, timeout=httpx.Timeout(timeout, connect=3.0),
+                        headers={"Authorization": f"Bearer {tb.token}"})
+
+
 def api_result(method: str, path: str, r: httpx.Response, ok: tuple[int, ...] = ()) -> Any:
     """The JSON of a manager or forwarder answer; None for 202 or an empty body. Any other
     status >= 300 that ``ok`` does not allow is a BenchError naming the request."""
@@ -167,6 +176,41 @@ def pin_bridge_macs(tb: Testbed) -> None:
     for h in tb.hosts.values():
         info = json.loads(run_ip("-n", h.netns, "-j", "link", "show", "br0"))
         run_ip("-n", h.netns, "link", "set", "dev", "br0", "address", info[0]["address"])
+
+
+# -- processes -------------------------------------------------------------------------------
+
+_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int | None) -> float:
+    """utime+stime of a process (all its threads, not its children), seconds; NaN if it
+    is gone. Clock ticks: 10 ms resolution at the usual 100 Hz."""
+    if pid is None:
+        return math.nan
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / _TCK
+
+
+def proc_rss_mib(pid: int | None) -> float:
+    """Resident memory of a process, MiB; NaN if it is gone."""
+    if pid is None:
+        return math.nan
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    total = sum(f[:8])
+    return (total - f[3] - f[4]) / _TCK, total / _TCK
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -255,6 +299,17 @@ def testbed_machine(tb_name: str) -> dict[str, Any]:
             "python": platform.python_version(), "loadavg_at_start": os.getloadavg(),
             "other_netns_at_start": other_netns(tb_name),
             "source_digest_at_start": source_digest()}
+
+
+def shared_machine_note(m: dict[str, Any]) -> list[str]:
+    """An anomaly line when other testbeds' namespaces existed at the start of the run
+    (``m``: the result's machine description, with ``loadavg_at_end`` filled in)."""
+    if not m["other_netns_at_start"]:
+        return []
+    return [f"{len(m['other_netns_at_start'])} other network namespaces existed at start "
+            f"({', '.join(m['other_netns_at_start'][:6])}): other testbeds may have shared "
+            f"the CPUs; load1 at start {m['loadavg_at_start'][0]:.2f}, at end "
+            f"{m['loadavg_at_end'][0]:.2f}"]
 
 
 def other_netns(ours: str) -> list[str]:

@@ -90,6 +90,7 @@ from _common import (
     machine_basics,
     other_netns,
     percentile,
+    proc_cpu,
     progress,
     publish,
     signals_ignored,
@@ -315,15 +316,6 @@ def flowmon_total(ip: str) -> int:
 _TCK = os.sysconf("SC_CLK_TCK")
 
 
-def proc_cpu(pid: int | None) -> float:
-    """utime+stime of a process (all its threads), seconds; NaN if it is gone."""
-    if pid is None:
-        return math.nan
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / _TCK
 
 
 def sched_times(pid: int | None) -> tuple[float, float]:

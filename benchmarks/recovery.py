@@ -25,6 +25,15 @@ restart. Process-level scenarios share one testbed; every host-crash run destroy
 so it gets a testbed of its own (built in ~2 s). Runs of the scenarios of a group are
 interleaved so that drift hits them alike.
 
+Host crash with restore-remote is measured twice, side by side: ``host-remote`` without a
+fence driver (the manager moves the VNF once the longest lease the lost host may hold has
+run out, plus a margin: the *lease wait*) and ``host-remote-fenced`` with the testbed's
+fence driver (``Testbed(fencing=True)``: the manager powers the lost host off, link down
+and its cgroup killed, and moves the VNF as soon as the fence is confirmed). Per fenced
+run the manager's fence record (``GET /nfvha/v1/fences``: state, ``durationMs``, result)
+is kept; the fence wait of a fenced run is the part of the restore phase until the fence
+was confirmed (the manager's log line states the lease wait it would otherwise take).
+
 External baseline, ``crash-supervisor``: the same flowmon, without nfvha, under a plain
 restart-only supervisor (``SUPERVISOR``: a loop that restarts the program as soon as it
 exits, what systemd's ``Restart=always`` with ``RestartSec=0``, or a container runtime's
@@ -49,6 +58,7 @@ CRIU. Not a test: targets are reported as PASS/MISS, not asserted. Usage::
 
     .venv/bin/python benchmarks/recovery.py [--quick] [--runs 20] [--host-runs N]
                                             [--scenarios crash-local,host-remote,...]
+                                            [--testbed-name nfvrec --subnet 10.248.0.0/16]
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import json
 import math
@@ -77,6 +88,7 @@ import httpx
 
 from nfvha.testbed import Testbed
 from nfvha.vim.cgroups import CgroupLimits
+from nfvha.vnfm.metrics import iso_to_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
 from _common import (
@@ -85,11 +97,13 @@ from _common import (
     BenchError,
     api_result,
     install_signal_handlers,
+    manager_client,
     other_netns,
     percentile,
     pin_bridge_macs,
     progress,
     publish,
+    shared_machine_note,
     signals_ignored,
     source_digest,
     testbed_down,
@@ -130,6 +144,9 @@ QUICK_RUNS = 3
 TARGET_CRASH_LOCAL_MS = 100.0
 TARGET_HOST_REMOTE_MS = 500.0
 TARGET_HOST_DETECT_MS = 300.0
+TARGET_HOST_FENCED_MS = 280.0  # host crash, restore-remote, with the fence driver
+TARGET_FENCING_GAIN_MS = 150.0  # lease wait minus fenced, medians of the same run
+FENCE_RECORD_TIMEOUT = 5.0  # s for the manager's fence record to leave PROCESSING
 
 SUPERVISOR_RESTART = "supervisor-restart"  # the "strategy" of the external baseline
 RESTARTS = ("restart", SUPERVISOR_RESTART)  # baselines: the state is lost by design
@@ -155,6 +172,7 @@ class Scenario:
         return "host" if self.fault == "host" else "process"
 
     supervisor: bool = False  # run under the restart-only supervisor, without nfvha
+    fencing: bool = False  # the testbed's manager gets the testbed fence driver per host
 
     @property
     def recovery(self) -> dict[str, list[str]]:
@@ -176,7 +194,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("crash-supervisor", "process crash → restart-only supervisor, no nfvha "
              "(external baseline)", "kill", (), SUPERVISOR_RESTART, "ks", supervisor=True),
     Scenario("hang-local", "hang → restore-local", "hang", (), "restore-local", "hl"),
-    Scenario("host-remote", "host crash → restore-remote", "host", (), "restore-remote", "hr"),
+    Scenario("host-remote", "host crash → restore-remote (lease wait)", "host", (),
+             "restore-remote", "hr"),
+    Scenario("host-remote-fenced", "host crash → restore-remote (fence driver)", "host", (),
+             "restore-remote", "hf", fencing=True),
     Scenario("host-standby", "host crash → standby", "host",
              (("host-loss", ("standby", "restore-remote")),), "standby", "hs"),
     Scenario("host-restart", "host crash → restart (baseline)", "host",
@@ -322,9 +343,7 @@ class Api:
     """Synchronous client of the manager; every call has a timeout."""
 
     def __init__(self, tb: Testbed) -> None:
-        self.http = httpx.Client(base_url=tb.manager_url,
-                                 timeout=httpx.Timeout(HTTP_TIMEOUT, connect=3.0),
-                                 headers={"Authorization": f"Bearer {tb.token}"})
+        self.http = manager_client(tb, HTTP_TIMEOUT)
 
     def close(self) -> None:
         self.http.close()
@@ -539,6 +558,8 @@ def run_once(tb: Testbed, api: Api, scn: Scenario, address: str, s: dict[str, An
         prober.stop()
     replies = list(prober.replies)
     s["counter_after"] = flow_count(ip, key)
+    if scn.fault == "host":
+        s.update(fence_facts(api, s["host"], t_fail))
     s["ok"] = True
     s["load1_end"] = os.getloadavg()[0]
 
@@ -557,6 +578,50 @@ def run_once(tb: Testbed, api: Api, scn: Scenario, address: str, s: dict[str, An
     s["t_fail"] = t_fail
     s["timestamps_rel_ms"] = {k: (float(v) - t_fail) * 1000 for k, v in ts.items()}
     s.update(log_facts(mark.since(), iid, s["target_host"]))
+    s["fence_wait_logged_ms"] = s["fence_wait_ms"]
+    if s.get("fence_state") == "COMPLETED" and s.get("fence_done_ms") is not None:
+        # The manager logs the lease wait it would take; a confirmed fence ends it early.
+        # Its wait starts as the restore does (decided), so this is the part of `restore`
+        # spent until the fence was confirmed (0: confirmed before the restore began).
+        waited = max(0.0, s["fence_done_ms"] - s["detect_ms"] - s["decide_ms"])
+        logged = s["fence_wait_logged_ms"]
+        s["fence_wait_ms"] = 0.0 if logged is None else min(logged, waited)
+
+
+def fence_facts(api: Api, host: str, t_fail: float) -> dict[str, Any]:
+    """The manager's fence records of ``host`` since the failure (none without a driver).
+
+    Times from the record's ``startedAt`` (one clock read) plus the driver's own
+    ``durationMs``; the wait is bounded: a fence still in progress is recorded as such.
+    """
+    def records() -> list[dict[str, Any]]:
+        res = api.call("GET", "/nfvha/v1/fences", params={"host": host})
+        return [r for r in res if (iso_to_epoch(str(r.get("startedAt"))) or 0) >= t_fail - 1]
+
+    recs: list[dict[str, Any]] = []
+
+    def finished() -> list[dict[str, Any]] | None:
+        nonlocal recs
+        recs = records()
+        return None if any(r.get("state") == "PROCESSING" for r in recs) else recs
+
+    with contextlib.suppress(BenchError):
+        wait_for(lambda: finished() is not None, FENCE_RECORD_TIMEOUT,
+                 f"the fence of {host} to finish", every=0.05)
+    out: dict[str, Any] = {"fences": [
+        {"state": r.get("state"), "trigger": r.get("trigger"), "driver": r.get("driver"),
+         "duration_ms": r.get("durationMs"),
+         "started_ms": ((iso_to_epoch(str(r.get("startedAt"))) or math.nan) - t_fail) * 1000,
+         "result": {k: (r.get("result") or {}).get(k) for k in ("ok", "status", "detail")}}
+        for r in recs]}
+    if out["fences"]:
+        first = out["fences"][0]
+        out["fence_state"] = first["state"]
+        out["fence_ms"] = first["duration_ms"]
+        out["fence_started_ms"] = first["started_ms"]
+        if isinstance(first["duration_ms"], int | float):
+            out["fence_done_ms"] = first["started_ms"] + first["duration_ms"]
+    return out
 
 
 def client_view(s: dict[str, Any], prober: Prober, replies: list[float], t_fail: float,
@@ -825,7 +890,10 @@ def _sample_line(s: dict[str, Any]) -> str:
             f"{s['restore_ms']:6.1f} redirect {s['redirect_ms']:5.1f} (client "
             f"{first if first is None else round(first, 1)}) | {s['strategy']} "
             f"{s['host']}->{s['target_host']} | state {kept} "
-            f"({s['counter_at_checkpoint']}->{s['counter_after']})")
+            f"({s['counter_at_checkpoint']}->{s['counter_after']})"
+            + (f" | fence {s['fence_state']} {s['fence_ms']} ms, done at "
+               f"{_f(s.get('fence_done_ms'))} ms, waited {_f(s.get('fence_wait_ms'))} ms"
+               if s.get("fence_state") else ""))
 
 
 def _failed(scn: Scenario, run: int, exc: BaseException, t0: float) -> dict[str, Any]:
@@ -848,9 +916,9 @@ def _down(tb: Testbed) -> None:
     testbed_down(tb, "recovery")
 
 
-def _testbed() -> Testbed:
+def _testbed(fencing: bool = False) -> Testbed:
     return Testbed(name=TB_NAME, n_hosts=N_HOSTS, subnet=TB_SUBNET, state_dir=STATE_DIR,
-                   with_manager=True)
+                   with_manager=True, fencing=fencing)
 
 
 def run_process_group(scns: Sequence[Scenario], runs: int,
@@ -898,11 +966,12 @@ def run_process_group(scns: Sequence[Scenario], runs: int,
 
 def run_host_group(scns: Sequence[Scenario], runs: int,
                    record: Callable[[dict[str, Any]], None]) -> None:
-    """A host crash destroys a host: a fresh testbed for every run."""
+    """A host crash destroys a host: a fresh testbed for every run (with the testbed fence
+    driver for the scenarios that measure fencing)."""
     for run in range(runs):
         for scn in scns:
             t0 = time.perf_counter()
-            tb = _testbed()
+            tb = _testbed(fencing=scn.fencing)
             api: Api | None = None
             try:
                 _up(tb)
@@ -932,7 +1001,8 @@ def describe(values: Sequence[float | None]) -> dict[str, float]:
 
 METRICS = ("downtime_ms", "detect_ms", "decide_ms", "restore_ms", "redirect_ms", "total_ms",
            "client_first_reply_after_restored_ms", "pre_failure_max_gap_ms",
-           "fence_wait_ms", "criu_restore_wall_ms", "inject_call_ms")
+           "fence_wait_ms", "fence_wait_logged_ms", "fence_ms", "fence_started_ms",
+           "fence_done_ms", "criu_restore_wall_ms", "inject_call_ms")
 
 
 def summarize(scns: Sequence[Scenario], samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -949,6 +1019,8 @@ def summarize(scns: Sequence[Scenario], samples: list[dict[str, Any]]) -> dict[s
             "label": scn.label, "fault": scn.fault, "recovery": scn.recovery,
             "expected_strategy": scn.expect, "runs": len(mine), "ok": len(ok),
             "baseline": scn.baseline, "external_baseline": scn.supervisor,
+            "fencing": scn.fencing,
+            "fences": _counts(str(s.get("fence_state") or "none") for s in ok),
             "strategies": strategies,
             "state_kept": sum(1 for s in ok if s["state_kept"]),
             "counter_at_checkpoint": describe([s["counter_at_checkpoint"] for s in ok]),
@@ -994,6 +1066,18 @@ def evaluate_targets(summary: dict[str, Any], samples: list[dict[str, Any]]
         out.append({"target": f"host crash, restore-remote: median downtime <= "
                               f"{TARGET_HOST_REMOTE_MS:.0f} ms", "value": v, "unit": "ms",
                     "pass": v <= TARGET_HOST_REMOTE_MS})
+    if "host-remote-fenced" in summary:
+        v = summary["host-remote-fenced"]["downtime_ms"]["median"]
+        out.append({"target": f"host crash with fencing, restore-remote: median downtime <= "
+                              f"{TARGET_HOST_FENCED_MS:.0f} ms", "value": v, "unit": "ms",
+                    "pass": v <= TARGET_HOST_FENCED_MS})
+        if "host-remote" in summary:
+            lease = summary["host-remote"]["downtime_ms"]["median"]
+            v = lease - v
+            out.append({"target": f"fencing lowers the host-crash median downtime by >= "
+                                  f"{TARGET_FENCING_GAIN_MS:.0f} ms vs the lease wait, same run "
+                                  f"({lease:.0f} ms without a fence driver)",
+                        "value": v, "unit": "ms", "pass": v >= TARGET_FENCING_GAIN_MS})
     host = [s["detect_ms"] for s in samples if s["ok"] and s["scenario"].startswith("host-")]
     if host:
         v = percentile(host, 50)
@@ -1080,7 +1164,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {_f(v['pre_failure_max_gap_ms']['median'])} |")
     lines += ["", "*Steady-state max gap*: the longest reply gap in the "
               f"{PRE_WINDOW:.1f} s before the failure (a checkpoint's freeze falls there).",
-              "", "## Targets", ""]
+              *fencing_lines(summary), "", "## Targets", ""]
     for t in result["targets"]:
         lines.append(f"- **{'PASS' if t['pass'] else 'MISS'}** {t['target']}: "
                      f"{t['value']:.0f} {t['unit']}")
@@ -1090,6 +1174,34 @@ def markdown(result: dict[str, Any]) -> str:
         f"{k} {v}" for k, v in c.items() if k not in ("scenarios", "ha_probe")),
         f"manager HA probe {json.dumps(c['ha_probe'])}.", ""]
     return "\n".join(lines)
+
+
+def fencing_lines(summary: dict[str, Any]) -> list[str]:
+    """Host crashes with and without the fence driver, side by side (medians, ms)."""
+    host = {k: v for k, v in summary.items() if v["fault"] == "host"
+            and v["expected_strategy"] == "restore-remote"}
+    if not any(v.get("fencing") for v in host.values()):
+        return []
+    lines = ["", "*Fencing*: host crash with restore-remote, with the testbed fence driver "
+             "(the manager powers the lost host off and moves the VNF once that is "
+             "confirmed) and without (it waits until the longest lease the host may hold "
+             "has run out, plus a margin). *Fence* = the driver's own duration "
+             "(`durationMs`), *confirmed at* = from the failure, *fence wait* = the part of "
+             "*restore* spent before the VNF could move: until the fence was confirmed or "
+             "the lease ran out, whichever came first (*logged* = the lease wait the "
+             "manager's log states). Medians, ms.", "",
+             "| Scenario | Runs ok | Downtime | Detect | Restore | Fence | Fence confirmed at "
+             "| Fence wait | Logged wait | Fence records |",
+             "|:---|---:|---:|---:|---:|---:|---:|---:|---:|:---|"]
+    for v in host.values():
+        fences = ", ".join(f"{k} ×{n}" for k, n in v.get("fences", {}).items()) or "–"
+        lines.append(
+            f"| {v['label']} | {v['ok']}/{v['runs']} | **{_f(v['downtime_ms']['median'])}** "
+            f"| {_f(v['detect_ms']['median'])} | {_f(v['restore_ms']['median'])} "
+            f"| {_f(v['fence_ms']['median'])} | {_f(v['fence_done_ms']['median'])} "
+            f"| {_f(v['fence_wait_ms']['median'])} | {_f(v['fence_wait_logged_ms']['median'])} "
+            f"| {fences} |")
+    return lines
 
 
 def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
@@ -1121,7 +1233,8 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
                      color="dimgray", xytext=(0, 3), textcoords="offset points")
     labelled = False
     for key, target in (("crash-local", TARGET_CRASH_LOCAL_MS),
-                        ("host-remote", TARGET_HOST_REMOTE_MS)):
+                        ("host-remote", TARGET_HOST_REMOTE_MS),
+                        ("host-remote-fenced", TARGET_HOST_FENCED_MS)):
         if key in keys:
             i = keys.index(key)
             ax1.hlines(target, i - 0.45, i + 0.45, colors="red", linestyles="--", lw=1.2,
@@ -1142,7 +1255,8 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
     fence = [phase(k, "fence_wait_ms") for k in keys]
     parts = [("detect", [phase(k, "detect_ms") for k in keys], "tab:red", None),
              ("decide", [phase(k, "decide_ms") for k in keys], "tab:orange", None),
-             ("restore: wait until the lost host is fenced", fence, "tab:olive", "//"),
+             ("restore: wait until the lost host is fenced (lease or fence driver)", fence,
+              "tab:olive", "//"),
              ("restore: the agent restores/starts the VNF",
               [max(0.0, phase(k, "restore_ms") - f) for k, f in zip(keys, fence, strict=True)],
               "tab:green", None),
@@ -1176,13 +1290,8 @@ def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
 
 
 def anomalies(result: dict[str, Any], samples: list[dict[str, Any]]) -> list[str]:
-    out: list[str] = []
     m = result["machine"]
-    if m["other_netns_at_start"]:
-        out.append(f"{len(m['other_netns_at_start'])} other network namespaces existed at start "
-                   f"({', '.join(m['other_netns_at_start'][:6])}): other testbeds may have "
-                   f"shared the CPUs; load1 at start {m['loadavg_at_start'][0]:.2f}, at end "
-                   f"{m['loadavg_at_end'][0]:.2f}")
+    out: list[str] = shared_machine_note(m)
     if m["source_digest_at_start"] != m["source_digest_at_end"]:
         out.append("nfvha's sources changed during the run (digest "
                    f"{m['source_digest_at_start']} -> {m['source_digest_at_end']}): later "
@@ -1207,6 +1316,21 @@ def anomalies(result: dict[str, Any], samples: list[dict[str, Any]]) -> list[str
                        f"{s['counter_after']})")
         if s["expected_strategy"] in RESTARTS and s["counter_after"] not in (0, None):
             out.append(f"{tag}: restart kept a counter of {s['counter_after']}?")
+        if s.get("fences") is not None:
+            want = next((x.fencing for x in SCENARIOS if x.key == s["scenario"]), False)
+            if want and s.get("fence_state") != "COMPLETED":
+                out.append(f"{tag}: fence driver did not confirm: "
+                           + ("; ".join(f"{f['state']} ({f['result'].get('detail')})"
+                                        for f in s["fences"]) or "no fence record"))
+            late = (s.get("fence_done_ms") or 0) - (s["detect_ms"] + s["decide_ms"]
+                                                    + (s.get("fence_wait_logged_ms") or 0))
+            if want and s.get("fence_state") == "COMPLETED" and late > 0:
+                out.append(f"{tag}: the fence was confirmed {late:.0f} ms after the lease wait "
+                           f"had run out (fence {_f(s.get('fence_ms'))} ms from "
+                           f"{_f(s.get('fence_started_ms'))} ms): it did not shorten the wait")
+            if not want and s["fences"]:
+                out.append(f"{tag}: fenced although no fence driver was configured: "
+                           f"{s['fences']}")
         if s.get("heals_before_failure"):
             out.append(f"{tag}: recovered before the injected failure already: "
                        f"{s['heals_before_failure']}")
@@ -1250,6 +1374,7 @@ def _compact(samples: list[dict[str, Any]], outliers: list[dict[str, Any]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global PIN_BRIDGE_MACS, TB_NAME, TB_SUBNET
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--runs", type=int, default=None,
                     help=f"runs per scenario (default {DEFAULT_RUNS}; {QUICK_RUNS} with --quick)")
@@ -1261,9 +1386,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-pin-bridge-macs", action="store_true",
                     help="leave the testbed's bridges free to change MAC when a port goes "
                          "away (reproduces the testbed artifact described in the report)")
+    ap.add_argument("--testbed-name", default=TB_NAME,
+                    help=f"testbed name, 1-8 letters/digits (default {TB_NAME}): another one "
+                         "lets two runs share a machine")
+    ap.add_argument("--subnet", default=TB_SUBNET,
+                    help=f"the testbed's subnet, a /16 (default {TB_SUBNET})")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     ap.add_argument("--no-doc-img", action="store_true", help="do not copy the plot to docs/")
     a = ap.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,7}", a.testbed_name):
+        ap.error(f"--testbed-name {a.testbed_name!r}: use 1-8 letters/digits")
+    try:
+        if ipaddress.ip_network(a.subnet).prefixlen > 16:
+            ap.error(f"--subnet {a.subnet}: give a /16 or larger")
+    except ValueError as exc:
+        ap.error(f"--subnet {a.subnet}: {exc}")
     runs = a.runs if a.runs is not None else (QUICK_RUNS if a.quick else DEFAULT_RUNS)
     host_runs = a.host_runs if a.host_runs is not None else runs
     wanted = [k.strip() for k in a.scenarios.split(",")] if a.scenarios else \
@@ -1277,8 +1414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("recovery: needs root (namespaces, cgroups, CRIU)", file=sys.stderr)
         return 2
     scns = [s for s in SCENARIOS if s.key in wanted]
-    global PIN_BRIDGE_MACS
     PIN_BRIDGE_MACS = not a.no_pin_bridge_macs
+    TB_NAME, TB_SUBNET = a.testbed_name, a.subnet
     install_signal_handlers()
 
     result: dict[str, Any] = {
@@ -1294,7 +1431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "testbed": {"name": TB_NAME, "subnet": TB_SUBNET, "state_dir": str(STATE_DIR),
                         "hosts": N_HOSTS},
             "scenarios": {s.key: {"label": s.label, "fault": s.fault, "recovery": s.recovery,
-                                  "expected_strategy": s.expect} for s in scns},
+                                  "expected_strategy": s.expect, "fencing": s.fencing}
+                          for s in scns},
         },
     }
     if any(s.supervisor for s in scns):

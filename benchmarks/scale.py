@@ -75,6 +75,8 @@ from _common import (
     other_netns,
     percentile,
     pin_bridge_macs,
+    proc_cpu,
+    proc_rss_mib,
     progress,
     publish,
     save_figure,
@@ -242,25 +244,8 @@ def _ts(op: dict[str, Any]) -> dict[str, float]:
 # -- process and cgroup figures --------------------------------------------------------------
 
 
-def proc_cpu(pid: int | None) -> float:
-    """utime+stime of a process (all its threads), seconds; NaN if it is gone."""
-    if pid is None:
-        return math.nan
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / _TCK
 
 
-def proc_rss_mib(pid: int | None) -> float:
-    if pid is None:
-        return math.nan
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return math.nan
 
 
 def proc_wait(pid: int | None) -> float:
