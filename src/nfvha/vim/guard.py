@@ -43,7 +43,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from nfvha.errors import SandboxError
-from nfvha.ha.liveness import MAX_DATAGRAM, decode, encode, liveness_key, ring_successors
+from nfvha.ha.liveness import (
+    decode,
+    enable_timestamps,
+    encode,
+    liveness_key,
+    recv_stamped,
+    ring_successors,
+)
 from nfvha.vim.cgroups import CgroupDriver
 
 __all__ = ["AgentSide", "GuardConfig", "GuardSide", "LeaseFile", "LeaseGuard", "main"]
@@ -52,8 +59,6 @@ log = logging.getLogger("nfvha.guard")
 
 _MAX_LEASE_S = 30.0  # a manager granting more is broken
 _SWEEP_S = 0.02  # while fenced and unacknowledged: look for (and kill) new VNF processes
-_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux, x86 and arm
-_CMSG_SPACE = socket.CMSG_SPACE(16)
 
 
 # -- the shared lease file ---------------------------------------------------------------
@@ -204,7 +209,7 @@ class LeaseGuard:
         self.heard: dict[str, float] = {}  # peer -> monotonic time we last heard it
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        enable_timestamps(self.sock)
         self.sock.bind(cfg.listen)
         self.sock.setblocking(False)
         self._stop = False
@@ -360,17 +365,10 @@ class LeaseGuard:
         (which would keep a dead host UP longer) nor earlier (which would let the manager
         count a live host's lease out too soon)."""
         for _ in range(1024):
-            try:
-                data, anc, _, addr = self.sock.recvmsg(MAX_DATAGRAM + 1, _CMSG_SPACE)
-            except BlockingIOError:
+            got = recv_stamped(self.sock)
+            if got is None:
                 return
-            now_mono, now_real = time.monotonic(), time.time()
-            at = now_mono
-            for level, kind, raw in anc:
-                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(raw) >= 16:
-                    sec, nsec = struct.unpack("qq", raw[:16])
-                    at = min(now_mono, now_mono - (now_real - (sec + nsec / 1e9)))
-            self.receive(data, addr, at)
+            self.receive(*got)
 
     def _open_watchdog(self) -> None:
         if self.cfg.watchdog is None:

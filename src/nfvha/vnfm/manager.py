@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import logging
 import socket
-import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -27,7 +26,13 @@ from nfvha.descriptor import HaPolicy, VnfDescriptor, parse_descriptor
 from nfvha.errors import InstanceNotFound, InstanceStateError, NfvhaError
 from nfvha.ha.fault import FaultTimings, HeartbeatDetector, HostState, probe_vnf
 from nfvha.ha.fencing import FenceDriver, FenceResult
-from nfvha.ha.liveness import MAX_DATAGRAM, decode, encode, liveness_key
+from nfvha.ha.liveness import (
+    decode,
+    enable_timestamps,
+    encode,
+    liveness_key,
+    recv_stamped,
+)
 from nfvha.ha.recovery import RecoveryContext, RecoveryDecision, decide, strategy_chain
 from nfvha.logs import decision as log_decision
 from nfvha.nfvo.placement import HostView, PlacementError, place
@@ -44,8 +49,6 @@ log = logging.getLogger("nfvha.manager")
 _DUMPS_PER_HOST = 1
 _RESTORES_PER_HOST = 2
 _RETRY_MAX_S = 30.0  # longest wait between tries to recover a FAILED VNF
-_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux, x86 and arm
-_CMSG_SPACE = socket.CMSG_SPACE(16)
 
 
 class VnfState:
@@ -178,7 +181,7 @@ class Manager:
                                                     "it is retried automatically"))
         if self.cfg.liveness_listen is not None:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            enable_timestamps(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             sock.bind(self.cfg.liveness_listen)
             sock.setblocking(False)
@@ -312,18 +315,13 @@ class Manager:
             return
         for _ in range(4096):
             try:
-                data, anc, _, addr = sock.recvmsg(MAX_DATAGRAM + 1, _CMSG_SPACE)
-            except (BlockingIOError, InterruptedError):
-                return
+                got = recv_stamped(sock)
             except OSError as exc:
                 log.warning("liveness socket: %s", exc)
                 return
-            now_mono, now_real = time.monotonic(), time.time()
-            at = now_mono
-            for level, kind, raw in anc:
-                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(raw) >= 16:
-                    sec, nsec = struct.unpack("qq", raw[:16])
-                    at = min(now_mono, now_mono - (now_real - (sec + nsec / 1e9)))
+            if got is None:
+                return
+            data, addr, at = got
             msg = decode(self.liveness_key, data)
             if msg is None or msg.get("k") != "hb" or not isinstance(msg.get("h"), str):
                 self.liveness_rejected += 1
@@ -427,16 +425,21 @@ class Manager:
         self.fenced_hosts[host_id] = time.monotonic()
         log_decision(log, "host-fenced-by-guard", f"host {host_id}'s lease guard fenced its "
                      f"VNFs: {reason}", level=logging.WARNING, reason=reason, host=host_id)
+        at = float(fenced_at) if isinstance(fenced_at, int | float) and fenced_at \
+            else time.time()
+        self._fail_host_vnfs(host_id, f"fenced on {host_id} by its lease guard: {reason}", at)
+
+    def _fail_host_vnfs(self, host_id: str, detail: str, failed_at: float) -> None:
+        """Every ACTIVE VNF of a lost or fenced host fails as a host loss (a checkpoint
+        under way is moot and cancelled); the loop recovers them."""
         detected = time.time()
-        at = float(fenced_at) if isinstance(fenced_at, int | float) and fenced_at else detected
         for v in self.store.list("vnf"):
             if v.data.get("host") == host_id and v.data["haState"] == VnfState.ACTIVE:
                 rt = self._rt(v.id)
                 if rt.busy is not None and not rt.busy.done():
                     rt.busy.cancel()
-                rt.failure = ("host-loss", detected, f"fenced on {host_id} by its lease guard: "
-                              f"{reason}")
-                rt.failed_at = min(at, detected)
+                rt.failure = ("host-loss", detected, detail)
+                rt.failed_at = min(failed_at, detected)
         self._wake.set()
 
     def _remove_stale_copies(self, host_id: str, status: dict[str, Any]) -> None:
@@ -570,15 +573,8 @@ class Manager:
             self._raise_alarm(f"host:{host_id}", None, "EQUIPMENT_ALARM", "CRITICAL",
                               "host-loss", f"host {host_id} lost: no contact for "
                               f"{recent * 1000:.0f} ms; {how}", {"host": host_id})
-            detected = time.time()  # confirmed: the loss is known from now on
-            for v in self.store.list("vnf"):
-                if v.data.get("host") == host_id and v.data["haState"] == VnfState.ACTIVE:
-                    rt = self._rt(v.id)
-                    if rt.busy is not None and not rt.busy.done():
-                        rt.busy.cancel()
-                    rt.failure = ("host-loss", detected, f"host {host_id} lost")
-                    rt.failed_at = detected - recent  # last heard by anyone
-            self._wake.set()
+            # Confirmed: the loss is known from now on; it happened when last heard.
+            self._fail_host_vnfs(host_id, f"host {host_id} lost", time.time() - recent)
             if host_id in self.cfg.fencers:
                 self.start_fence(host_id, "host-loss")
         finally:
@@ -1340,16 +1336,8 @@ class Manager:
             self.store.update("host", host_id, lambda d: {**d, "state": HostState.DOWN,
                                                           "stateChangedAt": _now_iso()})
             self._host_state(host_id, HostState.DOWN, previous, "fenced by the operator")
-            detected = time.time()
-            for v in self.store.list("vnf"):
-                if v.data.get("host") == host_id and v.data["haState"] == VnfState.ACTIVE:
-                    rt = self._rt(v.id)
-                    if rt.busy is not None and not rt.busy.done():
-                        rt.busy.cancel()
-                    rt.failure = ("host-loss", detected, f"host {host_id} fenced by the "
-                                  "operator")
-                    rt.failed_at = detected
-            self._wake.set()
+            self._fail_host_vnfs(host_id, f"host {host_id} fenced by the operator",
+                                 time.time())
         return result.as_dict()
 
     async def _wait_serving(self, d: VnfDescriptor, restored: float) -> float | None:
