@@ -49,6 +49,9 @@ log = logging.getLogger("nfvha.manager")
 _DUMPS_PER_HOST = 1
 _RESTORES_PER_HOST = 2
 _RETRY_MAX_S = 30.0  # longest wait between tries to recover a FAILED VNF
+# Agent instance states in which the VNF's process lives (a report taken during a dump
+# says CHECKPOINTING: the VNF runs all the same).
+_LIVE = frozenset({"RUNNING", "CHECKPOINTING", "RESTORING", "CREATING"})
 
 
 class VnfState:
@@ -738,7 +741,7 @@ class Manager:
                 continue
             running = [h for h, st in self.host_status.items()
                        if self.detector.state.get(h) == HostState.UP
-                       and any(i["id"] == rec.id and i["state"] == "RUNNING"
+                       and any(i["id"] == rec.id and i["state"] in _LIVE
                                for i in st.get("instances", []))]
             host = rec.data.get("host")
             keep = host if host in running else (running[0] if running else None)
