@@ -121,8 +121,3 @@ class AgentClient:
         res: dict[str, Any] = await self._call(
             "POST", f"/v1/instances/{instance_id}/inject", "inject fault", json={"fault": fault})
         return res
-
-    async def peer_silences(self, timeout: float) -> dict[str, float]:
-        res: dict[str, float] = await self._call("GET", "/v1/peers", "read peer contacts",
-                                                 timeout=timeout)
-        return res

@@ -147,7 +147,8 @@ class Manager:
         self.liveness_rejected = 0  # datagrams dropped: not authentic, or malformed
         self.guards: dict[str, GuardReport] = {}  # host -> its guard's last heartbeat
         self._guard_seq: dict[str, tuple[float, int]] = {}  # host -> (incarnation, seq)
-        self._guard_fence_seen: dict[str, tuple[float, int]] = {}
+        self._guard_fence_seen: dict[str, int] = {}  # host -> the last fence it reported
+        self._agents_overdue: set[str] = set()  # hosts whose agent-unresponsive alarm is up
         # host -> monotonic time from which its VNFs are known stopped (a confirmed
         # STONITH, or its guard reporting a fence); moves need not wait for its lease.
         self.fenced_hosts: dict[str, float] = {}
@@ -177,6 +178,10 @@ class Manager:
             rt.next_checkpoint = time.monotonic() + self._policy(rec.data).checkpoint_interval
             if rec.data["haState"] == VnfState.FAILED:
                 rt.retry_at = time.monotonic()  # after the start-up grace, like the others
+        for rec in self.store.list("alarm"):  # raised by an earlier run: cleared by this one
+            key = str(rec.data.get("key", ""))
+            if key.startswith("agent:") and rec.data.get("alarmClearedTime") is None:
+                self._agents_overdue.add(key.removeprefix("agent:"))
         for rec in self.store.list("op"):
             if rec.data["operationState"] in ("STARTING", "PROCESSING"):
                 self._op_update(rec.id, operationState="FAILED_TEMP",
@@ -366,8 +371,8 @@ class Manager:
         self._host_heard(host_id, None, at=at)
         fence = msg.get("f")
         if isinstance(fence, int) and fence > 0:
-            if self._guard_fence_seen.get(host_id, (0, 0))[1] != fence:
-                self._guard_fence_seen[host_id] = (float(inc), fence)
+            if self._guard_fence_seen.get(host_id) != fence:
+                self._guard_fence_seen[host_id] = fence
                 self._guard_fenced(host_id, str(msg.get("fr") or "fenced"), msg.get("fa"))
         elif host_id in self.fenced_hosts and self.detector.state.get(host_id) == HostState.UP \
                 and host_id not in self._stonith_off:
@@ -413,13 +418,16 @@ class Manager:
         if not isinstance(left, int | float) or not isinstance(grace, int | float):
             return
         silent = float(grace) - float(left)
-        if silent > max(1.0, float(grace) / 3):
+        # Only a change of state touches the store: this runs for every heartbeat.
+        if silent > max(1.0, float(grace) / 3) and host_id not in self._agents_overdue:
+            self._agents_overdue.add(host_id)
             self._raise_alarm(f"agent:{host_id}", None, "PROCESSING_ERROR_ALARM", "MAJOR",
                               "agent-unresponsive", f"the agent of host {host_id} has not fed "
                               f"its lease guard for {silent:.1f} s (grace {float(grace):g} s): "
                               "dead, stopped or starved; its VNFs keep running until then",
                               {"host": host_id})
-        elif silent < 1.0:
+        elif silent < 1.0 and host_id in self._agents_overdue:
+            self._agents_overdue.discard(host_id)
             self._clear_alarm(f"agent:{host_id}")
 
     def _guard_fenced(self, host_id: str, reason: str, fenced_at: Any) -> None:
