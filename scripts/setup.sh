@@ -125,6 +125,18 @@ elif installed fence-agents; then
 fi
 
 install_pkgs "${RUNTIME_PKGS[@]}" "${TEST_PKGS[@]}" "${FENCE_PKGS[@]}" ipmitool
+
+# Real TCP VNFs for the tests and benchmarks: Debian's haproxy and nginx's stream proxy.
+# Their packages would start system services on ports 80 and 8404; a policy-rc.d keeps
+# them stopped during the install (the tests run their own copies in VNF sandboxes).
+VNF_PKGS=(haproxy nginx libnginx-mod-stream)
+if [ -n "$(missing_pkgs "${VNF_PKGS[@]}")" ]; then
+  policy=/usr/sbin/policy-rc.d
+  had_policy=0; [ -e "$policy" ] && had_policy=1
+  [ "$had_policy" = 1 ] || { printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 0755 "$policy"; }
+  install_pkgs "${VNF_PKGS[@]}" || { [ "$had_policy" = 1 ] || rm -f "$policy"; die "installing ${VNF_PKGS[*]} failed"; }
+  [ "$had_policy" = 1 ] || rm -f "$policy"
+fi
 # A Debian criu older than $CRIU_MIN would shadow ours only if earlier on PATH; /usr/local/sbin comes first.
 criu_ok || build_criu
 

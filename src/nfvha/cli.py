@@ -285,6 +285,12 @@ def cmd_heal(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_move(args: argparse.Namespace) -> int:
+    _print(_request(args, "POST", f"/nfvha/v1/vnf_instances/{args.id}/move",
+                    json={"host": args.to}), args.json)
+    return 0
+
+
 def cmd_inject(args: argparse.Namespace) -> int:
     if args.fault in ("kill-vnf", "hang-vnf"):
         fault = args.fault.split("-")[0]
@@ -449,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("id")
     c.add_argument("--cause", default=None)
     c.set_defaults(func=cmd_heal)
+    c = client("move", "move a VNF instance to another host (planned: state and TCP "
+               "connections kept)")
+    c.add_argument("id")
+    c.add_argument("--to", default=None, metavar="HOST",
+                   help="target host (default: placement picks)")
+    c.set_defaults(func=cmd_move)
     c = client("inject", "inject a fault")
     c.add_argument("fault", choices=["kill-vnf", "hang-vnf", "crash-host", "partition-host",
                                      "kill-agent", "stop-agent", "fence"])

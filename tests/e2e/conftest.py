@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import EXAMPLES, TEST_PREFIX, real_system_ready
+from tests.vnfclient import wait_until
 
 _counter = itertools.count(1)
 
@@ -93,6 +94,84 @@ def flowmon_descriptor(address: str, python: str, vnfd_id: str = "flowmon") -> d
 def tcpcounter_descriptor(address: str, python: str) -> dict[str, Any]:
     return {"id": "tcpcounter", "command": [python, str(EXAMPLES / "tcpcounter.py")],
             "network": {"address": address}, "resources": {"memory": "128Mi", "cpu": 1.0}}
+
+
+class Mgr:
+    """A testbed with a manager, and a client of the manager's API."""
+
+    def __init__(self, tb: Any) -> None:
+        self.tb = tb
+        self.url = tb.manager_url
+        self.http = httpx.Client(timeout=30, headers={"Authorization": f"Bearer {tb.token}"})
+
+    def ok(self, method: str, path: str, **kw: Any) -> Any:
+        r = self.http.request(method, self.url + path, **kw)
+        assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text}"
+        return r.json() if r.content and r.status_code != 202 else r
+
+    def vnf(self, iid: str) -> dict[str, Any]:
+        res: dict[str, Any] = self.ok("GET", f"/vnflcm/v1/vnf_instances/{iid}")
+        return res
+
+    def deploy(self, desc: dict[str, Any], iid: str) -> dict[str, Any]:
+        self.ok("POST", "/nfvha/v1/vnfds", json=desc)
+        self.ok("POST", "/vnflcm/v1/vnf_instances", json={"vnfdId": desc["id"],
+                                                           "vnfInstanceId": iid})
+        r = self.ok("POST", f"/vnflcm/v1/vnf_instances/{iid}/instantiate", json={})
+        assert r.status_code == 202 and "/vnflcm/v1/vnf_lcm_op_occs/" in r.headers["Location"]
+        wait_until(lambda: self.vnf(iid)["haState"] == "ACTIVE", 15)
+        return self.vnf(iid)
+
+    def checkpoints(self, iid: str) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = self.ok("GET", "/nfvha/v1/checkpoints",
+                                            params={"vnfInstanceId": iid})
+        return sorted(res, key=lambda c: c["seq"])
+
+    def heals(self, iid: str) -> list[dict[str, Any]]:
+        ops = self.ok("GET", "/vnflcm/v1/vnf_lcm_op_occs", params={"vnfInstanceId": iid})
+        return [o for o in ops if o["operation"] == "HEAL"]
+
+    def wait_heal(self, iid: str, n: int = 1, timeout: float = 15) -> dict[str, Any]:
+        wait_until(lambda: len([o for o in self.heals(iid)
+                                if o["operationState"] in ("COMPLETED", "FAILED")]) >= n,
+                   timeout)
+        op = [o for o in self.heals(iid) if o["operationState"] in ("COMPLETED", "FAILED")][-1]
+        assert op["operationState"] == "COMPLETED", op
+        return op
+
+    def wait_checkpoint_after(self, iid: str, t: float, timeout: float = 10) -> dict[str, Any]:
+        wait_until(lambda: any(c["cutAt"] > t for c in self.checkpoints(iid)), timeout)
+        return self.checkpoints(iid)[-1]
+
+    def alarms(self) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = self.ok("GET", "/vnffm/v1/alarms")
+        return res
+
+
+_beds = itertools.count(1)
+
+
+@contextlib.contextmanager
+def manager_bed(letter: str, net_base: int, net_span: int, *, n_hosts: int = 3,
+                **testbed: Any) -> Iterator[Mgr]:
+    """A testbed with a manager (and whatever else ``testbed`` asks for), its logs kept
+    and everything removed afterwards, even when the test fails. ``letter`` and the
+    subnet range keep concurrent runs and test files apart."""
+    from nfvha.testbed import Testbed
+
+    i = next(_beds)
+    name = f"{TEST_PREFIX}{letter}{os.getpid() % 100}{i}"[:8]
+    tb = Testbed(name=name, n_hosts=n_hosts, with_manager=True,
+                 subnet=f"10.{net_base + (os.getpid() + i) % net_span}.0.0/16",
+                 state_dir=Path("/run/nfvha-test"), **testbed)
+    asyncio.run(tb.up())
+    m = Mgr(tb)
+    try:
+        yield m
+    finally:
+        m.http.close()
+        keep_logs(tb)
+        asyncio.run(tb.down())
 
 
 def keep_logs(tb: Any) -> None:

@@ -23,18 +23,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_PREFIX
-from tests.e2e.conftest import keep_logs
-from tests.e2e.test_manager import Mgr, _answers, _count, _warm, flowmon
+from tests.e2e.conftest import Mgr, manager_bed
+from tests.e2e.test_manager import _answers, _count, _warm, flowmon
 from tests.vnfclient import wait_until
 
 REPS = int(os.environ.get("NFVHA_REPS", "1"))
 GRACE = 3.0  # the agent grace (the default): longer than an agent restart
 AGENT_ARGS = ["--fencing-timeout", "0.5", "--agent-grace", str(GRACE)]
 MANAGER_ARGS = ["--suspect-after", "0.3", "--fencing-timeout", "0.5"]
-
-_n = [0]
-
 
 def _live(pid: int) -> bool:
     try:
@@ -96,8 +92,6 @@ class CopyWatch:
 @pytest.fixture
 def fmgr(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mgr]:
     """A 3-host testbed with a manager; ``@pytest.mark.fencing(...)`` sets the driver."""
-    from nfvha.testbed import Testbed
-
     marker = request.node.get_closest_marker("fencing")
     fence_agent = None
     if marker is not None and marker.args[0] != "testbed":
@@ -106,21 +100,10 @@ def fmgr(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mgr]:
         bad.write_text(marker.args[0])
         bad.chmod(0o755)
         fence_agent = [str(bad)]
-    _n[0] += 1
-    name = f"{TEST_PREFIX}f{os.getpid() % 100}{_n[0]}"[:8]
-    tb = Testbed(name=name, n_hosts=3, with_manager=True, agent_args=AGENT_ARGS,
-                 manager_args=MANAGER_ARGS, fencing=marker is not None,
-                 fence_agent=fence_agent, fence_timeout=1.0,
-                 subnet=f"10.{110 + (os.getpid() + _n[0]) % 30}.0.0/16",
-                 state_dir=Path("/run/nfvha-test"))
-    asyncio.run(tb.up())
-    m = Mgr(tb)
-    try:
+    with manager_bed("f", 110, 30, agent_args=AGENT_ARGS, manager_args=MANAGER_ARGS,
+                     fencing=marker is not None, fence_agent=fence_agent,
+                     fence_timeout=1.0) as m:
         yield m
-    finally:
-        m.http.close()
-        keep_logs(tb)
-        asyncio.run(tb.down())
 
 
 def _deploy(m: Mgr, python: str, iid: str) -> tuple[dict[str, Any], str, Any, int]:

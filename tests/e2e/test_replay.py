@@ -15,14 +15,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLES, TEST_PREFIX
-from tests.e2e.conftest import TOLERANT_AGENT, TOLERANT_MANAGER, keep_logs
-from tests.e2e.test_manager import Mgr
+from tests.conftest import EXAMPLES
+from tests.e2e.conftest import TOLERANT_AGENT, TOLERANT_MANAGER, Mgr, manager_bed
 from tests.vnfclient import flowmon_stats, wait_until
 
 REPS = int(os.environ.get("NFVHA_REPLAY_REPS", "20"))
@@ -31,20 +29,9 @@ REPS = int(os.environ.get("NFVHA_REPLAY_REPS", "20"))
 @pytest.fixture(scope="module")
 def fmgr() -> Iterator[Mgr]:
     """One testbed with manager and forwarder for the module (hosts are revived)."""
-    from nfvha.testbed import Testbed
-
-    name = f"{TEST_PREFIX}r{os.getpid() % 1000}"[:8]
-    tb = Testbed(name=name, n_hosts=3, with_manager=True,
-                 agent_args=TOLERANT_AGENT, manager_args=TOLERANT_MANAGER, with_forwarder=True,
-                 subnet=f"10.{100 + os.getpid() % 40}.0.0/16", state_dir=Path("/run/nfvha-test"))
-    asyncio.run(tb.up())
-    m = Mgr(tb)
-    try:
+    with manager_bed("r", 100, 40, agent_args=TOLERANT_AGENT, manager_args=TOLERANT_MANAGER,
+                     with_forwarder=True) as m:
         yield m
-    finally:
-        m.http.close()
-        keep_logs(tb)
-        asyncio.run(tb.down())
 
 
 def replay_vnfd(kind: str, addr: str, service: str, python: str,

@@ -438,12 +438,14 @@ class Agent:
     async def _discard(self, inst: Instance) -> None:
         async with inst.lock:
             inst.state = InstanceState.STOPPED
-            if inst.watch is not None:
-                inst.watch.close()
-                inst.watch = None
+            watch, inst.watch = inst.watch, None
+            if watch is not None:
+                watch.mute()
             try:
                 await inst.sandbox.destroy()
             finally:
+                if watch is not None:
+                    await watch.reap()
                 self.instances.pop(inst.id, None)
                 self._drop_record(inst.id)
 
@@ -591,6 +593,7 @@ class Agent:
                         "being dumped); restore the previous checkpoint",
                         checkpoint=meta.name, file="core-1.img")
                 self._watch(inst, stats.pid)
+                await inst.sandbox.activate()  # its sockets exist now: peers may reach it
                 await inst.sandbox.announce()
                 inst.last_restore = stats
                 inst.restored_from = meta.name
@@ -614,13 +617,19 @@ class Agent:
 
     @staticmethod
     async def _prepare_sandbox(inst: Instance, *, reused: bool, standby: bool) -> None:
+        """A sandbox for a restore, its link down until the VNF's sockets exist.
+
+        With the link up, a TCP segment from a peer of the VNF (a client retransmitting
+        during a move or a failover) would meet a netns with the address but not yet
+        the connection, and its kernel would answer with a RST that kills the
+        connection at the peer; the restore would then bring back a socket nobody
+        talks to. Down, the segment is lost and the peer retransmits it later.
+        """
         if not reused:
-            await inst.sandbox.build()
-        elif standby:
-            await inst.sandbox.activate()
-        else:
+            await inst.sandbox.build(standby=True)
+        elif not standby:
             await inst.sandbox.kill()  # whatever is left of the dead copy goes first
-            await inst.sandbox.activate()  # a fence took its link down
+            await inst.sandbox.deactivate()  # a crash left it up, a fence took it down
 
     async def prepare_standby(self, instance_id: str, seq: int | None = None) -> Instance:
         """Build the sandbox of a replicated checkpoint with its link down, so that a later

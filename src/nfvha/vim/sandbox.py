@@ -130,6 +130,35 @@ class ProcessWatch:
             os.close(self._fd)
             self._fd = None
 
+    def mute(self) -> None:
+        """Stop reporting: the process is about to be killed on purpose (terminate)."""
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+
+    async def reap(self, timeout: float = 2.0) -> None:
+        """Collect the exit status of a process killed on purpose, then close.
+
+        Without this a terminated VNF stays a zombie of the agent (its subreaper) for as
+        long as the agent runs: one process-table entry per terminate.
+        """
+        if self._fd is None:
+            return
+        self.mute()
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    if os.waitid(os.P_PIDFD, self._fd, os.WEXITED | os.WNOHANG) is not None:
+                        break
+                except ChildProcessError:
+                    break  # adopted after an agent restart: not ours to reap
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
 
 def _short(host_id: str, instance_id: str) -> str:
     return hashlib.sha1(f"{host_id}/{instance_id}".encode()).hexdigest()[:10]
@@ -167,8 +196,10 @@ class Sandbox:
     async def build(self, *, standby: bool = False) -> None:
         """Make netns, veth and cgroup; on any failure remove what was made and raise.
 
-        A ``standby`` sandbox keeps its host-side link down until ``activate``, so the
-        address it will own is not answered twice while the primary copy lives.
+        A ``standby`` sandbox (a standby, or one about to be restored into) keeps its
+        host-side link down until ``activate``, so the address it will own is not
+        answered twice while the primary copy lives, nor by a netns without the VNF's
+        sockets yet.
         """
         d = self.descriptor
         try:
@@ -194,8 +225,12 @@ class Sandbox:
         self.built = True
 
     async def activate(self) -> None:
-        """Bring a standby sandbox's link up (just before its VNF is restored)."""
+        """Bring the sandbox's link up: its VNF has just been restored."""
         await self.net.set_link_up(self.veth, True)
+
+    async def deactivate(self) -> None:
+        """Take the link down while the VNF is restored (see ``Agent._prepare_sandbox``)."""
+        await self.net.set_link_up(self.veth, False)
 
     async def start(self) -> int:
         """Start the descriptor's command as PID 1 of fresh PID/UTS/IPC namespaces."""

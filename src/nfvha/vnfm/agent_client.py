@@ -88,10 +88,11 @@ class AgentClient:
                 raise
 
     async def checkpoint(self, instance_id: str, *, drain: bool = False,
-                         extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                         extra: dict[str, Any] | None = None,
+                         stop: bool = False) -> dict[str, Any]:
         res: dict[str, Any] = await self._call(
             "POST", f"/v1/instances/{instance_id}/checkpoints", "checkpoint", timeout=120,
-            json={"drain": drain, "extra": extra or {}})
+            params={"stop": "true"} if stop else None, json={"drain": drain, "extra": extra or {}})
         return res
 
     async def checkpoints(self, instance_id: str) -> list[dict[str, Any]]:

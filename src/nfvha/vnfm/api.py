@@ -50,6 +50,10 @@ class TerminateRequest(BaseModel):
     terminationType: Literal["FORCEFUL", "GRACEFUL"] = "FORCEFUL"
 
 
+class MoveRequest(BaseModel):
+    host: str | None = Field(default=None, description="target host; none: placement picks")
+
+
 class InjectRequest(BaseModel):
     fault: Literal["kill", "hang"]
 
@@ -193,6 +197,11 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     @app.get("/nfvha/v1/vnfds", dependencies=auth)
     async def vnfds() -> list[dict[str, Any]]:
         return [r.data for r in manager.store.list("vnfd")]
+
+    @app.post("/nfvha/v1/vnf_instances/{vnf_id}/move", dependencies=auth)
+    async def move(vnf_id: str, body: MoveRequest | None = None) -> Response:
+        """A planned move to another host, connections and state kept (202 + operation)."""
+        return accepted(manager.start_move(vnf_id, body.host if body else None))
 
     @app.post("/nfvha/v1/vnf_instances/{vnf_id}/inject", dependencies=auth)
     async def inject(vnf_id: str, body: InjectRequest) -> dict[str, Any]:

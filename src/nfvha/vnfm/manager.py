@@ -36,7 +36,7 @@ from nfvha.ha.liveness import (
 from nfvha.ha.recovery import RecoveryContext, RecoveryDecision, decide, strategy_chain
 from nfvha.logs import decision as log_decision
 from nfvha.nfvo.placement import HostView, PlacementError, place
-from nfvha.store.base import StateStore
+from nfvha.store.base import StateStore, StoreError
 from nfvha.vnfm.agent_client import AgentCallError, AgentClient
 from nfvha.vnfm.events import EventBus, EventKind
 from nfvha.vnfm.metrics import ManagerMetrics
@@ -61,6 +61,7 @@ class VnfState:
     INSTANTIATING = "INSTANTIATING"
     ACTIVE = "ACTIVE"
     RECOVERING = "RECOVERING"
+    MOVING = "MOVING"  # a planned move (nfvha extension): final dump, restore elsewhere
     FAILED = "FAILED"
     TERMINATING = "TERMINATING"
 
@@ -768,6 +769,9 @@ class Manager:
                     self._update_vnf(rec.id, _set(haState=VnfState.ACTIVE, host=keep,
                                                   instantiationState="INSTANTIATED"))
             elif rec.data["haState"] != VnfState.TERMINATING and host is not None:
+                if rec.data["haState"] == VnfState.MOVING:
+                    # A move cut short by the restart: recovered like any VNF that died.
+                    self._update_vnf(rec.id, _set(haState=VnfState.ACTIVE))
                 self._rt(rec.id).failure = ("process-exit", time.time(),
                                             f"runs nowhere after a manager restart (was on "
                                             f"{host})")
@@ -901,16 +905,8 @@ class Manager:
             self.events.publish(EventKind.CHECKPOINT_FAILED, {
                 "vnfInstanceId": vnf_id, "host": host, "detail": str(exc)})
             return
-        cp = {"id": f"{vnf_id}/{meta['seq']}", "vnfInstanceId": vnf_id, "seq": meta["seq"],
-              "createdAt": meta["created_at"],
-              # The state it holds is as of cutAt (the freeze), not createdAt (the commit).
-              "cutAt": meta.get("cut_at") or meta["created_at"], "host": host, "replicas": replicas,
-              "bytes": meta["total_bytes"], "criuStats": meta.get("criu_stats", {}),
-              "generation": rec.data.get("generation", 0), "logPosition": position,
-              "holdMs": self._rt(vnf_id).last_hold_ms if position is not None else None,
-              "durationMs": (time.monotonic() - started) * 1000}
-        self.store.put("checkpoint", cp["id"], cp)
-        self.events.publish(EventKind.CHECKPOINT, cp)
+        self._record_checkpoint(vnf_id, meta, host, replicas, position, rec.data,
+                                time.monotonic() - started)
         if position is not None and self.forwarder is not None and \
                 (len(replicas) > 1 or d.ha.backups == 0):
             # Once this checkpoint has a replica, the log may forget what the *previous* one
@@ -928,6 +924,20 @@ class Manager:
                     await self.forwarder.commit(vnf_id, max(older))
         self._prune_checkpoints(vnf_id, d.ha.retention)
         self._clear_alarm(f"checkpoint:{vnf_id}")
+
+    def _record_checkpoint(self, vnf_id: str, meta: dict[str, Any], host: str,
+                           replicas: list[str], position: int | None, vnf: dict[str, Any],
+                           seconds: float) -> None:
+        cp = {"id": f"{vnf_id}/{meta['seq']}", "vnfInstanceId": vnf_id, "seq": meta["seq"],
+              "createdAt": meta["created_at"],
+              # The state it holds is as of cutAt (the freeze), not createdAt (the commit).
+              "cutAt": meta.get("cut_at") or meta["created_at"], "host": host, "replicas": replicas,
+              "bytes": meta["total_bytes"], "criuStats": meta.get("criu_stats", {}),
+              "generation": vnf.get("generation", 0), "logPosition": position,
+              "holdMs": self._rt(vnf_id).last_hold_ms if position is not None else None,
+              "durationMs": seconds * 1000}
+        self.store.put("checkpoint", cp["id"], cp)
+        self.events.publish(EventKind.CHECKPOINT, cp)
 
     async def _replicate(self, vnf_id: str, host: str, seq: int, backup: str,
                          d: VnfDescriptor) -> None:
@@ -1365,7 +1375,7 @@ class Manager:
         return None
 
     def _finish_recovery(self, vnf_id: str, decision: RecoveryDecision, result: dict[str, Any],
-                         old_host: str | None) -> None:
+                         old_host: str | None, *, moved: bool = False) -> None:
         rec = self.store.get("vnf", vnf_id)
         d = self._vnfd(rec.data)
         try:
@@ -1380,8 +1390,8 @@ class Manager:
             **dd, "haState": VnfState.ACTIVE, "host": decision.target_host, "backups": backups,
             "generation": dd.get("generation", 0) + 1, "restoredFrom": result.get("seq"),
             "pid": result.get("instance", {}).get("pid"),
-            "lastRecovery": {"strategy": decision.strategy, "at": _now_iso(),
-                             "fromHost": old_host}})
+            ("lastMove" if moved else "lastRecovery"): {
+                "strategy": decision.strategy, "at": _now_iso(), "fromHost": old_host}})
 
     # -- lifecycle (SOL003) ---------------------------------------------------------------
 
@@ -1469,6 +1479,137 @@ class Manager:
         rt.busy = self._spawn(self._recover(vnf_id, "manual", time.time(),
                                             cause or "heal requested", auto=False, op_id=op_id))
         return op_id
+
+    def start_move(self, vnf_id: str, to_host: str | None) -> str:
+        """A planned move (maintenance, rebalancing) of an ACTIVE VNF to another host.
+
+        Unlike a recovery nothing is lost: the VNF is dumped a last time and stopped with
+        its network still locked (TCP peers see neither a FIN nor a RST), the images go
+        to the target, and it is restored there with every established connection. Its
+        clients see one pause: the dump, the transfer and the restore. Checked here, so a
+        move that cannot work is refused before anything is touched.
+        """
+        data = self.get_vnf(vnf_id)
+        if data["haState"] != VnfState.ACTIVE:
+            raise InstanceStateError(f"VNF instance {vnf_id} is {data['haState']}: only an "
+                                     "ACTIVE instance can be moved; try again once it is")
+        rt = self._rt(vnf_id)
+        if rt.failure is not None:
+            raise InstanceStateError(f"a failure of {vnf_id} is being handled ({rt.failure[0]});"
+                                     " move it once it is ACTIVE again")
+        source = data["host"]
+        d = self._vnfd(data)
+        views = self.hosts_view()
+        if to_host is not None:
+            if to_host not in views:
+                raise InstanceNotFound(f"no host {to_host!r} (hosts: {', '.join(sorted(views))})")
+            if to_host == source:
+                raise InstanceStateError(f"{vnf_id} already runs on {to_host}; name another "
+                                         "host, or none to let placement choose")
+            if self.detector.state.get(to_host) != HostState.UP:
+                raise InstanceStateError(f"host {to_host} is "
+                                         f"{self.detector.state.get(to_host, 'DOWN')}: a VNF "
+                                         "can only be moved to a host that is UP")
+        try:
+            target = place(views, memory=d.resources.memory, backups=0,
+                           exclude=[source], prefer=to_host).primary
+        except PlacementError as exc:
+            raise InstanceStateError(f"cannot move {vnf_id}: {exc}") from None
+        if to_host is not None and target != to_host:
+            raise InstanceStateError(f"host {to_host} has no room for {vnf_id} "
+                                     f"({d.resources.memory // 2**20} MiB)")
+        self._update_vnf(vnf_id, _set(haState=VnfState.MOVING))
+        op_id = self._new_op(vnf_id, "MOVE", False)
+        previous = rt.busy if rt.busy is not None and not rt.busy.done() else None
+        rt.busy = self._spawn(self._move(vnf_id, source, target, op_id, previous))
+        return op_id
+
+    async def _move(self, vnf_id: str, source: str, target: str, op_id: str,
+                    previous: asyncio.Task[None] | None) -> None:
+        """The steps of a planned move. Every way out leaves the VNF ACTIVE on one host,
+        or, if it could be brought back nowhere, failed and handed to recovery."""
+        if previous is not None:  # a periodic checkpoint under way finishes first
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(previous)
+        self._op_update(op_id, operationState="PROCESSING", nfvha={
+            "sourceHost": source, "targetHost": target})
+        rec = self.store.get("vnf", vnf_id)
+        d = self._vnfd(rec.data)
+        replaying = d.ha.replay and self.forwarder is not None
+        position: int | None = None
+        t0 = time.time()
+        stopped = False
+        meta: dict[str, Any] | None = None
+        try:
+            if replaying and self.forwarder is not None:
+                try:
+                    position = await self.forwarder.hold(vnf_id)
+                except ForwarderError as exc:
+                    self._forwarder_alarm(str(exc))
+            extra = {} if position is None else {"log_position": position}
+            meta = await self.agent(source).checkpoint(vnf_id, drain=position is not None,
+                                                       extra=extra, stop=True)
+            stopped = True
+            dumped = time.time()
+            self._record_checkpoint(vnf_id, meta, source, [source], position, rec.data,
+                                    dumped - t0)
+            await self.agent(source).push(vnf_id, meta["seq"],
+                                          self.store.get("host", target).data["url"])
+            pushed = time.time()
+            await self.agent(source).delete(vnf_id)  # same address and MAC: one copy at a time
+            async with self._restore_slot(target):
+                res = await self.agent(target).restore(vnf_id, meta["seq"])
+            restored = time.time()
+        except (AgentCallError, NfvhaError) as exc:
+            await self._move_failed(vnf_id, source, op_id, exc, stopped, meta, position)
+            return
+        finally:
+            if position is not None and self.forwarder is not None:
+                with contextlib.suppress(ForwarderError):
+                    await self.forwarder.release(vnf_id)
+        cp_id = f"{vnf_id}/{meta['seq']}"
+        with contextlib.suppress(StoreError):
+            self.store.update("checkpoint", cp_id,
+                              lambda c: {**c, "replicas": sorted({*c["replicas"], target})})
+        answered = await self._wait_serving(d, restored)
+        decision = RecoveryDecision(strategy="move", target_host=target, seqs=(meta["seq"],),
+                                    reason=f"planned move from {source}")
+        self._finish_recovery(vnf_id, decision, {"instance": res, "seq": meta["seq"]}, source,
+                              moved=True)
+        log.info("moved %s from %s to %s: paused %.0f ms (dump %.0f, transfer %.0f, restore "
+                 "%.0f)", vnf_id, source, target, ((answered or restored) - t0) * 1e3,
+                 (dumped - t0) * 1e3, (pushed - dumped) * 1e3, (restored - pushed) * 1e3)
+        self._op_update(op_id, operationState="COMPLETED", nfvha_merge={
+            "checkpoint": meta["seq"],
+            "phases": {"dumpMs": (dumped - t0) * 1e3, "transferMs": (pushed - dumped) * 1e3,
+                       "restoreMs": (restored - pushed) * 1e3,
+                       "pauseMs": ((answered or restored) - t0) * 1e3}})
+
+    async def _move_failed(self, vnf_id: str, source: str, op_id: str, exc: Exception,
+                           stopped: bool, meta: dict[str, Any] | None,
+                           position: int | None) -> None:
+        """A move that failed half-way: the VNF goes back to its source, as it was."""
+        log.warning("moving %s from %s failed: %s", vnf_id, source, exc)
+        back = "still running on its source host"
+        if stopped and meta is not None:
+            try:
+                with contextlib.suppress(AgentCallError):
+                    await self.agent(source).delete(vnf_id)
+                async with self._restore_slot(source):
+                    res = await self.agent(source).restore(vnf_id, meta["seq"])
+                self._update_vnf(vnf_id, _set(pid=res.get("pid")))
+                back = f"restored on {source} from its final checkpoint {meta['seq']}"
+            except (AgentCallError, NfvhaError) as exc2:
+                back = f"could not be restored on {source} ({exc2}): recovery takes over"
+                rt = self._rt(vnf_id)
+                rt.failure = ("process-exit", time.time(), f"planned move failed and the VNF "
+                              f"could not be brought back on {source}: {exc2}")
+                rt.failed_at = time.time()
+        self._update_vnf(vnf_id, _set(haState=VnfState.ACTIVE, host=source))
+        self._rt(vnf_id).next_checkpoint = time.monotonic()
+        self._op_update(op_id, operationState="FAILED", error=_problem(
+            409, f"moving {vnf_id} failed: {exc}; the VNF is {back}"))
+        self._wake.set()
 
     def start_terminate(self, vnf_id: str) -> str:
         data = self.get_vnf(vnf_id)
