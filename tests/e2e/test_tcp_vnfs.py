@@ -225,6 +225,7 @@ def test_tcp_proxy_keeps_connections_through_checkpoints_a_move_and_a_host_crash
     backend = EchoBackend(m.tb.gateway)
     conns: list[Conn] = []
     active: list[Active] = []
+    crashed: list[str] = []
     try:
         desc = {"id": kind, "command": PROXIES[kind](tmp_path, ip, backend),
                 "network": {"address": addr}, "resources": {"memory": "256Mi"},
@@ -269,6 +270,7 @@ def test_tcp_proxy_keeps_connections_through_checkpoints_a_move_and_a_host_crash
         wait_until(lambda: _last_seq(m, iid, after=quiet_at + 0.05) > 0, 10)
         host = m.vnf(iid)["host"]
         heals = len(_ops(m, iid, "HEAL"))
+        crashed.append(host)
         asyncio.run(m.tb.crash_host(host))
         heal = _wait_op(m, iid, "HEAL", heals + 1, 30)
         assert heal["nfvha"]["strategy"] == "restore-remote", heal["nfvha"]
@@ -289,6 +291,8 @@ def test_tcp_proxy_keeps_connections_through_checkpoints_a_move_and_a_host_crash
             a.stop()
         for c in [*conns, *(a.conn for a in active)]:
             c.sock.close()
+        for h in crashed:  # the testbed serves the module's other tests
+            asyncio.run(m.tb.revive_host(h))
     # Every connection's bytes, counted at both ends, match exactly. (The proxies also
     # open backend connections for the TCP health probe; those carry no bytes.)
     ours = len(conns) + len(active)
@@ -301,6 +305,74 @@ def test_tcp_proxy_keeps_connections_through_checkpoints_a_move_and_a_host_crash
     assert sorted(carried.values()) == sorted(s for s, _ in clients), \
         (sorted(carried.values()), clients)
     assert {backend.closed[p] for p in carried} == {"eof"}, backend.closed
+
+
+def _deploy_haproxy(m: Mgr, tmp: Path, n: int, iid: str,
+                    backend: EchoBackend) -> tuple[str, str]:
+    addr = m.tb.vnf_address(n)
+    ip = addr.split("/")[0]
+    m.deploy({"id": f"haproxy-{n}", "command": _haproxy(tmp, ip, backend),
+              "network": {"address": addr}, "resources": {"memory": "256Mi"},
+              "ha": {"checkpoint_interval": INTERVAL, "backups": 1}}, iid)
+    wait_until(lambda: _try_connect(ip), 10)
+    return ip, m.vnf(iid)["host"]
+
+
+def test_a_move_that_cannot_work_is_refused_and_changes_nothing(
+        tmgr: Mgr, tmp_path: Path) -> None:
+    m = tmgr
+    backend = EchoBackend(m.tb.gateway)
+    try:
+        ip, host = _deploy_haproxy(m, tmp_path, 30, "mv-bad", backend)
+        c = Conn(ip)
+        c.exchange(100)
+        cases = [("nope", {}, 404, "no VNF instance"),
+                 ("mv-bad", {"host": "h9"}, 404, "no host 'h9'"),
+                 ("mv-bad", {"host": host}, 409, f"already runs on {host}"),
+                 ("mv-bad", {"host": 7}, 400, "host")]
+        for iid, body, status, words in cases:
+            r = m.http.post(f"{m.url}/nfvha/v1/vnf_instances/{iid}/move", json=body)
+            assert r.status_code == status, (body, r.status_code, r.text)
+            assert words in r.json()["detail"], r.json()
+        assert _ops(m, "mv-bad", "MOVE") == []
+        vnf = m.vnf("mv-bad")
+        assert (vnf["haState"], vnf["host"]) == ("ACTIVE", host)
+        c.exchange(100)  # nothing disturbed it
+        c.sock.close()
+    finally:
+        backend.close()
+
+
+def test_a_move_failing_half_way_puts_the_vnf_back_with_its_connections(
+        tmgr: Mgr, tmp_path: Path) -> None:
+    """The target's agent is dead (its guard still beats, so the host looks UP): the
+    transfer fails after the final dump stopped the VNF, which is restored on its source
+    from that checkpoint, connections intact."""
+    m = tmgr
+    backend = EchoBackend(m.tb.gateway)
+    target = None
+    try:
+        ip, source = _deploy_haproxy(m, tmp_path, 31, "mv-fail", backend)
+        c = Conn(ip)
+        c.exchange(1000)
+        target = next(h for h in sorted(m.tb.hosts) if h != source)
+        asyncio.run(m.tb.kill_agent(target, restart=False))
+        m.ok("POST", "/nfvha/v1/vnf_instances/mv-fail/move", json={"host": target})
+        wait_until(lambda: [o["operationState"] for o in _ops(m, "mv-fail", "MOVE")]
+                   == ["FAILED"], 30)
+        op = _ops(m, "mv-fail", "MOVE")[0]
+        assert f"restored on {source}" in op["error"]["detail"], op["error"]
+        vnf = m.vnf("mv-fail")
+        assert (vnf["haState"], vnf["host"]) == ("ACTIVE", source)
+        c.exchange(1000)
+        c.sock.close()
+        wait_until(lambda: any(n for n in backend.received.values()), 5)
+        assert sorted(n for n in backend.received.values() if n) == [2000]
+    finally:
+        if target is not None:
+            asyncio.run(m.tb.start_agent(target))
+            asyncio.run(m.tb.wait_ready())
+        backend.close()
 
 
 def _try_connect(ip: str) -> bool:
