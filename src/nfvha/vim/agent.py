@@ -581,19 +581,26 @@ class Agent:
         try:
             async with inst.lock:
                 # Hashing (a thread) and sandbox preparation (ip, cgroups) overlap.
+                images = self.store.path(instance_id, meta.seq)
+                # Established TCP connections in the images: until CRIU has recreated
+                # them, a segment from a peer (retransmitting during a move or failover)
+                # would meet the address without the socket, and the netns's kernel would
+                # answer with a RST that kills the connection being restored.
+                tcp = any(images.glob("tcp-stream-*.img"))
                 verified, _ = await asyncio.gather(
                     asyncio.to_thread(self.store.verify, instance_id, meta.seq),
                     self._prepare_sandbox(inst, reused=reuse is not None,
-                                          standby=was_standby))
+                                          standby=was_standby, hold_tcp=tcp))
                 meta = verified
-                stats = await inst.sandbox.restore(self.store.path(instance_id, meta.seq))
+                stats = await inst.sandbox.restore(images)
+                if tcp:
+                    await inst.sandbox.hold_tcp(False)
                 if proc_state(stats.pid) in ("T", "t"):
                     raise CheckpointCorrupt(
                         f"checkpoint {meta.name} holds a stopped VNF (it was stopped while "
                         "being dumped); restore the previous checkpoint",
                         checkpoint=meta.name, file="core-1.img")
                 self._watch(inst, stats.pid)
-                await inst.sandbox.activate()  # its sockets exist now: peers may reach it
                 await inst.sandbox.announce()
                 inst.last_restore = stats
                 inst.restored_from = meta.name
@@ -616,20 +623,20 @@ class Agent:
         return inst
 
     @staticmethod
-    async def _prepare_sandbox(inst: Instance, *, reused: bool, standby: bool) -> None:
-        """A sandbox for a restore, its link down until the VNF's sockets exist.
-
-        With the link up, a TCP segment from a peer of the VNF (a client retransmitting
-        during a move or a failover) would meet a netns with the address but not yet
-        the connection, and its kernel would answer with a RST that kills the
-        connection at the peer; the restore would then bring back a socket nobody
-        talks to. Down, the segment is lost and the peer retransmits it later.
-        """
+    async def _prepare_sandbox(inst: Instance, *, reused: bool, standby: bool,
+                               hold_tcp: bool) -> None:
+        """A sandbox for a restore; with ``hold_tcp`` it drops TCP segments until the
+        VNF's connections exist again (``Sandbox.hold_tcp``)."""
         if not reused:
-            await inst.sandbox.build(standby=True)
-        elif not standby:
+            await inst.sandbox.build()
+            if hold_tcp:
+                await inst.sandbox.hold_tcp(True)
+            return
+        if not standby:
             await inst.sandbox.kill()  # whatever is left of the dead copy goes first
-            await inst.sandbox.deactivate()  # a crash left it up, a fence took it down
+        if hold_tcp:
+            await inst.sandbox.hold_tcp(True)
+        await inst.sandbox.activate()  # a standby's or a fenced copy's link is down
 
     async def prepare_standby(self, instance_id: str, seq: int | None = None) -> Instance:
         """Build the sandbox of a replicated checkpoint with its link down, so that a later

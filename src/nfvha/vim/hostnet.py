@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -376,6 +377,25 @@ class HostNetwork:
         await self._must(
             ["link", "set", "dev", name, state], netns=netns, what=f"set {name!r} {state}"
         )
+
+    async def wait_oper_up(self, name: str, *, netns: str | None = None,
+                           timeout: float = 1.0) -> bool:
+        """Wait until the link is operationally up; False if it is not within ``timeout``.
+
+        ``ip link set up`` returns before the kernel's link watcher has run: until then
+        the device's queue discipline is the no-op one, which drops every frame sent
+        through it (replayed datagrams, seen lost right after a restore).
+        """
+        _check_ifname(name)
+        deadline = time.monotonic() + timeout
+        while True:
+            links = await self._json(["link", "show", "dev", name], netns=netns,
+                                     what=f"read the state of {name!r}")
+            if links and links[0].get("operstate") == "UP":
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.001)
 
     async def add_address(self, dev: str, cidr: str, *, netns: str | None = None) -> None:
         """Add an address in CIDR form; an address already present is an error."""

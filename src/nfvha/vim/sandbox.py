@@ -196,10 +196,8 @@ class Sandbox:
     async def build(self, *, standby: bool = False) -> None:
         """Make netns, veth and cgroup; on any failure remove what was made and raise.
 
-        A ``standby`` sandbox (a standby, or one about to be restored into) keeps its
-        host-side link down until ``activate``, so the address it will own is not
-        answered twice while the primary copy lives, nor by a netns without the VNF's
-        sockets yet.
+        A ``standby`` sandbox keeps its host-side link down until ``activate``, so the
+        address it will own is not answered twice while the primary copy lives.
         """
         d = self.descriptor
         try:
@@ -225,12 +223,38 @@ class Sandbox:
         self.built = True
 
     async def activate(self) -> None:
-        """Bring the sandbox's link up: its VNF has just been restored."""
+        """Bring a standby sandbox's link up (just before its VNF is restored). Returns
+        once both ends carry frames (see ``HostNetwork.wait_oper_up``)."""
         await self.net.set_link_up(self.veth, True)
+        ends = await asyncio.gather(self.net.wait_oper_up(self.veth),
+                                    self.net.wait_oper_up("eth0", netns=self.netns))
+        if not all(ends):
+            log.warning("link of %s not up 1 s after it was set up", self.instance_id)
 
-    async def deactivate(self) -> None:
-        """Take the link down while the VNF is restored (see ``Agent._prepare_sandbox``)."""
-        await self.net.set_link_up(self.veth, False)
+    async def hold_tcp(self, hold: bool) -> None:
+        """Drop (or stop dropping) every TCP segment arriving in the sandbox's netns.
+
+        Held while a VNF with established connections is restored: a peer's segment
+        that arrived before CRIU recreated the socket would be answered with a RST. Only
+        TCP: datagrams replayed or released to the VNF right after must get through.
+        """
+        cmd = ("add table inet nfvha_hold\n"
+               "add chain inet nfvha_hold input { type filter hook input priority -300; }\n"
+               "add rule inet nfvha_hold input meta l4proto tcp drop\n" if hold
+               else "delete table inet nfvha_hold\n")
+        proc = await asyncio.create_subprocess_exec(
+            "nsenter", f"--net={self.netns_path}", "nft", "-f", "-",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(cmd.encode()), 10)
+        except TimeoutError as exc:
+            proc.kill()
+            await proc.wait()
+            raise SandboxError(f"nft in the sandbox of {self.instance_id} timed out") from exc
+        if proc.returncode != 0:
+            raise SandboxError(f"{'holding' if hold else 'releasing'} TCP in the sandbox of "
+                               f"{self.instance_id}: {err.decode(errors='replace').strip()}")
 
     async def start(self) -> int:
         """Start the descriptor's command as PID 1 of fresh PID/UTS/IPC namespaces."""
