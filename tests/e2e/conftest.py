@@ -68,7 +68,7 @@ def _make_bed(n_hosts: int) -> Bed:
     from nfvha.testbed import Testbed
 
     i = next(_counter)
-    name = f"{TEST_PREFIX}{os.getpid() % 1000}{i}"[:8]
+    name = f"{TEST_PREFIX}{_base36(os.getpid() % 1000 * 64 + i, 4)}"
     tb = Testbed(name=name, n_hosts=n_hosts, subnet=f"10.{200 + (os.getpid() + i) % 50}.0.0/16",
                  state_dir=Path("/run/nfvha-test"))
     asyncio.run(tb.up())
@@ -160,7 +160,7 @@ def manager_bed(letter: str, net_base: int, net_span: int, *, n_hosts: int = 3,
     from nfvha.testbed import Testbed
 
     i = next(_beds)
-    name = f"{TEST_PREFIX}{letter}{os.getpid() % 100}{i}"[:8]
+    name = f"{TEST_PREFIX}{letter}{_base36(os.getpid() % 100 * 400 + i, 3)}"
     tb = Testbed(name=name, n_hosts=n_hosts, with_manager=True,
                  subnet=f"10.{net_base + (os.getpid() + i) % net_span}.0.0/16",
                  state_dir=Path("/run/nfvha-test"), **testbed)
@@ -172,6 +172,18 @@ def manager_bed(letter: str, net_base: int, net_span: int, *, n_hosts: int = 3,
         m.http.close()
         keep_logs(tb)
         asyncio.run(tb.down())
+
+
+def _base36(n: int, width: int) -> str:
+    """``n`` in ``width`` base-36 digits: testbed names are at most 8 characters, and
+    they must differ within a run, or the logs kept after each test overwrite
+    each other (``keep_logs``)."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    for _ in range(width):
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+    return out
 
 
 def keep_logs(tb: Any) -> None:
