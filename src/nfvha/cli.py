@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nfvha.errors import NfvhaError
 from nfvha.logs import setup_logging
+from nfvha.web import DEFAULT_MAX_BODY
 
 __all__ = ["main"]
 
@@ -112,7 +113,8 @@ def cmd_manager(args: argparse.Namespace) -> int:
                         base_url=args.advertise_url or f"http://{args.listen}",
                         forwarder_url=args.forwarder, liveness_listen=(host, int(port)),
                         fencers=load_fence_config(args.fence_config) if args.fence_config
-                        else {})
+                        else {}, max_body=args.max_body,
+                        vnf_network=args.vnf_network)
     # Dashboard streams end at a stop by themselves (app.state.on_stop); a request
     # still open after this is cut short rather than hold the stop up.
     return _serve(create_manager_app(Manager(SqliteStore(args.db), cfg)), args,
@@ -407,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "options; hosts without one are waited out (their lease)")
     m.add_argument("--nice", type=int, default=-10,
                    help="scheduling priority once started (VNFs and CRIU run at 0)")
+    m.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, metavar="BYTES",
+                   help="largest request body accepted (413 beyond, before it is read)")
+    m.add_argument("--vnf-network", default=None, metavar="CIDR",
+                   help="the data network VNF addresses must lie in (default: any)")
     m.set_defaults(func=cmd_manager)
 
     f = sub.add_parser("forwarder", help="run the steering forwarder (packet log, replay)")

@@ -73,9 +73,13 @@ class ServiceAddress(_Strict):
         if v is None:
             return v
         try:
-            return str(ipaddress.IPv4Address(v))
+            ip = ipaddress.IPv4Address(v)
         except ValueError as exc:
             raise ValueError(f"expected an IPv4 address like 10.250.2.10, got {v!r}") from exc
+        why = unusable_host_address(ip)
+        if why is not None:
+            raise ValueError(f"{v} cannot be a service address: {why}")
+        return str(ip)
 
     @model_validator(mode="after")
     def _head_or_member(self) -> ServiceAddress:
@@ -83,6 +87,21 @@ class ServiceAddress(_Strict):
             raise ValueError("give exactly one of address (the chain head's service address) "
                              "and after (the VNF instance this one follows)")
         return self
+
+
+def unusable_host_address(ip: ipaddress.IPv4Address) -> str | None:
+    """Why ``ip`` can never be one host's unicast address, or None if it can."""
+    if ip.is_unspecified:
+        return "it is the unspecified address"
+    if ip.is_loopback:
+        return "it is a loopback address (127.0.0.0/8)"
+    if ip.is_multicast:
+        return "it is a multicast address (224.0.0.0/4)"
+    if ip.is_link_local:
+        return "it is a link-local address (169.254.0.0/16)"
+    if ip == ipaddress.IPv4Address("255.255.255.255") or ip.is_reserved:
+        return "it is in the reserved range 240.0.0.0/4"
+    return None
 
 
 class Network(_Strict):
@@ -102,6 +121,15 @@ class Network(_Strict):
             raise ValueError(_ADDR_HINT.format(v)) from exc
         if iface.version != 4 or "/" not in v:
             raise ValueError(_ADDR_HINT.format(v))
+        why = unusable_host_address(iface.ip)
+        if why is None and iface.network.prefixlen > 30:
+            why = "the prefix leaves no room for a gateway and a peer (use /30 or shorter)"
+        if why is None and iface.ip == iface.network.network_address:
+            why = f"it is the network address of {iface.network}"
+        if why is None and iface.ip == iface.network.broadcast_address:
+            why = f"it is the broadcast address of {iface.network}"
+        if why is not None:
+            raise ValueError(f"{v} cannot be a VNF's address: {why}")
         return str(iface)
 
     @field_validator("mac")

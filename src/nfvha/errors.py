@@ -109,6 +109,11 @@ class AddressInUse(SandboxError):
     """The VNF's address (IP or MAC) is already taken by another live instance."""
 
 
+class AddressConflict(NfvhaError):
+    """An address a VNF asks for is held by another VNF or by nfvha itself (cluster-wide
+    address management, checked before anything is stored or started)."""
+
+
 class InstanceNotFound(NfvhaError):
     """No VNF instance with that id on this agent."""
 

@@ -228,7 +228,7 @@ class Testbed:
             self._write_fence_config()
         args = [sys.executable, "-m", "nfvha", "manager",
                 "--listen", f"{self.gateway}:{MANAGER_PORT}", "--db", str(self.dir / "manager.db"),
-                "--token-file", str(self.token_file),
+                "--token-file", str(self.token_file), "--vnf-network", self.subnet,
                 *(["--forwarder", self.forwarder_url] if self.with_forwarder else []),
                 *(["--fence-config", str(self.fence_config)] if self.fencing else []),
                 *self.manager_args]

@@ -310,8 +310,20 @@ def test_bad_requests_get_problem_details(mgr: Mgr, python_bin: str) -> None:
     assert r.status_code == 404 and "missing" in r.json()["detail"]
     r = http.post(mgr.url + "/vnflcm/v1/vnf_instances", json={})
     assert r.status_code == 400 and "vnfdId" in r.json()["detail"]
+    agent = mgr.tb.host("h1").url
+    r = httpx.post(f"{agent}/v1/instances", content=b"x" * (2 << 20),
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text  # refused before it is read, token or not
     addr = mgr.tb.vnf_address(8)
-    mgr.deploy(flowmon(addr, python_bin), "fm-t")
+    vnf = mgr.deploy(flowmon(addr, python_bin), "fm-t")
+    backup = mgr.tb.host(vnf["backups"][0]).url
+
+    def replicas() -> list[Any]:
+        res: list[Any] = http.get(f"{backup}/v1/checkpoints",
+                                  params={"instance_id": "fm-t"}).json()
+        return res
+
+    wait_until(lambda: replicas() != [], 10)
     r = mgr.ok("POST", "/vnflcm/v1/vnf_instances/fm-t/terminate", json={})
     op_url = r.headers["Location"]
     wait_until(lambda: http.get(op_url).json()["operationState"] == "COMPLETED", 10)
@@ -320,4 +332,5 @@ def test_bad_requests_get_problem_details(mgr: Mgr, python_bin: str) -> None:
     assert r.json()["status"] == 409 and r.json()["title"]
     assert http.get(mgr.url + "/openapi.json").status_code == 200
     assert _copies(mgr.tb, "fm-t") == []
+    assert replicas() == []  # the backup's replicas went with the VNF
     mgr.ok("DELETE", "/vnflcm/v1/vnf_instances/fm-t")

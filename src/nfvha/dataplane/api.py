@@ -3,7 +3,6 @@ commit (log trim) and replay after a restore. Used by the manager only."""
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +18,7 @@ from nfvha.dataplane.forwarder import Forwarder, ServiceSpec
 from nfvha.errors import HostNetworkError
 from nfvha.vim.api import problem
 from nfvha.vim.hostnet import HostNetwork
+from nfvha.web import BodyLimit, token_matches
 
 __all__ = ["create_forwarder_app"]
 
@@ -55,13 +55,14 @@ def create_forwarder_app(token: str, *, interface: str = "eth0",
             await fwd.close()
 
     app = FastAPI(title="nfvha forwarder", lifespan=lifespan)
+    app.add_middleware(BodyLimit)
     app.state.forwarder = fwd
     bearer = HTTPBearer(auto_error=False)
 
     async def require_token(
         creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> None:
-        if creds is None or not hmac.compare_digest(creds.credentials, token):
+        if creds is None or not token_matches(creds.credentials, token):
             raise _Unauthorized()
 
     @app.exception_handler(_Unauthorized)

@@ -430,6 +430,12 @@ class Agent:
         return inst
 
     async def delete_instance(self, instance_id: str, *, purge_checkpoints: bool = False) -> None:
+        """Remove the instance; with ``purge_checkpoints`` also every checkpoint of it
+        here, even where it never ran (a backup's replicas: gigabytes left behind by
+        every terminate otherwise)."""
+        if purge_checkpoints and instance_id not in self.instances:
+            await asyncio.to_thread(self.store.delete, instance_id)
+            return
         inst = self.get(instance_id)
         await self._discard(inst)
         if purge_checkpoints:

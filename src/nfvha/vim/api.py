@@ -6,7 +6,6 @@ as RFC 7807 problem details whose ``detail`` says what was wrong and what to do.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +33,7 @@ from nfvha.errors import (
 )
 from nfvha.vim.agent import Agent
 from nfvha.vim.transfer import receive_checkpoint_tar
+from nfvha.web import BodyLimit, token_matches
 
 __all__ = ["create_app", "problem"]
 
@@ -95,6 +95,9 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
                 await agent.close(stop_instances=not agent.cfg.keep_vnfs_on_exit)
 
     app = FastAPI(title="nfvha agent", version="1", lifespan=lifespan)
+    # Checkpoint images are streamed to disk (PUT /v1/checkpoints/...): never buffered.
+    app.add_middleware(BodyLimit, stream=lambda scope: scope["method"] == "PUT"
+                       and str(scope["path"]).startswith("/v1/checkpoints/"))
     bearer = HTTPBearer(auto_error=False)
 
     async def require_token(
@@ -102,7 +105,7 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
     ) -> None:
         if not agent.cfg.token:
             return
-        if creds is None or not hmac.compare_digest(creds.credentials, agent.cfg.token):
+        if creds is None or not token_matches(creds.credentials, agent.cfg.token):
             raise _Unauthorized()
 
     @app.exception_handler(_Unauthorized)

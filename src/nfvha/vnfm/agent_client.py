@@ -95,6 +95,11 @@ class AgentClient:
             params={"stop": "true"} if stop else None, json={"drain": drain, "extra": extra or {}})
         return res
 
+    async def all_checkpoints(self) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = await self._call("GET", "/v1/checkpoints",
+                                                     "list checkpoints")
+        return res
+
     async def checkpoints(self, instance_id: str) -> list[dict[str, Any]]:
         res: list[dict[str, Any]] = await self._call(
             "GET", f"/v1/instances/{instance_id}/checkpoints", "list checkpoints")

@@ -4,8 +4,8 @@ plus nfvha's own ``/nfvha/v1`` resources. Errors are ProblemDetails; OpenAPI at 
 
 from __future__ import annotations
 
-import hmac
 import logging
+import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -15,27 +15,66 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nfvha.errors import DescriptorError, InstanceNotFound, InstanceStateError, NfvhaError
-from nfvha.store.base import StoreError
+from nfvha.errors import (
+    AddressConflict,
+    DescriptorError,
+    InstanceNotFound,
+    InstanceStateError,
+    NfvhaError,
+)
+from nfvha.store.base import ConflictError, StoreError
 from nfvha.vim.api import problem
 from nfvha.vnfm.dashboard import dashboard_router
 from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from nfvha.vnfm.subscriptions_api import subscriptions_router
+from nfvha.web import BodyLimit, token_matches
 
 __all__ = ["create_manager_app"]
 
 log = logging.getLogger(__name__)
 
 
+_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # a DNS label: it names netns and cgroups
+
+
+def _clean_text(v: str | None, *, multiline: bool = False) -> str | None:
+    """Any Unicode text, but only text: a lone surrogate (valid in a JSON string, not
+    in UTF-8) was stored and then broke every list of instances with a 500."""
+    if v is None:
+        return v
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate (\\ud800-\\udfff escape): send text that "
+                         "UTF-8 can encode") from None
+    allowed = "\n\t" if multiline else ""
+    bad = next((c for c in v if unicodedata.category(c) == "Cc" and c not in allowed), None)
+    if bad is not None:
+        raise ValueError(f"contains the control character U+{ord(bad):04X}")
+    return v
+
+
 class CreateVnfRequest(BaseModel):
-    vnfdId: str = Field(description="id of an onboarded VNFD")
-    vnfInstanceName: str | None = None
-    vnfInstanceDescription: str | None = None
-    vnfInstanceId: str | None = Field(default=None, description="nfvha extension: pick the id")
+    vnfdId: str = Field(description="id of an onboarded VNFD", min_length=1, max_length=64)
+    vnfInstanceName: str | None = Field(default=None, max_length=255)
+    vnfInstanceDescription: str | None = Field(default=None, max_length=4096)
+    vnfInstanceId: str | None = Field(
+        default=None, pattern=_LABEL, description="nfvha extension: pick the id (a DNS label: "
+        "1-63 characters of a-z, 0-9 and '-', not at the ends)")
+
+    @field_validator("vnfInstanceName")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return _clean_text(v)
+
+    @field_validator("vnfInstanceDescription")
+    @classmethod
+    def _description(cls, v: str | None) -> str | None:
+        return _clean_text(v, multiline=True)
 
 
 class InstantiateRequest(BaseModel):
@@ -43,7 +82,12 @@ class InstantiateRequest(BaseModel):
 
 
 class HealRequest(BaseModel):
-    cause: str | None = None
+    cause: str | None = Field(default=None, max_length=1024)
+
+    @field_validator("cause")
+    @classmethod
+    def _cause(cls, v: str | None) -> str | None:
+        return _clean_text(v, multiline=True)
 
 
 class TerminateRequest(BaseModel):
@@ -51,7 +95,8 @@ class TerminateRequest(BaseModel):
 
 
 class MoveRequest(BaseModel):
-    host: str | None = Field(default=None, description="target host; none: placement picks")
+    host: str | None = Field(default=None, max_length=63,
+                             description="target host; none: placement picks")
 
 
 class InjectRequest(BaseModel):
@@ -76,12 +121,13 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     app = FastAPI(title="nfvha manager", version="1",
                   description="SOL003-shaped VNF LCM and FM with nfvha's HA module",
                   lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=manager.cfg.max_body)
     bearer = HTTPBearer(auto_error=False)
 
     async def require_token(
         creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> None:
-        if creds is None or not hmac.compare_digest(creds.credentials, manager.cfg.token):
+        if creds is None or not token_matches(creds.credentials, manager.cfg.token):
             raise _Unauthorized()
 
     @app.exception_handler(_Unauthorized)
@@ -99,10 +145,19 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
             return problem(404, "Not found", str(exc))
         if isinstance(exc, InstanceStateError):
             return problem(409, "Conflict with the instance state", str(exc))
+        if isinstance(exc, AddressConflict):
+            return problem(409, "Address in use", str(exc))
+        if isinstance(exc, ConflictError):
+            return problem(409, "Conflict", str(exc))
         if isinstance(exc, StoreError):
             return problem(503, "State store unavailable", str(exc))
         log.exception("unclassified error", exc_info=exc)
         return problem(500, "Internal error", str(exc))
+
+    @app.exception_handler(RecursionError)
+    async def _deep(_: Request, __: RecursionError) -> JSONResponse:
+        return problem(422, "Invalid request", "the body nests too deeply to be read; no nfvha "
+                       "document needs more than a few levels")
 
     @app.exception_handler(RequestValidationError)
     async def _bad(_: Request, exc: RequestValidationError) -> JSONResponse:

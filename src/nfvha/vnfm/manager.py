@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import socket
 import time
@@ -23,7 +24,13 @@ import httpx
 
 from nfvha.dataplane.client import ForwarderClient, ForwarderError
 from nfvha.descriptor import HaPolicy, VnfDescriptor, parse_descriptor
-from nfvha.errors import InstanceNotFound, InstanceStateError, NfvhaError
+from nfvha.errors import (
+    AddressConflict,
+    DescriptorError,
+    InstanceNotFound,
+    InstanceStateError,
+    NfvhaError,
+)
 from nfvha.ha.fault import FaultTimings, HeartbeatDetector, HostState, probe_vnf
 from nfvha.ha.fencing import FenceDriver, FenceResult
 from nfvha.ha.liveness import (
@@ -41,6 +48,7 @@ from nfvha.vnfm.agent_client import AgentCallError, AgentClient
 from nfvha.vnfm.events import EventBus, EventKind
 from nfvha.vnfm.metrics import ManagerMetrics
 from nfvha.vnfm.notify import Notifier
+from nfvha.web import DEFAULT_MAX_BODY
 
 __all__ = ["Manager", "ManagerConfig", "VnfState"]
 
@@ -82,6 +90,13 @@ class ManagerConfig:
     liveness_listen: tuple[str, int] | None = None
     #: Active fencing (STONITH): a driver per host id; a host without one is waited out.
     fencers: Mapping[str, FenceDriver] = field(default_factory=dict)
+    #: Request bodies larger than this are refused (413) before they are read.
+    max_body: int = DEFAULT_MAX_BODY
+    #: The data network (CIDR) every VNF address must lie in; None: any.
+    vnf_network: str | None = None
+    #: Finished operation occurrences kept per VNF, and for how long at most (s).
+    ops_per_vnf: int = 100
+    ops_max_age: float = 30 * 86400.0
 
 
 @dataclass
@@ -600,7 +615,25 @@ class Manager:
                     if inst["id"] == v.id and inst["state"] not in ("STANDBY",):
                         with contextlib.suppress(AgentCallError):
                             await self.agent(host_id).delete(v.id)
+        await self._collect_orphans(host_id)
         self._clear_alarm(f"host:{host_id}")
+
+    async def _collect_orphans(self, host_id: str) -> None:
+        """Checkpoints on a host of VNFs that no longer exist (terminated while the host
+        was away) are removed when it comes back."""
+        try:
+            held = {c["instance_id"] for c in await self.agent(host_id).all_checkpoints()}
+        except AgentCallError as exc:
+            log.warning("cannot list the checkpoints on %s: %s", host_id, exc)
+            return
+        for iid in sorted(held):
+            rec = self.store.find("vnf", iid)
+            if rec is None or rec.data["haState"] == VnfState.NOT_INSTANTIATED:
+                log_decision(log, "collect-orphans", f"remove the checkpoints of {iid} on "
+                             f"{host_id}", reason="its VNF was terminated or deleted",
+                             vnf=iid, host=host_id)
+                with contextlib.suppress(AgentCallError):
+                    await self.agent(host_id).delete(iid, purge=True)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -742,7 +775,10 @@ class Manager:
 
     def _reconcile(self) -> None:
         """After a (re)start, once every live host has reported: align the store with what
-        really runs. Extra copies are removed; a VNF that runs nowhere is recovered."""
+        really runs. Extra copies are removed; a VNF that runs nowhere is recovered;
+        checkpoints of VNFs terminated meanwhile are collected from every live host."""
+        for h in self._up_hosts():
+            self._spawn(self._collect_orphans(h))
         for rec in self.store.list("vnf"):
             if rec.id not in self._to_reconcile:
                 continue  # instantiated by this manager: nothing to find out
@@ -924,6 +960,18 @@ class Manager:
                     await self.forwarder.commit(vnf_id, max(older))
         self._prune_checkpoints(vnf_id, d.ha.retention)
         self._clear_alarm(f"checkpoint:{vnf_id}")
+        took = time.monotonic() - started
+        if took > d.ha.checkpoint_interval:
+            # Each checkpoint takes longer than the interval: they run back to back, the
+            # VNF is frozen far more often than planned, and what a failure loses grows.
+            self._raise_alarm(f"checkpoint-behind:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM",
+                              "WARNING", "checkpoints-behind",
+                              f"a checkpoint of {vnf_id} took {took * 1000:.0f} ms, longer "
+                              f"than its interval ({d.ha.checkpoint_interval * 1000:.0f} ms): "
+                              "raise ha.checkpoint_interval or lower the VNF's memory",
+                              {"host": host, "checkpointMs": round(took * 1000)})
+        else:
+            self._clear_alarm(f"checkpoint-behind:{vnf_id}")
 
     def _record_checkpoint(self, vnf_id: str, meta: dict[str, Any], host: str,
                            replicas: list[str], position: int | None, vnf: dict[str, Any],
@@ -1430,10 +1478,56 @@ class Manager:
         if data["haState"] != VnfState.NOT_INSTANTIATED:
             raise InstanceStateError(f"VNF instance {vnf_id} is {data['haState']}: only a "
                                      "NOT_INSTANTIATED instance can be instantiated")
+        self._admit_addresses(vnf_id, self._vnfd(data))
         self._update_vnf(vnf_id, lambda d: {**d, "haState": VnfState.INSTANTIATING})
         op_id = self._new_op(vnf_id, "INSTANTIATE", False)
         self._rt(vnf_id).busy = self._spawn(self._instantiate(vnf_id, op_id))
         return op_id
+
+    def _admit_addresses(self, vnf_id: str, d: VnfDescriptor) -> None:
+        """Cluster-wide address management, before anything is stored or started: a VNF's
+        address and service address must lie in the data network and be held by nobody
+        else, neither another instantiated VNF nor nfvha itself (manager, forwarder,
+        hosts). Two VNFs with one address would each see the other's traffic, and the
+        one that lost it would be taken for hung and rolled back."""
+        ip = ipaddress.IPv4Address(d.network.ip)
+        mine = {ip: "its address"}
+        if d.network.service is not None and d.network.service.address is not None:
+            mine[ipaddress.IPv4Address(d.network.service.address)] = "its service address"
+        if self.cfg.vnf_network is not None:
+            net = ipaddress.ip_network(self.cfg.vnf_network, strict=False)
+            if ip not in net:
+                raise DescriptorError(f"invalid VNF descriptor: network.address {ip} is outside "
+                                      f"the data network {net}; pick an address in it")
+        if d.network.gateway is not None and ipaddress.IPv4Address(d.network.gateway) == ip:
+            raise DescriptorError(f"invalid VNF descriptor: network.gateway {ip} is the VNF's "
+                                  "own address")
+        held: dict[ipaddress.IPv4Address, str] = {}
+        for url, what in [(self.cfg.base_url, "the manager"),
+                          (self.cfg.forwarder_url, "the steering forwarder")]:
+            if url:
+                with contextlib.suppress(ValueError):
+                    held[ipaddress.IPv4Address(httpx.URL(url).host)] = what
+        if self.cfg.liveness_listen is not None:
+            with contextlib.suppress(ValueError):
+                held[ipaddress.IPv4Address(self.cfg.liveness_listen[0])] = "the manager"
+        for h in self.store.list("host"):
+            with contextlib.suppress(ValueError, TypeError):
+                held[ipaddress.IPv4Address(httpx.URL(str(h.data.get("url"))).host)] = \
+                    f"host {h.id} (its agent)"
+        for rec in self.store.list("vnf"):
+            if rec.id == vnf_id or rec.data["haState"] == VnfState.NOT_INSTANTIATED:
+                continue
+            other = self._vnfd(rec.data)
+            held.setdefault(ipaddress.IPv4Address(other.network.ip),
+                            f"VNF instance {rec.id} ({rec.data['haState']})")
+            if other.network.service is not None and other.network.service.address:
+                held.setdefault(ipaddress.IPv4Address(other.network.service.address),
+                                f"VNF instance {rec.id} (its service address)")
+        for addr, what in mine.items():
+            if addr in held:
+                raise AddressConflict(f"{what} {addr} is held by {held[addr]}; give {vnf_id}'s "
+                                      "VNFD another address, or terminate the holder first")
 
     async def _instantiate(self, vnf_id: str, op_id: str) -> None:
         self._op_update(op_id, operationState="PROCESSING")
@@ -1671,7 +1765,24 @@ class Manager:
                        "vnfInstance": {"href":
                                        f"{self.cfg.base_url}/vnflcm/v1/vnf_instances/{vnf_id}"}}})
         self.events.publish(EventKind.OP, {**rec.data, "stateChanged": True})
+        self._prune_ops(vnf_id)
         return op_id
+
+    def _prune_ops(self, vnf_id: str) -> None:
+        """Operation occurrences are kept bounded: per VNF the newest ``ops_per_vnf``
+        finished ones, and none finished longer ago than ``ops_max_age`` (a VNF healed
+        every few seconds for months would otherwise fill the store)."""
+        finished = sorted((r for r in self.store.list("op", where={"vnfInstanceId": vnf_id})
+                           if r.data["operationState"] in ("COMPLETED", "FAILED",
+                                                            "ROLLED_BACK")),
+                          key=lambda r: str(r.data.get("stateEnteredTime")))
+        cutoff = _now_iso(time.time() - self.cfg.ops_max_age)
+        doomed = finished[:max(0, len(finished) - self.cfg.ops_per_vnf)]
+        doomed += [r for r in finished[len(doomed):]
+                   if str(r.data.get("stateEnteredTime")) < cutoff]
+        for r in doomed:
+            with contextlib.suppress(StoreError):
+                self.store.delete("op", r.id)
 
     def _op_update(self, op_id: str, *, operationState: str | None = None,
                    error: dict[str, Any] | None = None, nfvha: dict[str, Any] | None = None,

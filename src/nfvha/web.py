@@ -1,0 +1,133 @@
+"""What every nfvha HTTP API does to a request before it reaches a route: the body is
+capped and its nesting bounded before anything parses it (and before authentication, so
+an anonymous client cannot make a daemon hold or parse a huge body), and the bearer
+token is compared in constant time whatever characters it holds.
+
+One ASGI middleware rather than per-route checks: a route that forgets a check cannot
+exist, and the refusal costs nothing (no JSON parsing, no store access).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+__all__ = ["DEFAULT_MAX_BODY", "DEFAULT_MAX_DEPTH", "BodyLimit", "json_depth", "token_matches"]
+
+DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: a VNFD is a few KiB (Kubernetes caps at 3 MiB)
+DEFAULT_MAX_DEPTH = 32  # no nfvha document nests deeper than about 6
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def token_matches(given: str, expected: str) -> bool:
+    """Constant-time comparison of bearer tokens. ``hmac.compare_digest`` refuses str
+    with non-ASCII characters (a TypeError, i.e. a 500): compare their UTF-8 bytes."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                               expected.encode("utf-8", "surrogateescape"))
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest nesting of ``[`` and ``{`` outside strings in a JSON text, without
+    parsing it (a parser recurses, and a deep enough text makes it fail)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for b in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:  # backslash
+                escaped = True
+            elif b == 0x22:  # quote
+                in_string = False
+        elif b == 0x22:
+            in_string = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``max_bytes`` is a 413 and a JSON body nested deeper
+    than ``max_depth`` a 422, both answered before the app sees the request. Requests
+    that ``stream(scope)`` selects (checkpoint image uploads, gigabytes streamed to disk)
+    pass through untouched."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int = DEFAULT_MAX_BODY,
+                 max_depth: int = DEFAULT_MAX_DEPTH,
+                 stream: Callable[[Scope], bool] = lambda _: False) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_depth = max_depth
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.stream(scope):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                n = int(declared)
+            except ValueError:
+                await _refuse(send, 400, "Bad request", "Content-Length is not a number")
+                return
+            if n > self.max_bytes:
+                await self._too_large(send)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await self._too_large(send)
+                return
+            chunks.append(body)
+            if not msg.get("more_body", False):
+                break
+        data = b"".join(chunks)
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip()
+        if data and ctype.endswith(b"json") and json_depth(data) > self.max_depth:
+            await _refuse(send, 422, "Invalid request",
+                          f"the JSON body nests deeper than {self.max_depth} levels; no nfvha "
+                          "request needs that many")
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Send) -> None:
+        await _refuse(send, 413, "Request body too large",
+                      f"the body is larger than {self.max_bytes} bytes; a VNFD or request is a "
+                      "few KiB (the limit is the daemon's --max-body)")
+
+
+async def _refuse(send: Send, status: int, title: str, detail: str) -> None:
+    body = json.dumps({"type": "about:blank", "title": title, "status": status,
+                       "detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/problem+json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
