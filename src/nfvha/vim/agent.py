@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import fcntl
 import json
@@ -134,6 +135,7 @@ class Instance:
     pid: int | None = None
     started_at: float | None = None
     exit: ExitStatus | None = None
+    oom_base: int = 0  # OOM kills counted in its cgroup when it started
     restored_from: str | None = None
     last_checkpoint: CheckpointMeta | None = None
     last_restore: RestoreStats | None = None
@@ -153,7 +155,7 @@ class Instance:
             "started_at": self.started_at,
             "exit": None if self.exit is None else {
                 "code": self.exit.code, "signal": self.exit.signal, "at": self.exit.at,
-                "reason": self.exit.describe()},
+                "oom": self.exit.oom, "reason": self.exit.describe()},
             "restored_from": self.restored_from,
             "last_checkpoint": None if self.last_checkpoint is None else {
                 "seq": self.last_checkpoint.seq, "created_at": self.last_checkpoint.created_at,
@@ -406,6 +408,7 @@ class Agent:
         return inst
 
     def _watch(self, inst: Instance, pid: int) -> None:
+        inst.oom_base = inst.sandbox.cgroup.oom_kills()  # a reused sandbox keeps its count
         inst.pid = pid
         inst.started_at = time.time()
         inst.exit = None
@@ -413,6 +416,8 @@ class Agent:
         self._save_record(inst)
 
     def _on_exit(self, inst: Instance, status: ExitStatus) -> None:
+        if status.signal == signal.SIGKILL and inst.sandbox.cgroup.oom_kills() > inst.oom_base:
+            status = dataclasses.replace(status, oom=True)
         inst.exit = status
         inst.watch = None
         if inst.state in (InstanceState.RUNNING, InstanceState.CHECKPOINTING):

@@ -345,6 +345,20 @@ class Cgroup:
             cpu_seconds = int(_read(self.dir_for("cpuacct") / "cpuacct.usage")) / 1e9
         return CgroupUsage(memory_bytes=memory, cpu_seconds=cpu_seconds, pids=len(self.pids()))
 
+    def oom_kills(self) -> int:
+        """How many processes the kernel's OOM killer has killed in this cgroup at its
+        memory limit (v2 ``memory.events``, v1 ``memory.oom_control``); 0 if unknown."""
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
+        try:
+            text = _read(self.dir_for("memory") / name)
+        except (SandboxError, OSError):
+            return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+        return 0
+
     # -- killing -------------------------------------------------------------------
 
     def kill_all(self, timeout: float = 5.0) -> None:

@@ -72,8 +72,11 @@ class ExitStatus:
     code: int | None
     signal: int | None
     at: float
+    oom: bool = False  # killed by the kernel at the sandbox's memory limit
 
     def describe(self) -> str:
+        if self.oom:
+            return "OOMKilled: killed at its memory limit (resources.memory)"
         if self.signal is not None:
             try:
                 return f"killed by {signal.Signals(self.signal).name}"

@@ -57,6 +57,8 @@ log = logging.getLogger("nfvha.manager")
 _DUMPS_PER_HOST = 1
 _RESTORES_PER_HOST = 2
 _RETRY_MAX_S = 30.0  # longest wait between tries to recover a FAILED VNF
+_CRASH_WINDOW_S = 10.0  # failing again this soon after a recovery is a crash loop
+_CRASH_BACKOFF_MAX_S = 300.0  # longest wait between recoveries of a crash-looping VNF
 # Agent instance states in which the VNF's process lives (a report taken during a dump
 # says CHECKPOINTING: the VNF runs all the same).
 _LIVE = frozenset({"RUNNING", "CHECKPOINTING", "RESTORING", "CREATING"})
@@ -132,6 +134,9 @@ class _Runtime:
     checkpointing: bool = False  # a periodic checkpoint task, from queueing to replication
     dumping: bool = False  # the part of it where the VNF is held and frozen
     thawed_at: float = 0.0  # monotonic end of the last dump
+    recovered_at: float | None = None  # monotonic end of the last recovery
+    crash_streak: int = 0  # failures in a row, each soon after the recovery before it
+    hold_until: float | None = None  # monotonic: a crash-looping VNF waits until then
 
 
 class Manager:
@@ -724,6 +729,9 @@ class Manager:
                 self._due = min(self._due, rt.next_checkpoint)
             if rt.failure is not None and not busy and not grace:
                 if state in (VnfState.ACTIVE, VnfState.RECOVERING, VnfState.INSTANTIATING):
+                    if self._crash_loop_wait(rec.id, rt, now):
+                        self._due = min(self._due, rt.hold_until or now)
+                        continue
                     ftype, at, detail = rt.failure
                     rt.failure = None
                     rt.busy = self._spawn(self._recover(rec.id, ftype, at, detail, auto=True))
@@ -748,6 +756,11 @@ class Manager:
                 continue
             if state != VnfState.ACTIVE or busy:
                 continue
+            if rt.crash_streak and rt.recovered_at is not None and \
+                    now - rt.recovered_at > _CRASH_WINDOW_S:
+                rt.crash_streak = 0  # it ran long enough: the loop is over
+                self._clear_alarm(f"crash-loop:{rec.id}")
+                self._update_vnf(rec.id, _set(crashLoop=None))
             policy = self._policy(rec.data)
             if policy.probe.type != "none" and not rt.probing:
                 rt.probing = True
@@ -756,6 +769,41 @@ class Manager:
                 # A VNF failing its probes may be hung: a checkpoint now would save the hang.
                 rt.next_checkpoint = now + policy.checkpoint_interval
                 rt.busy = self._spawn(self._checkpoint(rec.id))
+
+    def _crash_loop_wait(self, vnf_id: str, rt: _Runtime, now: float) -> bool:
+        """Whether the VNF's failure must wait (CrashLoopBackOff): a VNF that fails again
+        within ``_CRASH_WINDOW_S`` of its last recovery is recovered after 1, 2, 4, ...
+        up to 300 s, with a ``crash-loop`` alarm from the third time on. A command that
+        exits at once was otherwise restarted hundreds of times a minute."""
+        if rt.hold_until is not None:
+            if now < rt.hold_until:
+                return True
+            rt.hold_until = None
+            return False
+        assert rt.failure is not None
+        ftype, _, detail = rt.failure
+        if ftype not in ("process-exit", "hang") or rt.recovered_at is None or \
+                now - rt.recovered_at > _CRASH_WINDOW_S:
+            return False
+        rt.crash_streak += 1
+        delay = min(_CRASH_BACKOFF_MAX_S, 2.0 ** (rt.crash_streak - 1))
+        rt.hold_until = now + delay
+        log_decision(log, "crash-loop-backoff", f"{vnf_id} failed again "
+                     f"{now - rt.recovered_at:.1f} s after its last recovery ({detail}); next "
+                     f"recovery in {delay:g} s", level=logging.WARNING, vnf=vnf_id,
+                     reason=detail, streak=rt.crash_streak, delay_s=delay)
+        self._update_vnf(vnf_id, lambda d: {**d, "haState": VnfState.RECOVERING,
+                                            "crashLoop": {"streak": rt.crash_streak,
+                                                          "backoffS": delay,
+                                                          "reason": detail}})
+        if rt.crash_streak >= 3:
+            self._raise_alarm(f"crash-loop:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM",
+                              "MAJOR", "crash-loop",
+                              f"{vnf_id} keeps failing right after each recovery "
+                              f"({rt.crash_streak} times; last: {detail}); recoveries back off "
+                              f"up to {_CRASH_BACKOFF_MAX_S:g} s. Check its command, its "
+                              "configuration and resources.memory", {})
+        return True
 
     def _recoverable(self, data: dict[str, Any], failure: str) -> bool:
         """Whether some strategy of the VNF's policy applies now (a pure check)."""
@@ -1111,6 +1159,7 @@ class Manager:
                 ts = {"detected": detected_at, "decided": decided, "restored": restored,
                       "serving": serving}
                 self._op_update(op_id, operationState="COMPLETED", nfvha_merge={
+                    "stateLost": strategy == "restart",
                     "attempts": attempts, "timestamps": ts, "strategy": strategy,
                     "replay": replay_info,
                     "targetHost": decision.target_host, "checkpoint": result.get("seq"),
@@ -1124,8 +1173,10 @@ class Manager:
                                "downtimeMs": None if failed_at is None
                                else (serving - failed_at) * 1e3}})
                 self._clear_alarm(f"vnf:{vnf_id}")
-                log.info("recovered %s by %s on %s in %.0f ms (detect->serving)", vnf_id,
-                         strategy, decision.target_host, (serving - detected_at) * 1000)
+                log.info("recovered %s by %s on %s in %.0f ms (detect->serving)%s", vnf_id,
+                         strategy, decision.target_host, (serving - detected_at) * 1000,
+                         "; its state is lost (restarted from scratch)"
+                         if strategy == "restart" else "")
                 return
         if replaying and self.forwarder is not None:
             with contextlib.suppress(ForwarderError):
@@ -1433,6 +1484,7 @@ class Manager:
             backups = []
         rt = self._rt(vnf_id)
         rt.next_checkpoint = time.monotonic()  # re-protect at once: new replicas, new standby
+        rt.recovered_at = time.monotonic()
         rt.probe_failures = 0
         self._update_vnf(vnf_id, lambda dd: {
             **dd, "haState": VnfState.ACTIVE, "host": decision.target_host, "backups": backups,

@@ -127,8 +127,9 @@ class ManagerMetrics:
         n = op.get("nfvha") or {}
         failure = str(n.get("failureType", "unknown"))
         strategy = str(n.get("strategy", "none"))
-        self.recoveries.labels(failure, strategy, "success" if state == "COMPLETED"
-                               else "failure").inc()
+        result = "failure" if state != "COMPLETED" else \
+            "state-lost" if n.get("stateLost") else "success"  # a restart is no recovery
+        self.recoveries.labels(failure, strategy, result).inc()
         if state != "COMPLETED":
             return
         phases = n.get("phases") or {}
