@@ -60,6 +60,10 @@ def _serve(app: object, args: argparse.Namespace, *,
 
     import uvicorn
 
+    # Checkpoint images (a VNF's memory), logs, records and the store are nobody else's
+    # to read: files 0600, directories 0700 (CRIU, a child, inherits the mask).
+    os.umask(0o077)
+
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             for stop in getattr(getattr(app, "state", None), "on_stop", []):

@@ -165,6 +165,8 @@ class Network(_Strict):
 class Resources(_Strict):
     memory: int = Field(default=256 * 1024**2, description="memory limit, e.g. 256Mi")
     cpu: float = Field(default=1.0, gt=0, le=64, description="CPU limit in cores, e.g. 0.5")
+    pids: int = Field(default=1024, ge=8, le=1 << 22, description="processes and threads "
+                      "at most (cgroup pids.max): a fork bomb stops there")
 
     @field_validator("memory", mode="before")
     @classmethod

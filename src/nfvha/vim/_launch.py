@@ -17,6 +17,7 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
+PR_SET_NO_NEW_PRIVS = 38
 
 
 def main(argv: list[str]) -> int:
@@ -48,7 +49,7 @@ def main(argv: list[str]) -> int:
         err = ctypes.get_errno()
         print(f"nfvha-launch: unshare: {os.strerror(err)}", file=sys.stderr)
         return 1
-    log_fd = os.open(a.stdout, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    log_fd = os.open(a.stdout, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     pid = os.fork()
     if pid:
         sys.stdout.write(f"{pid}\n")
@@ -63,6 +64,10 @@ def main(argv: list[str]) -> int:
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.chdir(a.workdir)
+        # No setuid binary or file capability can give the VNF more privileges than it
+        # starts with (inherited by its children; CRIU restores the flag).
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
         env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
                "LANG": "C.UTF-8", "HOME": "/root", "PYTHONUNBUFFERED": "1"}
         for kv in a.env:

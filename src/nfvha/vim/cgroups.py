@@ -53,8 +53,13 @@ class CgroupLimits:
 
     memory_bytes: int | None = None
     cpu_cores: float | None = None
+    pids_max: int | None = None  # tasks (processes and threads) at most: no fork bomb
 
     def __post_init__(self) -> None:
+        if self.pids_max is not None and (isinstance(self.pids_max, bool)
+                                          or self.pids_max < 1):
+            raise ConfigError(f"pids limit {self.pids_max!r} is invalid; give at least 1, "
+                              "or None for no limit")
         if self.memory_bytes is not None and (
             isinstance(self.memory_bytes, bool) or self.memory_bytes < 4096
         ):
@@ -286,6 +291,7 @@ class Cgroup:
             ) from exc
 
     def _apply(self, limits: CgroupLimits) -> None:
+        self._apply_pids(limits.pids_max)
         if self.version == 2:
             d = self.dir_for("memory")
             _write(d / "memory.max", str(limits.memory_bytes or "max"))
@@ -315,6 +321,21 @@ class Cgroup:
         _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
         quota_v1 = "-1" if limits.cpu_cores is None else str(_quota_us(limits.cpu_cores))
         _write(cpu / "cpu.cfs_quota_us", quota_v1)
+
+    def set_pids_max(self, pids_max: int | None) -> None:
+        """Change the pids limit of an existing cgroup (see ``Sandbox.restore``)."""
+        self._apply_pids(pids_max)
+
+    def _apply_pids(self, pids_max: int | None) -> None:
+        try:
+            d = self.dir_for("pids")
+        except SandboxError:
+            if pids_max is not None:
+                raise SandboxError("the pids cgroup controller is not available here, so "
+                                   "resources.pids cannot be enforced") from None
+            return
+        if (d / "pids.max").exists():
+            _write(d / "pids.max", str(pids_max) if pids_max is not None else "max")
 
     def add_pid(self, pid: int) -> None:
         """Move ``pid`` (the whole process) into this cgroup in every hierarchy."""

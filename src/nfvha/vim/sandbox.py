@@ -40,6 +40,8 @@ __all__ = ["ExitStatus", "ProcessWatch", "Sandbox", "SandboxConfig", "become_sub
 
 log = logging.getLogger(__name__)
 
+_CRIU_TASKS = 16  # CRIU's own tasks inside the sandbox's cgroups during a restore
+
 NETNS_KEY = "vnfnet"
 _background: set[asyncio.Future[None]] = set()  # fire-and-forget helpers, kept referenced
 PR_SET_CHILD_SUBREAPER = 36
@@ -213,7 +215,8 @@ class Sandbox:
             if standby:
                 await self.net.set_link_up(self.veth, False)
             await asyncio.to_thread(self.cgroup.create, CgroupLimits(
-                memory_bytes=d.resources.memory, cpu_cores=d.resources.cpu))
+                memory_bytes=d.resources.memory, cpu_cores=d.resources.cpu,
+                pids_max=d.resources.pids))
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -325,7 +328,15 @@ class Sandbox:
             else self.descriptor.network_lock,
             join_cgroup_procs=[str(p) for p in self.cgroup.procs_paths()],
             work_dir=str(self.run_dir))
-        return await self.criu.restore(images_dir, opts)
+        # CRIU joins the sandbox's cgroups itself before it forks the tree, so its own
+        # tasks count against pids.max: a VNF with as many tasks as its limit allows
+        # could not be restored. Some headroom while CRIU runs, the limit again after.
+        limit = self.descriptor.resources.pids
+        await asyncio.to_thread(self.cgroup.set_pids_max, limit + _CRIU_TASKS)
+        try:
+            return await self.criu.restore(images_dir, opts)
+        finally:
+            await asyncio.to_thread(self.cgroup.set_pids_max, limit)
 
     async def announce(self) -> None:
         """Gratuitous ARP from the VNF's own interface after a restore.
