@@ -1,4 +1,6 @@
-"""Which unanswered health probes count towards a hang (in-process manager, real UDP)."""
+"""Which unanswered health probes count towards a hang (in-process manager; the probe
+itself is faked as one that times out: no address a VNF may have is safe to send
+unanswered datagrams to from a test)."""
 
 from __future__ import annotations
 
@@ -7,18 +9,25 @@ import sys
 
 import pytest
 
+from nfvha.descriptor import HealthProbe
+from nfvha.vnfm import manager as manager_module
 from nfvha.vnfm.manager import Manager
 from tests.conftest import EXAMPLES
 
 
 @pytest.fixture
-def manager(manager: Manager) -> Manager:
+def manager(manager: Manager, monkeypatch: pytest.MonkeyPatch) -> Manager:
     """The shared in-process manager, with host h1 and an ACTIVE VNF no probe can reach."""
     m = manager
     m.heartbeat("h1", {"url": "http://h1:9000", "instances": []})
-    # Nothing listens on 127.0.0.1:9 (discard): every probe goes unanswered.
+
+    async def unanswered(probe: HealthProbe, ip: str) -> bool:
+        await asyncio.sleep(probe.timeout)
+        return False
+
+    monkeypatch.setattr(manager_module, "probe_vnf", unanswered)
     vnfd = {"id": "fm", "command": [sys.executable, str(EXAMPLES / "flowmon.py")],
-            "network": {"address": "127.0.0.1/8"},
+            "network": {"address": "10.99.0.10/16"},
             "ha": {"checkpoint_interval": 1.0,
                    "probe": {"type": "udp", "port": 9, "send": "PING", "expect": "PONG",
                              "interval": 0.01, "timeout": 0.05, "failure_threshold": 3}}}

@@ -682,7 +682,11 @@ class Agent:
         sig = {"kill": signal.SIGKILL, "hang": signal.SIGSTOP}.get(fault)
         if sig is None:
             raise InstanceStateError(f"unknown fault {fault!r}: use kill or hang")
-        os.kill(inst.pid, sig)
+        try:
+            os.kill(inst.pid, sig)
+        except ProcessLookupError:
+            raise InstanceStateError(f"instance {instance_id} has just exited: nothing to "
+                                     "inject a fault into") from None
         log.warning("injected %s into instance %s (pid %d)", fault, instance_id, inst.pid)
         return inst
 

@@ -137,6 +137,7 @@ class _Runtime:
     recovered_at: float | None = None  # monotonic end of the last recovery
     crash_streak: int = 0  # failures in a row, each soon after the recovery before it
     hold_until: float | None = None  # monotonic: a crash-looping VNF waits until then
+    injected_at: float | None = None  # monotonic: a fault injected on purpose (inject API)
 
 
 class Manager:
@@ -772,9 +773,10 @@ class Manager:
 
     def _crash_loop_wait(self, vnf_id: str, rt: _Runtime, now: float) -> bool:
         """Whether the VNF's failure must wait (CrashLoopBackOff): a VNF that fails again
-        within ``_CRASH_WINDOW_S`` of its last recovery is recovered after 1, 2, 4, ...
-        up to 300 s, with a ``crash-loop`` alarm from the third time on. A command that
-        exits at once was otherwise restarted hundreds of times a minute."""
+        within ``_CRASH_WINDOW_S`` of its last recovery, twice or more in a row, is
+        recovered after 1, 2, 4, ... up to 300 s, with a ``crash-loop`` alarm from the
+        third time on. A command that exits at once was otherwise restarted hundreds of
+        times a minute."""
         if rt.hold_until is not None:
             if now < rt.hold_until:
                 return True
@@ -782,11 +784,16 @@ class Manager:
             return False
         assert rt.failure is not None
         ftype, _, detail = rt.failure
+        injected = rt.injected_at is not None and now - rt.injected_at < _CRASH_WINDOW_S
         if ftype not in ("process-exit", "hang") or rt.recovered_at is None or \
-                now - rt.recovered_at > _CRASH_WINDOW_S:
+                now - rt.recovered_at > _CRASH_WINDOW_S or injected:
+            # Not a loop of its own: a first failure, a host loss, or a fault a test or an
+            # operator injected on purpose (fault campaigns inject back to back).
             return False
         rt.crash_streak += 1
-        delay = min(_CRASH_BACKOFF_MAX_S, 2.0 ** (rt.crash_streak - 1))
+        if rt.crash_streak < 2:
+            return False  # once may be bad luck (two unrelated faults): recovered at once
+        delay = min(_CRASH_BACKOFF_MAX_S, 2.0 ** (rt.crash_streak - 2))
         rt.hold_until = now + delay
         log_decision(log, "crash-loop-backoff", f"{vnf_id} failed again "
                      f"{now - rt.recovered_at:.1f} s after its last recovery ({detail}); next "
@@ -1802,6 +1809,7 @@ class Manager:
         data = self.get_vnf(vnf_id)
         if not data.get("host"):
             raise InstanceStateError(f"VNF instance {vnf_id} runs nowhere")
+        self._rt(vnf_id).injected_at = time.monotonic()
         return await self.agent(data["host"]).inject(vnf_id, fault)
 
     # -- op occurrences and alarms --------------------------------------------------------
