@@ -73,3 +73,18 @@ def test_a_vnf_killed_at_its_memory_limit_is_reported_as_oom(
     heal = _heals(m, "hog")[0]
     assert "OOMKilled" in heal["nfvha"]["detail"], heal["nfvha"]
     _terminate(m, "hog")
+
+
+def test_checkpoints_slower_than_their_interval_raise_an_alarm(
+        cmgr: Mgr, python_bin: str) -> None:
+    m = cmgr
+    # 96 MiB of state cannot be dumped and replicated every 50 ms.
+    desc = {"id": "big", "command": [python_bin, "-c",
+                                     "import time; b = bytearray(96 << 20); time.sleep(600)"],
+            "network": {"address": m.tb.vnf_address(7)}, "resources": {"memory": "256Mi"},
+            "ha": {"checkpoint_interval": 0.05, "backups": 1}}
+    m.deploy(desc, "big")
+    wait_until(lambda: any(a["faultType"] == "checkpoints-behind"
+                           and a["managedObjectId"] == "big"
+                           and a.get("alarmClearedTime") is None for a in m.alarms()), 30)
+    _terminate(m, "big")

@@ -57,6 +57,7 @@ log = logging.getLogger("nfvha.manager")
 _DUMPS_PER_HOST = 1
 _RESTORES_PER_HOST = 2
 _RETRY_MAX_S = 30.0  # longest wait between tries to recover a FAILED VNF
+_BEHIND_AFTER = 3  # checkpoints in a row slower than the interval before the alarm
 _CRASH_WINDOW_S = 10.0  # failing again this soon after a recovery is a crash loop
 _CRASH_BACKOFF_MAX_S = 300.0  # longest wait between recoveries of a crash-looping VNF
 # Agent instance states in which the VNF's process lives (a report taken during a dump
@@ -138,6 +139,7 @@ class _Runtime:
     crash_streak: int = 0  # failures in a row, each soon after the recovery before it
     hold_until: float | None = None  # monotonic: a crash-looping VNF waits until then
     injected_at: float | None = None  # monotonic: a fault injected on purpose (inject API)
+    slow_streak: int = 0  # checkpoints in a row slower (> 0) or not (< 0) than the interval
 
 
 class Manager:
@@ -1016,7 +1018,12 @@ class Manager:
         self._prune_checkpoints(vnf_id, d.ha.retention)
         self._clear_alarm(f"checkpoint:{vnf_id}")
         took = time.monotonic() - started
-        if took > d.ha.checkpoint_interval:
+        rt = self._rt(vnf_id)
+        # Three in a row, either way, so that one slow checkpoint on a busy host does not
+        # make the alarm flap.
+        rt.slow_streak = (max(rt.slow_streak, 0) + 1 if took > d.ha.checkpoint_interval
+                          else min(rt.slow_streak, 0) - 1)
+        if rt.slow_streak >= _BEHIND_AFTER:
             # Each checkpoint takes longer than the interval: they run back to back, the
             # VNF is frozen far more often than planned, and what a failure loses grows.
             self._raise_alarm(f"checkpoint-behind:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM",
@@ -1025,7 +1032,7 @@ class Manager:
                               f"than its interval ({d.ha.checkpoint_interval * 1000:.0f} ms): "
                               "raise ha.checkpoint_interval or lower the VNF's memory",
                               {"host": host, "checkpointMs": round(took * 1000)})
-        else:
+        elif rt.slow_streak <= -_BEHIND_AFTER:
             self._clear_alarm(f"checkpoint-behind:{vnf_id}")
 
     def _record_checkpoint(self, vnf_id: str, meta: dict[str, Any], host: str,
