@@ -8,6 +8,7 @@ import asyncio
 import os
 import socket
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,7 +102,8 @@ def test_a_fork_bomb_stops_at_the_pids_limit_and_the_neighbour_serves_on(
         moved = m.vnf("bomb")
         assert moved["host"] != vnf["host"]
         assert _no_new_privs(moved["pid"])
-        assert _ask(bomb_ip) == answer  # its state (the children it got) came along
+        # Its state (the children it got) came along.
+        wait_until(lambda: _ask(bomb_ip) == answer, 5)
 
         # What nfvha wrote about it is private: checkpoint images, the VNF's log.
         images = list((m.tb.dir / moved["host"] / "checkpoints" / "bomb").rglob("*.img"))
@@ -114,3 +116,27 @@ def test_a_fork_bomb_stops_at_the_pids_limit_and_the_neighbour_serves_on(
         assert stat.S_IMODE(os.stat(log).st_mode) & 0o077 == 0, oct(os.stat(log).st_mode)
     finally:
         asyncio.run(m.tb.revive_host(vnf["host"]))
+
+
+def test_an_exec_probe_runs_inside_the_vnf_sandbox(smgr: Mgr, python_bin: str) -> None:
+    """The probe passes only inside the VNF's namespaces, not beside the manager (where
+    it would fail, and the VNF be declared hung within half a second)."""
+    m = smgr
+    addr = m.tb.vnf_address(4)
+    # Its hostname and its address on a local interface: its UTS and network namespaces.
+    check = f"test \"$(hostname)\" = probed && ip -o addr | grep -q ' {addr} '"
+    m.deploy({"id": "probed", "command": [python_bin, "-c", ECHO],
+              "network": {"address": addr},
+              "ha": {"checkpoint_interval": 1, "backups": 0,
+                     "probe": {"type": "exec", "command": ["sh", "-c", check],
+                               "interval": 0.1, "timeout": 1.0, "failure_threshold": 3}}},
+             "probed")
+    time.sleep(3)
+    ops = m.ok("GET", "/vnflcm/v1/vnf_lcm_op_occs", params={"vnfInstanceId": "probed"})
+    assert [o for o in ops if o["operation"] == "HEAL"] == [], ops
+    assert m.vnf("probed")["haState"] == "ACTIVE"
+    # And a probe that fails in there is seen: the VNF is declared hung and healed.
+    m.ok("POST", "/nfvha/v1/vnf_instances/probed/inject", json={"fault": "kill"})
+    wait_until(lambda: any(o["operation"] == "HEAL" and o["operationState"] == "COMPLETED"
+                           for o in m.ok("GET", "/vnflcm/v1/vnf_lcm_op_occs",
+                                         params={"vnfInstanceId": "probed"})), 20)

@@ -12,6 +12,7 @@ import contextlib
 import enum
 import socket
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -185,17 +186,24 @@ class HeartbeatDetector:
         return self.fenced_after(host_id, now) - self.silence(host_id, now)
 
 
-async def probe_vnf(probe: HealthProbe, ip: str) -> bool:
-    """One health probe of a VNF at ``ip``; True when it answered as expected in time."""
+async def probe_vnf(probe: HealthProbe, ip: str, *, exec_prefix: Sequence[str] = (),
+                    exec_preexec: Callable[[], None] | None = None) -> bool:
+    """One health probe of a VNF at ``ip``; True when it answered as expected in time.
+
+    An ``exec`` probe runs ``exec_prefix + command`` (the agent enters the VNF's
+    namespaces with it, and ``exec_preexec`` joins its cgroup): never beside a daemon.
+    """
     if probe.type == "none":
         return True
     try:
-        return await asyncio.wait_for(_probe(probe, ip), probe.timeout)
+        return await asyncio.wait_for(_probe(probe, ip, exec_prefix, exec_preexec),
+                                      probe.timeout)
     except (TimeoutError, OSError, httpx.HTTPError):
         return False
 
 
-async def _probe(probe: HealthProbe, ip: str) -> bool:
+async def _probe(probe: HealthProbe, ip: str, exec_prefix: Sequence[str],
+                 exec_preexec: Callable[[], None] | None) -> bool:
     if probe.type == "udp":
         assert probe.port is not None
         loop = asyncio.get_running_loop()
@@ -220,9 +228,10 @@ async def _probe(probe: HealthProbe, ip: str) -> bool:
             r = await c.get(f"http://{ip}:{probe.port}{probe.path}")
             return r.status_code < 400 and (probe.expect is None or probe.expect in r.text)
     if probe.type == "exec":
-        cmd = [a.replace("{ip}", ip) for a in probe.command]
+        cmd = [*exec_prefix, *(a.replace("{ip}", ip) for a in probe.command)]
         proc = await asyncio.create_subprocess_exec(
-            *cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, preexec_fn=exec_preexec)
         try:
             return await proc.wait() == 0
         finally:

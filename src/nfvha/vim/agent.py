@@ -37,6 +37,7 @@ from nfvha.errors import (
     NfvhaError,
     SandboxError,
 )
+from nfvha.ha.fault import probe_vnf
 from nfvha.vim.cgroups import CgroupDriver
 from nfvha.vim.criu import CriuRunner, DumpStats, RestoreStats
 from nfvha.vim.guard import AgentSide, GuardSide, LeaseFile
@@ -689,6 +690,32 @@ class Agent:
                                      "inject a fault into") from None
         log.warning("injected %s into instance %s (pid %d)", fault, instance_id, inst.pid)
         return inst
+
+    async def exec_probe(self, instance_id: str) -> bool:
+        """The instance's own ``exec`` health probe, run inside its sandbox: its network,
+        PID, UTS and IPC namespaces and its cgroup (so the probe counts against the VNF's
+        limits), never beside the agent or the manager."""
+        inst = self.get(instance_id)
+        probe = inst.descriptor.ha.probe
+        if probe.type != "exec":
+            raise InstanceStateError(f"instance {instance_id} has a {probe.type} probe, not an "
+                                     "exec one: the manager probes it over the network")
+        if inst.pid is None or inst.state not in LIVE_STATES:
+            return False
+        procs = [str(p) for p in inst.sandbox.cgroup.procs_paths()]
+
+        def join_cgroup() -> None:  # in the child, before nsenter execs
+            me = str(os.getpid()).encode()
+            for path in procs:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.write(fd, me)
+                finally:
+                    os.close(fd)
+
+        prefix = ["nsenter", f"--target={inst.pid}", "--net", "--pid", "--uts", "--ipc", "--"]
+        return await probe_vnf(probe, inst.descriptor.network.ip, exec_prefix=prefix,
+                               exec_preexec=join_cgroup)
 
     async def probe_peer(self, url: str, timeout: float = 0.2) -> bool:
         """The second path to a suspected host: can this host reach its agent?"""

@@ -217,6 +217,11 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
     async def inject(instance_id: str, body: InjectRequest) -> dict[str, Any]:
         return (await agent.inject(instance_id, body.fault)).view()
 
+    @app.post("/v1/instances/{instance_id}/exec-probe", dependencies=auth)
+    async def exec_probe(instance_id: str) -> dict[str, Any]:
+        """The instance's own exec probe, inside its sandbox (no command is taken here)."""
+        return {"ok": await agent.exec_probe(instance_id)}
+
     @app.get("/v1/probe", dependencies=auth)
     async def probe(url: str, timeout: float = 0.2) -> dict[str, Any]:
         return {"url": url, "reachable": await agent.probe_peer(url, min(timeout, 5.0))}

@@ -123,6 +123,12 @@ class AgentClient:
             json={"seq": seq}, timeout=30)
         return res
 
+    async def exec_probe(self, instance_id: str, timeout: float) -> bool:
+        res: dict[str, Any] = await self._call(
+            "POST", f"/v1/instances/{instance_id}/exec-probe", "exec probe",
+            timeout=timeout + 1.0)
+        return bool(res.get("ok"))
+
     async def inject(self, instance_id: str, fault: str) -> dict[str, Any]:
         res: dict[str, Any] = await self._call(
             "POST", f"/v1/instances/{instance_id}/inject", "inject fault", json={"fault": fault})

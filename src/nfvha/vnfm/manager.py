@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from nfvha.dataplane.client import ForwarderClient, ForwarderError
-from nfvha.descriptor import HaPolicy, VnfDescriptor, parse_descriptor
+from nfvha.descriptor import HaPolicy, HealthProbe, VnfDescriptor, parse_descriptor
 from nfvha.errors import (
     AddressConflict,
     DescriptorError,
@@ -888,7 +888,7 @@ class Manager:
                 return
             d = self._vnfd(rec.data)
             t0 = time.monotonic()
-            ok = await probe_vnf(d.ha.probe, d.network.ip)
+            ok = await self._probe_once(vnf_id, d, d.ha.probe, rec.data.get("host"))
             # Excused: frozen by a dump, or being recovered. Not merely queued for the
             # host's dump slot (at 20 VNFs a host that is most of the time) or replicating:
             # the VNF runs meanwhile, and a hang must still be seen.
@@ -1152,7 +1152,8 @@ class Manager:
                                     "it: %s", vnf_id, old_host, exc)
                 replay_info = await self._replay(vnf_id, result.get("seq")) if replaying \
                     else None
-                answered = await self._wait_serving(d, restored)
+                answered = await self._wait_serving(vnf_id, decision.target_host, d,
+                                                    restored)
                 if answered is None:
                     err = (f"restored by {strategy} on {decision.target_host} but it did not "
                            "answer its health probe within 3 s")
@@ -1474,15 +1475,33 @@ class Manager:
                                  time.time())
         return result.as_dict()
 
-    async def _wait_serving(self, d: VnfDescriptor, restored: float) -> float | None:
+    async def _probe_once(self, vnf_id: str, d: VnfDescriptor, probe: HealthProbe,
+                          host: str | None) -> bool:
+        """One probe. An exec probe is run by the VNF's agent inside its sandbox, never
+        here: a command from a VNFD must not run as root beside the manager."""
+        if probe.type != "exec":
+            return await probe_vnf(probe, d.network.ip)
+        if host is None:
+            rec = self.store.find("vnf", vnf_id)
+            host = rec.data.get("host") if rec is not None else None
+        if host is None:
+            return False
+        try:
+            return await self.agent(host).exec_probe(vnf_id, probe.timeout)
+        except AgentCallError:
+            return False
+
+    async def _wait_serving(self, vnf_id: str, host: str, d: VnfDescriptor,
+                            restored: float) -> float | None:
         """When the restored VNF first answered its probe; None if not within 3 s."""
         if d.ha.probe.type == "none":
             return restored
         # Short probes, often: the first answer is the moment service is back.
-        fast = d.ha.probe.model_copy(update={"timeout": min(d.ha.probe.timeout, 0.01)})
+        fast = d.ha.probe if d.ha.probe.type == "exec" else \
+            d.ha.probe.model_copy(update={"timeout": min(d.ha.probe.timeout, 0.01)})
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
-            if await probe_vnf(fast, d.network.ip):
+            if await self._probe_once(vnf_id, d, fast, host):
                 return time.time()
             await asyncio.sleep(0.002)
         return None
@@ -1614,7 +1633,7 @@ class Manager:
                                          d.network.service.exactly_once,
                                          after=d.network.service.after)
             created = await self.agent(p.primary).create(d.model_dump(mode="json"), vnf_id)
-            await self._wait_serving(d, time.time())  # COMPLETED means it answers
+            await self._wait_serving(vnf_id, p.primary, d, time.time())  # it answers
         except (AgentCallError, NfvhaError) as exc:
             self._update_vnf(vnf_id, lambda dd: {**dd, "haState": VnfState.NOT_INSTANTIATED})
             self._op_update(op_id, operationState="FAILED", error=_problem(409, str(exc)))
@@ -1731,7 +1750,7 @@ class Manager:
         with contextlib.suppress(StoreError):
             self.store.update("checkpoint", cp_id,
                               lambda c: {**c, "replicas": sorted({*c["replicas"], target})})
-        answered = await self._wait_serving(d, restored)
+        answered = await self._wait_serving(vnf_id, target, d, restored)
         decision = RecoveryDecision(strategy="move", target_host=target, seqs=(meta["seq"],),
                                     reason=f"planned move from {source}")
         self._finish_recovery(vnf_id, decision, {"instance": res, "seq": meta["seq"]}, source,
