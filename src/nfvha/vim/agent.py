@@ -604,7 +604,7 @@ class Agent:
                     self._prepare_sandbox(inst, reused=reuse is not None,
                                           standby=was_standby, hold_tcp=tcp))
                 meta = verified
-                stats = await inst.sandbox.restore(images)
+                stats = await inst.sandbox.restore(images, release_hold=tcp)
                 if tcp:
                     await inst.sandbox.hold_tcp(False)
                 if proc_state(stats.pid) in ("T", "t"):

@@ -251,7 +251,8 @@ class Sandbox:
         cmd = ("add table inet nfvha_hold\n"
                "add chain inet nfvha_hold input { type filter hook input priority -300; }\n"
                "add rule inet nfvha_hold input meta l4proto tcp drop\n" if hold
-               else "delete table inet nfvha_hold\n")
+               # Idempotent: CRIU's post-restore script has normally released it already.
+               else "add table inet nfvha_hold\ndelete table inet nfvha_hold\n")
         proc = await asyncio.create_subprocess_exec(
             "nsenter", f"--net={self.netns_path}", "nft", "-f", "-",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
@@ -320,14 +321,28 @@ class Sandbox:
             external_netns=(self.netns_inode(), NETNS_KEY))
         return await self.criu.dump(pid, images_dir, opts)
 
-    async def restore(self, images_dir: Path) -> RestoreStats:
+    async def restore(self, images_dir: Path, *, release_hold: bool = False) -> RestoreStats:
+        """Restore into this sandbox. With ``release_hold`` the TCP hold (``hold_tcp``) is
+        lifted by CRIU itself between recreating the sockets and taking them out of repair
+        mode: the window probe each sends then, and its peer's answer, must get through,
+        or a connection with unacknowledged data can stall for good."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        extra: tuple[str, ...] = ()
+        if release_hold:
+            script = self.run_dir / "release-hold.sh"
+            script.write_text(
+                "#!/bin/sh\n"
+                '[ "$CRTOOLS_SCRIPT_ACTION" = post-restore ] || exit 0\n'
+                f"printf 'add table inet nfvha_hold\\ndelete table inet nfvha_hold\\n' | "
+                f"nsenter --net={self.netns_path} nft -f -\n")
+            script.chmod(0o700)
+            extra = ("--action-script", str(script))
         opts = RestoreOptions(
             netns_path=str(self.netns_path), netns_key=NETNS_KEY,
             network_lock="nftables" if self.descriptor.network_lock == "auto"
             else self.descriptor.network_lock,
             join_cgroup_procs=[str(p) for p in self.cgroup.procs_paths()],
-            work_dir=str(self.run_dir))
+            work_dir=str(self.run_dir), extra_args=extra)
         # CRIU joins the sandbox's cgroups itself before it forks the tree, so its own
         # tasks count against pids.max: a VNF with as many tasks as its limit allows
         # could not be restored. Some headroom while CRIU runs, the limit again after.
