@@ -38,7 +38,7 @@ from nfvha.errors import (
     SandboxError,
 )
 from nfvha.ha.fault import probe_vnf
-from nfvha.vim.cgroups import CgroupDriver
+from nfvha.vim.cgroups import CgroupDriver, join_procs_files
 from nfvha.vim.criu import CriuRunner, DumpStats, RestoreStats
 from nfvha.vim.guard import AgentSide, GuardSide, LeaseFile
 from nfvha.vim.hostnet import HostNetwork
@@ -703,19 +703,9 @@ class Agent:
         if inst.pid is None or inst.state not in LIVE_STATES:
             return False
         procs = [str(p) for p in inst.sandbox.cgroup.procs_paths()]
-
-        def join_cgroup() -> None:  # in the child, before nsenter execs
-            me = str(os.getpid()).encode()
-            for path in procs:
-                fd = os.open(path, os.O_WRONLY)
-                try:
-                    os.write(fd, me)
-                finally:
-                    os.close(fd)
-
         prefix = ["nsenter", f"--target={inst.pid}", "--net", "--pid", "--uts", "--ipc", "--"]
         return await probe_vnf(probe, inst.descriptor.network.ip, exec_prefix=prefix,
-                               exec_preexec=join_cgroup)
+                               exec_preexec=lambda: join_procs_files(procs))
 
     async def probe_peer(self, url: str, timeout: float = 0.2) -> bool:
         """The second path to a suspected host: can this host reach its agent?"""

@@ -149,6 +149,18 @@ def _walk_dirs(top: Path) -> Iterator[Path]:
         yield Path(dirpath)
 
 
+def join_procs_files(paths: list[str]) -> None:
+    """Write the calling process's pid into each ``cgroup.procs`` file: used in a child
+    between fork and exec, so that nothing it runs is ever outside the cgroup."""
+    me = str(os.getpid()).encode()
+    for path in paths:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, me)
+        finally:
+            os.close(fd)
+
+
 def _read_pids(procs: Path) -> list[int]:
     try:
         text = procs.read_text()

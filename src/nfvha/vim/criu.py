@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from nfvha.errors import ConfigError, CriuError, DumpError, RestoreError
+from nfvha.vim.cgroups import join_procs_files
 
 __all__ = [
     "CRIU_MIN_VERSION",
@@ -333,13 +334,7 @@ class CriuRunner:
 
         def _join_cgroups() -> None:  # runs in the child between fork and exec
             os.setpriority(os.PRIO_PROCESS, 0, 0)  # never ahead of the HA daemons
-            me = str(os.getpid()).encode()
-            for path in procs:
-                fd = os.open(path, os.O_WRONLY)
-                try:
-                    os.write(fd, me)
-                finally:
-                    os.close(fd)
+            join_procs_files(procs)
 
         args = self.restore_args(images_dir, opts, netns_fd=netns_fd, pidfile=pidfile)
         t0 = time.monotonic()
