@@ -274,3 +274,17 @@ async def test_the_second_path_reads_the_guards_reports(manager: Manager) -> Non
     manager.detector.state["h1"] = "SUSPECTED"  # type: ignore[assignment]
     await manager._confirm_host_loss("h1")
     assert manager.detector.state["h1"] == "DOWN"
+
+
+async def test_an_agent_report_inside_a_guard_stall_does_not_hide_the_stall(
+        manager: Manager) -> None:
+    """The CI failure of stop 18: the agent's status report (every 0.5 s) landed in the
+    middle of a 0.25 s guard stall, the silence counted as two short ones, and the next,
+    slightly longer stall had the host DOWN. The strain is the guard's own silence."""
+    manager.heartbeat("h1", {"url": "http://h1:8700", "instances": []})
+    t0 = time.monotonic()
+    manager.liveness("h1", _hb("h1", 1), ("10.0.0.1", 8700), at=t0)
+    manager._host_heard("h1", None, at=t0 + 0.12)  # the agent's report, mid-stall
+    manager.liveness("h1", _hb("h1", 2), ("10.0.0.1", 8700), at=t0 + 0.25)
+    assert manager.detector.suspect_after("h1", t0 + 0.3) == pytest.approx(0.5)
+    assert manager.detector.lease("h1", t0 + 0.3) == pytest.approx(0.75)

@@ -95,6 +95,18 @@ class HeartbeatDetector:
         self.state[host_id] = HostState.UP
         return before
 
+    def came_back(self, host_id: str, gap: float, now: float | None = None) -> None:
+        """The host's own heartbeat stream (its lease guard) resumed after ``gap`` seconds.
+
+        ``heard`` sees every sign of life, and the agent's status reports (every 0.5 s)
+        split a guard's silence into pieces: a 0.45 s stall would count as two short ones,
+        and a later, slightly longer stall would be taken for a loss. The strain is the
+        guard's silence, measured between its own datagrams."""
+        if gap > 2 * self.timings.heartbeat_interval \
+                and self.state.get(host_id, HostState.DOWN) != HostState.DOWN:
+            t = time.monotonic() if now is None else now
+            self._silences.setdefault(host_id, collections.deque()).append((t, gap))
+
     def stalled(self, duration: float, now: float | None = None) -> None:
         """The manager's own loop stalled this long: every host's heartbeats were late."""
         self._stalls.append((time.monotonic() if now is None else now, duration))

@@ -388,6 +388,8 @@ class Manager:
         if prev is None or prev.addr != addr:
             self._peers_cache = (-1.0, [], "")  # a new guard, or one that moved
         at = time.monotonic() if at is None else at
+        if prev is not None:
+            self.detector.came_back(host_id, at - prev.at, at)
         self.guards[host_id] = GuardReport(addr, msg, at)
         held = msg.get("l")
         if isinstance(held, int | float) and not isinstance(held, bool):
