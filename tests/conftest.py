@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,10 @@ if TYPE_CHECKING:
 TEST_PREFIX = "nfvt"
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "vnfs"
+#: VNFs run in a private root: the example programs are a read-only volume at their own
+#: path, and the interpreter is Debian's (the project's virtualenv is not visible there).
+EXAMPLES_VOLUME = {"source": str(EXAMPLES), "read_only": True}
+VNF_PYTHON = "/usr/bin/python3"
 
 
 def real_system_ready() -> str | None:
@@ -32,7 +35,7 @@ def real_system_ready() -> str | None:
 
 @pytest.fixture(scope="session")
 def python_bin() -> str:
-    return sys.executable
+    return VNF_PYTHON
 
 
 @pytest.fixture

@@ -197,6 +197,107 @@ class HealthProbe(_Strict):
         return self
 
 
+#: Capabilities a VNF keeps unless its VNFD asks for more (``security.capabilities``):
+#: what Docker grants by default, less MKNOD, AUDIT_WRITE and SETFCAP. Enough to bind
+#: low ports, use raw sockets (ping, ARP), switch users and chroot; nothing that reaches
+#: past the sandbox (no SYS_ADMIN, SYS_MODULE, SYS_PTRACE, SYS_RAWIO, SYS_TIME, BPF).
+DEFAULT_CAPABILITIES: tuple[str, ...] = (
+    "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+    "NET_BIND_SERVICE", "NET_RAW", "SYS_CHROOT")
+
+#: Every capability a VNFD may name (Linux 6.x); the rest of the 41 are refused as typos.
+CAPABILITIES: dict[str, int] = {n: i for i, n in enumerate((
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
+    "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN",
+    "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE",
+    "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME",
+    "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
+    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ",
+    "PERFMON", "BPF", "CHECKPOINT_RESTORE"))}
+
+#: Paths a VNF may not mount over or publish: the sandbox's own skeleton.
+_RESERVED_TARGETS = ("/", "/proc", "/sys", "/dev", "/usr", "/etc", "/bin", "/sbin", "/lib",
+                     "/lib64", "/tmp", "/run")
+
+
+class Volume(_Strict):
+    """A host directory or file mounted into the VNF's private root. It must exist at the
+    same path on every host the VNF may run on, like its command."""
+
+    source: str = Field(description="absolute path on the host")
+    target: str | None = Field(default=None, description="path inside the VNF (default: "
+                               "the same as source)")
+    read_only: bool = True
+
+    @field_validator("source", "target")
+    @classmethod
+    def _abs(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith("/") or "\x00" in v or any(p in ("..", ".") for p in v.split("/")):
+            raise ValueError(f"expected an absolute path without '.' or '..', got {v!r}")
+        return "/" + "/".join(p for p in v.split("/") if p)
+
+    @property
+    def inside(self) -> str:
+        return self.target or self.source
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> Volume:
+        t = self.inside
+        if t in ("/", "/.stdout") or any(t == r or t.startswith(r + "/")
+                                         for r in _RESERVED_TARGETS if r != "/"):
+            raise ValueError(f"{t} is in the sandbox's own root (/, /usr, /etc, /proc, /sys, "
+                             "/dev, /tmp, /run, /bin, /sbin, /lib*) and cannot be a volume's "
+                             "target; mount it elsewhere, e.g. under /srv or /opt")
+        return self
+
+
+class Security(_Strict):
+    """What the VNF may do beyond its sandbox's defaults (docs/security.md)."""
+
+    capabilities: list[str] = Field(default_factory=list, description="capabilities added "
+                                    "to the default set, e.g. [NET_ADMIN] for a firewall")
+    drop_capabilities: list[str] = Field(default_factory=list, description="capabilities "
+                                         "removed from the default set ('ALL' for every one)")
+    run_as: str | None = Field(default=None, description="uid[:gid] to run as (numeric: the "
+                               "user need not exist on the host)")
+    seccomp: Literal["default", "unconfined"] = Field(
+        default="default", description="default: refuse the system calls no network "
+        "function needs (mount, module loading, kexec, bpf, ptrace, ...)")
+    private_root: bool = Field(default=True, description="false: the host's whole file "
+                               "tree is visible (only for trusted VNFs; docs/security.md)")
+
+    @field_validator("capabilities", "drop_capabilities")
+    @classmethod
+    def _caps(cls, v: list[str]) -> list[str]:
+        out = []
+        for c in v:
+            name = c.upper().removeprefix("CAP_")
+            if name != "ALL" and name not in CAPABILITIES:
+                raise ValueError(f"unknown capability {c!r}; expected names like NET_ADMIN "
+                                 "(see capabilities(7))")
+            out.append(name)
+        return out
+
+    @field_validator("run_as")
+    @classmethod
+    def _run_as(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.fullmatch(r"\d{1,10}(:\d{1,10})?", v) \
+                or any(int(x) > 0xFFFFFFFE for x in v.split(":")):
+            raise ValueError(f"expected a numeric uid or uid:gid, e.g. 65534:65534, got {v!r}")
+        return v
+
+    def effective_capabilities(self) -> list[str]:
+        """The set the VNF keeps: defaults, plus added, less dropped (added wins)."""
+        drop = set(self.drop_capabilities)
+        base = [] if "ALL" in drop else [c for c in DEFAULT_CAPABILITIES if c not in drop]
+        return sorted(set(base) | {c for c in self.capabilities if c != "ALL"},
+                      key=CAPABILITIES.__getitem__)
+
+
 def _default_recovery() -> dict[str, list[Strategy]]:
     return {
         "process-exit": ["restore-local", "restore-remote", "restart"],
@@ -238,6 +339,8 @@ class VnfDescriptor(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     network: Network
     resources: Resources = Field(default_factory=Resources)
+    volumes: list[Volume] = Field(default_factory=list, max_length=32)
+    security: Security = Field(default_factory=Security)
     network_lock: Literal["auto", "nftables", "iptables", "skip"] = Field(
         default="auto", description="auto: lock the network during a dump only when the VNF "
         "has established TCP connections (a lock drops UDP datagrams that would otherwise "
@@ -257,6 +360,17 @@ class VnfDescriptor(_Strict):
         if self.ha.replay and self.network.service is None:
             raise ValueError("ha.replay needs network.service (the address the forwarder "
                              "steers to this VNF)")
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_volumes(self) -> VnfDescriptor:
+        if self.security.private_root and self.workdir != "/":
+            Volume(source=self.workdir)  # the same rules as a volume's target
+        seen: set[str] = set()
+        for v in self.volumes:
+            if v.inside in seen:
+                raise ValueError(f"two volumes mount at {v.inside}")
+            seen.add(v.inside)
         return self
 
     @field_validator("command")

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import EXAMPLES, TEST_PREFIX, real_system_ready
+from tests.conftest import EXAMPLES, EXAMPLES_VOLUME, TEST_PREFIX, real_system_ready
 from tests.vnfclient import wait_until
 
 _counter = itertools.count(1)
@@ -88,11 +88,13 @@ def bed() -> Iterator[Bed]:
 
 def flowmon_descriptor(address: str, python: str, vnfd_id: str = "flowmon") -> dict[str, Any]:
     return {"id": vnfd_id, "command": [python, str(EXAMPLES / "flowmon.py")],
+            "volumes": [EXAMPLES_VOLUME],
             "network": {"address": address}, "resources": {"memory": "128Mi", "cpu": 1.0}}
 
 
 def tcpcounter_descriptor(address: str, python: str) -> dict[str, Any]:
     return {"id": "tcpcounter", "command": [python, str(EXAMPLES / "tcpcounter.py")],
+            "volumes": [EXAMPLES_VOLUME],
             "network": {"address": address}, "resources": {"memory": "128Mi", "cpu": 1.0}}
 
 

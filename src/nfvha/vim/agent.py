@@ -693,8 +693,9 @@ class Agent:
 
     async def exec_probe(self, instance_id: str) -> bool:
         """The instance's own ``exec`` health probe, run inside its sandbox: its network,
-        PID, UTS and IPC namespaces and its cgroup (so the probe counts against the VNF's
-        limits), never beside the agent or the manager."""
+        PID, UTS, IPC and mount namespaces, its cgroup (so the probe counts against the
+        VNF's limits) and its capabilities, user and seccomp filter: a probe is the VNFD's
+        code, never run beside the agent or the manager."""
         inst = self.get(instance_id)
         probe = inst.descriptor.ha.probe
         if probe.type != "exec":
@@ -703,7 +704,7 @@ class Agent:
         if inst.pid is None or inst.state not in LIVE_STATES:
             return False
         procs = [str(p) for p in inst.sandbox.cgroup.procs_paths()]
-        prefix = ["nsenter", f"--target={inst.pid}", "--net", "--pid", "--uts", "--ipc", "--"]
+        prefix = inst.sandbox.exec_prefix(inst.pid)
         return await probe_vnf(probe, inst.descriptor.network.ip, exec_prefix=prefix,
                                exec_preexec=lambda: join_procs_files(procs))
 

@@ -112,6 +112,9 @@ class DumpOptions:
     track_mem: bool = False
     timeout: float = 120.0
     extra_args: Sequence[str] = ()
+    #: Bind mounts from the host in the VNF's private root, by their path inside (which
+    #: is also their key): CRIU records them instead of dumping them.
+    external_mounts: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,9 @@ class RestoreOptions:
     lazy_pages: bool = False
     timeout: float = 120.0
     extra_args: Sequence[str] = field(default_factory=tuple)
+    #: The private root's skeleton (``--root``) and ``(key, host path)`` of its binds.
+    root: str | None = None
+    external_mounts: Sequence[tuple[str, str]] = ()
 
 
 _STAT_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z /-]*?):\s+(\d+)")
@@ -249,6 +255,8 @@ class CriuRunner:
         if opts.external_netns is not None:
             inode, key = opts.external_netns
             args += ["--external", f"net[{inode}]:{key}"]
+        for target in opts.external_mounts:
+            args += ["--external", f"mnt[{target}]:{target}"]
         if opts.track_mem or pre_dump:
             args.append("--track-mem")
         if opts.prev_images_dir:
@@ -310,6 +318,10 @@ class CriuRunner:
             args += ["--inherit-fd", f"fd[{netns_fd}]:{opts.netns_key}"]
         if opts.lazy_pages:
             args.append("--lazy-pages")
+        if opts.root:
+            args += ["--root", opts.root]
+        for key, source in opts.external_mounts:
+            args += ["--external", f"mnt[{key}]:{source}"]
         args += list(opts.extra_args)
         return args
 

@@ -14,6 +14,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nfvha.descriptor import VnfDescriptor
+from nfvha.descriptor import CAPABILITIES, VnfDescriptor
 from nfvha.errors import HostNetworkError, SandboxError
 from nfvha.vim import _launch
 from nfvha.vim.cgroups import Cgroup, CgroupDriver, CgroupLimits
@@ -35,7 +36,7 @@ from nfvha.vim.criu import (
 )
 from nfvha.vim.hostnet import HostNetwork
 
-__all__ = ["ExitStatus", "ProcessWatch", "Sandbox", "SandboxConfig", "become_subreaper",
+__all__ = ["Bind", "ExitStatus", "ProcessWatch", "Sandbox", "SandboxConfig", "become_subreaper",
            "proc_state"]
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,29 @@ def become_subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise SandboxError(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
+
+
+#: Host system directories bound read-only into every private root (with /bin, /lib...
+#: as the host has them: links on merged-/usr systems, else read-only binds too).
+SYSTEM_DIRS = ("/usr", "/etc")
+_TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+#: Host files in those a VNF running as uid 0 could read even without capabilities (it
+#: owns them): covered with /dev/null. Both exist on every Debian host, as they must on
+#: every host the VNF may be restored on.
+MASKED = ("/etc/shadow", "/etc/gshadow")
+_DEVICES = ("null", "zero", "full", "random", "urandom")
+#: The work directory inside a private root when the descriptor names none.
+VNF_WORKDIR = "/var/lib/vnf"
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path bound into a VNF's private root; CRIU records it as an external mount
+    keyed by ``target`` and binds ``source`` of whichever host restores it."""
+
+    source: str
+    target: str
+    mode: str  # "ro", "rw" or "dev" (a device node, bound as it is)
 
 
 @dataclass(frozen=True)
@@ -187,9 +211,97 @@ class Sandbox:
         # CRIU's parasite makes a scratch directory (proc.crtools) in the VNF's cwd; a
         # cwd of its own per instance keeps concurrent dumps apart, and a dump killed by a
         # power loss leaves its scratch directory only there, where we clear it.
-        self.workdir = (cfg.work_root / instance_id if descriptor.workdir == "/"
+        # In a private root the work directory is this host's per-instance directory,
+        # bound at the descriptor's path (or ``VNF_WORKDIR``): writable, private, and at
+        # the same path inside on every host.
+        private = descriptor.security.private_root
+        self.workdir = (cfg.work_root / instance_id if descriptor.workdir == "/" or private
                         else Path(descriptor.workdir))
+        self.inner_workdir = (self.workdir if not private else Path(
+            VNF_WORKDIR if descriptor.workdir == "/" else descriptor.workdir))
         self.built = False
+
+    @property
+    def root_dir(self) -> Path:
+        """The skeleton of the private root: mount points and links, nothing else."""
+        return self.run_dir / "root"
+
+    @property
+    def private_root(self) -> bool:
+        return self.descriptor.security.private_root
+
+    def binds(self) -> list[Bind]:
+        """Every host path the VNF sees, in mount order (a mount point inside another
+        bind comes after it). The same list on every host: it depends on the descriptor,
+        this host's log file and the host's top-level layout only."""
+        out = [Bind(p, p, "ro") for p in SYSTEM_DIRS]
+        for name in _TOP_LEVEL:
+            host = Path("/" + name)
+            if host.is_dir() and not host.is_symlink():
+                out.append(Bind(str(host), str(host), "ro"))
+        out += [Bind("/dev/null", m, "dev") for m in MASKED if os.path.exists(m)]
+        out += [Bind(f"/dev/{d}", f"/dev/{d}", "dev") for d in _DEVICES]
+        out.append(Bind(str(self.workdir), str(self.inner_workdir), "rw"))
+        vols = sorted(self.descriptor.volumes, key=lambda v: v.inside.count("/"))
+        out += [Bind(v.source, v.inside, "ro" if v.read_only else "rw") for v in vols]
+        return out
+
+    def external_mounts(self) -> list[tuple[str, str]]:
+        """``(key, host path)`` of each bind for CRIU, the stdout file included."""
+        return [(b.target, b.source) for b in self.binds()] + [
+            ("/.stdout", str(self.log_path))]
+
+    def _make_root(self) -> None:
+        """Make the skeleton ``_launch`` pivots into and CRIU restores with ``--root``.
+        Idempotent; a mount point inside the work directory or a writable volume is made
+        there, on the host (a read-only one must already hold it)."""
+        root = self.root_dir
+        root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        root.chmod(0o755)
+        for d in ("usr", "etc", "proc", "sys", "dev", "tmp", "run"):
+            (root / d).mkdir(mode=0o755, exist_ok=True)
+        for name in _TOP_LEVEL:
+            host, mine = Path("/" + name), root / name
+            if host.is_symlink() and not mine.is_symlink():
+                mine.symlink_to(os.readlink(host))
+        dev = root / "dev"
+        (dev / "shm").mkdir(mode=0o755, exist_ok=True)
+        for name, to in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+            if not (dev / name).is_symlink():
+                (dev / name).symlink_to(to)
+        (root / ".stdout").touch(mode=0o600, exist_ok=True)
+        placed: list[Bind] = []
+        for b in self.binds():
+            outer = max((p for p in placed if b.target.startswith(p.target + "/")),
+                        key=lambda p: len(p.target), default=None)
+            if outer is None:
+                point = root / b.target.lstrip("/")
+            elif outer.mode == "rw":
+                point = Path(outer.source) / b.target[len(outer.target) + 1:]
+            else:
+                point = Path(b.target)  # inside a read-only bind: the host has it already
+            if not point.exists():
+                if Path(b.source).is_dir():
+                    point.mkdir(mode=0o755, parents=True)
+                else:
+                    point.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                    point.touch(mode=0o444)
+            placed.append(b)
+
+    def restrictions(self) -> list[str]:
+        """The launcher's arguments for capabilities, user and seccomp (start and exec)."""
+        sec = self.descriptor.security
+        caps = ",".join(str(CAPABILITIES[c]) for c in sec.effective_capabilities())
+        args = ["--caps", caps, "--seccomp", sec.seccomp]
+        if sec.run_as:
+            args += ["--run-as", sec.run_as]
+        return args
+
+    def exec_prefix(self, pid: int) -> list[str]:
+        """Run a command inside the live VNF, as restricted as the VNF (exec probes)."""
+        return [sys.executable, "-S", _launch.__file__, "--join", str(pid),
+                "--workdir", str(self.inner_workdir), *self.restrictions(), "--"]
 
     @property
     def netns_path(self) -> Path:
@@ -221,12 +333,24 @@ class Sandbox:
             self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
             self.workdir.mkdir(parents=True, exist_ok=True)
             # CRIU reopens stdout by path on restore: it must exist on whichever host restores.
-            self.log_path.touch(exist_ok=True)
+            self.log_path.touch(mode=0o600, exist_ok=True)
+            if self.private_root:
+                self._check_volumes()
+                await asyncio.to_thread(self._make_root)
+            if d.security.run_as:
+                uid, _, gid = d.security.run_as.partition(":")
+                os.chown(self.workdir, int(uid), int(gid or uid))
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.destroy()
             raise
         self.built = True
+
+    def _check_volumes(self) -> None:
+        missing = [v.source for v in self.descriptor.volumes if not os.path.exists(v.source)]
+        if missing:
+            raise SandboxError(f"volume source {', '.join(missing)} does not exist on host "
+                               f"{self.cfg.host_id}; every host the VNF may run on needs it")
 
     async def activate(self) -> None:
         """Bring a standby sandbox's link up (just before its VNF is restored). Returns
@@ -272,12 +396,16 @@ class Sandbox:
         d = self.descriptor
         args = [sys.executable, "-S", _launch.__file__, "--netns", str(self.netns_path),
                 "--stdout", str(self.log_path), "--hostname", d.id,
-                "--workdir", str(self.workdir)]
+                "--workdir", str(self.inner_workdir)]
         for p in self.cgroup.procs_paths():
             args += ["--cgroup-procs", str(p)]
         for k, v in d.env.items():
             args += ["--env", f"{k}={v}"]
-        args += ["--", *d.command]
+        if self.private_root:
+            args += ["--root", str(self.root_dir), "--tmpfs-size", str(d.resources.memory)]
+            for b in self.binds():
+                args += ["--bind", f"{b.source}:{b.target}:{b.mode}"]
+        args += [*self.restrictions(), "--", *d.command]
         proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
@@ -318,7 +446,9 @@ class Sandbox:
             os.rmdir(f"/proc/{pid}/cwd/proc.crtools")  # left by a dump that was killed
         opts = DumpOptions(
             leave_running=leave_running, network_lock=self.network_lock(pid),
-            external_netns=(self.netns_inode(), NETNS_KEY))
+            external_netns=(self.netns_inode(), NETNS_KEY),
+            external_mounts=tuple(k for k, _ in self.external_mounts())
+            if self.private_root else ())
         return await self.criu.dump(pid, images_dir, opts)
 
     async def restore(self, images_dir: Path, *, release_hold: bool = False) -> RestoreStats:
@@ -342,7 +472,12 @@ class Sandbox:
             network_lock="nftables" if self.descriptor.network_lock == "auto"
             else self.descriptor.network_lock,
             join_cgroup_procs=[str(p) for p in self.cgroup.procs_paths()],
-            work_dir=str(self.run_dir), extra_args=extra)
+            work_dir=str(self.run_dir), extra_args=extra,
+            root=str(self.root_dir) if self.private_root else None,
+            external_mounts=tuple(self.external_mounts()) if self.private_root else ())
+        if self.private_root:
+            self._check_volumes()
+            await asyncio.to_thread(self._make_root)
         # CRIU joins the sandbox's cgroups itself before it forks the tree, so its own
         # tasks count against pids.max: a VNF with as many tasks as its limit allows
         # could not be restored. Some headroom while CRIU runs, the limit again after.
@@ -419,6 +554,8 @@ class Sandbox:
             await asyncio.to_thread(self.cgroup.delete)
         except SandboxError as exc:
             errors.append(str(exc))
+        # Only mount points: the mounts themselves lived in the VNF's namespace.
+        await asyncio.to_thread(shutil.rmtree, self.root_dir, True)
         self.built = False
         if errors:
             raise SandboxError(f"tearing down sandbox of {self.instance_id}: " + "; ".join(errors))
