@@ -71,6 +71,7 @@ from typing import Any
 
 import httpx
 
+from nfvha.demo import python_vnf
 from nfvha.testbed import Testbed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
@@ -201,8 +202,7 @@ def descriptor(spec: VnfSpec, tb: Testbed) -> dict[str, Any]:
                               "port": spec.data_port}
     elif spec.after is not None:
         network["service"] = {"after": spec.after, "port": spec.data_port}
-    return {"id": f"camp-{spec.iid}", "command": [sys.executable,
-                                                  str(VNFS_DIR / f"{spec.kind}.py")],
+    return {"id": f"camp-{spec.iid}", **python_vnf(VNFS_DIR / f"{spec.kind}.py"),
             "network": network, "resources": {"memory": "128Mi", "cpu": 0.5},
             "ha": {"checkpoint_interval": CHECKPOINT_INTERVAL, "backups": 1,
                    "replay": spec.replay,

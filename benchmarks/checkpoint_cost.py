@@ -51,6 +51,7 @@ from typing import Any
 
 import httpx
 
+from nfvha.demo import python_vnf
 from nfvha.testbed import Testbed
 from nfvha.vim import _launch
 from nfvha.vim.criu import CriuRunner, DumpOptions, RestoreOptions, parse_stats
@@ -298,10 +299,8 @@ class Api:
 def _descriptor(tb: Testbed, size_mb: int) -> dict[str, Any]:
     return {
         "id": "statevnf",
-        "command": [sys.executable, str(VNF_SCRIPT), "--state-mb", str(size_mb),
-                    "--port", str(VNF_PORT)],
+        **python_vnf(VNF_SCRIPT, "--state-mb", str(size_mb), "--port", str(VNF_PORT)),
         "network": {"address": tb.vnf_address(1)},
-        "workdir": str(VNF_CWD / "nfvha"),
         # Room for the interpreter besides the state; no CPU throttling (bare has none).
         "resources": {"memory": f"{size_mb + 160}Mi", "cpu": float(os.cpu_count() or 1)},
     }

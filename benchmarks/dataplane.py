@@ -78,6 +78,7 @@ from typing import Any
 
 import httpx
 
+from nfvha.demo import python_vnf
 from nfvha.testbed import Testbed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
@@ -177,7 +178,7 @@ QUICK = Plan(quick=True, lat_samples=1000, lat_block=250, tput_loads=(30000, Non
 
 def nat_vnfd(vid: str, addr: str, service: str, interval: float, *,
              exactly_once: bool = False) -> dict[str, Any]:
-    return {"id": vid, "command": [sys.executable, str(EXAMPLES / "udpnat.py")],
+    return {"id": vid, **python_vnf(EXAMPLES / "udpnat.py"),
             "network": {"address": addr, "service": {"address": service, "port": NAT_PORT,
                                                      "exactly_once": exactly_once}},
             "resources": {"memory": "128Mi"},
@@ -190,7 +191,7 @@ def flowmon_vnfd(vid: str, addr: str, service: str, interval: float, *,
                  probe: bool = True) -> dict[str, Any]:
     """flowmon behind the forwarder. Throughput sinks go without the manager's probe: a
     flood may starve its query port, and a hang verdict would restore it mid-window."""
-    return {"id": vid, "command": [sys.executable, str(EXAMPLES / "flowmon.py")],
+    return {"id": vid, **python_vnf(EXAMPLES / "flowmon.py"),
             "network": {"address": addr, "service": {"address": service, "port": FM_PORT}},
             "resources": {"memory": "128Mi"},
             "ha": {"checkpoint_interval": interval, "backups": 1, "replay": True,

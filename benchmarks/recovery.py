@@ -86,6 +86,7 @@ from typing import Any
 
 import httpx
 
+from nfvha.demo import python_vnf
 from nfvha.testbed import Testbed
 from nfvha.vim.cgroups import CgroupLimits
 from nfvha.vnfm.metrics import iso_to_epoch
@@ -399,7 +400,7 @@ def _active(v: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def descriptor(scn: Scenario, address: str) -> dict[str, Any]:
-    return {"id": f"rec-{scn.key}", "command": [sys.executable, str(FLOWMON)],
+    return {"id": f"rec-{scn.key}", **python_vnf(FLOWMON),
             "network": {"address": address}, "resources": {"memory": "128Mi", "cpu": 0.5},
             "ha": {"checkpoint_interval": CHECKPOINT_INTERVAL, "backups": 1,
                    "recovery": scn.recovery, "probe": HA_PROBE}}

@@ -64,6 +64,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from nfvha.demo import python_vnf
 from nfvha.testbed import Testbed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
@@ -140,7 +141,7 @@ def vnfd(vid: str, addr: str, service: str, interval: float, replay: bool) -> di
     net: dict[str, Any] = {"address": addr}
     if replay:
         net["service"] = {"address": service, "port": FM_PORT}
-    return {"id": vid, "command": [sys.executable, str(FLOWMON)], "network": net,
+    return {"id": vid, **python_vnf(FLOWMON), "network": net,
             "resources": {"memory": "128Mi"},
             "ha": {"checkpoint_interval": interval, "backups": 1, "replay": replay,
                    "probe": {"type": "udp", "port": FM_QUERY, "send": "PING",

@@ -62,6 +62,7 @@ from typing import Any
 
 import httpx
 
+from nfvha.demo import python_vnf
 from nfvha.ha.fault import FaultTimings
 from nfvha.testbed import Testbed
 
@@ -228,7 +229,7 @@ def _active(v: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def descriptor(i: int, address: str, interval: float) -> dict[str, Any]:
-    return {"id": f"scale-{i:03d}", "command": [sys.executable, str(FLOWMON)],
+    return {"id": f"scale-{i:03d}", **python_vnf(FLOWMON),
             "network": {"address": address}, "resources": VNF_RESOURCES,
             "ha": {"checkpoint_interval": interval, "backups": 1, "probe": HA_PROBE}}
 

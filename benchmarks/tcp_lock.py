@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nfvha.demo import python_vnf
 from nfvha.testbed import Testbed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
@@ -72,7 +73,7 @@ SCENARIOS = ("udp-unlocked", "udp-locked", "tcp-locked", "tcp-unlocked")
 
 
 def _deploy(http: Any, iid: str, addr: str, lock: str, interval: float) -> None:
-    desc = {"id": iid, "command": [sys.executable, str(VNF)], "network": {"address": addr},
+    desc = {"id": iid, **python_vnf(VNF), "network": {"address": addr},
             "resources": {"memory": "128Mi"}, "network_lock": lock,
             "ha": {"checkpoint_interval": interval, "backups": 1, "retention": 3}}
     api_result("POST", "vnfds", http.post("/nfvha/v1/vnfds", json=desc))

@@ -13,13 +13,14 @@ import pytest
 if TYPE_CHECKING:
     from nfvha.vnfm.manager import Manager
 
+from nfvha.demo import VNF_PYTHON as _VNF_PYTHON
+
 TEST_PREFIX = "nfvt"
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "vnfs"
-#: VNFs run in a private root: the example programs are a read-only volume at their own
-#: path, and the interpreter is Debian's (the project's virtualenv is not visible there).
-EXAMPLES_VOLUME = {"source": str(EXAMPLES), "read_only": True}
-VNF_PYTHON = "/usr/bin/python3"
+#: VNFs run in a private root: the example programs are a read-only volume there, and the
+#: interpreter is Debian's (the project's virtualenv is not visible).
+VNF_PYTHON = _VNF_PYTHON
 
 
 def real_system_ready() -> str | None:

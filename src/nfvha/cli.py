@@ -231,12 +231,8 @@ def _request(args: argparse.Namespace, method: str, path: str, **kw: object) -> 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from nfvha.descriptor import load_descriptor
 
-    d = load_descriptor(args.file)
+    d = load_descriptor(args.file)  # volumes' relative sources: relative to the file
     body = d.model_dump(mode="json")
-    base = Path(args.file).resolve().parent
-    # Relative program paths in example descriptors are relative to the descriptor file.
-    body["command"] = [str((base / c).resolve()) if c.endswith(".py") and not c.startswith("/")
-                       and (base / c).exists() else c for c in body["command"]]
     _request(args, "POST", "/nfvha/v1/vnfds", json=body)
     vnf = _request(args, "POST", "/vnflcm/v1/vnf_instances",
                    json={"vnfdId": d.id, "vnfInstanceId": args.id})

@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,22 @@ from nfvha.testbed import Testbed
 __all__ = ["run_demo"]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "vnfs"
+#: The interpreter of Python VNFs: Debian's, visible in every private root (/usr); a
+#: virtualenv's is not.
+VNF_PYTHON = "/usr/bin/python3"
+
+
+#: Where a Python VNF's script directory appears in its private root: a fixed place, since
+#: the repository itself may live anywhere (even under /tmp, which is the VNF's own).
+VNF_SCRIPTS = "/opt/nfvha-vnfs"
+
+
+def python_vnf(script: Path, *args: str) -> dict[str, Any]:
+    """``command`` and ``volumes`` of a VNFD running a Python script of this repository:
+    its directory is a read-only volume at `VNF_SCRIPTS` in the VNF's private root."""
+    return {"command": [VNF_PYTHON, f"{VNF_SCRIPTS}/{script.name}", *args],
+            "volumes": [{"source": str(script.parent.resolve()), "target": VNF_SCRIPTS,
+                         "read_only": True}]}
 RATE_HZ = 200  # client datagrams per second per VNF
 PROBE_HZ = 500  # client-side availability probe
 
@@ -129,7 +144,7 @@ def _vnfd(kind: str, addr: str, interval: float, *, vnfd_id: str | None = None,
     network: dict[str, Any] = {"address": addr}
     if service:
         network["service"] = {"address": service, "port": port - 1}
-    return {"id": vnfd_id or kind, "command": [sys.executable, str(EXAMPLES / f"{kind}.py")],
+    return {"id": vnfd_id or kind, **python_vnf(EXAMPLES / f"{kind}.py"),
             "network": network, "resources": {"memory": "128Mi", "cpu": 0.5},
             "ha": {"checkpoint_interval": interval, "backups": 1, "replay": bool(service),
                    "recovery": {"process-exit": ["restore-local", "restore-remote", "restart"],

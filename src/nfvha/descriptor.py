@@ -415,4 +415,13 @@ def load_descriptor(path: str | Path) -> VnfDescriptor:
         raise DescriptorError(f"cannot read descriptor {p}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise DescriptorError(f"descriptor {p} is not valid YAML: {exc}") from exc
+    # In a file, a volume's relative source is relative to the file (examples/ ship their
+    # programs beside their descriptors); the API takes absolute paths only.
+    body = data.get("vnfd", data) if isinstance(data, dict) else None
+    vols = body.get("volumes") if isinstance(body, dict) else None
+    if isinstance(vols, list):
+        for v in vols:
+            if isinstance(v, dict) and isinstance(v.get("source"), str) \
+                    and not v["source"].startswith("/"):
+                v["source"] = str((p.resolve().parent / v["source"]).resolve())
     return parse_descriptor(data)

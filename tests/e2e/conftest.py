@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import EXAMPLES, EXAMPLES_VOLUME, TEST_PREFIX, real_system_ready
+from nfvha.demo import python_vnf
+from tests.conftest import EXAMPLES, TEST_PREFIX, real_system_ready
 from tests.vnfclient import wait_until
 
 _counter = itertools.count(1)
@@ -87,14 +88,12 @@ def bed() -> Iterator[Bed]:
 
 
 def flowmon_descriptor(address: str, python: str, vnfd_id: str = "flowmon") -> dict[str, Any]:
-    return {"id": vnfd_id, "command": [python, str(EXAMPLES / "flowmon.py")],
-            "volumes": [EXAMPLES_VOLUME],
+    return {"id": vnfd_id, **python_vnf(EXAMPLES / "flowmon.py"),
             "network": {"address": address}, "resources": {"memory": "128Mi", "cpu": 1.0}}
 
 
 def tcpcounter_descriptor(address: str, python: str) -> dict[str, Any]:
-    return {"id": "tcpcounter", "command": [python, str(EXAMPLES / "tcpcounter.py")],
-            "volumes": [EXAMPLES_VOLUME],
+    return {"id": "tcpcounter", **python_vnf(EXAMPLES / "tcpcounter.py"),
             "network": {"address": address}, "resources": {"memory": "128Mi", "cpu": 1.0}}
 
 

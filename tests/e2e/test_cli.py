@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from nfvha.demo import VNF_SCRIPTS
 from nfvha.testbed import Testbed
-from tests.conftest import EXAMPLES, TEST_PREFIX
+from tests.conftest import EXAMPLES, TEST_PREFIX, VNF_PYTHON
 from tests.e2e.conftest import keep_logs
 from tests.vnfclient import wait_until
 
@@ -54,7 +55,8 @@ def test_up_deploy_status_inject_heal_down(cluster: dict[str, Any], tmp_path: Pa
     vnfd.write_text(f"""
 vnfd:
   id: clifm
-  command: [{sys.executable}, {EXAMPLES / 'flowmon.py'}]
+  command: [{VNF_PYTHON}, {VNF_SCRIPTS}/flowmon.py]
+  volumes: [{{source: {EXAMPLES}, target: {VNF_SCRIPTS}}}]
   network: {{address: {base}.1.5/16}}
   ha:
     checkpoint_interval: 0.5

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from nfvha.demo import python_vnf
 from tests.conftest import EXAMPLES
 from tests.e2e.conftest import TOLERANT_AGENT, TOLERANT_MANAGER, Mgr, manager_bed
 from tests.vnfclient import UdpFlow, flowmon_stats, wait_until
@@ -28,8 +29,8 @@ def mgr() -> Iterator[Mgr]:
 
 
 def flowmon(addr: str, python: str, *, interval: float = 0.5, **ha: Any) -> dict[str, Any]:
-    return {"id": "flowmon", "command": [python, str(EXAMPLES / "flowmon.py")],
-            "network": {"address": addr}, "resources": {"memory": "128Mi"},
+    return {"id": "flowmon", **python_vnf(EXAMPLES / "flowmon.py"), "network": {"address": addr},
+            "resources": {"memory": "128Mi"},
             "ha": {"checkpoint_interval": interval, "backups": 1,
                    "probe": {"type": "udp", "port": 5001, "send": "PING", "expect": "PONG",
                              "interval": 0.1, "timeout": 0.1, "failure_threshold": 3},

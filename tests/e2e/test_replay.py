@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from nfvha.demo import python_vnf
 from tests.conftest import EXAMPLES
 from tests.e2e.conftest import TOLERANT_AGENT, TOLERANT_MANAGER, Mgr, manager_bed
 from tests.vnfclient import flowmon_stats, wait_until
@@ -37,7 +38,7 @@ def fmgr() -> Iterator[Mgr]:
 def replay_vnfd(kind: str, addr: str, service: str, python: str,
                 **extra: Any) -> dict[str, Any]:
     port, query = (5000, 5001) if kind == "flowmon" else (6000, 6001)
-    return {"id": f"{kind}-r", "command": [python, str(EXAMPLES / f"{kind}.py")],
+    return {"id": f"{kind}-r", **python_vnf(EXAMPLES / f"{kind}.py"),
             "network": {"address": addr, "service": {"address": service, "port": port,
                                                      **extra}},
             "resources": {"memory": "128Mi"},

@@ -144,6 +144,14 @@ class Active(threading.Thread):
         self.join(15)
 
 
+#: Where a test's configuration files appear inside the VNF's private root.
+CONF = "/srv/conf"
+
+
+def _conf(tmp: Path) -> list[dict[str, Any]]:
+    return [{"source": str(tmp), "target": CONF}]
+
+
 def _haproxy(tmp: Path, ip: str, backend: EchoBackend) -> list[str]:
     cfg = tmp / "haproxy.cfg"
     cfg.write_text(f"""global
@@ -159,7 +167,7 @@ frontend fe
 backend be
   server echo {backend.address}:{backend.port}
 """)
-    return ["haproxy", "-db", "-f", str(cfg)]
+    return ["haproxy", "-db", "-f", f"{CONF}/haproxy.cfg"]
 
 
 def _nginx(tmp: Path, ip: str, backend: EchoBackend) -> list[str]:
@@ -170,7 +178,7 @@ def _nginx(tmp: Path, ip: str, backend: EchoBackend) -> list[str]:
 daemon off;
 user root;
 worker_processes 1;
-pid {tmp}/nginx.pid;
+pid /run/nginx.pid;
 error_log stderr notice;
 events {{ worker_connections 256; }}
 stream {{
@@ -181,7 +189,7 @@ stream {{
   }}
 }}
 """)
-    return ["nginx", "-c", str(cfg), "-e", "stderr"]
+    return ["nginx", "-c", f"{CONF}/nginx.conf", "-e", "stderr"]
 
 
 PROXIES = {"haproxy": _haproxy, "nginx-stream": _nginx}
@@ -228,7 +236,8 @@ def test_tcp_proxy_keeps_connections_through_checkpoints_a_move_and_a_host_crash
     crashed: list[str] = []
     try:
         desc = {"id": kind, "command": PROXIES[kind](tmp_path, ip, backend),
-                "network": {"address": addr}, "resources": {"memory": "256Mi"},
+                "volumes": _conf(tmp_path), "network": {"address": addr},
+                "resources": {"memory": "256Mi"},
                 "network_lock": "auto",
                 "ha": {"checkpoint_interval": INTERVAL, "backups": 1, "retention": 3,
                        "probe": {"type": "tcp", "port": PORT, "interval": 0.2,
@@ -308,7 +317,7 @@ def _deploy_haproxy(m: Mgr, tmp: Path, n: int, iid: str,
     addr = m.tb.vnf_address(n)
     ip = addr.split("/")[0]
     m.deploy({"id": f"haproxy-{n}", "command": _haproxy(tmp, ip, backend),
-              "network": {"address": addr}, "resources": {"memory": "256Mi"},
+              "volumes": _conf(tmp), "network": {"address": addr}, "resources": {"memory": "256Mi"},
               "ha": {"checkpoint_interval": INTERVAL, "backups": 1}}, iid)
     wait_until(lambda: _try_connect(ip), 10)
     return ip, m.vnf(iid)["host"]
