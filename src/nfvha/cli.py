@@ -371,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("agent", help="run the compute-node agent (HTTP API)")
     a.add_argument("--host-id", required=True)
-    a.add_argument("--listen", default="0.0.0.0:8700", help="ADDRESS:PORT")
+    a.add_argument("--listen", default="0.0.0.0:8700",
+                   help="ADDRESS:PORT: give the management address (the guard's UDP port "
+                        "follows it), so that no VNF reaches the API (docs/security.md)")
     a.add_argument("--advertise-url", default=None)
     a.add_argument("--bridge", default="br0", help="bridge the VNF veths join")
     a.add_argument("--state-dir", default="/var/lib/nfvha/agent")
