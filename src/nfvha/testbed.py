@@ -580,9 +580,13 @@ async def _nft(rules: str, netns: str | None, timeout: float = 10.0) -> None:
     """Load an nft script (on stdin) in ``netns`` (None: the root netns)."""
     argv = ["nft", "-f", "-"] if netns is None else ["ip", "netns", "exec", netns,
                                                       "nft", "-f", "-"]
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+    except FileNotFoundError as exc:
+        raise NfvhaError(f"cannot run {argv[0]}: {exc}; install nftables (the testbed "
+                         "separates its networks with it)") from exc
     try:
         _, err = await asyncio.wait_for(proc.communicate(rules.encode()), timeout)
     except TimeoutError:
