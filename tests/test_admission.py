@@ -29,7 +29,8 @@ def vnfd(vid: str, address: str, **network: Any) -> dict[str, Any]:
 async def api(tmp_path: Path) -> AsyncIterator[tuple[Manager, httpx.AsyncClient]]:
     m = Manager(SqliteStore(tmp_path / "m.db"),
                 ManagerConfig(token="t", base_url="http://10.9.0.1:8600", vnf_network=NET,
-                              max_body=64 * 1024, ops_per_vnf=3))
+                              max_body=64 * 1024, ops_per_vnf=3,
+                              reserved_addresses={"10.9.0.5": "the forwarder (data side)"}))
     m.store.put("host", "h1", {"id": "h1", "url": "http://10.9.0.11:8700"})
     http = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=create_manager_app(m, manage_lifecycle=False)),
@@ -134,6 +135,8 @@ async def test_an_address_held_elsewhere_is_refused_naming_the_holder(api: Any) 
               "nat (its service address)"),
              ("mgr", "10.9.0.1/16", {}, 409, "the manager"),
              ("agt", "10.9.0.11/16", {}, 409, "host h1"),
+             # On the data network, but named by no URL (the daemons listen elsewhere).
+             ("fwd", "10.9.0.5/16", {}, 409, "the forwarder (data side)"),
              ("far", "10.10.1.1/16", {}, 422, "outside the data network")]
     for vid, address, network, status, words in cases:
         r = await _instantiate(http, vid, address, **network)

@@ -333,12 +333,14 @@ def test_testbed_agent_actions_without_root(tmp_path: Path) -> None:
 
 @pytest.fixture
 def fenceable_host(tmp_path: Path) -> Iterator[tuple[dict[str, str], subprocess.Popen[bytes]]]:
-    """A root-netns veth (the host's uplink), a cgroup with `sleep 60` in it, and a
-    testbed.json naming both; everything removed afterwards, whatever happened."""
+    """Two root-netns veths (the host's data and management uplinks), a cgroup with
+    `sleep 60` in it, and a testbed.json naming them; everything removed afterwards,
+    whatever happened."""
     from nfvha.vim.cgroups import CgroupDriver, CgroupLimits
 
     tag = os.getpid() % 100000
     uplink, peer = f"{TEST_PREFIX}f{tag}a", f"{TEST_PREFIX}f{tag}b"
+    mgmt, mgmt_peer = f"{TEST_PREFIX}f{tag}m", f"{TEST_PREFIX}f{tag}n"
     top = CgroupDriver.detect().cgroup(f"{TEST_PREFIX}-fence-{os.getpid()}")
     cgroup = CgroupDriver.detect().cgroup(f"{top.path}/h9")
     proc: subprocess.Popen[bytes] | None = None
@@ -346,6 +348,9 @@ def fenceable_host(tmp_path: Path) -> Iterator[tuple[dict[str, str], subprocess.
         subprocess.run(["ip", "link", "add", uplink, "type", "veth", "peer", "name", peer],
                        check=True, timeout=10)
         subprocess.run(["ip", "link", "set", uplink, "up"], check=True, timeout=10)
+        subprocess.run(["ip", "link", "add", mgmt, "type", "veth", "peer", "name", mgmt_peer],
+                       check=True, timeout=10)
+        subprocess.run(["ip", "link", "set", mgmt, "up"], check=True, timeout=10)
         cgroup.create(CgroupLimits())
         procs = [str(p) for p in cgroup.procs_paths()]
 
@@ -355,15 +360,17 @@ def fenceable_host(tmp_path: Path) -> Iterator[tuple[dict[str, str], subprocess.
                     f.write("0")
 
         proc = subprocess.Popen(["sleep", "60"], preexec_fn=join)
-        host = {"uplink": uplink, "cgroup": cgroup.path, "netns": f"{TEST_PREFIX}-h9"}
+        host = {"uplink": uplink, "mgmt_uplink": mgmt, "cgroup": cgroup.path,
+                "netns": f"{TEST_PREFIX}-h9"}
         write_testbed(tmp_path, "fencetest", {"h9": host})
         yield host, proc
     finally:
         if proc is not None:
             proc.kill()
             proc.wait(timeout=10)
-        subprocess.run(["ip", "link", "del", uplink], capture_output=True, timeout=10,
-                       check=False)
+        for link in (uplink, mgmt):
+            subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=10,
+                           check=False)
         top.delete()
 
 
@@ -381,8 +388,9 @@ async def test_testbed_agent_fences_a_host_for_real(
     result = await driver.off()
     assert (result.ok, result.status) == (True, "off"), result.detail
     assert sleeper.wait(timeout=5) == -9  # SIGKILLed, as a power cut would
-    flags = int(Path(f"/sys/class/net/{host['uplink']}/flags").read_text(), 16)
-    assert flags & 0x1 == 0, "the uplink is still up"
+    for link in ("uplink", "mgmt_uplink"):  # a host still on either network is not off
+        flags = int(Path(f"/sys/class/net/{host[link]}/flags").read_text(), 16)
+        assert flags & 0x1 == 0, f"the {link} is still up"
 
     after = await driver.status()
     assert (after.ok, after.status) == (True, "off"), after.detail

@@ -18,6 +18,9 @@ def test_no_namespace_veth_cgroup_or_vnf_process_is_left() -> None:
     assert [n for n in netns if n.startswith(TEST_PREFIX)] == []
     links = _out("ip", "-o", "link", "show")
     assert [ln for ln in links.splitlines() if f" {TEST_PREFIX}" in ln] == []
+    tables = [ln for ln in _out("nft", "list", "tables").splitlines()
+              if ln.split()[-1:] and ln.split()[-1].startswith(f"nfvha_{TEST_PREFIX}")]
+    assert tables == []  # the testbeds' data/management separation, in the root netns
     cgroups = [p for p in Path("/sys/fs/cgroup").glob(f"**/{TEST_PREFIX}*") if p.is_dir()]
     assert cgroups == []
     assert not list(Path("/run/nfvha-test").glob("testbed-*"))

@@ -118,11 +118,26 @@ def cmd_manager(args: argparse.Namespace) -> int:
                         forwarder_url=args.forwarder, liveness_listen=(host, int(port)),
                         fencers=load_fence_config(args.fence_config) if args.fence_config
                         else {}, max_body=args.max_body,
-                        vnf_network=args.vnf_network)
+                        vnf_network=args.vnf_network,
+                        reserved_addresses=_reserved(args.reserve_address))
     # Dashboard streams end at a stop by themselves (app.state.on_stop); a request
     # still open after this is cut short rather than hold the stop up.
     return _serve(create_manager_app(Manager(SqliteStore(args.db), cfg)), args,
                   shutdown_timeout=3)
+
+
+def _reserved(items: list[str]) -> dict[str, str]:
+    """``ADDRESS[=HOLDER]`` options as a mapping, each address checked."""
+    import ipaddress
+
+    out: dict[str, str] = {}
+    for item in items:
+        addr, _, holder = item.partition("=")
+        try:
+            out[str(ipaddress.IPv4Address(addr.strip()))] = holder.strip() or "nfvha"
+        except ValueError as exc:
+            raise NfvhaError(f"--reserve-address {item!r}: {exc}") from exc
+    return out
 
 
 def cmd_forwarder(args: argparse.Namespace) -> int:
@@ -180,7 +195,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         tb = Testbed(name=args.name, n_hosts=args.hosts, with_manager=True,
-                     with_forwarder=True, subnet=args.subnet, fencing=not args.no_fencing)
+                     with_forwarder=True, subnet=args.subnet, mgmt_subnet=args.mgmt_subnet,
+                     fencing=not args.no_fencing)
         await tb.up()
         info = {"manager_url": tb.manager_url, "token_file": str(tb.token_file),
                 "dashboard_url": f"{tb.manager_url}/#token={tb.token}",
@@ -351,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("agent", help="run the compute-node agent (HTTP API)")
     a.add_argument("--host-id", required=True)
-    a.add_argument("--listen", default="0.0.0.0:8700", help="ADDRESS:PORT")
+    a.add_argument("--listen", default="0.0.0.0:8700",
+                   help="ADDRESS:PORT: give the management address (the guard's UDP port "
+                        "follows it), so that no VNF reaches the API (docs/security.md)")
     a.add_argument("--advertise-url", default=None)
     a.add_argument("--bridge", default="br0", help="bridge the VNF veths join")
     a.add_argument("--state-dir", default="/var/lib/nfvha/agent")
@@ -413,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request body accepted (413 beyond, before it is read)")
     m.add_argument("--vnf-network", default=None, metavar="CIDR",
                    help="the data network VNF addresses must lie in (default: any)")
+    m.add_argument("--reserve-address", action="append", default=[],
+                   metavar="ADDRESS[=HOLDER]",
+                   help="a data network address nfvha holds (a router, the forwarder's "
+                        "data side), refused to VNFs; repeatable")
     m.set_defaults(func=cmd_manager)
 
     f = sub.add_parser("forwarder", help="run the steering forwarder (packet log, replay)")
@@ -444,7 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = client("up", "start a testbed with a manager and agents in the background")
     c.add_argument("--hosts", type=int, default=3)
     c.add_argument("--subnet", default="10.250.0.0/16",
-                   help="testbed network (hosts .0.x, VNFs .1.x, service addresses .2.x)")
+                   help="data network (gateway .0.1, forwarder .0.5, VNFs .1.x, service "
+                        "addresses .2.x)")
+    c.add_argument("--mgmt-subnet", default=None, metavar="CIDR",
+                   help="management network: manager .1, forwarder API .5, hosts .11 up "
+                        "(default: 172.31.X.0/24, X the data subnet's second octet)")
     c.add_argument("--no-fencing", action="store_true",
                    help="no STONITH driver: lost hosts are waited out (their lease)")
     c.set_defaults(func=cmd_up)

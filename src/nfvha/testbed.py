@@ -1,14 +1,23 @@
-"""Emulated hosts on one machine: network namespaces on a shared bridge, one agent each.
+"""Emulated hosts on one machine: network namespaces on two bridges, one agent each.
 
 Layout for a testbed named ``T`` with N hosts (all names derive from ``T``, so a
 teardown after an interrupted run finds everything by prefix alone)::
 
-    root netns:   bridge T-br (10.250.0.1/16)  ── veth T-h1 ─┐
-    netns T-h1:   eth0 ─ bridge br0 (10.250.0.11/16), agent on :8700
+    root netns:   T-mg  management bridge (172.31.X.1/24): manager :8600 (HTTP, UDP)
+                  T-br  data bridge (10.X.0.1/16): test clients, the manager's probes
+    netns T-h1:   mgmt0 (172.31.X.11/24) ─ veth T-h1m ─ T-mg: agent :8700, guard (UDP)
+                  eth0 ─ veth T-h1 ─ T-br, in bridge br0 (no address)
                   └── veth nv… ── netns T-h1-<instance> (the VNF's eth0, its IP and MAC)
+    netns T-in:   mgmt0 (172.31.X.5) ─ T-i0m ─ T-mg: forwarder control API :8800
+                  eth0 (10.X.0.5/16 and the service addresses) ─ T-i0 ─ T-br
     cgroup T/h1:  agent/ (the agent)   vnf/<instance>/ (each VNF)
 
-A host crash is a power loss: its uplink veth is deleted first, so nothing it sends
+The two networks are separate subnets and nothing routes between them; in every
+namespace on both (root, ingress, hosts) the table ``ip nfvha_T`` drops what arrives
+from the data side for a management address, since Linux accepts a packet for any
+of its own addresses on any interface. A VNF therefore reaches no control port.
+
+A host crash is a power loss: its uplinks are deleted first, so nothing it sends
 afterwards reaches anyone, then every process in its cgroup is killed.
 """
 
@@ -44,18 +53,29 @@ AGENT_PORT = 8700
 MANAGER_PORT = 8600
 FORWARDER_PORT = 8800
 DEFAULT_SUBNET = "10.250.0.0/16"
+#: Removes a table whether or not it exists (nft < 1.0.8 has no ``destroy``), in one
+#: transaction with what follows: a table an interrupted run left is replaced, not added to.
+_DROP_TABLE = "add table ip {table}\ndelete table ip {table}\n"
+#: Inside each emulated host and the ingress host: the interface on the management network.
+MGMT_IFNAME = "mgmt0"
 
 
 @dataclass
 class TestbedHost:
     host_id: str
     netns: str
-    uplink: str  # root-side veth end, on the shared bridge
-    address: str  # agent's IP
+    uplink: str  # root-side veth end on the data bridge
+    address: str  # the agent's (and its guard's) IP, on the management network
     url: str
     cgroup: str
     agent_pid: int | None = None
     state: str = "up"  # up | crashed | partitioned
+    mgmt_uplink: str = ""  # root-side veth end on the management bridge
+
+    @property
+    def uplinks(self) -> list[str]:
+        """Both of the host's links: a crash, a partition or a fence cuts them all."""
+        return [link for link in (self.uplink, self.mgmt_uplink) if link]
 
 
 @dataclass
@@ -67,6 +87,8 @@ class Testbed:
     name: str = "nfvha"
     n_hosts: int = 3
     subnet: str = DEFAULT_SUBNET
+    #: The management network (None: 172.31.X.0/24, X the data subnet's second octet).
+    mgmt_subnet: str | None = None
     state_dir: Path = Path("/run/nfvha")
     agent_args: list[str] = field(default_factory=list)
     with_manager: bool = False
@@ -93,19 +115,48 @@ class Testbed:
         net = ipaddress.ip_network(self.subnet)
         self._hosts_base = net.network_address
         self.prefixlen = net.prefixlen
+        if self.mgmt_subnet is None:
+            self.mgmt_subnet = f"172.31.{int(net.network_address.packed[1])}.0/24"
+        mgmt = ipaddress.ip_network(self.mgmt_subnet)
+        if not isinstance(mgmt, ipaddress.IPv4Network) or mgmt.num_addresses < 256:
+            raise ConfigError(f"management subnet {mgmt}: use an IPv4 /24 or larger")
+        if mgmt.overlaps(net):
+            raise ConfigError(f"management subnet {mgmt} overlaps the data subnet {net}; "
+                              "they must be apart, so that nothing routes between them")
+        self._mgmt_base = mgmt.network_address
+        self.mgmt_prefixlen = mgmt.prefixlen
 
     # -- names and addresses -------------------------------------------------------------
 
     @property
     def bridge(self) -> str:
+        """The data bridge: VNF sandboxes, the forwarder's data side, test clients."""
         return f"{self.name}-br"
 
     @property
+    def mgmt_bridge(self) -> str:
+        """The management bridge: manager, agents, guards, the forwarder's control API."""
+        return f"{self.name}-mg"
+
+    @property
     def gateway(self) -> str:
+        """The root netns on the data network (test clients and backends live here)."""
         return str(self._hosts_base + 1)
 
+    @property
+    def mgmt_gateway(self) -> str:
+        """The root netns on the management network: where the manager listens."""
+        return str(self._mgmt_base + 1)
+
     def host_address(self, i: int) -> str:
-        return str(self._hosts_base + 10 + i)
+        """Host i's management address: its agent and guard listen there only."""
+        return str(self._mgmt_base + 10 + i)
+
+    @property
+    def nft_table(self) -> str:
+        """The nftables table (family ``ip``) of this testbed, in every netns on both
+        networks. Names hold letters, digits and ``-``; nft names take ``_`` instead."""
+        return "nfvha_" + self.name.replace("-", "_")
 
     def vnf_address(self, i: int) -> str:
         """The i-th VNF address of this testbed (10.250.1.i for the default subnet)."""
@@ -117,11 +168,16 @@ class Testbed:
 
     @property
     def ingress_address(self) -> str:
+        """The ingress host on the data network (service addresses are added beside it)."""
         return str(self._hosts_base + 5)
 
     @property
+    def ingress_mgmt_address(self) -> str:
+        return str(self._mgmt_base + 5)
+
+    @property
     def forwarder_url(self) -> str:
-        return f"http://{self.ingress_address}:{FORWARDER_PORT}"
+        return f"http://{self.ingress_mgmt_address}:{FORWARDER_PORT}"
 
     def service_address(self, i: int) -> str:
         """The i-th service address the forwarder owns (10.250.2.i by default)."""
@@ -129,7 +185,7 @@ class Testbed:
 
     @property
     def manager_url(self) -> str:
-        return f"http://{self.gateway}:{MANAGER_PORT}"
+        return f"http://{self.mgmt_gateway}:{MANAGER_PORT}"
 
     @property
     def token_file(self) -> Path:
@@ -160,7 +216,10 @@ class Testbed:
         self.token_file.write_text(self.token)
         self.token_file.chmod(0o600)
         try:
+            await self.net.create_bridge(self.mgmt_bridge,
+                                         address=f"{self.mgmt_gateway}/{self.mgmt_prefixlen}")
             await self.net.create_bridge(self.bridge, address=f"{self.gateway}/{self.prefixlen}")
+            await self._separate(None, self.bridge)
             if self.with_forwarder:
                 await self._add_ingress()
             if self.with_manager:
@@ -176,31 +235,57 @@ class Testbed:
             raise
 
     async def _add_host(self, i: int) -> None:
+        """A host's management interface carries its agent and guard; its data side is
+        bridge ``br0`` without an address, which only joins its VNFs to the data bridge."""
         hid = f"h{i}"
         addr = self.host_address(i)
         h = TestbedHost(host_id=hid, netns=f"{self.name}-{hid}", uplink=f"{self.name}-{hid}",
                         address=addr, url=f"http://{addr}:{AGENT_PORT}",
-                        cgroup=f"{self.name}/{hid}")
+                        cgroup=f"{self.name}/{hid}", mgmt_uplink=f"{self.name}-{hid}m")
         self.hosts[hid] = h
         await self.net.create_netns(h.netns)
+        await self.net.create_veth(h.mgmt_uplink, f"{self.name}-u{i}", peer_netns=h.netns,
+                                   peer_name_after_move=MGMT_IFNAME, master=self.mgmt_bridge,
+                                   peer_address=f"{addr}/{self.mgmt_prefixlen}")
         await self.net.create_veth(h.uplink, f"{self.name}-t{i}", peer_netns=h.netns,
                                    peer_name_after_move="eth0", master=self.bridge)
-        await self.net.create_bridge("br0", netns=h.netns, address=f"{addr}/{self.prefixlen}")
+        await self.net.create_bridge("br0", netns=h.netns)
         await _ip("-n", h.netns, "link", "set", "eth0", "master", "br0")
-        await _ip("-n", h.netns, "route", "replace", "default", "via", self.gateway)
+        await self._separate(h.netns, "br0")
         self.cgroups.cgroup(f"{h.cgroup}/agent").create(CgroupLimits())
         h.agent_pid = self._start_agent(h)
+
+    async def _separate(self, netns: str | None, data_side: str) -> None:
+        """Drop whatever arrives from the data side for a management address, delivered
+        or routed. Separate subnets are not enough in a netns on both networks: Linux
+        takes a packet for any of its addresses on any interface, so a VNF that routes
+        the management subnet through such a netns (it may: it is root in its own)
+        would reach the daemons there. ``iifname`` is the bridge for what the netns
+        itself receives; frames the bridge only passes between its ports (VNF traffic,
+        with br_netfilter) name a port and are not touched."""
+        table, mgmt = self.nft_table, self.mgmt_subnet
+        rules = _DROP_TABLE.format(table=table) + (f"table ip {table} {{\n"
+                 f"  chain input {{ type filter hook input priority filter; policy accept;\n"
+                 f"    iifname \"{data_side}\" ip daddr {mgmt} counter drop\n  }}\n"
+                 f"  chain forward {{ type filter hook forward priority filter; policy accept;\n"
+                 f"    iifname \"{data_side}\" ip daddr {mgmt} counter drop\n  }}\n}}\n")
+        await _nft(rules, netns)
 
     async def _add_ingress(self) -> None:
         """The ingress host: the steering forwarder owns service addresses there."""
         ns = self.ingress_netns
         await self.net.create_netns(ns)
+        await self.net.create_veth(f"{self.name}-i0m", f"{self.name}-i1m", peer_netns=ns,
+                                   peer_name_after_move=MGMT_IFNAME, master=self.mgmt_bridge,
+                                   peer_address=f"{self.ingress_mgmt_address}/"
+                                                f"{self.mgmt_prefixlen}")
         await self.net.create_veth(f"{self.name}-i0", f"{self.name}-i1", peer_netns=ns,
                                    peer_name_after_move="eth0", master=self.bridge,
                                    peer_address=f"{self.ingress_address}/{self.prefixlen}")
+        await self._separate(ns, "eth0")
         self.cgroups.cgroup(f"{self.name}/forwarder").create(CgroupLimits())
         args = [sys.executable, "-m", "nfvha", "forwarder",
-                "--listen", f"{self.ingress_address}:{FORWARDER_PORT}",
+                "--listen", f"{self.ingress_mgmt_address}:{FORWARDER_PORT}",
                 "--token-file", str(self.token_file), "--interface", "eth0",
                 "--prefixlen", str(self.prefixlen)]
         self._spawn(args, "forwarder", f"{self.name}/forwarder", ns)
@@ -223,12 +308,18 @@ class Testbed:
         self.fence_config.write_text(yaml.safe_dump(cfg))
 
     def start_manager(self) -> int:
-        """The manager runs in the root netns, reachable by every host at the gateway."""
+        """The manager runs in the root netns and listens on its management address; its
+        health probes reach the VNFs from the root's data address."""
         if self.fencing:
             self._write_fence_config()
+        reserved = [f"{self.gateway}=the testbed's data gateway",
+                    *([f"{self.ingress_address}=the steering forwarder (its data side)"]
+                      if self.with_forwarder else [])]
         args = [sys.executable, "-m", "nfvha", "manager",
-                "--listen", f"{self.gateway}:{MANAGER_PORT}", "--db", str(self.dir / "manager.db"),
+                "--listen", f"{self.mgmt_gateway}:{MANAGER_PORT}",
+                "--db", str(self.dir / "manager.db"),
                 "--token-file", str(self.token_file), "--vnf-network", self.subnet,
+                *[arg for r in reserved for arg in ("--reserve-address", r)],
                 *(["--forwarder", self.forwarder_url] if self.with_forwarder else []),
                 *(["--fence-config", str(self.fence_config)] if self.fencing else []),
                 *self.manager_args]
@@ -368,7 +459,8 @@ class Testbed:
     async def crash_host(self, host_id: str) -> None:
         """Power loss: cut the host's links first, then kill every process of it."""
         h = self.host(host_id)
-        await self.net.delete_link(h.uplink)
+        for link in h.uplinks:
+            await self.net.delete_link(link)
         await asyncio.to_thread(self.cgroups.cgroup(h.cgroup).kill_all)
         h.state = "crashed"
         h.agent_pid = None
@@ -379,7 +471,8 @@ class Testbed:
         h = self.host(host_id)
         for ns in [h.netns, *await self.net.list_netns(f"{h.netns}-")]:
             await self.net.delete_netns(ns)
-        await self.net.delete_link(h.uplink)
+        for link in h.uplinks:
+            await self.net.delete_link(link)
         root = self.cgroups.cgroup(h.cgroup)
         await asyncio.to_thread(root.delete)
         # /run is a tmpfs on a real host: what the guard kept there (its lease, in
@@ -390,9 +483,15 @@ class Testbed:
         await self.wait_ready()
 
     async def partition_host(self, host_id: str, cut: bool = True) -> None:
-        """Cut (or restore) the host's links; its processes keep running."""
+        """Cut (or restore) the host's links; its processes keep running.
+
+        Both networks are cut, as when a host's switch or uplink bond fails: the host
+        looks dead to the manager and its peers (management) and its VNFs serve nobody
+        (data), so a copy restored elsewhere is the only one clients reach while the
+        isolated one waits for its lease to run out."""
         h = self.host(host_id)
-        await self.net.set_link_up(h.uplink, not cut)
+        for link in h.uplinks:
+            await self.net.set_link_up(link, not cut)
         h.state = "partitioned" if cut else "up"
         self._save()
 
@@ -415,6 +514,10 @@ class Testbed:
             await asyncio.to_thread(root.delete)
         except NfvhaError as exc:
             errors.append(str(exc))
+        try:
+            await _nft(_DROP_TABLE.format(table=self.nft_table), None)
+        except NfvhaError as exc:
+            errors.append(str(exc))
         _unmount_below(self.dir)  # a CRIU dump killed mid-way leaves its proc mount
         shutil.rmtree(self.dir, ignore_errors=True)
         self.hosts.clear()
@@ -424,7 +527,8 @@ class Testbed:
     # -- persistence (so the CLI can act on a testbed another process made) --------------
 
     def _save(self) -> None:
-        data = {"name": self.name, "subnet": self.subnet, "n_hosts": self.n_hosts,
+        data = {"name": self.name, "subnet": self.subnet, "mgmt_subnet": self.mgmt_subnet,
+                "n_hosts": self.n_hosts,
                 "with_manager": self.with_manager, "manager_pid": self.manager_pid,
                 "agent_restart_delay": self.agent_restart_delay, "fencing": self.fencing,
                 "with_forwarder": self.with_forwarder,
@@ -442,7 +546,8 @@ class Testbed:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"no testbed {name} is up ({path}: {exc}); "
                               "start one with `nfvha up` or `nfvha testbed up`") from exc
-        tb = cls(name=name, state_dir=state_dir, subnet=data["subnet"])
+        tb = cls(name=name, state_dir=state_dir, subnet=data["subnet"],
+                 mgmt_subnet=data.get("mgmt_subnet"))
         tb.n_hosts = data["n_hosts"]
         tb.with_manager = data.get("with_manager", False)
         tb.manager_pid = data.get("manager_pid")
@@ -455,6 +560,8 @@ class Testbed:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "bridge": self.bridge, "gateway": self.gateway,
+                "mgmt_bridge": self.mgmt_bridge, "mgmt_gateway": self.mgmt_gateway,
+                "subnet": self.subnet, "mgmt_subnet": self.mgmt_subnet,
                 "manager_url": self.manager_url if self.with_manager else None,
                 "forwarder_url": self.forwarder_url if self.with_forwarder else None,
                 "token_file": str(self.token_file),
@@ -467,6 +574,28 @@ async def _ip(*args: str) -> None:
     _, err = await proc.communicate()
     if proc.returncode != 0:
         raise NfvhaError(f"ip {' '.join(args)}: {err.decode().strip()}")
+
+
+async def _nft(rules: str, netns: str | None, timeout: float = 10.0) -> None:
+    """Load an nft script (on stdin) in ``netns`` (None: the root netns)."""
+    argv = ["nft", "-f", "-"] if netns is None else ["ip", "netns", "exec", netns,
+                                                      "nft", "-f", "-"]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+    except FileNotFoundError as exc:
+        raise NfvhaError(f"cannot run {argv[0]}: {exc}; install nftables (the testbed "
+                         "separates its networks with it)") from exc
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(rules.encode()), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise NfvhaError(f"nft in {netns or 'the root netns'} did not finish within "
+                         f"{timeout:g}s") from None
+    if proc.returncode != 0:
+        raise NfvhaError(f"nft in {netns or 'the root netns'}: {err.decode().strip()}")
 
 
 def _setns(fd: int) -> None:

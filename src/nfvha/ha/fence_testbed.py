@@ -28,7 +28,7 @@ _DEFAULTS = {"testbed": "nfvha", "state_dir": "/run/nfvha"}
 
 _METADATA = f"""<?xml version="1.0" ?>
 <resource-agent name="{AGENT_NAME}" shortdesc="Fence agent for nfvha emulated testbed hosts">
-<longdesc>Takes a testbed host's uplink down and SIGKILLs every process in its cgroup, as a
+<longdesc>Takes a testbed host's uplinks down and SIGKILLs every process in its cgroup, as a
 switch-port shutdown plus a power cut would. Power-on is `nfvha testbed revive`.</longdesc>
 <parameters>
 	<parameter name="action" unique="0" required="1">
@@ -162,14 +162,18 @@ def _kill_cgroup(path: str, timeout: float = 5.0) -> None:
         raise _Failed(f"{len(left)} process(es) of the host survived SIGKILL (state D?)")
 
 
+def _uplinks(host: dict[str, Any]) -> list[str]:
+    """The host's data uplink and, where the testbed has one, its management uplink."""
+    return [link for link in (host["uplink"], host.get("mgmt_uplink")) if link]
+
+
 def _is_off(host: dict[str, Any]) -> bool:
-    return not _link_up(host["uplink"]) and not _cgroup_pids(host["cgroup"])
+    return (not any(_link_up(link) for link in _uplinks(host))
+            and not _cgroup_pids(host["cgroup"]))
 
 
-def _off(host: dict[str, Any]) -> None:
-    """Cut the network first, so nothing the host does while dying reaches its peers.
-    The link goes down through sysfs (IFF_UP cleared): no ``ip`` process to start."""
-    uplink = host["uplink"]
+def _cut(uplink: str) -> None:
+    """The link goes down through sysfs (IFF_UP cleared): no ``ip`` process to start."""
     flags = Path(f"/sys/class/net/{uplink}/flags")
     try:
         flags.write_text(hex(int(flags.read_text(), 16) & ~_IFF_UP))
@@ -182,6 +186,13 @@ def _off(host: dict[str, Any]) -> None:
                               text=True, timeout=5, check=False)
         if done.returncode != 0 and _link_up(uplink):
             raise _Failed(f"ip link set {uplink} down: {done.stderr.strip()}") from None
+
+
+def _off(host: dict[str, Any]) -> None:
+    """Cut the networks first (management and data, as a switch-port shutdown of both
+    would), so nothing the host does while dying reaches its peers or clients."""
+    for uplink in _uplinks(host):
+        _cut(uplink)
     _kill_cgroup(host["cgroup"])
     if not _is_off(host):
         raise _Failed("Failed: Timed out waiting to power OFF")

@@ -97,6 +97,9 @@ class ManagerConfig:
     max_body: int = DEFAULT_MAX_BODY
     #: The data network (CIDR) every VNF address must lie in; None: any.
     vnf_network: str | None = None
+    #: Data network addresses nfvha's own parts hold, with who holds them: with the
+    #: daemons on a separate management network, their URLs no longer name them.
+    reserved_addresses: Mapping[str, str] = field(default_factory=dict)
     #: Finished operation occurrences kept per VNF, and for how long at most (s).
     ops_per_vnf: int = 100
     ops_max_age: float = 30 * 86400.0
@@ -1598,6 +1601,8 @@ class Manager:
         if self.cfg.liveness_listen is not None:
             with contextlib.suppress(ValueError):
                 held[ipaddress.IPv4Address(self.cfg.liveness_listen[0])] = "the manager"
+        for reserved, holder in self.cfg.reserved_addresses.items():
+            held[ipaddress.IPv4Address(reserved)] = holder
         for h in self.store.list("host"):
             with contextlib.suppress(ValueError, TypeError):
                 held[ipaddress.IPv4Address(httpx.URL(str(h.data.get("url"))).host)] = \
