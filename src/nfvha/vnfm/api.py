@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import yaml
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -30,6 +30,7 @@ from nfvha.vim.api import problem
 from nfvha.vnfm.dashboard import dashboard_router
 from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from nfvha.vnfm.reports import HOST_ID, AgentEvent, HostStatusReport
 from nfvha.vnfm.subscriptions_api import subscriptions_router
 from nfvha.web import BodyLimit, token_matches
 
@@ -194,12 +195,13 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     # -- agents talk to these -----------------------------------------------------------
 
     @app.post("/nfvha/v1/hosts/{host_id}/heartbeat", dependencies=auth)
-    async def heartbeat(host_id: str, request: Request) -> dict[str, Any]:
-        return manager.heartbeat(host_id, await request.json())
+    async def heartbeat(body: HostStatusReport,
+                        host_id: str = Path(pattern=HOST_ID)) -> dict[str, Any]:
+        return manager.heartbeat(host_id, body.as_dict())
 
     @app.post("/nfvha/v1/events", dependencies=auth, status_code=204)
-    async def event(request: Request) -> None:
-        manager.event(await request.json())
+    async def event(body: AgentEvent) -> None:
+        manager.event(body.as_dict())
 
     @app.get("/nfvha/v1/hosts", dependencies=auth)
     async def hosts() -> list[dict[str, Any]]:
