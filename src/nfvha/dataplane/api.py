@@ -7,12 +7,12 @@ import ipaddress
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from nfvha.dataplane.forwarder import Forwarder, ServiceSpec
 from nfvha.errors import HostNetworkError
@@ -23,12 +23,23 @@ from nfvha.web import BodyLimit, token_matches
 __all__ = ["create_forwarder_app"]
 
 
+def _ipv4(v: str) -> str:
+    """Parsed when the body arrives: later (binding, sending) a bad one was a 500."""
+    try:
+        return str(ipaddress.IPv4Address(v))
+    except ValueError as exc:
+        raise ValueError(f"is not an IPv4 address: {exc}") from None
+
+
+IPv4 = Annotated[str, AfterValidator(_ipv4)]
+
+
 class ServiceBody(BaseModel):
     name: str
-    listen_ip: str | None = Field(default=None, description="chain head: service address")
+    listen_ip: IPv4 | None = Field(default=None, description="chain head: service address")
     after: str | None = Field(default=None, description="chain member: previous service")
     port: int = Field(ge=1, le=65535)
-    target_ip: str
+    target_ip: IPv4
     exactly_once: bool = False
     max_log_bytes: int = Field(default=64 * 2**20, ge=4096)
     max_log_age: float = Field(default=60.0, gt=0)
@@ -42,10 +53,12 @@ class _Unauthorized(Exception):
     pass
 
 
-def create_forwarder_app(token: str, *, interface: str = "eth0",
-                         prefixlen: int = 16) -> FastAPI:
+def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int = 16,
+                         net: HostNetwork | None = None) -> FastAPI:
+    """Build the app; ``net`` is the host network it takes service addresses on (tests
+    pass one that touches nothing)."""
     fwd = Forwarder()
-    net = HostNetwork()
+    net = net or HostNetwork()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -93,7 +106,6 @@ def create_forwarder_app(token: str, *, interface: str = "eth0",
             return problem(422, "Invalid service", "give exactly one of listen_ip (a chain "
                            "head) and after (the service this one follows)")
         if body.listen_ip is not None:
-            ipaddress.IPv4Address(body.listen_ip)
             owned = {a.split("/")[0] for _, a in await net.addresses()}
             if body.listen_ip not in owned:
                 try:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from nfvha.errors import (
     AddressInUse,
@@ -33,7 +33,7 @@ from nfvha.errors import (
 )
 from nfvha.vim.agent import Agent
 from nfvha.vim.transfer import receive_checkpoint_tar
-from nfvha.web import BodyLimit, token_matches
+from nfvha.web import BodyLimit, http_url, token_matches
 
 __all__ = ["create_app", "problem"]
 
@@ -64,8 +64,12 @@ class CreateInstance(BaseModel):
     instance_id: str | None = None
 
 
+PeerUrl = Annotated[str, Field(max_length=2048), AfterValidator(http_url)]
+
+
 class PushRequest(BaseModel):
-    peer_url: str = Field(description="base URL of the peer agent, e.g. http://10.250.0.12:8700")
+    peer_url: PeerUrl = Field(description="base URL of the peer agent, e.g. "
+                              "http://10.250.0.12:8700")
 
 
 class CheckpointRequest(BaseModel):
@@ -223,7 +227,7 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
         return {"ok": await agent.exec_probe(instance_id)}
 
     @app.get("/v1/probe", dependencies=auth)
-    async def probe(url: str, timeout: float = 0.2) -> dict[str, Any]:
+    async def probe(url: Annotated[PeerUrl, Query()], timeout: float = 0.2) -> dict[str, Any]:
         return {"url": url, "reachable": await agent.probe_peer(url, min(timeout, 5.0))}
 
     @app.post("/v1/fence", dependencies=auth)

@@ -8,32 +8,16 @@ are kept as sent, for the dashboard and ``GET /nfvha/v1/hosts``.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from nfvha.vim.agent import InstanceState
+from nfvha.web import http_url
 
-__all__ = ["HOST_ID", "AgentEvent", "HostStatusReport", "InstanceReport", "http_url"]
+__all__ = ["HOST_ID", "AgentEvent", "HostStatusReport", "InstanceReport"]
 
 #: Host ids name network namespaces and cgroups (``nfvha-<host>-…``): short, no spaces.
 HOST_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-
-
-def http_url(v: str) -> str:
-    """An absolute http(s) URL of printable ASCII: it is stored and later called (an
-    agent's URL), so a value no HTTP client can use is refused when it arrives."""
-    if not v.isascii() or not v.isprintable() or " " in v:
-        raise ValueError("must be printable ASCII without spaces")
-    try:
-        parts = urlsplit(v)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        raise ValueError(f"is not a URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an absolute http:// or https:// URL, e.g. "
-                         "http://10.250.0.11:8700")
-    return v
 
 
 HttpUrl = Annotated[str, Field(max_length=2048), AfterValidator(http_url)]
