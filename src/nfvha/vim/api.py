@@ -33,7 +33,7 @@ from nfvha.errors import (
 )
 from nfvha.vim.agent import Agent
 from nfvha.vim.transfer import receive_checkpoint_tar
-from nfvha.web import BodyLimit, http_url, token_matches
+from nfvha.web import BodyLimit, http_url, problem_responses, token_matches
 
 __all__ = ["create_app", "problem"]
 
@@ -98,7 +98,8 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
             if manage_lifecycle:
                 await agent.close(stop_instances=not agent.cfg.keep_vnfs_on_exit)
 
-    app = FastAPI(title="nfvha agent", version="1", lifespan=lifespan)
+    app = FastAPI(title="nfvha agent", version="1", lifespan=lifespan,
+                  responses=problem_responses(400, 401, 404, 409, 413, 422, 502))
     # Checkpoint images are streamed to disk (PUT /v1/checkpoints/...): never buffered.
     app.add_middleware(BodyLimit, stream=lambda scope: scope["method"] == "PUT"
                        and str(scope["path"]).startswith("/v1/checkpoints/"))
@@ -199,10 +200,19 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
         return {"instance_id": r.instance_id, "seq": r.seq, "bytes": r.bytes_sent,
                 "seconds": r.seconds, "peer": r.peer}
 
-    @app.put("/v1/checkpoints/{instance_id}/{seq}", dependencies=auth, status_code=201)
-    async def receive(instance_id: str, seq: int, request: Request) -> dict[str, Any]:
-        meta = await receive_checkpoint_tar(agent.store, request.stream(),
-                                            expect_instance=instance_id, expect_seq=seq)
+    @app.put("/v1/checkpoints/{instance_id}/{seq}", dependencies=auth, status_code=201,
+             response_model=None)
+    async def receive(instance_id: str, seq: int,
+                      request: Request) -> dict[str, Any] | JSONResponse:
+        try:
+            meta = await receive_checkpoint_tar(agent.store, request.stream(),
+                                                expect_instance=instance_id, expect_seq=seq)
+        except TransferError as exc:
+            if isinstance(exc.__cause__, OSError):
+                raise  # this host could not write it down
+            # The sender's stream is bad (truncated, not a tar, another checkpoint): its
+            # fault, not a failure of this agent to reach a peer (502).
+            return problem(400, "Bad checkpoint stream", str(exc))
         return meta.model_dump(mode="json")
 
     @app.post("/v1/instances/{instance_id}/restore", dependencies=auth, status_code=201)
