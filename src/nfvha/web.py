@@ -21,6 +21,7 @@ __all__ = [
     "BodyLimit",
     "http_url",
     "json_depth",
+    "problem_responses",
     "token_matches",
 ]
 
@@ -32,6 +33,27 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+#: RFC 7807 problem details, as every nfvha daemon answers a refusal.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["type", "title", "status", "detail"],
+    "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                   "status": {"type": "integer"}, "detail": {"type": "string"}}}
+_REASONS = {400: "Bad request: a parameter or the body is invalid (detail says which)",
+            401: "Missing or wrong bearer token", 404: "Not found",
+            409: "Conflict with the current state", 413: "Request body too large",
+            422: "Invalid request (a body nested too deeply, an invalid field or descriptor)",
+            502: "A peer could not be reached", 503: "Unavailable here"}
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for ``FastAPI(responses=...)``: the refusals an app answers,
+    as problem details (``application/problem+json``), so that clients and schemathesis
+    know the answers a request can get besides its success."""
+    return {c: {"description": _REASONS.get(c, "Refused"),
+                "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}}}
+            for c in codes}
 
 
 def token_matches(given: str, expected: str) -> bool:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, Field
@@ -18,7 +19,7 @@ from nfvha.dataplane.forwarder import Forwarder, ServiceSpec
 from nfvha.errors import HostNetworkError
 from nfvha.vim.api import problem
 from nfvha.vim.hostnet import HostNetwork
-from nfvha.web import BodyLimit, token_matches
+from nfvha.web import BodyLimit, problem_responses, token_matches
 
 __all__ = ["create_forwarder_app"]
 
@@ -67,7 +68,8 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
         finally:
             await fwd.close()
 
-    app = FastAPI(title="nfvha forwarder", lifespan=lifespan)
+    app = FastAPI(title="nfvha forwarder", lifespan=lifespan,
+                  responses=problem_responses(401, 404, 409, 413, 422))
     app.add_middleware(BodyLimit)
     app.state.forwarder = fwd
     bearer = HTTPBearer(auto_error=False)
@@ -81,6 +83,13 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
     @app.exception_handler(_Unauthorized)
     async def _unauth(_: Request, __: _Unauthorized) -> JSONResponse:
         return problem(401, "Unauthorized", "missing or wrong bearer token")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Problem details like the agent's, not FastAPI's own shape.
+        parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+                 for e in exc.errors()]
+        return problem(422, "Invalid request", "; ".join(parts))
 
     @app.exception_handler(KeyError)
     async def _missing(_: Request, exc: KeyError) -> JSONResponse:

@@ -32,7 +32,7 @@ from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from nfvha.vnfm.reports import HOST_ID, AgentEvent, HostStatusReport
 from nfvha.vnfm.subscriptions_api import subscriptions_router
-from nfvha.web import BodyLimit, token_matches
+from nfvha.web import BodyLimit, problem_responses, token_matches
 
 __all__ = ["create_manager_app"]
 
@@ -121,7 +121,8 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
 
     app = FastAPI(title="nfvha manager", version="1",
                   description="SOL003-shaped VNF LCM and FM with nfvha's HA module",
-                  lifespan=lifespan)
+                  lifespan=lifespan,
+                  responses=problem_responses(400, 401, 404, 409, 413, 422))
     app.add_middleware(BodyLimit, max_bytes=manager.cfg.max_body)
     bearer = HTTPBearer(auto_error=False)
 
