@@ -237,3 +237,18 @@ async def test_a_checkpoint_stream_that_is_not_one_is_the_senders_fault(
     r = await _ask(agent_app, "PUT", "/v1/checkpoints/fw-1/1", content=body)
     assert r.status_code == 400 and "stream" in r.json()["detail"], r.text
     assert await agent.list_checkpoints("fw-1") == []
+
+
+async def test_a_body_that_is_not_json_is_a_problem_like_any_refusal(agent_app: FastAPI) -> None:
+    """FastAPI's own refusals (a body it cannot parse, a method a path does not take) were
+    ``{"detail": ...}`` in application/json on the agent and the forwarder, not the
+    problem details their OpenAPI declares and clients read."""
+    for app, path in [(agent_app, "/v1/instances"), (_forwarder_app(), "/v1/services")]:
+        r = await _ask(app, "POST", path, content=b"\xff\x11N\xfe",
+                       headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "parsing the body" in r.json()["detail"]
+        r = await _ask(app, "PATCH", path)
+        assert r.status_code == 405 and r.json()["title"] == "Method Not Allowed", r.text
+        assert r.headers["allow"]  # kept from FastAPI's answer

@@ -7,6 +7,7 @@ import ipaddress
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -14,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nfvha.dataplane.forwarder import Forwarder, ServiceSpec
 from nfvha.errors import HostNetworkError
@@ -90,6 +92,13 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
         parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
                  for e in exc.errors()]
         return problem(422, "Invalid request", "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body it cannot parse, a method not taken) as problems.
+        r = problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
+        r.headers.update(exc.headers or {})  # a 405's Allow
+        return r
 
     @app.exception_handler(KeyError)
     async def _missing(_: Request, exc: KeyError) -> JSONResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request, Response
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nfvha.errors import (
     AddressInUse,
@@ -141,6 +143,13 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
             loc = ".".join(str(p) for p in e["loc"] if p != "body")
             parts.append(f"{loc or 'body'}: {e['msg']}")
         return problem(422, "Invalid request", "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body it cannot parse, a method not taken) as problems.
+        r = problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
+        r.headers.update(exc.headers or {})  # a 405's Allow
+        return r
 
     auth = [Depends(require_token)]
 
