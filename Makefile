@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps demo test soak lint bench clean-testbeds
+.PHONY: deps demo test soak fuzz lint bench clean-testbeds
 
 deps:
 	@bash scripts/setup.sh
@@ -20,6 +20,11 @@ test: deps
 SOAK_REPS ?= 20
 soak: deps
 	NFVHA_REPS=$(SOAK_REPS) $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_fencing.py $(PYTEST_ARGS)
+
+# Schemathesis against the three APIs with more examples per operation (make test: 10).
+FUZZ_EXAMPLES ?= 200
+fuzz: deps
+	NFVHA_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py $(PYTEST_ARGS)
 
 lint: deps
 	$(VENV)/bin/ruff check src tests examples benchmarks

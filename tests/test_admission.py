@@ -160,3 +160,76 @@ async def test_operation_occurrences_are_kept_bounded(api: Any) -> None:
 def test_json_depth_counts_brackets_outside_strings() -> None:
     assert json_depth(b'{"a": [1, {"b": "[[[["}]}') == 3
     assert json_depth(b'"\\"[["') == 0
+
+
+# -- what agents send: typed, a malformed report is a 400 and changes nothing ------------
+
+_RUNNING = {"id": "fw-1", "state": "RUNNING", "pid": 42}
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b"", "body"),  # was a JSONDecodeError: 500
+    (b"[]", "body"),
+    (json.dumps({"instances": "fw-1"}).encode(), "instances"),
+    (json.dumps({"instances": [{"state": "RUNNING"}]}).encode(), "instances.0.id"),
+    (json.dumps({"instances": [{**_RUNNING, "state": "DANCING"}]}).encode(),
+     "instances.0.state"),
+    (json.dumps({"url": "http://\u0000/"}).encode(), "url"),
+    (json.dumps({"url": "10.9.0.11:8700"}).encode(), "url"),
+    (json.dumps({"resources": {"mem_available_bytes": "lots"}}).encode(),
+     "resources.mem_available_bytes")])
+async def test_a_malformed_status_report_is_refused_and_changes_nothing(
+        api: Any, body: bytes, words: str) -> None:
+    """A report is stored as the host's status and read by placement and reconciliation:
+    one the manager cannot read must be refused when it arrives, not break them later."""
+    m, http = api
+    r = await http.post("/nfvha/v1/hosts/h2/heartbeat", content=body,
+                        headers={"content-type": "application/json"})
+    assert r.status_code == 400 and words in r.json()["detail"], r.text
+    assert m.store.find("host", "h2") is None and "h2" not in m.host_status
+    # Placement still works: the onboarded VNF is placed (on no host: 409, not a 500).
+    r = await _instantiate(http, "fw", "10.9.1.10/16")
+    assert r.status_code < 500, r.text
+
+
+async def test_a_status_report_keeps_what_the_agent_sent(api: Any) -> None:
+    m, http = api
+    report = {"host_id": "h2", "url": "http://10.9.0.12:8700", "started_at": 100.0,
+              "time": 1.0, "instances": [{**_RUNNING, "netns": "nfvha-h2-fw-1"}],
+              "resources": {"load1": 0.5, "mem_available_bytes": 2**30}}
+    r = await http.post("/nfvha/v1/hosts/h2/heartbeat", json=report)
+    assert r.status_code == 200 and r.json()["need_full"] is False, r.text
+    assert m.host_status["h2"] == report
+    assert m.store.get("host", "h2").data["url"] == "http://10.9.0.12:8700"
+    r = await http.post("/nfvha/v1/hosts/h2/heartbeat",
+                        json={"started_at": 100.0, "time": 2.0, "full": False})
+    assert r.status_code == 200 and m.host_status["h2"]["time"] == 2.0
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b"", "body"), (b"[]", "body"),
+    (json.dumps({"type": "instance-exit"}).encode(), "host_id"),  # was a KeyError: 500
+    (json.dumps({"type": "instance-exit", "host_id": "h1",
+                 "instance": {"id": "fw-1"}}).encode(), "instance.state"),
+    (json.dumps({"type": "reboot", "host_id": "h1", "instance": _RUNNING}).encode(), "type")])
+async def test_a_malformed_event_is_refused(api: Any, body: bytes, words: str) -> None:
+    _, http = api
+    r = await http.post("/nfvha/v1/events", content=body,
+                        headers={"content-type": "application/json"})
+    assert r.status_code == 400 and words in r.json()["detail"], r.text
+
+
+async def test_an_exit_event_is_acted_on(api: Any) -> None:
+    """The typed event still reaches the manager: the exit of an ACTIVE VNF on its host
+    is a failure to recover."""
+    m, http = api
+    m.store.put("vnf", "nat", {"id": "nat", "haState": "ACTIVE", "host": "h1", "pid": 42,
+                               "vnfd": vnfd("nat", "10.9.1.20/16")})
+    r = await http.post("/nfvha/v1/events", json={
+        "type": "instance-exit", "host_id": "h1", "at": 5.0,
+        "instance": {"id": "nat", "state": "EXITED", "pid": 42,
+                     "exit": {"code": 1, "reason": "exit code 1", "at": 4.5}}})
+    assert r.status_code == 204, r.text
+    failure = m.runtime["nat"].failure
+    assert failure is not None and failure[0] == "process-exit" and m.runtime["nat"].failed_at \
+        == 4.5

@@ -13,8 +13,17 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit
 
-__all__ = ["DEFAULT_MAX_BODY", "DEFAULT_MAX_DEPTH", "BodyLimit", "json_depth", "token_matches"]
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_DEPTH",
+    "BodyLimit",
+    "http_url",
+    "json_depth",
+    "problem_responses",
+    "token_matches",
+]
 
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: a VNFD is a few KiB (Kubernetes caps at 3 MiB)
 DEFAULT_MAX_DEPTH = 32  # no nfvha document nests deeper than about 6
@@ -26,11 +35,49 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+#: RFC 7807 problem details, as every nfvha daemon answers a refusal.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["type", "title", "status", "detail"],
+    "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                   "status": {"type": "integer"}, "detail": {"type": "string"}}}
+_REASONS = {400: "Bad request: a parameter or the body is invalid (detail says which)",
+            401: "Missing or wrong bearer token", 404: "Not found",
+            409: "Conflict with the current state", 413: "Request body too large",
+            422: "Invalid request (a body nested too deeply, an invalid field or descriptor)",
+            502: "A peer could not be reached", 503: "Unavailable here"}
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for ``FastAPI(responses=...)``: the refusals an app answers,
+    as problem details (``application/problem+json``), so that clients and schemathesis
+    know the answers a request can get besides its success."""
+    return {c: {"description": _REASONS.get(c, "Refused"),
+                "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}}}
+            for c in codes}
+
+
 def token_matches(given: str, expected: str) -> bool:
     """Constant-time comparison of bearer tokens. ``hmac.compare_digest`` refuses str
     with non-ASCII characters (a TypeError, i.e. a 500): compare their UTF-8 bytes."""
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
                                expected.encode("utf-8", "surrogateescape"))
+
+
+def http_url(v: str) -> str:
+    """An absolute http(s) URL of printable ASCII, for URLs a daemon is given and later
+    calls (an agent's, a peer's to push to or probe): one no HTTP client can use (httpx
+    raises InvalidURL, not an HTTPError, for a control character) is refused on arrival."""
+    if not v.isascii() or not v.isprintable() or " " in v:
+        raise ValueError("must be printable ASCII without spaces")
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise ValueError(f"is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL, e.g. "
+                         "http://10.250.0.11:8700")
+    return v
 
 
 def json_depth(data: bytes) -> int:

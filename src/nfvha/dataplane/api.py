@@ -7,28 +7,42 @@ import ipaddress
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from http import HTTPStatus
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nfvha.dataplane.forwarder import Forwarder, ServiceSpec
 from nfvha.errors import HostNetworkError
 from nfvha.vim.api import problem
 from nfvha.vim.hostnet import HostNetwork
-from nfvha.web import BodyLimit, token_matches
+from nfvha.web import BodyLimit, problem_responses, token_matches
 
 __all__ = ["create_forwarder_app"]
 
 
+def _ipv4(v: str) -> str:
+    """Parsed when the body arrives: later (binding, sending) a bad one was a 500."""
+    try:
+        return str(ipaddress.IPv4Address(v))
+    except ValueError as exc:
+        raise ValueError(f"is not an IPv4 address: {exc}") from None
+
+
+IPv4 = Annotated[str, AfterValidator(_ipv4)]
+
+
 class ServiceBody(BaseModel):
     name: str
-    listen_ip: str | None = Field(default=None, description="chain head: service address")
+    listen_ip: IPv4 | None = Field(default=None, description="chain head: service address")
     after: str | None = Field(default=None, description="chain member: previous service")
     port: int = Field(ge=1, le=65535)
-    target_ip: str
+    target_ip: IPv4
     exactly_once: bool = False
     max_log_bytes: int = Field(default=64 * 2**20, ge=4096)
     max_log_age: float = Field(default=60.0, gt=0)
@@ -42,10 +56,12 @@ class _Unauthorized(Exception):
     pass
 
 
-def create_forwarder_app(token: str, *, interface: str = "eth0",
-                         prefixlen: int = 16) -> FastAPI:
+def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int = 16,
+                         net: HostNetwork | None = None) -> FastAPI:
+    """Build the app; ``net`` is the host network it takes service addresses on (tests
+    pass one that touches nothing)."""
     fwd = Forwarder()
-    net = HostNetwork()
+    net = net or HostNetwork()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -54,7 +70,8 @@ def create_forwarder_app(token: str, *, interface: str = "eth0",
         finally:
             await fwd.close()
 
-    app = FastAPI(title="nfvha forwarder", lifespan=lifespan)
+    app = FastAPI(title="nfvha forwarder", lifespan=lifespan,
+                  responses=problem_responses(401, 404, 409, 413, 422))
     app.add_middleware(BodyLimit)
     app.state.forwarder = fwd
     bearer = HTTPBearer(auto_error=False)
@@ -68,6 +85,20 @@ def create_forwarder_app(token: str, *, interface: str = "eth0",
     @app.exception_handler(_Unauthorized)
     async def _unauth(_: Request, __: _Unauthorized) -> JSONResponse:
         return problem(401, "Unauthorized", "missing or wrong bearer token")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Problem details like the agent's, not FastAPI's own shape.
+        parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+                 for e in exc.errors()]
+        return problem(422, "Invalid request", "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body it cannot parse, a method not taken) as problems.
+        r = problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
+        r.headers.update(exc.headers or {})  # a 405's Allow
+        return r
 
     @app.exception_handler(KeyError)
     async def _missing(_: Request, exc: KeyError) -> JSONResponse:
@@ -93,7 +124,6 @@ def create_forwarder_app(token: str, *, interface: str = "eth0",
             return problem(422, "Invalid service", "give exactly one of listen_ip (a chain "
                            "head) and after (the service this one follows)")
         if body.listen_ip is not None:
-            ipaddress.IPv4Address(body.listen_ip)
             owned = {a.split("/")[0] for _, a in await net.addresses()}
             if body.listen_ip not in owned:
                 try:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from http import HTTPStatus
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nfvha.errors import (
     AddressInUse,
@@ -33,7 +35,7 @@ from nfvha.errors import (
 )
 from nfvha.vim.agent import Agent
 from nfvha.vim.transfer import receive_checkpoint_tar
-from nfvha.web import BodyLimit, token_matches
+from nfvha.web import BodyLimit, http_url, problem_responses, token_matches
 
 __all__ = ["create_app", "problem"]
 
@@ -64,8 +66,12 @@ class CreateInstance(BaseModel):
     instance_id: str | None = None
 
 
+PeerUrl = Annotated[str, Field(max_length=2048), AfterValidator(http_url)]
+
+
 class PushRequest(BaseModel):
-    peer_url: str = Field(description="base URL of the peer agent, e.g. http://10.250.0.12:8700")
+    peer_url: PeerUrl = Field(description="base URL of the peer agent, e.g. "
+                              "http://10.250.0.12:8700")
 
 
 class CheckpointRequest(BaseModel):
@@ -94,7 +100,8 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
             if manage_lifecycle:
                 await agent.close(stop_instances=not agent.cfg.keep_vnfs_on_exit)
 
-    app = FastAPI(title="nfvha agent", version="1", lifespan=lifespan)
+    app = FastAPI(title="nfvha agent", version="1", lifespan=lifespan,
+                  responses=problem_responses(400, 401, 404, 409, 413, 422, 502))
     # Checkpoint images are streamed to disk (PUT /v1/checkpoints/...): never buffered.
     app.add_middleware(BodyLimit, stream=lambda scope: scope["method"] == "PUT"
                        and str(scope["path"]).startswith("/v1/checkpoints/"))
@@ -136,6 +143,13 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
             loc = ".".join(str(p) for p in e["loc"] if p != "body")
             parts.append(f"{loc or 'body'}: {e['msg']}")
         return problem(422, "Invalid request", "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body it cannot parse, a method not taken) as problems.
+        r = problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
+        r.headers.update(exc.headers or {})  # a 405's Allow
+        return r
 
     auth = [Depends(require_token)]
 
@@ -195,10 +209,19 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
         return {"instance_id": r.instance_id, "seq": r.seq, "bytes": r.bytes_sent,
                 "seconds": r.seconds, "peer": r.peer}
 
-    @app.put("/v1/checkpoints/{instance_id}/{seq}", dependencies=auth, status_code=201)
-    async def receive(instance_id: str, seq: int, request: Request) -> dict[str, Any]:
-        meta = await receive_checkpoint_tar(agent.store, request.stream(),
-                                            expect_instance=instance_id, expect_seq=seq)
+    @app.put("/v1/checkpoints/{instance_id}/{seq}", dependencies=auth, status_code=201,
+             response_model=None)
+    async def receive(instance_id: str, seq: int,
+                      request: Request) -> dict[str, Any] | JSONResponse:
+        try:
+            meta = await receive_checkpoint_tar(agent.store, request.stream(),
+                                                expect_instance=instance_id, expect_seq=seq)
+        except TransferError as exc:
+            if isinstance(exc.__cause__, OSError):
+                raise  # this host could not write it down
+            # The sender's stream is bad (truncated, not a tar, another checkpoint): its
+            # fault, not a failure of this agent to reach a peer (502).
+            return problem(400, "Bad checkpoint stream", str(exc))
         return meta.model_dump(mode="json")
 
     @app.post("/v1/instances/{instance_id}/restore", dependencies=auth, status_code=201)
@@ -223,7 +246,7 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
         return {"ok": await agent.exec_probe(instance_id)}
 
     @app.get("/v1/probe", dependencies=auth)
-    async def probe(url: str, timeout: float = 0.2) -> dict[str, Any]:
+    async def probe(url: Annotated[PeerUrl, Query()], timeout: float = 0.2) -> dict[str, Any]:
         return {"url": url, "reachable": await agent.probe_peer(url, min(timeout, 5.0))}
 
     @app.post("/v1/fence", dependencies=auth)

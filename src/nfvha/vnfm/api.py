@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import yaml
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -30,8 +30,9 @@ from nfvha.vim.api import problem
 from nfvha.vnfm.dashboard import dashboard_router
 from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from nfvha.vnfm.reports import HOST_ID, AgentEvent, HostStatusReport
 from nfvha.vnfm.subscriptions_api import subscriptions_router
-from nfvha.web import BodyLimit, token_matches
+from nfvha.web import BodyLimit, problem_responses, token_matches
 
 __all__ = ["create_manager_app"]
 
@@ -120,7 +121,8 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
 
     app = FastAPI(title="nfvha manager", version="1",
                   description="SOL003-shaped VNF LCM and FM with nfvha's HA module",
-                  lifespan=lifespan)
+                  lifespan=lifespan,
+                  responses=problem_responses(400, 401, 404, 409, 413, 422))
     app.add_middleware(BodyLimit, max_bytes=manager.cfg.max_body)
     bearer = HTTPBearer(auto_error=False)
 
@@ -194,12 +196,13 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     # -- agents talk to these -----------------------------------------------------------
 
     @app.post("/nfvha/v1/hosts/{host_id}/heartbeat", dependencies=auth)
-    async def heartbeat(host_id: str, request: Request) -> dict[str, Any]:
-        return manager.heartbeat(host_id, await request.json())
+    async def heartbeat(body: HostStatusReport,
+                        host_id: str = Path(pattern=HOST_ID)) -> dict[str, Any]:
+        return manager.heartbeat(host_id, body.as_dict())
 
     @app.post("/nfvha/v1/events", dependencies=auth, status_code=204)
-    async def event(request: Request) -> None:
-        manager.event(await request.json())
+    async def event(body: AgentEvent) -> None:
+        manager.event(body.as_dict())
 
     @app.get("/nfvha/v1/hosts", dependencies=auth)
     async def hosts() -> list[dict[str, Any]]:

@@ -288,6 +288,12 @@ class _EventStream(StreamingResponse):
             await self.body_iterator.aclose()
 
 
+#: One event of the stream (OpenAPI 3.2 ``itemSchema``); ``data`` is JSON.
+_SSE_EVENT = {"type": "object", "required": ["event", "data"],
+              "properties": {"event": {"enum": ["snapshot", "events", "tick"]},
+                             "data": {"type": "string"}}}
+
+
 def dashboard_router(manager: Manager, auth: Sequence[Depends]) -> APIRouter:
     """The page at ``/``, its assets, and ``/dashboard/v1/{state,stream}`` (token)."""
     feed = DashboardFeed(manager)
@@ -324,7 +330,9 @@ def dashboard_router(manager: Manager, auth: Sequence[Depends]) -> APIRouter:
         """Everything the dashboard shows, at once."""
         return feed.snapshot()
 
-    @router.get("/dashboard/v1/stream", dependencies=list(auth))
+    @router.get("/dashboard/v1/stream", dependencies=list(auth), response_class=_EventStream,
+                responses={200: {"description": "an endless event stream", "content": {
+                    "text/event-stream": {"itemSchema": _SSE_EVENT}}}})
     async def stream() -> _EventStream:
         """Server-Sent Events: ``snapshot``, then ``events`` batches and ``tick``s."""
         return _EventStream(feed.stream(), media_type="text/event-stream",
