@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nfvha.cli import ManagerConn, _manager_conn, build_parser, main
+from nfvha.cli import DEFAULT_TESTBED, ManagerConn, _manager_conn, build_parser, main
 from nfvha.errors import NfvhaError
 from nfvha.vnfm.auth import load_users, verify_secret
 
@@ -95,6 +95,16 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
                       {"HOME": str(tmp_path)})
     with pytest.raises(NfvhaError, match="no testbed nosuchtb is up"):
         _manager_conn(_args("--name", "nosuchtb"), {"HOME": str(tmp_path)})
+
+
+@pytest.mark.skipif(Path(f"/run/nfvha/testbed-{DEFAULT_TESTBED}").exists(),
+                    reason="a testbed named nfvha is up on this machine: the CLI uses it")
+def test_with_nothing_to_go_on_the_cli_says_what_would_do(tmp_path: Path) -> None:
+    with pytest.raises(NfvhaError) as err:
+        _manager_conn(_args(), {"HOME": str(tmp_path)})
+    for hint in ("--url", "NFVHA_URL", str(tmp_path / ".config/nfvha/config.yaml"),
+                 "nfvha up"):
+        assert hint in str(err.value)
 
 
 def test_user_add_prints_the_credential_once(tmp_path: Path,

@@ -247,7 +247,7 @@ def _manager_conn(args: argparse.Namespace,
                          "token_file": env.get("NFVHA_TOKEN_FILE"),
                          "ca_file": env.get("NFVHA_CA_FILE")}),
         (False, lambda: load_config(*config_path(env))),
-        *([] if name else [(True, lambda: _testbed_layer(DEFAULT_TESTBED))]),
+        *([] if name else [(True, lambda: _testbed_layer(DEFAULT_TESTBED, required=False))]),
     ]
     found: dict[str, Any] = {}
     for is_testbed, layer in layers:
@@ -280,11 +280,18 @@ def _token_from(path: Path) -> str:
     return token
 
 
-def _testbed_layer(name: str) -> dict[str, Any]:
-    """What the testbed ``name`` offers: its manager and its operator credential."""
+def _testbed_layer(name: str, *, required: bool = True) -> dict[str, Any]:
+    """What the testbed ``name`` offers: its manager and its operator credential. A
+    testbed nobody named may be absent: the caller then says what else would do."""
+    from nfvha.errors import ConfigError
     from nfvha.testbed import Testbed
 
-    tb = Testbed.load(name)
+    try:
+        tb = Testbed.load(name)
+    except ConfigError:
+        if required:
+            raise
+        return {}
     if not tb.with_manager:
         raise NfvhaError(f"testbed {name} runs no manager; start one with `nfvha up`")
     return {"manager_url": tb.manager_url, "token": tb.operator_token or tb.token,
