@@ -120,11 +120,12 @@ def testbed_down(tb: Testbed, who: str) -> None:
 
 
 def manager_client(tb: Testbed, timeout: float = 10.0) -> httpx.Client:
-    """A client of the testbed's manager with its bearer token; every call has a timeout."""
+    """A client of the testbed's manager with its operator credential; every call has a
+    timeout."""
     import httpx
 
     return httpx.Client(base_url=tb.manager_url, timeout=httpx.Timeout(timeout, connect=3.0),
-                        headers={"Authorization": f"Bearer {tb.token}"})
+                        headers={"Authorization": f"Bearer {tb.operator_token}"})
 
 
 def api_result(method: str, path: str, r: httpx.Response, ok: tuple[int, ...] = ()) -> Any:

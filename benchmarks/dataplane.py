@@ -207,10 +207,11 @@ class Api:
     """Synchronous client of the manager and the forwarder; every call has a timeout."""
 
     def __init__(self, tb: Testbed) -> None:
-        headers = {"Authorization": f"Bearer {tb.token}"}
         timeout = httpx.Timeout(HTTP_TIMEOUT, connect=3.0)
-        self.m = httpx.Client(base_url=tb.manager_url, timeout=timeout, headers=headers)
-        self.f = httpx.Client(base_url=tb.forwarder_url, timeout=timeout, headers=headers)
+        self.m = httpx.Client(base_url=tb.manager_url, timeout=timeout,
+                              headers={"Authorization": f"Bearer {tb.operator_token}"})
+        self.f = httpx.Client(base_url=tb.forwarder_url, timeout=timeout,  # a daemon
+                              headers={"Authorization": f"Bearer {tb.token}"})
 
     def close(self) -> None:
         self.m.close()

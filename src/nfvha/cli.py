@@ -13,7 +13,10 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nfvha.errors import NfvhaError
 from nfvha.logs import setup_logging
@@ -107,6 +110,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
 
     token = _daemon_token(args)
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # the key file below is created before _serve sets it
     timings = FaultTimings(heartbeat_interval=args.heartbeat_interval,
                            suspect_after=args.suspect_after,
                            fencing_timeout=args.fencing_timeout, max_lease=args.max_lease)
@@ -119,7 +123,15 @@ def cmd_manager(args: argparse.Namespace) -> int:
                         fencers=load_fence_config(args.fence_config) if args.fence_config
                         else {}, max_body=args.max_body,
                         vnf_network=args.vnf_network,
-                        reserved_addresses=_reserved(args.reserve_address))
+                        reserved_addresses=_reserved(args.reserve_address),
+                        users_file=Path(args.users_file) if args.users_file else None,
+                        secret_key_file=Path(args.secret_key_file) if args.secret_key_file
+                        else Path(args.db).parent / "manager.key",
+                        allow_insecure_callbacks=args.allow_insecure_callbacks)
+    if cfg.users_file is None:
+        logging.getLogger("nfvha").warning(
+            "no --users-file: the cluster token has every role; give operators their own "
+            "credentials with `nfvha user add NAME --role operator --users-file FILE`")
     # Dashboard streams end at a stop by themselves (app.state.on_stop); a request
     # still open after this is cut short rather than hold the stop up.
     return _serve(create_manager_app(Manager(SqliteStore(args.db), cfg)), args,
@@ -175,38 +187,161 @@ def cmd_testbed(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def _manager_conn(args: argparse.Namespace) -> tuple[str, str]:
-    """Manager URL and token: flags, environment, or the testbed `nfvha up` started."""
-    url = args.url or os.environ.get("NFVHA_URL")
-    token = _read_token(args)
-    if not url or not token:
-        from nfvha.testbed import Testbed
+DEFAULT_TESTBED = "nfvha"
+_CONFIG_KEYS = ("manager_url", "token_file", "ca_file")
 
-        tb = Testbed.load(args.name)
-        if not tb.with_manager:
-            raise NfvhaError(f"testbed {args.name} runs no manager; start one with `nfvha up`")
-        url = url or tb.manager_url
-        token = token or tb.token
-    return url, token
+
+@dataclass(frozen=True)
+class ManagerConn:
+    """Where the CLI finds the manager and what it proves itself with."""
+
+    url: str
+    token: str
+    ca_file: str | None = None
+
+
+def config_path(env: Mapping[str, str]) -> tuple[Path, bool]:
+    """The CLI's config file, and whether it was named explicitly ($NFVHA_CONFIG): then
+    it must exist; the default one (``$XDG_CONFIG_HOME/nfvha/config.yaml``) may not."""
+    if env.get("NFVHA_CONFIG"):
+        return Path(env["NFVHA_CONFIG"]), True
+    base = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") \
+        else Path(env.get("HOME", "~")).expanduser() / ".config"
+    return base / "nfvha" / "config.yaml", False
+
+
+def load_config(path: Path, required: bool) -> dict[str, str]:
+    """``manager_url``, ``token_file``, ``ca_file`` of a config file (relative files are
+    relative to it); an unknown key is an error, since a typo would silently not apply."""
+    import yaml
+
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if required:
+            raise NfvhaError(f"config file {path} (NFVHA_CONFIG) does not exist") from None
+        return {}
+    except OSError as exc:
+        raise NfvhaError(f"config file {path}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise NfvhaError(f"config file {path} is not YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise NfvhaError(f"config file {path}: expected keys {', '.join(_CONFIG_KEYS)}")
+    unknown = sorted(set(data) - set(_CONFIG_KEYS))
+    if unknown:
+        raise NfvhaError(f"config file {path}: unknown key(s) {', '.join(unknown)}; it takes "
+                         f"{', '.join(_CONFIG_KEYS)}")
+    out: dict[str, str] = {}
+    for key in _CONFIG_KEYS:
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise NfvhaError(f"config file {path}: {key} must be a string, not {value!r}")
+        out[key] = str(path.parent / value) if key != "manager_url" else value
+    return out
+
+
+def _manager_conn(args: argparse.Namespace,
+                  env: Mapping[str, str] | None = None) -> ManagerConn:
+    """Manager URL, token and CA, each from the first source that has it: flags
+    (``--url``, ``--token-file``, ``--ca-file``; an explicit ``--name`` testbed counts as
+    a flag), then the environment (``NFVHA_URL``, ``NFVHA_TOKEN`` or ``NFVHA_TOKEN_FILE``,
+    ``NFVHA_CA_FILE``), then the config file, then the testbed `nfvha up` started."""
+    env = os.environ if env is None else env
+    name = getattr(args, "name", None)
+    # (is it a testbed, its values): a testbed is looked up only while URL or token are
+    # missing, so a flag-given manager works with no testbed on the machine.
+    layers: list[tuple[bool, Callable[[], dict[str, Any]]]] = [
+        (False, lambda: {"manager_url": args.url, "token_file": args.token_file,
+                         "ca_file": getattr(args, "ca_file", None)}),
+        *([(True, lambda: _testbed_layer(name))] if name else []),
+        (False, lambda: {"manager_url": env.get("NFVHA_URL"), "token": env.get("NFVHA_TOKEN"),
+                         "token_file": env.get("NFVHA_TOKEN_FILE"),
+                         "ca_file": env.get("NFVHA_CA_FILE")}),
+        (False, lambda: load_config(*config_path(env))),
+        *([] if name else [(True, lambda: _testbed_layer(DEFAULT_TESTBED, required=False))]),
+    ]
+    found: dict[str, Any] = {}
+    for is_testbed, layer in layers:
+        if is_testbed and "manager_url" in found and "token" in found:
+            continue
+        values = layer()
+        for key in ("manager_url", "ca_file"):
+            if values.get(key) and key not in found:
+                found[key] = values[key]
+        if "token" not in found:
+            if values.get("token"):
+                found["token"] = values["token"]
+            elif values.get("token_file"):
+                found["token"] = _token_from(Path(values["token_file"]))
+    if "manager_url" not in found or "token" not in found:
+        raise NfvhaError("no manager to talk to: give --url and --token-file, set NFVHA_URL "
+                         "and NFVHA_TOKEN_FILE, write them in a config file "
+                         f"({config_path(env)[0]}, or NFVHA_CONFIG), or start a testbed "
+                         "with `nfvha up`")
+    return ManagerConn(found["manager_url"], found["token"], found.get("ca_file"))
+
+
+def _token_from(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise NfvhaError(f"token file {path}: {exc.strerror or exc}") from exc
+    if not token:
+        raise NfvhaError(f"token file {path} is empty")
+    return token
+
+
+def _testbed_layer(name: str, *, required: bool = True) -> dict[str, Any]:
+    """What the testbed ``name`` offers: its manager and its operator credential. A
+    testbed nobody named may be absent: the caller then says what else would do."""
+    from nfvha.errors import ConfigError
+    from nfvha.testbed import Testbed
+
+    try:
+        tb = Testbed.load(name)
+    except ConfigError:
+        if required:
+            raise
+        return {}
+    if not tb.with_manager:
+        raise NfvhaError(f"testbed {name} runs no manager; start one with `nfvha up`")
+    return {"manager_url": tb.manager_url, "token": tb.operator_token or tb.token,
+            "ca_file": getattr(tb, "ca_file", None)}
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from nfvha.testbed import Testbed
 
     async def run() -> int:
-        tb = Testbed(name=args.name, n_hosts=args.hosts, with_manager=True,
+        tb = Testbed(name=args.name or DEFAULT_TESTBED, n_hosts=args.hosts, with_manager=True,
                      with_forwarder=True, subnet=args.subnet, mgmt_subnet=args.mgmt_subnet,
                      fencing=not args.no_fencing)
         await tb.up()
-        info = {"manager_url": tb.manager_url, "token_file": str(tb.token_file),
-                "dashboard_url": f"{tb.manager_url}/#token={tb.token}",
+        ca_file = getattr(tb, "ca_file", None)  # the cluster's CA, once the daemons use TLS
+        ca = str(ca_file) if ca_file else None
+        config = tb.dir / "config.yaml"
+        _write_private(config, json.dumps({"manager_url": tb.manager_url,
+                                           "token_file": str(tb.operator_token_file),
+                                           "ca_file": ca}, indent=2) + "\n")
+        info = {"manager_url": tb.manager_url, "token_file": str(tb.operator_token_file),
+                "viewer_token_file": str(tb.viewer_token_file), "ca_file": ca,
+                "config_file": str(config),
+                "dashboard_url": f"{tb.manager_url}/#token={tb.viewer_token}",
                 "forwarder_url": tb.forwarder_url,
                 "hosts": {h.host_id: h.url for h in tb.hosts.values()}}
         if args.json:
             print(json.dumps(info, indent=2))
         else:
-            print(f"manager: {tb.manager_url}  (token in {tb.token_file})")
-            print(f"dashboard: {tb.manager_url}/#token={tb.token}")
+            print(f"manager: {tb.manager_url}")
+            print(f"  operator credential: {tb.operator_token_file}")
+            print(f"  viewer credential:   {tb.viewer_token_file}")
+            print(f"CLI config: {config} (this shell finds the testbed anyway; elsewhere: "
+                  f"export NFVHA_CONFIG={config})")
+            print(f"dashboard: {info['dashboard_url']}")
             for h in tb.hosts.values():
                 print(f"  {h.host_id}: agent {h.url}")
             print("next: nfvha deploy examples/flowmon.yaml; nfvha status; nfvha down")
@@ -215,21 +350,50 @@ def cmd_up(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner alone from the first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from nfvha.vnfm.auth import add_user
+
+    token = add_user(Path(args.users_file), args.user, args.role)
+    if args.token_file:
+        _write_private(Path(args.token_file), token + "\n")
+        print(f"{args.user} ({args.role}): credential written to {args.token_file}; any "
+              "earlier one of this user no longer works", file=sys.stderr)
+    else:
+        print(f"{args.user} ({args.role}): the credential below is shown once and stored "
+              "nowhere in clear; any earlier one of this user no longer works",
+              file=sys.stderr)
+        print(token)
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from nfvha.testbed import Testbed
 
-    asyncio.run(Testbed(name=args.name).down())
-    print(f"testbed {args.name} and its manager removed")
+    name = args.name or DEFAULT_TESTBED
+    asyncio.run(Testbed(name=name).down())
+    print(f"testbed {name} and its manager removed")
     return 0
 
 
 def _request(args: argparse.Namespace, method: str, path: str, **kw: object) -> object:
     import httpx
 
-    url, token = _manager_conn(args)
+    conn = _manager_conn(args)
+    url = conn.url
     try:
-        r = httpx.request(method, url + path, headers={"Authorization": f"Bearer {token}"},
-                          timeout=30, **kw)  # type: ignore[arg-type]
+        r = httpx.request(method, url + path, headers={"Authorization": f"Bearer {conn.token}"},
+                          timeout=30, verify=conn.ca_file or True,
+                          **kw)  # type: ignore[arg-type]
     except httpx.HTTPError as exc:
         raise NfvhaError(f"manager at {url} unreachable: {exc}; is it up (`nfvha up`)?") \
             from exc
@@ -320,7 +484,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
         return 0
     from nfvha.testbed import Testbed
 
-    tb = Testbed.load(args.name)
+    tb = Testbed.load(args.name or DEFAULT_TESTBED)
     if args.fault == "kill-agent":
         pid = asyncio.run(tb.kill_agent(args.target, restart=not args.no_restart))
         print(f"{args.target}: agent (pid {pid}) killed"
@@ -435,6 +599,15 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="ADDRESS[=HOLDER]",
                    help="a data network address nfvha holds (a router, the forwarder's "
                         "data side), refused to VNFs; repeatable")
+    m.add_argument("--users-file", default=None, metavar="FILE",
+                   help="operator and viewer credentials (`nfvha user add`); without it the "
+                        "cluster token has every role")
+    m.add_argument("--secret-key-file", default=None, metavar="FILE",
+                   help="key sealing subscription passwords in the store (default: "
+                        "manager.key beside --db; created if missing)")
+    m.add_argument("--allow-insecure-callbacks", action="store_true",
+                   help="accept BASIC credentials for plain-http callback URIs (they cross "
+                        "the network in clear text)")
     m.set_defaults(func=cmd_manager)
 
     f = sub.add_parser("forwarder", help="run the steering forwarder (packet log, replay)")
@@ -455,11 +628,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_testbed)
 
+    u = sub.add_parser("user", help="operator credentials of a manager's users file")
+    u.add_argument("action", choices=["add"], help="add a user, or rotate its credential")
+    u.add_argument("user", metavar="NAME", help="1-32 of a-z, 0-9, '_', '-'")
+    u.add_argument("--role", required=True, choices=["viewer", "operator"],
+                   help="viewer: reads; operator: also lifecycle, heal, move, inject, "
+                        "subscriptions")
+    u.add_argument("--users-file", required=True, metavar="FILE",
+                   help="the manager's --users-file (created 0600 if missing)")
+    u.add_argument("--token-file", default=None, metavar="FILE",
+                   help="write the credential there (0600) instead of printing it")
+    u.set_defaults(func=cmd_user)
+
     def client(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
-        c.add_argument("--url", default=None, help="manager URL (default: the testbed's)")
-        c.add_argument("--token-file", default=None)
-        c.add_argument("--name", default="nfvha", help="testbed name")
+        c.add_argument("--url", default=None,
+                       help="manager URL (else NFVHA_URL, the config file, the testbed's)")
+        c.add_argument("--token-file", default=None,
+                       help="credential (else NFVHA_TOKEN[_FILE], the config file, the "
+                            "testbed's operator credential)")
+        c.add_argument("--ca-file", default=None,
+                       help="CA of the manager's certificate (else NFVHA_CA_FILE, the "
+                            "config file)")
+        c.add_argument("--name", default=None, help=f"testbed name (default {DEFAULT_TESTBED})")
         c.add_argument("--json", action="store_true", help="machine-readable output")
         return c
 

@@ -96,6 +96,9 @@ class Testbed:
     manager_args: list[str] = field(default_factory=list)
     hosts: dict[str, TestbedHost] = field(default_factory=dict)
     token: str = ""
+    #: Credentials of the manager's users file (with_manager): an operator and a viewer.
+    operator_token: str = ""
+    viewer_token: str = ""
     manager_pid: int | None = None
     #: Restart a dead agent after this long, as systemd's Restart=always would (None: never).
     agent_restart_delay: float | None = 0.2
@@ -192,6 +195,36 @@ class Testbed:
         return self.dir / "token"
 
     @property
+    def users_file(self) -> Path:
+        return self.dir / "users.yaml"
+
+    @property
+    def operator_token_file(self) -> Path:
+        return self.dir / "operator.token"
+
+    @property
+    def viewer_token_file(self) -> Path:
+        return self.dir / "viewer.token"
+
+    def _add_operators(self) -> None:
+        """An operator and a viewer credential in the manager's users file, each in a
+        token file of its own (0600): the cluster token is for the daemons only."""
+        from nfvha.vnfm.auth import Role, add_user
+
+        for role, path in ((Role.OPERATOR, self.operator_token_file),
+                           (Role.VIEWER, self.viewer_token_file)):
+            token = add_user(self.users_file, role.value, role)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, token.encode())
+            finally:
+                os.close(fd)
+            if role == Role.OPERATOR:
+                self.operator_token = token
+            else:
+                self.viewer_token = token
+
+    @property
     def log_dir(self) -> Path:
         return self.dir / "logs"
 
@@ -223,6 +256,7 @@ class Testbed:
             if self.with_forwarder:
                 await self._add_ingress()
             if self.with_manager:
+                self._add_operators()
                 self.cgroups.cgroup(f"{self.name}/manager").create(CgroupLimits())
                 self.manager_pid = self.start_manager()
             for i in range(1, self.n_hosts + 1):
@@ -320,6 +354,7 @@ class Testbed:
                 "--db", str(self.dir / "manager.db"),
                 "--token-file", str(self.token_file), "--vnf-network", self.subnet,
                 *[arg for r in reserved for arg in ("--reserve-address", r)],
+                "--users-file", str(self.users_file),
                 *(["--forwarder", self.forwarder_url] if self.with_forwarder else []),
                 *(["--fence-config", str(self.fence_config)] if self.fencing else []),
                 *self.manager_args]
@@ -556,6 +591,10 @@ class Testbed:
         tb.fencing = data.get("fencing", False)
         tb.hosts = {k: TestbedHost(**v) for k, v in data["hosts"].items()}
         tb.token = tb.token_file.read_text().strip()
+        for attr, path in (("operator_token", tb.operator_token_file),
+                           ("viewer_token", tb.viewer_token_file)):
+            if path.exists():
+                setattr(tb, attr, path.read_text().strip())
         return tb
 
     def describe(self) -> dict[str, Any]:
@@ -565,6 +604,9 @@ class Testbed:
                 "manager_url": self.manager_url if self.with_manager else None,
                 "forwarder_url": self.forwarder_url if self.with_forwarder else None,
                 "token_file": str(self.token_file),
+                "operator_token_file": str(self.operator_token_file)
+                if self.with_manager else None,
+                "viewer_token_file": str(self.viewer_token_file) if self.with_manager else None,
                 "hosts": [asdict(h) for h in self.hosts.values()]}
 
 

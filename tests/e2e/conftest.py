@@ -103,7 +103,10 @@ class Mgr:
     def __init__(self, tb: Any) -> None:
         self.tb = tb
         self.url = tb.manager_url
-        self.http = httpx.Client(timeout=30, headers={"Authorization": f"Bearer {tb.token}"})
+        # The manager takes the operator credential; the agents the cluster token.
+        self.http = httpx.Client(timeout=30,
+                                 headers={"Authorization": f"Bearer {tb.operator_token}"})
+        self.agents = httpx.Client(timeout=30, headers={"Authorization": f"Bearer {tb.token}"})
 
     def ok(self, method: str, path: str, **kw: Any) -> Any:
         r = self.http.request(method, self.url + path, **kw)
@@ -171,6 +174,7 @@ def manager_bed(letter: str, net_base: int, net_span: int, *, n_hosts: int = 3,
         yield m
     finally:
         m.http.close()
+        m.agents.close()
         keep_logs(tb)
         asyncio.run(tb.down())
 

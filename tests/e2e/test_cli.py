@@ -84,6 +84,46 @@ vnfd:
     assert {h["state"] for h in status["hosts"]} == {"UP"}
 
 
+def test_operator_and_viewer_credentials_of_nfvha_up(cluster: dict[str, Any],
+                                                    tmp_path: Path) -> None:
+    """`nfvha up` made an operator and a viewer credential, and a config file the CLI
+    reads: the operator deploys through it, the viewer reads and is refused a heal."""
+    files = [Path(cluster[k]) for k in ("token_file", "viewer_token_file", "config_file")]
+    assert all(f.stat().st_mode & 0o077 == 0 for f in files)  # private
+    assert "ca_file" in cluster  # null until the daemons use TLS
+    config = json.loads(Path(cluster["config_file"]).read_text())
+    assert config == {"manager_url": cluster["manager_url"],
+                      "token_file": cluster["token_file"], "ca_file": cluster["ca_file"]}
+    cfg_env = {**os.environ, "NFVHA_CONFIG": cluster["config_file"]}
+    base = cluster["subnet"].split(".0.0/")[0]
+    vnfd = tmp_path / "rl.yaml"
+    vnfd.write_text(f"""
+vnfd:
+  id: clirl
+  command: [{sys.executable}, {EXAMPLES / 'flowmon.py'}]
+  network: {{address: {base}.1.9/16}}
+""")
+    # No --name: the manager and the operator credential come from the config file.
+    r = subprocess.run([sys.executable, "-m", "nfvha", "deploy", str(vnfd), "--id", "clirl-1",
+                        "--json"], capture_output=True, text=True, timeout=120, env=cfg_env,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: any(v["id"] == "clirl-1" and v["haState"] == "ACTIVE"
+                           for v in jcall("status")["vnfs"]), 15)
+
+    viewer = ["--url", cluster["manager_url"], "--token-file", cluster["viewer_token_file"]]
+    assert "clirl-1" in {v["id"] for v in json.loads(
+        nfvha("status", *viewer, "--json").stdout)["vnfs"]}
+    ops_before = len(jcall("ops"))
+    r = nfvha("heal", "clirl-1", *viewer, check=False)
+    assert r.returncode == 1 and "403" in r.stderr and "needs the operator role" in r.stderr
+    assert len(jcall("ops")) == ops_before  # no operation started
+    # The daemons' cluster token is no operator credential either.
+    r = nfvha("heal", "clirl-1", "--url", cluster["manager_url"], "--token-file",
+              str(Path(cluster["token_file"]).parent / "token"), check=False)
+    assert r.returncode == 1 and "403" in r.stderr and "daemons' credential" in r.stderr
+
+
 def test_bad_input_says_what_is_wrong(cluster: dict[str, Any], tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("vnfd:\n  id: x\n  command: []\n")

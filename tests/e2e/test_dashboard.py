@@ -131,7 +131,7 @@ def test_dashboard_shows_host_crash_and_remote_restore_live(
     hosts = set(mgr.tb.hosts)
 
     started = time.monotonic()
-    browser.get(f"{mgr.url}/#token={mgr.tb.token}")
+    browser.get(f"{mgr.url}/#token={mgr.tb.viewer_token}")  # reads only
     before = _wait_page(browser, lambda p: p["conn"] == "live"
                         and p["hosts"] == dict.fromkeys(hosts, "UP")
                         and p["vnfs"].get("fm-d") == {"state": "ACTIVE", "host": home}

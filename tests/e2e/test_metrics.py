@@ -47,7 +47,7 @@ def test_metrics_show_the_recovery_and_checkpoints(json_logs: None, mgr: Mgr,  #
     vnf = mgr.deploy(flowmon(addr, python_bin), "fm-m")
     flow, _sent = _warm(mgr, ip, "fm-m")
 
-    before = scrape(mgr.url, mgr.tb.token)
+    before = scrape(mgr.url, mgr.tb.viewer_token)
     assert value(before, "nfvha_recoveries_total", failure="process-exit") in (None, 0.0)
     assert value(before, "nfvha_host_up", host=vnf["host"]) == 1.0
     age = value(before, "nfvha_checkpoint_age_seconds", vnf="fm-m")
@@ -60,7 +60,7 @@ def test_metrics_show_the_recovery_and_checkpoints(json_logs: None, mgr: Mgr,  #
         op = mgr.wait_heal("fm-m")
     strategy = op["nfvha"]["strategy"]
 
-    after = scrape(mgr.url, mgr.tb.token)
+    after = scrape(mgr.url, mgr.tb.viewer_token)
     assert value(after, "nfvha_recoveries_total", failure="process-exit", strategy=strategy,
                  result="success") == 1.0
     assert value(after, "nfvha_downtime_seconds_count", failure="process-exit",

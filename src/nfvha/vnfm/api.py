@@ -14,7 +14,6 @@ import yaml
 from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -27,12 +26,13 @@ from nfvha.errors import (
 )
 from nfvha.store.base import ConflictError, StoreError
 from nfvha.vim.api import problem
+from nfvha.vnfm.auth import Authenticator
 from nfvha.vnfm.dashboard import dashboard_router
 from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from nfvha.vnfm.reports import HOST_ID, AgentEvent, HostStatusReport
 from nfvha.vnfm.subscriptions_api import subscriptions_router
-from nfvha.web import BodyLimit, problem_responses, token_matches
+from nfvha.web import BodyLimit, problem_responses
 
 __all__ = ["create_manager_app"]
 
@@ -104,10 +104,6 @@ class InjectRequest(BaseModel):
     fault: Literal["kill", "hang"]
 
 
-class _Unauthorized(Exception):
-    pass
-
-
 def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -124,20 +120,12 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
                   lifespan=lifespan,
                   responses=problem_responses(400, 401, 404, 409, 413, 422))
     app.add_middleware(BodyLimit, max_bytes=manager.cfg.max_body)
-    bearer = HTTPBearer(auto_error=False)
-
-    async def require_token(
-        creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
-    ) -> None:
-        if creds is None or not token_matches(creds.credentials, manager.cfg.token):
-            raise _Unauthorized()
-
-    @app.exception_handler(_Unauthorized)
-    async def _unauth(_: Request, __: _Unauthorized) -> JSONResponse:
-        r = problem(401, "Unauthorized", "missing or wrong bearer token: send "
-                    "'Authorization: Bearer <token>' (nfvha up prints where the token is)")
-        r.headers["WWW-Authenticate"] = "Bearer"
-        return r
+    # The one seam of roles: every route below names the role it needs (docs/api.md).
+    authn = Authenticator(manager.cfg.token, manager.cfg.users_file)
+    authn.install(app)
+    read = [Depends(authn.viewer)]
+    write = [Depends(authn.operator)]
+    daemon = [Depends(authn.daemon)]
 
     @app.exception_handler(NfvhaError)
     async def _err(_: Request, exc: NfvhaError) -> JSONResponse:
@@ -171,8 +159,6 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, "Error", str(exc.detail))
 
-    auth = [Depends(require_token)]
-
     def accepted(op_id: str) -> Response:
         return Response(status_code=202, headers={
             "Location": f"{manager.cfg.base_url}/vnflcm/v1/vnf_lcm_op_occs/{op_id}"})
@@ -188,23 +174,23 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     async def healthz() -> dict[str, Any]:
         return {"ok": True}
 
-    @app.get("/metrics", dependencies=auth, response_class=Response)
+    @app.get("/metrics", dependencies=read, response_class=Response)
     async def metrics() -> Response:
         """Prometheus text format; scrape with ``authorization: {credentials: <token>}``."""
         return Response(manager.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     # -- agents talk to these -----------------------------------------------------------
 
-    @app.post("/nfvha/v1/hosts/{host_id}/heartbeat", dependencies=auth)
+    @app.post("/nfvha/v1/hosts/{host_id}/heartbeat", dependencies=daemon)
     async def heartbeat(body: HostStatusReport,
                         host_id: str = Path(pattern=HOST_ID)) -> dict[str, Any]:
         return manager.heartbeat(host_id, body.as_dict())
 
-    @app.post("/nfvha/v1/events", dependencies=auth, status_code=204)
+    @app.post("/nfvha/v1/events", dependencies=daemon, status_code=204)
     async def event(body: AgentEvent) -> None:
         manager.event(body.as_dict())
 
-    @app.get("/nfvha/v1/hosts", dependencies=auth)
+    @app.get("/nfvha/v1/hosts", dependencies=read)
     async def hosts() -> list[dict[str, Any]]:
         manager.drain_liveness()  # silences as of now, not as of the loop's last turn
         out = []
@@ -223,25 +209,25 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
                         "resources": st.get("resources", {})})
         return out
 
-    @app.post("/nfvha/v1/hosts/{host_id}/fence", dependencies=auth)
+    @app.post("/nfvha/v1/hosts/{host_id}/fence", dependencies=write)
     async def fence(host_id: str) -> dict[str, Any]:
         """Fence the host now through its configured driver (STONITH); once confirmed off,
         its VNFs are recovered elsewhere. 409 when the host has no fence driver."""
         return await manager.fence_host(host_id)
 
-    @app.get("/nfvha/v1/fences", dependencies=auth)
+    @app.get("/nfvha/v1/fences", dependencies=read)
     async def fences(host: str | None = None) -> list[dict[str, Any]]:
         """Every fence attempt with its result, oldest first."""
         recs = [r.data for r in manager.store.list("fence", where={"host": host} if host
                                                     else None)]
         return sorted(recs, key=lambda d: str(d.get("startedAt")))
 
-    @app.get("/nfvha/v1/checkpoints", dependencies=auth)
+    @app.get("/nfvha/v1/checkpoints", dependencies=read)
     async def checkpoints(vnfInstanceId: str | None = None) -> list[dict[str, Any]]:
         where = {"vnfInstanceId": vnfInstanceId} if vnfInstanceId else None
         return [r.data for r in manager.store.list("checkpoint", where=where)]
 
-    @app.post("/nfvha/v1/vnfds", dependencies=auth, status_code=201)
+    @app.post("/nfvha/v1/vnfds", dependencies=write, status_code=201)
     async def onboard(request: Request) -> dict[str, Any]:
         raw = await request.body()
         try:
@@ -252,22 +238,22 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
             raise DescriptorError("the request body must be a VNFD mapping (YAML or JSON)")
         return manager.onboard(body)
 
-    @app.get("/nfvha/v1/vnfds", dependencies=auth)
+    @app.get("/nfvha/v1/vnfds", dependencies=read)
     async def vnfds() -> list[dict[str, Any]]:
         return [r.data for r in manager.store.list("vnfd")]
 
-    @app.post("/nfvha/v1/vnf_instances/{vnf_id}/move", dependencies=auth)
+    @app.post("/nfvha/v1/vnf_instances/{vnf_id}/move", dependencies=write)
     async def move(vnf_id: str, body: MoveRequest | None = None) -> Response:
         """A planned move to another host, connections and state kept (202 + operation)."""
         return accepted(manager.start_move(vnf_id, body.host if body else None))
 
-    @app.post("/nfvha/v1/vnf_instances/{vnf_id}/inject", dependencies=auth)
+    @app.post("/nfvha/v1/vnf_instances/{vnf_id}/inject", dependencies=write)
     async def inject(vnf_id: str, body: InjectRequest) -> dict[str, Any]:
         return await manager.inject(vnf_id, body.fault)
 
     # -- SOL003 VNF LCM -----------------------------------------------------------------
 
-    @app.post("/vnflcm/v1/vnf_instances", dependencies=auth, status_code=201)
+    @app.post("/vnflcm/v1/vnf_instances", dependencies=write, status_code=201)
     async def create(body: CreateVnfRequest, response: Response) -> dict[str, Any]:
         vnf = manager.create_vnf(body.vnfdId, body.vnfInstanceName,
                                  body.vnfInstanceDescription, body.vnfInstanceId)
@@ -275,36 +261,36 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
             f"{manager.cfg.base_url}/vnflcm/v1/vnf_instances/{vnf['id']}"
         return links(vnf)
 
-    @app.get("/vnflcm/v1/vnf_instances", dependencies=auth)
+    @app.get("/vnflcm/v1/vnf_instances", dependencies=read)
     async def list_vnfs() -> list[dict[str, Any]]:
         return [links(r.data) for r in manager.store.list("vnf")]
 
-    @app.get("/vnflcm/v1/vnf_instances/{vnf_id}", dependencies=auth)
+    @app.get("/vnflcm/v1/vnf_instances/{vnf_id}", dependencies=read)
     async def read_vnf(vnf_id: str) -> dict[str, Any]:
         return links(manager.get_vnf(vnf_id))
 
-    @app.delete("/vnflcm/v1/vnf_instances/{vnf_id}", dependencies=auth, status_code=204)
+    @app.delete("/vnflcm/v1/vnf_instances/{vnf_id}", dependencies=write, status_code=204)
     async def delete_vnf(vnf_id: str) -> None:
         manager.delete_vnf(vnf_id)
 
-    @app.post("/vnflcm/v1/vnf_instances/{vnf_id}/instantiate", dependencies=auth)
+    @app.post("/vnflcm/v1/vnf_instances/{vnf_id}/instantiate", dependencies=write)
     async def instantiate(vnf_id: str, body: InstantiateRequest | None = None) -> Response:
         return accepted(manager.start_instantiate(vnf_id))
 
-    @app.post("/vnflcm/v1/vnf_instances/{vnf_id}/heal", dependencies=auth)
+    @app.post("/vnflcm/v1/vnf_instances/{vnf_id}/heal", dependencies=write)
     async def heal(vnf_id: str, body: HealRequest | None = None) -> Response:
         return accepted(manager.start_heal(vnf_id, body.cause if body else None))
 
-    @app.post("/vnflcm/v1/vnf_instances/{vnf_id}/terminate", dependencies=auth)
+    @app.post("/vnflcm/v1/vnf_instances/{vnf_id}/terminate", dependencies=write)
     async def terminate(vnf_id: str, body: TerminateRequest | None = None) -> Response:
         return accepted(manager.start_terminate(vnf_id))
 
-    @app.get("/vnflcm/v1/vnf_lcm_op_occs", dependencies=auth)
+    @app.get("/vnflcm/v1/vnf_lcm_op_occs", dependencies=read)
     async def ops(vnfInstanceId: str | None = None) -> list[dict[str, Any]]:
         where = {"vnfInstanceId": vnfInstanceId} if vnfInstanceId else None
         return [r.data for r in manager.store.list("op", where=where)]
 
-    @app.get("/vnflcm/v1/vnf_lcm_op_occs/{op_id}", dependencies=auth)
+    @app.get("/vnflcm/v1/vnf_lcm_op_occs/{op_id}", dependencies=read)
     async def op(op_id: str) -> dict[str, Any]:
         rec = manager.store.find("op", op_id)
         if rec is None:
@@ -313,20 +299,20 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
 
     # -- SOL003 VNF FM ------------------------------------------------------------------
 
-    @app.get("/vnffm/v1/alarms", dependencies=auth)
+    @app.get("/vnffm/v1/alarms", dependencies=read)
     async def alarms(active: bool | None = None) -> list[dict[str, Any]]:
         out = [r.data for r in manager.store.list("alarm")]
         if active is not None:
             out = [a for a in out if (a.get("alarmClearedTime") is None) == active]
         return out
 
-    @app.get("/vnffm/v1/alarms/{alarm_id}", dependencies=auth)
+    @app.get("/vnffm/v1/alarms/{alarm_id}", dependencies=read)
     async def alarm(alarm_id: str) -> dict[str, Any]:
         rec = manager.store.find("alarm", alarm_id)
         if rec is None:
             raise InstanceNotFound(f"no alarm {alarm_id!r}")
         return rec.data
 
-    app.include_router(dashboard_router(manager, auth))
-    app.include_router(subscriptions_router(manager, auth))
+    app.include_router(dashboard_router(manager, read))
+    app.include_router(subscriptions_router(manager, read, write))
     return app

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -48,6 +49,7 @@ from nfvha.vnfm.agent_client import AgentCallError, AgentClient
 from nfvha.vnfm.events import EventBus, EventKind
 from nfvha.vnfm.metrics import ManagerMetrics
 from nfvha.vnfm.notify import Notifier
+from nfvha.vnfm.secretbox import SecretBox
 from nfvha.web import DEFAULT_MAX_BODY
 
 __all__ = ["Manager", "ManagerConfig", "VnfState"]
@@ -103,6 +105,14 @@ class ManagerConfig:
     #: Finished operation occurrences kept per VNF, and for how long at most (s).
     ops_per_vnf: int = 100
     ops_max_age: float = 30 * 86400.0
+    #: Operator and viewer credentials (`nfvha.vnfm.auth`); None: the cluster token is
+    #: every role, as before operator credentials existed.
+    users_file: Path | None = None
+    #: Key that seals subscription passwords in the store (created 0600 if missing);
+    #: None: a key held in memory only (tests).
+    secret_key_file: Path | None = None
+    #: Accept BASIC credentials for plain-http callback URIs (sent in clear text).
+    allow_insecure_callbacks: bool = False
 
 
 @dataclass
@@ -167,7 +177,10 @@ class Manager:
         self.forwarder = (ForwarderClient(cfg.forwarder_url, cfg.token, self.http)
                           if cfg.forwarder_url else None)
         self.events = EventBus()
-        self.notifier = Notifier(store, self.events, base_url=cfg.base_url)  # SOL003
+        self.notifier = Notifier(  # SOL003
+            store, self.events, base_url=cfg.base_url,
+            box=SecretBox.from_file(cfg.secret_key_file) if cfg.secret_key_file else None,
+            allow_insecure_callbacks=cfg.allow_insecure_callbacks)
         self.metrics = ManagerMetrics(self)
         self.heartbeats_missed: dict[str, int] = {}  # host -> heartbeats not received
         self.liveness_key = liveness_key(cfg.token)

@@ -24,6 +24,7 @@ import httpx
 from nfvha.errors import NfvhaError
 from nfvha.store.base import StateStore, json_equal
 from nfvha.vnfm.events import Event, EventBus, EventKind
+from nfvha.vnfm.secretbox import SecretBox, SecretBoxError
 
 __all__ = [
     "FM",
@@ -31,6 +32,7 @@ __all__ = [
     "CallbackCheckError",
     "DeliveryStats",
     "FilterError",
+    "InsecureCallbackError",
     "Notifier",
     "RetryPolicy",
     "Subscription",
@@ -90,6 +92,13 @@ class CallbackCheckError(SubscriptionError):
     title = "Callback URI check failed"
 
 
+class InsecureCallbackError(SubscriptionError):
+    """BASIC credentials for a callback URI that would carry them in clear text."""
+
+    status = 422
+    title = "Insecure callback URI"
+
+
 class SubscriptionNotFound(SubscriptionError):
     status = 404
     title = "Not found"
@@ -134,7 +143,8 @@ class DeliveryStats:
 
 @dataclass
 class Subscription:
-    """One LccnSubscription or FmSubscription; ``authentication`` holds the password."""
+    """One LccnSubscription or FmSubscription. ``authentication`` is kept as stored:
+    its password sealed (``paramsBasic.passwordSealed``), opened only to deliver."""
 
     id: str
     api: str  # LCM or FM
@@ -153,7 +163,7 @@ class Subscription:
         return f"{_PATH[self.api]}/{self.id}"
 
     def record(self) -> dict[str, Any]:
-        """What the state store keeps (the password included: deliveries need it)."""
+        """What the state store keeps: the password sealed, never in clear."""
         return {"id": self.id, "api": self.api, "callbackUri": self.callback_uri,
                 "filter": self.filter, "authentication": self.authentication,
                 "verbosity": self.verbosity, "createdAt": self.created_at}
@@ -180,9 +190,13 @@ class Subscription:
         out["nfvha"] = ext
         return out
 
-    def auth(self) -> httpx.BasicAuth | None:
+    def auth(self, box: SecretBox) -> httpx.BasicAuth | None:
+        """The credentials to deliver with; SecretBoxError if the password does not open
+        (the manager's key file is not the one that sealed it)."""
         basic = (self.authentication or {}).get("paramsBasic")
-        return httpx.BasicAuth(basic["userName"], basic["password"]) if basic else None
+        if not basic:
+            return None
+        return httpx.BasicAuth(basic["userName"], box.open(basic["passwordSealed"]))
 
     def offer(self, notification: dict[str, Any]) -> None:
         """Queue a notification for delivery; drop it (counted) when the queue is full."""
@@ -252,6 +266,17 @@ def _validate_vnf_filter(value: Any) -> dict[str, Any]:
         raise FilterError(f"{where}: vnfInstanceIds and vnfInstanceNames shall not both be "
                           "present (SOL003)")
     return out
+
+
+def seal_authentication(auth: dict[str, Any] | None, box: SecretBox) -> dict[str, Any] | None:
+    """``auth`` as the store keeps it: ``paramsBasic.password`` replaced by its sealed
+    form ``passwordSealed`` (a record sealed already is returned as it is)."""
+    basic = (auth or {}).get("paramsBasic")
+    if auth is None or not isinstance(basic, dict) or "password" not in basic:
+        return auth
+    sealed = {k: v for k, v in basic.items() if k != "password"}
+    sealed["passwordSealed"] = box.seal(basic["password"])
+    return {**auth, "paramsBasic": sealed}
 
 
 def validate_callback_uri(uri: Any) -> str:
@@ -397,11 +422,17 @@ class Notifier:
     """
 
     def __init__(self, store: StateStore, events: EventBus, *, base_url: str = "",
-                 policy: RetryPolicy | None = None) -> None:
+                 policy: RetryPolicy | None = None, box: SecretBox | None = None,
+                 allow_insecure_callbacks: bool = False) -> None:
         self.store = store
         self.events = events
         self.base_url = base_url
         self.policy = policy or RetryPolicy()
+        if box is None:
+            log.warning("subscription passwords are sealed with a key held in memory only: "
+                        "after a restart, BASIC subscriptions cannot be delivered")
+        self.box = box or SecretBox.ephemeral()
+        self.allow_insecure_callbacks = allow_insecure_callbacks
         self.subscriptions: dict[str, Subscription] = {}
         self.http = httpx.AsyncClient(follow_redirects=False,
                                       limits=httpx.Limits(max_connections=50))
@@ -419,7 +450,13 @@ class Notifier:
             if rec.data.get("alarmClearedTime") is None:
                 self._raised[rec.id] = rec.data.get("perceivedSeverity", "")
         for rec in self.store.list("subscription"):
-            self._activate(Subscription.from_record(rec.data))
+            sub = Subscription.from_record(rec.data)
+            sealed = seal_authentication(sub.authentication, self.box)
+            if sealed is not sub.authentication:  # stored in clear by an older manager
+                sub.authentication = sealed
+                self.store.put("subscription", sub.id, sub.record())
+                log.info("subscription %s: its stored password is sealed now", sub.id)
+            self._activate(sub)
         self._consumer = asyncio.ensure_future(self._consume(queue))
         if self.subscriptions:
             log.info("notifying %d subscription(s)", len(self.subscriptions))
@@ -466,6 +503,13 @@ class Notifier:
         if verbosity is not None and (api != LCM or verbosity not in ("FULL", "SHORT")):
             raise FilterError("verbosity is FULL or SHORT, and only for /vnflcm/v1 "
                               "subscriptions")
+        if auth is not None and urlsplit(uri).scheme == "http" \
+                and not self.allow_insecure_callbacks:
+            raise InsecureCallbackError(
+                f"callbackUri {uri} is plain http: BASIC authentication would send the "
+                "password in clear text to it. Use an https callbackUri, or start the "
+                "manager with --allow-insecure-callbacks (e.g. on a closed management "
+                "network)")
         same = self._find(api, uri, flt)
         if same is not None:
             return same, False
@@ -476,7 +520,8 @@ class Notifier:
         if same is not None:
             return same, False
         sub = Subscription(id=uuid.uuid4().hex, api=api, callback_uri=uri, filter=flt,
-                           authentication=auth, verbosity=verbosity or "FULL",
+                           authentication=seal_authentication(auth, self.box),
+                           verbosity=verbosity or "FULL",
                            created_at=_iso(time.time()))
         self.store.create("subscription", sub.id, sub.record())
         self._activate(sub)
@@ -574,10 +619,20 @@ class Notifier:
         """POST one notification, retrying with exponential back-off until a 2xx answer or
         the last attempt; the next notification of this subscription waits (order kept)."""
         p = self.policy
+        try:
+            basic = sub.auth(self.box)
+        except SecretBoxError as exc:
+            # Retrying cannot help: the key file must be the one that sealed it.
+            sub.stats.gave_up += 1
+            sub.stats.last_error = f"password of the subscription cannot be opened: {exc}"
+            sub.stats.last_error_at = _iso(time.time())
+            log.error("subscription %s: %s not sent: %s", sub.id, n["notificationType"],
+                      sub.stats.last_error)
+            return
         for attempt in range(1, p.attempts + 1):
             try:
                 r = await self.http.post(sub.callback_uri, json=n, timeout=p.timeout,
-                                         auth=sub.auth() or httpx.USE_CLIENT_DEFAULT)
+                                         auth=basic or httpx.USE_CLIENT_DEFAULT)
                 if 200 <= r.status_code < 300:
                     sub.stats.delivered += 1
                     sub.stats.last_delivered_at = _iso(time.time())

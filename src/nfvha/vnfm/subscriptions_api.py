@@ -45,16 +45,17 @@ class SubscriptionRequest(BaseModel):
                                                        description="/vnflcm/v1 only")
 
 
-def subscriptions_router(manager: Manager, auth: list[Any]) -> APIRouter:
-    """The routes of both subscription resources, each guarded by ``auth``."""
+def subscriptions_router(manager: Manager, read: list[Any], write: list[Any]) -> APIRouter:
+    """The routes of both subscription resources: GETs guarded by ``read``, creation and
+    deletion by ``write``."""
     router = APIRouter()
     for api, kind in ((LCM, "LccnSubscription"), (FM, "FmSubscription")):
-        _add_routes(router, manager, api, kind, auth)
+        _add_routes(router, manager, api, kind, read, write)
     return router
 
 
 def _add_routes(router: APIRouter, manager: Manager, api: str, kind: str,
-                auth: list[Any]) -> None:
+                read: list[Any], write: list[Any]) -> None:
     notifier = manager.notifier
     base = manager.cfg.base_url
     path = f"/{api}/v1/subscriptions"
@@ -78,7 +79,7 @@ def _add_routes(router: APIRouter, manager: Manager, api: str, kind: str,
     async def list_all() -> list[dict[str, Any]]:
         return [s.resource(base) for s in notifier.list(api)]
 
-    async def read(subscriptionId: str) -> Response:
+    async def read_one(subscriptionId: str) -> Response:
         try:
             return JSONResponse(notifier.get(api, subscriptionId).resource(base))
         except SubscriptionError as exc:
@@ -93,17 +94,17 @@ def _add_routes(router: APIRouter, manager: Manager, api: str, kind: str,
 
     tag: list[str | Enum] = [f"SOL003 {kind}"]
     unknown: dict[int | str, dict[str, Any]] = {404: {"description": "no such subscription"}}
-    router.add_api_route(path, create, methods=["POST"], dependencies=auth, tags=tag,
+    router.add_api_route(path, create, methods=["POST"], dependencies=write, tags=tag,
                          status_code=201, name=f"create {kind}",
                          operation_id=f"{api}_create_subscription",
                          responses={201: {"description": kind},
                                     303: {"description": "an equal subscription exists"},
                                     422: {"description": "callback URI check failed"}})
-    router.add_api_route(path, list_all, methods=["GET"], dependencies=auth, tags=tag,
+    router.add_api_route(path, list_all, methods=["GET"], dependencies=read, tags=tag,
                          name=f"list {kind}", operation_id=f"{api}_list_subscriptions")
-    router.add_api_route(path + "/{subscriptionId}", read, methods=["GET"], tags=tag,
-                         dependencies=auth, name=f"read {kind}", responses=unknown,
+    router.add_api_route(path + "/{subscriptionId}", read_one, methods=["GET"], tags=tag,
+                         dependencies=read, name=f"read {kind}", responses=unknown,
                          operation_id=f"{api}_read_subscription")
     router.add_api_route(path + "/{subscriptionId}", delete, methods=["DELETE"], tags=tag,
-                         dependencies=auth, status_code=204, name=f"delete {kind}",
+                         dependencies=write, status_code=204, name=f"delete {kind}",
                          responses=unknown, operation_id=f"{api}_delete_subscription")
