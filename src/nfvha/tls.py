@@ -170,7 +170,7 @@ except ImportError:  # pragma: no cover - the guard and tools run without uvicor
     _H11Protocol = asyncio.Protocol  # type: ignore[assignment,misc]
 
 
-class TlsH11Protocol(_H11Protocol):  # type: ignore[misc,valid-type]
+class TlsH11Protocol(_H11Protocol):
     """Uvicorn's h11 protocol, with the peer's verified certificate in every request's
     scope. One instance per connection, so the certificate is read once per connection
     (keep-alive requests reuse it), after the handshake, which asyncio completes before

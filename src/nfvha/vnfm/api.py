@@ -11,10 +11,9 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import yaml
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -26,12 +25,13 @@ from nfvha.errors import (
     NfvhaError,
 )
 from nfvha.store.base import ConflictError, StoreError
+from nfvha.tls import caller
 from nfvha.vim.api import problem
 from nfvha.vnfm.dashboard import dashboard_router
 from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from nfvha.vnfm.subscriptions_api import subscriptions_router
-from nfvha.web import BodyLimit, token_matches
+from nfvha.web import BodyLimit, Refused, refused_response, who_may
 
 __all__ = ["create_manager_app"]
 
@@ -103,8 +103,15 @@ class InjectRequest(BaseModel):
     fault: Literal["kill", "hang"]
 
 
-class _Unauthorized(Exception):
-    pass
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 saying so (never a 500)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise StarletteHTTPException(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise StarletteHTTPException(400, "the body must be a JSON object")
+    return body
 
 
 def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> FastAPI:
@@ -122,19 +129,23 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
                   description="SOL003-shaped VNF LCM and FM with nfvha's HA module",
                   lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=manager.cfg.max_body)
-    bearer = HTTPBearer(auto_error=False)
+    tls = manager.cfg.tls is not None
+    # Operators: the bearer token (over TLS when it is configured); a daemon's
+    # certificate does not make it an operator.
+    auth = [who_may(tls=tls, token=manager.cfg.token, want="an operator",
+                    token_hint="the operators' token (nfvha up prints where it is)")]
+    # A host's own reports: from that host's agent only (with TLS), so no host can
+    # report for another or invent one.
+    host_auth = [who_may(tls=tls, token="" if tls else manager.cfg.token,
+                         want="the agent of the host named in the path",
+                         allowed=lambda ident, req: ident.is_agent(
+                             req.path_params.get("host_id")), token_ok=not tls)]
+    agent_auth = [who_may(tls=tls, token="" if tls else manager.cfg.token, want="an agent",
+                          allowed=lambda ident, _: ident.is_agent(), token_ok=not tls)]
 
-    async def require_token(
-        creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
-    ) -> None:
-        if creds is None or not token_matches(creds.credentials, manager.cfg.token):
-            raise _Unauthorized()
-
-    @app.exception_handler(_Unauthorized)
-    async def _unauth(_: Request, __: _Unauthorized) -> JSONResponse:
-        r = problem(401, "Unauthorized", "missing or wrong bearer token: send "
-                    "'Authorization: Bearer <token>' (nfvha up prints where the token is)")
-        r.headers["WWW-Authenticate"] = "Bearer"
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused) -> JSONResponse:
+        r: JSONResponse = refused_response(exc)
         return r
 
     @app.exception_handler(NfvhaError)
@@ -169,8 +180,6 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, "Error", str(exc.detail))
 
-    auth = [Depends(require_token)]
-
     def accepted(op_id: str) -> Response:
         return Response(status_code=202, headers={
             "Location": f"{manager.cfg.base_url}/vnflcm/v1/vnf_lcm_op_occs/{op_id}"})
@@ -193,13 +202,27 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
 
     # -- agents talk to these -----------------------------------------------------------
 
-    @app.post("/nfvha/v1/hosts/{host_id}/heartbeat", dependencies=auth)
+    @app.post("/nfvha/v1/hosts/{host_id}/heartbeat", dependencies=host_auth)
     async def heartbeat(host_id: str, request: Request) -> dict[str, Any]:
-        return manager.heartbeat(host_id, await request.json())
+        body = await _json_object(request)
+        if body.get("host_id", host_id) != host_id:
+            raise Refused(403, f"a status report for host {host_id} names host "
+                          f"{body.get('host_id')!r}: each host reports for itself")
+        return manager.heartbeat(host_id, body)
 
-    @app.post("/nfvha/v1/events", dependencies=auth, status_code=204)
+    @app.post("/nfvha/v1/events", dependencies=agent_auth, status_code=204)
     async def event(request: Request) -> None:
-        manager.event(await request.json())
+        body = await _json_object(request)
+        ident = caller(request.scope)
+        if ident is not None and body.get("host_id") != ident.host:
+            raise Refused(403, f"{ident} reported an event of host {body.get('host_id')!r}: "
+                          "each host reports its own")
+        if body.get("type") == "instance-exit" and not (
+                isinstance(body.get("instance"), dict) and isinstance(body.get("host_id"), str)
+                and isinstance(body["instance"].get("id"), str)):
+            raise StarletteHTTPException(400, "an instance-exit event names host_id and "
+                                         "instance.id")
+        manager.event(body)
 
     @app.get("/nfvha/v1/hosts", dependencies=auth)
     async def hosts() -> list[dict[str, Any]]:
@@ -219,6 +242,12 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
                         "instances": st.get("instances", []),
                         "resources": st.get("resources", {})})
         return out
+
+    @app.delete("/nfvha/v1/hosts/{host_id}", dependencies=auth)
+    async def remove_host(host_id: str) -> dict[str, Any]:
+        """Take a host out of the cluster (its record, alarms and liveness state); 409
+        while it is UP with VNFs or replicas placed on it."""
+        return manager.remove_host(host_id)
 
     @app.post("/nfvha/v1/hosts/{host_id}/fence", dependencies=auth)
     async def fence(host_id: str) -> dict[str, Any]:
