@@ -9,16 +9,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from nfvha.dataplane.forwarder import Forwarder, ServiceSpec
 from nfvha.errors import HostNetworkError
 from nfvha.vim.api import problem
 from nfvha.vim.hostnet import HostNetwork
-from nfvha.web import BodyLimit, token_matches
+from nfvha.web import BodyLimit, Refused, refused_response, who_may
 
 __all__ = ["create_forwarder_app"]
 
@@ -38,12 +37,8 @@ class PositionBody(BaseModel):
     position: int = Field(ge=0)
 
 
-class _Unauthorized(Exception):
-    pass
-
-
 def create_forwarder_app(token: str, *, interface: str = "eth0",
-                         prefixlen: int = 16) -> FastAPI:
+                         prefixlen: int = 16, tls: bool = False) -> FastAPI:
     fwd = Forwarder()
     net = HostNetwork()
 
@@ -57,17 +52,15 @@ def create_forwarder_app(token: str, *, interface: str = "eth0",
     app = FastAPI(title="nfvha forwarder", lifespan=lifespan)
     app.add_middleware(BodyLimit)
     app.state.forwarder = fwd
-    bearer = HTTPBearer(auto_error=False)
+    # With TLS: the manager, by its certificate (and the token, if one was given, for an
+    # operator's debugging); without: the token.
+    auth = [who_may(tls=tls, token=token, want="the manager",
+                    allowed=(lambda ident, _: ident.role == "manager") if tls else None)]
 
-    async def require_token(
-        creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
-    ) -> None:
-        if creds is None or not token_matches(creds.credentials, token):
-            raise _Unauthorized()
-
-    @app.exception_handler(_Unauthorized)
-    async def _unauth(_: Request, __: _Unauthorized) -> JSONResponse:
-        return problem(401, "Unauthorized", "missing or wrong bearer token")
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused) -> JSONResponse:
+        r: JSONResponse = refused_response(exc)
+        return r
 
     @app.exception_handler(KeyError)
     async def _missing(_: Request, exc: KeyError) -> JSONResponse:
@@ -76,8 +69,6 @@ def create_forwarder_app(token: str, *, interface: str = "eth0",
     @app.exception_handler(OSError)
     async def _os(_: Request, exc: OSError) -> JSONResponse:
         return problem(409, "Cannot bind", f"{exc}; is the service address free here?")
-
-    auth = [Depends(require_token)]
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
