@@ -203,8 +203,15 @@ def _manager_conn(args: argparse.Namespace) -> tuple[str, str, ssl.SSLContext | 
             raise NfvhaError(f"testbed {args.name} runs no manager; start one with `nfvha up`")
         url = url or tb.manager_url
         token = token or tb.token
-        if tb.tls and not ca:
-            ca = str(tb.ca_file)
+    if not ca:
+        # A testbed of that name: its own CA signed its manager's certificate.
+        from nfvha.errors import ConfigError
+        from nfvha.testbed import Testbed
+
+        with contextlib.suppress(ConfigError):
+            tb = Testbed.load(args.name)
+            if tb.tls:
+                ca = str(tb.ca_file)
     verify: ssl.SSLContext | bool = True  # the system's CAs
     if ca:
         try:

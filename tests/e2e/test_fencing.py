@@ -154,13 +154,13 @@ def test_agent_killed_and_restarted_within_its_grace_is_a_non_event(
     vnf, ip, flow, sent = _deploy(fmgr, python_bin, "fr")
     host = vnf["host"]
     agent_url = fmgr.tb.host(host).url + "/v1/instances/fr"
-    pid = fmgr.http.get(agent_url).json()["pid"]
+    pid = fmgr.agents.get(agent_url).json()["pid"]
     with flow, CopyWatch(fmgr.tb, "fr") as watch:
         old_agent = asyncio.run(fmgr.tb.kill_agent(host))  # its supervisor restarts it
         wait_until(lambda: fmgr.tb.agent_process(host) != old_agent, 10)
         # The new agent adopts the VNF: RUNNING, the same process.
-        wait_until(lambda: fmgr.http.get(agent_url).json(), 15, ignore=(Exception,))
-        adopted = fmgr.http.get(agent_url).json()
+        wait_until(lambda: fmgr.agents.get(agent_url).json(), 15, ignore=(Exception,))
+        adopted = fmgr.agents.get(agent_url).json()
         assert (adopted["state"], adopted["pid"]) == ("RUNNING", pid)
         time.sleep(GRACE + 0.5)  # past the grace: the guard was fed by the new agent
         flow.send(10)

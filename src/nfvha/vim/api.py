@@ -199,9 +199,14 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
                 "seconds": r.seconds, "peer": r.peer}
 
     @app.put("/v1/checkpoints/{instance_id}/{seq}", dependencies=peers, status_code=201)
-    async def receive(instance_id: str, seq: int, request: Request) -> dict[str, Any]:
-        meta = await receive_checkpoint_tar(agent.store, request.stream(),
-                                            expect_instance=instance_id, expect_seq=seq)
+    async def receive(instance_id: str, seq: int, request: Request) -> Any:
+        try:
+            meta = await receive_checkpoint_tar(agent.store, request.stream(),
+                                                expect_instance=instance_id, expect_seq=seq)
+        except TransferError as exc:
+            # A broken upload is the sender's to fix (a 4xx); 502 is for pushes this
+            # agent makes.
+            return problem(400, "Bad checkpoint upload", str(exc))
         return meta.model_dump(mode="json")
 
     @app.post("/v1/instances/{instance_id}/restore", dependencies=auth, status_code=201)
