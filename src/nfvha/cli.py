@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 
 from nfvha.errors import NfvhaError
 from nfvha.logs import setup_logging
+from nfvha.tls import TlsConfig
 from nfvha.web import DEFAULT_MAX_BODY
 
 __all__ = ["main"]
@@ -42,12 +44,22 @@ def _raise_priority(nice: int) -> None:
             logging.getLogger("nfvha").warning("cannot set priority %d: %s", nice, exc)
 
 
-def _daemon_token(args: argparse.Namespace) -> str:
+def _daemon_token(args: argparse.Namespace, *, optional: bool = False) -> str:
+    """The bearer token; ``optional`` for daemons that know their callers by certificate
+    (an agent or a forwarder with TLS), which are better off without it."""
     token = _read_token(args)
-    if not token:
+    if not token and not optional:
         raise NfvhaError(f"{args.command}: a token is required (--token-file or "
-                         "NFVHA_TOKEN); every daemon of a cluster shares it")
+                         "NFVHA_TOKEN), or TLS (--tls-cert --tls-key --tls-ca)")
     return token
+
+
+def _tls(args: argparse.Namespace) -> TlsConfig | None:
+    return TlsConfig.from_args(args.tls_cert, args.tls_key, args.tls_ca)
+
+
+def _scheme(tls: TlsConfig | None) -> str:
+    return "https" if tls else "http"
 
 
 def _serve(app: object, args: argparse.Namespace, *,
@@ -75,9 +87,12 @@ def _serve(app: object, args: argparse.Namespace, *,
 
     host, _, port = args.listen.rpartition(":")
     _raise_priority(args.nice)  # imports are done: the costly part of starting
+    # With TLS there is no plain listener: a plain request to the port fails its handshake.
+    tls = _tls(args)
     server = Server(uvicorn.Config(app, host=host or "0.0.0.0",  # type: ignore[arg-type]
                                    port=int(port), log_level="warning", access_log=False,
-                                   timeout_graceful_shutdown=shutdown_timeout))
+                                   timeout_graceful_shutdown=shutdown_timeout,
+                                   **(tls.uvicorn_kwargs() if tls else {})))
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     return 0 if server.started else 1
@@ -87,10 +102,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from nfvha.vim.agent import Agent, AgentConfig
     from nfvha.vim.api import create_app
 
-    token = _daemon_token(args)
+    tls = _tls(args)
+    token = _daemon_token(args, optional=tls is not None)
     cfg = AgentConfig(
         host_id=args.host_id, state_dir=Path(args.state_dir), bridge=args.bridge, token=token,
-        manager_url=args.manager, advertise_url=args.advertise_url or f"http://{args.listen}",
+        manager_url=args.manager,
+        advertise_url=args.advertise_url or f"{_scheme(tls)}://{args.listen}", tls=tls,
+        liveness_key_file=Path(args.liveness_key_file) if args.liveness_key_file else None,
         heartbeat_interval=args.heartbeat_interval, keep_checkpoints=args.keep,
         fencing_timeout=args.fencing_timeout, agent_grace=args.agent_grace,
         status_interval=args.status_interval, liveness_listen=args.liveness_listen,
@@ -109,6 +127,14 @@ def cmd_manager(args: argparse.Namespace) -> int:
     from nfvha.vnfm.manager import Manager, ManagerConfig
 
     token = _daemon_token(args)
+    tls = _tls(args)
+    secret = None
+    if args.liveness_secret_file:
+        try:
+            secret = bytes.fromhex(Path(args.liveness_secret_file).read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise NfvhaError(f"--liveness-secret-file: {exc}; it is the CA directory's "
+                             "liveness.secret (`nfvha pki init`)") from None
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     os.umask(0o077)  # the key file below is created before _serve sets it
     timings = FaultTimings(heartbeat_interval=args.heartbeat_interval,
@@ -118,7 +144,8 @@ def cmd_manager(args: argparse.Namespace) -> int:
 
     host, _, port = (args.liveness_listen or args.listen).rpartition(":")
     cfg = ManagerConfig(token=token, timings=timings,
-                        base_url=args.advertise_url or f"http://{args.listen}",
+                        base_url=args.advertise_url or f"{_scheme(tls)}://{args.listen}",
+                        tls=tls, liveness_secret=secret,
                         forwarder_url=args.forwarder, liveness_listen=(host, int(port)),
                         fencers=load_fence_config(args.fence_config) if args.fence_config
                         else {}, max_body=args.max_body,
@@ -155,8 +182,10 @@ def _reserved(items: list[str]) -> dict[str, str]:
 def cmd_forwarder(args: argparse.Namespace) -> int:
     from nfvha.dataplane.api import create_forwarder_app
 
-    token = _daemon_token(args)
-    app = create_forwarder_app(token, interface=args.interface, prefixlen=args.prefixlen)
+    tls = _tls(args)
+    token = _daemon_token(args, optional=tls is not None)
+    app = create_forwarder_app(token, interface=args.interface, prefixlen=args.prefixlen,
+                               tls=tls is not None)
     return _serve(app, args)
 
 
@@ -310,7 +339,18 @@ def _testbed_layer(name: str, *, required: bool = True) -> dict[str, Any]:
     if not tb.with_manager:
         raise NfvhaError(f"testbed {name} runs no manager; start one with `nfvha up`")
     return {"manager_url": tb.manager_url, "token": tb.operator_token or tb.token,
-            "ca_file": getattr(tb, "ca_file", None)}
+            "ca_file": str(tb.ca_file) if tb.tls else None}
+
+
+def _verify(ca_file: str | None) -> ssl.SSLContext | bool:
+    """How to check the manager's certificate: against ``ca_file`` (the cluster's CA),
+    else the system's CAs."""
+    if not ca_file:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:
+        raise NfvhaError(f"CA file {ca_file}: {exc.strerror or exc}") from None
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -321,8 +361,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                      with_forwarder=True, subnet=args.subnet, mgmt_subnet=args.mgmt_subnet,
                      fencing=not args.no_fencing)
         await tb.up()
-        ca_file = getattr(tb, "ca_file", None)  # the cluster's CA, once the daemons use TLS
-        ca = str(ca_file) if ca_file else None
+        ca = str(tb.ca_file) if tb.tls else None  # the cluster's CA
         config = tb.dir / "config.yaml"
         _write_private(config, json.dumps({"manager_url": tb.manager_url,
                                            "token_file": str(tb.operator_token_file),
@@ -337,6 +376,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(json.dumps(info, indent=2))
         else:
             print(f"manager: {tb.manager_url}")
+            if tb.tls:
+                print(f"  TLS, CA certificate: {tb.ca_file}")
             print(f"  operator credential: {tb.operator_token_file}")
             print(f"  viewer credential:   {tb.viewer_token_file}")
             print(f"CLI config: {config} (this shell finds the testbed anyway; elsewhere: "
@@ -392,7 +433,7 @@ def _request(args: argparse.Namespace, method: str, path: str, **kw: object) -> 
     url = conn.url
     try:
         r = httpx.request(method, url + path, headers={"Authorization": f"Bearer {conn.token}"},
-                          timeout=30, verify=conn.ca_file or True,
+                          timeout=30, verify=_verify(conn.ca_file),
                           **kw)  # type: ignore[arg-type]
     except httpx.HTTPError as exc:
         raise NfvhaError(f"manager at {url} unreachable: {exc}; is it up (`nfvha up`)?") \
@@ -504,6 +545,42 @@ def cmd_inject(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_host(args: argparse.Namespace) -> int:
+    _print(_request(args, "DELETE", f"/nfvha/v1/hosts/{args.id}"), args.json)
+    return 0
+
+
+def cmd_pki(args: argparse.Namespace) -> int:
+    """The cluster CA for real hosts: ``init`` once, then ``issue`` one certificate per
+    daemon, copied to its host with its key (and, for an agent, its liveness keys)."""
+    from nfvha.ha.liveness import write_key_file
+    from nfvha.pki import init_ca, load_ca
+
+    d = Path(args.dir)
+    if args.action == "init":
+        ca = init_ca(d)
+        print(f"CA in {d}: {ca.cert_path} (give it to every daemon as --tls-ca), "
+              f"{d / 'ca.key'} (keep it here), {ca.liveness_secret_path} (the manager's "
+              "--liveness-secret-file)")
+        return 0
+    if not args.role:
+        raise NfvhaError("nfvha pki issue: --role manager|agent|forwarder is required")
+    ca = load_ca(d)
+    out = Path(args.out) if args.out else d
+    issued = ca.issue(args.role, host=args.host, ips=args.ip or [], dns=args.dns or [],
+                      out_dir=out)
+    files = {"identity": str(issued.identity), "cert": str(issued.cert),
+             "key": str(issued.key), "ca": str(ca.cert_path)}
+    if issued.identity.role == "agent" and ca.liveness_secret_path.exists():
+        assert issued.identity.host is not None
+        keys = out / f"{issued.identity.file_stem}.liveness"
+        secret = bytes.fromhex(ca.liveness_secret_path.read_text().strip())
+        write_key_file(keys, secret, issued.identity.host)
+        files["liveness_key_file"] = str(keys)
+    _print(files, args.json)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from nfvha.demo import run_demo
 
@@ -518,6 +595,13 @@ def _print(data: object, as_json: bool) -> None:
     from rich.pretty import Pretty
 
     Console().print(Pretty(data))
+
+
+def _tls_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-cert", default=None, help="this daemon's certificate (nfvha pki)")
+    p.add_argument("--tls-key", default=None, help="its key (0600)")
+    p.add_argument("--tls-ca", default=None,
+                   help="the cluster CA: callers' and servers' certificates must be its")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -537,7 +621,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--advertise-url", default=None)
     a.add_argument("--bridge", default="br0", help="bridge the VNF veths join")
     a.add_argument("--state-dir", default="/var/lib/nfvha/agent")
-    a.add_argument("--token-file", default=None, help="file holding the bearer token")
+    a.add_argument("--token-file", default=None,
+                   help="file holding the bearer token (without TLS only: an agent with TLS "
+                        "knows the manager by its certificate and needs no token)")
+    a.add_argument("--liveness-key-file", default=None,
+                   help="this host's heartbeat keys (`nfvha pki issue --role agent`)")
+    _tls_args(a)
     a.add_argument("--manager", default=None, help="manager URL for heartbeats and events")
     a.add_argument("--heartbeat-interval", type=float, default=0.05,
                    help="liveness heartbeats of the host's lease guard (UDP)")
@@ -573,7 +662,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--listen", default="127.0.0.1:8600", help="ADDRESS:PORT")
     m.add_argument("--advertise-url", default=None)
     m.add_argument("--db", default="/var/lib/nfvha/manager.db", help="SQLite state file")
-    m.add_argument("--token-file", default=None)
+    m.add_argument("--token-file", default=None, help="the operators' bearer token")
+    m.add_argument("--liveness-secret-file", default=None,
+                   help="the cluster's liveness secret (liveness.secret of `nfvha pki init`): "
+                        "each host's heartbeat key derives from it (default: the token)")
+    _tls_args(m)
     m.add_argument("--heartbeat-interval", type=float, default=0.05)
     m.add_argument("--suspect-after", type=float, default=0.15,
                    help="seconds without heartbeat before a host is suspected")
@@ -613,6 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("forwarder", help="run the steering forwarder (packet log, replay)")
     f.add_argument("--listen", default="127.0.0.1:8800", help="control API ADDRESS:PORT")
     f.add_argument("--token-file", default=None)
+    _tls_args(f)
     f.add_argument("--interface", default="eth0", help="where service addresses are added")
     f.add_argument("--prefixlen", type=int, default=16)
     f.add_argument("--nice", type=int, default=-10,
@@ -693,6 +787,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kill-agent: its supervisor does not restart it")
     c.add_argument("--seconds", type=float, default=2.0, help="stop-agent: how long")
     c.set_defaults(func=cmd_inject)
+
+    c = client("host", "manage hosts")
+    c.add_argument("action", choices=["remove"])
+    c.add_argument("id", help="host id")
+    c.set_defaults(func=cmd_host)
+
+    k = sub.add_parser("pki", help="the cluster CA and the daemons' certificates (real hosts)")
+    k.add_argument("action", choices=["init", "issue"])
+    k.add_argument("--dir", required=True, help="the CA directory (0700)")
+    k.add_argument("--role", choices=["manager", "agent", "forwarder"])
+    k.add_argument("--host", default=None, help="issue --role agent: the host id")
+    k.add_argument("--ip", action="append", metavar="ADDRESS",
+                   help="an address the daemon listens on (repeat)")
+    k.add_argument("--dns", action="append", metavar="NAME", help="a DNS name (repeat)")
+    k.add_argument("--out", default=None, help="where to write (default: --dir)")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_pki)
 
     d = sub.add_parser("demo", help="the embedded default run")
     d.add_argument("--keep", action="store_true", help="leave the testbed up afterwards")

@@ -170,7 +170,8 @@ async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
         with con.status("starting testbed, manager and agents..."):
             await tb.up()
         auth = {"Authorization": f"Bearer {tb.operator_token}"}
-        async with httpx.AsyncClient(base_url=tb.manager_url, headers=auth, timeout=30) as m:
+        async with httpx.AsyncClient(base_url=tb.manager_url, headers=auth, timeout=30,
+                                     verify=tb.client_context(None)) as m:
             vnfs = {"flowmon": tb.vnf_address(10), "udpnat": tb.vnf_address(20),
                     "flowmon-replay": tb.vnf_address(11)}
             service = tb.service_address(10)

@@ -32,6 +32,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -108,6 +109,9 @@ class Testbed:
     #: broken one), with its timeout.
     fence_agent: list[str] | None = None
     fence_timeout: float = 5.0
+    #: Mutual TLS everywhere, with a CA of the testbed's own (``pki/`` in its directory);
+    #: agents and the forwarder then get no token, each guard only its host's key.
+    tls: bool = True
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 8 or not self.name.replace("-", "").isalnum():
@@ -179,8 +183,12 @@ class Testbed:
         return str(self._mgmt_base + 5)
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
     def forwarder_url(self) -> str:
-        return f"http://{self.ingress_mgmt_address}:{FORWARDER_PORT}"
+        return f"{self.scheme}://{self.ingress_mgmt_address}:{FORWARDER_PORT}"
 
     def service_address(self, i: int) -> str:
         """The i-th service address the forwarder owns (10.250.2.i by default)."""
@@ -188,7 +196,7 @@ class Testbed:
 
     @property
     def manager_url(self) -> str:
-        return f"http://{self.mgmt_gateway}:{MANAGER_PORT}"
+        return f"{self.scheme}://{self.mgmt_gateway}:{MANAGER_PORT}"
 
     @property
     def token_file(self) -> Path:
@@ -225,6 +233,55 @@ class Testbed:
                 self.viewer_token = token
 
     @property
+    def pki_dir(self) -> Path:
+        return self.dir / "pki"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki_dir / "ca.pem"
+
+    def tls_files(self, role: str, host: str | None = None) -> list[str]:
+        """``--tls-cert --tls-key --tls-ca`` for a daemon of this testbed ([] without TLS)."""
+        if not self.tls:
+            return []
+        stem = self.pki_dir / (role + (f"-{host}" if host else ""))
+        return ["--tls-cert", f"{stem}.pem", "--tls-key", f"{stem}.key",
+                "--tls-ca", str(self.ca_file)]
+
+    def client_context(self, role: str | None = "manager",
+                       host: str | None = None) -> ssl.SSLContext | bool:
+        """For an httpx client of this testbed's APIs: trusts its CA and, with ``role``,
+        presents that daemon's certificate (tests act as the manager towards agents);
+        ``role=None``: no certificate (an operator). True without TLS."""
+        if not self.tls:
+            return True
+        from nfvha.tls import TlsConfig
+
+        stem = self.pki_dir / ((role or "manager") + (f"-{host}" if host else ""))
+        return TlsConfig(Path(f"{stem}.pem"), Path(f"{stem}.key"),
+                         self.ca_file).client_context(present=role is not None)
+
+    def _make_pki(self) -> None:
+        """The testbed's CA, and a certificate for the manager and the forwarder (agents
+        get theirs as their hosts are added)."""
+        from nfvha.pki import init_ca
+
+        ca = init_ca(self.pki_dir)
+        ca.issue("manager", ips=[self.mgmt_gateway, "127.0.0.1"])
+        ca.issue("forwarder", ips=[self.ingress_mgmt_address])
+
+    def _issue_agent(self, h: TestbedHost) -> None:
+        from nfvha.ha.liveness import write_key_file
+        from nfvha.pki import load_ca
+
+        if (self.pki_dir / f"agent-{h.host_id}.pem").exists():
+            return  # a revived host keeps its identity (its disk)
+        ca = load_ca(self.pki_dir)
+        ca.issue("agent", host=h.host_id, ips=[h.address])
+        write_key_file(self.pki_dir / f"agent-{h.host_id}.liveness",
+                       bytes.fromhex(ca.liveness_secret_path.read_text().strip()), h.host_id)
+
+    @property
     def log_dir(self) -> Path:
         return self.dir / "logs"
 
@@ -248,6 +305,8 @@ class Testbed:
         self.token = secrets.token_urlsafe(24)
         self.token_file.write_text(self.token)
         self.token_file.chmod(0o600)
+        if self.tls:
+            self._make_pki()
         try:
             await self.net.create_bridge(self.mgmt_bridge,
                                          address=f"{self.mgmt_gateway}/{self.mgmt_prefixlen}")
@@ -274,9 +333,11 @@ class Testbed:
         hid = f"h{i}"
         addr = self.host_address(i)
         h = TestbedHost(host_id=hid, netns=f"{self.name}-{hid}", uplink=f"{self.name}-{hid}",
-                        address=addr, url=f"http://{addr}:{AGENT_PORT}",
+                        address=addr, url=f"{self.scheme}://{addr}:{AGENT_PORT}",
                         cgroup=f"{self.name}/{hid}", mgmt_uplink=f"{self.name}-{hid}m")
         self.hosts[hid] = h
+        if self.tls:
+            self._issue_agent(h)
         await self.net.create_netns(h.netns)
         await self.net.create_veth(h.mgmt_uplink, f"{self.name}-u{i}", peer_netns=h.netns,
                                    peer_name_after_move=MGMT_IFNAME, master=self.mgmt_bridge,
@@ -320,7 +381,8 @@ class Testbed:
         self.cgroups.cgroup(f"{self.name}/forwarder").create(CgroupLimits())
         args = [sys.executable, "-m", "nfvha", "forwarder",
                 "--listen", f"{self.ingress_mgmt_address}:{FORWARDER_PORT}",
-                "--token-file", str(self.token_file), "--interface", "eth0",
+                *([] if self.tls else ["--token-file", str(self.token_file)]),
+                *self.tls_files("forwarder"), "--interface", "eth0",
                 "--prefixlen", str(self.prefixlen)]
         self._spawn(args, "forwarder", f"{self.name}/forwarder", ns)
 
@@ -355,6 +417,9 @@ class Testbed:
                 "--token-file", str(self.token_file), "--vnf-network", self.subnet,
                 *[arg for r in reserved for arg in ("--reserve-address", r)],
                 "--users-file", str(self.users_file),
+                *self.tls_files("manager"),
+                *(["--liveness-secret-file", str(self.pki_dir / "liveness.secret")]
+                  if self.tls else []),
                 *(["--forwarder", self.forwarder_url] if self.with_forwarder else []),
                 *(["--fence-config", str(self.fence_config)] if self.fencing else []),
                 *self.manager_args]
@@ -364,7 +429,12 @@ class Testbed:
         args = [
             sys.executable, "-m", "nfvha", "agent", "--host-id", h.host_id,
             "--listen", f"{h.address}:{AGENT_PORT}", "--bridge", "br0",
-            "--state-dir", str(self.dir / h.host_id), "--token-file", str(self.token_file),
+            "--state-dir", str(self.dir / h.host_id),
+            # With TLS an agent holds no token and no cluster secret: its certificate
+            # and its own host's heartbeat keys only.
+            *(["--liveness-key-file", str(self.pki_dir / f"agent-{h.host_id}.liveness"),
+               *self.tls_files("agent", h.host_id)] if self.tls
+              else ["--token-file", str(self.token_file)]),
             "--netns-prefix", f"{h.netns}-", "--cgroup-parent", f"{h.cgroup}/vnf",
             "--log-dir", str(self.log_dir / "vnf"), "--advertise-url", h.url,
             "--work-root", str(self.dir / "vnf-root"),
@@ -461,7 +531,7 @@ class Testbed:
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=1.0) as client:
+        async with httpx.AsyncClient(timeout=1.0, verify=self.client_context(None)) as client:
             while self.with_forwarder:
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(f"{self.forwarder_url}/healthz")).status_code == 200:
@@ -566,7 +636,7 @@ class Testbed:
                 "n_hosts": self.n_hosts,
                 "with_manager": self.with_manager, "manager_pid": self.manager_pid,
                 "agent_restart_delay": self.agent_restart_delay, "fencing": self.fencing,
-                "with_forwarder": self.with_forwarder,
+                "with_forwarder": self.with_forwarder, "tls": self.tls,
                 "token_file": str(self.token_file),
                 "hosts": {k: asdict(v) for k, v in self.hosts.items()}}
         tmp = self.dir / "testbed.json.tmp"
@@ -582,7 +652,7 @@ class Testbed:
             raise ConfigError(f"no testbed {name} is up ({path}: {exc}); "
                               "start one with `nfvha up` or `nfvha testbed up`") from exc
         tb = cls(name=name, state_dir=state_dir, subnet=data["subnet"],
-                 mgmt_subnet=data.get("mgmt_subnet"))
+                 mgmt_subnet=data.get("mgmt_subnet"), tls=data.get("tls", False))
         tb.n_hosts = data["n_hosts"]
         tb.with_manager = data.get("with_manager", False)
         tb.manager_pid = data.get("manager_pid")
@@ -607,6 +677,7 @@ class Testbed:
                 "operator_token_file": str(self.operator_token_file)
                 if self.with_manager else None,
                 "viewer_token_file": str(self.viewer_token_file) if self.with_manager else None,
+                "ca_file": str(self.ca_file) if self.tls else None,
                 "hosts": [asdict(h) for h in self.hosts.values()]}
 
 

@@ -15,15 +15,14 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = [
-    "DEFAULT_MAX_BODY",
-    "DEFAULT_MAX_DEPTH",
-    "BodyLimit",
-    "http_url",
-    "json_depth",
-    "problem_responses",
-    "token_matches",
-]
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from nfvha.tls import Identity, caller
+
+__all__ = ["DEFAULT_MAX_BODY", "DEFAULT_MAX_DEPTH", "BodyLimit", "Refused", "http_url",
+           "json_depth", "problem_responses", "refused_response", "token_matches", "who_may"]
 
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: a VNFD is a few KiB (Kubernetes caps at 3 MiB)
 DEFAULT_MAX_DEPTH = 32  # no nfvha document nests deeper than about 6
@@ -78,6 +77,62 @@ def http_url(v: str) -> str:
         raise ValueError("must be an absolute http:// or https:// URL, e.g. "
                          "http://10.250.0.11:8700")
     return v
+
+
+class Refused(Exception):
+    """A caller that may not make this call: 401 (no or wrong credential) or 403 (a
+    known identity this call is not for), with a detail that says who may."""
+
+    def __init__(self, status: int, detail: str, *, bearer: bool = False) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.bearer = bearer
+
+
+def refused_response(exc: Refused) -> JSONResponse:
+    """The problem details of a refusal (a starlette JSONResponse)."""
+    body = {"type": "about:blank", "title": "Unauthorized" if exc.status == 401 else
+            "Forbidden", "status": exc.status, "detail": exc.detail}
+    r = JSONResponse(body, status_code=exc.status, media_type="application/problem+json")
+    if exc.bearer:
+        r.headers["WWW-Authenticate"] = "Bearer"
+    return r
+
+
+def who_may(*, tls: bool, token: str, want: str,
+            allowed: Callable[[Identity, Any], bool] | None = None,
+            token_ok: bool = True, token_hint: str = "the cluster token") -> Any:
+    """A FastAPI dependency that admits a request or raises ``Refused``.
+
+    With TLS, a daemon is known by its certificate (``nfvha.tls.caller``), and
+    ``allowed(identity, request)`` says whether it may make the call; a request with no
+    certificate may still come with the bearer token if ``token_ok`` (operators). Without
+    TLS, the bearer token is all there is. ``want`` names who may, for the refusal.
+    """
+    bearer = HTTPBearer(auto_error=False)
+
+    async def check(request: Request,
+                    creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+                    ) -> None:
+        ident = caller(request.scope) if tls else None
+        if ident is not None and allowed is not None:
+            if allowed(ident, request):
+                return
+            raise Refused(403, f"{ident} may not make this call: only {want} may (by its "
+                          "certificate from the cluster CA)")
+        if token_ok and token and creds is not None and token_matches(creds.credentials,
+                                                                      token):
+            return
+        if tls and allowed is not None:
+            how = f"present {want}'s certificate (mutual TLS, from the cluster CA)"
+            if token_ok and token:
+                how += " or send 'Authorization: Bearer <token>'"
+            raise Refused(401, f"who is calling is unknown: {how}", bearer=token_ok)
+        raise Refused(401, "missing or wrong bearer token: send 'Authorization: Bearer "
+                      f"<token>' with {token_hint}", bearer=True)
+
+    return Depends(check)
 
 
 def json_depth(data: bytes) -> int:

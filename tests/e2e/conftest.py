@@ -45,7 +45,9 @@ class Bed:
 
     def __init__(self, tb: Any) -> None:
         self.tb = tb
-        self.http = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {tb.token}"})
+        # Agents take calls from the manager's certificate only: tests act as the manager.
+        self.http = httpx.Client(timeout=30.0, verify=tb.client_context("manager"),
+                                 headers={"Authorization": f"Bearer {tb.token}"})
 
     def url(self, host: str) -> str:
         return str(self.tb.host(host).url)
@@ -103,10 +105,13 @@ class Mgr:
     def __init__(self, tb: Any) -> None:
         self.tb = tb
         self.url = tb.manager_url
-        # The manager takes the operator credential; the agents the cluster token.
-        self.http = httpx.Client(timeout=30,
+        # An operator: the operator credential, over TLS checked against the testbed's CA.
+        self.verify = tb.client_context(None)
+        self.http = httpx.Client(timeout=30, verify=self.verify,
                                  headers={"Authorization": f"Bearer {tb.operator_token}"})
-        self.agents = httpx.Client(timeout=30, headers={"Authorization": f"Bearer {tb.token}"})
+        # Agents take calls from the manager's certificate only: for tests that look
+        # at an agent directly.
+        self.agents = httpx.Client(timeout=30, verify=tb.client_context("manager"))
 
     def ok(self, method: str, path: str, **kw: Any) -> Any:
         r = self.http.request(method, self.url + path, **kw)

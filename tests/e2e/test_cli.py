@@ -48,7 +48,8 @@ def cluster() -> Iterator[dict[str, Any]]:
 
 
 def test_up_deploy_status_inject_heal_down(cluster: dict[str, Any], tmp_path: Path) -> None:
-    assert cluster["manager_url"].startswith("http://") and len(cluster["hosts"]) == 2
+    assert cluster["manager_url"].startswith("https://") and len(cluster["hosts"]) == 2
+    assert Path(cluster["ca_file"]).is_file()
     assert Path(cluster["token_file"]).stat().st_mode & 0o077 == 0  # the token is private
     base = cluster["subnet"].split(".0.0/")[0]
     vnfd = tmp_path / "fm.yaml"

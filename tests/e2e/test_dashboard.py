@@ -83,7 +83,9 @@ def browser() -> Iterator[Any]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--no-first-run", "--disable-extensions", "--disable-background-networking",
                 "--disable-background-timer-throttling", "--window-size=1360,1500",
-                f"--user-data-dir={profile}"):
+                f"--user-data-dir={profile}",
+                # The testbed's CA is its own, not in this throwaway profile's store.
+                "--ignore-certificate-errors"):
         opts.add_argument(arg)
     service = Service(executable_path=CHROMEDRIVER,
                       log_output=str(LOGS / "dashboard-chromedriver.log"))

@@ -300,7 +300,7 @@ def test_manager_restart_loses_and_duplicates_nothing(mgr: Mgr, python_bin: str)
 
 def test_bad_requests_get_problem_details(mgr: Mgr, python_bin: str) -> None:
     http = mgr.http
-    r = httpx.get(mgr.url + "/vnflcm/v1/vnf_instances")
+    r = httpx.get(mgr.url + "/vnflcm/v1/vnf_instances", verify=mgr.verify)
     assert r.status_code == 401 and r.headers["content-type"].startswith("application/problem")
     r = http.get(mgr.url + "/vnflcm/v1/vnf_instances/nope")
     assert r.status_code == 404 and "nope" in r.json()["detail"]
@@ -312,7 +312,7 @@ def test_bad_requests_get_problem_details(mgr: Mgr, python_bin: str) -> None:
     r = http.post(mgr.url + "/vnflcm/v1/vnf_instances", json={})
     assert r.status_code == 400 and "vnfdId" in r.json()["detail"]
     agent = mgr.tb.host("h1").url
-    r = httpx.post(f"{agent}/v1/instances", content=b"x" * (2 << 20),
+    r = httpx.post(f"{agent}/v1/instances", content=b"x" * (2 << 20), verify=mgr.verify,
                    headers={"content-type": "application/json"})
     assert r.status_code == 413, r.text  # refused before it is read, token or not
     addr = mgr.tb.vnf_address(8)
@@ -320,7 +320,7 @@ def test_bad_requests_get_problem_details(mgr: Mgr, python_bin: str) -> None:
     backup = mgr.tb.host(vnf["backups"][0]).url
 
     def replicas() -> list[Any]:
-        res: list[Any] = http.get(f"{backup}/v1/checkpoints",
+        res: list[Any] = mgr.agents.get(f"{backup}/v1/checkpoints",
                                   params={"instance_id": "fm-t"}).json()
         return res
 

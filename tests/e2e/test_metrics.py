@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -12,9 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.test_manager import Mgr, _warm, flowmon, mgr  # noqa: F401  (fixture)
 
 
-def scrape(url: str, token: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(url: str, token: str, verify: Any = True,
+           ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of a /metrics page, parsed by Prometheus' own text parser."""
-    r = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    r = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10,
+                  verify=verify)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
     out = {}
@@ -47,7 +50,7 @@ def test_metrics_show_the_recovery_and_checkpoints(json_logs: None, mgr: Mgr,  #
     vnf = mgr.deploy(flowmon(addr, python_bin), "fm-m")
     flow, _sent = _warm(mgr, ip, "fm-m")
 
-    before = scrape(mgr.url, mgr.tb.viewer_token)
+    before = scrape(mgr.url, mgr.tb.viewer_token, mgr.verify)
     assert value(before, "nfvha_recoveries_total", failure="process-exit") in (None, 0.0)
     assert value(before, "nfvha_host_up", host=vnf["host"]) == 1.0
     age = value(before, "nfvha_checkpoint_age_seconds", vnf="fm-m")
@@ -60,7 +63,7 @@ def test_metrics_show_the_recovery_and_checkpoints(json_logs: None, mgr: Mgr,  #
         op = mgr.wait_heal("fm-m")
     strategy = op["nfvha"]["strategy"]
 
-    after = scrape(mgr.url, mgr.tb.viewer_token)
+    after = scrape(mgr.url, mgr.tb.viewer_token, mgr.verify)
     assert value(after, "nfvha_recoveries_total", failure="process-exit", strategy=strategy,
                  result="success") == 1.0
     assert value(after, "nfvha_downtime_seconds_count", failure="process-exit",
@@ -74,7 +77,7 @@ def test_metrics_show_the_recovery_and_checkpoints(json_logs: None, mgr: Mgr,  #
 
     # The agent of the host that restored it saw the restore and the checkpoints.
     agent = mgr.tb.hosts[op["nfvha"]["targetHost"]]
-    a = scrape(agent.url, mgr.tb.token)
+    a = scrape(agent.url, "", mgr.tb.client_context("manager"))  # the manager's scrape
     assert value(a, "nfvha_agent_restore_seconds_count", result="success") == 1.0
     assert (value(a, "nfvha_agent_checkpoint_frozen_seconds_count") or 0) >= 1
     # Status reports: on every change (the restore, checkpoints), not on a fixed beat.

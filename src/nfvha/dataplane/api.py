@@ -10,10 +10,9 @@ from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -21,7 +20,7 @@ from nfvha.dataplane.forwarder import Forwarder, ServiceSpec
 from nfvha.errors import HostNetworkError
 from nfvha.vim.api import problem
 from nfvha.vim.hostnet import HostNetwork
-from nfvha.web import BodyLimit, problem_responses, token_matches
+from nfvha.web import BodyLimit, Refused, problem_responses, refused_response, who_may
 
 __all__ = ["create_forwarder_app"]
 
@@ -52,12 +51,8 @@ class PositionBody(BaseModel):
     position: int = Field(ge=0)
 
 
-class _Unauthorized(Exception):
-    pass
-
-
 def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int = 16,
-                         net: HostNetwork | None = None) -> FastAPI:
+                         net: HostNetwork | None = None, tls: bool = False) -> FastAPI:
     """Build the app; ``net`` is the host network it takes service addresses on (tests
     pass one that touches nothing)."""
     fwd = Forwarder()
@@ -74,17 +69,15 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
                   responses=problem_responses(401, 404, 409, 413, 422))
     app.add_middleware(BodyLimit)
     app.state.forwarder = fwd
-    bearer = HTTPBearer(auto_error=False)
+    # With TLS: the manager, by its certificate (and the token, if one was given, for an
+    # operator's debugging); without: the token.
+    auth = [who_may(tls=tls, token=token, want="the manager",
+                    allowed=(lambda ident, _: ident.role == "manager") if tls else None)]
 
-    async def require_token(
-        creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
-    ) -> None:
-        if creds is None or not token_matches(creds.credentials, token):
-            raise _Unauthorized()
-
-    @app.exception_handler(_Unauthorized)
-    async def _unauth(_: Request, __: _Unauthorized) -> JSONResponse:
-        return problem(401, "Unauthorized", "missing or wrong bearer token")
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused) -> JSONResponse:
+        r: JSONResponse = refused_response(exc)
+        return r
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -107,8 +100,6 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
     @app.exception_handler(OSError)
     async def _os(_: Request, exc: OSError) -> JSONResponse:
         return problem(409, "Cannot bind", f"{exc}; is the service address free here?")
-
-    auth = [Depends(require_token)]
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

@@ -20,12 +20,13 @@ class ForwarderClient:
         self.url = url.rstrip("/")
         self.token = token
         self.http = http
+        # No token with mutual TLS: the client certificate says who calls.
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def _call(self, method: str, path: str, **kw: Any) -> Any:
         try:
             r = await self.http.request(method, self.url + path, timeout=5.0,
-                                        headers={"Authorization": f"Bearer {self.token}"},
-                                        **kw)
+                                        headers=self._headers, **kw)
         except httpx.HTTPError as exc:
             raise ForwarderError(f"forwarder {self.url} unreachable: {exc}") from exc
         if r.status_code >= 300:

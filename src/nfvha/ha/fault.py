@@ -95,6 +95,13 @@ class HeartbeatDetector:
         self.state[host_id] = HostState.UP
         return before
 
+    def forget(self, host_id: str) -> None:
+        """A host removed from the cluster: nothing of it is kept (a host of the same
+        name that joins later starts afresh)."""
+        for d in (self.last_seen, self.state, self._silences, self._grants, self._loading):
+            d.pop(host_id, None)
+        self._reported.discard(host_id)
+
     def came_back(self, host_id: str, gap: float, now: float | None = None) -> None:
         """The host's own heartbeat stream (its lease guard) resumed after ``gap`` seconds.
 

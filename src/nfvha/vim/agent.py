@@ -38,6 +38,7 @@ from nfvha.errors import (
     SandboxError,
 )
 from nfvha.ha.fault import probe_vnf
+from nfvha.tls import TlsConfig
 from nfvha.vim.cgroups import CgroupDriver, join_procs_files
 from nfvha.vim.criu import CriuRunner, DumpStats, RestoreStats
 from nfvha.vim.guard import AgentSide, GuardSide, LeaseFile
@@ -99,6 +100,11 @@ class AgentConfig:
     #: address, same port number as the API).
     liveness_listen: str | None = None
     token_file: Path | None = None
+    #: This host's liveness keys for its guard (``nfvha pki issue --role agent``); None:
+    #: derived from the token.
+    liveness_key_file: Path | None = None
+    #: Mutual TLS: the API serves it, and every call this agent makes presents it.
+    tls: TlsConfig | None = None
     watchdog: Path | None = None  # kernel watchdog the guard feeds (off by default)
     watchdog_timeout: int = 0
     keep_checkpoints: int = 3
@@ -223,7 +229,11 @@ class Agent:
             self.lease_file = LeaseFile(self.cfg.guard_dir / "lease")
             self._feed()  # before anything slow: the guard must not fence a restart
         await self._adopt_sandboxes()
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=1.0))
+        # With TLS: the manager and peers must show the cluster CA's certificates, and
+        # this agent shows its own (reports to the manager, checkpoint pushes to peers).
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=1.0),
+                                       verify=self.cfg.tls.client_context() if self.cfg.tls
+                                       else True)
         if self.cfg.manager_url:
             self._ensure_guard()
             self._spawn(self._lease_loop())
@@ -853,15 +863,19 @@ class Agent:
         manager = cfg.manager_liveness or httpx.URL(cfg.manager_url).netloc.decode()
         listen = cfg.liveness_listen or httpx.URL(cfg.advertise_url or "http://0.0.0.0:8700"
                                                   ).netloc.decode()
-        token_file = cfg.token_file
-        if token_file is None:
-            token_file = cfg.guard_dir / "token"
-            token_file.touch(mode=0o600, exist_ok=True)
-            token_file.write_text(cfg.token)
+        if cfg.liveness_key_file is not None:
+            keys = ["--key-file", str(cfg.liveness_key_file)]
+        else:
+            token_file = cfg.token_file
+            if token_file is None:
+                token_file = cfg.guard_dir / "token"
+                token_file.touch(mode=0o600, exist_ok=True)
+                token_file.write_text(cfg.token)
+            keys = ["--token-file", str(token_file)]
         args = [sys.executable, "-m", "nfvha.vim.guard", "--host-id", cfg.host_id,
                 "--lease-file", str(cfg.guard_dir / "lease"),
                 "--cgroup-parent", cfg.effective_cgroup_parent, "--listen", listen,
-                "--manager", manager, "--token-file", str(token_file),
+                "--manager", manager, *keys,
                 "--heartbeat-interval", str(cfg.heartbeat_interval),
                 "--fencing-timeout", str(cfg.fencing_timeout),
                 "--agent-grace", str(cfg.agent_grace), "--bridge", cfg.bridge]

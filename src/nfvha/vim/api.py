@@ -1,21 +1,22 @@
 """HTTP API of the agent (FastAPI). Thin: each route calls one ``Agent`` coroutine.
 
-Every route but ``/healthz`` needs ``Authorization: Bearer <token>``. Errors are answered
-as RFC 7807 problem details whose ``detail`` says what was wrong and what to do.
+Every route but ``/healthz`` needs a caller: with TLS, the manager's certificate (and, for
+checkpoint images pushed here, a peer agent's); without, ``Authorization: Bearer <token>``.
+Errors are answered as RFC 7807 problem details whose ``detail`` says what was wrong and
+what to do.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -33,9 +34,10 @@ from nfvha.errors import (
     SandboxError,
     TransferError,
 )
+from nfvha.tls import Identity
 from nfvha.vim.agent import Agent
 from nfvha.vim.transfer import receive_checkpoint_tar
-from nfvha.web import BodyLimit, http_url, problem_responses, token_matches
+from nfvha.web import BodyLimit, Refused, http_url, problem_responses, refused_response, who_may
 
 __all__ = ["create_app", "problem"]
 
@@ -105,22 +107,25 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
     # Checkpoint images are streamed to disk (PUT /v1/checkpoints/...): never buffered.
     app.add_middleware(BodyLimit, stream=lambda scope: scope["method"] == "PUT"
                        and str(scope["path"]).startswith("/v1/checkpoints/"))
-    bearer = HTTPBearer(auto_error=False)
+    tls = agent.cfg.tls is not None
 
-    async def require_token(
-        creds: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
-    ) -> None:
-        if not agent.cfg.token:
-            return
-        if creds is None or not token_matches(creds.credentials, agent.cfg.token):
-            raise _Unauthorized()
+    def gate(want: str, allowed: Callable[[Identity, Request], bool]) -> list[Any]:
+        if not tls and not agent.cfg.token:
+            return []  # in-process (tests): nothing to check against
+        # With TLS the token is not taken: an agent has none (a host holding the
+        # operators' token could act as an operator on the manager).
+        return [who_may(tls=tls, token="" if tls else agent.cfg.token, want=want,
+                        allowed=allowed, token_ok=not tls)]
 
-    @app.exception_handler(_Unauthorized)
-    async def _unauth(_: Request, __: _Unauthorized) -> JSONResponse:
-        r = problem(401, "Unauthorized",
-                    "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
-                    "with the cluster token")
-        r.headers["WWW-Authenticate"] = "Bearer"
+    #: Lifecycle, checkpoints, faults, fencing, reads: the manager's calls.
+    auth = gate("the manager", lambda ident, _: ident.role == "manager")
+    #: Checkpoint images pushed by another host's agent (``push``).
+    peers = gate("a peer agent", lambda ident, _: ident.is_agent()
+                 and ident.host != agent.cfg.host_id)
+
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused) -> JSONResponse:
+        r: JSONResponse = refused_response(exc)
         return r
 
     @app.exception_handler(NfvhaError)
@@ -150,8 +155,6 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
         r = problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
         r.headers.update(exc.headers or {})  # a 405's Allow
         return r
-
-    auth = [Depends(require_token)]
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -209,7 +212,7 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
         return {"instance_id": r.instance_id, "seq": r.seq, "bytes": r.bytes_sent,
                 "seconds": r.seconds, "peer": r.peer}
 
-    @app.put("/v1/checkpoints/{instance_id}/{seq}", dependencies=auth, status_code=201,
+    @app.put("/v1/checkpoints/{instance_id}/{seq}", dependencies=peers, status_code=201,
              response_model=None)
     async def receive(instance_id: str, seq: int,
                       request: Request) -> dict[str, Any] | JSONResponse:
@@ -256,5 +259,3 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
     return app
 
 
-class _Unauthorized(Exception):
-    pass

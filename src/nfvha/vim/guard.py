@@ -47,7 +47,10 @@ from nfvha.ha.liveness import (
     decode,
     enable_timestamps,
     encode,
+    host_key,
     liveness_key,
+    load_key_file,
+    peer_key,
     recv_stamped,
     ring_successors,
 )
@@ -165,7 +168,10 @@ class GuardConfig:
     lease_path: Path
     cgroup_parent: str  # every VNF cgroup of this host is below it
     listen: tuple[str, int]
-    key: bytes
+    key: bytes  # this host's own key: its heartbeats and the manager's answers
+    #: The key of pings between guards (None: ``key``). An answer from the manager (a
+    #: lease) is accepted under ``key`` only, so no peer can grant this host a lease.
+    peer_key: bytes | None = None
     manager: tuple[str, int] | None = None
     heartbeat_interval: float = 0.05
     fencing_timeout: float = 0.25  # the shortest lease; 0: never fence on the host lease
@@ -294,9 +300,10 @@ class LeaseGuard:
 
     # -- the liveness path ---------------------------------------------------------------
 
-    def _send(self, msg: dict[str, Any], addr: tuple[str, int]) -> None:
+    def _send(self, msg: dict[str, Any], addr: tuple[str, int], *, peer: bool = False) -> None:
+        key = self.cfg.peer_key if peer and self.cfg.peer_key is not None else self.cfg.key
         with contextlib.suppress(OSError):  # unreachable now: the lease tells the rest
-            self.sock.sendto(encode(self.cfg.key, msg), addr)
+            self.sock.sendto(encode(key, msg), addr)
 
     def _next_seq(self, now: float) -> int:
         self.seq += 1
@@ -327,13 +334,18 @@ class LeaseGuard:
         for peer in ring_successors(self.cfg.host_id, list(self.peers), self.cfg.fanout):
             if peer != self.cfg.host_id:
                 self._send({"k": "ping", "h": self.cfg.host_id, "s": self._next_seq(now)},
-                           self.peers[peer])
+                           self.peers[peer], peer=True)
 
     def receive(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         msg = decode(self.cfg.key, data)
+        from_manager = msg is not None
+        if msg is None and self.cfg.peer_key is not None:
+            msg = decode(self.cfg.peer_key, data)
         if msg is None:
             return
         kind = msg.get("k")
+        if kind == "hb-ack" and not from_manager:
+            return  # a lease only the manager grants, under this host's own key
         sent_at = self.sent.get(msg.get("s", -1)) if isinstance(msg.get("s"), int) else None
         if kind == "hb-ack":
             if sent_at is not None and isinstance(msg.get("l"), int | float):
@@ -351,7 +363,8 @@ class LeaseGuard:
                 self.peers_version = str(msg.get("pv", ""))
         elif kind == "ping" and isinstance(msg.get("h"), str):
             self.heard[msg["h"]] = now
-            self._send({"k": "pong", "h": self.cfg.host_id, "s": msg.get("s")}, addr)
+            self._send({"k": "pong", "h": self.cfg.host_id, "s": msg.get("s")}, addr,
+                       peer=True)
         elif kind == "pong" and isinstance(msg.get("h"), str):
             self.heard[msg["h"]] = now
             if sent_at is not None:
@@ -436,7 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cgroup-parent", required=True)
     ap.add_argument("--listen", required=True, help="UDP ADDRESS:PORT for peers' pings")
     ap.add_argument("--manager", default=None, help="the manager's UDP ADDRESS:PORT")
-    ap.add_argument("--token-file", required=True, type=Path)
+    keys = ap.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--key-file", type=Path,
+                      help="this host's liveness keys (`nfvha pki issue --role agent`)")
+    keys.add_argument("--token-file", type=Path,
+                      help="the cluster token, when the cluster has no liveness secret: "
+                           "every holder can derive every host's key")
     ap.add_argument("--heartbeat-interval", type=float, default=0.05)
     ap.add_argument("--fencing-timeout", type=float, default=0.25)
     ap.add_argument("--agent-grace", type=float, default=3.0)
@@ -464,9 +482,18 @@ def main(argv: list[str] | None = None) -> int:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).mlockall(1 | 2)  # MCL_CURRENT | MCL_FUTURE
+    if args.key_file is not None:
+        try:
+            key, pkey = load_key_file(args.key_file, args.host_id)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+    else:
+        secret = liveness_key(args.token_file.read_text().strip())
+        key, pkey = host_key(secret, args.host_id), peer_key(secret)
     guard = LeaseGuard(GuardConfig(
         host_id=args.host_id, lease_path=args.lease_file, cgroup_parent=args.cgroup_parent,
-        listen=_addr(args.listen), key=liveness_key(args.token_file.read_text().strip()),
+        listen=_addr(args.listen), key=key, peer_key=pkey,
         manager=_addr(args.manager) if args.manager else None,
         heartbeat_interval=args.heartbeat_interval, fencing_timeout=args.fencing_timeout,
         agent_grace=args.agent_grace, fanout=args.fanout, watchdog=args.watchdog,

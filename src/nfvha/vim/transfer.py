@@ -371,7 +371,10 @@ async def push_checkpoint(
             sent += len(chunk)
             yield chunk
 
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-tar"}
+    # With mutual TLS the token is empty: ``client`` presents this agent's certificate.
+    headers = {"Content-Type": "application/x-tar"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     started = time.monotonic()
     own_client = client is None
     http = httpx.AsyncClient(timeout=timeout) if client is None else client
@@ -394,7 +397,8 @@ async def push_checkpoint(
         raise TransferError(
             f"peer {peer_url} refused checkpoint {meta.name}: HTTP {response.status_code}:"
             f" {_error_text(response)}"
-            + ("; check the agent token" if response.status_code in (401, 403) else "")
+            + ("; check the agent token or certificate" if response.status_code in (401, 403)
+               else "")
         )
     logger.info(
         "pushed checkpoint %s to %s: %d bytes in %.2fs", meta.name, peer_url, sent, seconds

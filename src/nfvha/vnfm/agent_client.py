@@ -42,12 +42,14 @@ class AgentClient:
         self.url = url.rstrip("/")
         self.token = token
         self.http = http
+        # No token with mutual TLS: the client certificate says who calls.
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def _call(self, method: str, path: str, what: str, *, timeout: float = 5.0,
                     **kw: Any) -> Any:
         try:
             r = await self.http.request(method, self.url + path, timeout=timeout,
-                                        headers={"Authorization": f"Bearer {self.token}"}, **kw)
+                                        headers=self._headers, **kw)
         except httpx.HTTPError as exc:
             raise AgentCallError(self.host_id, what, 0,
                                  {"detail": f"{type(exc).__name__}: {exc}"}) from exc

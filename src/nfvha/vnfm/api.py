@@ -25,6 +25,7 @@ from nfvha.errors import (
     NfvhaError,
 )
 from nfvha.store.base import ConflictError, StoreError
+from nfvha.tls import caller
 from nfvha.vim.api import problem
 from nfvha.vnfm.auth import Authenticator
 from nfvha.vnfm.dashboard import dashboard_router
@@ -32,7 +33,7 @@ from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from nfvha.vnfm.reports import HOST_ID, AgentEvent, HostStatusReport
 from nfvha.vnfm.subscriptions_api import subscriptions_router
-from nfvha.web import BodyLimit, problem_responses
+from nfvha.web import BodyLimit, Refused, problem_responses, refused_response, who_may
 
 __all__ = ["create_manager_app"]
 
@@ -126,6 +127,21 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     read = [Depends(authn.viewer)]
     write = [Depends(authn.operator)]
     daemon = [Depends(authn.daemon)]
+    # A host's own reports: with TLS, from that host's agent only (its certificate), so
+    # no host can report for another or invent one; without, the daemons' token.
+    if manager.cfg.tls is not None:
+        host_auth = [who_may(tls=True, token="", want="the agent of the host named in the path",
+                             allowed=lambda ident, req: ident.is_agent(
+                                 req.path_params.get("host_id")), token_ok=False)]
+        agent_auth = [who_may(tls=True, token="", want="an agent",
+                              allowed=lambda ident, _: ident.is_agent(), token_ok=False)]
+    else:
+        host_auth = agent_auth = daemon
+
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused) -> JSONResponse:
+        r: JSONResponse = refused_response(exc)
+        return r
 
     @app.exception_handler(NfvhaError)
     async def _err(_: Request, exc: NfvhaError) -> JSONResponse:
@@ -181,14 +197,23 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
 
     # -- agents talk to these -----------------------------------------------------------
 
-    @app.post("/nfvha/v1/hosts/{host_id}/heartbeat", dependencies=daemon)
+    @app.post("/nfvha/v1/hosts/{host_id}/heartbeat", dependencies=host_auth)
     async def heartbeat(body: HostStatusReport,
                         host_id: str = Path(pattern=HOST_ID)) -> dict[str, Any]:
-        return manager.heartbeat(host_id, body.as_dict())
+        report = body.as_dict()
+        if report.get("host_id", host_id) != host_id:
+            raise Refused(403, f"a status report for host {host_id} names host "
+                          f"{report.get('host_id')!r}: each host reports for itself")
+        return manager.heartbeat(host_id, report)
 
-    @app.post("/nfvha/v1/events", dependencies=daemon, status_code=204)
-    async def event(body: AgentEvent) -> None:
-        manager.event(body.as_dict())
+    @app.post("/nfvha/v1/events", dependencies=agent_auth, status_code=204)
+    async def event(body: AgentEvent, request: Request) -> None:
+        report = body.as_dict()
+        ident = caller(request.scope)
+        if ident is not None and report.get("host_id") != ident.host:
+            raise Refused(403, f"{ident} reported an event of host {report.get('host_id')!r}: "
+                          "each host reports its own")
+        manager.event(report)
 
     @app.get("/nfvha/v1/hosts", dependencies=read)
     async def hosts() -> list[dict[str, Any]]:
@@ -208,6 +233,12 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
                         "instances": st.get("instances", []),
                         "resources": st.get("resources", {})})
         return out
+
+    @app.delete("/nfvha/v1/hosts/{host_id}", dependencies=write)
+    async def remove_host(host_id: str) -> dict[str, Any]:
+        """Take a host out of the cluster (its record, alarms and liveness state); 409
+        while it is UP with VNFs or replicas placed on it."""
+        return manager.remove_host(host_id)
 
     @app.post("/nfvha/v1/hosts/{host_id}/fence", dependencies=write)
     async def fence(host_id: str) -> dict[str, Any]:

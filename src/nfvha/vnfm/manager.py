@@ -35,7 +35,8 @@ from nfvha.errors import (
 from nfvha.ha.fault import FaultTimings, HeartbeatDetector, HostState, probe_vnf
 from nfvha.ha.fencing import FenceDriver, FenceResult
 from nfvha.ha.liveness import (
-    decode,
+    HostKeys,
+    decode_host,
     enable_timestamps,
     encode,
     liveness_key,
@@ -44,7 +45,8 @@ from nfvha.ha.liveness import (
 from nfvha.ha.recovery import RecoveryContext, RecoveryDecision, decide, strategy_chain
 from nfvha.logs import decision as log_decision
 from nfvha.nfvo.placement import HostView, PlacementError, place
-from nfvha.store.base import StateStore, StoreError
+from nfvha.store.base import Op, StateStore, StoreError
+from nfvha.tls import TlsConfig
 from nfvha.vnfm.agent_client import AgentCallError, AgentClient
 from nfvha.vnfm.events import EventBus, EventKind
 from nfvha.vnfm.metrics import ManagerMetrics
@@ -91,6 +93,11 @@ class ManagerConfig:
     tick: float = 0.02
     base_url: str = ""
     forwarder_url: str | None = None
+    #: The cluster's liveness secret: each host's heartbeat key derives from it (None:
+    #: from the token, as clusters without a CA do).
+    liveness_secret: bytes | None = None
+    #: Mutual TLS towards agents and the forwarder (None: plain HTTP and the token).
+    tls: TlsConfig | None = None
     #: UDP address the lease guards' heartbeats arrive at (None: HTTP heartbeats only).
     liveness_listen: tuple[str, int] | None = None
     #: Active fencing (STONITH): a driver per host id; a host without one is waited out.
@@ -160,7 +167,11 @@ class Manager:
         self.store = store
         self.cfg = cfg
         self.detector = HeartbeatDetector(cfg.timings)
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200))
+        # With TLS, agents and the forwarder know the manager by its certificate and
+        # never see the operators' token (a host that holds it could act as an operator).
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200),
+                                      verify=cfg.tls.client_context() if cfg.tls else True)
+        self._daemon_token = "" if cfg.tls else cfg.token
         self.host_status: dict[str, dict[str, Any]] = {}  # last heartbeat body per host
         self.runtime: dict[str, _Runtime] = {}
         self._confirming: set[str] = set()
@@ -174,7 +185,7 @@ class Manager:
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = time.monotonic()
-        self.forwarder = (ForwarderClient(cfg.forwarder_url, cfg.token, self.http)
+        self.forwarder = (ForwarderClient(cfg.forwarder_url, self._daemon_token, self.http)
                           if cfg.forwarder_url else None)
         self.events = EventBus()
         self.notifier = Notifier(  # SOL003
@@ -183,7 +194,8 @@ class Manager:
             allow_insecure_callbacks=cfg.allow_insecure_callbacks)
         self.metrics = ManagerMetrics(self)
         self.heartbeats_missed: dict[str, int] = {}  # host -> heartbeats not received
-        self.liveness_key = liveness_key(cfg.token)
+        # Each guard's datagrams are checked against its own host's key.
+        self.liveness_keys = HostKeys(cfg.liveness_secret or liveness_key(cfg.token))
         self.liveness_rejected = 0  # datagrams dropped: not authentic, or malformed
         self.guards: dict[str, GuardReport] = {}  # host -> its guard's last heartbeat
         self._guard_seq: dict[str, tuple[float, int]] = {}  # host -> (incarnation, seq)
@@ -370,8 +382,8 @@ class Manager:
             if got is None:
                 return
             data, addr, at = got
-            msg = decode(self.liveness_key, data)
-            if msg is None or msg.get("k") != "hb" or not isinstance(msg.get("h"), str):
+            msg = decode_host(self.liveness_keys, data)
+            if msg is None or msg.get("k") != "hb":
                 self.liveness_rejected += 1
                 continue
             try:
@@ -381,7 +393,7 @@ class Manager:
                 continue
             if answer is not None:
                 with contextlib.suppress(OSError):
-                    sock.sendto(encode(self.liveness_key, answer), addr)
+                    sock.sendto(encode(self.liveness_keys.get(msg["h"]), answer), addr)
 
     def liveness(self, host_id: str, msg: dict[str, Any], addr: tuple[str, int],
                  *, at: float | None = None) -> dict[str, Any] | None:
@@ -522,6 +534,41 @@ class Manager:
 
             self._spawn(delete())
 
+    def remove_host(self, host_id: str) -> dict[str, Any]:
+        """Take a host out of the cluster: its record, its alarms and what the detector
+        and the liveness path know of it. Refused (409) while it is UP and VNFs or
+        replicas are placed on it: move them first, or let it go DOWN (its VNFs are then
+        recovered elsewhere). An agent still running there registers the host again with
+        its next report, so stop it first."""
+        rec = self.store.find("host", host_id)
+        if rec is None:
+            raise InstanceNotFound(f"no host {host_id!r}; GET /nfvha/v1/hosts lists them")
+        up = self.detector.state.get(host_id) == HostState.UP
+        placed = sorted(v.id for v in self.store.list("vnf")
+                        if host_id in (v.data.get("host"), v.data.get("placedOn"))
+                        or host_id in (v.data.get("backups") or []))
+        if up and placed:
+            raise InstanceStateError(
+                f"host {host_id} is UP and holds VNFs or replicas of {', '.join(placed)}: "
+                "move them to other hosts first (nfvha move ID --to HOST), or stop the host "
+                "and remove it once it is DOWN")
+        alarms = [a for a in self.store.list("alarm")
+                  if a.data.get("key") in (f"host:{host_id}", f"agent:{host_id}",
+                                           f"fence:{host_id}")]
+        self.store.transaction([Op.delete("host", host_id)]
+                               + [Op.delete("alarm", a.id) for a in alarms])
+        self.detector.forget(host_id)
+        for d in (self.host_status, self.guards, self._guard_seq, self._guard_fence_seen,
+                  self.fenced_hosts, self.fence_deadline, self._host_known, self._down_at,
+                  self.heartbeats_missed):
+            d.pop(host_id, None)
+        self._agents_overdue.discard(host_id)
+        self._peers_cache = (-1.0, [], "")  # the other guards stop pinging it
+        log_decision(log, "host-removed", f"host {host_id} removed from the cluster "
+                     f"({'UP' if up else 'not UP'}; VNFs placed there: "
+                     f"{', '.join(placed) or 'none'})", host=host_id, reason="operator request")
+        return {"id": host_id, "removed": True, "wasUp": up, "placed": placed}
+
     def event(self, ev: dict[str, Any]) -> None:
         if ev.get("type") == "instance-exit":
             self._instance_exited(ev["host_id"], ev["instance"])
@@ -561,7 +608,7 @@ class Manager:
 
     def agent(self, host_id: str) -> AgentClient:
         rec = self.store.get("host", host_id)
-        return AgentClient(host_id, rec.data["url"], self.cfg.token, self.http)
+        return AgentClient(host_id, rec.data["url"], self._daemon_token, self.http)
 
     def _up_hosts(self) -> frozenset[str]:
         return frozenset(h for h, s in self.detector.state.items() if s == HostState.UP)
