@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from nfvha.ha.liveness import encode, liveness_key
+from nfvha.ha.liveness import encode, host_key, liveness_key, peer_key
 from tests.e2e.conftest import TOLERANT_AGENT, TOLERANT_MANAGER, Mgr, manager_bed
 from tests.e2e.test_manager import flowmon
 
@@ -148,14 +148,22 @@ def test_a_vnf_reaches_no_control_port_and_the_management_side_reaches_all(
         assert [(dev, a) for dev, a in _inet(h.netns) if dev != "lo"] == \
             [("mgmt0", f"{h.address}/{mgmt.prefixlen}")], h.host_id
 
-    key = liveness_key(tb.token)
+    # With the cluster CA each host signs with a key of its own and guards ping with
+    # the peer key; without, one key from the token.
+    secret = bytes.fromhex((tb.pki_dir / "liveness.secret").read_text().strip()) \
+        if tb.tls else liveness_key(tb.token)
+
+    def key(kind: str, host: str) -> bytes:
+        if not tb.tls:
+            return secret
+        return host_key(secret, host) if kind == "hb" else peer_key(secret)
 
     def datagrams(kind: str, port_owner: str) -> dict[str, str]:
         """A signed message the daemon answers when it gets it: a heartbeat of an
         unknown host (the manager acks it and registers nothing) or a peer ping (the
         guard pongs). One host id per phase: the manager answers a sequence once."""
-        return {phase: encode(key, {"k": kind, "h": f"probe-{phase}-{port_owner}", "i": 1,
-                                    "s": 1}).hex()
+        return {phase: encode(key(kind, host := f"probe-{phase}-{port_owner}"),
+                              {"k": kind, "h": host, "i": 1, "s": 1}).hex()
                 for phase in ("plain", "hostile", "mgmt")}
 
     mgr_ip = tb.mgmt_gateway
@@ -194,6 +202,7 @@ def test_a_vnf_reaches_no_control_port_and_the_management_side_reaches_all(
     assert all(v in ANSWERED for v in from_mgmt.values()), from_mgmt
     auth = {"Authorization": f"Bearer {tb.token}"}
     for url in [tb.manager_url, tb.forwarder_url, *(h.url for h in tb.hosts.values())]:
-        assert httpx.get(f"{url}/healthz", headers=auth, timeout=5).status_code == 200, url
+        assert httpx.get(f"{url}/healthz", headers=auth, timeout=5,
+                         verify=tb.client_context(None)).status_code == 200, url
     # And the VNF is still served on the data network.
     assert nmgr.vnf("fm-n")["haState"] == "ACTIVE"

@@ -78,7 +78,7 @@ def test_a_host_reports_only_for_itself(mgr: Mgr) -> None:
                     json={**status, "host_id": "phantom"})
         assert r.status_code == 403, r.text
         r = h2.post(mgr.url + "/nfvha/v1/events", json={
-            "type": "instance-exit", "host_id": "h1", "instance": {"id": "x"}})
+            "type": "instance-exit", "host_id": "h1", "instance": {"id": "x", "state": "EXITED"}})
         assert r.status_code == 403, r.text
         # An agent's certificate does not make it an operator.
         r = h2.get(mgr.url + "/vnflcm/v1/vnf_instances")
@@ -96,7 +96,7 @@ def test_a_heartbeat_for_another_host_is_dropped(mgr: Mgr) -> None:
     key2, _ = load_key_file(pki / "agent-h2.liveness", "h2")
     key1, _ = load_key_file(pki / "agent-h1.liveness", "h1")
     assert key1 != key2
-    manager = (mgr.tb.gateway, 8600)
+    manager = (mgr.tb.mgmt_gateway, 8600)
 
     def send(key: bytes, host: str) -> Any:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
