@@ -125,7 +125,18 @@ def manager_client(tb: Testbed, timeout: float = 10.0) -> httpx.Client:
     import httpx
 
     return httpx.Client(base_url=tb.manager_url, timeout=httpx.Timeout(timeout, connect=3.0),
-                        headers={"Authorization": f"Bearer {tb.operator_token}"})
+                        headers={"Authorization": f"Bearer {tb.operator_token}"},
+                        verify=tb.client_context(None))
+
+
+def daemon_client(tb: Testbed, timeout: float = 10.0, **kw: Any) -> httpx.Client:
+    """A client of the testbed's agents and forwarder, which take calls from the
+    manager only: it presents the manager's certificate (with TLS) or the cluster token."""
+    import httpx
+
+    headers = {} if tb.tls else {"Authorization": f"Bearer {tb.token}"}
+    return httpx.Client(timeout=httpx.Timeout(timeout, connect=3.0), headers=headers,
+                        verify=tb.client_context("manager"), **kw)
 
 
 def api_result(method: str, path: str, r: httpx.Response, ok: tuple[int, ...] = ()) -> Any:

@@ -1133,7 +1133,8 @@ class Campaign:
     async def run(self, warm_timeout: float) -> None:
         self.http = httpx.AsyncClient(base_url=self.tb.manager_url,
                                       timeout=httpx.Timeout(HTTP_TIMEOUT, connect=3.0),
-                                      headers={"Authorization": f"Bearer {self.tb.operator_token}"})
+                                      headers={"Authorization": f"Bearer {self.tb.operator_token}"},
+                                      verify=self.tb.client_context(None))
         poller: asyncio.Task[None] | None = None
         operator: asyncio.Task[None] | None = None
         try:

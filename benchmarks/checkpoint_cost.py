@@ -10,6 +10,13 @@ nfvha
     restore on the same host (API wall time and CRIU's restore figures). The restored VNF
     must answer ``SUM`` with the value it gave before the checkpoint.
 
+previous sandbox
+    The same VNF on a second testbed (``nfvprev``) as nfvha ran it before issue 12: no
+    private root (``security.private_root: false``), every capability, no seccomp
+    filter, plain HTTP between the daemons (``Testbed(tls=False)``). The ratio
+    nfvha/previous is the cost of containment and TLS (target <= 1.1x on checkpoint and
+    restore).
+
 bare CRIU
     The same VNF started by hand the same way (own netns ``nfvbench-bare``, PID/UTS/IPC
     namespaces via nfvha's launcher, no cgroup), dumped with ``criu dump`` using the very
@@ -32,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import functools
 import hashlib
 import math
 import os
@@ -51,7 +59,7 @@ from typing import Any
 
 import httpx
 
-from nfvha.demo import python_vnf
+from nfvha.demo import VNF_PYTHON, python_vnf
 from nfvha.testbed import Testbed
 from nfvha.vim import _launch
 from nfvha.vim.criu import CriuRunner, DumpOptions, RestoreOptions, parse_stats
@@ -60,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: fin
 from _common import (
     RESULTS,
     BenchError,
+    daemon_client,
     install_signal_handlers,
     machine_basics,
     median,
@@ -75,6 +84,12 @@ VNF_SCRIPT = Path(__file__).resolve().parent / "vnf_state.py"
 TB_NAME = "nfvbench"
 # Outside 10.250/16 (the default testbed) and 10.200-249/16 (e2e tests' testbeds).
 TB_SUBNET = "10.251.0.0/16"
+PREV_TB_NAME = "nfvprev"
+PREV_TB_SUBNET = "10.252.0.0/16"
+PREV_MGMT_SUBNET = "172.31.252.0/24"
+#: The sandbox before issue 12: the host's file system, every capability, no seccomp.
+PREVIOUS_SECURITY = {"private_root": False, "seccomp": "unconfined", "capabilities": ["ALL"]}
+TARGET_CONTAINMENT_RATIO = 1.1
 STATE_DIR = Path("/run/nfvha-bench")
 BARE_NETNS = "nfvbench-bare"
 BARE_DIR = STATE_DIR / "bare"
@@ -277,8 +292,7 @@ class Api:
 
     def __init__(self, tb: Testbed) -> None:
         self.tb = tb
-        self.http = httpx.Client(timeout=httpx.Timeout(HTTP_TIMEOUT, connect=5.0),
-                                 headers={"Authorization": f"Bearer {tb.token}"})
+        self.http = daemon_client(tb, HTTP_TIMEOUT)
 
     def close(self) -> None:
         self.http.close()
@@ -296,10 +310,14 @@ class Api:
         return (r.json() if r.content else None), elapsed
 
 
-def _descriptor(tb: Testbed, size_mb: int) -> dict[str, Any]:
+def _descriptor(tb: Testbed, size_mb: int, previous: bool = False) -> dict[str, Any]:
+    args = ("--state-mb", str(size_mb), "--port", str(VNF_PORT))
+    program = ({"command": [VNF_PYTHON, str(VNF_SCRIPT), *args],
+                "security": PREVIOUS_SECURITY} if previous
+               else python_vnf(VNF_SCRIPT, *args))
     return {
         "id": "statevnf",
-        **python_vnf(VNF_SCRIPT, "--state-mb", str(size_mb), "--port", str(VNF_PORT)),
+        **program,
         "network": {"address": tb.vnf_address(1)},
         # Room for the interpreter besides the state; no CPU throttling (bare has none).
         "resources": {"memory": f"{size_mb + 160}Mi", "cpu": float(os.cpu_count() or 1)},
@@ -317,11 +335,12 @@ class NfvhaVnf:
     last_seq: int = 0
 
     @classmethod
-    def start(cls, api: Api, tb: Testbed, size_mb: int) -> NfvhaVnf:
+    def start(cls, api: Api, tb: Testbed, size_mb: int, previous: bool = False) -> NfvhaVnf:
         iid = f"state{size_mb}m"
         (VNF_CWD / "nfvha").mkdir(parents=True, exist_ok=True)
         view, _ = api.call("POST", "h1", "/v1/instances",
-                           json={"descriptor": _descriptor(tb, size_mb), "instance_id": iid})
+                           json={"descriptor": _descriptor(tb, size_mb, previous),
+                                 "instance_id": iid})
         ip = tb.vnf_address(1).split("/")[0]
         vnf = cls(api=api, tb=tb, size_mb=size_mb, client=VnfClient(ip), instance_id=iid,
                   pid=int(view["pid"]))
@@ -603,9 +622,18 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
 
 
+#: (name, key): nfvha/previous ratios, the cost of containment and TLS.
+CONTAINMENT_RATIOS = (
+    ("checkpoint_api", "checkpoint_api_s"), ("dump_criu", "dump_wall_s"),
+    ("frozen", "frozen_ms"), ("push_api", "push_api_s"), ("restore_api", "restore_api_s"),
+    ("restore_criu", "restore_wall_s"), ("restore_to_answer", "restore_to_answer_s"))
+
+
 def build_summary(sizes: Sequence[int], conditions: Sequence[str], nfv: list[dict[str, Any]],
-                  bare: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``{memory condition: {size: {"nfvha": stats, "bare": stats, "ratios": ...}}}``."""
+                  bare: list[dict[str, Any]], prev: Sequence[dict[str, Any]] = (),
+                  ) -> dict[str, dict[str, Any]]:
+    """``{memory condition: {size: {"nfvha": stats, "bare": stats, "ratios": ...}}}``, plus
+    ``"previous"`` and ``"containment"`` (nfvha/previous ratios) where it was measured."""
     out: dict[str, dict[str, Any]] = {}
     for cond in conditions:
         per_size: dict[str, Any] = {}
@@ -625,8 +653,15 @@ def build_summary(sizes: Sequence[int], conditions: Sequence[str], nfv: list[dic
                 ("transfer", "push_api_s", "copy_s"),
             ):
                 ratios[name] = {q: _ratio(n[nkey][q], b[bkey][q]) for q in ("median", "p95")}
+            ps = [s for s in prev if s["size_mb"] == size and s["memory"] == cond]
             per_size[str(size)] = {"nfvha": n, "bare": b, "ratios": ratios,
-                                   "sum_ok": all(s["sum_ok"] for s in ns + bs)}
+                                   "sum_ok": all(s["sum_ok"] for s in ns + bs + ps)}
+            if ps:
+                p = summarize(ps)
+                per_size[str(size)]["previous"] = p
+                per_size[str(size)]["containment"] = {
+                    name: {q: _ratio(n[key][q], p[key][q]) for q in ("median", "p95")}
+                    for name, key in CONTAINMENT_RATIOS}
         if per_size:
             out[cond] = per_size
     return out
@@ -642,6 +677,15 @@ def evaluate_targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
                 "target": f"dump overhead nfvha/bare <= {TARGET_DUMP_RATIO}x at {size} MiB, "
                           f"{cond} memory (checkpoint API wall / bare criu dump wall, medians)",
                 "value": r, "pass": bool(r <= TARGET_DUMP_RATIO)})
+            c = s.get("containment")
+            for name in ("checkpoint_api", "restore_api") if c else ():
+                v = c[name]["median"]
+                targets.append({
+                    "memory": cond, "kind": "containment_ratio", "size_mb": int(size),
+                    "target": f"containment and TLS: {name.replace('_', ' ')} nfvha/previous "
+                              f"<= {TARGET_CONTAINMENT_RATIO}x at {size} MiB, {cond} memory "
+                              "(medians)",
+                    "value": v, "pass": bool(v <= TARGET_CONTAINMENT_RATIO)})
         s16 = per_size.get(str(TARGET_FROZEN_AT_MB))
         if s16 is not None:
             for side in ("nfvha", "bare"):
@@ -676,7 +720,7 @@ def _other_netns() -> list[str]:
     """Network namespaces not ours: a sign that other testbeds share the CPUs meanwhile."""
     out = run(["ip", "netns", "list"], check=False).stdout.split("\n")
     names = [ln.split()[0] for ln in out if ln.strip()]
-    return [n for n in names if not n.startswith((TB_NAME, BARE_NETNS))]
+    return [n for n in names if not n.startswith((TB_NAME, PREV_TB_NAME, BARE_NETNS))]
 
 
 def _fs_type(path: Path) -> str:
@@ -699,6 +743,13 @@ def _ms(x: float) -> str:
 
 def _x(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.2f}x"
+
+
+def _containment_cell(s: dict[str, Any], key: str, name: str, scale: float = 1000.0) -> str:
+    """``nfvha / previous (ratio)`` of one size's medians."""
+    n, p, c = s["nfvha"], s["previous"], s["containment"]
+    return (f"{n[key]['median'] * scale:.1f} / {p[key]['median'] * scale:.1f} "
+            f"({_x(c[name]['median'])})")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -768,6 +819,29 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {_ms(n['restore_api_s']['p95'])} / {_ms(n['restore_wall_s']['p95'])} / "
                 f"{_ms(b['restore_wall_s']['p95'])} "
                 f"| {_x(r['restore_api']['p95'])} ({_x(r['restore_criu']['p95'])}) |")
+    if any("containment" in s for per in summary.values() for s in per.values()):
+        lines += [
+            "",
+            "## The cost of containment and TLS",
+            "",
+            "The same VNF on a second testbed run as before issue 12 (*previous*: the "
+            "host's file system, every capability, no seccomp, plain HTTP) in the same run, "
+            "repeats interleaved. Medians, ms; ratio nfvha/previous.",
+            "",
+            "| State MiB | Memory | Checkpoint API | Frozen | Push API | Restore API "
+            "| Restore to answer |",
+            "|---:|:---|---:|---:|---:|---:|---:|",
+        ]
+        for cond, per_size in summary.items():
+            for size, s in per_size.items():
+                if "containment" not in s:
+                    continue
+                cell = functools.partial(_containment_cell, s)
+                lines.append(
+                    f"| {size} | {cond} | {cell('checkpoint_api_s', 'checkpoint_api')} "
+                    f"| {cell('frozen_ms', 'frozen', 1.0)} | {cell('push_api_s', 'push_api')} "
+                    f"| {cell('restore_api_s', 'restore_api')} "
+                    f"| {cell('restore_to_answer_s', 'restore_to_answer')} |")
     att = result.get("attribution", {})
     if att:
         lines += [
@@ -798,7 +872,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "## Targets", ""]
     for t in result["targets"]:
         v = t["value"]
-        shown = f"{v:.2f}x" if t["kind"] == "dump_ratio" else f"{v:.1f} ms"
+        shown = f"{v:.2f}x" if t["kind"].endswith("ratio") else f"{v:.1f} ms"
         lines.append(f"- **{'PASS' if t['pass'] else 'MISS'}** {t['target']}: {shown}")
     if result.get("anomalies"):
         lines += ["", "## Anomalies seen", ""]
@@ -964,8 +1038,8 @@ def anomalies(nfv: list[dict[str, Any]], bare: list[dict[str, Any]],
 
 
 def _sample_line(side: str, s: dict[str, Any]) -> str:
-    nfv = side == "nfvha"
-    return (f"{s['size_mb']:>4} MiB rep {s['rep']} {s['memory']} {side:5}: dump "
+    nfv = side != "bare"
+    return (f"{s['size_mb']:>4} MiB rep {s['rep']} {s['memory']} {side:8}: dump "
             f"{s['dump_wall_s'] * 1000:7.1f} ms"
             + (f" (API {s['checkpoint_api_s'] * 1000:7.1f})" if nfv else " " * 18)
             + f" frozen {s['frozen_ms']:6.1f} ms, restore {s['restore_wall_s'] * 1000:6.1f} ms"
@@ -975,21 +1049,26 @@ def _sample_line(side: str, s: dict[str, Any]) -> str:
 
 def measure(sizes: Sequence[int], repeats: int, conditions: Sequence[str], criu: CriuRunner,
             tb: Testbed, live_bare: set[int], record: Callable[[str, dict[str, Any]], None],
-            attribution: dict[str, dict[str, float]]) -> None:
+            attribution: dict[str, dict[str, float]], prev_tb: Testbed | None = None) -> None:
     api = Api(tb)
+    papi = Api(prev_tb) if prev_tb is not None else None
     try:
         for size in sizes:
             with timed(f"{size} MiB done"):
                 nvnf = NfvhaVnf.start(api, tb, size)
                 bvnf = BareVnf.start(criu, size, live_bare)
+                pvnf = (NfvhaVnf.start(papi, prev_tb, size, previous=True)
+                        if papi is not None and prev_tb is not None else None)
+                sides: dict[str, Callable[[int, str], dict[str, Any]]] = {
+                    "nfvha": nvnf.cycle, "bare": bvnf.cycle,
+                    **({"previous": pvnf.cycle} if pvnf is not None else {})}
+                names = list(sides)
                 try:
                     pairs = [(rep, memory) for rep in range(repeats) for memory in conditions]
                     for j, (rep, memory) in enumerate(pairs):
-                        # Alternate who goes first, so that drift hits both sides alike.
-                        order = ("nfvha", "bare") if j % 2 == 0 else ("bare", "nfvha")
-                        for side in order:
-                            sample = (nvnf.cycle(rep, memory) if side == "nfvha"
-                                      else bvnf.cycle(rep, memory))
+                        # Rotate who goes first, so that drift hits every side alike.
+                        for side in names[j % len(names):] + names[:j % len(names)]:
+                            sample = sides[side](rep, memory)
                             record(side, sample)
                             progress(_sample_line(side, sample))
                     ckpt = nvnf.checkpoint_dir(nvnf.last_seq)
@@ -1000,8 +1079,12 @@ def measure(sizes: Sequence[int], repeats: int, conditions: Sequence[str], criu:
                 finally:
                     nvnf.stop()
                     bvnf.stop()
+                    if pvnf is not None:
+                        pvnf.stop()
     finally:
         api.close()
+        if papi is not None:
+            papi.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1014,6 +1097,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "default both")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     ap.add_argument("--no-doc-img", action="store_true", help="do not copy the plot to docs/")
+    ap.add_argument("--no-previous", action="store_true",
+                    help="skip the previous-sandbox testbed (the cost of containment and TLS)")
     a = ap.parse_args(argv)
     sizes = ([int(x) for x in a.sizes.split(",") if x.strip()] if a.sizes
              else list(QUICK_SIZES if a.quick else DEFAULT_SIZES))
@@ -1047,22 +1132,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                work_dir="WORK"),
                 netns_fd=0, pidfile=Path("WORK/restore.pid")),
         },
-        "samples": {"nfvha": [], "bare": []},
+        "samples": {"nfvha": [], "bare": [], "previous": []},
     }
     samples: dict[str, list[dict[str, Any]]] = result["samples"]
     attribution: dict[str, dict[str, float]] = {}
     live_bare: set[int] = set()
     tb = Testbed(name=TB_NAME, n_hosts=2, subnet=TB_SUBNET, state_dir=STATE_DIR)
+    prev_tb = None if a.no_previous else Testbed(
+        name=PREV_TB_NAME, n_hosts=2, subnet=PREV_TB_SUBNET, mgmt_subnet=PREV_MGMT_SUBNET,
+        state_dir=STATE_DIR, tls=False)
     t_start = time.perf_counter()
     interrupted: BaseException | None = None
     try:
-        with contextlib.suppress(Exception):
-            asyncio.run(tb.down())  # leftovers of an interrupted run
-        with timed("testbed up"):
-            asyncio.run(tb.up())
+        for t in (tb, prev_tb):
+            if t is not None:
+                with contextlib.suppress(Exception):
+                    asyncio.run(t.down())  # leftovers of an interrupted run
+                with timed(f"testbed {t.name} up"):
+                    asyncio.run(t.up())
         bare_netns_up()
         measure(sizes, repeats, conditions, criu, tb, live_bare,
-                lambda side, s: samples[side].append(s), attribution)
+                lambda side, s: samples[side].append(s), attribution, prev_tb)
     except (KeyboardInterrupt, BenchError) as exc:
         interrupted = exc
         print(f"checkpoint_cost: stopped: {exc!r}", file=sys.stderr)
@@ -1073,10 +1163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     kill_and_reap(pid, timeout=5)
             with contextlib.suppress(Exception):
                 bare_netns_down()
-            try:
-                asyncio.run(tb.down())
-            except Exception as exc:
-                print(f"checkpoint_cost: testbed down: {exc}", file=sys.stderr)
+            for t in (tb, prev_tb):
+                if t is None:
+                    continue
+                try:
+                    asyncio.run(t.down())
+                except Exception as exc:
+                    print(f"checkpoint_cost: testbed {t.name} down: {exc}", file=sys.stderr)
             _remove_parasite_leftovers()
             shutil.rmtree(STATE_DIR, ignore_errors=True)
             reap_all()
@@ -1086,7 +1179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["complete"] = interrupted is None
     if interrupted is not None:
         result["stopped_by"] = repr(interrupted)
-    summary = build_summary(sizes, conditions, samples["nfvha"], samples["bare"])
+    summary = build_summary(sizes, conditions, samples["nfvha"], samples["bare"],
+                            samples["previous"])
     result["summary"] = summary
     measured = {size for per in summary.values() for size in per}
     result["attribution"] = {k: v for k, v in attribution.items() if k in measured}

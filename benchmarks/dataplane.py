@@ -87,8 +87,10 @@ from _common import (
     RESULTS,
     BenchError,
     api_result,
+    daemon_client,
     install_signal_handlers,
     machine_basics,
+    manager_client,
     other_netns,
     percentile,
     proc_cpu,
@@ -207,11 +209,8 @@ class Api:
     """Synchronous client of the manager and the forwarder; every call has a timeout."""
 
     def __init__(self, tb: Testbed) -> None:
-        timeout = httpx.Timeout(HTTP_TIMEOUT, connect=3.0)
-        self.m = httpx.Client(base_url=tb.manager_url, timeout=timeout,
-                              headers={"Authorization": f"Bearer {tb.operator_token}"})
-        self.f = httpx.Client(base_url=tb.forwarder_url, timeout=timeout,  # a daemon
-                              headers={"Authorization": f"Bearer {tb.token}"})
+        self.m = manager_client(tb, HTTP_TIMEOUT)
+        self.f = daemon_client(tb, HTTP_TIMEOUT, base_url=tb.forwarder_url)
 
     def close(self) -> None:
         self.m.close()

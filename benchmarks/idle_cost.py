@@ -110,6 +110,7 @@ def up_timeout(n: int) -> float:
 TARGET_AGENT_PCT = 1.0  # 3 hosts, no VNF: each agent (and separately: agent + guard)
 TARGET_MANAGER_PCT = 2.0  # 3 hosts, no VNF
 TARGET_DETECT_MS = 150.0  # host crash -> DOWN, median at N=3
+TARGET_TLS_RATIO = 1.2  # heartbeat CPU with TLS and per-host keys / without (issue 12)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class Plan:
     detect_runs: int
     fencing: bool
     quick: bool
+    tls_compare: int | None = None  # N at which the same idle window runs without TLS too
 
 
 # -- the manager -----------------------------------------------------------------------------
@@ -325,9 +327,9 @@ def _step(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
 # -- the testbed -----------------------------------------------------------------------------
 
 
-def _testbed(n: int, fencing: bool) -> Testbed:
+def _testbed(n: int, fencing: bool, tls: bool = True) -> Testbed:
     return Testbed(name=TB_NAME, n_hosts=n, subnet=TB_SUBNET, state_dir=STATE_DIR,
-                   with_manager=True, fencing=fencing)
+                   with_manager=True, fencing=fencing, tls=tls)
 
 
 def _up(tb: Testbed, n: int) -> None:
@@ -493,10 +495,10 @@ def fences_done(api: Api, host: str, since: float) -> list[dict[str, Any]] | Non
             for r in recs]
 
 
-def run_point(plan: Plan, n: int) -> dict[str, Any]:
-    point: dict[str, Any] = {"hosts": n, "ok": False, "other_netns": other_netns(TB_NAME),
-                             "source_digest": source_digest()}
-    tb = _testbed(n, plan.fencing)
+def run_point(plan: Plan, n: int, tls: bool = True) -> dict[str, Any]:
+    point: dict[str, Any] = {"hosts": n, "tls": tls, "ok": False,
+                             "other_netns": other_netns(TB_NAME), "source_digest": source_digest()}
+    tb = _testbed(n, plan.fencing, tls)
     api: Api | None = None
     try:
         t0 = time.perf_counter()
@@ -516,7 +518,7 @@ def run_point(plan: Plan, n: int) -> dict[str, Any]:
                  f"{c['manager']:.2f} %; false suspicions {st['false_suspicions']}, "
                  f"heartbeats missed {st['heartbeats_missed_total']}")
         point["ok"] = True
-        if n in plan.detect_counts and plan.detect_runs > 0:
+        if tls and n in plan.detect_counts and plan.detect_runs > 0:
             with timed(f"N={n}: {plan.detect_runs} host crashes"):
                 point["detection"] = detection_runs(tb, api, plan.detect_runs)
     except BenchError as exc:
@@ -547,9 +549,27 @@ def log_warnings(tb: Testbed, keep: int = 30) -> dict[str, list[str]]:
 
 
 def summarize(points: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"counts": [p["hosts"] for p in points], "points": {},
-                           "detection": {}}
+    out: dict[str, Any] = {"counts": [p["hosts"] for p in points if p.get("tls", True)],
+                           "points": {}, "detection": {}}
+    plain = [p for p in points if not p.get("tls", True) and "cpu_pct" in p]
+    for q in plain:
+        t = next((p for p in points if p.get("tls", True) and p["hosts"] == q["hosts"]
+                  and "cpu_pct" in p), None)
+        if t is None:
+            continue
+        row: dict[str, Any] = {"hosts": q["hosts"]}
+        for key in ("guard", "agent", "host", "manager"):
+            a, b = (float(c[key] if key == "manager" else c[key]["mean"])
+                    for c in (t["cpu_pct"], q["cpu_pct"]))
+            row[key] = {"tls": a, "plain": b, "ratio": a / b if b > 0 else math.nan}
+        hb = (t["cpu_pct"]["guard"]["mean"] * q["hosts"] + t["cpu_pct"]["manager"],
+              q["cpu_pct"]["guard"]["mean"] * q["hosts"] + q["cpu_pct"]["manager"])
+        row["heartbeats"] = {"tls": hb[0], "plain": hb[1],
+                             "ratio": hb[0] / hb[1] if hb[1] > 0 else math.nan}
+        out["tls_compare"] = row
     for p in points:
+        if not p.get("tls", True):
+            continue
         key = str(p["hosts"])
         if "cpu_pct" not in p:
             out["points"][key] = {"hosts": p["hosts"], "error": p.get("error", "not measured")}
@@ -603,6 +623,14 @@ def evaluate_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"target": "no host state change in any idle window (false suspicions), "
                               "N = " + ", ".join(str(p["hosts"]) for p in measured),
                     "value": v, "unit": "changes", "pass": v == 0})
+    tc = summary.get("tls_compare")
+    if tc:
+        v = tc["heartbeats"]["ratio"]
+        out.append({"target": f"{tc['hosts']} hosts: heartbeat CPU (every guard + the manager) "
+                              f"with TLS and per-host keys <= {TARGET_TLS_RATIO:g}x without "
+                              f"({_f(tc['heartbeats']['tls'], 2)} % vs "
+                              f"{_f(tc['heartbeats']['plain'], 2)} % of a core)",
+                    "value": v, "unit": "x", "pass": v <= TARGET_TLS_RATIO})
     d3 = summary["detection"].get("3")
     if d3 and d3["ok"]:
         v = d3["detect_ms"]["median"]
@@ -688,6 +716,21 @@ def markdown(result: dict[str, Any]) -> str:
             f"| **{_f(cp['manager'], 2)}** | {_f(p['rss_mib']['manager'])} "
             f"| {_f(p['rss_mib']['agent']['mean'])} | {p['false_suspicions']} "
             f"| {p['heartbeats_missed']} | {_f(p['up_s'])} |")
+    tc = s.get("tls_compare")
+    if tc:
+        lines += ["", f"*The cost of TLS and per-host heartbeat keys* (issue 12): the same "
+                  f"idle window at N = {tc['hosts']} on a testbed without TLS (one heartbeat "
+                  "key from the cluster token, plain HTTP), in the same run. Mean % of a core; "
+                  "*heartbeats* = every guard plus the manager.", "",
+                  "| | Guard | Agent | Host | Manager | Heartbeats |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for side in ("tls", "plain"):
+            lines.append(f"| {'TLS' if side == 'tls' else 'no TLS'} "
+                         + "".join(f"| {_f(tc[k][side], 3)} " for k in
+                                   ("guard", "agent", "host", "manager", "heartbeats")) + "|")
+        lines.append("| ratio " + "".join(f"| {_f(tc[k]['ratio'], 2)}x " for k in
+                                          ("guard", "agent", "host", "manager", "heartbeats"))
+                     + "|")
     if s["detection"]:
         lines += ["", "*Host-crash detection*: from `crash_host` (uplink deleted, every process "
                   "of the host killed) to the manager's `host-down` decision (its log's "
@@ -813,6 +856,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"{','.join(map(str, FULL_DETECT_COUNTS))}; quick: 3)")
     ap.add_argument("--fencing", action="store_true",
                     help="give the manager the testbed fence driver (not needed to detect)")
+    ap.add_argument("--tls-compare", type=int, default=None, metavar="N",
+                    help="also run the idle window at N hosts without TLS (default 10; "
+                         "quick: 3; 0: skip)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     ap.add_argument("--no-doc-img", action="store_true", help="do not copy the plot to docs/")
     a = ap.parse_args(argv)
@@ -823,7 +869,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         detect_counts=a.detect_hosts or (QUICK_DETECT_COUNTS if a.quick else FULL_DETECT_COUNTS),
         detect_runs=a.runs if a.runs is not None else (QUICK_DETECT_RUNS if a.quick
                                                        else DETECT_RUNS),
-        fencing=a.fencing, quick=a.quick)
+        fencing=a.fencing, quick=a.quick,
+        tls_compare=(a.tls_compare if a.tls_compare is not None else (3 if a.quick else 10))
+        or None)
     if plan.window_s < 2 or plan.detect_runs < 0:
         ap.error("need --window >= 2 and --runs >= 0")
     if os.geteuid() != 0:
@@ -850,6 +898,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for n in plan.counts:
             points.append(run_point(plan, n))
+        if plan.tls_compare:
+            if plan.tls_compare not in plan.counts:
+                points.append(run_point(plan, plan.tls_compare))
+            points.append(run_point(plan, plan.tls_compare, tls=False))
     except (KeyboardInterrupt, BenchError) as exc:
         interrupted = exc
         print(f"idle_cost: stopped: {exc!r}", file=sys.stderr)

@@ -86,7 +86,7 @@ from typing import Any
 
 import httpx
 
-from nfvha.demo import python_vnf
+from nfvha.demo import VNF_PYTHON, python_vnf
 from nfvha.testbed import Testbed
 from nfvha.vim.cgroups import CgroupLimits
 from nfvha.vnfm.metrics import iso_to_epoch
@@ -174,6 +174,9 @@ class Scenario:
 
     supervisor: bool = False  # run under the restart-only supervisor, without nfvha
     fencing: bool = False  # the testbed's manager gets the testbed fence driver per host
+    #: nfvha as before issue 12: the host's file system, every capability, no seccomp, plain
+    #: HTTP between the daemons (a testbed of its own, ``Testbed(tls=False)``)
+    previous: bool = False
 
     @property
     def recovery(self) -> dict[str, list[str]]:
@@ -199,6 +202,11 @@ SCENARIOS: tuple[Scenario, ...] = (
              "restore-remote", "hr"),
     Scenario("host-remote-fenced", "host crash → restore-remote (fence driver)", "host", (),
              "restore-remote", "hf", fencing=True),
+    Scenario("crash-local-previous", "process crash → restore-local, previous sandbox "
+             "(no containment, no TLS)", "kill", (), "restore-local", "kp", previous=True),
+    Scenario("host-fenced-previous", "host crash → restore-remote (fence driver), previous "
+             "sandbox (no containment, no TLS)", "host", (), "restore-remote", "hp",
+             fencing=True, previous=True),
     Scenario("host-standby", "host crash → standby", "host",
              (("host-loss", ("standby", "restore-remote")),), "standby", "hs"),
     Scenario("host-restart", "host crash → restart (baseline)", "host",
@@ -399,8 +407,18 @@ def _active(v: dict[str, Any]) -> dict[str, Any] | None:
     return v if v["haState"] == "ACTIVE" else None
 
 
+#: The sandbox before issue 12 (``Scenario.previous``).
+PREVIOUS_SECURITY = {"private_root": False, "seccomp": "unconfined", "capabilities": ["ALL"]}
+#: Containment and TLS against the previous sandbox: (contained, previous) scenario pairs.
+PREVIOUS_PAIRS = (("crash-local", "crash-local-previous"),
+                  ("host-remote-fenced", "host-fenced-previous"))
+TARGET_CONTAINMENT_RATIO = 1.1
+
+
 def descriptor(scn: Scenario, address: str) -> dict[str, Any]:
-    return {"id": f"rec-{scn.key}", **python_vnf(FLOWMON),
+    program = ({"command": [VNF_PYTHON, str(FLOWMON)], "security": PREVIOUS_SECURITY}
+               if scn.previous else python_vnf(FLOWMON))
+    return {"id": f"rec-{scn.key}", **program,
             "network": {"address": address}, "resources": {"memory": "128Mi", "cpu": 0.5},
             "ha": {"checkpoint_interval": CHECKPOINT_INTERVAL, "backups": 1,
                    "recovery": scn.recovery, "probe": HA_PROBE}}
@@ -917,31 +935,41 @@ def _down(tb: Testbed) -> None:
     testbed_down(tb, "recovery")
 
 
-def _testbed(fencing: bool = False) -> Testbed:
+def _testbed(fencing: bool = False, previous: bool = False) -> Testbed:
+    """The testbed of a scenario; a previous-sandbox one (no TLS) has a name and subnet of
+    its own, so that both can be up at once and runs interleave."""
+    if previous:
+        net = ipaddress.ip_network(TB_SUBNET)
+        subnet = str(ipaddress.ip_network((int(net.network_address) + (1 << 16), 16)))
+        return Testbed(name=f"{TB_NAME}p", n_hosts=N_HOSTS, subnet=subnet,
+                       state_dir=STATE_DIR, with_manager=True, fencing=fencing, tls=False)
     return Testbed(name=TB_NAME, n_hosts=N_HOSTS, subnet=TB_SUBNET, state_dir=STATE_DIR,
                    with_manager=True, fencing=fencing)
 
 
 def run_process_group(scns: Sequence[Scenario], runs: int,
                       record: Callable[[dict[str, Any]], None]) -> None:
-    """One testbed for every process-level run; rebuilt only if a run leaves it broken."""
+    """One testbed for every process-level run (and one more, up at the same time, for
+    previous-sandbox scenarios); rebuilt only if a run leaves it broken."""
     if not scns or runs < 1:
         return
-    tb = _testbed()
-    api: Api | None = None
+    kinds = sorted({s.previous for s in scns})
+    tbs = {prev: _testbed(previous=prev) for prev in kinds}
+    apis: dict[bool, Api] = {}
     sv: Supervised | None = None
     want_sv = any(s.supervisor for s in scns)
     try:
         with timed("process group: testbed up"):
-            _up(tb)
+            for prev, tb in tbs.items():
+                _up(tb)
+                apis[prev] = Api(tb)
             if want_sv:  # an address of its own: no ARP entry of an nfvha VNF to go stale
-                sv = Supervised(tb, tb.vnf_address(2))
+                sv = Supervised(tbs[False], tbs[False].vnf_address(2))
                 sv.setup()
-        api = Api(tb)
-        address = tb.vnf_address(1)
         for run in range(runs):
             for scn in scns:
-                s = attempt(tb, api, scn, run, address, sv)
+                tb, api = tbs[scn.previous], apis[scn.previous]
+                s = attempt(tb, api, scn, run, tb.vnf_address(1), sv)
                 record(s)
                 progress(_sample_line(s))
                 try:
@@ -949,20 +977,24 @@ def run_process_group(scns: Sequence[Scenario], runs: int,
                 except BenchError as exc:
                     progress(f"cleanup of {scn.code}{run} failed ({exc}); rebuilding testbed")
                     api.close()
+                    if sv is not None and not scn.previous:
+                        sv.teardown()
+                        sv = None
                     _down(tb)
-                    tb = _testbed()
+                    tbs[scn.previous] = tb = _testbed(previous=scn.previous)
                     _up(tb)
-                    api = Api(tb)
-                    if want_sv:
+                    apis[scn.previous] = Api(tb)
+                    if want_sv and not scn.previous:
                         sv = Supervised(tb, tb.vnf_address(2))
                         sv.setup()
     finally:
-        if api is not None:
+        for api in apis.values():
             api.close()
         with timed("process group: testbed down"):
             if sv is not None:
                 sv.teardown()
-            _down(tb)
+            for tb in tbs.values():
+                _down(tb)
 
 
 def run_host_group(scns: Sequence[Scenario], runs: int,
@@ -972,7 +1004,7 @@ def run_host_group(scns: Sequence[Scenario], runs: int,
     for run in range(runs):
         for scn in scns:
             t0 = time.perf_counter()
-            tb = _testbed(fencing=scn.fencing)
+            tb = _testbed(fencing=scn.fencing, previous=scn.previous)
             api: Api | None = None
             try:
                 _up(tb)
@@ -1079,6 +1111,15 @@ def evaluate_targets(summary: dict[str, Any], samples: list[dict[str, Any]]
                                   f"{TARGET_FENCING_GAIN_MS:.0f} ms vs the lease wait, same run "
                                   f"({lease:.0f} ms without a fence driver)",
                         "value": v, "unit": "ms", "pass": v >= TARGET_FENCING_GAIN_MS})
+    for new, old in PREVIOUS_PAIRS:
+        if new in summary and old in summary:
+            for metric, what in (("restore_ms", "restore phase"), ("downtime_ms", "downtime")):
+                a, b = summary[new][metric]["median"], summary[old][metric]["median"]
+                v = a / b if b else math.nan
+                out.append({"target": f"containment and TLS: {summary[new]['label']}, {what} "
+                                      f"<= {TARGET_CONTAINMENT_RATIO}x the previous sandbox's, "
+                                      f"same run ({a:.0f} vs {b:.0f} ms, medians)",
+                            "value": v, "unit": "x", "pass": v <= TARGET_CONTAINMENT_RATIO})
     host = [s["detect_ms"] for s in samples if s["ok"] and s["scenario"].startswith("host-")]
     if host:
         v = percentile(host, 50)

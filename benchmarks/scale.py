@@ -174,7 +174,8 @@ class Api:
     def __init__(self, tb: Testbed) -> None:
         self.http = httpx.Client(base_url=tb.manager_url,
                                  timeout=httpx.Timeout(HTTP_TIMEOUT, connect=3.0),
-                                 headers={"Authorization": f"Bearer {tb.operator_token}"})
+                                 headers={"Authorization": f"Bearer {tb.operator_token}"},
+                                 verify=tb.client_context(None))
 
     def close(self) -> None:
         self.http.close()
