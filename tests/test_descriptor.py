@@ -320,3 +320,87 @@ def test_load_descriptor_accepts_str_path(tmp_path: Path) -> None:
     path.write_text("vnfd:\n  id: fw\n  command: [./fw]\n  network: {address: 10.0.0.5/8}\n")
 
     assert load_descriptor(str(path)).network.effective_mac == "02:00:0a:00:00:05"
+
+
+# -- containment: volumes and security ------------------------------------------------
+
+
+def test_a_vnf_is_contained_unless_its_descriptor_says_otherwise() -> None:
+    d = parse_descriptor(minimal())
+    assert d.security.private_root and d.security.seccomp == "default"
+    assert d.security.run_as is None and d.volumes == []
+    caps = d.security.effective_capabilities()
+    assert "NET_BIND_SERVICE" in caps and "NET_RAW" in caps
+    assert not {"SYS_ADMIN", "SYS_MODULE", "NET_ADMIN", "SYS_PTRACE", "SYS_TIME"} & set(caps)
+
+
+def test_capabilities_are_widened_and_narrowed_by_name() -> None:
+    d = parse_descriptor(minimal(security={"capabilities": ["cap_net_admin"],
+                                           "drop_capabilities": ["NET_RAW"]}))
+    caps = d.security.effective_capabilities()
+    assert "NET_ADMIN" in caps and "NET_RAW" not in caps
+    only = parse_descriptor(minimal(security={"drop_capabilities": ["ALL"],
+                                              "capabilities": ["NET_BIND_SERVICE"]}))
+    assert only.security.effective_capabilities() == ["NET_BIND_SERVICE"]
+
+
+@pytest.mark.parametrize(("security", "field", "says"), [
+    ({"capabilities": ["NET_ADMN"]}, "security.capabilities", "unknown capability 'NET_ADMN'"),
+    ({"drop_capabilities": ["everything"]}, "security.drop_capabilities",
+     "unknown capability"),
+    ({"run_as": "nobody"}, "security.run_as", "numeric uid"),
+    ({"run_as": "1:2:3"}, "security.run_as", "numeric uid"),
+    ({"run_as": "4294967295"}, "security.run_as", "numeric uid"),
+    ({"seccomp": "strict"}, "security.seccomp", ""),
+    ({"privileged": True}, "security.privileged", ""),
+])
+def test_bad_security_settings_name_the_field(security: dict[str, Any], field: str,
+                                              says: str) -> None:
+    msg = error_of(minimal(security=security))
+    assert field in msg and says in msg
+
+
+def test_a_volume_defaults_to_read_only_at_its_own_path() -> None:
+    d = parse_descriptor(minimal(volumes=[{"source": "/srv/fw//rules/"},
+                                          {"source": "/var/cache/x", "target": "/opt/x",
+                                           "read_only": False}]))
+    assert [(v.source, v.inside, v.read_only) for v in d.volumes] == [
+        ("/srv/fw/rules", "/srv/fw/rules", True), ("/var/cache/x", "/opt/x", False)]
+
+
+@pytest.mark.parametrize(("volume", "says"), [
+    ({"source": "relative/dir"}, "absolute path"),
+    ({"source": "/srv/../etc"}, "absolute path"),
+    ({"source": "/srv/a", "target": "/"}, "cannot be a volume's target"),
+    ({"source": "/srv/a", "target": "/etc/nfvha"}, "cannot be a volume's target"),
+    ({"source": "/srv/a", "target": "/usr"}, "cannot be a volume's target"),
+    ({"source": "/srv/a", "target": "/proc/sys"}, "cannot be a volume's target"),
+    ({"source": "/srv/a", "target": "/tmp/x"}, "cannot be a volume's target"),
+    ({"source": "/srv/a", "target": "/lib64"}, "cannot be a volume's target"),
+    ({"source": "/srv/a", "target": "/.stdout"}, "cannot be a volume's target"),
+])
+def test_bad_volumes_are_refused_with_what_to_do(volume: dict[str, Any], says: str) -> None:
+    msg = error_of(minimal(volumes=[volume]))
+    assert "volumes" in msg and says in msg
+
+
+def test_two_volumes_at_one_target_are_refused() -> None:
+    msg = error_of(minimal(volumes=[{"source": "/srv/a", "target": "/opt/x"},
+                                    {"source": "/srv/b", "target": "/opt/x"}]))
+    assert "volumes" in msg and "/opt/x" in msg
+
+
+def test_a_workdir_in_the_sandboxs_own_root_is_refused() -> None:
+    assert "workdir" in error_of(minimal(workdir="/etc"))
+
+
+def test_in_a_file_a_relative_volume_source_is_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "vnfs").mkdir()
+    f = tmp_path / "fw.yaml"
+    f.write_text("vnfd:\n  id: fw\n  command: [python3, /opt/vnfs/fw.py]\n"
+                 "  network: {address: 10.250.1.10/16}\n"
+                 "  volumes: [{source: vnfs, target: /opt/vnfs}]\n")
+    d = load_descriptor(f)
+    assert d.volumes[0].source == str(tmp_path / "vnfs")
+    # Over the API there is no file to be relative to.
+    assert "absolute path" in error_of({**minimal(), "volumes": [{"source": "vnfs"}]})

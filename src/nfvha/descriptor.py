@@ -365,7 +365,12 @@ class VnfDescriptor(_Strict):
     @model_validator(mode="after")
     def _distinct_volumes(self) -> VnfDescriptor:
         if self.security.private_root and self.workdir != "/":
-            Volume(source=self.workdir)  # the same rules as a volume's target
+            try:
+                Volume(source=self.workdir)  # the same rules as a volume's target
+            except ValidationError as exc:
+                reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ValueError(f"workdir: {reason.replace('a volume', 'the workdir')}; or "
+                                 "'/' for a private directory at /var/lib/vnf") from None
         seen: set[str] = set()
         for v in self.volumes:
             if v.inside in seen:

@@ -91,7 +91,7 @@ def test_operator_and_viewer_credentials_of_nfvha_up(cluster: dict[str, Any],
     reads: the operator deploys through it, the viewer reads and is refused a heal."""
     files = [Path(cluster[k]) for k in ("token_file", "viewer_token_file", "config_file")]
     assert all(f.stat().st_mode & 0o077 == 0 for f in files)  # private
-    assert "ca_file" in cluster  # null until the daemons use TLS
+    assert Path(cluster["ca_file"]).is_file()  # the testbed's CA: its daemons use TLS
     config = json.loads(Path(cluster["config_file"]).read_text())
     assert config == {"manager_url": cluster["manager_url"],
                       "token_file": cluster["token_file"], "ca_file": cluster["ca_file"]}
@@ -101,7 +101,8 @@ def test_operator_and_viewer_credentials_of_nfvha_up(cluster: dict[str, Any],
     vnfd.write_text(f"""
 vnfd:
   id: clirl
-  command: [{sys.executable}, {EXAMPLES / 'flowmon.py'}]
+  command: [{VNF_PYTHON}, {VNF_SCRIPTS}/flowmon.py]
+  volumes: [{{source: {EXAMPLES}, target: {VNF_SCRIPTS}}}]
   network: {{address: {base}.1.9/16}}
 """)
     # No --name: the manager and the operator credential come from the config file.
@@ -112,7 +113,8 @@ vnfd:
     wait_until(lambda: any(v["id"] == "clirl-1" and v["haState"] == "ACTIVE"
                            for v in jcall("status")["vnfs"]), 15)
 
-    viewer = ["--url", cluster["manager_url"], "--token-file", cluster["viewer_token_file"]]
+    viewer = ["--url", cluster["manager_url"], "--token-file", cluster["viewer_token_file"],
+              "--ca-file", cluster["ca_file"]]
     assert "clirl-1" in {v["id"] for v in json.loads(
         nfvha("status", *viewer, "--json").stdout)["vnfs"]}
     ops_before = len(jcall("ops"))
@@ -121,7 +123,8 @@ vnfd:
     assert len(jcall("ops")) == ops_before  # no operation started
     # The daemons' cluster token is no operator credential either.
     r = nfvha("heal", "clirl-1", "--url", cluster["manager_url"], "--token-file",
-              str(Path(cluster["token_file"]).parent / "token"), check=False)
+              str(Path(cluster["token_file"]).parent / "token"), "--ca-file", cluster["ca_file"],
+              check=False)
     assert r.returncode == 1 and "403" in r.stderr and "daemons' credential" in r.stderr
 
 

@@ -308,7 +308,8 @@ def test_operator_fence_through_the_cli_moves_the_vnf(fmgr: Mgr, python_bin: str
     with flow, CopyWatch(fmgr.tb, "fo") as watch:
         with contextlib.redirect_stdout(open(os.devnull, "w")):
             assert main(["inject", "fence", old, "--name", fmgr.tb.name, "--url", fmgr.url,
-                         "--token-file", str(fmgr.tb.operator_token_file), "--json"]) == 0
+                         "--token-file", str(fmgr.tb.operator_token_file),
+                         "--ca-file", str(fmgr.tb.ca_file), "--json"]) == 0
         op = fmgr.wait_heal("fo", timeout=15)
         assert op["nfvha"]["targetHost"] != old
         _serving_once(fmgr, ip, "fo", flow, sent)

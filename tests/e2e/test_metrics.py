@@ -16,8 +16,8 @@ from tests.e2e.test_manager import Mgr, _warm, flowmon, mgr  # noqa: F401  (fixt
 def scrape(url: str, token: str, verify: Any = True,
            ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of a /metrics page, parsed by Prometheus' own text parser."""
-    r = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10,
-                  verify=verify)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}  # "": a certificate
+    r = httpx.get(url + "/metrics", headers=headers, timeout=10, verify=verify)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
     out = {}
@@ -99,5 +99,6 @@ def test_metrics_show_the_recovery_and_checkpoints(json_logs: None, mgr: Mgr,  #
 
 def test_metrics_need_the_token(mgr: Mgr) -> None:  # noqa: F811
     for url in (mgr.url, next(iter(mgr.tb.hosts.values())).url):
-        r = httpx.get(url + "/metrics", timeout=5)
+        # No credential: neither a token nor a client certificate (the CA is trusted).
+        r = httpx.get(url + "/metrics", timeout=5, verify=mgr.verify)
         assert r.status_code == 401
