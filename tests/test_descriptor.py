@@ -404,3 +404,12 @@ def test_in_a_file_a_relative_volume_source_is_relative_to_the_file(tmp_path: Pa
     assert d.volumes[0].source == str(tmp_path / "vnfs")
     # Over the API there is no file to be relative to.
     assert "absolute path" in error_of({**minimal(), "volumes": [{"source": "vnfs"}]})
+
+
+def test_all_capabilities_is_every_one_and_the_host_fs_needs_sys_admin() -> None:
+    d = parse_descriptor(minimal(security={"capabilities": ["ALL"], "private_root": False}))
+    assert {"SYS_ADMIN", "NET_ADMIN", "CHECKPOINT_RESTORE"} <= set(
+        d.security.effective_capabilities())
+    # Without its own /proc a VNF can be checkpointed only if CRIU may mount one.
+    msg = error_of(minimal(security={"private_root": False}))
+    assert "security" in msg and "SYS_ADMIN" in msg

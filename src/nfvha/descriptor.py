@@ -294,8 +294,18 @@ class Security(_Strict):
         """The set the VNF keeps: defaults, plus added, less dropped (added wins)."""
         drop = set(self.drop_capabilities)
         base = [] if "ALL" in drop else [c for c in DEFAULT_CAPABILITIES if c not in drop]
-        return sorted(set(base) | {c for c in self.capabilities if c != "ALL"},
-                      key=CAPABILITIES.__getitem__)
+        added = set(CAPABILITIES) if "ALL" in self.capabilities else set(self.capabilities)
+        return sorted(set(base) | added, key=CAPABILITIES.__getitem__)
+
+    @model_validator(mode="after")
+    def _checkpointable(self) -> Security:
+        # Without a private root the VNF's /proc is the host's, not its PID namespace's;
+        # CRIU's parasite must then mount one itself, which needs CAP_SYS_ADMIN in the VNF.
+        if not self.private_root and "SYS_ADMIN" not in self.effective_capabilities():
+            raise ValueError("private_root: false shows the VNF the host's /proc, and CRIU "
+                             "can checkpoint such a VNF only with CAP_SYS_ADMIN: add "
+                             "capabilities: [SYS_ADMIN] (or ALL), or keep the private root")
+        return self
 
 
 def _default_recovery() -> dict[str, list[Strategy]]:
