@@ -1133,6 +1133,11 @@ def evaluate_targets(summary: dict[str, Any], samples: list[dict[str, Any]]
 # -- machine ---------------------------------------------------------------------------------
 
 
+def _target_value(t: dict[str, Any]) -> str:
+    """Ratios with two decimals, times in whole ms."""
+    return f"{t['value']:.2f}x" if t["unit"] == "x" else f"{t['value']:.0f} {t['unit']}"
+
+
 def machine_description() -> dict[str, Any]:
     return testbed_machine(TB_NAME)
 
@@ -1209,7 +1214,7 @@ def markdown(result: dict[str, Any]) -> str:
               *fencing_lines(summary), "", "## Targets", ""]
     for t in result["targets"]:
         lines.append(f"- **{'PASS' if t['pass'] else 'MISS'}** {t['target']}: "
-                     f"{t['value']:.0f} {t['unit']}")
+                     f"{_target_value(t)}")
     lines += ["", "## Anomalies", ""]
     lines += [f"- {a}" for a in result["anomalies"]] or ["- none"]
     lines += ["", "Settings: " + ", ".join(
@@ -1510,7 +1515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["anomalies"] = anomalies(result, samples)
     result["samples"] = _compact(samples, result["outliers"])
     publish(result, "recovery", a.out, markdown=markdown, plot=plot,
-            target_value=lambda t: f"{t['value']:.0f} {t['unit']}", doc_img=not a.no_doc_img)
+            target_value=_target_value, doc_img=not a.no_doc_img)
     return 0 if interrupted is None else 1
 
 

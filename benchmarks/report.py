@@ -215,8 +215,42 @@ cost ({ms(frozen_small)} ms frozen at {small} MiB: the parasite, the sockets, th
 lock). nfvha adds integrity work bare CRIU does not do: a SHA-256 of every image file at
 commit and again before a restore. That is why the dump and restore ratios grow with size:
 hashing the {f(img_mib_big, 0)} MiB of images took {ms(sha_big * 1000)} ms
-({f(sha_per_mib, 2)} ms per MiB)."""
+({f(sha_per_mib, 2)} ms per MiB).""" + _containment_cost(r, cond, sizes)
     return text, []
+
+
+def _containment_cost(r: Result, cond: str, sizes: Sequence[str]) -> str:
+    """The nfvha/previous table of a run that measured the previous sandbox too."""
+    rows = []
+    for s in sizes:
+        p = f"summary.{cond}.{s}"
+        if "containment" not in r.get(p, dict):
+            continue
+
+        def cell(key: str, name: str, scale: float = 1000.0, p: str = p) -> str:
+            return (f"{ms(r.num(f'{p}.nfvha.{key}.median') * scale)} / "
+                    f"{ms(r.num(f'{p}.previous.{key}.median') * scale)} "
+                    f"({r.num(f'{p}.containment.{name}.median'):.2f}×)")
+
+        rows.append([s, cell("checkpoint_api_s", "checkpoint_api"),
+                     cell("frozen_ms", "frozen", 1.0), cell("push_api_s", "push_api"),
+                     cell("restore_api_s", "restore_api"),
+                     cell("restore_to_answer_s", "restore_to_answer")])
+    if not rows:
+        return ""
+    return f"""
+
+**The cost of containment and TLS.** The same VNF, in the same run and interleaved, on a
+second testbed run as before issue 12 (*previous*: the host's file system, every
+capability, no seccomp filter, plain HTTP between the daemons). nfvha / previous, medians
+in ms, ratio in brackets (target ≤ 1.1× on checkpoint and restore):
+
+{table(["State MiB", "Checkpoint API", "Frozen", "Push API", "Restore API",
+        "Restore to answer"], rows)}
+
+The private root adds one tmpfs (`/tmp`, `/run`, `/dev/shm`) that CRIU dumps as a tar
+while the VNF is frozen, and a few external bind mounts it records without reading;
+the push of the images to the replica host now goes over mutual TLS."""
 
 
 def sec_recovery(r: Result) -> tuple[str, list[str]]:
@@ -606,8 +640,27 @@ the manager reads them once per loop turn and sleeps until a host could next bec
 suspect, so it grows with the hosts' datagrams (about 0.3 % of a core per host).
 
 {table(["Hosts", "Agent", "Guard", "Host (agent + guard)", "Manager", "False suspicions",
-        "Agent RSS MiB"], rows)}{detect}"""
+        "Agent RSS MiB"], rows)}{detect}{_tls_heartbeats(r)}"""
     return text, []
+
+
+def _tls_heartbeats(r: Result) -> str:
+    if "tls_compare" not in r.get("summary", dict):
+        return ""
+    p = "summary.tls_compare"
+    rows = [[label] + [f(r.num(f"{p}.{k}.{side}"), 3) for k in
+                       ("guard", "agent", "manager", "heartbeats")]
+            for label, side in (("TLS, per-host keys", "tls"), ("no TLS, one key", "plain"))]
+    rows.append(["ratio"] + [f"{r.num(f'{p}.{k}.ratio'):.2f}×" for k in
+                             ("guard", "agent", "manager", "heartbeats")])
+    return f"""
+
+**The cost of TLS and per-host heartbeat keys** (issue 12): the same idle window at
+N = {r.get(f"{p}.hosts", int)} on a testbed without TLS (one heartbeat key derived from the
+cluster token, plain HTTP), in the same run. Mean % of a core; *heartbeats* is every guard
+plus the manager (target ≤ 1.2×):
+
+{table(["", "Guard", "Agent", "Manager", "Heartbeats"], rows)}"""
 
 
 def sec_tcp_lock(r: Result) -> tuple[str, list[str]]:
