@@ -12,17 +12,21 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nfvha.tls import Identity, caller
 
 __all__ = ["DEFAULT_MAX_BODY", "DEFAULT_MAX_DEPTH", "BodyLimit", "Refused", "http_url",
-           "json_depth", "problem_responses", "refused_response", "token_matches", "who_may"]
+           "install_problem_handlers", "json_depth", "problem", "problem_responses",
+           "refused_response", "token_matches", "who_may"]
 
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB: a VNFD is a few KiB (Kubernetes caps at 3 MiB)
 DEFAULT_MAX_DEPTH = 32  # no nfvha document nests deeper than about 6
@@ -233,3 +237,32 @@ async def _refuse(send: Send, status: int, title: str, detail: str) -> None:
                             (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    """An RFC 9457 problem details response."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+def install_problem_handlers(app: FastAPI, *, invalid_status: int = 422,
+                             invalid_title: str = "Invalid request") -> None:
+    """Every daemon answers the same refusals as problem details: an identity or token
+    refused (``Refused``), a body that fails validation (naming each field), and
+    FastAPI's own refusals (a body it cannot parse, a method a path does not take)."""
+
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused) -> JSONResponse:
+        return refused_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+                 for e in exc.errors()]
+        return problem(invalid_status, invalid_title, "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        r = problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
+        r.headers.update(exc.headers or {})  # a 405's Allow
+        return r

@@ -7,20 +7,16 @@ import ipaddress
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nfvha.dataplane.forwarder import Forwarder, ServiceSpec
 from nfvha.errors import HostNetworkError
-from nfvha.vim.api import problem
 from nfvha.vim.hostnet import HostNetwork
-from nfvha.web import BodyLimit, Refused, problem_responses, refused_response, who_may
+from nfvha.web import BodyLimit, install_problem_handlers, problem, problem_responses, who_may
 
 __all__ = ["create_forwarder_app"]
 
@@ -74,24 +70,7 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
     auth = [who_may(tls=tls, token=token, want="the manager",
                     allowed=(lambda ident, _: ident.role == "manager") if tls else None)]
 
-    @app.exception_handler(Refused)
-    async def _refused(_: Request, exc: Refused) -> JSONResponse:
-        r: JSONResponse = refused_response(exc)
-        return r
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # Problem details like the agent's, not FastAPI's own shape.
-        parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-                 for e in exc.errors()]
-        return problem(422, "Invalid request", "; ".join(parts))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # FastAPI's own refusals (a body it cannot parse, a method not taken) as problems.
-        r = problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
-        r.headers.update(exc.headers or {})  # a 405's Allow
-        return r
+    install_problem_handlers(app)
 
     @app.exception_handler(KeyError)
     async def _missing(_: Request, exc: KeyError) -> JSONResponse:

@@ -11,14 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nfvha.errors import (
     AddressInUse,
@@ -37,7 +34,14 @@ from nfvha.errors import (
 from nfvha.tls import Identity
 from nfvha.vim.agent import Agent
 from nfvha.vim.transfer import receive_checkpoint_tar
-from nfvha.web import BodyLimit, Refused, http_url, problem_responses, refused_response, who_may
+from nfvha.web import (
+    BodyLimit,
+    http_url,
+    install_problem_handlers,
+    problem,
+    problem_responses,
+    who_may,
+)
 
 __all__ = ["create_app", "problem"]
 
@@ -56,11 +60,6 @@ _STATUS: list[tuple[type[NfvhaError], int, str]] = [
     (SandboxError, 500, "Sandbox failed"),
     (ConfigError, 503, "Host cannot serve this"),
 ]
-
-
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
 
 
 class CreateInstance(BaseModel):
@@ -123,10 +122,7 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
     peers = gate("a peer agent", lambda ident, _: ident.is_agent()
                  and ident.host != agent.cfg.host_id)
 
-    @app.exception_handler(Refused)
-    async def _refused(_: Request, exc: Refused) -> JSONResponse:
-        r: JSONResponse = refused_response(exc)
-        return r
+    install_problem_handlers(app)
 
     @app.exception_handler(NfvhaError)
     async def _nfvha_error(_: Request, exc: NfvhaError) -> JSONResponse:
@@ -140,21 +136,6 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
                 return problem(status, title, str(exc), **extra)
         log.exception("unclassified error", exc_info=exc)
         return problem(500, "Internal error", str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for e in exc.errors():
-            loc = ".".join(str(p) for p in e["loc"] if p != "body")
-            parts.append(f"{loc or 'body'}: {e['msg']}")
-        return problem(422, "Invalid request", "; ".join(parts))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # FastAPI's own refusals (a body it cannot parse, a method not taken) as problems.
-        r = problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
-        r.headers.update(exc.headers or {})  # a 405's Allow
-        return r
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

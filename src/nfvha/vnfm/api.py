@@ -12,10 +12,8 @@ from typing import Any, Literal
 
 import yaml
 from fastapi import Depends, FastAPI, Path, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nfvha.errors import (
     AddressConflict,
@@ -26,14 +24,20 @@ from nfvha.errors import (
 )
 from nfvha.store.base import ConflictError, StoreError
 from nfvha.tls import caller
-from nfvha.vim.api import problem
 from nfvha.vnfm.auth import Authenticator
 from nfvha.vnfm.dashboard import dashboard_router
 from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from nfvha.vnfm.reports import HOST_ID, AgentEvent, HostStatusReport
 from nfvha.vnfm.subscriptions_api import subscriptions_router
-from nfvha.web import BodyLimit, Refused, problem_responses, refused_response, who_may
+from nfvha.web import (
+    BodyLimit,
+    Refused,
+    install_problem_handlers,
+    problem,
+    problem_responses,
+    who_may,
+)
 
 __all__ = ["create_manager_app"]
 
@@ -138,10 +142,6 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     else:
         host_auth = agent_auth = daemon
 
-    @app.exception_handler(Refused)
-    async def _refused(_: Request, exc: Refused) -> JSONResponse:
-        r: JSONResponse = refused_response(exc)
-        return r
 
     @app.exception_handler(NfvhaError)
     async def _err(_: Request, exc: NfvhaError) -> JSONResponse:
@@ -165,15 +165,7 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
         return problem(422, "Invalid request", "the body nests too deeply to be read; no nfvha "
                        "document needs more than a few levels")
 
-    @app.exception_handler(RequestValidationError)
-    async def _bad(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-                 for e in exc.errors()]
-        return problem(400, "Bad request", "; ".join(parts))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, "Error", str(exc.detail))
+    install_problem_handlers(app, invalid_status=400, invalid_title="Bad request")
 
     def accepted(op_id: str) -> Response:
         return Response(status_code=202, headers={

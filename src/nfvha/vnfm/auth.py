@@ -29,8 +29,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from nfvha.errors import ConfigError
-from nfvha.vim.api import problem
-from nfvha.web import token_matches
+from nfvha.web import problem, token_matches
 
 __all__ = [
     "Authenticator",

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from nfvha.vim.api import problem
 from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.notify import FM, LCM, SubscriptionError
+from nfvha.web import problem
 
 __all__ = ["subscriptions_router"]
 
