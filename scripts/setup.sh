@@ -20,7 +20,8 @@ mkdir -p "$STAMP_DIR"
 
 RUNTIME_PKGS=(iproute2 iptables nftables util-linux procps socat dnsmasq-base iputils-arping
   python3 python3-venv python3-dev ca-certificates xz-utils
-  libprotobuf-c1 libnl-3-200 libnet1 libnftables1 libaio1 libgnutls30 libbsd0 libcap2)
+  libprotobuf-c1 libnl-3-200 libnet1 libnftables1 libaio1 libgnutls30 libbsd0 libcap2
+  libseccomp2)  # the VNFs' seccomp filter (vim/_launch.py loads it through ctypes)
 # The dashboard's browser test drives Debian's headless Chromium through its chromedriver
 # (Selenium is pointed at /usr/bin/chromedriver and never downloads a browser or driver).
 TEST_PKGS=(chromium chromium-driver fonts-dejavu-core)
