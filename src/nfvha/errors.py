@@ -14,7 +14,8 @@ Third-party and OS errors are converted once, at the boundary that met them, wit
     │   └── CheckpointCorrupt        checksum or metadata mismatch
     ├── TransferError                pushing a checkpoint to a peer failed
     ├── SandboxError                 netns / veth / cgroup / process set-up failed
-    │   └── AddressInUse
+    │   ├── AddressInUse
+    │   └── HostCannotRun            the descriptor asks what this host cannot give
     ├── InstanceNotFound
     ├── InstanceStateError           operation not valid in the instance's state
     ├── HostNetworkError             `ip` / netlink failures
@@ -37,6 +38,7 @@ __all__ = [
     "CriuError",
     "DescriptorError",
     "DumpError",
+    "HostCannotRun",
     "HostNetworkError",
     "InstanceNotFound",
     "InstanceStateError",
@@ -107,6 +109,11 @@ class SandboxError(NfvhaError):
 
 class AddressInUse(SandboxError):
     """The VNF's address (IP or MAC) is already taken by another live instance."""
+
+
+class HostCannotRun(SandboxError):
+    """What the descriptor asks for cannot be had on this host (a volume source it lacks,
+    a ``run_as`` CRIU could not checkpoint here): refused before anything runs."""
 
 
 class AddressConflict(NfvhaError):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from nfvha.vim.sandbox import _CAP_SYS_RESOURCE, _has_capability
 from tests.e2e.conftest import TOLERANT_AGENT, TOLERANT_MANAGER, Mgr, manager_bed
 from tests.vnfclient import wait_until
 
@@ -323,3 +324,34 @@ def test_a_hostile_vnf_is_contained_and_still_checkpointed_and_restored_anywhere
         assert _ask(m.tb.vnf_address(5).split("/")[0], b"prey") == "prey"
     finally:
         asyncio.run(m.tb.revive_host(vnf["host"]))
+
+
+def test_run_as_is_checkpointed_where_criu_can_and_refused_at_start_where_it_cannot(
+        smgr: Mgr) -> None:
+    """A VNF under another uid: CRIU reads its rlimits with prlimit(2), which needs
+    CAP_SYS_RESOURCE for another uid's process. Where root has it the VNF runs, as that
+    uid, and is checkpointed; where it does not (these VMs), instantiation fails at once
+    saying why, and nothing is left on any host."""
+    m = smgr
+    addr = m.tb.vnf_address(11)
+    desc = {"id": "runas", "command": ["/usr/bin/python3", "-c", ECHO],
+            "network": {"address": addr}, "security": {"run_as": "65534:65534"},
+            "ha": {"checkpoint_interval": 0.5, "backups": 1}}
+    if _has_capability(_CAP_SYS_RESOURCE):
+        vnf = m.deploy(desc, "runas")
+        status = Path(f"/proc/{vnf['pid']}/status").read_text()
+        assert "\nUid:\t65534\t65534\t65534\t65534\n" in status
+        m.wait_checkpoint_after("runas", time.time())
+        assert _ask(addr.split("/")[0], b"hi") == "hi"
+        return
+    m.ok("POST", "/nfvha/v1/vnfds", json=desc)
+    m.ok("POST", "/vnflcm/v1/vnf_instances", json={"vnfdId": "runas", "vnfInstanceId": "runas"})
+    m.ok("POST", "/vnflcm/v1/vnf_instances/runas/instantiate", json={})
+    ops = wait_until(lambda: [o for o in m.ok("GET", "/vnflcm/v1/vnf_lcm_op_occs",
+                                              params={"vnfInstanceId": "runas"})
+                              if o["operationState"] in ("FAILED", "FAILED_TEMP")], 15)
+    detail = json.dumps(ops[-1])
+    assert "CAP_SYS_RESOURCE" in detail and "run_as" in detail, detail
+    assert m.vnf("runas")["haState"] != "ACTIVE"
+    for h in m.tb.hosts.values():  # no half-made sandbox, no process
+        assert not list((m.tb.dir / h.host_id).glob("**/runas")), h.host_id

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nfvha.descriptor import CAPABILITIES, VnfDescriptor
-from nfvha.errors import HostNetworkError, SandboxError
+from nfvha.errors import HostCannotRun, HostNetworkError, SandboxError
 from nfvha.vim import _launch
 from nfvha.vim.cgroups import Cgroup, CgroupDriver, CgroupLimits
 from nfvha.vim.criu import (
@@ -76,6 +76,32 @@ class Bind:
     source: str
     target: str
     mode: str  # "ro", "rw" or "dev" (a device node, bound as it is)
+
+
+_CAP_SYS_RESOURCE = 24
+
+
+def _has_capability(bit: int) -> bool:
+    """Whether this process holds capability ``bit`` (``CapEff`` of /proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def _check_run_as(run_as: str | None, host_id: str) -> None:
+    """A VNF running as another uid can be checkpointed only where root holds
+    CAP_SYS_RESOURCE: CRIU reads its rlimits with prlimit(2), which the kernel refuses for
+    another uid's process otherwise. Refused here, before anything runs, rather than a
+    VNF that starts and then fails every checkpoint."""
+    if run_as and run_as.partition(":")[0] != "0" and not _has_capability(_CAP_SYS_RESOURCE):
+        raise HostCannotRun(f"security.run_as {run_as}: root on host {host_id} lacks "
+                           "CAP_SYS_RESOURCE, which CRIU needs to checkpoint a process of "
+                           "another uid (prlimit); run the VNF as root (no run_as) on such "
+                           "hosts (docs/criu.md)")
 
 
 @dataclass(frozen=True)
@@ -317,6 +343,10 @@ class Sandbox:
         address it will own is not answered twice while the primary copy lives.
         """
         d = self.descriptor
+        # What this host cannot give is refused before anything is made.
+        if self.private_root:
+            self._check_volumes()
+        _check_run_as(d.security.run_as, self.cfg.host_id)
         try:
             await self.net.create_netns(self.netns)
             await self.net.create_veth(
@@ -335,7 +365,6 @@ class Sandbox:
             # CRIU reopens stdout by path on restore: it must exist on whichever host restores.
             self.log_path.touch(mode=0o600, exist_ok=True)
             if self.private_root:
-                self._check_volumes()
                 await asyncio.to_thread(self._make_root)
             if d.security.run_as:
                 uid, _, gid = d.security.run_as.partition(":")
@@ -349,7 +378,7 @@ class Sandbox:
     def _check_volumes(self) -> None:
         missing = [v.source for v in self.descriptor.volumes if not os.path.exists(v.source)]
         if missing:
-            raise SandboxError(f"volume source {', '.join(missing)} does not exist on host "
+            raise HostCannotRun(f"volume source {', '.join(missing)} does not exist on host "
                                f"{self.cfg.host_id}; every host the VNF may run on needs it")
 
     async def activate(self) -> None:
