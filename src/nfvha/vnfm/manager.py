@@ -34,6 +34,7 @@ from nfvha.errors import (
 )
 from nfvha.ha.fault import FaultTimings, HeartbeatDetector, HostState, probe_vnf
 from nfvha.ha.fencing import FenceDriver, FenceResult
+from nfvha.ha.lifecycle import IllegalTransition, VnfState, check_transition
 from nfvha.ha.liveness import (
     HostKeys,
     decode_host,
@@ -67,18 +68,6 @@ _CRASH_BACKOFF_MAX_S = 300.0  # longest wait between recoveries of a crash-loopi
 # Agent instance states in which the VNF's process lives (a report taken during a dump
 # says CHECKPOINTING: the VNF runs all the same).
 _LIVE = frozenset({"RUNNING", "CHECKPOINTING", "RESTORING", "CREATING"})
-
-
-class VnfState:
-    """The HA state of a VNF instance (stored as a string in its record)."""
-
-    NOT_INSTANTIATED = "NOT_INSTANTIATED"
-    INSTANTIATING = "INSTANTIATING"
-    ACTIVE = "ACTIVE"
-    RECOVERING = "RECOVERING"
-    MOVING = "MOVING"  # a planned move (nfvha extension): final dump, restore elsewhere
-    FAILED = "FAILED"
-    TERMINATING = "TERMINATING"
 
 
 def _now_iso(t: float | None = None) -> str:
@@ -284,8 +273,21 @@ class Manager:
 
     def _update_vnf(self, vnf_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]
                     ) -> None:
-        """Every write of a VNF record goes through here, so that observers see it."""
-        rec = self.store.update("vnf", vnf_id, change)
+        """Every write of a VNF record goes through here, so that observers see it and
+        every state change is checked against the transition table (``ha/lifecycle.py``)
+        against the state it actually leaves (the check runs inside the store's
+        compare-and-set, again on each retry). An illegal one raises and writes nothing."""
+
+        def checked(d: dict[str, Any]) -> dict[str, Any]:
+            new = change(d)
+            check_transition(vnf_id, d.get("haState"), new.get("haState"))
+            return new
+
+        try:
+            rec = self.store.update("vnf", vnf_id, checked)
+        except IllegalTransition as exc:
+            log.error("%s; refused", exc)
+            raise
         self.events.publish(EventKind.VNF, rec.data)
 
     def _host_state(self, host_id: str, state: str, previous: str | None,
