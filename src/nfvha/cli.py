@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nfvha.errors import NfvhaError
+from nfvha.ha.timings import DEFAULT_TIMINGS, check_host_timings
 from nfvha.logs import setup_logging
 from nfvha.tls import TlsConfig
 from nfvha.web import DEFAULT_MAX_BODY
@@ -102,6 +103,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from nfvha.vim.agent import Agent, AgentConfig
     from nfvha.vim.api import create_app
 
+    check_host_timings(args.heartbeat_interval, args.fencing_timeout)
     tls = _tls(args)
     token = _daemon_token(args, optional=tls is not None)
     cfg = AgentConfig(
@@ -121,11 +123,17 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
-    from nfvha.ha.fault import FaultTimings
+    from nfvha.ha.timings import FaultTimings
     from nfvha.store.sqlite import SqliteStore
     from nfvha.vnfm.api import create_manager_app
     from nfvha.vnfm.manager import Manager, ManagerConfig
 
+    # First: unsound timings are refused before anything is read or made.
+    timings = FaultTimings(
+        heartbeat_interval=args.heartbeat_interval, suspect_after=args.suspect_after,
+        fencing_timeout=args.fencing_timeout,
+        max_lease=args.max_lease if args.max_lease is not None
+        else max(DEFAULT_TIMINGS.max_lease, args.fencing_timeout))
     token = _daemon_token(args)
     tls = _tls(args)
     secret = None
@@ -137,9 +145,6 @@ def cmd_manager(args: argparse.Namespace) -> int:
                              "liveness.secret (`nfvha pki init`)") from None
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     os.umask(0o077)  # the key file below is created before _serve sets it
-    timings = FaultTimings(heartbeat_interval=args.heartbeat_interval,
-                           suspect_after=args.suspect_after,
-                           fencing_timeout=args.fencing_timeout, max_lease=args.max_lease)
     from nfvha.ha.fencing import load_fence_config
 
     host, _, port = (args.liveness_listen or args.listen).rpartition(":")
@@ -628,9 +633,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this host's heartbeat keys (`nfvha pki issue --role agent`)")
     _tls_args(a)
     a.add_argument("--manager", default=None, help="manager URL for heartbeats and events")
-    a.add_argument("--heartbeat-interval", type=float, default=0.05,
+    a.add_argument("--heartbeat-interval", type=float,
+                   default=DEFAULT_TIMINGS.heartbeat_interval,
                    help="liveness heartbeats of the host's lease guard (UDP)")
-    a.add_argument("--fencing-timeout", type=float, default=0.25,
+    a.add_argument("--fencing-timeout", type=float, default=DEFAULT_TIMINGS.fencing_timeout,
                    help="host lease: the guard stops this host's VNFs after losing the manager "
                         "and every peer this many seconds (0: never)")
     a.add_argument("--agent-grace", type=float, default=3.0,
@@ -667,15 +673,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the cluster's liveness secret (liveness.secret of `nfvha pki init`): "
                         "each host's heartbeat key derives from it (default: the token)")
     _tls_args(m)
-    m.add_argument("--heartbeat-interval", type=float, default=0.05)
-    m.add_argument("--suspect-after", type=float, default=0.15,
+    m.add_argument("--heartbeat-interval", type=float,
+                   default=DEFAULT_TIMINGS.heartbeat_interval)
+    m.add_argument("--suspect-after", type=float, default=DEFAULT_TIMINGS.suspect_after,
                    help="seconds without heartbeat before a host is suspected")
-    m.add_argument("--fencing-timeout", type=float, default=0.25,
+    m.add_argument("--fencing-timeout", type=float, default=DEFAULT_TIMINGS.fencing_timeout,
                    help="must equal the agents' --fencing-timeout")
-    m.add_argument("--max-lease", type=float, default=2.0,
+    m.add_argument("--max-lease", type=float, default=None,
                    help="longest lease granted to a strained host (its agent fences after "
                         "that long without contact; failover waits for it); equal to "
-                        "--fencing-timeout: leases never stretch")
+                        "--fencing-timeout: leases never stretch (default: "
+                        f"{DEFAULT_TIMINGS.max_lease:g} s, or --fencing-timeout if longer)")
     m.add_argument("--forwarder", default=None, help="steering forwarder URL (for replay)")
     m.add_argument("--liveness-listen", default=None,
                    help="UDP ADDRESS:PORT for the guards' heartbeats (default: --listen's)")

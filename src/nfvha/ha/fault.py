@@ -13,11 +13,11 @@ import enum
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import httpx
 
 from nfvha.descriptor import HealthProbe
+from nfvha.ha.timings import FaultTimings
 
 __all__ = ["FaultTimings", "HeartbeatDetector", "HostState", "probe_vnf"]
 
@@ -26,32 +26,6 @@ class HostState(enum.StrEnum):
     UP = "UP"
     SUSPECTED = "SUSPECTED"  # heartbeats missed; being confirmed by a second path
     DOWN = "DOWN"  # confirmed lost; its VNFs move once it is known fenced
-
-
-@dataclass(frozen=True)
-class FaultTimings:
-    """Detection and fencing times. Defaults aim at host-loss detection <= 300 ms.
-
-    The agent stops its own VNFs after ``fencing_timeout`` without reaching the manager;
-    the manager restores them elsewhere only ``fencing_timeout + fencing_margin`` after it
-    last heard the host, which covers the heartbeat's one-way delay and the agent's check
-    period: at that moment the old copy is known to be stopped.
-    """
-
-    heartbeat_interval: float = 0.05
-    suspect_after: float = 0.15
-    confirm_timeout: float = 0.06
-    fencing_timeout: float = 0.25
-    fencing_margin: float = 0.1  # > heartbeat latency + agent check period + peer probe
-    #: Leases stretch up to this under strain (= fencing_timeout: never stretched).
-    max_lease: float = 2.0
-    #: A lease is this many times the longest silence the host recently came back from.
-    lease_factor: float = 3.0
-    #: How long a silence that ended keeps its host's lease and suspicion stretched.
-    strain_window: float = 30.0
-
-    def fenced_after(self) -> float:
-        return self.fencing_timeout + self.fencing_margin
 
 
 class HeartbeatDetector:

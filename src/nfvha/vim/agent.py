@@ -38,6 +38,7 @@ from nfvha.errors import (
     SandboxError,
 )
 from nfvha.ha.fault import probe_vnf
+from nfvha.ha.timings import DEFAULT_TIMINGS
 from nfvha.tls import TlsConfig
 from nfvha.vim.cgroups import CgroupDriver, join_procs_files
 from nfvha.vim.criu import CriuRunner, DumpStats, RestoreStats
@@ -86,7 +87,7 @@ class AgentConfig:
     token: str = ""
     manager_url: str | None = None
     advertise_url: str | None = None
-    heartbeat_interval: float = 0.1
+    heartbeat_interval: float = DEFAULT_TIMINGS.heartbeat_interval
     #: A full heartbeat (every instance with its cgroup usage, the host's resources) goes
     #: out when something changed and at least this often; the others only say "alive".
     full_status_every: float = 5.0

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from nfvha.errors import SandboxError
+from nfvha.errors import ConfigError, SandboxError
 from nfvha.ha.liveness import (
     decode,
     enable_timestamps,
@@ -54,6 +54,7 @@ from nfvha.ha.liveness import (
     recv_stamped,
     ring_successors,
 )
+from nfvha.ha.timings import DEFAULT_TIMINGS, check_host_timings
 from nfvha.vim.cgroups import CgroupDriver
 
 __all__ = ["AgentSide", "GuardConfig", "GuardSide", "LeaseFile", "LeaseGuard", "main"]
@@ -173,8 +174,9 @@ class GuardConfig:
     #: lease) is accepted under ``key`` only, so no peer can grant this host a lease.
     peer_key: bytes | None = None
     manager: tuple[str, int] | None = None
-    heartbeat_interval: float = 0.05
-    fencing_timeout: float = 0.25  # the shortest lease; 0: never fence on the host lease
+    heartbeat_interval: float = DEFAULT_TIMINGS.heartbeat_interval
+    #: The shortest lease; 0: never fence on the host lease.
+    fencing_timeout: float = DEFAULT_TIMINGS.fencing_timeout
     agent_grace: float = 3.0  # the agent may be silent this long (0: never fence for it)
     fanout: int = 3
     #: Peers are pinged every this many heartbeats: they are the second path and a spare
@@ -455,8 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_argument("--token-file", type=Path,
                       help="the cluster token, when the cluster has no liveness secret: "
                            "every holder can derive every host's key")
-    ap.add_argument("--heartbeat-interval", type=float, default=0.05)
-    ap.add_argument("--fencing-timeout", type=float, default=0.25)
+    ap.add_argument("--heartbeat-interval", type=float,
+                    default=DEFAULT_TIMINGS.heartbeat_interval)
+    ap.add_argument("--fencing-timeout", type=float, default=DEFAULT_TIMINGS.fencing_timeout)
     ap.add_argument("--agent-grace", type=float, default=3.0)
     ap.add_argument("--fanout", type=int, default=3)
     ap.add_argument("--bridge", default=None, help="the VNFs' bridge: a fence takes their "
@@ -466,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--watchdog-timeout", type=int, default=0)
     ap.add_argument("--nice", type=int, default=-15)
     args = ap.parse_args(argv)
+    try:
+        check_host_timings(args.heartbeat_interval, args.fencing_timeout)
+    except ConfigError as exc:
+        ap.error(str(exc))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s guard[%(process)d] %(levelname)s %(message)s")
     # Exclusive: two guards of one host would fight over the lease file and the port.
