@@ -279,6 +279,50 @@ class Manager:
         self._tasks.discard(t)
         self._wake.set()  # what it finished may let the loop act (a VNF no longer busy)
 
+    def _spawn_op(self, op_id: str, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        """A long action with an operation occurrence: however the task ends (done,
+        cancelled by a newer request or by the manager stopping, or failed on an error
+        nobody caught), its occurrence ends in a final state. Done from the task's
+        callback, not inside it: a task cancelled before its first step never runs a
+        line of its coroutine, and left its occurrence STARTING."""
+        t = self._spawn(coro)
+        t.add_done_callback(lambda task: self._op_task_done(op_id, task))
+        return t
+
+    @staticmethod
+    def _cancel(task: asyncio.Task[Any] | None, by: str) -> None:
+        """Cancel a VNF's running action, saying what cancelled it (``by`` ends up in its
+        operation occurrence's error)."""
+        if task is not None and not task.done():
+            task.cancel(msg=by)
+
+    def _op_task_done(self, op_id: str, t: asyncio.Task[Any]) -> None:
+        state, detail = "FAILED", None
+        if t.cancelled():
+            try:
+                t.result()
+            except asyncio.CancelledError as exc:
+                detail = str(exc.args[0]) if exc.args and exc.args[0] else None
+            if detail is None:  # only close() cancels without saying why
+                state, detail = "FAILED_TEMP", ("manager stopped during the operation; it is "
+                                                "retried automatically once it runs again")
+        elif t.exception() is not None:
+            exc2 = t.exception()
+            log.error("operation %s failed on an unexpected error", op_id, exc_info=exc2)
+            detail = f"internal error: {type(exc2).__name__}: {exc2}"
+        if detail is None:
+            return
+        try:
+            rec = self.store.find("op", op_id)
+            if rec is None or rec.data["operationState"] not in ("STARTING", "PROCESSING"):
+                return  # it ended itself
+            log.info("operation %s (%s of %s) ends %s: %s", op_id, rec.data["operation"],
+                     rec.data["vnfInstanceId"], state, detail)
+            self._op_update(op_id, operationState=state, error=_problem(
+                409 if t.cancelled() else 500, detail))
+        except Exception:  # the store closed under a stopping manager: start() ends it
+            log.exception("could not end operation %s", op_id)
+
     def _rt(self, vnf_id: str) -> _Runtime:
         return self.runtime.setdefault(vnf_id, _Runtime())
 
@@ -501,8 +545,7 @@ class Manager:
         for v in self.store.list("vnf"):
             if v.data.get("host") == host_id and v.data["haState"] == VnfState.ACTIVE:
                 rt = self._rt(v.id)
-                if rt.busy is not None and not rt.busy.done():
-                    rt.busy.cancel()
+                self._cancel(rt.busy, f"cancelled by the loss of host {host_id}")
                 rt.failure = ("host-loss", detected, detail)
                 rt.failed_at = min(failed_at, detected)
         self._wake.set()
@@ -581,8 +624,9 @@ class Manager:
             return  # a report about an earlier incarnation, already recovered
         rt = self._rt(rec.id)
         if rt.failure is None:
-            if rt.busy is not None and not rt.busy.done():
-                rt.busy.cancel()  # an ACTIVE VNF is busy only with a checkpoint: moot now
+            # An ACTIVE VNF is busy with a checkpoint (moot now), or with a heal that has
+            # not started yet (recovery takes over).
+            self._cancel(rt.busy, f"cancelled by the exit of the VNF's process on {host_id}")
             reason = (inst.get("exit") or {}).get("reason", "exited")
             rt.failure = ("process-exit", time.time(), f"VNF process {reason} on {host_id}")
             at = (inst.get("exit") or {}).get("at")
@@ -802,7 +846,9 @@ class Manager:
                         continue
                     ftype, at, detail = rt.failure
                     rt.failure = None
-                    rt.busy = self._spawn(self._recover(rec.id, ftype, at, detail, auto=True))
+                    op_id = self._new_op(rec.id, "HEAL", True)
+                    rt.busy = self._spawn_op(op_id, self._recover(rec.id, ftype, at, detail,
+                                                                  auto=True, op_id=op_id))
                 else:
                     rt.failure = None
                 continue
@@ -818,9 +864,11 @@ class Manager:
                              reason="every strategy failed last time; a transient cause "
                                     "(overload, a host coming back) may have passed",
                              vnf=rec.id, failure=rt.retry_failure)
-                rt.busy = self._spawn(self._recover(
+                op_id = self._new_op(rec.id, "HEAL", True)
+                rt.busy = self._spawn_op(op_id, self._recover(
                     rec.id, rt.retry_failure, time.time(),
-                    f"retry {rt.retries + 1} after every strategy failed", auto=True))
+                    f"retry {rt.retries + 1} after every strategy failed", auto=True,
+                    op_id=op_id))
                 continue
             if state != VnfState.ACTIVE or busy:
                 continue
@@ -1631,7 +1679,7 @@ class Manager:
         self._admit_addresses(vnf_id, self._vnfd(data))
         self._update_vnf(vnf_id, lambda d: {**d, "haState": VnfState.INSTANTIATING})
         op_id = self._new_op(vnf_id, "INSTANTIATE", False)
-        self._rt(vnf_id).busy = self._spawn(self._instantiate(vnf_id, op_id))
+        self._rt(vnf_id).busy = self._spawn_op(op_id, self._instantiate(vnf_id, op_id))
         return op_id
 
     def _admit_addresses(self, vnf_id: str, d: VnfDescriptor) -> None:
@@ -1719,11 +1767,11 @@ class Manager:
             raise InstanceStateError(f"VNF instance {vnf_id} is {data['haState']}: there is "
                                      "nothing to heal; instantiate it first")
         rt = self._rt(vnf_id)
-        if rt.busy is not None and not rt.busy.done():
-            rt.busy.cancel()
         op_id = self._new_op(vnf_id, "HEAL", False)
-        rt.busy = self._spawn(self._recover(vnf_id, "manual", time.time(),
-                                            cause or "heal requested", auto=False, op_id=op_id))
+        self._cancel(rt.busy, f"cancelled by a manual heal (operation {op_id})")
+        rt.busy = self._spawn_op(op_id, self._recover(vnf_id, "manual", time.time(),
+                                                      cause or "heal requested", auto=False,
+                                                      op_id=op_id))
         return op_id
 
     def start_move(self, vnf_id: str, to_host: str | None) -> str:
@@ -1767,7 +1815,7 @@ class Manager:
         self._update_vnf(vnf_id, _set(haState=VnfState.MOVING))
         op_id = self._new_op(vnf_id, "MOVE", False)
         previous = rt.busy if rt.busy is not None and not rt.busy.done() else None
-        rt.busy = self._spawn(self._move(vnf_id, source, target, op_id, previous))
+        rt.busy = self._spawn_op(op_id, self._move(vnf_id, source, target, op_id, previous))
         return op_id
 
     async def _move(self, vnf_id: str, source: str, target: str, op_id: str,
@@ -1775,8 +1823,14 @@ class Manager:
         """The steps of a planned move. Every way out leaves the VNF ACTIVE on one host,
         or, if it could be brought back nowhere, failed and handed to recovery."""
         if previous is not None:  # a periodic checkpoint under way finishes first
-            with contextlib.suppress(BaseException):
+            try:
                 await asyncio.shield(previous)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the move itself was cancelled (a heal, a terminate)
+            except BaseException:  # how the checkpoint ended does not matter here
+                pass
         self._op_update(op_id, operationState="PROCESSING", nfvha={
             "sourceHost": source, "targetHost": target})
         rec = self.store.get("vnf", vnf_id)
@@ -1862,11 +1916,10 @@ class Manager:
         if data["haState"] == VnfState.NOT_INSTANTIATED:
             raise InstanceStateError(f"VNF instance {vnf_id} is not instantiated")
         rt = self._rt(vnf_id)
-        if rt.busy is not None and not rt.busy.done():
-            rt.busy.cancel()
         self._update_vnf(vnf_id, lambda d: {**d, "haState": VnfState.TERMINATING})
         op_id = self._new_op(vnf_id, "TERMINATE", False)
-        rt.busy = self._spawn(self._terminate(vnf_id, op_id))
+        self._cancel(rt.busy, f"cancelled by terminate (operation {op_id})")
+        rt.busy = self._spawn_op(op_id, self._terminate(vnf_id, op_id))
         return op_id
 
     async def _terminate(self, vnf_id: str, op_id: str) -> None:
