@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from nfvha.dataplane.client import ForwarderClient, ForwarderError
+from nfvha.dataplane.client import ForwarderClient, ForwarderError, ReplayGapError
 from nfvha.descriptor import HaPolicy, HealthProbe, VnfDescriptor, parse_descriptor
 from nfvha.errors import (
     AddressConflict,
@@ -1290,6 +1290,8 @@ class Manager:
                     "stateLost": strategy == "restart",
                     "attempts": attempts, "timestamps": ts, "strategy": strategy,
                     "replay": replay_info,
+                    **({"replayGap": replay_info["gap"]} if replay_info and
+                       replay_info.get("gap") else {}),
                     "targetHost": decision.target_host, "checkpoint": result.get("seq"),
                     "phases": {"detect": detected_at,
                                "detectMs": None if failed_at is None
@@ -1336,13 +1338,40 @@ class Manager:
             if position is None:
                 await self.forwarder.release(vnf_id)
                 return {"replayed": 0, "reason": f"checkpoint {seq} has no log position"}
-            res = await self.forwarder.replay(vnf_id, int(position))
+            try:
+                res = await self.forwarder.replay(vnf_id, int(position))
+            except ReplayGapError as gap:
+                return await self._replay_gap(vnf_id, seq, int(position), gap)
             log.info("replayed %d datagram(s) to %s after checkpoint %s (position %s) in "
                      "%.1f ms", res["replayed"], vnf_id, seq, position, res["replay_ms"])
             return {**res, "fromPosition": position}
         except ForwarderError as exc:
             self._forwarder_alarm(str(exc))
             return {"replayed": 0, "error": str(exc)}
+
+    async def _replay_gap(self, vnf_id: str, seq: int, position: int,
+                          gap: ReplayGapError) -> dict[str, Any]:
+        """The forwarder no longer holds the log from the restored checkpoint's position
+        (trimmed after a newer checkpoint that proved unusable): the datagrams in between
+        are lost. Replay what it holds, so the VNF comes back with the least loss, and say
+        so: in the heal's occurrence (``replayGap``) and by an alarm."""
+        assert self.forwarder is not None
+        info = {"from": position, "oldest": gap.oldest, "lost": gap.oldest - position}
+        log_decision(log, "replay-gap", f"{vnf_id}: checkpoint {seq} is at log position "
+                     f"{position}, but the forwarder holds the log from {gap.oldest} only: "
+                     f"{gap.oldest - position} datagram(s) are lost; replaying from "
+                     f"{gap.oldest}", level=logging.WARNING, vnf=vnf_id, seq=seq,
+                     reason="the log was trimmed past the restored checkpoint (a newer one "
+                            "was unusable)", **info)
+        self._raise_alarm(f"replay-gap:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM", "MAJOR",
+                          "replay-gap", f"{vnf_id} was restored from checkpoint {seq} (log "
+                          f"position {position}) but the forwarder's log starts at "
+                          f"{gap.oldest}: {gap.oldest - position} datagram(s) received in "
+                          "between are lost to it", {"host": None, **info})
+        res = await self.forwarder.replay(vnf_id, gap.oldest)
+        log.info("replayed %d datagram(s) to %s from position %s (checkpoint %s was at %s)",
+                 res["replayed"], vnf_id, gap.oldest, seq, position)
+        return {**res, "fromPosition": gap.oldest, "gap": info}
 
     async def _watch_forwarder(self) -> None:
         """Force a checkpoint before a log fills; alarm when one would be lost."""
@@ -1938,6 +1967,7 @@ class Manager:
             "host": None, "backups": []})
         self._clear_alarm(f"vnf:{vnf_id}")
         self._clear_alarm(f"checkpoint:{vnf_id}")
+        self._clear_alarm(f"replay-gap:{vnf_id}")
         self._op_update(op_id, operationState="COMPLETED")
 
     def delete_vnf(self, vnf_id: str) -> None:
