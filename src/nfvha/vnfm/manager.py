@@ -304,8 +304,7 @@ class Manager:
             except asyncio.CancelledError as exc:
                 detail = str(exc.args[0]) if exc.args and exc.args[0] else None
             if detail is None:  # only close() cancels without saying why
-                state, detail = "FAILED_TEMP", ("manager stopped during the operation; it is "
-                                                "retried automatically once it runs again")
+                state, detail = "FAILED_TEMP", "manager stopped during the operation"
         elif t.exception() is not None:
             exc2 = t.exception()
             log.error("operation %s failed on an unexpected error", op_id, exc_info=exc2)
