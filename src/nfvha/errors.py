@@ -24,6 +24,7 @@ Third-party and OS errors are converted once, at the boundary that met them, wit
     │   └── NotFound
     ├── AgentCallError               (nfvha.vnfm.agent_client) an agent call failed
     ├── ForwarderError               (nfvha.dataplane.client) the forwarder is unreachable
+    │   └── ReplayGapError           replay refused: the log was trimmed past the position
     └── PlacementError               (nfvha.nfvo.placement) no host can take the VNF
 """
 

@@ -13,12 +13,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, Field
 
-from nfvha.dataplane.forwarder import Forwarder, ServiceSpec
+from nfvha.dataplane.forwarder import Forwarder, ReplayGap, ServiceSpec
 from nfvha.errors import HostNetworkError
 from nfvha.vim.hostnet import HostNetwork
 from nfvha.web import BodyLimit, install_problem_handlers, problem, problem_responses, who_may
 
-__all__ = ["create_forwarder_app"]
+__all__ = ["REPLAY_GAP_TYPE", "create_forwarder_app"]
+
+#: Problem type of a replay refused because the log was trimmed past the position asked.
+REPLAY_GAP_TYPE = "urn:nfvha:problem:replay-gap"
 
 
 def _ipv4(v: str) -> str:
@@ -128,11 +131,17 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
     async def commit(name: str, body: PositionBody) -> dict[str, Any]:
         return {"trimmed": fwd.get(name).commit(body.position)}
 
-    @app.post("/v1/services/{name}/replay", dependencies=auth)
-    async def replay(name: str, body: PositionBody) -> dict[str, Any]:
+    @app.post("/v1/services/{name}/replay", dependencies=auth, response_model=None)
+    async def replay(name: str, body: PositionBody) -> dict[str, Any] | JSONResponse:
+        """Replay from ``position`` and release; 409 (``oldest``: where a replay can start
+        now) if the log was trimmed past it, with delivery still held."""
         svc = fwd.get(name)
         t0 = time.monotonic()
-        n = await svc.replay(body.position)
+        try:
+            n = await svc.replay(body.position)
+        except ReplayGap as gap:
+            return problem(409, "Replay position trimmed", str(gap), type=REPLAY_GAP_TYPE,
+                           position=gap.position, oldest=gap.oldest)
         replay_s = time.monotonic() - t0
         held = svc.release()
         return {"replayed": n, "replay_ms": replay_s * 1000, "held_ms": held * 1000}

@@ -8,11 +8,23 @@ import httpx
 
 from nfvha.errors import NfvhaError
 
-__all__ = ["ForwarderClient", "ForwarderError"]
+__all__ = ["ForwarderClient", "ForwarderError", "ReplayGapError"]
+
+_REPLAY_GAP_TYPE = "urn:nfvha:problem:replay-gap"  # nfvha.dataplane.api.REPLAY_GAP_TYPE
 
 
 class ForwarderError(NfvhaError):
     """The forwarder is unreachable or refused; replay is unavailable until it is back."""
+
+
+class ReplayGapError(ForwarderError):
+    """The forwarder refused a replay: its log was trimmed past ``position``; ``oldest`` is
+    the oldest position it can replay from (what lies between is lost)."""
+
+    def __init__(self, message: str, position: int, oldest: int) -> None:
+        super().__init__(message)
+        self.position = position
+        self.oldest = oldest
 
 
 class ForwarderClient:
@@ -29,6 +41,14 @@ class ForwarderClient:
                                         headers=self._headers, **kw)
         except httpx.HTTPError as exc:
             raise ForwarderError(f"forwarder {self.url} unreachable: {exc}") from exc
+        if r.status_code == 409:
+            try:
+                body = r.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and body.get("type") == _REPLAY_GAP_TYPE:
+                raise ReplayGapError(str(body.get("detail")), int(body["position"]),
+                                     int(body["oldest"]))
         if r.status_code >= 300:
             raise ForwarderError(f"forwarder {method} {path}: {r.status_code} {r.text[:300]}")
         return r.json() if r.content else None

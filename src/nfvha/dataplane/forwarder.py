@@ -8,7 +8,10 @@ sequence number and stays in the log until a committed checkpoint covers it.
 Around a checkpoint the manager calls ``hold`` (delivery stops; new datagrams queue; the
 log position P is returned), the agent dumps, and ``commit(P)`` trims the log and
 releases the queue. After a restore from a checkpoint at position P, ``replay(P)``
-delivers the logged datagrams after P in order, before any queued new traffic.
+delivers the logged datagrams after P in order, before any queued new traffic. A replay from a
+position the log no longer reaches back to (trimmed by a later commit, or discarded by a
+reset) is refused (``ReplayGap``, naming the oldest position it can replay from), never
+served in part: the manager decides what to do and says that datagrams were lost.
 
 Replies the restored VNF sends again are suppressed per flow by count: the forwarder
 counts, per flow, the replies relayed since each checkpoint's dump ended, and drops that
@@ -28,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Forwarder", "LogFull", "Service", "ServiceSpec"]
+__all__ = ["Forwarder", "LogFull", "ReplayGap", "Service", "ServiceSpec"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,18 @@ class _Pace:
 
 class LogFull(Exception):
     """The packet log reached its bound; the datagram was not delivered."""
+
+
+class ReplayGap(Exception):
+    """Replay was asked from a position the log no longer holds: the datagrams between it
+    and ``oldest`` (the oldest position a replay can start from) were trimmed."""
+
+    def __init__(self, name: str, position: int, oldest: int) -> None:
+        self.position = position
+        self.oldest = oldest
+        super().__init__(f"service {name}: cannot replay from position {position}: the log "
+                         f"was trimmed up to {oldest} (datagrams {position + 1}..{oldest} are "
+                         f"gone); the oldest position it can replay from is {oldest}")
 
 
 @dataclass(frozen=True)
@@ -302,8 +317,12 @@ class Service:
     async def replay(self, position: int) -> int:
         """Deliver the logged datagrams after ``position`` in order, then queued traffic.
 
-        Replies the old copy already relayed since that cut are dropped per flow.
+        Replies the old copy already relayed since that cut are dropped per flow. Refused
+        (``ReplayGap``, nothing changed, delivery still held) if the log was trimmed past
+        ``position``: a partial replay would lose datagrams without anyone knowing.
         """
+        if position < self.committed:
+            raise ReplayGap(self.spec.name, position, self.committed)
         counts = self.cuts.get(position, {})
         for flow in self.flows.values():
             flow.suppress = 0 if self.spec.exactly_once else counts.get(flow.client, 0)

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from nfvha.dataplane.client import ForwarderClient, ForwarderError
+from nfvha.dataplane.client import ForwarderClient, ForwarderError, ReplayGapError
 from nfvha.descriptor import HaPolicy, HealthProbe, VnfDescriptor, parse_descriptor
 from nfvha.errors import (
     AddressConflict,
@@ -268,6 +268,49 @@ class Manager:
         self._tasks.discard(t)
         self._wake.set()  # what it finished may let the loop act (a VNF no longer busy)
 
+    def _spawn_op(self, op_id: str, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        """A long action with an operation occurrence: however the task ends (done,
+        cancelled by a newer request or by the manager stopping, or failed on an error
+        nobody caught), its occurrence ends in a final state. Done from the task's
+        callback, not inside it: a task cancelled before its first step never runs a
+        line of its coroutine, and left its occurrence STARTING."""
+        t = self._spawn(coro)
+        t.add_done_callback(lambda task: self._op_task_done(op_id, task))
+        return t
+
+    @staticmethod
+    def _cancel(task: asyncio.Task[Any] | None, by: str) -> None:
+        """Cancel a VNF's running action, saying what cancelled it (``by`` ends up in its
+        operation occurrence's error)."""
+        if task is not None and not task.done():
+            task.cancel(msg=by)
+
+    def _op_task_done(self, op_id: str, t: asyncio.Task[Any]) -> None:
+        state, detail = "FAILED", None
+        if t.cancelled():
+            try:
+                t.result()
+            except asyncio.CancelledError as exc:
+                detail = str(exc.args[0]) if exc.args and exc.args[0] else None
+            if detail is None:  # only close() cancels without saying why
+                state, detail = "FAILED_TEMP", "manager stopped during the operation"
+        elif t.exception() is not None:
+            exc2 = t.exception()
+            log.error("operation %s failed on an unexpected error", op_id, exc_info=exc2)
+            detail = f"internal error: {type(exc2).__name__}: {exc2}"
+        if detail is None:
+            return
+        try:
+            rec = self.store.find("op", op_id)
+            if rec is None or rec.data["operationState"] not in ("STARTING", "PROCESSING"):
+                return  # it ended itself
+            log.info("operation %s (%s of %s) ends %s: %s", op_id, rec.data["operation"],
+                     rec.data["vnfInstanceId"], state, detail)
+            self._op_update(op_id, operationState=state, error=_problem(
+                409 if t.cancelled() else 500, detail))
+        except Exception:  # the store closed under a stopping manager: start() ends it
+            log.exception("could not end operation %s", op_id)
+
     def _rt(self, vnf_id: str) -> _Runtime:
         return self.runtime.setdefault(vnf_id, _Runtime())
 
@@ -503,8 +546,7 @@ class Manager:
         for v in self.store.list("vnf"):
             if v.data.get("host") == host_id and v.data["haState"] == VnfState.ACTIVE:
                 rt = self._rt(v.id)
-                if rt.busy is not None and not rt.busy.done():
-                    rt.busy.cancel()
+                self._cancel(rt.busy, f"cancelled by the loss of host {host_id}")
                 rt.failure = ("host-loss", detected, detail)
                 rt.failed_at = min(failed_at, detected)
         self._wake.set()
@@ -583,8 +625,9 @@ class Manager:
             return  # a report about an earlier incarnation, already recovered
         rt = self._rt(rec.id)
         if rt.failure is None:
-            if rt.busy is not None and not rt.busy.done():
-                rt.busy.cancel()  # an ACTIVE VNF is busy only with a checkpoint: moot now
+            # An ACTIVE VNF is busy with a checkpoint (moot now), or with a heal that has
+            # not started yet (recovery takes over).
+            self._cancel(rt.busy, f"cancelled by the exit of the VNF's process on {host_id}")
             reason = (inst.get("exit") or {}).get("reason", "exited")
             rt.failure = ("process-exit", time.time(), f"VNF process {reason} on {host_id}")
             at = (inst.get("exit") or {}).get("at")
@@ -804,7 +847,9 @@ class Manager:
                         continue
                     ftype, at, detail = rt.failure
                     rt.failure = None
-                    rt.busy = self._spawn(self._recover(rec.id, ftype, at, detail, auto=True))
+                    op_id = self._new_op(rec.id, "HEAL", True)
+                    rt.busy = self._spawn_op(op_id, self._recover(rec.id, ftype, at, detail,
+                                                                  auto=True, op_id=op_id))
                 else:
                     rt.failure = None
                 continue
@@ -820,9 +865,11 @@ class Manager:
                              reason="every strategy failed last time; a transient cause "
                                     "(overload, a host coming back) may have passed",
                              vnf=rec.id, failure=rt.retry_failure)
-                rt.busy = self._spawn(self._recover(
+                op_id = self._new_op(rec.id, "HEAL", True)
+                rt.busy = self._spawn_op(op_id, self._recover(
                     rec.id, rt.retry_failure, time.time(),
-                    f"retry {rt.retries + 1} after every strategy failed", auto=True))
+                    f"retry {rt.retries + 1} after every strategy failed", auto=True,
+                    op_id=op_id))
                 continue
             if state != VnfState.ACTIVE or busy:
                 continue
@@ -1244,6 +1291,8 @@ class Manager:
                     "stateLost": strategy == "restart",
                     "attempts": attempts, "timestamps": ts, "strategy": strategy,
                     "replay": replay_info,
+                    **({"replayGap": replay_info["gap"]} if replay_info and
+                       replay_info.get("gap") else {}),
                     "targetHost": decision.target_host, "checkpoint": result.get("seq"),
                     "phases": {"detect": detected_at,
                                "detectMs": None if failed_at is None
@@ -1290,13 +1339,40 @@ class Manager:
             if position is None:
                 await self.forwarder.release(vnf_id)
                 return {"replayed": 0, "reason": f"checkpoint {seq} has no log position"}
-            res = await self.forwarder.replay(vnf_id, int(position))
+            try:
+                res = await self.forwarder.replay(vnf_id, int(position))
+            except ReplayGapError as gap:
+                return await self._replay_gap(vnf_id, seq, int(position), gap)
             log.info("replayed %d datagram(s) to %s after checkpoint %s (position %s) in "
                      "%.1f ms", res["replayed"], vnf_id, seq, position, res["replay_ms"])
             return {**res, "fromPosition": position}
         except ForwarderError as exc:
             self._forwarder_alarm(str(exc))
             return {"replayed": 0, "error": str(exc)}
+
+    async def _replay_gap(self, vnf_id: str, seq: int, position: int,
+                          gap: ReplayGapError) -> dict[str, Any]:
+        """The forwarder no longer holds the log from the restored checkpoint's position
+        (trimmed after a newer checkpoint that proved unusable): the datagrams in between
+        are lost. Replay what it holds, so the VNF comes back with the least loss, and say
+        so: in the heal's occurrence (``replayGap``) and by an alarm."""
+        assert self.forwarder is not None
+        info = {"from": position, "oldest": gap.oldest, "lost": gap.oldest - position}
+        log_decision(log, "replay-gap", f"{vnf_id}: checkpoint {seq} is at log position "
+                     f"{position}, but the forwarder holds the log from {gap.oldest} only: "
+                     f"{gap.oldest - position} datagram(s) are lost; replaying from "
+                     f"{gap.oldest}", level=logging.WARNING, vnf=vnf_id, seq=seq,
+                     reason="the log was trimmed past the restored checkpoint (a newer one "
+                            "was unusable)", **info)
+        self._raise_alarm(f"replay-gap:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM", "MAJOR",
+                          "replay-gap", f"{vnf_id} was restored from checkpoint {seq} (log "
+                          f"position {position}) but the forwarder's log starts at "
+                          f"{gap.oldest}: {gap.oldest - position} datagram(s) received in "
+                          "between are lost to it", {"host": None, **info})
+        res = await self.forwarder.replay(vnf_id, gap.oldest)
+        log.info("replayed %d datagram(s) to %s from position %s (checkpoint %s was at %s)",
+                 res["replayed"], vnf_id, gap.oldest, seq, position)
+        return {**res, "fromPosition": gap.oldest, "gap": info}
 
     async def _watch_forwarder(self) -> None:
         """Force a checkpoint before a log fills; alarm when one would be lost."""
@@ -1633,7 +1709,7 @@ class Manager:
         self._admit_addresses(vnf_id, self._vnfd(data))
         self._update_vnf(vnf_id, lambda d: {**d, "haState": VnfState.INSTANTIATING})
         op_id = self._new_op(vnf_id, "INSTANTIATE", False)
-        self._rt(vnf_id).busy = self._spawn(self._instantiate(vnf_id, op_id))
+        self._rt(vnf_id).busy = self._spawn_op(op_id, self._instantiate(vnf_id, op_id))
         return op_id
 
     def _admit_addresses(self, vnf_id: str, d: VnfDescriptor) -> None:
@@ -1721,11 +1797,11 @@ class Manager:
             raise InstanceStateError(f"VNF instance {vnf_id} is {data['haState']}: there is "
                                      "nothing to heal; instantiate it first")
         rt = self._rt(vnf_id)
-        if rt.busy is not None and not rt.busy.done():
-            rt.busy.cancel()
         op_id = self._new_op(vnf_id, "HEAL", False)
-        rt.busy = self._spawn(self._recover(vnf_id, "manual", time.time(),
-                                            cause or "heal requested", auto=False, op_id=op_id))
+        self._cancel(rt.busy, f"cancelled by a manual heal (operation {op_id})")
+        rt.busy = self._spawn_op(op_id, self._recover(vnf_id, "manual", time.time(),
+                                                      cause or "heal requested", auto=False,
+                                                      op_id=op_id))
         return op_id
 
     def start_move(self, vnf_id: str, to_host: str | None) -> str:
@@ -1769,7 +1845,7 @@ class Manager:
         self._update_vnf(vnf_id, _set(haState=VnfState.MOVING))
         op_id = self._new_op(vnf_id, "MOVE", False)
         previous = rt.busy if rt.busy is not None and not rt.busy.done() else None
-        rt.busy = self._spawn(self._move(vnf_id, source, target, op_id, previous))
+        rt.busy = self._spawn_op(op_id, self._move(vnf_id, source, target, op_id, previous))
         return op_id
 
     async def _move(self, vnf_id: str, source: str, target: str, op_id: str,
@@ -1777,8 +1853,14 @@ class Manager:
         """The steps of a planned move. Every way out leaves the VNF ACTIVE on one host,
         or, if it could be brought back nowhere, failed and handed to recovery."""
         if previous is not None:  # a periodic checkpoint under way finishes first
-            with contextlib.suppress(BaseException):
+            try:
                 await asyncio.shield(previous)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the move itself was cancelled (a heal, a terminate)
+            except BaseException:  # how the checkpoint ended does not matter here
+                pass
         self._op_update(op_id, operationState="PROCESSING", nfvha={
             "sourceHost": source, "targetHost": target})
         rec = self.store.get("vnf", vnf_id)
@@ -1864,11 +1946,10 @@ class Manager:
         if data["haState"] == VnfState.NOT_INSTANTIATED:
             raise InstanceStateError(f"VNF instance {vnf_id} is not instantiated")
         rt = self._rt(vnf_id)
-        if rt.busy is not None and not rt.busy.done():
-            rt.busy.cancel()
         self._update_vnf(vnf_id, lambda d: {**d, "haState": VnfState.TERMINATING})
         op_id = self._new_op(vnf_id, "TERMINATE", False)
-        rt.busy = self._spawn(self._terminate(vnf_id, op_id))
+        self._cancel(rt.busy, f"cancelled by terminate (operation {op_id})")
+        rt.busy = self._spawn_op(op_id, self._terminate(vnf_id, op_id))
         return op_id
 
     async def _terminate(self, vnf_id: str, op_id: str) -> None:
@@ -1887,6 +1968,7 @@ class Manager:
             "host": None, "backups": []})
         self._clear_alarm(f"vnf:{vnf_id}")
         self._clear_alarm(f"checkpoint:{vnf_id}")
+        self._clear_alarm(f"replay-gap:{vnf_id}")
         self._op_update(op_id, operationState="COMPLETED")
 
     def delete_vnf(self, vnf_id: str) -> None:
