@@ -6,13 +6,15 @@ from typing import Any
 
 import httpx
 
-from nfvha.errors import NfvhaError
+from nfvha.errors import PROBLEM_PREFIX, NfvhaError
 
 __all__ = ["ForwarderClient", "ForwarderError"]
 
 
 class ForwarderError(NfvhaError):
     """The forwarder is unreachable or refused; replay is unavailable until it is back."""
+
+    problem_type = PROBLEM_PREFIX + "forwarder-unavailable"
 
 
 class ForwarderClient:
