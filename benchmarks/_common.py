@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import httpx
 
+    from nfvha.client import ManagerClient
     from nfvha.testbed import Testbed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,14 +120,29 @@ def testbed_down(tb: Testbed, who: str) -> None:
             pass
 
 
-def manager_client(tb: Testbed, timeout: float = 10.0) -> httpx.Client:
-    """A client of the testbed's manager with its operator credential; every call has a
-    timeout."""
+def manager_client(tb: Testbed, timeout: float = 10.0) -> ManagerClient:
+    """A client of the testbed's manager with its operator credential (``nfvha.client``);
+    every call has a timeout. Its ``http`` is the ``httpx.Client`` under it, for raw
+    answers."""
     import httpx
 
-    return httpx.Client(base_url=tb.manager_url, timeout=httpx.Timeout(timeout, connect=3.0),
-                        headers={"Authorization": f"Bearer {tb.operator_token}"},
-                        verify=tb.client_context(None))
+    from nfvha.client import ManagerClient
+
+    return ManagerClient(tb.manager_url, tb.operator_token, verify=tb.client_context(None),
+                         timeout=httpx.Timeout(timeout, connect=3.0))
+
+
+def manager_call(m: ManagerClient, method: str, path: str, ok: tuple[int, ...] = (),
+                 **kw: Any) -> Any:
+    """``api_result`` of one call through the manager client: a refusal (other than the
+    statuses ``ok`` allows) or no answer at all is a BenchError naming the call."""
+    from nfvha.errors import NfvhaError
+
+    try:
+        r = m.request(method, path, ok=ok, **kw)
+    except NfvhaError as exc:
+        raise BenchError(str(exc)) from exc
+    return api_result(method, path, r, ok)
 
 
 def daemon_client(tb: Testbed, timeout: float = 10.0, **kw: Any) -> httpx.Client:

@@ -90,6 +90,7 @@ from _common import (
     daemon_client,
     install_signal_handlers,
     machine_basics,
+    manager_call,
     manager_client,
     other_netns,
     percentile,
@@ -226,7 +227,7 @@ class Api:
         return api_result(method, path, r, ok)
 
     def call(self, method: str, path: str, ok: tuple[int, ...] = (), **kw: Any) -> Any:
-        return self._call(self.m, method, path, ok, **kw)
+        return manager_call(self.m, method, path, ok, **kw)
 
     def service(self, iid: str) -> dict[str, Any]:
         res: dict[str, Any] = self._call(self.f, "GET", f"/v1/services/{iid}")
@@ -260,7 +261,7 @@ class Api:
     def remove(self, iid: str) -> None:
         """Terminate (if instantiated) and delete an instance; bounded."""
         try:
-            r = self.m.get(f"/vnflcm/v1/vnf_instances/{iid}")
+            r = self.m.http.get(f"/vnflcm/v1/vnf_instances/{iid}")
         except httpx.HTTPError as exc:
             raise BenchError(f"GET {iid}: {exc!r}") from exc
         if r.status_code == 404:

@@ -132,14 +132,14 @@ class Api:
     """The two reads this benchmark needs from the manager; every call has a timeout."""
 
     def __init__(self, tb: Testbed) -> None:
-        self.http = manager_client(tb, HTTP_TIMEOUT)
+        self.m = manager_client(tb, HTTP_TIMEOUT)
 
     def close(self) -> None:
-        self.http.close()
+        self.m.close()
 
     def _get(self, path: str) -> httpx.Response:
         try:
-            return self.http.get(path)
+            return self.m.http.get(path)
         except httpx.HTTPError as exc:
             raise BenchError(f"GET {path}: {exc!r}") from exc
 

@@ -84,8 +84,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from nfvha.demo import VNF_PYTHON, python_vnf
 from nfvha.testbed import Testbed
 from nfvha.vim.cgroups import CgroupLimits
@@ -96,8 +94,8 @@ from _common import (
     REPO,
     RESULTS,
     BenchError,
-    api_result,
     install_signal_handlers,
+    manager_call,
     manager_client,
     other_netns,
     percentile,
@@ -352,17 +350,13 @@ class Api:
     """Synchronous client of the manager; every call has a timeout."""
 
     def __init__(self, tb: Testbed) -> None:
-        self.http = manager_client(tb, HTTP_TIMEOUT)
+        self.m = manager_client(tb, HTTP_TIMEOUT)
 
     def close(self) -> None:
-        self.http.close()
+        self.m.close()
 
     def call(self, method: str, path: str, ok: tuple[int, ...] = (), **kw: Any) -> Any:
-        try:
-            r = self.http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise BenchError(f"{method} {path}: {exc!r}") from exc
-        return api_result(method, path, r, ok)
+        return manager_call(self.m, method, path, ok, **kw)
 
     def vnf(self, iid: str) -> dict[str, Any]:
         res: dict[str, Any] = self.call("GET", f"/vnflcm/v1/vnf_instances/{iid}")
@@ -393,7 +387,7 @@ class Api:
 
     def remove(self, iid: str) -> None:
         """Terminate (if instantiated) and delete an instance; bounded."""
-        r = self.http.get(f"/vnflcm/v1/vnf_instances/{iid}")
+        r = self.m.http.get(f"/vnflcm/v1/vnf_instances/{iid}")
         if r.status_code == 404:
             return
         if r.json()["haState"] != "NOT_INSTANTIATED":

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nfvha.client import ManagerClient
 from nfvha.demo import python_vnf
 from nfvha.testbed import Testbed
 
@@ -47,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: fin
 from _common import (
     RESULTS,
     BenchError,
-    api_result,
     fmt_num,
     install_signal_handlers,
+    manager_call,
     manager_client,
     median,
     percentile,
@@ -72,20 +73,21 @@ UDP_TIMEOUT_S = 1.0
 SCENARIOS = ("udp-unlocked", "udp-locked", "tcp-locked", "tcp-unlocked")
 
 
-def _deploy(http: Any, iid: str, addr: str, lock: str, interval: float) -> None:
+def _deploy(m: ManagerClient, iid: str, addr: str, lock: str, interval: float) -> None:
     desc = {"id": iid, **python_vnf(VNF), "network": {"address": addr},
             "resources": {"memory": "128Mi"}, "network_lock": lock,
             "ha": {"checkpoint_interval": interval, "backups": 1, "retention": 3}}
-    api_result("POST", "vnfds", http.post("/nfvha/v1/vnfds", json=desc))
-    api_result("POST", "instances", http.post("/vnflcm/v1/vnf_instances",
-                                              json={"vnfdId": iid, "vnfInstanceId": iid}))
-    api_result("POST", "instantiate",
-               http.post(f"/vnflcm/v1/vnf_instances/{iid}/instantiate", json={}))
-    wait_for(lambda: http.get(f"/vnflcm/v1/vnf_instances/{iid}").json()["haState"] == "ACTIVE",
+    manager_call(m, "POST", "/nfvha/v1/vnfds", json=desc)
+    manager_call(m, "POST", "/vnflcm/v1/vnf_instances",
+                 json={"vnfdId": iid, "vnfInstanceId": iid})
+    manager_call(m, "POST", f"/vnflcm/v1/vnf_instances/{iid}/instantiate", json={})
+    wait_for(lambda: manager_call(m, "GET", f"/vnflcm/v1/vnf_instances/{iid}")["haState"]
+             == "ACTIVE",
              30, f"{iid} ACTIVE")
 
 
-def _remove(http: Any, iid: str) -> None:
+def _remove(m: ManagerClient, iid: str) -> None:
+    http = m.http  # unchecked calls, as before
     http.post(f"/vnflcm/v1/vnf_instances/{iid}/terminate", json={})
     wait_for(lambda: http.get(f"/vnflcm/v1/vnf_instances/{iid}").json()["haState"]
              == "NOT_INSTANTIATED", 30, f"{iid} terminated")
@@ -139,12 +141,12 @@ def _tcp_client(ip: str, seconds: float) -> list[float]:
     return rtts
 
 
-def _checkpoint_stats(http: Any, iid: str, seen: dict[int, dict[str, Any]]) -> None:
-    for c in http.get("/nfvha/v1/checkpoints", params={"vnfInstanceId": iid}).json():
+def _checkpoint_stats(m: ManagerClient, iid: str, seen: dict[int, dict[str, Any]]) -> None:
+    for c in manager_call(m, "GET", "/nfvha/v1/checkpoints", params={"vnfInstanceId": iid}):
         seen.setdefault(int(c["seq"]), c.get("criuStats", {}))
 
 
-def run_scenario(tb: Testbed, http: Any, name: str, n: int, seconds: float,
+def run_scenario(tb: Testbed, http: ManagerClient, name: str, n: int, seconds: float,
                  interval: float) -> dict[str, Any]:
     addr = tb.vnf_address(n)
     ip = addr.split("/")[0]

@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from nfvha.dataplane.api import REPLAY_GAP_TYPE, create_forwarder_app
+from nfvha.dataplane.api import create_forwarder_app
+from nfvha.dataplane.client import ReplayGapError
 from nfvha.dataplane.forwarder import Forwarder, ReplayGap, Service, ServiceSpec, _Flow
 from nfvha.store.sqlite import SqliteStore
 from nfvha.vnfm.api import create_manager_app
@@ -82,7 +83,7 @@ async def test_the_forwarder_api_answers_a_trimmed_replay_with_a_409() -> None:
         assert r.status_code == 409, r.text
         body = r.json()
         assert r.headers["content-type"].startswith("application/problem+json")
-        assert body["type"] == REPLAY_GAP_TYPE
+        assert body["type"] == ReplayGapError.problem_type
         assert (body["position"], body["oldest"]) == (3, 6)
         assert svc.held  # refused: nothing released either
         r = await http.post("/v1/services/fw/replay", json={"position": 6})
@@ -114,7 +115,7 @@ class _FakeCluster:
                 self.replays.append(position)
                 if position < 6:
                     return httpx.Response(409, json={  # as the forwarder's API answers
-                        "type": REPLAY_GAP_TYPE, "title": "Replay position trimmed",
+                        "type": ReplayGapError.problem_type, "title": "Replay position trimmed",
                         "status": 409, "detail": "trimmed up to 6",
                         "position": position, "oldest": 6})
                 self.released += 1

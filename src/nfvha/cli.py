@@ -14,16 +14,19 @@ import logging
 import os
 import ssl
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nfvha.errors import NfvhaError
 from nfvha.ha.timings import DEFAULT_TIMINGS, check_host_timings
 from nfvha.logs import setup_logging
 from nfvha.tls import TlsConfig
 from nfvha.web import DEFAULT_MAX_BODY
+
+if TYPE_CHECKING:
+    from nfvha.client import ManagerClient
 
 __all__ = ["main"]
 
@@ -431,49 +434,36 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def _request(args: argparse.Namespace, method: str, path: str, **kw: object) -> object:
-    import httpx
+@contextlib.contextmanager
+def _manager(args: argparse.Namespace) -> Iterator[ManagerClient]:
+    """A client of the manager named by ``args`` (``_manager_conn``); its refusals are
+    the typed errors of ``nfvha.client``, printed by ``main``."""
+    from nfvha.client import ManagerClient, ManagerUnreachable
 
     conn = _manager_conn(args)
-    url = conn.url
-    try:
-        r = httpx.request(method, url + path, headers={"Authorization": f"Bearer {conn.token}"},
-                          timeout=30, verify=_verify(conn.ca_file),
-                          **kw)  # type: ignore[arg-type]
-    except httpx.HTTPError as exc:
-        raise NfvhaError(f"manager at {url} unreachable: {exc}; is it up (`nfvha up`)?") \
-            from exc
-    if r.status_code >= 400:
+    with ManagerClient(conn.url, conn.token, verify=_verify(conn.ca_file), timeout=30) as m:
         try:
-            detail = r.json().get("detail", r.text)
-        except ValueError:
-            detail = r.text
-        raise NfvhaError(f"{method} {path}: {r.status_code}: {detail}")
-    if r.status_code == 202:
-        return {"operation": r.headers.get("Location")}
-    return r.json() if r.content else None
+            yield m
+        except ManagerUnreachable as exc:
+            raise ManagerUnreachable(f"{exc}; is it up (`nfvha up`)?") from exc
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from nfvha.descriptor import load_descriptor
 
     d = load_descriptor(args.file)  # volumes' relative sources: relative to the file
-    body = d.model_dump(mode="json")
-    _request(args, "POST", "/nfvha/v1/vnfds", json=body)
-    vnf = _request(args, "POST", "/vnflcm/v1/vnf_instances",
-                   json={"vnfdId": d.id, "vnfInstanceId": args.id})
-    assert isinstance(vnf, dict)
-    op = _request(args, "POST", f"/vnflcm/v1/vnf_instances/{vnf['id']}/instantiate", json={})
-    out = {"vnfInstanceId": vnf["id"], **(op if isinstance(op, dict) else {})}
-    _print(out, args.json)
+    with _manager(args) as m:
+        m.onboard(d.model_dump(mode="json"))
+        vnf = m.create(args.id, d.id)
+        op = m.instantiate(vnf["id"])
+    _print({"vnfInstanceId": vnf["id"], "operation": op}, args.json)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    hosts = _request(args, "GET", "/nfvha/v1/hosts")
-    vnfs = _request(args, "GET", "/vnflcm/v1/vnf_instances")
-    alarms = _request(args, "GET", "/vnffm/v1/alarms", params={"active": "true"})
-    assert isinstance(hosts, list) and isinstance(vnfs, list) and isinstance(alarms, list)
+    with _manager(args) as m:
+        st = m.status()
+    hosts, vnfs, alarms = st["hosts"], st["vnfs"], st["alarms"]
     if args.json:
         print(json.dumps({"hosts": hosts, "vnfs": vnfs, "alarms": alarms}, indent=2))
         return 0
@@ -502,31 +492,32 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    path = {"checkpoints": "/nfvha/v1/checkpoints", "ops": "/vnflcm/v1/vnf_lcm_op_occs"}
-    _print(_request(args, "GET", path[args.command]), args.json)
+    with _manager(args) as m:
+        _print(m.checkpoints() if args.command == "checkpoints" else m.ops(), args.json)
     return 0
 
 
 def cmd_heal(args: argparse.Namespace) -> int:
-    _print(_request(args, "POST", f"/vnflcm/v1/vnf_instances/{args.id}/heal",
-                    json={"cause": args.cause}), args.json)
+    with _manager(args) as m:
+        _print({"operation": m.heal(args.id, args.cause)}, args.json)
     return 0
 
 
 def cmd_move(args: argparse.Namespace) -> int:
-    _print(_request(args, "POST", f"/nfvha/v1/vnf_instances/{args.id}/move",
-                    json={"host": args.to}), args.json)
+    with _manager(args) as m:
+        _print({"operation": m.move(args.id, args.to)}, args.json)
     return 0
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
     if args.fault in ("kill-vnf", "hang-vnf"):
         fault = args.fault.split("-")[0]
-        _print(_request(args, "POST", f"/nfvha/v1/vnf_instances/{args.target}/inject",
-                        json={"fault": fault}), args.json)
+        with _manager(args) as m:
+            _print(m.inject(args.target, fault), args.json)
         return 0
     if args.fault == "fence":
-        _print(_request(args, "POST", f"/nfvha/v1/hosts/{args.target}/fence"), args.json)
+        with _manager(args) as m:
+            _print(m.fence(args.target), args.json)
         return 0
     from nfvha.testbed import Testbed
 
@@ -551,7 +542,8 @@ def cmd_inject(args: argparse.Namespace) -> int:
 
 
 def cmd_host(args: argparse.Namespace) -> int:
-    _print(_request(args, "DELETE", f"/nfvha/v1/hosts/{args.id}"), args.json)
+    with _manager(args) as m:
+        _print(m.remove_host(args.id), args.json)
     return 0
 
 

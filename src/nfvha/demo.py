@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
+from nfvha.client import AsyncManagerClient
 from nfvha.testbed import Testbed
 
 __all__ = ["run_demo"]
@@ -169,9 +169,8 @@ async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
     try:
         with con.status("starting testbed, manager and agents..."):
             await tb.up()
-        auth = {"Authorization": f"Bearer {tb.operator_token}"}
-        async with httpx.AsyncClient(base_url=tb.manager_url, headers=auth, timeout=30,
-                                     verify=tb.client_context(None)) as m:
+        async with AsyncManagerClient(tb.manager_url, tb.operator_token, timeout=30,
+                                      verify=tb.client_context(None)) as m:
             vnfs = {"flowmon": tb.vnf_address(10), "udpnat": tb.vnf_address(20),
                     "flowmon-replay": tb.vnf_address(11)}
             service = tb.service_address(10)
@@ -179,14 +178,13 @@ async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
                 kind = "udpnat" if name == "udpnat" else "flowmon"
                 vnfd = _vnfd(kind, addr, interval, vnfd_id=name,
                              service=service if name == "flowmon-replay" else None)
-                (await m.post("/nfvha/v1/vnfds", json=vnfd)).raise_for_status()
-                (await m.post("/vnflcm/v1/vnf_instances",
-                              json={"vnfdId": name, "vnfInstanceId": name})).raise_for_status()
-                (await m.post(f"/vnflcm/v1/vnf_instances/{name}/instantiate")).raise_for_status()
+                await m.onboard(vnfd)
+                await m.create(name, name)
+                await m.instantiate(name)
             with con.status("instantiating..."):
                 await _wait(m, lambda v: all(x["haState"] == "ACTIVE" for x in v), 20)
             for name, addr in vnfs.items():
-                v = (await m.get(f"/vnflcm/v1/vnf_instances/{name}")).json()
+                v = await m.instance(name)
                 via = f", clients via {service}" if name == "flowmon-replay" else ""
                 con.print(f"  {name:14} on {v['host']} (backup {', '.join(v['backups'])}) at "
                           f"{addr.split('/')[0]}{via}")
@@ -230,10 +228,10 @@ async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
                 await tb.down()
 
 
-async def _inject(con: Console, m: httpx.AsyncClient, tb: Testbed, title: str, kind: str,
+async def _inject(con: Console, m: AsyncManagerClient, tb: Testbed, title: str, kind: str,
                   fault: str, client: Client) -> list[str]:
     heals_before = len(await _heals(m, kind))
-    v = (await m.get(f"/vnflcm/v1/vnf_instances/{kind}")).json()
+    v = await m.instance(kind)
     con.print(f"[yellow]>>[/] {title} (on {v['host']})")
     t0 = time.time()
     if fault == "kill-agent":
@@ -251,8 +249,7 @@ async def _inject(con: Console, m: httpx.AsyncClient, tb: Testbed, title: str, k
     elif fault == "kill-agent-for-good":
         await tb.kill_agent(v["host"], restart=False)
     else:
-        (await m.post(f"/nfvha/v1/vnf_instances/{kind}/inject", json={"fault": fault})) \
-            .raise_for_status()
+        await m.inject(kind, fault)
     deadline = time.monotonic() + 20
     op: dict[str, Any] | None = None
     while time.monotonic() < deadline:
@@ -302,15 +299,14 @@ async def _inject(con: Console, m: httpx.AsyncClient, tb: Testbed, title: str, k
             f"{client.downtime_since(t0) * 1000:.0f} ms", state]
 
 
-async def _heals(m: httpx.AsyncClient, kind: str) -> list[dict[str, Any]]:
-    ops = (await m.get("/vnflcm/v1/vnf_lcm_op_occs", params={"vnfInstanceId": kind})).json()
-    return [o for o in ops if o["operation"] == "HEAL"]
+async def _heals(m: AsyncManagerClient, kind: str) -> list[dict[str, Any]]:
+    return [o for o in await m.ops(kind) if o["operation"] == "HEAL"]
 
 
-async def _wait(m: httpx.AsyncClient, pred: Any, timeout: float) -> None:
+async def _wait(m: AsyncManagerClient, pred: Any, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        vnfs = (await m.get("/vnflcm/v1/vnf_instances")).json()
+        vnfs = await m.instances()
         if pred(vnfs):
             return
         await asyncio.sleep(0.1)

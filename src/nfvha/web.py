@@ -22,6 +22,16 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nfvha.errors import (
+    BodyTooLarge,
+    Forbidden,
+    InvalidRequest,
+    MethodNotAllowed,
+    NfvhaError,
+    ResourceNotFound,
+    Unauthorized,
+    problem_type,
+)
 from nfvha.tls import Identity, caller
 
 __all__ = ["DEFAULT_MAX_BODY", "DEFAULT_MAX_DEPTH", "BodyLimit", "Refused", "http_url",
@@ -96,9 +106,9 @@ class Refused(Exception):
 
 def refused_response(exc: Refused) -> JSONResponse:
     """The problem details of a refusal (a starlette JSONResponse)."""
-    body = {"type": "about:blank", "title": "Unauthorized" if exc.status == 401 else
-            "Forbidden", "status": exc.status, "detail": exc.detail}
-    r = JSONResponse(body, status_code=exc.status, media_type="application/problem+json")
+    cls = Unauthorized if exc.status == 401 else Forbidden
+    r = problem(exc.status, "Unauthorized" if exc.status == 401 else "Forbidden", exc.detail,
+                of=cls)
     if exc.bearer:
         r.headers["WWW-Authenticate"] = "Bearer"
     return r
@@ -186,7 +196,8 @@ class BodyLimit:
             try:
                 n = int(declared)
             except ValueError:
-                await _refuse(send, 400, "Bad request", "Content-Length is not a number")
+                await _refuse(send, 400, "Bad request", "Content-Length is not a number",
+                              InvalidRequest)
                 return
             if n > self.max_bytes:
                 await self._too_large(send)
@@ -210,7 +221,7 @@ class BodyLimit:
         if data and ctype.endswith(b"json") and json_depth(data) > self.max_depth:
             await _refuse(send, 422, "Invalid request",
                           f"the JSON body nests deeper than {self.max_depth} levels; no nfvha "
-                          "request needs that many")
+                          "request needs that many", InvalidRequest)
             return
         replayed = False
 
@@ -226,11 +237,12 @@ class BodyLimit:
     async def _too_large(self, send: Send) -> None:
         await _refuse(send, 413, "Request body too large",
                       f"the body is larger than {self.max_bytes} bytes; a VNFD or request is a "
-                      "few KiB (the limit is the daemon's --max-body)")
+                      "few KiB (the limit is the daemon's --max-body)", BodyTooLarge)
 
 
-async def _refuse(send: Send, status: int, title: str, detail: str) -> None:
-    body = json.dumps({"type": "about:blank", "title": title, "status": status,
+async def _refuse(send: Send, status: int, title: str, detail: str,
+                  of: type[NfvhaError]) -> None:
+    body = json.dumps({"type": problem_type(of), "title": title, "status": status,
                        "detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/problem+json"),
@@ -239,10 +251,19 @@ async def _refuse(send: Send, status: int, title: str, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    """An RFC 9457 problem details response."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+def problem(status: int, title: str, detail: str, *,
+            of: BaseException | type[BaseException], **extra: Any) -> JSONResponse:
+    """An RFC 9457 problem details response about the error ``of`` (an exception or its
+    class), whose ``problem_type`` is the ``type`` (``nfvha.errors``; docs/api.md)."""
+    body = {"type": problem_type(of), "title": title, "status": status, "detail": detail,
+            **extra}
     return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+#: FastAPI's own refusals (a path no route serves, a body it cannot parse, ...).
+_HTTP_ERRORS: dict[int, type[NfvhaError]] = {
+    400: InvalidRequest, 401: Unauthorized, 403: Forbidden, 404: ResourceNotFound,
+    405: MethodNotAllowed, 413: BodyTooLarge, 422: InvalidRequest}
 
 
 def install_problem_handlers(app: FastAPI, *, invalid_status: int = 422,
@@ -259,10 +280,11 @@ def install_problem_handlers(app: FastAPI, *, invalid_status: int = 422,
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
                  for e in exc.errors()]
-        return problem(invalid_status, invalid_title, "; ".join(parts))
+        return problem(invalid_status, invalid_title, "; ".join(parts), of=InvalidRequest)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        r = problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
+        r = problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail),
+                    of=_HTTP_ERRORS.get(exc.status_code, NfvhaError))
         r.headers.update(exc.headers or {})  # a 405's Allow
         return r

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from nfvha.client import ManagerClient
 from nfvha.demo import python_vnf
 from tests.conftest import EXAMPLES, TEST_PREFIX, real_system_ready
 from tests.vnfclient import wait_until
@@ -107,38 +108,36 @@ class Mgr:
         self.url = tb.manager_url
         # An operator: the operator credential, over TLS checked against the testbed's CA.
         self.verify = tb.client_context(None)
-        self.http = httpx.Client(timeout=30, verify=self.verify,
-                                 headers={"Authorization": f"Bearer {tb.operator_token}"})
+        self.client = ManagerClient(self.url, tb.operator_token, verify=self.verify,
+                                    timeout=30)
+        self.http = self.client.http  # for calls the client has no method for
         # Agents take calls from the manager's certificate only: for tests that look
         # at an agent directly.
         self.agents = httpx.Client(timeout=30, verify=tb.client_context("manager"))
 
     def ok(self, method: str, path: str, **kw: Any) -> Any:
-        r = self.http.request(method, self.url + path, **kw)
+        """The JSON of a successful answer (the response itself for a 202); a refusal
+        raises its typed error (nfvha.client), whose message names the call."""
+        r = self.client.request(method, path, **kw)
         assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text}"
         return r.json() if r.content and r.status_code != 202 else r
 
     def vnf(self, iid: str) -> dict[str, Any]:
-        res: dict[str, Any] = self.ok("GET", f"/vnflcm/v1/vnf_instances/{iid}")
-        return res
+        return self.client.instance(iid)
 
     def deploy(self, desc: dict[str, Any], iid: str) -> dict[str, Any]:
-        self.ok("POST", "/nfvha/v1/vnfds", json=desc)
-        self.ok("POST", "/vnflcm/v1/vnf_instances", json={"vnfdId": desc["id"],
-                                                           "vnfInstanceId": iid})
-        r = self.ok("POST", f"/vnflcm/v1/vnf_instances/{iid}/instantiate", json={})
-        assert r.status_code == 202 and "/vnflcm/v1/vnf_lcm_op_occs/" in r.headers["Location"]
+        self.client.onboard(desc)
+        self.client.create(iid, desc["id"])
+        op = self.client.instantiate(iid)
+        assert "/vnflcm/v1/vnf_lcm_op_occs/" in op
         wait_until(lambda: self.vnf(iid)["haState"] == "ACTIVE", 15)
         return self.vnf(iid)
 
     def checkpoints(self, iid: str) -> list[dict[str, Any]]:
-        res: list[dict[str, Any]] = self.ok("GET", "/nfvha/v1/checkpoints",
-                                            params={"vnfInstanceId": iid})
-        return sorted(res, key=lambda c: c["seq"])
+        return sorted(self.client.checkpoints(iid), key=lambda c: c["seq"])
 
     def heals(self, iid: str) -> list[dict[str, Any]]:
-        ops = self.ok("GET", "/vnflcm/v1/vnf_lcm_op_occs", params={"vnfInstanceId": iid})
-        return [o for o in ops if o["operation"] == "HEAL"]
+        return [o for o in self.client.ops(iid) if o["operation"] == "HEAL"]
 
     def wait_heal(self, iid: str, n: int = 1, timeout: float = 15) -> dict[str, Any]:
         wait_until(lambda: len([o for o in self.heals(iid)
@@ -153,8 +152,7 @@ class Mgr:
         return self.checkpoints(iid)[-1]
 
     def alarms(self) -> list[dict[str, Any]]:
-        res: list[dict[str, Any]] = self.ok("GET", "/vnffm/v1/alarms")
-        return res
+        return self.client.alarms()
 
 
 _beds = itertools.count(1)
@@ -178,7 +176,7 @@ def manager_bed(letter: str, net_base: int, net_span: int, *, n_hosts: int = 3,
     try:
         yield m
     finally:
-        m.http.close()
+        m.client.close()
         m.agents.close()
         keep_logs(tb)
         asyncio.run(tb.down())

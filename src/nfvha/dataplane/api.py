@@ -13,15 +13,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, Field
 
+from nfvha.dataplane.client import ReplayGapError
 from nfvha.dataplane.forwarder import Forwarder, ReplayGap, ServiceSpec
-from nfvha.errors import HostNetworkError
+from nfvha.errors import AddressInUse, HostNetworkError, InvalidRequest, ResourceNotFound
 from nfvha.vim.hostnet import HostNetwork
 from nfvha.web import BodyLimit, install_problem_handlers, problem, problem_responses, who_may
 
-__all__ = ["REPLAY_GAP_TYPE", "create_forwarder_app"]
+__all__ = ["create_forwarder_app"]
 
 #: Problem type of a replay refused because the log was trimmed past the position asked.
-REPLAY_GAP_TYPE = "urn:nfvha:problem:replay-gap"
 
 
 def _ipv4(v: str) -> str:
@@ -77,11 +77,12 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
 
     @app.exception_handler(KeyError)
     async def _missing(_: Request, exc: KeyError) -> JSONResponse:
-        return problem(404, "Not found", str(exc.args[0]))
+        return problem(404, "Not found", str(exc.args[0]), of=ResourceNotFound)
 
     @app.exception_handler(OSError)
     async def _os(_: Request, exc: OSError) -> JSONResponse:
-        return problem(409, "Cannot bind", f"{exc}; is the service address free here?")
+        return problem(409, "Cannot bind", f"{exc}; is the service address free here?",
+                       of=AddressInUse)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -95,14 +96,15 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
     async def add(body: ServiceBody) -> dict[str, Any] | JSONResponse:
         if (body.listen_ip is None) == (body.after is None):
             return problem(422, "Invalid service", "give exactly one of listen_ip (a chain "
-                           "head) and after (the service this one follows)")
+                           "head) and after (the service this one follows)",
+                           of=InvalidRequest)
         if body.listen_ip is not None:
             owned = {a.split("/")[0] for _, a in await net.addresses()}
             if body.listen_ip not in owned:
                 try:
                     await net.add_address(interface, f"{body.listen_ip}/{prefixlen}")
                 except HostNetworkError as exc:
-                    return problem(409, "Cannot own the service address", str(exc))
+                    return problem(409, "Cannot own the service address", str(exc), of=exc)
         svc = await fwd.add(ServiceSpec(
             name=body.name, after=body.after,
             listen=(body.listen_ip, body.port) if body.listen_ip else None,
@@ -140,7 +142,7 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
         try:
             n = await svc.replay(body.position)
         except ReplayGap as gap:
-            return problem(409, "Replay position trimmed", str(gap), type=REPLAY_GAP_TYPE,
+            return problem(409, "Replay position trimmed", str(gap), of=ReplayGapError,
                            position=gap.position, oldest=gap.oldest)
         replay_s = time.monotonic() - t0
         held = svc.release()

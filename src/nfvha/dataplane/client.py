@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Mapping
+from typing import Any, Self
 
 import httpx
 
-from nfvha.errors import NfvhaError
+from nfvha.errors import PROBLEM_PREFIX, NfvhaError
 
 __all__ = ["ForwarderClient", "ForwarderError", "ReplayGapError"]
 
-_REPLAY_GAP_TYPE = "urn:nfvha:problem:replay-gap"  # nfvha.dataplane.api.REPLAY_GAP_TYPE
-
-
 class ForwarderError(NfvhaError):
     """The forwarder is unreachable or refused; replay is unavailable until it is back."""
+
+    problem_type = PROBLEM_PREFIX + "forwarder-unavailable"
 
 
 class ReplayGapError(ForwarderError):
     """The forwarder refused a replay: its log was trimmed past ``position``; ``oldest`` is
     the oldest position it can replay from (what lies between is lost)."""
 
-    def __init__(self, message: str, position: int, oldest: int) -> None:
+    problem_type = PROBLEM_PREFIX + "replay-gap"
+
+    def __init__(self, message: str, position: int = -1, oldest: int = -1) -> None:
         super().__init__(message)
         self.position = position
         self.oldest = oldest
+
+    @classmethod
+    def from_problem(cls, problem: Mapping[str, Any]) -> Self:
+        exc = super().from_problem(problem)
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            exc.position, exc.oldest = int(problem["position"]), int(problem["oldest"])
+        return exc
 
 
 class ForwarderClient:
@@ -46,7 +56,7 @@ class ForwarderClient:
                 body = r.json()
             except ValueError:
                 body = None
-            if isinstance(body, dict) and body.get("type") == _REPLAY_GAP_TYPE:
+            if isinstance(body, dict) and body.get("type") == ReplayGapError.problem_type:
                 raise ReplayGapError(str(body.get("detail")), int(body["position"]),
                                      int(body["oldest"]))
         if r.status_code >= 300:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 
-from nfvha.errors import NfvhaError
+from nfvha.errors import PROBLEM_PREFIX, NfvhaError
 
 __all__ = ["TRANSITIONS", "IllegalTransition", "VnfState", "check_transition"]
 
@@ -76,11 +76,16 @@ TRANSITIONS: Mapping[VnfState, Mapping[VnfState, str]] = {
 class IllegalTransition(NfvhaError):
     """A state change the transition table does not allow (nothing was written)."""
 
-    def __init__(self, vnf_id: str, before: str, after: str) -> None:
-        allowed = ", ".join(sorted(TRANSITIONS.get(VnfState(before), {}))) \
-            if before in VnfState.__members__ else "nothing (unknown state)"
-        super().__init__(f"VNF {vnf_id}: {before} -> {after} is not a transition nfvha "
-                         f"makes (from {before}: {allowed or 'none'})")
+    problem_type = PROBLEM_PREFIX + "illegal-transition"
+
+    def __init__(self, vnf_id: str, before: str = "", after: str = "") -> None:
+        if not before and not after:  # rebuilt from a problem answer: the text is whole
+            super().__init__(vnf_id)
+        else:
+            allowed = ", ".join(sorted(TRANSITIONS.get(VnfState(before), {}))) \
+                if before in VnfState.__members__ else "nothing (unknown state)"
+            super().__init__(f"VNF {vnf_id}: {before} -> {after} is not a transition nfvha "
+                             f"makes (from {before}: {allowed or 'none'})")
         self.vnf_id, self.before, self.after = vnf_id, before, after
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from nfvha.errors import NfvhaError
+from nfvha.errors import PROBLEM_PREFIX, NfvhaError
 
 __all__ = ["HostView", "Placement", "PlacementError", "place"]
 
 
 class PlacementError(NfvhaError):
     """No host can take the VNF."""
+
+    problem_type = PROBLEM_PREFIX + "no-host"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from nfvha.errors import NfvhaError
+from nfvha.errors import PROBLEM_PREFIX, NfvhaError
 
 __all__ = [
     "KINDS",
@@ -38,13 +38,19 @@ _ACTIONS: tuple[OpAction, ...] = ("create", "put", "cas", "delete")
 class StoreError(NfvhaError):
     """The state store failed or refused a request; backend errors arrive as this."""
 
+    problem_type = PROBLEM_PREFIX + "store-unavailable"
+
 
 class ConflictError(StoreError):
     """A compare-and-set lost: the record exists already, or its version moved on."""
 
+    problem_type = PROBLEM_PREFIX + "store-conflict"
+
 
 class NotFound(StoreError):
     """No record of that kind and id."""
+
+    problem_type = PROBLEM_PREFIX + "record-not-found"
 
 
 def check_kind(kind: str) -> None:

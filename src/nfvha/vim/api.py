@@ -48,6 +48,8 @@ __all__ = ["create_app", "problem"]
 
 log = logging.getLogger(__name__)
 
+#: The status and title of each error; its problem ``type`` is its class's
+#: ``problem_type`` (nfvha.errors), so a subclass listed under its parent keeps its own.
 _STATUS: list[tuple[type[NfvhaError], int, str]] = [
     (DescriptorError, 422, "Invalid descriptor"),
     (InstanceNotFound, 404, "Instance not found"),
@@ -135,9 +137,9 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
                     extra = {"checkpoint": exc.checkpoint, "file": exc.file}
                 if isinstance(exc, CriuError):
                     extra = {"criu_log": exc.log_lines, "criu_log_path": exc.log_path}
-                return problem(status, title, str(exc), **extra)
+                return problem(status, title, str(exc), of=exc, **extra)
         log.exception("unclassified error", exc_info=exc)
-        return problem(500, "Internal error", str(exc))
+        return problem(500, "Internal error", str(exc), of=exc)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -207,7 +209,7 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
                 raise  # this host could not write it down
             # The sender's stream is bad (truncated, not a tar, another checkpoint): its
             # fault, not a failure of this agent to reach a peer (502).
-            return problem(400, "Bad checkpoint stream", str(exc))
+            return problem(400, "Bad checkpoint stream", str(exc), of=exc)
         return meta.model_dump(mode="json")
 
     @app.post("/v1/instances/{instance_id}/restore", dependencies=auth, status_code=201)

@@ -6,11 +6,12 @@ recovery logic can tell "checkpoint corrupt" (try the previous one) from "host g
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Self
 
 import httpx
 
-from nfvha.errors import NfvhaError
+from nfvha.errors import PROBLEM_PREFIX, NfvhaError
 
 __all__ = ["AgentCallError", "AgentClient"]
 
@@ -18,12 +19,25 @@ __all__ = ["AgentCallError", "AgentClient"]
 class AgentCallError(NfvhaError):
     """An agent call failed: ``status`` is the HTTP status (0 when unreachable)."""
 
+    problem_type = PROBLEM_PREFIX + "agent-call-failed"
+
+    problem: dict[str, Any]
+
     def __init__(self, host_id: str, what: str, status: int, problem: dict[str, Any]) -> None:
         self.host_id = host_id
         self.status = status
         self.problem = problem
         detail = problem.get("detail") or problem.get("title") or "no detail"
         super().__init__(f"{what} on host {host_id} failed ({status or 'unreachable'}): {detail}")
+
+    @classmethod
+    def from_problem(cls, problem: Mapping[str, Any]) -> Self:
+        """A manager's answer about an agent call: the host and call are in its detail,
+        which is the message as it stands; ``status`` is the manager's answer's."""
+        status = problem.get("status")
+        exc = cls("", "", status if isinstance(status, int) else 500, dict(problem))
+        exc.args = (str(problem.get("detail") or problem.get("title") or "no detail"),)
+        return exc
 
     @property
     def corrupt_checkpoint(self) -> bool:

@@ -20,6 +20,7 @@ from nfvha.errors import (
     DescriptorError,
     InstanceNotFound,
     InstanceStateError,
+    InvalidRequest,
     NfvhaError,
 )
 from nfvha.store.base import ConflictError, StoreError
@@ -146,24 +147,25 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     @app.exception_handler(NfvhaError)
     async def _err(_: Request, exc: NfvhaError) -> JSONResponse:
         if isinstance(exc, DescriptorError):
-            return problem(422, "Invalid descriptor", str(exc))
+            return problem(422, "Invalid descriptor", str(exc), of=exc)
         if isinstance(exc, InstanceNotFound):
-            return problem(404, "Not found", str(exc))
+            return problem(404, "Not found", str(exc), of=exc)
         if isinstance(exc, InstanceStateError):
-            return problem(409, "Conflict with the instance state", str(exc))
+            return problem(409, "Conflict with the instance state", str(exc), of=exc)
         if isinstance(exc, AddressConflict):
-            return problem(409, "Address in use", str(exc))
+            return problem(409, "Address in use", str(exc), of=exc)
         if isinstance(exc, ConflictError):
-            return problem(409, "Conflict", str(exc))
+            return problem(409, "Conflict", str(exc), of=exc)
         if isinstance(exc, StoreError):
-            return problem(503, "State store unavailable", str(exc))
+            return problem(503, "State store unavailable", str(exc), of=exc)
         log.exception("unclassified error", exc_info=exc)
-        return problem(500, "Internal error", str(exc))
+        return problem(500, "Internal error", str(exc), of=exc)
 
     @app.exception_handler(RecursionError)
     async def _deep(_: Request, __: RecursionError) -> JSONResponse:
         return problem(422, "Invalid request", "the body nests too deeply to be read; no nfvha "
-                       "document needs more than a few levels")
+                       "document needs more than a few levels",
+                       of=InvalidRequest)
 
     install_problem_handlers(app, invalid_status=400, invalid_title="Bad request")
 

@@ -28,7 +28,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from nfvha.errors import ConfigError
+from nfvha.errors import PROBLEM_PREFIX, ConfigError, Forbidden, Unauthorized
 from nfvha.web import problem, token_matches
 
 __all__ = [
@@ -67,6 +67,8 @@ _RANK = {Role.VIEWER: 0, Role.OPERATOR: 1}
 
 class UsersFileError(ConfigError):
     """The users file cannot be read, is too open, or holds a bad entry."""
+
+    problem_type = PROBLEM_PREFIX + "users-file"
 
 
 @dataclass(frozen=True)
@@ -339,7 +341,7 @@ class Authenticator:
         @app.exception_handler(_Refused)
         async def _refused(_: Request, exc: _Refused) -> JSONResponse:
             if exc.status == 401:
-                r = problem(401, "Unauthorized", exc.detail)
+                r = problem(401, "Unauthorized", exc.detail, of=Unauthorized)
                 r.headers["WWW-Authenticate"] = "Bearer"
                 return r
-            return problem(403, "Forbidden", exc.detail)
+            return problem(403, "Forbidden", exc.detail, of=Forbidden)

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from nfvha.errors import NfvhaError
+from nfvha.errors import PROBLEM_PREFIX, NfvhaError
 from nfvha.store.base import StateStore, json_equal
 from nfvha.vnfm.events import Event, EventBus, EventKind
 from nfvha.vnfm.secretbox import SecretBox, SecretBoxError
@@ -77,6 +77,7 @@ _START_STATES = frozenset({"STARTING", "PROCESSING", "ROLLING_BACK"})
 class SubscriptionError(NfvhaError):
     """A subscription request nfvha cannot accept; ``status`` is the HTTP answer."""
 
+    problem_type = PROBLEM_PREFIX + "subscription-refused"
     status = 400
     title = "Bad request"
 
@@ -84,10 +85,13 @@ class SubscriptionError(NfvhaError):
 class FilterError(SubscriptionError):
     """The request (its filter, callback URI or authentication) is not valid."""
 
+    problem_type = PROBLEM_PREFIX + "invalid-subscription"
+
 
 class CallbackCheckError(SubscriptionError):
     """The callback URI did not answer the SOL013 test GET with 204 No Content."""
 
+    problem_type = PROBLEM_PREFIX + "callback-check-failed"
     status = 422
     title = "Callback URI check failed"
 
@@ -95,11 +99,13 @@ class CallbackCheckError(SubscriptionError):
 class InsecureCallbackError(SubscriptionError):
     """BASIC credentials for a callback URI that would carry them in clear text."""
 
+    problem_type = PROBLEM_PREFIX + "insecure-callback"
     status = 422
     title = "Insecure callback URI"
 
 
 class SubscriptionNotFound(SubscriptionError):
+    problem_type = PROBLEM_PREFIX + "subscription-not-found"
     status = 404
     title = "Not found"
 

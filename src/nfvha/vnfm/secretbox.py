@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from nfvha.errors import ConfigError
+from nfvha.errors import PROBLEM_PREFIX, ConfigError
 
 __all__ = ["SecretBox", "SecretBoxError"]
 
@@ -20,6 +20,8 @@ log = logging.getLogger("nfvha.secretbox")
 
 class SecretBoxError(ConfigError):
     """The key file cannot be read or made, or a sealed secret does not open with it."""
+
+    problem_type = PROBLEM_PREFIX + "secret-box"
 
 
 class SecretBox:

@@ -61,7 +61,7 @@ def _add_routes(router: APIRouter, manager: Manager, api: str, kind: str,
     path = f"/{api}/v1/subscriptions"
 
     def failed(exc: SubscriptionError) -> JSONResponse:
-        return problem(exc.status, exc.title, str(exc))
+        return problem(exc.status, exc.title, str(exc), of=exc)
 
     async def create(body: SubscriptionRequest) -> Response:
         try:

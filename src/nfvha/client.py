@@ -1,0 +1,365 @@
+"""One client of the manager's API, for the CLI, the demo, the tests and the benchmarks.
+
+``ManagerClient`` (over ``httpx.Client``) and ``AsyncManagerClient`` (over
+``httpx.AsyncClient``) share everything but the I/O: the base URL, the bearer token, how
+the manager's certificate is checked (a CA file or an ``ssl.SSLContext``), timeouts, JSON,
+and the mapping of a problem answer to its exception class by its ``type``
+(``nfvha.errors.error_for_problem``; docs/api.md lists the types). A call is made once:
+nothing is retried here (a retried POST could start a second operation).
+
+    with ManagerClient("https://10.250.0.1:8600", token, verify="ca.pem") as m:
+        m.onboard(vnfd)
+        m.create("fm-1", vnfd["id"])
+        op_url = m.instantiate("fm-1")
+        try:
+            m.heal("fm-2")
+        except InstanceNotFound:
+            ...
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from nfvha.errors import PROBLEM_PREFIX, ConfigError, NfvhaError, error_for_problem
+
+# The manager's own errors register their problem types when imported.
+from nfvha.store import base as _store_errors  # noqa: F401
+
+__all__ = ["AsyncManagerClient", "ManagerClient", "ManagerUnreachable", "Verify", "ssl_verify"]
+
+#: How the manager's certificate is checked: ``True`` (the system's CAs), ``False``
+#: (not at all), a CA file, or a ready ``ssl.SSLContext``.
+Verify = bool | str | Path | ssl.SSLContext
+
+_LCM = "/vnflcm/v1"
+_NFVHA = "/nfvha/v1"
+
+
+class ManagerUnreachable(NfvhaError):
+    """No answer from the manager (connection refused, timed out, TLS handshake failed)."""
+
+    problem_type = PROBLEM_PREFIX + "manager-unreachable"
+
+
+def ssl_verify(verify: Verify) -> ssl.SSLContext | bool:
+    """``verify`` as httpx takes it: a CA file becomes an ``ssl.SSLContext`` trusting it."""
+    if isinstance(verify, (str, Path)):
+        try:
+            return ssl.create_default_context(cafile=str(verify))
+        except OSError as exc:
+            raise ConfigError(f"CA file {verify}: {exc.strerror or exc}") from None
+    return verify
+
+
+class _Api:
+    """What both clients share: how a request is made and how its answer is read."""
+
+    def __init__(self, url: str, token: str | None = None, *, verify: Verify = True,
+                 timeout: float | httpx.Timeout = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self._verify = ssl_verify(verify)
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else \
+            httpx.Timeout(timeout)
+
+    def _options(self, transport: Any) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        opts: dict[str, Any] = {"base_url": self.url, "headers": headers,
+                                "timeout": self._timeout, "verify": self._verify}
+        if transport is not None:
+            opts["transport"] = transport
+        return opts
+
+    def _unreachable(self, method: str, path: str, exc: httpx.HTTPError) -> ManagerUnreachable:
+        return ManagerUnreachable(f"{method} {path}: manager at {self.url} unreachable: "
+                                  f"{exc or type(exc).__name__}")
+
+    @staticmethod
+    def _check(method: str, path: str, r: httpx.Response, ok: Collection[int]) -> None:
+        """A problem answer (any status >= 400 not in ``ok``) raised as its typed error,
+        whose message names the request and the status."""
+        if r.status_code < 400 or r.status_code in ok:
+            return
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            body = {"title": r.reason_phrase, "detail": r.text or r.reason_phrase}
+        exc = error_for_problem(r.status_code, body)
+        exc.args = (f"{method} {path}: {r.status_code}: "
+                    f"{body.get('detail') or body.get('title') or r.reason_phrase}",)
+        raise exc
+
+    @staticmethod
+    def _json(r: httpx.Response) -> Any:
+        return r.json() if r.content else None
+
+    @staticmethod
+    def _operation(r: httpx.Response) -> str:
+        """The URL of the operation occurrence a 202 answer started (its ``Location``)."""
+        return str(r.headers.get("Location", ""))
+
+    @staticmethod
+    def _params(**kw: Any) -> dict[str, Any]:
+        return {k: v for k, v in kw.items() if v is not None}
+
+
+class ManagerClient(_Api):
+    """Synchronous client of the manager; ``http`` is its ``httpx.Client`` (base URL,
+    token and TLS set), for calls this class has no method for."""
+
+    def __init__(self, url: str, token: str | None = None, *, verify: Verify = True,
+                 timeout: float | httpx.Timeout = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(url, token, verify=verify, timeout=timeout)
+        self.http = httpx.Client(**self._options(transport))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, *, ok: Collection[int] = (),
+                **kw: Any) -> httpx.Response:
+        """The answer to one request; a problem answer raises its typed error unless its
+        status is in ``ok``; no answer raises ``ManagerUnreachable``."""
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(method, path, exc) from exc
+        self._check(method, path, r, ok)
+        return r
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        """The JSON of the answer (None when it has no body)."""
+        return self._json(self.request(method, path, **kw))
+
+    # -- VNFDs and instances (SOL003 LCM) -------------------------------------------------
+
+    def onboard(self, vnfd: Mapping[str, Any]) -> dict[str, Any]:
+        res: dict[str, Any] = self.call("POST", f"{_NFVHA}/vnfds", json=dict(vnfd))
+        return res
+
+    def vnfds(self) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = self.call("GET", f"{_NFVHA}/vnfds")
+        return res
+
+    def create(self, vnf_id: str | None, vnfd_id: str, **fields: Any) -> dict[str, Any]:
+        """Create an instance (``vnfInstanceName``, ``vnfInstanceDescription`` in
+        ``fields``); ``vnf_id`` None lets the manager pick the id."""
+        body = {"vnfdId": vnfd_id, **self._params(vnfInstanceId=vnf_id, **fields)}
+        res: dict[str, Any] = self.call("POST", f"{_LCM}/vnf_instances", json=body)
+        return res
+
+    def instantiate(self, vnf_id: str, flavour: str = "default") -> str:
+        """Start instantiating; the URL of the operation occurrence."""
+        return self._operation(self.request(
+            "POST", f"{_LCM}/vnf_instances/{vnf_id}/instantiate", json={"flavourId": flavour}))
+
+    def heal(self, vnf_id: str, cause: str | None = None) -> str:
+        return self._operation(self.request(
+            "POST", f"{_LCM}/vnf_instances/{vnf_id}/heal", json=self._params(cause=cause)))
+
+    def terminate(self, vnf_id: str, graceful: bool = False) -> str:
+        return self._operation(self.request(
+            "POST", f"{_LCM}/vnf_instances/{vnf_id}/terminate",
+            json={"terminationType": "GRACEFUL" if graceful else "FORCEFUL"}))
+
+    def delete(self, vnf_id: str) -> None:
+        self.request("DELETE", f"{_LCM}/vnf_instances/{vnf_id}")
+
+    def instances(self) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = self.call("GET", f"{_LCM}/vnf_instances")
+        return res
+
+    def instance(self, vnf_id: str) -> dict[str, Any]:
+        res: dict[str, Any] = self.call("GET", f"{_LCM}/vnf_instances/{vnf_id}")
+        return res
+
+    def ops(self, vnf_id: str | None = None) -> list[dict[str, Any]]:
+        """Operation occurrences, of one instance or of all."""
+        res: list[dict[str, Any]] = self.call(
+            "GET", f"{_LCM}/vnf_lcm_op_occs", params=self._params(vnfInstanceId=vnf_id))
+        return res
+
+    def op(self, op_id: str) -> dict[str, Any]:
+        res: dict[str, Any] = self.call("GET", f"{_LCM}/vnf_lcm_op_occs/{op_id}")
+        return res
+
+    # -- nfvha's own -----------------------------------------------------------------------
+
+    def move(self, vnf_id: str, host: str | None = None) -> str:
+        """A planned move (placement picks the host if none); the operation's URL."""
+        return self._operation(self.request(
+            "POST", f"{_NFVHA}/vnf_instances/{vnf_id}/move", json={"host": host}))
+
+    def inject(self, vnf_id: str, fault: str) -> dict[str, Any]:
+        """``kill`` or ``hang`` the instance's VNF."""
+        res: dict[str, Any] = self.call("POST", f"{_NFVHA}/vnf_instances/{vnf_id}/inject",
+                                        json={"fault": fault})
+        return res
+
+    def hosts(self) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = self.call("GET", f"{_NFVHA}/hosts")
+        return res
+
+    def remove_host(self, host: str) -> dict[str, Any]:
+        res: dict[str, Any] = self.call("DELETE", f"{_NFVHA}/hosts/{host}")
+        return res
+
+    def fence(self, host: str) -> dict[str, Any]:
+        res: dict[str, Any] = self.call("POST", f"{_NFVHA}/hosts/{host}/fence")
+        return res
+
+    def fences(self, host: str | None = None) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = self.call("GET", f"{_NFVHA}/fences",
+                                              params=self._params(host=host))
+        return res
+
+    def checkpoints(self, vnf_id: str | None = None) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = self.call(
+            "GET", f"{_NFVHA}/checkpoints", params=self._params(vnfInstanceId=vnf_id))
+        return res
+
+    # -- FM ----------------------------------------------------------------------------------
+
+    def alarms(self, active: bool | None = None) -> list[dict[str, Any]]:
+        params = {} if active is None else {"active": "true" if active else "false"}
+        res: list[dict[str, Any]] = self.call("GET", "/vnffm/v1/alarms", params=params)
+        return res
+
+    def status(self) -> dict[str, Any]:
+        """Hosts, instances and active alarms, as ``nfvha status`` shows them."""
+        return {"hosts": self.hosts(), "vnfs": self.instances(),
+                "alarms": self.alarms(active=True)}
+
+
+class AsyncManagerClient(_Api):
+    """The same as ``ManagerClient``, over ``httpx.AsyncClient``."""
+
+    def __init__(self, url: str, token: str | None = None, *, verify: Verify = True,
+                 timeout: float | httpx.Timeout = 30.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(url, token, verify=verify, timeout=timeout)
+        self.http = httpx.AsyncClient(**self._options(transport))
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def request(self, method: str, path: str, *, ok: Collection[int] = (),
+                      **kw: Any) -> httpx.Response:
+        try:
+            r = await self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(method, path, exc) from exc
+        self._check(method, path, r, ok)
+        return r
+
+    async def call(self, method: str, path: str, **kw: Any) -> Any:
+        return self._json(await self.request(method, path, **kw))
+
+    async def onboard(self, vnfd: Mapping[str, Any]) -> dict[str, Any]:
+        res: dict[str, Any] = await self.call("POST", f"{_NFVHA}/vnfds", json=dict(vnfd))
+        return res
+
+    async def vnfds(self) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = await self.call("GET", f"{_NFVHA}/vnfds")
+        return res
+
+    async def create(self, vnf_id: str | None, vnfd_id: str, **fields: Any) -> dict[str, Any]:
+        body = {"vnfdId": vnfd_id, **self._params(vnfInstanceId=vnf_id, **fields)}
+        res: dict[str, Any] = await self.call("POST", f"{_LCM}/vnf_instances", json=body)
+        return res
+
+    async def instantiate(self, vnf_id: str, flavour: str = "default") -> str:
+        return self._operation(await self.request(
+            "POST", f"{_LCM}/vnf_instances/{vnf_id}/instantiate", json={"flavourId": flavour}))
+
+    async def heal(self, vnf_id: str, cause: str | None = None) -> str:
+        return self._operation(await self.request(
+            "POST", f"{_LCM}/vnf_instances/{vnf_id}/heal", json=self._params(cause=cause)))
+
+    async def terminate(self, vnf_id: str, graceful: bool = False) -> str:
+        return self._operation(await self.request(
+            "POST", f"{_LCM}/vnf_instances/{vnf_id}/terminate",
+            json={"terminationType": "GRACEFUL" if graceful else "FORCEFUL"}))
+
+    async def delete(self, vnf_id: str) -> None:
+        await self.request("DELETE", f"{_LCM}/vnf_instances/{vnf_id}")
+
+    async def instances(self) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = await self.call("GET", f"{_LCM}/vnf_instances")
+        return res
+
+    async def instance(self, vnf_id: str) -> dict[str, Any]:
+        res: dict[str, Any] = await self.call("GET", f"{_LCM}/vnf_instances/{vnf_id}")
+        return res
+
+    async def ops(self, vnf_id: str | None = None) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = await self.call(
+            "GET", f"{_LCM}/vnf_lcm_op_occs", params=self._params(vnfInstanceId=vnf_id))
+        return res
+
+    async def op(self, op_id: str) -> dict[str, Any]:
+        res: dict[str, Any] = await self.call("GET", f"{_LCM}/vnf_lcm_op_occs/{op_id}")
+        return res
+
+    async def move(self, vnf_id: str, host: str | None = None) -> str:
+        return self._operation(await self.request(
+            "POST", f"{_NFVHA}/vnf_instances/{vnf_id}/move", json={"host": host}))
+
+    async def inject(self, vnf_id: str, fault: str) -> dict[str, Any]:
+        res: dict[str, Any] = await self.call(
+            "POST", f"{_NFVHA}/vnf_instances/{vnf_id}/inject", json={"fault": fault})
+        return res
+
+    async def hosts(self) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = await self.call("GET", f"{_NFVHA}/hosts")
+        return res
+
+    async def remove_host(self, host: str) -> dict[str, Any]:
+        res: dict[str, Any] = await self.call("DELETE", f"{_NFVHA}/hosts/{host}")
+        return res
+
+    async def fence(self, host: str) -> dict[str, Any]:
+        res: dict[str, Any] = await self.call("POST", f"{_NFVHA}/hosts/{host}/fence")
+        return res
+
+    async def fences(self, host: str | None = None) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = await self.call("GET", f"{_NFVHA}/fences",
+                                                    params=self._params(host=host))
+        return res
+
+    async def checkpoints(self, vnf_id: str | None = None) -> list[dict[str, Any]]:
+        res: list[dict[str, Any]] = await self.call(
+            "GET", f"{_NFVHA}/checkpoints", params=self._params(vnfInstanceId=vnf_id))
+        return res
+
+    async def alarms(self, active: bool | None = None) -> list[dict[str, Any]]:
+        params = {} if active is None else {"active": "true" if active else "false"}
+        res: list[dict[str, Any]] = await self.call("GET", "/vnffm/v1/alarms", params=params)
+        return res
+
+    async def status(self) -> dict[str, Any]:
+        return {"hosts": await self.hosts(), "vnfs": await self.instances(),
+                "alarms": await self.alarms(active=True)}
