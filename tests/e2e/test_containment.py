@@ -105,7 +105,13 @@ def test_a_fork_bomb_stops_at_the_pids_limit_and_the_neighbour_serves_on(
         assert moved["host"] != vnf["host"]
         assert _no_new_privs(moved["pid"])
         # Its state (the children it got) came along.
-        wait_until(lambda: _ask(bomb_ip) == answer, 5)
+        try:
+            wait_until(lambda: _ask(bomb_ip) == answer, 10)
+        except TimeoutError as exc:
+            agent = m.agents.get(m.tb.host(moved["host"]).url + "/v1/instances/bomb").json()
+            raise AssertionError(f"no answer {answer!r} after the move: manager "
+                                 f"{m.vnf('bomb')}, agent {agent}, last {_ask(bomb_ip)!r}"
+                                 ) from exc
 
         # What nfvha wrote about it is private: checkpoint images, the VNF's log.
         images = list((m.tb.dir / moved["host"] / "checkpoints" / "bomb").rglob("*.img"))
