@@ -128,7 +128,6 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     app.add_middleware(BodyLimit, max_bytes=manager.cfg.max_body)
     # The one seam of roles: every route below names the role it needs (docs/api.md).
     authn = Authenticator(manager.cfg.token, manager.cfg.users_file)
-    authn.install(app)
     read = [Depends(authn.viewer)]
     write = [Depends(authn.operator)]
     daemon = [Depends(authn.daemon)]

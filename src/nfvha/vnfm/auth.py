@@ -24,12 +24,11 @@ from enum import StrEnum
 from pathlib import Path
 
 import yaml
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from nfvha.errors import PROBLEM_PREFIX, ConfigError, Forbidden, Unauthorized
-from nfvha.web import problem, token_matches
+from nfvha.errors import PROBLEM_PREFIX, ConfigError
+from nfvha.web import Refused, token_matches
 
 __all__ = [
     "Authenticator",
@@ -205,14 +204,12 @@ def add_user(path: Path, name: str, role: Role | str) -> str:
 
 # -- the FastAPI side ---------------------------------------------------------------------
 
-class _Refused(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
 _bearer = HTTPBearer(auto_error=False)
+
+
+def _unknown(detail: str) -> Refused:
+    """A 401: who is calling is unknown (answered with ``WWW-Authenticate: Bearer``)."""
+    return Refused(401, detail, bearer=True)
 
 
 class Authenticator:
@@ -269,14 +266,14 @@ class Authenticator:
                       exc)
 
     async def identify(self, credential: str | None) -> Principal:
-        """Who sends ``credential``; `_Refused` (401) when nobody known does."""
+        """Who sends ``credential``; `Refused` (401) when nobody known does."""
         if not credential:
-            raise _Refused(401, "no credential: send 'Authorization: Bearer <token>' "
+            raise _unknown("no credential: send 'Authorization: Bearer <token>' "
                            "(`nfvha up` prints where its token files are)")
         if token_matches(credential, self.cluster_token):
             return Principal("cluster", Role.OPERATOR, daemon=True)
         if self.users_file is None:
-            raise _Refused(401, "unknown credential: send the cluster token as "
+            raise _unknown("unknown credential: send the cluster token as "
                            "'Authorization: Bearer <token>'")
         self._refresh()
         digest = hashlib.sha256(credential.encode("utf-8", "surrogateescape")).digest()
@@ -293,9 +290,9 @@ class Authenticator:
                 self._verified[digest] = who
                 return who
         if self._broken:
-            raise _Refused(401, "unknown credential (the manager cannot read its users "
+            raise _unknown("unknown credential (the manager cannot read its users "
                            "file now; its log says why)")
-        raise _Refused(401, "unknown credential: use one `nfvha user add` printed (a "
+        raise _unknown("unknown credential: use one `nfvha user add` printed (a "
                        "rotated credential replaces the old one)")
 
     async def _check(self, request: Request, creds: HTTPAuthorizationCredentials | None,
@@ -305,16 +302,16 @@ class Authenticator:
         if daemon_route:
             if who.daemon:
                 return who
-            raise _Refused(403, f"{what} is for nfvha's own daemons (the cluster token); "
-                           f"{who.name!r} is an operator credential")
+            raise Refused(403, f"{what} is for nfvha's own daemons (the cluster token); "
+                               f"{who.name!r} is an operator credential")
         if who.daemon and self.separate:
-            raise _Refused(403, f"{what} needs the {needed.value} role: the cluster token "
-                           "is the daemons' credential; use an operator or viewer "
-                           "credential (`nfvha user add`)")
+            raise Refused(403, f"{what} needs the {needed.value} role: the cluster token "
+                               "is the daemons' credential; use an operator or viewer "
+                               "credential (`nfvha user add`)")
         if not who.role.allows(needed):
-            raise _Refused(403, f"{what} needs the {needed.value} role; {who.name!r} has "
-                           f"the {who.role.value} role: use an {needed.value} credential "
-                           f"(`nfvha user add NAME --role {needed.value}`)")
+            raise Refused(403, f"{what} needs the {needed.value} role; {who.name!r} has "
+                               f"the {who.role.value} role: use an {needed.value} credential "
+                               f"(`nfvha user add NAME --role {needed.value}`)")
         return who
 
     async def viewer(self, request: Request,
@@ -335,13 +332,3 @@ class Authenticator:
         """Dependency of the routes agents call (status reports, events)."""
         return await self._check(request, creds, Role.OPERATOR, daemon_route=True)
 
-    def install(self, app: FastAPI) -> None:
-        """Answer refusals as problem details: 401 with a ``WWW-Authenticate``, 403."""
-
-        @app.exception_handler(_Refused)
-        async def _refused(_: Request, exc: _Refused) -> JSONResponse:
-            if exc.status == 401:
-                r = problem(401, "Unauthorized", exc.detail, of=Unauthorized)
-                r.headers["WWW-Authenticate"] = "Bearer"
-                return r
-            return problem(403, "Forbidden", exc.detail, of=Forbidden)
