@@ -120,6 +120,21 @@ def testbed_down(tb: Testbed, who: str) -> None:
             pass
 
 
+def program(script: Path, *args: str, previous: bool = False) -> dict[str, Any]:
+    """``command``, ``volumes`` and ``security`` of a VNFD running one of the repository's
+    Python VNFs: contained as nfvha runs VNFs now, or (``previous``) in the sandbox of
+    before issue 12 (the host's file system, every capability, no seccomp), which the
+    benchmarks measure side by side to give the cost of containment."""
+    from nfvha.demo import VNF_PYTHON, python_vnf
+
+    if previous:
+        return {"command": [VNF_PYTHON, str(script), *args],
+                "security": {"private_root": False, "seccomp": "unconfined",
+                             "capabilities": ["ALL"]}}
+    contained: dict[str, Any] = python_vnf(script, *args)
+    return contained
+
+
 def manager_client(tb: Testbed, timeout: float = 10.0) -> ManagerClient:
     """A client of the testbed's manager with its operator credential (``nfvha.client``);
     every call has a timeout. Its ``http`` is the ``httpx.Client`` under it, for raw

@@ -59,7 +59,6 @@ from typing import Any
 
 import httpx
 
-from nfvha.demo import VNF_PYTHON, python_vnf
 from nfvha.testbed import Testbed
 from nfvha.vim import _launch
 from nfvha.vim.criu import CriuRunner, DumpOptions, RestoreOptions, parse_stats
@@ -73,6 +72,7 @@ from _common import (
     machine_basics,
     median,
     percentile,
+    program,
     progress,
     publish,
     signals_ignored,
@@ -87,8 +87,6 @@ TB_SUBNET = "10.251.0.0/16"
 PREV_TB_NAME = "nfvprev"
 PREV_TB_SUBNET = "10.252.0.0/16"
 PREV_MGMT_SUBNET = "172.31.252.0/24"
-#: The sandbox before issue 12: the host's file system, every capability, no seccomp.
-PREVIOUS_SECURITY = {"private_root": False, "seccomp": "unconfined", "capabilities": ["ALL"]}
 TARGET_CONTAINMENT_RATIO = 1.1
 STATE_DIR = Path("/run/nfvha-bench")
 BARE_NETNS = "nfvbench-bare"
@@ -311,13 +309,10 @@ class Api:
 
 
 def _descriptor(tb: Testbed, size_mb: int, previous: bool = False) -> dict[str, Any]:
-    args = ("--state-mb", str(size_mb), "--port", str(VNF_PORT))
-    program = ({"command": [VNF_PYTHON, str(VNF_SCRIPT), *args],
-                "security": PREVIOUS_SECURITY} if previous
-               else python_vnf(VNF_SCRIPT, *args))
     return {
         "id": "statevnf",
-        **program,
+        **program(VNF_SCRIPT, "--state-mb", str(size_mb), "--port", str(VNF_PORT),
+                  previous=previous),
         "network": {"address": tb.vnf_address(1)},
         # Room for the interpreter besides the state; no CPU throttling (bare has none).
         "resources": {"memory": f"{size_mb + 160}Mi", "cpu": float(os.cpu_count() or 1)},

@@ -84,7 +84,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nfvha.demo import VNF_PYTHON, python_vnf
 from nfvha.testbed import Testbed
 from nfvha.vim.cgroups import CgroupLimits
 from nfvha.vnfm.metrics import iso_to_epoch
@@ -100,6 +99,7 @@ from _common import (
     other_netns,
     percentile,
     pin_bridge_macs,
+    program,
     progress,
     publish,
     shared_machine_note,
@@ -401,8 +401,6 @@ def _active(v: dict[str, Any]) -> dict[str, Any] | None:
     return v if v["haState"] == "ACTIVE" else None
 
 
-#: The sandbox before issue 12 (``Scenario.previous``).
-PREVIOUS_SECURITY = {"private_root": False, "seccomp": "unconfined", "capabilities": ["ALL"]}
 #: Containment and TLS against the previous sandbox: (contained, previous) scenario pairs.
 PREVIOUS_PAIRS = (("crash-local", "crash-local-previous"),
                   ("host-remote-fenced", "host-fenced-previous"))
@@ -410,9 +408,7 @@ TARGET_CONTAINMENT_RATIO = 1.1
 
 
 def descriptor(scn: Scenario, address: str) -> dict[str, Any]:
-    program = ({"command": [VNF_PYTHON, str(FLOWMON)], "security": PREVIOUS_SECURITY}
-               if scn.previous else python_vnf(FLOWMON))
-    return {"id": f"rec-{scn.key}", **program,
+    return {"id": f"rec-{scn.key}", **program(FLOWMON, previous=scn.previous),
             "network": {"address": address}, "resources": {"memory": "128Mi", "cpu": 0.5},
             "ha": {"checkpoint_interval": CHECKPOINT_INTERVAL, "backups": 1,
                    "recovery": scn.recovery, "probe": HA_PROBE}}
