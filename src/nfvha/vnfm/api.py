@@ -174,7 +174,7 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
 
     def links(vnf: dict[str, Any]) -> dict[str, Any]:
         base = f"{manager.cfg.base_url}/vnflcm/v1/vnf_instances/{vnf['id']}"
-        return {**vnf, "_links": {"self": {"href": base},
+        return {**vnf, "haPhase": manager.phase_of(vnf), "_links": {"self": {"href": base},
                                   "instantiate": {"href": base + "/instantiate"},
                                   "heal": {"href": base + "/heal"},
                                   "terminate": {"href": base + "/terminate"}}}

@@ -43,6 +43,32 @@ from nfvha.ha.liveness import (
     liveness_key,
     recv_stamped,
 )
+from nfvha.ha.planner import (
+    CRASH_BACKOFF_MAX_S,
+    RETRY_MAX_S,
+    BackOff,
+    Checkpoint,
+    Decision,
+    DropFailure,
+    EndCrashLoop,
+    Failure,
+    KeepHostsUp,
+    Reconcile,
+    Recover,
+    Request,
+    RequestPlan,
+    Retry,
+    RetryLater,
+    Snapshot,
+    StartProbe,
+    SuspectHost,
+    VnfFacts,
+    judge_suspect,
+    phase,
+    plan,
+    plan_reconcile,
+    plan_request,
+)
 from nfvha.ha.recovery import RecoveryContext, RecoveryDecision, decide, strategy_chain
 from nfvha.logs import decision as log_decision
 from nfvha.nfvo.placement import HostView, PlacementError, place
@@ -61,10 +87,7 @@ log = logging.getLogger("nfvha.manager")
 
 _DUMPS_PER_HOST = 1
 _RESTORES_PER_HOST = 2
-_RETRY_MAX_S = 30.0  # longest wait between tries to recover a FAILED VNF
 _BEHIND_AFTER = 3  # checkpoints in a row slower than the interval before the alarm
-_CRASH_WINDOW_S = 10.0  # failing again this soon after a recovery is a crash loop
-_CRASH_BACKOFF_MAX_S = 300.0  # longest wait between recoveries of a crash-looping VNF
 # Agent instance states in which the VNF's process lives (a report taken during a dump
 # says CHECKPOINTING: the VNF runs all the same).
 _LIVE = frozenset({"RUNNING", "CHECKPOINTING", "RESTORING", "CREATING"})
@@ -674,30 +697,25 @@ class Manager:
             # last heard its ring neighbours. Only fresh reports count.
             fresh = {h: self.guards[h] for h in helpers
                      if now - self.guards[h].at < self.detector.suspect_after(h)}
-            if helpers and not fresh:
-                # Nobody could be asked: this manager may be the one cut off. Ask again
-                # on the next tick rather than move VNFs on a guess.
-                log.info("host %s: no other host reported lately; second path retried",
-                         host_id)
+            verdict = judge_suspect(
+                host_id, own_silence=self.detector.silence(host_id),
+                suspect_after=self.detector.suspect_after(host_id),
+                still_up=self.detector.state.get(host_id) == HostState.UP, peers=helpers,
+                fresh={h: (now - t if (t := r.heard(host_id)) is not None else None)
+                       for h, r in fresh.items()})
+            if not verdict.down:
+                if verdict.retry:
+                    log.info("%s", verdict.reason)
+                else:
+                    log_decision(log, "host-stays-up", f"host {host_id} stays UP: "
+                                 f"{verdict.reason}", reason=verdict.reason, host=host_id)
                 if self.detector.state.get(host_id) == HostState.SUSPECTED:
                     self.detector.state[host_id] = HostState.UP
+                    if not verdict.retry:
+                        self._host_state(host_id, HostState.UP, HostState.SUSPECTED,
+                                         verdict.reason)
                 return
-            heard = {h: now - t for h, r in fresh.items()
-                     if (t := r.heard(host_id)) is not None}
-            recent = min([self.detector.silence(host_id), *heard.values()])
-            suspect_after = self.detector.suspect_after(host_id)
-            if recent < suspect_after or self.detector.state.get(host_id) == HostState.UP:
-                who = ", ".join(f"{h} ({s * 1000:.0f} ms ago)" for h, s in heard.items()
-                                if s < suspect_after) or "a new heartbeat"
-                log_decision(log, "host-stays-up", f"host {host_id} stays UP: heard by {who}",
-                             reason="a peer or a new heartbeat heard it within the suspicion time:"
-                                    " the manager's path is slow, the host is not lost",
-                             host=host_id)
-                if self.detector.state.get(host_id) == HostState.SUSPECTED:
-                    self.detector.state[host_id] = HostState.UP
-                    self._host_state(host_id, HostState.UP, HostState.SUSPECTED,
-                                     f"heard by {who}")
-                return
+            recent = verdict.silence
             self.detector.state[host_id] = HostState.DOWN
             self._down_at[host_id] = time.monotonic()
             self.fence_deadline[host_id] = (time.monotonic() - recent
@@ -705,19 +723,14 @@ class Manager:
             self._host_known.pop(host_id, None)
             self.store.update("host", host_id, lambda d: {**d, "state": HostState.DOWN,
                                                           "stateChangedAt": _now_iso()})
-            how = (f"{len(heard)} other host(s) last heard it {min(heard.values()) * 1000:.0f}"
-                   " ms ago" if heard else "no other host could tell")
-            log_decision(log, "host-down", f"host {host_id} DOWN after {recent * 1000:.0f} ms "
-                         f"without heartbeats; {how}", level=logging.WARNING,
-                         reason=f"no contact for {recent * 1000:.0f} ms, over the suspicion time "
-                                f"of {suspect_after * 1000:.0f} ms; {how}",
-                         host=host_id, silence_ms=round(recent * 1000),
+            log_decision(log, "host-down", f"host {host_id} DOWN: {verdict.reason}",
+                         level=logging.WARNING, reason=verdict.reason, host=host_id,
+                         silence_ms=round(recent * 1000),
                          lease_ms=round(self.detector.lease_granted(host_id) * 1000))
-            self._host_state(host_id, HostState.DOWN, HostState.SUSPECTED,
-                             f"no contact for {recent * 1000:.0f} ms; {how}")
+            self._host_state(host_id, HostState.DOWN, HostState.SUSPECTED, verdict.reason)
             self._raise_alarm(f"host:{host_id}", None, "EQUIPMENT_ALARM", "CRITICAL",
-                              "host-loss", f"host {host_id} lost: no contact for "
-                              f"{recent * 1000:.0f} ms; {how}", {"host": host_id})
+                              "host-loss", f"host {host_id} lost: {verdict.reason}",
+                              {"host": host_id})
             # Confirmed: the loss is known from now on; it happened when last heard.
             self._fail_host_vnfs(host_id, f"host {host_id} lost", time.time() - recent)
             if host_id in self.cfg.fencers:
@@ -797,136 +810,115 @@ class Manager:
             t = now + self.cfg.tick
         return max(t, now + self.cfg.tick)
 
+    def _snapshot(self, now: float, grace: bool) -> Snapshot:
+        """What the planner needs, gathered from the store, the runtime and the detector."""
+        suspects = tuple(self.detector.to_suspect()) if not grace else ()
+        facts = tuple(self._facts(rec.data, self._rt(rec.id), now, grace)
+                      for rec in self.store.list("vnf"))
+        return Snapshot(now=now, grace=grace,
+                        reconcile_due=not self._reconciled and self._all_hosts_reported(),
+                        suspects=suspects, up_hosts=len(self._up_hosts()),
+                        confirming=frozenset(self._confirming), vnfs=facts,
+                        idle_wake=10 * self.cfg.tick)
+
+    def _facts(self, data: dict[str, Any], rt: _Runtime, now: float | None = None,
+               grace: bool = False) -> VnfFacts:
+        """One VNF as the planner sees it: its record and its runtime bookkeeping."""
+        now = time.monotonic() if now is None else now
+        busy = rt.busy is not None and not rt.busy.done()
+        state = VnfState(data["haState"])
+        policy = self._policy(data)
+        recoverable = None
+        if state == VnfState.FAILED and not busy and not grace and \
+                rt.retry_at is not None and now >= rt.retry_at:
+            recoverable = self._recoverable(data, rt.retry_failure)  # only when it counts
+        return VnfFacts(
+            id=data["id"], state=state, busy=busy, checkpointing=rt.checkpointing,
+            failure=Failure(*rt.failure) if rt.failure is not None else None,
+            retry_at=rt.retry_at, retries=rt.retries, retry_failure=rt.retry_failure,
+            recoverable=recoverable, probe_enabled=policy.probe.type != "none",
+            probing=rt.probing, probe_failures=rt.probe_failures,
+            next_checkpoint=rt.next_checkpoint, checkpoint_interval=policy.checkpoint_interval,
+            recovered_at=rt.recovered_at, crash_streak=rt.crash_streak,
+            hold_until=rt.hold_until, injected_at=rt.injected_at)
+
     def _tick(self) -> None:
-        grace = time.monotonic() - self.started < self.cfg.timings.suspect_after * 2
-        if not grace and not self._reconciled and self._all_hosts_reported():
-            self._reconciled = True
-            self._reconcile()
-        if not grace:
-            suspects = self.detector.to_suspect()
-            up_before = len(self._up_hosts()) + len(suspects)
-            if len(suspects) >= 2 and len(suspects) == up_before:
-                # Every host silent at once: the manager's side is the likelier culprit,
-                # and there would be nowhere to move VNFs to anyway.
-                log_decision(log, "suspect-manager",
-                             f"{len(suspects)} of {up_before} hosts silent at once "
-                             f"({', '.join(sorted(suspects))}); hosts kept UP",
-                             level=logging.WARNING,
-                             reason="every host silent at once points at the manager's own "
-                                    "network or load, and there is nowhere to move VNFs to",
-                             hosts=sorted(suspects))
-                for h in suspects:
+        """One turn: gather a snapshot, let the planner decide, apply its decisions."""
+        now = time.monotonic()
+        grace = now - self.started < self.cfg.timings.suspect_after * 2
+        p = plan(self._snapshot(now, grace))
+        self._due = p.due
+        for d in p.decisions:
+            self._apply(d, now)
+
+    def _apply(self, d: Decision, now: float) -> None:
+        """Carry out one decision: quick ones here, long ones as tasks beside the loop."""
+        match d:
+            case Reconcile():
+                self._reconciled = True
+                self._reconcile()
+            case KeepHostsUp(hosts=hosts):
+                log_decision(log, "suspect-manager", f"{len(hosts)} hosts silent at once "
+                             f"({', '.join(hosts)}); hosts kept UP", level=logging.WARNING,
+                             reason=d.reason, hosts=list(hosts))
+                for h in hosts:
                     self.detector.state[h] = HostState.UP
                     self.detector.grace(h)
-                suspects = []
-            for h in suspects:
-                if h not in self._confirming:
-                    self._confirming.add(h)
-                    log.info("host %s suspected: %.0f ms without heartbeat", h,
-                             self.detector.silence(h) * 1000)
-                    self._host_state(h, HostState.SUSPECTED, HostState.UP,
-                                     f"{self.detector.silence(h) * 1000:.0f} ms without "
-                                     "heartbeat")
-                    self._spawn(self._confirm_host_loss(h))
-        now = time.monotonic()
-        self._due = now + 10 * self.cfg.tick
-        for rec in self.store.list("vnf"):
-            rt = self._rt(rec.id)
-            busy = rt.busy is not None and not rt.busy.done()
-            state = rec.data["haState"]
-            if rt.failure is not None:
-                self._due = now  # handled below, or once the grace or the busy task ends
-            elif state == VnfState.FAILED and rt.retry_at is not None:
-                self._due = min(self._due, rt.retry_at)
-            elif state == VnfState.ACTIVE and not busy:
-                self._due = min(self._due, rt.next_checkpoint)
-            if rt.failure is not None and not busy and not grace:
-                if state in (VnfState.ACTIVE, VnfState.RECOVERING, VnfState.INSTANTIATING):
-                    if self._crash_loop_wait(rec.id, rt, now):
-                        self._due = min(self._due, rt.hold_until or now)
-                        continue
-                    ftype, at, detail = rt.failure
-                    rt.failure = None
-                    op_id = self._new_op(rec.id, "HEAL", True)
-                    rt.busy = self._spawn_op(op_id, self._recover(rec.id, ftype, at, detail,
-                                                                  auto=True, op_id=op_id))
-                else:
-                    rt.failure = None
-                continue
-            if state == VnfState.FAILED and not busy and not grace and \
-                    rt.retry_at is not None and now >= rt.retry_at:
-                if not self._recoverable(rec.data, rt.retry_failure):
-                    # Nothing could work yet (no live host, no replica): look again later
-                    # without recording a failed operation each time.
-                    rt.retry_at = now + min(_RETRY_MAX_S, 2.0 ** rt.retries)
-                    continue
-                rt.retry_at = None
-                log_decision(log, "retry", f"retry recovering {rec.id} (try {rt.retries + 1})",
-                             reason="every strategy failed last time; a transient cause "
-                                    "(overload, a host coming back) may have passed",
-                             vnf=rec.id, failure=rt.retry_failure)
-                op_id = self._new_op(rec.id, "HEAL", True)
+            case SuspectHost(host=h):
+                self._confirming.add(h)
+                silence = self.detector.silence(h) * 1000
+                log.info("host %s suspected: %.0f ms without heartbeat", h, silence)
+                self._host_state(h, HostState.SUSPECTED, HostState.UP,
+                                 f"{silence:.0f} ms without heartbeat")
+                self._spawn(self._confirm_host_loss(h))
+            case Recover(vnf=vnf, failure=f, crash_streak=streak):
+                rt = self._rt(vnf)
+                rt.failure, rt.hold_until, rt.crash_streak = None, None, streak
+                op_id = self._new_op(vnf, "HEAL", True)
                 rt.busy = self._spawn_op(op_id, self._recover(
-                    rec.id, rt.retry_failure, time.time(),
-                    f"retry {rt.retries + 1} after every strategy failed", auto=True,
-                    op_id=op_id))
-                continue
-            if state != VnfState.ACTIVE or busy:
-                continue
-            if rt.crash_streak and rt.recovered_at is not None and \
-                    now - rt.recovered_at > _CRASH_WINDOW_S:
-                rt.crash_streak = 0  # it ran long enough: the loop is over
-                self._clear_alarm(f"crash-loop:{rec.id}")
-                self._update_vnf(rec.id, _set(crashLoop=None))
-            policy = self._policy(rec.data)
-            if policy.probe.type != "none" and not rt.probing:
-                rt.probing = True
-                self._spawn(self._probe(rec.id))
-            if now >= rt.next_checkpoint and rt.probe_failures == 0:
-                # A VNF failing its probes may be hung: a checkpoint now would save the hang.
-                rt.next_checkpoint = now + policy.checkpoint_interval
-                rt.busy = self._spawn(self._checkpoint(rec.id))
-
-    def _crash_loop_wait(self, vnf_id: str, rt: _Runtime, now: float) -> bool:
-        """Whether the VNF's failure must wait (CrashLoopBackOff): a VNF that fails again
-        within ``_CRASH_WINDOW_S`` of its last recovery, twice or more in a row, is
-        recovered after 1, 2, 4, ... up to 300 s, with a ``crash-loop`` alarm from the
-        third time on. A command that exits at once was otherwise restarted hundreds of
-        times a minute."""
-        if rt.hold_until is not None:
-            if now < rt.hold_until:
-                return True
-            rt.hold_until = None
-            return False
-        assert rt.failure is not None
-        ftype, _, detail = rt.failure
-        injected = rt.injected_at is not None and now - rt.injected_at < _CRASH_WINDOW_S
-        if ftype not in ("process-exit", "hang") or rt.recovered_at is None or \
-                now - rt.recovered_at > _CRASH_WINDOW_S or injected:
-            # Not a loop of its own: a first failure, a host loss, or a fault a test or an
-            # operator injected on purpose (fault campaigns inject back to back).
-            return False
-        rt.crash_streak += 1
-        if rt.crash_streak < 2:
-            return False  # once may be bad luck (two unrelated faults): recovered at once
-        delay = min(_CRASH_BACKOFF_MAX_S, 2.0 ** (rt.crash_streak - 2))
-        rt.hold_until = now + delay
-        log_decision(log, "crash-loop-backoff", f"{vnf_id} failed again "
-                     f"{now - rt.recovered_at:.1f} s after its last recovery ({detail}); next "
-                     f"recovery in {delay:g} s", level=logging.WARNING, vnf=vnf_id,
-                     reason=detail, streak=rt.crash_streak, delay_s=delay)
-        self._update_vnf(vnf_id, lambda d: {**d, "haState": VnfState.RECOVERING,
-                                            "crashLoop": {"streak": rt.crash_streak,
-                                                          "backoffS": delay,
-                                                          "reason": detail}})
-        if rt.crash_streak >= 3:
-            self._raise_alarm(f"crash-loop:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM",
-                              "MAJOR", "crash-loop",
-                              f"{vnf_id} keeps failing right after each recovery "
-                              f"({rt.crash_streak} times; last: {detail}); recoveries back off "
-                              f"up to {_CRASH_BACKOFF_MAX_S:g} s. Check its command, its "
-                              "configuration and resources.memory", {})
-        return True
+                    vnf, f.kind, f.detected_at, f.detail, auto=True, op_id=op_id))
+            case BackOff(vnf=vnf, failure=f, streak=streak, delay=delay):
+                rt = self._rt(vnf)
+                rt.crash_streak, rt.hold_until = streak, d.until
+                log_decision(log, "crash-loop-backoff", f"{vnf}: {d.reason}",
+                             level=logging.WARNING, vnf=vnf, reason=f.detail, streak=streak,
+                             delay_s=delay)
+                self._update_vnf(vnf, lambda data: {
+                    **data, "haState": VnfState.RECOVERING,
+                    "crashLoop": {"streak": streak, "backoffS": delay, "reason": f.detail}})
+                if d.alarm:
+                    self._raise_alarm(
+                        f"crash-loop:{vnf}", vnf, "PROCESSING_ERROR_ALARM", "MAJOR",
+                        "crash-loop", f"{vnf} keeps failing right after each recovery "
+                        f"({streak} times; last: {f.detail}); recoveries back off up to "
+                        f"{CRASH_BACKOFF_MAX_S:g} s. Check its command, its configuration "
+                        "and resources.memory", {})
+            case DropFailure(vnf=vnf):
+                self._rt(vnf).failure = None
+            case RetryLater(vnf=vnf, at=at):
+                self._rt(vnf).retry_at = at
+            case Retry(vnf=vnf, failure=failure, attempt=attempt):
+                rt = self._rt(vnf)
+                rt.retry_at = None
+                log_decision(log, "retry", f"retry recovering {vnf} (try {attempt})",
+                             reason=d.reason, vnf=vnf, failure=failure)
+                op_id = self._new_op(vnf, "HEAL", True)
+                rt.busy = self._spawn_op(op_id, self._recover(
+                    vnf, failure, time.time(), f"retry {attempt} after every strategy failed",
+                    auto=True, op_id=op_id))
+            case EndCrashLoop(vnf=vnf):
+                self._rt(vnf).crash_streak = 0
+                self._clear_alarm(f"crash-loop:{vnf}")
+                self._update_vnf(vnf, _set(crashLoop=None))
+            case StartProbe(vnf=vnf):
+                self._rt(vnf).probing = True
+                self._spawn(self._probe(vnf))
+            case Checkpoint(vnf=vnf, next_at=next_at):
+                rt = self._rt(vnf)
+                rt.next_checkpoint = next_at
+                rt.busy = self._spawn(self._checkpoint(vnf))
+            case _:
+                raise AssertionError(f"no executor for {d!r}")
 
     def _recoverable(self, data: dict[str, Any], failure: str) -> bool:
         """Whether some strategy of the VNF's policy applies now (a pure check)."""
@@ -953,35 +945,29 @@ class Manager:
         for rec in self.store.list("vnf"):
             if rec.id not in self._to_reconcile:
                 continue  # instantiated by this manager: nothing to find out
-            if rec.data["haState"] in (VnfState.NOT_INSTANTIATED, VnfState.FAILED):
-                continue
             running = [h for h, st in self.host_status.items()
                        if self.detector.state.get(h) == HostState.UP
                        and any(i["id"] == rec.id and i["state"] in _LIVE
                                for i in st.get("instances", []))]
-            host = rec.data.get("host")
-            keep = host if host in running else (running[0] if running else None)
-            for h in running:
-                if h != keep:
-                    log_decision(log, "remove-duplicate", f"remove duplicate copy of {rec.id} on "
-                                 f"{h} (it lives on {keep})", level=logging.WARNING,
-                                 reason="found running on two hosts after a manager restart",
-                                 vnf=rec.id, host=h, keep=keep)
-                    self._spawn(self.agent(h).delete(rec.id))
-            if keep is not None:
-                if rec.data["haState"] != VnfState.ACTIVE or keep != host:
-                    log_decision(log, "adopt", f"{rec.id} runs on {keep}: ACTIVE there",
-                                 reason="found running there after a manager restart",
-                                 vnf=rec.id, host=keep)
-                    self._update_vnf(rec.id, _set(haState=VnfState.ACTIVE, host=keep,
-                                                  instantiationState="INSTANTIATED"))
-            elif rec.data["haState"] != VnfState.TERMINATING and host is not None:
-                if rec.data["haState"] == VnfState.MOVING:
-                    # A move cut short by the restart: recovered like any VNF that died.
+            step = plan_reconcile(rec.id, VnfState(rec.data["haState"]), rec.data.get("host"),
+                                  running, time.time())
+            if step is None:
+                continue
+            for h in step.remove_from:
+                log_decision(log, "remove-duplicate", f"remove duplicate copy of {rec.id} on "
+                             f"{h}", level=logging.WARNING, reason=step.reason, vnf=rec.id,
+                             host=h)
+                self._spawn(self.agent(h).delete(rec.id))
+            if step.adopt_on is not None:
+                log_decision(log, "adopt", f"{rec.id} runs on {step.adopt_on}: ACTIVE there",
+                             reason=step.reason, vnf=rec.id, host=step.adopt_on)
+                self._update_vnf(rec.id, _set(haState=VnfState.ACTIVE, host=step.adopt_on,
+                                              instantiationState="INSTANTIATED"))
+            if step.recover is not None:
+                if step.was_moving:  # a move cut short: recovered like any VNF that died
                     self._update_vnf(rec.id, _set(haState=VnfState.ACTIVE))
-                self._rt(rec.id).failure = ("process-exit", time.time(),
-                                            f"runs nowhere after a manager restart (was on "
-                                            f"{host})")
+                f = step.recover
+                self._rt(rec.id).failure = (f.kind, f.detected_at, f.detail)
 
     def _vnfd(self, data: dict[str, Any]) -> VnfDescriptor:
         """The VNF's validated descriptor; cached, as the loop reads it every tick."""
@@ -1318,7 +1304,7 @@ class Manager:
             # once. Try again with back-off (2, 4, 8, 16, then every 30 s).
             rt.retries += 1
             rt.retry_failure = failure
-            rt.retry_at = time.monotonic() + min(_RETRY_MAX_S, 2.0 ** rt.retries)
+            rt.retry_at = time.monotonic() + min(RETRY_MAX_S, 2.0 ** rt.retries)
         self._op_update(op_id, operationState="FAILED", nfvha_merge={"attempts": attempts},
                         error=_problem(500, f"every recovery strategy failed for {vnf_id}: "
                                             + "; ".join(a.get("error") or a.get("reason", "")
@@ -1701,6 +1687,11 @@ class Manager:
             raise InstanceNotFound(f"no VNF instance {vnf_id!r}")
         return rec.data
 
+    def phase_of(self, data: dict[str, Any]) -> str:
+        """The VNF's full state (`nfvha.ha.planner.Phase`): ``haState`` refined by what
+        the manager is doing with it right now."""
+        return phase(self._facts(data, self._rt(data["id"])), time.monotonic())
+
     def start_instantiate(self, vnf_id: str) -> str:
         data = self.get_vnf(vnf_id)
         if data["haState"] != VnfState.NOT_INSTANTIATED:
@@ -1791,14 +1782,19 @@ class Manager:
         self._rt(vnf_id).next_checkpoint = time.monotonic()  # first checkpoint right away
         self._op_update(op_id, operationState="COMPLETED")
 
-    def start_heal(self, vnf_id: str, cause: str | None) -> str:
-        data = self.get_vnf(vnf_id)
-        if data["haState"] in (VnfState.NOT_INSTANTIATED, VnfState.TERMINATING):
-            raise InstanceStateError(f"VNF instance {vnf_id} is {data['haState']}: there is "
-                                     "nothing to heal; instantiate it first")
+    def _request(self, req: Request, vnf_id: str) -> tuple[_Runtime, RequestPlan]:
+        """The planner's word on an operator's request; a refusal changes nothing."""
         rt = self._rt(vnf_id)
+        step = plan_request(req, self._facts(self.get_vnf(vnf_id), rt))
+        if step.refusal is not None:
+            raise InstanceStateError(step.refusal)
+        return rt, step
+
+    def start_heal(self, vnf_id: str, cause: str | None) -> str:
+        rt, step = self._request(Request.HEAL, vnf_id)
         op_id = self._new_op(vnf_id, "HEAL", False)
-        self._cancel(rt.busy, f"cancelled by a manual heal (operation {op_id})")
+        if step.cancel_running:
+            self._cancel(rt.busy, f"cancelled by a manual heal (operation {op_id})")
         rt.busy = self._spawn_op(op_id, self._recover(vnf_id, "manual", time.time(),
                                                       cause or "heal requested", auto=False,
                                                       op_id=op_id))
@@ -1813,14 +1809,8 @@ class Manager:
         clients see one pause: the dump, the transfer and the restore. Checked here, so a
         move that cannot work is refused before anything is touched.
         """
+        rt, step = self._request(Request.MOVE, vnf_id)
         data = self.get_vnf(vnf_id)
-        if data["haState"] != VnfState.ACTIVE:
-            raise InstanceStateError(f"VNF instance {vnf_id} is {data['haState']}: only an "
-                                     "ACTIVE instance can be moved; try again once it is")
-        rt = self._rt(vnf_id)
-        if rt.failure is not None:
-            raise InstanceStateError(f"a failure of {vnf_id} is being handled ({rt.failure[0]});"
-                                     " move it once it is ACTIVE again")
         source = data["host"]
         d = self._vnfd(data)
         views = self.hosts_view()
@@ -1844,7 +1834,7 @@ class Manager:
                                      f"({d.resources.memory // 2**20} MiB)")
         self._update_vnf(vnf_id, _set(haState=VnfState.MOVING))
         op_id = self._new_op(vnf_id, "MOVE", False)
-        previous = rt.busy if rt.busy is not None and not rt.busy.done() else None
+        previous = rt.busy if step.wait_running else None
         rt.busy = self._spawn_op(op_id, self._move(vnf_id, source, target, op_id, previous))
         return op_id
 
@@ -1942,13 +1932,11 @@ class Manager:
         self._wake.set()
 
     def start_terminate(self, vnf_id: str) -> str:
-        data = self.get_vnf(vnf_id)
-        if data["haState"] == VnfState.NOT_INSTANTIATED:
-            raise InstanceStateError(f"VNF instance {vnf_id} is not instantiated")
-        rt = self._rt(vnf_id)
+        rt, step = self._request(Request.TERMINATE, vnf_id)
         self._update_vnf(vnf_id, lambda d: {**d, "haState": VnfState.TERMINATING})
         op_id = self._new_op(vnf_id, "TERMINATE", False)
-        self._cancel(rt.busy, f"cancelled by terminate (operation {op_id})")
+        if step.cancel_running:
+            self._cancel(rt.busy, f"cancelled by terminate (operation {op_id})")
         rt.busy = self._spawn_op(op_id, self._terminate(vnf_id, op_id))
         return op_id
 
