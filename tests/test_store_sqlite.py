@@ -251,6 +251,40 @@ def test_update_gives_up_with_conflict_after_its_retries(db_path: Path) -> None:
     assert calls == 3
 
 
+def test_update_together_writes_all_or_nothing(db_path: Path) -> None:
+    """A VNF's state and its operation's end are one write: a writer that got in between
+    on either record makes both be recomputed, and a failing change writes neither."""
+    with SqliteStore(db_path) as mine, SqliteStore(db_path) as theirs:
+        mine.create("vnf", "fw", {"haState": "RECOVERING", "host": "h1"})
+        mine.create("op", "o1", {"operationState": "PROCESSING"})
+        seen: list[dict[str, Any]] = []
+
+        def to_active(data: dict[str, Any]) -> dict[str, Any]:
+            seen.append(dict(data))
+            if len(seen) == 1:  # another manager moves the VNF between our read and write
+                theirs.put("vnf", "fw", {**data, "host": "h2"})
+            return {**data, "haState": "ACTIVE"}
+
+        vnf, op = mine.update_together([
+            ("vnf", "fw", to_active),
+            ("op", "o1", lambda d: {**d, "operationState": "COMPLETED"})])
+        assert [d["host"] for d in seen] == ["h1", "h2"]
+        assert (vnf.data, vnf.version) == ({"haState": "ACTIVE", "host": "h2"}, 3)
+        assert (op.data, op.version) == ({"operationState": "COMPLETED"}, 2)
+
+        def refuse(data: dict[str, Any]) -> dict[str, Any]:
+            raise ValueError("illegal")
+
+        before = snapshot(mine)
+        with pytest.raises(ValueError):
+            mine.update_together([("op", "o1", lambda d: {**d, "operationState": "X"}),
+                                  ("vnf", "fw", refuse)])
+        with pytest.raises(NotFound):
+            mine.update_together([("op", "o1", lambda d: {**d, "operationState": "X"}),
+                                  ("vnf", "nope", lambda d: d)])
+        assert snapshot(mine) == before
+
+
 def test_update_loses_no_increment_under_concurrent_writers(db_path: Path) -> None:
     stores = [SqliteStore(db_path), SqliteStore(db_path)]
     stores[0].create("alarm", "counter", {"n": 0})

@@ -256,3 +256,30 @@ class StateStore(abc.ABC):
             f"{kind}/{id}: gave up after {retries + 1} attempts, each lost to a concurrent"
             " writer"
         )
+
+    def update_together(
+        self,
+        changes: Sequence[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any]]]],
+        retries: int = 5,
+    ) -> builtins.list[Record]:
+        """`update` of several records as one `transaction`: every ``fn(data)`` is stored,
+        each conditioned on the version it was computed from, or none is. A VNF's state
+        change and the end of the operation that made it are written so: no reader sees
+        the operation COMPLETED with the VNF still RECOVERING, nor the reverse.
+
+        The same rules as `update`: each ``fn`` runs on a private copy, may run again
+        after a lost compare-and-set, and must be free of side effects. NotFound if a
+        record is absent; ConflictError once the retries are spent.
+        """
+        for _attempt in range(retries + 1):
+            current = [self.get(kind, id) for kind, id, _ in changes]
+            ops = [Op.cas(kind, id, cur.version, fn(cur.data))
+                   for (kind, id, fn), cur in zip(changes, current, strict=True)]
+            try:
+                return self.transaction(ops)
+            except ConflictError:
+                continue
+        names = ", ".join(f"{kind}/{id}" for kind, id, _ in changes)
+        raise ConflictError(
+            f"{names}: gave up after {retries + 1} attempts, each lost to a concurrent writer"
+        )

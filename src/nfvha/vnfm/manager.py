@@ -337,12 +337,16 @@ class Manager:
     def _rt(self, vnf_id: str) -> _Runtime:
         return self.runtime.setdefault(vnf_id, _Runtime())
 
-    def _update_vnf(self, vnf_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]
-                    ) -> None:
+    def _update_vnf(self, vnf_id: str, change: Callable[[dict[str, Any]], dict[str, Any]],
+                    *, op: tuple[str, OpChange] | None = None) -> None:
         """Every write of a VNF record goes through here, so that observers see it and
         every state change is checked against the transition table (``ha/lifecycle.py``)
         against the state it actually leaves (the check runs inside the store's
-        compare-and-set, again on each retry). An illegal one raises and writes nothing."""
+        compare-and-set, again on each retry). An illegal one raises and writes nothing.
+
+        With ``op`` (an operation occurrence and its change) both are one transaction:
+        the VNF's new state and the end of the operation that made it are seen together
+        or not at all."""
 
         def checked(d: dict[str, Any]) -> dict[str, Any]:
             new = change(d)
@@ -350,11 +354,19 @@ class Manager:
             return new
 
         try:
-            rec = self.store.update("vnf", vnf_id, checked)
+            if op is None:
+                rec = self.store.update("vnf", vnf_id, checked)
+            else:
+                op_id, op_change = op
+                rec, op_rec = self.store.update_together(
+                    [("vnf", vnf_id, checked), ("op", op_id, op_change)])
         except IllegalTransition as exc:
             log.error("%s; refused", exc)
             raise
         self.events.publish(EventKind.VNF, rec.data)
+        if op is not None:
+            self.events.publish(EventKind.OP, {**op_rec.data,
+                                               "stateChanged": op[1].state_changed})
 
     def _host_state(self, host_id: str, state: str, previous: str | None,
                     reason: str) -> None:
@@ -1269,11 +1281,11 @@ class Manager:
                 attempts.append({"strategy": strategy, "host": decision.target_host,
                                  "decidedAt": decided, "checkpoint": result.get("seq"),
                                  "ok": True})
-                self._finish_recovery(vnf_id, decision, result, old_host)
                 rt.retries, rt.retry_at = 0, None
                 ts = {"detected": detected_at, "decided": decided, "restored": restored,
                       "serving": serving}
-                self._op_update(op_id, operationState="COMPLETED", nfvha_merge={
+                self._finish_recovery(vnf_id, decision, result, old_host, op=(op_id, OpChange(
+                    "COMPLETED", nfvha_merge={
                     "stateLost": strategy == "restart",
                     "attempts": attempts, "timestamps": ts, "strategy": strategy,
                     "replay": replay_info,
@@ -1288,7 +1300,7 @@ class Manager:
                                "redirectMs": (serving - restored) * 1e3,
                                "totalMs": (serving - detected_at) * 1e3,
                                "downtimeMs": None if failed_at is None
-                               else (serving - failed_at) * 1e3}})
+                               else (serving - failed_at) * 1e3}})))
                 self._clear_alarm(f"vnf:{vnf_id}")
                 log.info("recovered %s by %s on %s in %.0f ms (detect->serving)%s", vnf_id,
                          strategy, decision.target_host, (serving - detected_at) * 1000,
@@ -1298,17 +1310,16 @@ class Manager:
         if replaying and self.forwarder is not None:
             with contextlib.suppress(ForwarderError):
                 await self.forwarder.release(vnf_id)
-        self._update_vnf(vnf_id, lambda dd: {**dd, "haState": VnfState.FAILED})
+        self._update_vnf(vnf_id, lambda dd: {**dd, "haState": VnfState.FAILED}, op=(
+            op_id, OpChange("FAILED", nfvha_merge={"attempts": attempts}, error=_problem(
+                500, f"every recovery strategy failed for {vnf_id}: "
+                + "; ".join(a.get("error") or a.get("reason", "") for a in attempts)))))
         if failure != "manual":
             # Not forever: overload or a host on its way back can make every strategy fail
             # once. Try again with back-off (2, 4, 8, 16, then every 30 s).
             rt.retries += 1
             rt.retry_failure = failure
             rt.retry_at = time.monotonic() + min(RETRY_MAX_S, 2.0 ** rt.retries)
-        self._op_update(op_id, operationState="FAILED", nfvha_merge={"attempts": attempts},
-                        error=_problem(500, f"every recovery strategy failed for {vnf_id}: "
-                                            + "; ".join(a.get("error") or a.get("reason", "")
-                                                        for a in attempts)))
         log_decision(log, "give-up", f"{vnf_id} FAILED: no strategy could recover it",
                      level=logging.ERROR, vnf=vnf_id, failure=failure, op=op_id,
                      reason="; ".join(str(a.get("error") or a.get("reason", "")) for a in attempts))
@@ -1636,7 +1647,8 @@ class Manager:
         return None
 
     def _finish_recovery(self, vnf_id: str, decision: RecoveryDecision, result: dict[str, Any],
-                         old_host: str | None, *, moved: bool = False) -> None:
+                         old_host: str | None, *, moved: bool = False,
+                         op: tuple[str, OpChange] | None = None) -> None:
         rec = self.store.get("vnf", vnf_id)
         d = self._vnfd(rec.data)
         try:
@@ -1653,7 +1665,7 @@ class Manager:
             "generation": dd.get("generation", 0) + 1, "restoredFrom": result.get("seq"),
             "pid": result.get("instance", {}).get("pid"),
             ("lastMove" if moved else "lastRecovery"): {
-                "strategy": decision.strategy, "at": _now_iso(), "fromHost": old_host}})
+                "strategy": decision.strategy, "at": _now_iso(), "fromHost": old_host}}, op=op)
 
     # -- lifecycle (SOL003) ---------------------------------------------------------------
 
@@ -1771,16 +1783,15 @@ class Manager:
             created = await self.agent(p.primary).create(d.model_dump(mode="json"), vnf_id)
             await self._wait_serving(vnf_id, p.primary, d, time.time())  # it answers
         except (AgentCallError, NfvhaError) as exc:
-            self._update_vnf(vnf_id, lambda dd: {**dd, "haState": VnfState.NOT_INSTANTIATED})
-            self._op_update(op_id, operationState="FAILED", error=_problem(409, str(exc)))
+            self._update_vnf(vnf_id, lambda dd: {**dd, "haState": VnfState.NOT_INSTANTIATED},
+                             op=(op_id, OpChange("FAILED", error=_problem(409, str(exc)))))
             return
         self._update_vnf(vnf_id, lambda dd: {
             **dd, "haState": VnfState.ACTIVE, "instantiationState": "INSTANTIATED",
             "host": p.primary, "backups": list(p.backups), "generation": 1,
             "pid": created.get("pid"),
-            "placementReason": p.reason})
+            "placementReason": p.reason}, op=(op_id, OpChange("COMPLETED")))
         self._rt(vnf_id).next_checkpoint = time.monotonic()  # first checkpoint right away
-        self._op_update(op_id, operationState="COMPLETED")
 
     def _request(self, req: Request, vnf_id: str) -> tuple[_Runtime, RequestPlan]:
         """The planner's word on an operator's request; a refusal changes nothing."""
@@ -1895,15 +1906,15 @@ class Manager:
         decision = RecoveryDecision(strategy="move", target_host=target, seqs=(meta["seq"],),
                                     reason=f"planned move from {source}")
         self._finish_recovery(vnf_id, decision, {"instance": res, "seq": meta["seq"]}, source,
-                              moved=True)
+                              moved=True, op=(op_id, OpChange("COMPLETED", nfvha_merge={
+                                  "checkpoint": meta["seq"],
+                                  "phases": {"dumpMs": (dumped - t0) * 1e3,
+                                             "transferMs": (pushed - dumped) * 1e3,
+                                             "restoreMs": (restored - pushed) * 1e3,
+                                             "pauseMs": ((answered or restored) - t0) * 1e3}})))
         log.info("moved %s from %s to %s: paused %.0f ms (dump %.0f, transfer %.0f, restore "
                  "%.0f)", vnf_id, source, target, ((answered or restored) - t0) * 1e3,
                  (dumped - t0) * 1e3, (pushed - dumped) * 1e3, (restored - pushed) * 1e3)
-        self._op_update(op_id, operationState="COMPLETED", nfvha_merge={
-            "checkpoint": meta["seq"],
-            "phases": {"dumpMs": (dumped - t0) * 1e3, "transferMs": (pushed - dumped) * 1e3,
-                       "restoreMs": (restored - pushed) * 1e3,
-                       "pauseMs": ((answered or restored) - t0) * 1e3}})
 
     async def _move_failed(self, vnf_id: str, source: str, op_id: str, exc: Exception,
                            stopped: bool, meta: dict[str, Any] | None,
@@ -1925,10 +1936,10 @@ class Manager:
                 rt.failure = ("process-exit", time.time(), f"planned move failed and the VNF "
                               f"could not be brought back on {source}: {exc2}")
                 rt.failed_at = time.time()
-        self._update_vnf(vnf_id, _set(haState=VnfState.ACTIVE, host=source))
         self._rt(vnf_id).next_checkpoint = time.monotonic()
-        self._op_update(op_id, operationState="FAILED", error=_problem(
-            409, f"moving {vnf_id} failed: {exc}; the VNF is {back}"))
+        self._update_vnf(vnf_id, _set(haState=VnfState.ACTIVE, host=source), op=(
+            op_id, OpChange("FAILED", error=_problem(
+                409, f"moving {vnf_id} failed: {exc}; the VNF is {back}"))))
         self._wake.set()
 
     def start_terminate(self, vnf_id: str) -> str:
@@ -1951,13 +1962,12 @@ class Manager:
         if self.forwarder is not None and self._vnfd(self.get_vnf(vnf_id)).ha.replay:
             with contextlib.suppress(ForwarderError):
                 await self.forwarder.remove(vnf_id)
-        self._update_vnf(vnf_id, lambda d: {
-            **d, "haState": VnfState.NOT_INSTANTIATED, "instantiationState": "NOT_INSTANTIATED",
-            "host": None, "backups": []})
         self._clear_alarm(f"vnf:{vnf_id}")
         self._clear_alarm(f"checkpoint:{vnf_id}")
         self._clear_alarm(f"replay-gap:{vnf_id}")
-        self._op_update(op_id, operationState="COMPLETED")
+        self._update_vnf(vnf_id, lambda d: {
+            **d, "haState": VnfState.NOT_INSTANTIATED, "instantiationState": "NOT_INSTANTIATED",
+            "host": None, "backups": []}, op=(op_id, OpChange("COMPLETED")))
 
     def delete_vnf(self, vnf_id: str) -> None:
         data = self.get_vnf(vnf_id)
@@ -2012,29 +2022,9 @@ class Manager:
     def _op_update(self, op_id: str, *, operationState: str | None = None,
                    error: dict[str, Any] | None = None, nfvha: dict[str, Any] | None = None,
                    nfvha_merge: dict[str, Any] | None = None) -> None:
-        before: list[str] = []
-
-        def change(d: dict[str, Any]) -> dict[str, Any]:
-            before[:] = [d["operationState"]]
-            d = dict(d)
-            if operationState is not None and operationState != d["operationState"]:
-                d["operationState"] = operationState
-                d["stateEnteredTime"] = _now_iso()
-            if error is not None:
-                d["error"] = error
-            if nfvha is not None:
-                d["nfvha"] = nfvha
-            if nfvha_merge:
-                n = dict(d.get("nfvha", {}))
-                for k, v in nfvha_merge.items():
-                    n[k] = {**n.get(k, {}), **v} if isinstance(v, dict) and \
-                        isinstance(n.get(k), dict) else v
-                d["nfvha"] = n
-            return d
-
+        change = OpChange(operationState, error, nfvha, nfvha_merge)
         rec = self.store.update("op", op_id, change)
-        self.events.publish(EventKind.OP, {**rec.data, "stateChanged":
-                                           before[:1] != [rec.data["operationState"]]})
+        self.events.publish(EventKind.OP, {**rec.data, "stateChanged": change.state_changed})
 
     def _raise_alarm(self, key: str, vnf_id: str | None, event_type: str, severity: str,
                      cause: str, detail: str, resource: dict[str, Any]) -> None:
@@ -2063,6 +2053,37 @@ class Manager:
                     **d, "alarmClearedTime": _now_iso(), "perceivedSeverity": "CLEARED"})
                 log.info("alarm cleared: %s", key)
                 self.events.publish(EventKind.ALARM_CLEARED, rec.data)
+
+
+@dataclass
+class OpChange:
+    """A change of an operation occurrence, as a store update function (it may run more
+    than once, on a lost compare-and-set; ``state_changed`` tells of the last run)."""
+
+    operationState: str | None = None  # named as the SOL003 field it sets
+    error: dict[str, Any] | None = None
+    nfvha: dict[str, Any] | None = None
+    nfvha_merge: dict[str, Any] | None = None
+    state_changed: bool = False
+
+    def __call__(self, d: dict[str, Any]) -> dict[str, Any]:
+        d = dict(d)
+        self.state_changed = False
+        if self.operationState is not None and self.operationState != d["operationState"]:
+            d["operationState"] = self.operationState
+            d["stateEnteredTime"] = _now_iso()
+            self.state_changed = True
+        if self.error is not None:
+            d["error"] = self.error
+        if self.nfvha is not None:
+            d["nfvha"] = self.nfvha
+        if self.nfvha_merge:
+            n = dict(d.get("nfvha", {}))
+            for k, v in self.nfvha_merge.items():
+                n[k] = {**n.get(k, {}), **v} if isinstance(v, dict) and \
+                    isinstance(n.get(k), dict) else v
+            d["nfvha"] = n
+        return d
 
 
 def _set(**changes: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
