@@ -7,6 +7,7 @@ import pytest
 from nfvha.ha.lifecycle import VnfState
 from nfvha.ha.planner import (
     BackOff,
+    CancelCheckpoint,
     Checkpoint,
     DropFailure,
     EndCrashLoop,
@@ -115,8 +116,8 @@ def test_a_failure_is_recovered_with_its_reason() -> None:
 
 
 def test_a_failure_waits_for_the_running_action() -> None:
-    """A checkpoint under way ends first (the recovery would race its dump)."""
-    p = plan(snap(vnf(failure=HANG, busy=True, checkpointing=True)))
+    """A dump under way ends first (the recovery would race it)."""
+    p = plan(snap(vnf(failure=HANG, busy=True, checkpointing=True, dumping=True)))
     assert p.of("fw") == [] and p.due == NOW
 
 
@@ -204,7 +205,7 @@ def test_a_vnf_failing_its_probes_is_not_checkpointed() -> None:
 
 
 def test_a_busy_vnf_gets_no_new_action() -> None:
-    busy = vnf(next_checkpoint=NOW, probing=False, busy=True, checkpointing=True)
+    busy = vnf(next_checkpoint=NOW, probing=True, busy=True, checkpointing=True)
     assert plan(snap(busy)).of("fw") == []
     assert phase(busy, NOW) == Phase.CHECKPOINTING
 
@@ -277,3 +278,22 @@ def test_reconcile_recovers_a_vnf_that_runs_nowhere() -> None:
 ])
 def test_reconcile_leaves_alone(state: VnfState, host: str | None, running: list[str]) -> None:
     assert plan_reconcile("fw", state, host, running, 7.0) is None
+
+
+# -- hangs around checkpoints (the campaign's undetected hangs) ---------------------------
+
+
+def test_a_vnf_is_probed_while_its_checkpoint_is_queued_or_replicating() -> None:
+    """The VNF runs meanwhile and may hang: before, no probe started until the checkpoint
+    task ended, which a push to a crashed backup could hold for 60 s."""
+    (d,) = plan(snap(vnf(busy=True, checkpointing=True, probing=False))).of("fw")
+    assert isinstance(d, StartProbe)
+    assert plan(snap(vnf(busy=True, checkpointing=False, probing=False))).of("fw") == []
+
+
+def test_a_known_failure_cancels_a_queued_or_replicating_checkpoint_but_not_a_dump() -> None:
+    (d,) = plan(snap(vnf(failure=HANG, busy=True, checkpointing=True))).of("fw")
+    assert isinstance(d, CancelCheckpoint) and "hang" in d.reason
+    assert plan(snap(vnf(failure=HANG, busy=True, checkpointing=True, dumping=True))
+                ).of("fw") == []
+    assert plan(snap(vnf(failure=HANG, busy=True))).of("fw") == []  # a recovery, a move

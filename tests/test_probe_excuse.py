@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -68,3 +70,78 @@ async def test_unanswered_probes_of_an_idle_vnf_make_a_hang(manager: Manager) ->
     await _probe_times(manager, 3)
     rt = manager._rt("fm")
     assert rt.failure is not None and rt.failure[0] == "hang"
+
+
+async def _run_loop(m: Manager, seconds: float, until: Callable[[], bool]) -> None:
+    """The manager's loop by hand: the host heartbeats, ``_tick`` runs every 10 ms."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not until():
+        m.detector.heard("h1")
+        m._tick()
+        await asyncio.sleep(0.01)
+
+
+async def test_a_hang_during_a_stuck_replication_is_seen_and_recovered(
+        manager: Manager, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A periodic checkpoint whose dump is over but whose replication does not end (a push
+    to a backup host that crashed meanwhile waits out its 60 s timeout) holds neither the
+    probes nor the recovery: the hung VNF is found and recovered within a second. Before,
+    the loop started no probe of a VNF with a checkpoint task in flight, and a hang found
+    would have waited for that task: the campaign's 15 s+ undetected hangs."""
+    m = manager
+    m.started -= 10.0  # past the start-up grace
+    m._reconciled = True
+    rt = m._rt("fm")
+    replicating = asyncio.Event()
+
+    async def dumped_then_stuck_replicating(vnf_id: str) -> None:
+        rt.thawed_at = time.monotonic()
+        replicating.set()
+        await asyncio.sleep(60)
+
+    recovered: list[str] = []
+
+    async def recover(vnf_id: str, failure: str, detected_at: float, detail: str, *,
+                      auto: bool, op_id: str | None = None) -> None:
+        recovered.append(failure)
+
+    monkeypatch.setattr(m, "_checkpoint_now", dumped_then_stuck_replicating)
+    monkeypatch.setattr(m, "_recover", recover)
+    await _run_loop(m, 0.5, replicating.is_set)  # probes go unanswered from here on
+    assert replicating.is_set() and rt.checkpointing
+    t0 = time.monotonic()
+    await _run_loop(m, 3.0, lambda: bool(recovered))
+    assert recovered == ["hang"], f"no recovery {time.monotonic() - t0:.1f} s into the hang"
+    assert time.monotonic() - t0 < 1.0
+
+
+async def test_a_dump_in_progress_is_not_cancelled_for_a_hang(
+        manager: Manager, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recovery of a hang found while the VNF's dump runs waits for the dump to end
+    (a stopped VNF's dump is refused at once): it is not cut off in the middle."""
+    m = manager
+    m.started -= 10.0
+    m._reconciled = True
+    rt = m._rt("fm")
+    dump_ended = asyncio.Event()
+
+    async def slow_dump(vnf_id: str) -> None:
+        rt.dumping = True
+        await asyncio.sleep(0.3)
+        rt.dumping = False
+        rt.thawed_at = time.monotonic()
+        dump_ended.set()
+
+    recovered: list[float] = []
+
+    async def recover(vnf_id: str, failure: str, detected_at: float, detail: str, *,
+                      auto: bool, op_id: str | None = None) -> None:
+        recovered.append(time.monotonic())
+
+    monkeypatch.setattr(m, "_checkpoint_now", slow_dump)
+    monkeypatch.setattr(m, "_recover", recover)
+    await _run_loop(m, 0.5, lambda: rt.dumping)
+    assert rt.dumping
+    rt.failure = ("hang", time.time(), "found by a test")
+    await _run_loop(m, 2.0, lambda: bool(recovered))
+    assert dump_ended.is_set() and recovered

@@ -94,6 +94,36 @@ def test_hang_is_detected_by_probes_and_restored(mgr: Mgr, python_bin: str) -> N
         assert _count(ip, flow.key) >= sent
 
 
+def test_hang_while_a_replication_is_stuck_is_detected_and_restored(mgr: Mgr,
+                                                                     python_bin: str) -> None:
+    """The VNF's backup host crashes, so a checkpoint's push to it stalls (it waits out a
+    60 s timeout) with the checkpoint task in flight; the VNF then hangs. Its probes
+    still run and it is restored locally within seconds, the stuck checkpoint cancelled
+    (the campaign's hangs undetected for 15 s+)."""
+    addr = mgr.tb.vnf_address(9)
+    ip = addr.split("/")[0]
+    vnf = mgr.deploy(flowmon(addr, python_bin, interval=0.2), "fm-s")
+    flow, sent = _warm(mgr, ip, "fm-s")
+    backup = vnf["backups"][0]
+    with flow:
+        asyncio.run(mgr.tb.crash_host(backup))
+        wait_until(lambda: {h["id"]: h["state"] for h in mgr.ok("GET", "/nfvha/v1/hosts")}
+                   [backup] == "DOWN", 10)
+        time.sleep(1.0)
+        last = mgr.checkpoints("fm-s")[-1]["seq"]
+        time.sleep(1.0)
+        stuck = mgr.checkpoints("fm-s")[-1]["seq"] == last  # none in 1 s at 0.2 s intervals
+        injected = time.time()
+        mgr.ok("POST", "/nfvha/v1/vnf_instances/fm-s/inject", json={"fault": "hang"})
+        op = mgr.wait_heal("fm-s", timeout=10)
+        assert op["nfvha"]["failureType"] == "hang", op
+        assert op["nfvha"]["strategy"] == "restore-local", op
+        detected = float(op["nfvha"]["timestamps"]["detected"])
+        assert detected - injected < 3.0, (detected - injected, stuck)
+        assert _count(ip, flow.key) >= sent
+    assert mgr.vnf("fm-s")["host"] == vnf["host"]
+
+
 def test_host_crash_is_restored_remotely_with_state(mgr: Mgr, python_bin: str) -> None:
     addr = mgr.tb.vnf_address(3)
     ip = addr.split("/")[0]

@@ -21,8 +21,8 @@ from enum import StrEnum
 from nfvha.ha.lifecycle import VnfState
 
 __all__ = [
-    "BackOff", "Checkpoint", "Decision", "DropFailure", "EndCrashLoop", "Failure",
-    "KeepHostsUp", "Phase", "Plan", "Reconcile", "ReconcileStep", "Recover", "Request",
+    "BackOff", "CancelCheckpoint", "Checkpoint", "Decision", "DropFailure", "EndCrashLoop",
+    "Failure", "KeepHostsUp", "Phase", "Plan", "Reconcile", "ReconcileStep", "Recover", "Request",
     "RequestPlan", "Retry", "RetryLater", "Snapshot", "StartProbe", "SuspectHost",
     "SuspectVerdict", "VnfFacts", "judge_suspect", "phase", "plan", "plan_reconcile",
     "plan_request",
@@ -71,6 +71,7 @@ class VnfFacts:
     state: VnfState
     busy: bool = False  # an action (checkpoint, recovery, move, ...) runs for it
     checkpointing: bool = False  # that action is a periodic checkpoint
+    dumping: bool = False  # and it is in its dump (the VNF frozen), not queued or pushing
     failure: Failure | None = None
     retry_at: float | None = None  # FAILED: when to try again
     retries: int = 0
@@ -140,6 +141,15 @@ class BackOff(Decision):
     delay: float = 0.0
     until: float = 0.0
     alarm: bool = False
+
+
+@dataclass(frozen=True)
+class CancelCheckpoint(Decision):
+    """A failure is known while the VNF's periodic checkpoint waits for its host's dump
+    slot or replicates (a push to a backup that crashed meanwhile waits out its timeout):
+    the recovery must not wait for it. Never during the dump itself."""
+
+    vnf: str = ""
 
 
 @dataclass(frozen=True)
@@ -233,6 +243,10 @@ def _vnf_step(v: VnfFacts, s: Snapshot) -> tuple[list[Decision], float | None]:
     """The decisions for one VNF and when it next needs a look (None: nothing due)."""
     now = s.now
     if v.failure is not None:
+        if v.busy and v.checkpointing and not v.dumping:
+            return [CancelCheckpoint(f"a {v.failure.kind} is known: its recovery does not "
+                                     "wait for a checkpoint that is queued or replicating",
+                                     vnf=v.id)], now
         if v.busy or s.grace:
             return [], now  # handled once the running action or the start-up grace ends
         if v.state not in (VnfState.ACTIVE, VnfState.RECOVERING, VnfState.INSTANTIATING):
@@ -252,7 +266,16 @@ def _vnf_step(v: VnfFacts, s: Snapshot) -> tuple[list[Decision], float | None]:
         return [Retry("every strategy failed last time; a transient cause (overload, a host "
                       "coming back) may have passed", vnf=v.id, failure=v.retry_failure,
                       attempt=v.retries + 1)], None
-    if v.state != VnfState.ACTIVE or v.busy:
+    if v.state != VnfState.ACTIVE:
+        return [], None
+    if v.busy:
+        # A periodic checkpoint queued for its host's dump slot or replicating leaves the
+        # VNF running, and it may hang meanwhile: it is probed all the same (a probe
+        # missed during the dump itself is excused by the probe). Any other action (a
+        # recovery, a move) decides about the VNF itself.
+        if v.checkpointing and v.probe_enabled and not v.probing:
+            return [StartProbe("probed while its checkpoint is queued or replicating",
+                               vnf=v.id)], None
         return [], None
     out: list[Decision] = []
     if v.crash_streak and v.recovered_at is not None and \

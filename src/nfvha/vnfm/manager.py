@@ -47,6 +47,7 @@ from nfvha.ha.planner import (
     CRASH_BACKOFF_MAX_S,
     RETRY_MAX_S,
     BackOff,
+    CancelCheckpoint,
     Checkpoint,
     Decision,
     DropFailure,
@@ -846,6 +847,7 @@ class Manager:
             recoverable = self._recoverable(data, rt.retry_failure)  # only when it counts
         return VnfFacts(
             id=data["id"], state=state, busy=busy, checkpointing=rt.checkpointing,
+            dumping=rt.dumping,
             failure=Failure(*rt.failure) if rt.failure is not None else None,
             retry_at=rt.retry_at, retries=rt.retries, retry_failure=rt.retry_failure,
             recoverable=recoverable, probe_enabled=policy.probe.type != "none",
@@ -905,6 +907,8 @@ class Manager:
                         f"({streak} times; last: {f.detail}); recoveries back off up to "
                         f"{CRASH_BACKOFF_MAX_S:g} s. Check its command, its configuration "
                         "and resources.memory", {})
+            case CancelCheckpoint(vnf=vnf):
+                self._cancel(self._rt(vnf).busy, d.reason)
             case DropFailure(vnf=vnf):
                 self._rt(vnf).failure = None
             case RetryLater(vnf=vnf, at=at):
