@@ -4,6 +4,11 @@ nothing half-made behind."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
 
 import httpx
 
@@ -101,3 +106,39 @@ def test_push_to_unreachable_peer_is_502_and_says_so(bed: Bed, python_bin: str) 
                  json={"peer_url": bed.url("h2")})
     assert r.status_code == 502
     assert "unreachable" in r.json()["detail"]
+
+
+def test_a_hang_injected_during_a_dump_takes(bed: Bed, python_bin: str) -> None:
+    """CRIU seizes the VNF for its dump and resumes it as it found it: a SIGSTOP sent
+    meanwhile was swallowed, and the injected "hang" never happened (fault campaigns
+    counted such hangs as never detected). The agent now sends it once the dump is over:
+    whenever it is injected, the VNF ends up stopped."""
+    bed.ok("POST", "h1", "/v1/instances",
+           json={"descriptor": flowmon_descriptor(bed.tb.vnf_address(13), python_bin),
+                 "instance_id": "hs"})
+    pid = bed.ok("GET", "h1", "/v1/instances/hs")["pid"]
+    errors: list[str] = []
+
+    def checkpoint() -> None:
+        r = bed.call("POST", "h1", "/v1/instances/hs/checkpoints")
+        if r.status_code not in (200, 201, 409):  # 409: the dump saw it stopped
+            errors.append(f"{r.status_code} {r.text}")
+
+    injected_during = False
+    for _ in range(20):  # until an injection lands while the agent is dumping
+        worker = threading.Thread(target=checkpoint)
+        worker.start()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and worker.is_alive():
+            if bed.ok("GET", "h1", "/v1/instances/hs")["state"] == "CHECKPOINTING":
+                bed.ok("POST", "h1", "/v1/instances/hs/inject", json={"fault": "hang"})
+                injected_during = True
+                break
+        worker.join(10)
+        if injected_during:
+            break
+    assert injected_during, "no injection landed during a dump in 20 tries"
+    assert not errors, errors
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    assert state == "T", f"the VNF runs on (state {state}): the SIGSTOP was swallowed"
+    os.kill(pid, signal.SIGCONT)

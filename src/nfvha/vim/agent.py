@@ -694,13 +694,27 @@ class Agent:
         sig = {"kill": signal.SIGKILL, "hang": signal.SIGSTOP}.get(fault)
         if sig is None:
             raise InstanceStateError(f"unknown fault {fault!r}: use kill or hang")
+        if sig == signal.SIGSTOP:
+            # A dump under way ends first: CRIU seizes the task and resumes it as it found
+            # it, so a SIGSTOP sent meanwhile is swallowed and the "hang" never happens
+            # (seen in fault campaigns as hangs the manager never had to detect).
+            async with inst.lock:
+                self._signal(inst, sig)
+        else:
+            self._signal(inst, sig)
+        log.warning("injected %s into instance %s (pid %d)", fault, instance_id, inst.pid)
+        return inst
+
+    @staticmethod
+    def _signal(inst: Instance, sig: signal.Signals) -> None:
+        if inst.pid is None or inst.state not in LIVE_STATES:  # it changed while we waited
+            raise InstanceStateError(f"instance {inst.id} is {inst.state}: nothing to "
+                                     "inject a fault into")
         try:
             os.kill(inst.pid, sig)
         except ProcessLookupError:
-            raise InstanceStateError(f"instance {instance_id} has just exited: nothing to "
+            raise InstanceStateError(f"instance {inst.id} has just exited: nothing to "
                                      "inject a fault into") from None
-        log.warning("injected %s into instance %s (pid %d)", fault, instance_id, inst.pid)
-        return inst
 
     async def exec_probe(self, instance_id: str) -> bool:
         """The instance's own ``exec`` health probe, run inside its sandbox: its network,
