@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from nfvha.cli import build_parser
 from nfvha.pki import init_ca
 from nfvha.store import (
     ConflictError,
@@ -22,7 +23,7 @@ from nfvha.store import (
     Op,
     StoreError,
 )
-from nfvha.store.etcd import EtcdClient
+from nfvha.store.etcd import EtcdClient, parse_store_url
 from nfvha.tls import TlsConfig
 from tests.conftest import TEST_PREFIX
 from tests.etcdmember import _free_port, etcd_member
@@ -239,3 +240,23 @@ def test_tls_member_takes_a_client_certificate_from_its_ca(tmp_path: Path) -> No
         stranger = other.issue("manager", out_dir=tmp_path / "stranger")
         with pytest.raises(StoreError, match="no member answered"):
             EtcdStore(url, tls=TlsConfig(stranger.cert, stranger.key, other.cert_path))
+
+
+# --- the manager's --store URL ------------------------------------------------------------
+
+
+def test_store_urls_name_the_members_and_the_prefix() -> None:
+    assert parse_store_url("etcd://10.0.0.1:2379,10.0.0.2:2379/site-a/") == (
+        ["http://10.0.0.1:2379", "http://10.0.0.2:2379"], "/site-a")
+    assert parse_store_url("etcd+https://[::1]:2379") == (
+        ["https://[::1]:2379"], "/nfvha/default")
+    for bad in ("sqlite:///x.db", "etcd://host", "etcd://a:1,:2", "etcd://a:port"):
+        with pytest.raises(StoreError, match="store URL"):
+            parse_store_url(bad)
+
+
+def test_the_manager_takes_a_store_url(etcd_url: str, prefix: str) -> None:
+    args = build_parser().parse_args(["manager", "--store", f"etcd://{etcd_url[7:]}{prefix}"])
+    with EtcdStore.from_url(args.store) as s:
+        assert (s.client.endpoints, s.prefix) == ((etcd_url,), prefix)
+        s.create("host", "h1", {})

@@ -39,6 +39,7 @@ __all__ = [
     "EtcdClient",
     "EtcdStore",
     "Guard",
+    "parse_store_url",
 ]
 
 logger = logging.getLogger(__name__)
@@ -301,6 +302,12 @@ class EtcdStore(StateStore):
                 f" {MIN_ETCD_VERSION[0]}.{MIN_ETCD_VERSION[1]} or later (its /v3 gateway)"
             )
 
+    @classmethod
+    def from_url(cls, url: str, *, tls: TlsConfig | None = None) -> EtcdStore:
+        """From a store URL (`parse_store_url`), e.g. ``etcd://10.0.0.1:2379,10.0.0.2:2379``."""
+        endpoints, prefix = parse_store_url(url)
+        return cls(endpoints, prefix=prefix, tls=tls)
+
     def __repr__(self) -> str:
         return f"EtcdStore({','.join(self.client.endpoints)}, prefix={self.prefix!r})"
 
@@ -474,6 +481,25 @@ class EtcdStore(StateStore):
             raise StoreError(f"etcd key {self._key(kind, id)} holds {type(data).__name__}"
                              " data, not an object")
         return Record(kind, id, version, data, updated_at)
+
+
+def parse_store_url(url: str) -> tuple[builtins.list[str], str]:
+    """``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`` (``etcd+https://`` for TLS) as the
+    members' client URLs and the key prefix (default DEFAULT_PREFIX)."""
+    schemes = {"etcd://": "http://", "etcd+http://": "http://", "etcd+https://": "https://"}
+    scheme = next((s for s in schemes if url.startswith(s)), None)
+    if scheme is None:
+        raise StoreError(f"store URL {url!r}: use etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"
+                         " (etcd+https:// for TLS)")
+    members, slash, path = url[len(scheme):].partition("/")
+    endpoints = []
+    for member in members.split(","):
+        host, colon, port = member.strip().rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise StoreError(f"store URL {url!r}: member {member!r} is not HOST:PORT")
+        endpoints.append(f"{schemes[scheme]}{host}:{port}")
+    prefix = "/" + path.strip("/") if slash and path.strip("/") else DEFAULT_PREFIX
+    return endpoints, prefix
 
 
 def _encode(op: Op, now: float) -> str:
