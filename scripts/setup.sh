@@ -127,15 +127,17 @@ fi
 
 install_pkgs "${RUNTIME_PKGS[@]}" "${TEST_PKGS[@]}" "${FENCE_PKGS[@]}" ipmitool
 
-# Real TCP VNFs for the tests and benchmarks: Debian's haproxy and nginx's stream proxy.
-# Their packages would start system services on ports 80 and 8404; a policy-rc.d keeps
-# them stopped during the install (the tests run their own copies in VNF sandboxes).
-VNF_PKGS=(haproxy nginx libnginx-mod-stream)
-if [ -n "$(missing_pkgs "${VNF_PKGS[@]}")" ]; then
+# Real TCP VNFs for the tests and benchmarks: Debian's haproxy and nginx's stream proxy;
+# and etcd v3 (Debian 12: 3.4), the state store of a manager cluster (nfvha.store.etcd).
+# Their packages would start system services on ports 80, 8404 and 2379; a policy-rc.d
+# keeps them stopped during the install (the tests run their own copies: the VNFs in
+# sandboxes, etcd as throwaway members on free ports of 127.0.0.1).
+SERVICE_PKGS=(haproxy nginx libnginx-mod-stream etcd-server etcd-client)
+if [ -n "$(missing_pkgs "${SERVICE_PKGS[@]}")" ]; then
   policy=/usr/sbin/policy-rc.d
   had_policy=0; [ -e "$policy" ] && had_policy=1
   [ "$had_policy" = 1 ] || { printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 0755 "$policy"; }
-  install_pkgs "${VNF_PKGS[@]}" || { [ "$had_policy" = 1 ] || rm -f "$policy"; die "installing ${VNF_PKGS[*]} failed"; }
+  install_pkgs "${SERVICE_PKGS[@]}" || { [ "$had_policy" = 1 ] || rm -f "$policy"; die "installing ${SERVICE_PKGS[*]} failed"; }
   [ "$had_policy" = 1 ] || rm -f "$policy"
 fi
 # A Debian criu older than $CRIU_MIN would shadow ours only if earlier on PATH; /usr/local/sbin comes first.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,3 +51,17 @@ async def manager(tmp_path: Path) -> AsyncIterator[Manager]:
     finally:
         await m.close()
         m.store.close()
+
+
+@pytest.fixture(scope="session")
+def etcd_url() -> Iterator[str]:
+    """One throwaway etcd member for the session (tests/etcdmember.py); each test takes a
+    key prefix of its own. A missing etcd fails the tests that need it: `make test`
+    installs it."""
+    from tests.etcdmember import etcd_member, etcd_missing
+
+    missing = etcd_missing()
+    if missing:
+        pytest.fail(missing)
+    with etcd_member() as url:
+        yield url

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 from tests.conftest import TEST_PREFIX
+from tests.etcdmember import DATA_DIR_PREFIX as ETCD_DATA_DIR_PREFIX
 
 
 def _out(*cmd: str) -> str:
@@ -24,6 +26,7 @@ def test_no_namespace_veth_cgroup_or_vnf_process_is_left() -> None:
     cgroups = [p for p in Path("/sys/fs/cgroup").glob(f"**/{TEST_PREFIX}*") if p.is_dir()]
     assert cgroups == []
     assert not list(Path("/run/nfvha-test").glob("testbed-*"))
+    assert not list(Path(tempfile.gettempdir()).glob(f"{ETCD_DATA_DIR_PREFIX}*"))
     mine = os.getpid()
     vnfs = []
     for proc in Path("/proc").iterdir():
@@ -41,4 +44,6 @@ def test_no_namespace_veth_cgroup_or_vnf_process_is_left() -> None:
         ours = f"/{TEST_PREFIX}" in cgroup or "/run/nfvha-test" in cmd
         if ours and ("examples/vnfs/" in cmd or "nfvha agent" in cmd):
             vnfs.append(f"{proc.name}: {cmd}")
+        if cmd.startswith("etcd ") and f"/{ETCD_DATA_DIR_PREFIX}" in cmd:
+            vnfs.append(f"{proc.name}: {cmd}")  # a test's etcd member (tests/etcdmember.py)
     assert vnfs == []

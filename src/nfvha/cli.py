@@ -127,6 +127,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 def cmd_manager(args: argparse.Namespace) -> int:
     from nfvha.ha.timings import FaultTimings
+    from nfvha.store.base import StateStore
     from nfvha.store.sqlite import SqliteStore
     from nfvha.vnfm.api import create_manager_app
     from nfvha.vnfm.manager import Manager, ManagerConfig
@@ -169,8 +170,15 @@ def cmd_manager(args: argparse.Namespace) -> int:
             "credentials with `nfvha user add NAME --role operator --users-file FILE`")
     # Dashboard streams end at a stop by themselves (app.state.on_stop); a request
     # still open after this is cut short rather than hold the stop up.
-    return _serve(create_manager_app(Manager(SqliteStore(args.db), cfg)), args,
-                  shutdown_timeout=3)
+    if args.store:
+        from nfvha.store.etcd import EtcdStore
+
+        # One manager on etcd, as on SQLite: leader election (issue 14) is not here yet.
+        store: StateStore = EtcdStore.from_url(
+            args.store, tls=tls if args.store.startswith("etcd+https://") else None)
+    else:
+        store = SqliteStore(args.db)
+    return _serve(create_manager_app(Manager(store, cfg)), args, shutdown_timeout=3)
 
 
 def _reserved(items: list[str]) -> dict[str, str]:
@@ -660,6 +668,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--listen", default="127.0.0.1:8600", help="ADDRESS:PORT")
     m.add_argument("--advertise-url", default=None)
     m.add_argument("--db", default="/var/lib/nfvha/manager.db", help="SQLite state file")
+    m.add_argument("--store", default=None, metavar="URL",
+                   help="keep the state in etcd instead of --db: etcd://HOST:PORT[,HOST:PORT"
+                        "...][/PREFIX], or etcd+https://... with --tls-cert/--tls-key/--tls-ca"
+                        " (default prefix /nfvha/default)")
     m.add_argument("--token-file", default=None, help="the operators' bearer token")
     m.add_argument("--liveness-secret-file", default=None,
                    help="the cluster's liveness secret (liveness.secret of `nfvha pki init`): "

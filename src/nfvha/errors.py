@@ -21,7 +21,8 @@ Third-party and OS errors are converted once, at the boundary that met them, wit
     ├── HostNetworkError             `ip` / netlink failures
     ├── StoreError                   (nfvha.store.base) state store backend failures
     │   ├── ConflictError            compare-and-set lost
-    │   └── NotFound
+    │   ├── NotFound
+    │   └── LeadershipLost           a write made under a leader key no longer held
     ├── AgentCallError               (nfvha.vnfm.agent_client) an agent call failed
     ├── ForwarderError               (nfvha.dataplane.client) the forwarder is unreachable
     │   └── ReplayGapError           replay refused: the log was trimmed past the position

@@ -1,9 +1,11 @@
-"""The manager's state store: versioned JSON records with compare-and-set (SQLite now,
-etcd later), behind one interface whose docstring states what is atomic."""
+"""The manager's state store: versioned JSON records with compare-and-set (SQLite for one
+machine, etcd for a manager cluster), behind one interface whose docstring states what is
+atomic."""
 
 from nfvha.store.base import (
     KINDS,
     ConflictError,
+    LeadershipLost,
     NotFound,
     Op,
     OpAction,
@@ -11,11 +13,15 @@ from nfvha.store.base import (
     StateStore,
     StoreError,
 )
+from nfvha.store.etcd import EtcdStore, Guard
 from nfvha.store.sqlite import SqliteStore
 
 __all__ = [
     "KINDS",
     "ConflictError",
+    "EtcdStore",
+    "Guard",
+    "LeadershipLost",
     "NotFound",
     "Op",
     "OpAction",

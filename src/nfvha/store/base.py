@@ -1,6 +1,6 @@
 """The manager's state store interface: versioned JSON records with compare-and-set.
 
-Backends (SQLite now, etcd later) implement `StateStore`; its docstring is the contract.
+Backends (SQLite, etcd) implement `StateStore`; its docstring is the contract.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from nfvha.errors import PROBLEM_PREFIX, NfvhaError
 __all__ = [
     "KINDS",
     "ConflictError",
+    "LeadershipLost",
     "NotFound",
     "Op",
     "OpAction",
@@ -51,6 +52,15 @@ class NotFound(StoreError):
     """No record of that kind and id."""
 
     problem_type = PROBLEM_PREFIX + "record-not-found"
+
+
+class LeadershipLost(StoreError):
+    """A write was refused because its writer no longer holds the leader key it was made
+    under (a fencing token compared in the same transaction): a deposed leader's late
+    write. Not a ConflictError, so `StateStore.update` does not retry it: the writer must
+    stop acting, not try again."""
+
+    problem_type = PROBLEM_PREFIX + "leadership-lost"
 
 
 def check_kind(kind: str) -> None:

@@ -1,0 +1,510 @@
+"""etcd v3 backend of the state store: one key per record, every write one etcd txn.
+
+Spoken over etcd's grpc-gateway JSON API (``/v3/...``) with httpx; `EtcdStore` says why.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from nfvha.store.base import (
+    ConflictError,
+    LeadershipLost,
+    NotFound,
+    Op,
+    Record,
+    StateStore,
+    StoreError,
+    check_key,
+    check_kind,
+    matches_where,
+)
+from nfvha.tls import TlsConfig
+
+__all__ = [
+    "API_PATH",
+    "DEFAULT_PREFIX",
+    "DEFAULT_TIMEOUT",
+    "MIN_ETCD_VERSION",
+    "EtcdClient",
+    "EtcdStore",
+    "Guard",
+    "parse_store_url",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The gateway's path since etcd 3.4 (Debian 12 ships 3.4.23); 3.3's ``/v3beta`` is gone
+#: in 3.5, ``/v3`` is served by every release we accept.
+API_PATH = "/v3"
+MIN_ETCD_VERSION = (3, 4)
+#: Each call is one round trip to one member; the same bound as SQLite's busy timeout.
+DEFAULT_TIMEOUT = 2.0
+DEFAULT_PREFIX = "/nfvha/default"
+
+# gRPC status codes the gateway puts in an error body's "code".
+_GRPC_UNAVAILABLE = 14
+_GRPC_DEADLINE_EXCEEDED = 4
+
+
+def _b64(raw: str) -> str:
+    return base64.b64encode(raw.encode()).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def _prefix_end(prefix: str) -> str:
+    """The range end that selects every key starting with ``prefix`` (etcd's idiom:
+    the prefix with its last byte incremented)."""
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1  # the prefixes we build end in "/", never in 0xff
+    return base64.b64encode(bytes(raw)).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A fencing token the store compares in every write: the write applies only while
+    ``key`` is the one its writer holds, created at ``create_revision`` (a key deleted and
+    campaigned for again gets a new one) and, if given, still bound to ``lease``.
+
+    Set by a leader on its store once elected (issue 14: leader election with a lease);
+    a write after the key changed raises `LeadershipLost`, and nothing of it is applied.
+    """
+
+    key: str
+    create_revision: int
+    lease: int | None = None
+
+    def compares(self) -> builtins.list[dict[str, Any]]:
+        key = _b64(self.key)
+        out: builtins.list[dict[str, Any]] = [
+            {"key": key, "target": "CREATE", "result": "EQUAL",
+             "create_revision": str(self.create_revision)}]
+        if self.lease is not None:
+            out.append({"key": key, "target": "LEASE", "result": "EQUAL",
+                        "lease": str(self.lease)})
+        return out
+
+    def held_in(self, kv: dict[str, Any] | None) -> bool:
+        """Whether ``kv`` (the guard key as read, or None if absent) still matches."""
+        if kv is None or int(kv.get("create_revision", 0)) != self.create_revision:
+            return False
+        return self.lease is None or int(kv.get("lease", 0)) == self.lease
+
+
+class EtcdClient:
+    """etcd's v3 gateway over one httpx client: POST a request body, get its JSON answer.
+
+    ``endpoints`` are the members' client URLs (``http://10.0.0.1:2379``); a call goes to
+    the member that answered last and fails over to the next on a connection error.
+    Whether a call may also move on after it reached a member (a read timing out, a
+    member without a leader) depends on ``idempotent``: a write whose answer was lost may
+    have been applied, so it is reported, never sent twice. Every failure is a
+    `StoreError`; thread-safe. ``transport`` replaces the network in tests.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        tls: TlsConfig | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        api_path: str = API_PATH,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        urls = [e.strip().rstrip("/") for e in endpoints if e.strip()]
+        if not urls:
+            raise StoreError("etcd store: no endpoint given (e.g. http://127.0.0.1:2379)")
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise StoreError(f"etcd endpoint {url!r}: give a client URL, http://HOST:PORT"
+                                 " or https://HOST:PORT")
+        if tls is None and any(u.startswith("https://") for u in urls):
+            raise StoreError("etcd endpoints use https:// but no TLS certificate, key and CA"
+                             " were given")
+        self.endpoints = tuple(urls)
+        self.api_path = "/" + api_path.strip("/")
+        self._lock = threading.Lock()
+        self._current = 0
+        verify: Any = tls.client_context() if tls is not None else True
+        # trust_env=False: an HTTP proxy set for the daemons' other traffic must not sit
+        # between a manager and its store.
+        self._http: httpx.Client | None = httpx.Client(
+            timeout=httpx.Timeout(timeout), verify=verify, trust_env=False,
+            transport=transport)
+
+    def __repr__(self) -> str:
+        return f"EtcdClient({','.join(self.endpoints)})"
+
+    def call(self, path: str, body: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
+        """POST ``body`` to ``{api_path}{path}`` and return the answer's JSON object."""
+        return self._request("POST", self.api_path + path, body, idempotent=idempotent)
+
+    def version(self) -> tuple[int, int]:
+        """The cluster's version (``/version``'s etcdcluster), as (major, minor)."""
+        answer = self._request("GET", "/version", None, idempotent=True)
+        text = str(answer.get("etcdcluster") or answer.get("etcdserver") or "")
+        try:
+            major, minor = (int(x) for x in text.split(".")[:2])
+        except ValueError:
+            raise StoreError(f"etcd at {self._endpoint()} reports version {text!r}, which"
+                             " nfvha cannot read") from None
+        return major, minor
+
+    def close(self) -> None:
+        with self._lock:
+            http, self._http = self._http, None
+        if http is not None:
+            http.close()
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _endpoint(self) -> str:
+        return self.endpoints[self._current]
+
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None, *, idempotent: bool
+    ) -> dict[str, Any]:
+        with self._lock:
+            http = self._http
+            start = self._current
+        if http is None:
+            raise StoreError(f"etcd store {','.join(self.endpoints)} is closed")
+        failures: builtins.list[str] = []
+        for step in range(len(self.endpoints)):
+            index = (start + step) % len(self.endpoints)
+            url = self.endpoints[index] + path
+            try:
+                response = http.request(method, url, json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                failures.append(f"{self.endpoints[index]}: {exc or type(exc).__name__}")
+                continue  # the request never left: safe to send to the next member
+            except httpx.TransportError as exc:
+                detail = f"{self.endpoints[index]}: {exc or type(exc).__name__}"
+                if idempotent:
+                    failures.append(detail)
+                    continue
+                raise StoreError(
+                    f"etcd write to {detail}: no answer, so it may or may not have been"
+                    " applied; read the records again before deciding"
+                ) from exc
+            except RuntimeError as exc:  # httpx: the client was closed meanwhile
+                raise StoreError(f"etcd store {','.join(self.endpoints)} is closed") from exc
+            answer = self._answer(response, url)
+            if isinstance(answer, str):  # an error the member reported
+                if idempotent and self._member_cannot_serve(response):
+                    failures.append(f"{self.endpoints[index]}: {answer}")
+                    continue
+                raise StoreError(f"etcd {url}: {answer}")
+            if index != start:
+                with self._lock:
+                    self._current = index
+                logger.info("etcd store: now using %s (%s failed)", self.endpoints[index],
+                            "; ".join(failures))
+            return answer
+        raise StoreError(
+            f"etcd store: no member answered ({'; '.join(failures)}); is the etcd cluster"
+            " up and does it have quorum?"
+        )
+
+    @staticmethod
+    def _answer(response: httpx.Response, url: str) -> dict[str, Any] | str:
+        """The JSON object of a 200 answer, or what the error answer says."""
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if response.status_code == 200 and isinstance(payload, dict):
+            return payload
+        if response.status_code == 404 and not isinstance(payload, dict):
+            return ("not found: is this an etcd 3.4 or later client URL (its v3 gateway"
+                    " answers under /v3)?")
+        if isinstance(payload, dict) and ("message" in payload or "error" in payload):
+            return f"{payload.get('message') or payload.get('error')} (HTTP"\
+                   f" {response.status_code})"
+        return f"unexpected answer, HTTP {response.status_code}: {response.text[:200]!r}"
+
+    @staticmethod
+    def _member_cannot_serve(response: httpx.Response) -> bool:
+        """A member without a leader, or overloaded: another member may answer."""
+        try:
+            code = response.json().get("code")
+        except (ValueError, AttributeError):
+            return response.status_code >= 500
+        return code in (_GRPC_UNAVAILABLE, _GRPC_DEADLINE_EXCEEDED)
+
+
+class EtcdStore(StateStore):
+    """`StateStore` on an etcd v3 cluster, for managers that share their state.
+
+    Layout: a record is one key, ``<prefix>/<kind>/<id>``, whose value is the JSON
+    ``{"data": ..., "updatedAt": ...}``. etcd's own per-key ``version`` is exactly the
+    contract's (1 on create, +1 per write, reset by a delete), so it is the record's
+    version and every compare-and-set compares it. Every write, single or many, is one
+    etcd txn: the ops' conditions (and the `Guard`, if set) as its compares, the writes as
+    its success branch, reads of the keys concerned as its failure branch, from which a
+    refusal is explained (ConflictError, NotFound, LeadershipLost) with no second round
+    trip. `list` orders by ``create_revision``; records created by one `transaction` share
+    it and come in id order. Reads are serializable (any member answers from its own copy,
+    as the contract allows). etcd refuses a txn of more than 128 ops by default
+    (``--max-txn-ops``), and requests over 1.5 MiB (``--max-request-bytes``).
+
+    Why the grpc-gateway with httpx rather than a client library: the store interface is
+    synchronous and called from the event loop for one short round trip, so `aetcd`
+    (asyncio gRPC, with grpcio) would need a loop of its own in another thread for every
+    call; `etcd3gw` (OpenStack tooz's, synchronous, on the same gateway) talks to one
+    member only, takes transactions as the raw gateway JSON anyway (so encoding and
+    explaining them would still be ours) and brings requests, futurist and pbr. The
+    gateway's JSON API is documented and stable from etcd 3.4 on; httpx is already
+    nfvha's HTTP client, with TLS client certificates, timeouts and a thread-safe pool,
+    and `EtcdClient` adds what the libraries lack: a list of members with fail-over.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        tls: TlsConfig | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        guard: Guard | None = None,
+    ) -> None:
+        if isinstance(endpoints, str):
+            endpoints = endpoints.split(",")
+        if not prefix.startswith("/") or prefix.rstrip("/") == "":
+            raise StoreError(f"etcd key prefix {prefix!r}: give a path such as /nfvha/site-a")
+        self.prefix = prefix.rstrip("/")
+        #: Compared in every write while set; see `Guard`. Set and cleared by whoever
+        #: holds the leadership; a plain attribute, read once per write.
+        self.guard = guard
+        self.client = EtcdClient(endpoints, tls=tls, timeout=timeout)
+        try:
+            found = self.client.version()
+        except BaseException:
+            self.client.close()
+            raise
+        if found < MIN_ETCD_VERSION:
+            self.client.close()
+            raise StoreError(
+                f"etcd at {self.client.endpoints[0]} runs {found[0]}.{found[1]}; nfvha needs"
+                f" {MIN_ETCD_VERSION[0]}.{MIN_ETCD_VERSION[1]} or later (its /v3 gateway)"
+            )
+
+    @classmethod
+    def from_url(cls, url: str, *, tls: TlsConfig | None = None) -> EtcdStore:
+        """From a store URL (`parse_store_url`), e.g. ``etcd://10.0.0.1:2379,10.0.0.2:2379``."""
+        endpoints, prefix = parse_store_url(url)
+        return cls(endpoints, prefix=prefix, tls=tls)
+
+    def __repr__(self) -> str:
+        return f"EtcdStore({','.join(self.client.endpoints)}, prefix={self.prefix!r})"
+
+    # --- reads -------------------------------------------------------------------------
+
+    def get(self, kind: str, id: str) -> Record:
+        record = self.find(kind, id)
+        if record is None:
+            raise NotFound(f"{kind}/{id} not found")
+        return record
+
+    def find(self, kind: str, id: str) -> Record | None:
+        check_key(kind, id)
+        answer = self.client.call(
+            "/kv/range", {"key": _b64(self._key(kind, id)), "serializable": True},
+            idempotent=True)
+        kvs = answer.get("kvs") or []
+        return self._record(kind, id, kvs[0]) if kvs else None
+
+    def list(self, kind: str, *, where: dict[str, Any] | None = None) -> builtins.list[Record]:
+        check_kind(kind)
+        start = f"{self.prefix}/{kind}/"
+        answer = self.client.call(
+            "/kv/range",
+            {"key": _b64(start), "range_end": _prefix_end(start), "serializable": True},
+            idempotent=True)
+        named = [(_unb64(kv["key"]).decode()[len(start):], kv)
+                 for kv in answer.get("kvs") or []]
+        named.sort(key=lambda item: (int(item[1].get("create_revision", 0)), item[0]))
+        records = (self._record(kind, id, kv) for id, kv in named)
+        return [record for record in records if matches_where(record.data, where)]
+
+    # --- atomic writes -----------------------------------------------------------------
+
+    def create(self, kind: str, id: str, data: dict[str, Any]) -> Record:
+        return self._write_one(Op.create(kind, id, data))
+
+    def put(self, kind: str, id: str, data: dict[str, Any]) -> Record:
+        return self._write_one(Op.put(kind, id, data))
+
+    def cas_update(
+        self, kind: str, id: str, expected_version: int, data: dict[str, Any]
+    ) -> Record:
+        return self._write_one(Op.cas(kind, id, expected_version, data))
+
+    def delete(self, kind: str, id: str, expected_version: int | None = None) -> None:
+        self._commit([Op.delete(kind, id, expected_version)])
+
+    def transaction(self, ops: Sequence[Op]) -> builtins.list[Record]:
+        seen: set[tuple[str, str]] = set()
+        for op in ops:
+            if (op.kind, op.id) in seen:
+                raise StoreError(
+                    f"{op.kind}/{op.id} appears twice in one transaction; merge those ops"
+                    " into one (etcd refuses a txn that touches a key twice)"
+                )
+            seen.add((op.kind, op.id))
+        if not ops:
+            return []
+        return self._commit(ops)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _key(self, kind: str, id: str) -> str:
+        return f"{self.prefix}/{kind}/{id}"
+
+    def _write_one(self, op: Op) -> Record:
+        (record,) = self._commit([op])
+        return record
+
+    def _commit(self, ops: Sequence[Op]) -> builtins.list[Record]:
+        """Apply ``ops`` as one etcd txn, or raise why not; the written records in order."""
+        guard = self.guard
+        now = time.time()
+        compares: builtins.list[dict[str, Any]] = guard.compares() if guard else []
+        explain: builtins.list[dict[str, Any]] = (
+            [{"request_range": {"key": _b64(guard.key)}}] if guard else [])
+        writes: builtins.list[dict[str, Any]] = []
+        texts: builtins.list[str | None] = []
+        for op in ops:
+            key = _b64(self._key(op.kind, op.id))
+            explain.append({"request_range": {"key": key}})
+            if op.action == "create":
+                compares.append({"key": key, "target": "VERSION", "result": "EQUAL",
+                                 "version": "0"})
+            elif op.expected_version is not None:
+                compares.append({"key": key, "target": "VERSION", "result": "EQUAL",
+                                 "version": str(op.expected_version)})
+                if op.expected_version < 1:  # version 0 would match an absent key
+                    compares.append({"key": key, "target": "VERSION", "result": "GREATER",
+                                     "version": "0"})
+            if op.action == "delete":
+                texts.append(None)
+                writes.append({"request_delete_range": {"key": key}})
+                continue
+            text = _encode(op, now)
+            texts.append(text)
+            writes.append({"request_put": {"key": key, "value": _b64(text),
+                                           "prev_kv": op.action == "put"}})
+        answer = self.client.call(
+            "/kv/txn", {"compare": compares, "success": writes, "failure": explain},
+            idempotent=False)
+        if not answer.get("succeeded"):
+            raise self._refusal(ops, guard, answer)
+        records: builtins.list[Record] = []
+        responses = answer.get("responses") or []
+        for i, (op, stored) in enumerate(zip(ops, texts, strict=True)):
+            if stored is None:
+                continue
+            if op.action == "create":
+                version = 1
+            elif op.action == "cas" and op.expected_version is not None:
+                version = op.expected_version + 1
+            else:  # put: whatever was there, plus one
+                put = responses[i].get("response_put", {}) if i < len(responses) else {}
+                version = int((put.get("prev_kv") or {}).get("version", 0)) + 1
+            records.append(Record(op.kind, op.id, version, json.loads(stored)["data"], now))
+        return records
+
+    def _refusal(
+        self, ops: Sequence[Op], guard: Guard | None, answer: dict[str, Any]
+    ) -> StoreError:
+        """Why the txn's compares failed, from the failure branch's reads of its keys."""
+        found: builtins.list[dict[str, Any] | None] = []
+        for response in answer.get("responses") or []:
+            kvs = (response.get("response_range") or {}).get("kvs") or []
+            found.append(kvs[0] if kvs else None)
+        if guard is not None:
+            kv = found.pop(0) if found else None
+            if not guard.held_in(kv):
+                now = ("absent" if kv is None else
+                       f"created at revision {kv.get('create_revision', 0)}, lease"
+                       f" {kv.get('lease', 0)}")
+                return LeadershipLost(
+                    f"write refused: leader key {guard.key} is no longer the one this"
+                    f" manager holds (it held revision {guard.create_revision}"
+                    f"{f', lease {guard.lease}' if guard.lease is not None else ''}; now"
+                    f" {now}); stop acting as the leader"
+                )
+        for op, kv in zip(ops, found, strict=False):
+            name = f"{op.kind}/{op.id}"
+            current = None if kv is None else int(kv.get("version", 0))
+            if op.action == "create" and current is not None:
+                return ConflictError(f"{name} already exists (version {current})")
+            if op.expected_version is not None:
+                if current is None:
+                    return NotFound(f"{name} not found (expected version"
+                                    f" {op.expected_version})")
+                if current != op.expected_version:
+                    return ConflictError(f"{name} is at version {current}, not the expected"
+                                         f" {op.expected_version}")
+        return ConflictError(
+            f"transaction of {len(ops)} ops refused by etcd, but its records now match"
+            " (a concurrent writer got in between); read again and retry"
+        )
+
+    def _record(self, kind: str, id: str, kv: dict[str, Any]) -> Record:
+        try:
+            envelope = json.loads(_unb64(kv.get("value", "")))
+            data, updated_at = envelope["data"], float(envelope["updatedAt"])
+            version = int(kv["version"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StoreError(
+                f"etcd key {self._key(kind, id)} does not hold an nfvha record ({exc}); was"
+                " it written by something else under this prefix?"
+            ) from exc
+        if not isinstance(data, dict):
+            raise StoreError(f"etcd key {self._key(kind, id)} holds {type(data).__name__}"
+                             " data, not an object")
+        return Record(kind, id, version, data, updated_at)
+
+
+def parse_store_url(url: str) -> tuple[builtins.list[str], str]:
+    """``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`` (``etcd+https://`` for TLS) as the
+    members' client URLs and the key prefix (default DEFAULT_PREFIX)."""
+    schemes = {"etcd://": "http://", "etcd+http://": "http://", "etcd+https://": "https://"}
+    scheme = next((s for s in schemes if url.startswith(s)), None)
+    if scheme is None:
+        raise StoreError(f"store URL {url!r}: use etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"
+                         " (etcd+https:// for TLS)")
+    members, slash, path = url[len(scheme):].partition("/")
+    endpoints = []
+    for member in members.split(","):
+        host, colon, port = member.strip().rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise StoreError(f"store URL {url!r}: member {member!r} is not HOST:PORT")
+        endpoints.append(f"{schemes[scheme]}{host}:{port}")
+    prefix = "/" + path.strip("/") if slash and path.strip("/") else DEFAULT_PREFIX
+    return endpoints, prefix
+
+
+def _encode(op: Op, now: float) -> str:
+    try:
+        return json.dumps({"data": op.data, "updatedAt": now}, allow_nan=False,
+                          separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{op.kind}/{op.id}: data is not storable as JSON: {exc}") from exc
