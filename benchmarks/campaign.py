@@ -71,7 +71,9 @@ from typing import Any
 
 import httpx
 
+from nfvha.client import AsyncManagerClient
 from nfvha.demo import python_vnf
+from nfvha.errors import NfvhaError
 from nfvha.testbed import Testbed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
@@ -644,18 +646,18 @@ class Campaign:
         self.prober: Prober | None = None
         self.flows: dict[str, Flow] = {}
         self.watcher: Watcher | None = None
-        self.http: httpx.AsyncClient | None = None
+        self.manager: AsyncManagerClient | None = None
         self.stop_reason: str | None = None
 
     # -- API ---------------------------------------------------------------------------
 
     async def call(self, method: str, path: str, ok: tuple[int, ...] = (),
                    **kw: Any) -> Any:
-        assert self.http is not None
+        assert self.manager is not None
         try:
-            r = await self.http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise BenchError(f"{method} {path}: {exc!r}") from exc
+            r = await self.manager.request(method, path, ok=ok, **kw)
+        except NfvhaError as exc:
+            raise BenchError(str(exc)) from exc
         return api_result(method, path, r, ok)
 
     async def vnf(self, iid: str) -> dict[str, Any]:
@@ -1131,10 +1133,9 @@ class Campaign:
         return None
 
     async def run(self, warm_timeout: float) -> None:
-        self.http = httpx.AsyncClient(base_url=self.tb.manager_url,
-                                      timeout=httpx.Timeout(HTTP_TIMEOUT, connect=3.0),
-                                      headers={"Authorization": f"Bearer {self.tb.operator_token}"},
-                                      verify=self.tb.client_context(None))
+        self.manager = AsyncManagerClient(
+            self.tb.manager_url, self.tb.operator_token, verify=self.tb.client_context(None),
+            timeout=httpx.Timeout(HTTP_TIMEOUT, connect=3.0))
         poller: asyncio.Task[None] | None = None
         operator: asyncio.Task[None] | None = None
         try:
@@ -1172,7 +1173,7 @@ class Campaign:
             if self.probe_end == 0.0:
                 self.probe_end = time.time()
             self.stop_clients()
-            await self.http.aclose()
+            await self.manager.aclose()
 
 
 # -- analysis --------------------------------------------------------------------------------

@@ -60,8 +60,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from nfvha.demo import python_vnf
 from nfvha.ha.fault import FaultTimings
 from nfvha.testbed import Testbed
@@ -71,8 +69,9 @@ from _common import (
     REPO,
     RESULTS,
     BenchError,
-    api_result,
     install_signal_handlers,
+    manager_call,
+    manager_client,
     other_netns,
     percentile,
     pin_bridge_macs,
@@ -172,20 +171,13 @@ class Api:
     """Synchronous client of the manager; every call has a timeout."""
 
     def __init__(self, tb: Testbed) -> None:
-        self.http = httpx.Client(base_url=tb.manager_url,
-                                 timeout=httpx.Timeout(HTTP_TIMEOUT, connect=3.0),
-                                 headers={"Authorization": f"Bearer {tb.operator_token}"},
-                                 verify=tb.client_context(None))
+        self.manager = manager_client(tb, HTTP_TIMEOUT)
 
     def close(self) -> None:
-        self.http.close()
+        self.manager.close()
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
-        try:
-            r = self.http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise BenchError(f"{method} {path}: {exc!r}") from exc
-        return api_result(method, path, r)
+        return manager_call(self.manager, method, path, **kw)
 
     def vnf(self, iid: str) -> dict[str, Any]:
         res: dict[str, Any] = self.call("GET", f"/vnflcm/v1/vnf_instances/{iid}")
