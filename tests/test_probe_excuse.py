@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from nfvha.descriptor import HealthProbe
-from nfvha.vnfm import manager as manager_module
+from nfvha.vnfm import probing as probing_module
 from nfvha.vnfm.manager import Manager
 from tests.conftest import EXAMPLES
 
@@ -25,7 +25,7 @@ def manager(manager: Manager, monkeypatch: pytest.MonkeyPatch) -> Manager:
         await asyncio.sleep(probe.timeout)
         return False
 
-    monkeypatch.setattr(manager_module, "probe_vnf", unanswered)
+    monkeypatch.setattr(probing_module, "probe_vnf", unanswered)
     vnfd = {"id": "fm", "command": [sys.executable, str(EXAMPLES / "flowmon.py")],
             "network": {"address": "10.99.0.10/16"},
             "ha": {"checkpoint_interval": 1.0,
@@ -38,7 +38,7 @@ def manager(manager: Manager, monkeypatch: pytest.MonkeyPatch) -> Manager:
 async def _probe_times(m: Manager, n: int) -> None:
     for _ in range(n):
         m.detector.heard("h1")  # the host keeps heartbeating: the VNF is the one silent
-        await m._probe("fm")
+        await m.probes.probe("fm")
 
 
 async def test_queued_for_the_hosts_dump_slot_still_counts(manager: Manager) -> None:
