@@ -3,13 +3,8 @@
 One dump at a time per host (a slot), so that checkpointing many VNFs cannot starve the
 host and its heartbeats; the packet log is held around the dump for replay.
 
-Composed into the ``Manager``, not mixed in: the part holds the manager as its host and
-calls back only through its shared services (``store``, ``cfg``, ``detector``, ``events``,
-``forwarder``, ``agent()``, ``hosts_view()``, ``_rt()``, ``_vnfd()``, ``_spawn()``,
-``_update_vnf()``, the alarms, ``_wake``); sibling parts are reached through it too.
-A separate context object would be the manager under another name: the parts call each
-other both ways (recovery waits on fencing, a host loss starts recoveries), and tests
-swap ``manager.http`` after construction, so agent clients are made at call time.
+A part composed into the ``Manager``; it calls back through the manager's shared
+services only (the contract is in ``nfvha.vnfm.manager``'s docstring).
 """
 
 from __future__ import annotations
@@ -77,7 +72,7 @@ class Checkpointer:
             try:
                 extra = {} if position is None else {"log_position": position}
                 meta = await self.m.agent(host).checkpoint(vnf_id, drain=position is not None,
-                                                         extra=extra)
+                                                           extra=extra)
             finally:
                 if position is not None and self.m.forwarder is not None:
                     with contextlib.suppress(ForwarderError):
@@ -108,12 +103,12 @@ class Checkpointer:
                 rt.failed_at = rt.probe_failing_since
                 self.m._wake.set()
             self.m._raise_alarm(f"checkpoint:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM", "MAJOR",
-                              "checkpoint-failed", str(exc), {"host": host})
+                                "checkpoint-failed", str(exc), {"host": host})
             self.m.events.publish(EventKind.CHECKPOINT_FAILED, {
                 "vnfInstanceId": vnf_id, "host": host, "detail": str(exc)})
             return
         self.record(vnf_id, meta, host, replicas, position, rec.data,
-                                time.monotonic() - started)
+                    time.monotonic() - started)
         if position is not None and self.m.forwarder is not None and \
                 (len(replicas) > 1 or d.ha.backups == 0):
             # Once this checkpoint has a replica, the log may forget what the *previous* one
@@ -141,17 +136,17 @@ class Checkpointer:
             # Each checkpoint takes longer than the interval: they run back to back, the
             # VNF is frozen far more often than planned, and what a failure loses grows.
             self.m._raise_alarm(f"checkpoint-behind:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM",
-                              "WARNING", "checkpoints-behind",
-                              f"a checkpoint of {vnf_id} took {took * 1000:.0f} ms, longer "
+                                "WARNING", "checkpoints-behind",
+                                f"a checkpoint of {vnf_id} took {took * 1000:.0f} ms, longer "
                               f"than its interval ({d.ha.checkpoint_interval * 1000:.0f} ms): "
                               "raise ha.checkpoint_interval or lower the VNF's memory",
-                              {"host": host, "checkpointMs": round(took * 1000)})
+                                {"host": host, "checkpointMs": round(took * 1000)})
         elif rt.slow_streak <= -_BEHIND_AFTER:
             self.m._clear_alarm(f"checkpoint-behind:{vnf_id}")
 
     def record(self, vnf_id: str, meta: dict[str, Any], host: str,
-                           replicas: list[str], position: int | None, vnf: dict[str, Any],
-                           seconds: float) -> None:
+               replicas: list[str], position: int | None, vnf: dict[str, Any],
+               seconds: float) -> None:
         cp = {"id": f"{vnf_id}/{meta['seq']}", "vnfInstanceId": vnf_id, "seq": meta["seq"],
               "createdAt": meta["created_at"],
               # The state it holds is as of cutAt (the freeze), not createdAt (the commit).

@@ -1,13 +1,8 @@
 """Recovery execution: carry out the strategies ``ha.recovery`` decides, in order, until
 one brings the VNF back serving; replay what its checkpoint missed; never two copies.
 
-Composed into the ``Manager``, not mixed in: the part holds the manager as its host and
-calls back only through its shared services (``store``, ``cfg``, ``detector``, ``events``,
-``forwarder``, ``agent()``, ``hosts_view()``, ``_rt()``, ``_vnfd()``, ``_spawn()``,
-``_update_vnf()``, the alarms, ``_wake``); sibling parts are reached through it too.
-A separate context object would be the manager under another name: the parts call each
-other both ways (recovery waits on fencing, a host loss starts recoveries), and tests
-swap ``manager.http`` after construction, so agent clients are made at call time.
+A part composed into the ``Manager``; it calls back through the manager's shared
+services only (the contract is in ``nfvha.vnfm.manager``'s docstring).
 """
 
 from __future__ import annotations
@@ -21,9 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from nfvha.dataplane.client import ForwarderError, ReplayGapError
 from nfvha.descriptor import VnfDescriptor
-from nfvha.errors import (
-    NfvhaError,
-)
+from nfvha.errors import NfvhaError
 from nfvha.ha.fault import HostState
 from nfvha.ha.lifecycle import VnfState
 from nfvha.ha.recovery import RecoveryContext, RecoveryDecision, decide, strategy_chain
@@ -52,7 +45,7 @@ class Healer:
         self.forwarder_logs: dict[str, dict[str, Any]] = {}  # last forwarder log stats
 
     async def recover(self, vnf_id: str, failure: str, detected_at: float, detail: str,
-                       *, auto: bool, op_id: str | None = None) -> None:
+                      *, auto: bool, op_id: str | None = None) -> None:
         rec = self.m.store.get("vnf", vnf_id)
         old_host = rec.data.get("host")
         op_id = op_id or self.m.ops.new(vnf_id, "HEAL", auto)
@@ -65,7 +58,7 @@ class Healer:
             "failedAt": failed_at, "timestamps": {"detected": detected_at}, "attempts": []})
         if failure != "manual":
             self.m._raise_alarm(f"vnf:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM", "CRITICAL",
-                              failure, detail, {"host": old_host})
+                                failure, detail, {"host": old_host})
         self.m._update_vnf(vnf_id, lambda d: {**d, "haState": VnfState.RECOVERING})
         d = self.m._vnfd(rec.data)
         replaying = d.ha.replay and self.m.forwarder is not None
@@ -81,7 +74,7 @@ class Healer:
         for strategy in strategy_chain(d.ha.recovery, failure):
             while True:
                 ctx = self.context(vnf_id, failure, old_host, rec.data.get("backups", []),
-                                    d, frozenset(failed))
+                                   d, frozenset(failed))
                 decision = decide(strategy, ctx)
                 if isinstance(decision, str):
                     log_decision(log, "strategy-skipped",
@@ -97,7 +90,7 @@ class Healer:
                              reason=decision.reason, vnf=vnf_id, failure=failure,
                              strategy=strategy, host=decision.target_host, op=op_id)
                 self.m.ops.update(op_id, nfvha_merge={"decision": decision.as_dict(),
-                                                    "timestamps": {"decided": decided}})
+                                                      "timestamps": {"decided": decided}})
                 try:
                     result = await self._execute(vnf_id, d, decision, failure, old_host)
                 except (AgentCallError, NfvhaError) as exc:
@@ -133,7 +126,7 @@ class Healer:
                 replay_info = await self._replay(vnf_id, result.get("seq")) if replaying \
                     else None
                 answered = await self.m.probes.wait_serving(vnf_id, decision.target_host, d,
-                                                    restored)
+                                                            restored)
                 if answered is None:
                     err = (f"restored by {strategy} on {decision.target_host} but it did not "
                            "answer its health probe within 3 s")
@@ -186,9 +179,9 @@ class Healer:
             rt.retry_failure = failure
             rt.retry_at = time.monotonic() + min(RETRY_MAX_S, 2.0 ** rt.retries)
         self.m.ops.update(op_id, operationState="FAILED", nfvha_merge={"attempts": attempts},
-                        error=problem(500, f"every recovery strategy failed for {vnf_id}: "
-                                            + "; ".join(a.get("error") or a.get("reason", "")
-                                                        for a in attempts)))
+                          error=problem(500, f"every recovery strategy failed for {vnf_id}: "
+                                        + "; ".join(a.get("error") or a.get("reason", "")
+                                                    for a in attempts)))
         log_decision(log, "give-up", f"{vnf_id} FAILED: no strategy could recover it",
                      level=logging.ERROR, vnf=vnf_id, failure=failure, op=op_id,
                      reason="; ".join(str(a.get("error") or a.get("reason", "")) for a in attempts))
@@ -231,7 +224,7 @@ class Healer:
                      reason="the log was trimmed past the restored checkpoint (a newer one "
                             "was unusable)", **info)
         self.m._raise_alarm(f"replay-gap:{vnf_id}", vnf_id, "PROCESSING_ERROR_ALARM", "MAJOR",
-                          "replay-gap", f"{vnf_id} was restored from checkpoint {seq} (log "
+                            "replay-gap", f"{vnf_id} was restored from checkpoint {seq} (log "
                           f"position {position}) but the forwarder's log starts at "
                           f"{gap.oldest}: {gap.oldest - position} datagram(s) received in "
                           "between are lost to it", {"host": None, **info})
@@ -266,18 +259,18 @@ class Healer:
                         rt.next_checkpoint = time.monotonic()
                 if fill > 0.9:
                     self.m._raise_alarm(f"log:{rec.id}", rec.id, "PROCESSING_ERROR_ALARM",
-                                      "MAJOR", "packet-log-nearly-full",
-                                      f"packet log of {rec.id} is {fill * 100:.0f}% full; "
+                                        "MAJOR", "packet-log-nearly-full",
+                                        f"packet log of {rec.id} is {fill * 100:.0f}% full; "
                                       "checkpoints are not keeping up", {"host": None})
                 elif fill < 0.5:
                     self.m._clear_alarm(f"log:{rec.id}")
 
     def forwarder_alarm(self, detail: str) -> None:
         self.m._raise_alarm("forwarder", None, "COMMUNICATIONS_ALARM", "MAJOR",
-                          "forwarder-unavailable", detail, {"host": "forwarder"})
+                            "forwarder-unavailable", detail, {"host": "forwarder"})
 
     def context(self, vnf_id: str, failure: str, old_host: str | None, backups: list[str],
-                 d: VnfDescriptor, failed: frozenset[tuple[str, str]]) -> RecoveryContext:
+                d: VnfDescriptor, failed: frozenset[tuple[str, str]]) -> RecoveryContext:
         # A merely suspected host is alive until confirmed lost: a backup being checked
         # must not be ruled out (if it is really gone, the attempt fails and escalates).
         up = frozenset(h for h in self.m.detector.hosts(HostState.UP, HostState.SUSPECTED)
@@ -389,7 +382,7 @@ class Healer:
             await self.m.agent(old_host).delete(vnf_id)
 
     def finish_recovery(self, vnf_id: str, decision: RecoveryDecision, result: dict[str, Any],
-                         old_host: str | None, *, moved: bool = False) -> None:
+                        old_host: str | None, *, moved: bool = False) -> None:
         rec = self.m.store.get("vnf", vnf_id)
         d = self.m._vnfd(rec.data)
         try:

@@ -1,13 +1,8 @@
 """The SOL003 lifecycle: VNFDs, VNF instances, and the operations on them (instantiate,
 heal, move, terminate), each recorded as an operation occurrence.
 
-Composed into the ``Manager``, not mixed in: the part holds the manager as its host and
-calls back only through its shared services (``store``, ``cfg``, ``detector``, ``events``,
-``forwarder``, ``agent()``, ``hosts_view()``, ``_rt()``, ``_vnfd()``, ``_spawn()``,
-``_update_vnf()``, the alarms, ``_wake``); sibling parts are reached through it too.
-A separate context object would be the manager under another name: the parts call each
-other both ways (recovery waits on fencing, a host loss starts recoveries), and tests
-swap ``manager.http`` after construction, so agent clients are made at call time.
+A part composed into the ``Manager``; it calls back through the manager's shared
+services only (the contract is in ``nfvha.vnfm.manager``'s docstring).
 """
 
 from __future__ import annotations
@@ -88,8 +83,8 @@ class Operations:
                 self.store.delete("op", r.id)
 
     def update(self, op_id: str, *, operationState: str | None = None,
-                   error: dict[str, Any] | None = None, nfvha: dict[str, Any] | None = None,
-                   nfvha_merge: dict[str, Any] | None = None) -> None:
+               error: dict[str, Any] | None = None, nfvha: dict[str, Any] | None = None,
+               nfvha_merge: dict[str, Any] | None = None) -> None:
         before: list[str] = []
 
         def change(d: dict[str, Any]) -> dict[str, Any]:
@@ -224,9 +219,9 @@ class Lifecycle:
                     raise NfvhaError("ha.replay needs a steering forwarder: start the manager "
                                      "with --forwarder URL (nfvha up does)")
                 await self.m.forwarder.add(vnf_id, d.network.service.address,
-                                         d.network.service.port, d.network.ip,
-                                         d.network.service.exactly_once,
-                                         after=d.network.service.after)
+                                           d.network.service.port, d.network.ip,
+                                           d.network.service.exactly_once,
+                                           after=d.network.service.after)
             created = await self.m.agent(p.primary).create(d.model_dump(mode="json"), vnf_id)
             await self.m.probes.wait_serving(vnf_id, p.primary, d, time.time())  # it answers
         except (AgentCallError, NfvhaError) as exc:
@@ -249,9 +244,8 @@ class Lifecycle:
         rt = self.m._rt(vnf_id)
         op_id = self.m.ops.new(vnf_id, "HEAL", False)
         self.m._cancel(rt.busy, f"cancelled by a manual heal (operation {op_id})")
-        rt.busy = self.m._spawn_op(op_id, self.m.healing.recover(vnf_id, "manual", time.time(),
-                                                      cause or "heal requested", auto=False,
-                                                      op_id=op_id))
+        rt.busy = self.m._spawn_op(op_id, self.m.healing.recover(
+            vnf_id, "manual", time.time(), cause or "heal requested", auto=False, op_id=op_id))
         return op_id
 
     def start_move(self, vnf_id: str, to_host: str | None) -> str:
@@ -328,13 +322,13 @@ class Lifecycle:
                     self.m.healing.forwarder_alarm(str(exc))
             extra = {} if position is None else {"log_position": position}
             meta = await self.m.agent(source).checkpoint(vnf_id, drain=position is not None,
-                                                       extra=extra, stop=True)
+                                                         extra=extra, stop=True)
             stopped = True
             dumped = time.time()
             self.m.checkpoints.record(vnf_id, meta, source, [source], position, rec.data,
-                                    dumped - t0)
+                                      dumped - t0)
             await self.m.agent(source).push(vnf_id, meta["seq"],
-                                          self.m.store.get("host", target).data["url"])
+                                            self.m.store.get("host", target).data["url"])
             pushed = time.time()
             await self.m.agent(source).delete(vnf_id)  # same address and MAC: one copy at a time
             async with self.m.healing.restore_slot(target):
@@ -350,7 +344,7 @@ class Lifecycle:
         cp_id = f"{vnf_id}/{meta['seq']}"
         with contextlib.suppress(StoreError):
             self.m.store.update("checkpoint", cp_id,
-                              lambda c: {**c, "replicas": sorted({*c["replicas"], target})})
+                                lambda c: {**c, "replicas": sorted({*c["replicas"], target})})
         answered = await self.m.probes.wait_serving(vnf_id, target, d, restored)
         decision = RecoveryDecision(strategy="move", target_host=target, seqs=(meta["seq"],),
                                     reason=f"planned move from {source}")
@@ -429,9 +423,7 @@ class Lifecycle:
                                      "it before deleting it")
         self.m.store.delete("vnf", vnf_id)
         self.m.events.publish(EventKind.VNF_DELETED, {"id": vnf_id})
-        self.m.runtime.pop(vnf_id, None)
-        for key in [k for k in self.m._vnfd_cache if k[0] == vnf_id]:
-            del self.m._vnfd_cache[key]
+        self.m._forget_vnf(vnf_id)
 
     async def inject(self, vnf_id: str, fault: str) -> dict[str, Any]:
         data = self.get_vnf(vnf_id)

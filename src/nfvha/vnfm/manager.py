@@ -9,8 +9,17 @@ The work itself is done by parts, each a class with one job, composed here: host
 fencing (``membership``), checkpoints (``checkpointing``), health probes (``probing``),
 recovery (``healing``), the SOL003 lifecycle and its operation occurrences
 (``lifecycle``); readers outside (API, metrics, dashboard) use ``views.ManagerView``.
-The parts call back into the manager for the shared services (store, detector, task
-spawning, VNF record updates, alarms); the manager owns the runtime state per VNF.
+Design: composition, not mixins. Each part is a class that holds the manager as its
+host and calls back only through the shared services listed here: ``store``, ``cfg``,
+``detector``, ``events``, ``forwarder``, ``metrics``, ``agent()``, ``hosts_view()``,
+``_up_hosts()``, ``_rt()`` (the per-VNF runtime, owned here), ``_vnfd()``, ``_spawn()``,
+``_spawn_op()``, ``_cancel()``, ``_update_vnf()``, ``_raise_alarm()``/``_clear_alarm()``
+and ``_wake``; it reaches a sibling part through the manager (``m.membership``...).
+Why the manager and not a separate context object: the parts call each other both ways
+(recovery waits on fencing, a lost host starts recoveries), so a context would be the
+manager under another name; and agent clients must be made at call time from
+``manager.http``, which tests replace after construction. ``Operations`` needs no more
+than the store, the event bus and the configuration, and gets only those.
 """
 
 from __future__ import annotations
@@ -314,6 +323,12 @@ class Manager:
     def _rt(self, vnf_id: str) -> _Runtime:
         return self.runtime.setdefault(vnf_id, _Runtime())
 
+    def _forget_vnf(self, vnf_id: str) -> None:
+        """A deleted VNF: its runtime bookkeeping and cached descriptors go with it."""
+        self.runtime.pop(vnf_id, None)
+        for key in [k for k in self._vnfd_cache if k[0] == vnf_id]:
+            del self._vnfd_cache[key]
+
     def _update_vnf(self, vnf_id: str, change: Callable[[dict[str, Any]], dict[str, Any]]
                     ) -> None:
         """Every write of a VNF record goes through here, so that observers see it and
@@ -424,7 +439,7 @@ class Manager:
                     log.info("host %s suspected: %.0f ms without heartbeat", h,
                              self.detector.silence(h) * 1000)
                     self.membership.host_state(h, HostState.SUSPECTED, HostState.UP,
-                                     f"{self.detector.silence(h) * 1000:.0f} ms without "
+                                               f"{self.detector.silence(h) * 1000:.0f} ms without "
                                      "heartbeat")
                     self._spawn(self.membership.confirm_host_loss(h))
         now = time.monotonic()

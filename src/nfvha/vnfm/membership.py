@@ -4,13 +4,8 @@ Heartbeats (agents' HTTP reports, lease guards' UDP datagrams), host state chang
 their alarms, the second-path confirmation of a suspected host, rejoin clean-up, and
 fencing (STONITH or a guard's own fence), which says when a lost host's VNFs are stopped.
 
-Composed into the ``Manager``, not mixed in: the part holds the manager as its host and
-calls back only through its shared services (``store``, ``cfg``, ``detector``, ``events``,
-``forwarder``, ``agent()``, ``hosts_view()``, ``_rt()``, ``_vnfd()``, ``_spawn()``,
-``_update_vnf()``, the alarms, ``_wake``); sibling parts are reached through it too.
-A separate context object would be the manager under another name: the parts call each
-other both ways (recovery waits on fencing, a host loss starts recoveries), and tests
-swap ``manager.http`` after construction, so agent clients are made at call time.
+A part composed into the ``Manager``; it calls back through the manager's shared
+services only (the contract is in ``nfvha.vnfm.manager``'s docstring).
 """
 
 from __future__ import annotations
@@ -25,10 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nfvha.errors import (
-    InstanceNotFound,
-    InstanceStateError,
-)
+from nfvha.errors import InstanceNotFound, InstanceStateError
 from nfvha.ha.fault import HostState
 from nfvha.ha.fencing import FenceResult
 from nfvha.ha.lifecycle import VnfState
@@ -132,9 +124,9 @@ class Membership:
         return t is not None and not t.done()
 
     def host_state(self, host_id: str, state: str, previous: str | None,
-                    reason: str) -> None:
+                   reason: str) -> None:
         self.m.events.publish(EventKind.HOST, {"id": host_id, "state": state,
-                                             "previous": previous, "reason": reason})
+                                               "previous": previous, "reason": reason})
 
     def host_heard(self, host_id: str, url: str | None, *, at: float | None = None) -> None:
         """Any sign of life from a host (a guard's datagram, an agent's report). Twenty
@@ -174,7 +166,7 @@ class Membership:
                 previous = str(before)
             if previous != HostState.UP:
                 self.host_state(host_id, HostState.UP, previous,
-                                 "registered" if rec is None else "heartbeat received")
+                                "registered" if rec is None else "heartbeat received")
         self._host_known[host_id] = (HostState.UP, url or (rec.data.get("url") if rec else None))
 
     def heartbeat(self, host_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -317,10 +309,10 @@ class Membership:
         if silent > max(1.0, float(grace) / 3) and host_id not in self._agents_overdue:
             self._agents_overdue.add(host_id)
             self.m._raise_alarm(f"agent:{host_id}", None, "PROCESSING_ERROR_ALARM", "MAJOR",
-                              "agent-unresponsive", f"the agent of host {host_id} has not fed "
+                                "agent-unresponsive", f"the agent of host {host_id} has not fed "
                               f"its lease guard for {silent:.1f} s (grace {float(grace):g} s): "
                               "dead, stopped or starved; its VNFs keep running until then",
-                              {"host": host_id})
+                                {"host": host_id})
         elif silent < 1.0 and host_id in self._agents_overdue:
             self._agents_overdue.discard(host_id)
             self.m._clear_alarm(f"agent:{host_id}")
@@ -396,7 +388,7 @@ class Membership:
                   if a.data.get("key") in (f"host:{host_id}", f"agent:{host_id}",
                                            f"fence:{host_id}")]
         self.m.store.transaction([Op.delete("host", host_id)]
-                               + [Op.delete("alarm", a.id) for a in alarms])
+                                 + [Op.delete("alarm", a.id) for a in alarms])
         self.m.detector.forget(host_id)
         for d in (self.host_status, self.guards, self._guard_seq, self._guard_fence_seen,
                   self.fenced_hosts, self.fence_deadline, self._host_known, self._down_at,
@@ -468,7 +460,7 @@ class Membership:
                 if self.m.detector.state_of(host_id) == HostState.SUSPECTED:
                     self.m.detector.keep_up(host_id)
                     self.host_state(host_id, HostState.UP, HostState.SUSPECTED,
-                                     f"heard by {who}")
+                                    f"heard by {who}")
                 return
             self.m.detector.mark_down(host_id)
             self._down_at[host_id] = time.monotonic()
@@ -476,7 +468,7 @@ class Membership:
                                             + self.m.detector.fenced_after(host_id))
             self._host_known.pop(host_id, None)
             self.m.store.update("host", host_id, lambda d: {**d, "state": HostState.DOWN,
-                                                          "stateChangedAt": now_iso()})
+                                                            "stateChangedAt": now_iso()})
             how = (f"{len(heard)} other host(s) last heard it {min(heard.values()) * 1000:.0f}"
                    " ms ago" if heard else "no other host could tell")
             log_decision(log, "host-down", f"host {host_id} DOWN after {recent * 1000:.0f} ms "
@@ -486,9 +478,9 @@ class Membership:
                          host=host_id, silence_ms=round(recent * 1000),
                          lease_ms=round(self.m.detector.lease_granted(host_id) * 1000))
             self.host_state(host_id, HostState.DOWN, HostState.SUSPECTED,
-                             f"no contact for {recent * 1000:.0f} ms; {how}")
+                            f"no contact for {recent * 1000:.0f} ms; {how}")
             self.m._raise_alarm(f"host:{host_id}", None, "EQUIPMENT_ALARM", "CRITICAL",
-                              "host-loss", f"host {host_id} lost: no contact for "
+                                "host-loss", f"host {host_id} lost: no contact for "
                               f"{recent * 1000:.0f} ms; {how}", {"host": host_id})
             # Confirmed: the loss is known from now on; it happened when last heard.
             self.fail_host_vnfs(host_id, f"host {host_id} lost", time.time() - recent)
@@ -591,7 +583,7 @@ class Membership:
             self.m._wake.set()
         else:
             self.m._raise_alarm(f"fence:{host_id}", None, "EQUIPMENT_ALARM", "MAJOR",
-                              "fence-failed", f"fencing {host_id} through {driver.name} "
+                                "fence-failed", f"fencing {host_id} through {driver.name} "
                               f"failed: {result.detail}; its VNFs move once the longest lease "
                               "it may hold has run out", {"host": host_id})
         return result
@@ -613,8 +605,8 @@ class Membership:
             previous = self.m.store.get("host", host_id).data.get("state")
             self._host_known.pop(host_id, None)
             self.m.store.update("host", host_id, lambda d: {**d, "state": HostState.DOWN,
-                                                          "stateChangedAt": now_iso()})
+                                                            "stateChangedAt": now_iso()})
             self.host_state(host_id, HostState.DOWN, previous, "fenced by the operator")
             self.fail_host_vnfs(host_id, f"host {host_id} fenced by the operator",
-                                 time.time())
+                                time.time())
         return result.as_dict()

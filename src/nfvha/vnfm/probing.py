@@ -1,13 +1,8 @@
 """Health probes of running VNFs: a hang is a VNF that stops answering while its host
 still heartbeats, and is not merely frozen by a checkpoint or being recovered.
 
-Composed into the ``Manager``, not mixed in: the part holds the manager as its host and
-calls back only through its shared services (``store``, ``cfg``, ``detector``, ``events``,
-``forwarder``, ``agent()``, ``hosts_view()``, ``_rt()``, ``_vnfd()``, ``_spawn()``,
-``_update_vnf()``, the alarms, ``_wake``); sibling parts are reached through it too.
-A separate context object would be the manager under another name: the parts call each
-other both ways (recovery waits on fencing, a host loss starts recoveries), and tests
-swap ``manager.http`` after construction, so agent clients are made at call time.
+A part composed into the ``Manager``; it calls back through the manager's shared
+services only (the contract is in ``nfvha.vnfm.manager``'s docstring).
 """
 
 from __future__ import annotations
@@ -84,7 +79,7 @@ class Prober:
             self.m._wake.set()  # the next probe is due now
 
     async def probe_once(self, vnf_id: str, d: VnfDescriptor, probe: HealthProbe,
-                          host: str | None) -> bool:
+                         host: str | None) -> bool:
         """One probe. An exec probe is run by the VNF's agent inside its sandbox, never
         here: a command from a VNFD must not run as root beside the manager."""
         if probe.type != "exec":
@@ -100,7 +95,7 @@ class Prober:
             return False
 
     async def wait_serving(self, vnf_id: str, host: str, d: VnfDescriptor,
-                            restored: float) -> float | None:
+                           restored: float) -> float | None:
         """When the restored VNF first answered its probe; None if not within 3 s."""
         if d.ha.probe.type == "none":
             return restored
