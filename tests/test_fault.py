@@ -331,3 +331,23 @@ async def test_exec_probe_with_missing_program_fails() -> None:
     probe = HealthProbe(type="exec", command=["/nonexistent/nfvt-probe"], timeout=1.0)
 
     assert await probe_vnf(probe, LOCAL) is False
+
+
+def test_keep_up_only_clears_a_suspicion(detector: HeartbeatDetector) -> None:
+    detector.heard("h1", now=10.0)
+    detector.to_suspect(now=11.0)
+    detector.keep_up("h1")
+    assert detector.state_of("h1") == HostState.UP
+    detector.mark_down("h1")
+    detector.keep_up("h1")  # a DOWN host comes back only by being heard
+    assert detector.state_of("h1") == HostState.DOWN
+    detector.keep_up("never-heard")
+    assert detector.state_of("never-heard") is None
+
+
+def test_reads_are_copies(detector: HeartbeatDetector) -> None:
+    detector.heard("h1", now=10.0)
+    detector.states()["h1"] = HostState.DOWN
+    assert detector.is_up("h1") and detector.hosts(HostState.UP) == ["h1"]
+    assert detector.last_heard("h1") == 10.0
+    assert detector.suspect_at("h1", now=10.0) == pytest.approx(10.0 + T.suspect_after)
