@@ -9,6 +9,7 @@ The work itself is done by parts, each a class with one job, composed here: host
 fencing (``membership``), checkpoints (``checkpointing``), health probes (``probing``),
 recovery (``healing``), the SOL003 lifecycle and its operation occurrences
 (``lifecycle``); readers outside (API, metrics, dashboard) use ``views.ManagerView``.
+
 Design: composition, not mixins. Each part is a class that holds the manager as its
 host and calls back only through the shared services listed here: ``store``, ``cfg``,
 ``detector``, ``events``, ``forwarder``, ``metrics``, ``agent()``, ``hosts_view()``,
@@ -70,7 +71,6 @@ log = logging.getLogger("nfvha.manager")
 
 _CRASH_WINDOW_S = 10.0  # failing again this soon after a recovery is a crash loop
 _CRASH_BACKOFF_MAX_S = 300.0  # longest wait between recoveries of a crash-looping VNF
-
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nfvha.manager")
 
-__all__ = ["GuardReport", "Membership"]
+__all__ = ["LIVE_STATES", "GuardReport", "Membership"]
 
 # Agent instance states in which the VNF's process lives (a report taken during a dump
 # says CHECKPOINTING: the VNF runs all the same).
