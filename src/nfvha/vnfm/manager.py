@@ -265,7 +265,7 @@ class Manager:
     async def inject(self, vnf_id: str, fault: str) -> dict[str, Any]:
         return await self.lifecycle.inject(vnf_id, fault)
 
-    # -- shared services the parts call back through ---------------------------------------
+    # -- shared services the parts call back through: tasks beside the loop ---------------
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         t: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -320,6 +320,8 @@ class Manager:
         except Exception:  # the store closed under a stopping manager: start() ends it
             log.exception("could not end operation %s", op_id)
 
+    # -- per-VNF state, hosts, agents ------------------------------------------------------
+
     def _rt(self, vnf_id: str) -> _Runtime:
         return self.runtime.setdefault(vnf_id, _Runtime())
 
@@ -371,6 +373,8 @@ class Manager:
 
     def _up_hosts(self) -> frozenset[str]:
         return frozenset(self.detector.hosts(HostState.UP))
+
+    # -- the loop --------------------------------------------------------------------------
 
     async def _loop(self) -> None:
         """Run ``_tick`` when something happened (``_wake``) or is due (``_next_wake``):
@@ -607,6 +611,8 @@ class Manager:
 
     def _policy(self, data: dict[str, Any]) -> HaPolicy:
         return self._vnfd(data).ha
+
+    # -- alarms ----------------------------------------------------------------------------
 
     def _raise_alarm(self, key: str, vnf_id: str | None, event_type: str, severity: str,
                      cause: str, detail: str, resource: dict[str, Any]) -> None:
