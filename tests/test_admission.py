@@ -150,9 +150,9 @@ async def test_an_address_held_elsewhere_is_refused_naming_the_holder(api: Any) 
 async def test_operation_occurrences_are_kept_bounded(api: Any) -> None:
     m, _ = api
     for _ in range(6):
-        op = m._new_op("fw-1", "HEAL", True)
-        m._op_update(op, operationState="COMPLETED")
-    m._new_op("fw-1", "HEAL", True)  # the newest, still running, always stays
+        op = m.ops.new("fw-1", "HEAL", True)
+        m.ops.update(op, operationState="COMPLETED")
+    m.ops.new("fw-1", "HEAL", True)  # the newest, still running, always stays
     states = [o.data["operationState"] for o in m.store.list("op")]
     assert len(states) == 4 and states.count("COMPLETED") == 3, states
 
@@ -186,7 +186,7 @@ async def test_a_malformed_status_report_is_refused_and_changes_nothing(
     r = await http.post("/nfvha/v1/hosts/h2/heartbeat", content=body,
                         headers={"content-type": "application/json"})
     assert r.status_code == 400 and words in r.json()["detail"], r.text
-    assert m.store.find("host", "h2") is None and "h2" not in m.host_status
+    assert m.store.find("host", "h2") is None and "h2" not in m.membership.host_status
     # Placement still works: the onboarded VNF is placed (on no host: 409, not a 500).
     r = await _instantiate(http, "fw", "10.9.1.10/16")
     assert r.status_code < 500, r.text
@@ -199,11 +199,11 @@ async def test_a_status_report_keeps_what_the_agent_sent(api: Any) -> None:
               "resources": {"load1": 0.5, "mem_available_bytes": 2**30}}
     r = await http.post("/nfvha/v1/hosts/h2/heartbeat", json=report)
     assert r.status_code == 200 and r.json()["need_full"] is False, r.text
-    assert m.host_status["h2"] == report
+    assert m.membership.host_status["h2"] == report
     assert m.store.get("host", "h2").data["url"] == "http://10.9.0.12:8700"
     r = await http.post("/nfvha/v1/hosts/h2/heartbeat",
                         json={"started_at": 100.0, "time": 2.0, "full": False})
-    assert r.status_code == 200 and m.host_status["h2"]["time"] == 2.0
+    assert r.status_code == 200 and m.membership.host_status["h2"]["time"] == 2.0
 
 
 @pytest.mark.parametrize(("body", "words"), [

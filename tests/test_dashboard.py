@@ -11,6 +11,7 @@ import httpx
 import pytest
 import uvicorn
 
+from nfvha.ha.fault import HostState
 from nfvha.vnfm.api import create_manager_app
 from nfvha.vnfm.dashboard import DashboardFeed
 from nfvha.vnfm.events import EventKind
@@ -69,7 +70,7 @@ async def test_stream_sends_snapshot_then_coalesced_batches_and_ticks(
     # A burst: the host registers then changes twice, and two checkpoints land.
     manager.heartbeat("h2", {"url": "http://h2:9000", "instances": []})
     for state in ("SUSPECTED", "DOWN"):
-        manager.detector.state["h2"] = state  # type: ignore[assignment]
+        manager.detector.restore_state("h2", HostState(state))
         manager.events.publish(EventKind.HOST, {"id": "h2", "state": state,
                                                 "previous": None, "reason": "test"})
     for seq in (1, 2):

@@ -30,7 +30,7 @@ def detector() -> HeartbeatDetector:
 def test_heard_host_is_up(detector: HeartbeatDetector) -> None:
     detector.heard("h1", now=10.0)
 
-    assert detector.state["h1"] == HostState.UP
+    assert detector.state_of("h1") == HostState.UP
     assert detector.silence("h1", now=10.04) == pytest.approx(0.04)
 
 
@@ -38,9 +38,9 @@ def test_host_is_suspected_only_after_suspect_after(detector: HeartbeatDetector)
     detector.heard("h1", now=10.0)
 
     assert detector.to_suspect(now=10.0 + T.suspect_after - 0.01) == []
-    assert detector.state["h1"] == HostState.UP
+    assert detector.state_of("h1") == HostState.UP
     assert detector.to_suspect(now=10.0 + T.suspect_after + 0.01) == ["h1"]
-    assert detector.state["h1"] == HostState.SUSPECTED
+    assert detector.state_of("h1") == HostState.SUSPECTED
 
 
 def test_host_is_reported_suspect_only_once(detector: HeartbeatDetector) -> None:
@@ -56,7 +56,7 @@ def test_only_silent_hosts_are_suspected(detector: HeartbeatDetector) -> None:
     detector.heard("chatty", now=10.2)
 
     assert detector.to_suspect(now=10.25) == ["quiet"]
-    assert detector.state["chatty"] == HostState.UP
+    assert detector.state_of("chatty") == HostState.UP
 
 
 def test_heartbeat_clears_suspicion(detector: HeartbeatDetector) -> None:
@@ -64,24 +64,24 @@ def test_heartbeat_clears_suspicion(detector: HeartbeatDetector) -> None:
     detector.to_suspect(now=11.0)
 
     assert detector.heard("h1", now=11.1) == HostState.SUSPECTED
-    assert detector.state["h1"] == HostState.UP
+    assert detector.state_of("h1") == HostState.UP
     assert detector.to_suspect(now=11.2) == []
 
 
 def test_grace_gives_a_full_timeout_after_a_manager_restart(detector: HeartbeatDetector) -> None:
     detector.grace("h1", now=100.0)
 
-    assert detector.state["h1"] == HostState.UP
+    assert detector.state_of("h1") == HostState.UP
     assert detector.to_suspect(now=100.1) == []
     assert detector.to_suspect(now=100.0 + T.suspect_after + 0.01) == ["h1"]
 
 
 def test_grace_keeps_a_known_state(detector: HeartbeatDetector) -> None:
-    detector.state["h1"] = HostState.DOWN
+    detector.mark_down("h1")
 
     detector.grace("h1", now=100.0)
 
-    assert detector.state["h1"] == HostState.DOWN
+    assert detector.state_of("h1") == HostState.DOWN
     assert detector.to_suspect(now=200.0) == []  # a down host is not suspected again
 
 
@@ -102,10 +102,10 @@ def test_manager_waits_longer_than_the_agent_fences_itself() -> None:
 
 def test_heard_after_down_reports_a_rejoin(detector: HeartbeatDetector) -> None:
     detector.heard("h1", now=10.0)
-    detector.state["h1"] = HostState.DOWN
+    detector.mark_down("h1")
 
     assert detector.heard("h1", now=20.0) == HostState.DOWN
-    assert detector.state["h1"] == HostState.UP
+    assert detector.state_of("h1") == HostState.UP
     assert detector.fenced_in("h1", now=20.0) == pytest.approx(T.fenced_after())
 
 
@@ -157,7 +157,7 @@ def test_the_lease_is_capped(detector: HeartbeatDetector) -> None:
 
 def test_a_rejoin_after_down_stretches_nothing(detector: HeartbeatDetector) -> None:
     detector.heard("h1", now=10.0)
-    detector.state["h1"] = HostState.DOWN
+    detector.mark_down("h1")
     detector.heard("h1", now=20.0)
     assert detector.lease("h1", now=20.0) == T.fencing_timeout
 
@@ -199,7 +199,7 @@ def test_heard_uses_the_monotonic_clock_by_default(detector: HeartbeatDetector) 
     before = time.monotonic()
     detector.heard("h1")
 
-    assert before <= detector.last_seen["h1"] <= time.monotonic()
+    assert before <= detector.last_heard("h1") <= time.monotonic()
 
 
 # -- probes ----------------------------------------------------------------------------
@@ -331,3 +331,23 @@ async def test_exec_probe_with_missing_program_fails() -> None:
     probe = HealthProbe(type="exec", command=["/nonexistent/nfvt-probe"], timeout=1.0)
 
     assert await probe_vnf(probe, LOCAL) is False
+
+
+def test_keep_up_only_clears_a_suspicion(detector: HeartbeatDetector) -> None:
+    detector.heard("h1", now=10.0)
+    detector.to_suspect(now=11.0)
+    detector.keep_up("h1")
+    assert detector.state_of("h1") == HostState.UP
+    detector.mark_down("h1")
+    detector.keep_up("h1")  # a DOWN host comes back only by being heard
+    assert detector.state_of("h1") == HostState.DOWN
+    detector.keep_up("never-heard")
+    assert detector.state_of("never-heard") is None
+
+
+def test_reads_are_copies(detector: HeartbeatDetector) -> None:
+    detector.heard("h1", now=10.0)
+    detector.states()["h1"] = HostState.DOWN
+    assert detector.is_up("h1") and detector.hosts(HostState.UP) == ["h1"]
+    assert detector.last_heard("h1") == 10.0
+    assert detector.suspect_at("h1", now=10.0) == pytest.approx(10.0 + T.suspect_after)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from nfvha.ha.fault import HostState
 from nfvha.ha.liveness import decode, encode, liveness_key, ring_successors
 from nfvha.vim.guard import AgentSide, GuardConfig, LeaseFile, LeaseGuard
 from nfvha.vnfm.manager import Manager, VnfState
@@ -212,7 +213,7 @@ async def test_guard_heartbeats_keep_a_registered_host_alive_and_get_peers(
         manager: Manager) -> None:
     assert manager.liveness("h1", _hb("h1", 1), ("10.0.0.1", 8700)) == {
         "k": "hb-ack", "s": 1, "l": manager.cfg.timings.fencing_timeout}  # not registered
-    assert "h1" not in manager.detector.state
+    assert manager.detector.state_of("h1") is None
     for h in ("h1", "h2"):
         manager.heartbeat(h, {"url": f"http://{h}:8700", "instances": []})
     answer = manager.liveness("h1", _hb("h1", 2), ("10.0.0.1", 8700))
@@ -238,14 +239,14 @@ async def test_a_guard_reporting_a_fence_moves_that_hosts_vnfs_at_once(
                      ("10.0.0.1", 8700))
     failure = manager._rt("v1").failure
     assert failure is not None and failure[0] == "host-loss" and "lease guard" in failure[2]
-    assert "h1" in manager.fenced_hosts
+    assert "h1" in manager.membership.fenced_hosts
     # The same fence reported again is not a second failure.
     manager._rt("v1").failure = None
     manager.liveness("h1", _hb("h1", 3, f=1), ("10.0.0.1", 8700))
     assert manager._rt("v1").failure is None
     # Lifted (the agent is back and saw it through): no longer known fenced.
     manager.liveness("h1", _hb("h1", 4, f=0), ("10.0.0.1", 8700))
-    assert "h1" not in manager.fenced_hosts
+    assert "h1" not in manager.membership.fenced_hosts
 
 
 async def test_an_overdue_agent_raises_an_alarm_before_its_guard_fences(
@@ -265,15 +266,17 @@ async def test_the_second_path_reads_the_guards_reports(manager: Manager) -> Non
         manager.heartbeat(h, {"url": f"http://{h}:8700", "instances": []})
     manager.liveness("h2", _hb("h2", 1, p={"h1": 20}), ("10.0.0.2", 8700))
     manager.liveness("h3", _hb("h3", 1, p={}), ("10.0.0.3", 8700))
-    manager.detector.last_seen["h1"] -= 1.0  # the manager's own path went quiet
-    manager.detector.state["h1"] = "SUSPECTED"  # type: ignore[assignment]
+    quiet_since = manager.detector.last_heard("h1")
+    assert quiet_since is not None
+    manager.detector.heard("h1", now=quiet_since - 1.0)  # the manager's own path went quiet
+    manager.detector.restore_state("h1", HostState.SUSPECTED)
     manager._confirming.add("h1")
-    await manager._confirm_host_loss("h1")
-    assert manager.detector.state["h1"] == "UP"
+    await manager.membership.confirm_host_loss("h1")
+    assert manager.detector.state_of("h1") == "UP"
     manager.liveness("h2", _hb("h2", 2, p={"h1": 1500}), ("10.0.0.2", 8700))
-    manager.detector.state["h1"] = "SUSPECTED"  # type: ignore[assignment]
-    await manager._confirm_host_loss("h1")
-    assert manager.detector.state["h1"] == "DOWN"
+    manager.detector.restore_state("h1", HostState.SUSPECTED)
+    await manager.membership.confirm_host_loss("h1")
+    assert manager.detector.state_of("h1") == "DOWN"
 
 
 async def test_an_agent_report_inside_a_guard_stall_does_not_hide_the_stall(
@@ -284,7 +287,7 @@ async def test_an_agent_report_inside_a_guard_stall_does_not_hide_the_stall(
     manager.heartbeat("h1", {"url": "http://h1:8700", "instances": []})
     t0 = time.monotonic()
     manager.liveness("h1", _hb("h1", 1), ("10.0.0.1", 8700), at=t0)
-    manager._host_heard("h1", None, at=t0 + 0.12)  # the agent's report, mid-stall
+    manager.membership.host_heard("h1", None, at=t0 + 0.12)  # the agent's report, mid-stall
     manager.liveness("h1", _hb("h1", 2), ("10.0.0.1", 8700), at=t0 + 0.25)
     assert manager.detector.suspect_after("h1", t0 + 0.3) == pytest.approx(0.5)
     assert manager.detector.lease("h1", t0 + 0.3) == pytest.approx(0.75)

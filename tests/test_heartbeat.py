@@ -30,9 +30,9 @@ async def test_light_heartbeat_keeps_the_last_full_view(manager: Manager) -> Non
     inst = {"id": "fm", "state": "RUNNING", "pid": 42}
     assert manager.heartbeat("h1", _full(100.0, [inst]))["need_full"] is False
     assert manager.heartbeat("h1", _light(100.0, 2.0))["need_full"] is False
-    st = manager.host_status["h1"]
+    st = manager.membership.host_status["h1"]
     assert st["instances"] == [inst] and st["time"] == 2.0
-    assert manager.detector.state["h1"] == "UP"
+    assert manager.detector.state_of("h1") == "UP"
 
 
 async def test_a_manager_without_a_full_view_asks_for_one(manager: Manager) -> None:
@@ -40,17 +40,17 @@ async def test_a_manager_without_a_full_view_asks_for_one(manager: Manager) -> N
     # is unknown until the agent sends everything; reconciliation must wait for it.
     answer = manager.heartbeat("h1", _light(100.0, 2.0))
     assert answer["need_full"] is True
-    assert "h1" not in manager.host_status
-    assert manager.detector.state["h1"] == "UP"
+    assert "h1" not in manager.membership.host_status
+    assert manager.detector.state_of("h1") == "UP"
     assert manager.heartbeat("h1", _full(100.0, []))["need_full"] is False
-    assert manager.host_status["h1"]["instances"] == []
+    assert manager.membership.host_status["h1"]["instances"] == []
 
 
 async def test_an_agent_that_restarted_must_resend_everything(manager: Manager) -> None:
     manager.heartbeat("h1", _full(100.0, [{"id": "fm", "state": "RUNNING", "pid": 42}]))
     answer = manager.heartbeat("h1", _light(200.0, 3.0))  # a new run of the agent
     assert answer["need_full"] is True
-    assert manager.host_status["h1"]["started_at"] == 100.0  # not mixed with the new run
+    assert manager.membership.host_status["h1"]["started_at"] == 100.0  # not mixed with the new run
 
 
 @contextlib.asynccontextmanager

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from nfvha.descriptor import HealthProbe
-from nfvha.vnfm import manager as manager_module
+from nfvha.vnfm import probing as probing_module
 from nfvha.vnfm.manager import Manager
 from tests.conftest import EXAMPLES
 
@@ -27,7 +27,7 @@ def manager(manager: Manager, monkeypatch: pytest.MonkeyPatch) -> Manager:
         await asyncio.sleep(probe.timeout)
         return False
 
-    monkeypatch.setattr(manager_module, "probe_vnf", unanswered)
+    monkeypatch.setattr(probing_module, "probe_vnf", unanswered)
     vnfd = {"id": "fm", "command": [sys.executable, str(EXAMPLES / "flowmon.py")],
             "network": {"address": "10.99.0.10/16"},
             "ha": {"checkpoint_interval": 1.0,
@@ -40,7 +40,7 @@ def manager(manager: Manager, monkeypatch: pytest.MonkeyPatch) -> Manager:
 async def _probe_times(m: Manager, n: int) -> None:
     for _ in range(n):
         m.detector.heard("h1")  # the host keeps heartbeating: the VNF is the one silent
-        await m._probe("fm")
+        await m.probes.probe("fm")
 
 
 async def test_queued_for_the_hosts_dump_slot_still_counts(manager: Manager) -> None:
@@ -105,8 +105,8 @@ async def test_a_hang_during_a_stuck_replication_is_seen_and_recovered(
                       auto: bool, op_id: str | None = None) -> None:
         recovered.append(failure)
 
-    monkeypatch.setattr(m, "_checkpoint_now", dumped_then_stuck_replicating)
-    monkeypatch.setattr(m, "_recover", recover)
+    monkeypatch.setattr(m.checkpoints, "_checkpoint_now", dumped_then_stuck_replicating)
+    monkeypatch.setattr(m.healing, "recover", recover)
     await _run_loop(m, 0.5, replicating.is_set)  # probes go unanswered from here on
     assert replicating.is_set() and rt.checkpointing
     t0 = time.monotonic()
@@ -138,8 +138,8 @@ async def test_a_dump_in_progress_is_not_cancelled_for_a_hang(
                       auto: bool, op_id: str | None = None) -> None:
         recovered.append(time.monotonic())
 
-    monkeypatch.setattr(m, "_checkpoint_now", slow_dump)
-    monkeypatch.setattr(m, "_recover", recover)
+    monkeypatch.setattr(m.checkpoints, "_checkpoint_now", slow_dump)
+    monkeypatch.setattr(m.healing, "recover", recover)
     await _run_loop(m, 0.5, lambda: rt.dumping)
     assert rt.dumping
     rt.failure = ("hang", time.time(), "found by a test")

@@ -45,8 +45,10 @@ class HeartbeatDetector:
 
     def __init__(self, timings: FaultTimings, *, started: float | None = None) -> None:
         self.timings = timings
-        self.last_seen: dict[str, float] = {}
-        self.state: dict[str, HostState] = {}
+        # Owned here: callers read them through the methods below and change a host's
+        # state only through its transitions (heard, to_suspect, keep_up, mark_down).
+        self._last_seen: dict[str, float] = {}
+        self._state: dict[str, HostState] = {}
         self._silences: dict[str, collections.deque[tuple[float, float]]] = {}
         self._stalls: collections.deque[tuple[float, float]] = collections.deque()
         self._grants: dict[str, collections.deque[tuple[float, float]]] = {}
@@ -56,23 +58,65 @@ class HeartbeatDetector:
         self._born = time.monotonic() if started is None else started
         self._reported: set[str] = set()
 
+    # -- reads ------------------------------------------------------------------------------
+
+    def state_of(self, host_id: str) -> HostState | None:
+        """The host's state; None for a host never heard of (or forgotten)."""
+        return self._state.get(host_id)
+
+    def is_up(self, host_id: str) -> bool:
+        return self._state.get(host_id) == HostState.UP
+
+    def states(self) -> dict[str, HostState]:
+        """Every known host's state (a copy: changing it changes nothing here)."""
+        return dict(self._state)
+
+    def hosts(self, *states: HostState) -> list[str]:
+        """The known hosts, in the order first heard; only those in ``states`` if given."""
+        return [h for h, st in self._state.items() if not states or st in states]
+
+    def last_heard(self, host_id: str) -> float | None:
+        """Monotonic time the host was last heard (or given a grace), if ever."""
+        return self._last_seen.get(host_id)
+
+    def suspect_at(self, host_id: str, now: float | None = None) -> float:
+        """Monotonic time at which an UP host becomes suspect unless heard meanwhile."""
+        t = time.monotonic() if now is None else now
+        return self._last_seen.get(host_id, t) + self.suspect_after(host_id, t)
+
+    # -- transitions ---------------------------------------------------------------------
+
+    def keep_up(self, host_id: str) -> None:
+        """A suspected host is alive after all (a second path heard it, or every host went
+        silent at once): UP again, with its silence still counted from its last heartbeat."""
+        if self._state.get(host_id) == HostState.SUSPECTED:
+            self._state[host_id] = HostState.UP
+
+    def mark_down(self, host_id: str) -> None:
+        """The host is confirmed lost (or fenced): it stays DOWN until heard again."""
+        self._state[host_id] = HostState.DOWN
+
+    def restore_state(self, host_id: str, state: HostState) -> None:
+        """Set the state a host was in, as stored by an earlier run of the manager."""
+        self._state[host_id] = state
+
     def heard(self, host_id: str, now: float | None = None) -> HostState:
         """Record a heartbeat; returns the state before it (DOWN -> the host rejoined)."""
         t = time.monotonic() if now is None else now
-        before = self.state.get(host_id, HostState.DOWN)
-        if before != HostState.DOWN and host_id in self.last_seen:
+        before = self._state.get(host_id, HostState.DOWN)
+        if before != HostState.DOWN and host_id in self._last_seen:
             # A silence that ended: strain, not a loss (a rejoin after DOWN is neither).
-            gap = t - self.last_seen[host_id]
+            gap = t - self._last_seen[host_id]
             if gap > 2 * self.timings.heartbeat_interval:
                 self._silences.setdefault(host_id, collections.deque()).append((t, gap))
-        self.last_seen[host_id] = t
-        self.state[host_id] = HostState.UP
+        self._last_seen[host_id] = t
+        self._state[host_id] = HostState.UP
         return before
 
     def forget(self, host_id: str) -> None:
         """A host removed from the cluster: nothing of it is kept (a host of the same
         name that joins later starts afresh)."""
-        for d in (self.last_seen, self.state, self._silences, self._grants, self._loading):
+        for d in (self._last_seen, self._state, self._silences, self._grants, self._loading):
             d.pop(host_id, None)
         self._reported.discard(host_id)
 
@@ -84,7 +128,7 @@ class HeartbeatDetector:
         and a later, slightly longer stall would be taken for a loss. The strain is the
         guard's silence, measured between its own datagrams."""
         if gap > 2 * self.timings.heartbeat_interval \
-                and self.state.get(host_id, HostState.DOWN) != HostState.DOWN:
+                and self._state.get(host_id, HostState.DOWN) != HostState.DOWN:
             t = time.monotonic() if now is None else now
             self._silences.setdefault(host_id, collections.deque()).append((t, gap))
 
@@ -158,21 +202,21 @@ class HeartbeatDetector:
 
     def grace(self, host_id: str, now: float | None = None) -> None:
         """A manager that just (re)started gives every known host a full timeout."""
-        self.last_seen[host_id] = time.monotonic() if now is None else now
-        self.state.setdefault(host_id, HostState.UP)
+        self._last_seen[host_id] = time.monotonic() if now is None else now
+        self._state.setdefault(host_id, HostState.UP)
 
     def to_suspect(self, now: float | None = None) -> list[str]:
         t = time.monotonic() if now is None else now
         out = []
-        for h, st in self.state.items():
-            if st == HostState.UP and t - self.last_seen.get(h, t) > self.suspect_after(h, t):
-                self.state[h] = HostState.SUSPECTED
+        for h, st in self._state.items():
+            if st == HostState.UP and t - self._last_seen.get(h, t) > self.suspect_after(h, t):
+                self._state[h] = HostState.SUSPECTED
                 out.append(h)
         return out
 
     def silence(self, host_id: str, now: float | None = None) -> float:
         t = time.monotonic() if now is None else now
-        return t - self.last_seen.get(host_id, t)
+        return t - self._last_seen.get(host_id, t)
 
     def fenced_in(self, host_id: str, now: float | None = None) -> float:
         """Seconds until the host's VNFs are known stopped by its own fencing (<= 0: now)."""

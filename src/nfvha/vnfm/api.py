@@ -111,6 +111,7 @@ class InjectRequest(BaseModel):
 
 
 def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> FastAPI:
+    view = manager.view  # what the read endpoints show; requests go to the manager
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if manage_lifecycle:
@@ -211,21 +212,14 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     @app.get("/nfvha/v1/hosts", dependencies=read)
     async def hosts() -> list[dict[str, Any]]:
         manager.drain_liveness()  # silences as of now, not as of the loop's last turn
-        out = []
-        for rec in manager.store.list("host"):
-            st = manager.host_status.get(rec.id, {})
-            out.append({**rec.data, "state": manager.detector.state.get(rec.id, "DOWN"),
-                        "lastHeartbeatAgoMs": round(manager.detector.silence(rec.id) * 1000),
-                        # Stretched while the host (or the manager) recently stalled.
-                        "leaseMs": round(manager.detector.lease(rec.id) * 1000),
-                        "suspectAfterMs": round(manager.detector.suspect_after(rec.id) * 1000),
-                        "fenced": rec.id in manager.fenced_hosts,
-                        "fenceDriver": (manager.cfg.fencers[rec.id].name
-                                        if rec.id in manager.cfg.fencers else None),
-                        "guard": manager.guard_view(rec.id),
-                        "instances": st.get("instances", []),
-                        "resources": st.get("resources", {})})
-        return out
+        return [{**h.record, "state": h.state,
+                 "lastHeartbeatAgoMs": round(h.silence_s * 1000),
+                 # Stretched while the host (or the manager) recently stalled.
+                 "leaseMs": round(h.lease_s * 1000),
+                 "suspectAfterMs": round(h.suspect_after_s * 1000),
+                 "fenced": h.fenced, "fenceDriver": h.fence_driver, "guard": h.guard,
+                 "instances": h.instances, "resources": h.resources}
+                for h in view.hosts()]
 
     @app.delete("/nfvha/v1/hosts/{host_id}", dependencies=write)
     async def remove_host(host_id: str) -> dict[str, Any]:
@@ -242,14 +236,11 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     @app.get("/nfvha/v1/fences", dependencies=read)
     async def fences(host: str | None = None) -> list[dict[str, Any]]:
         """Every fence attempt with its result, oldest first."""
-        recs = [r.data for r in manager.store.list("fence", where={"host": host} if host
-                                                    else None)]
-        return sorted(recs, key=lambda d: str(d.get("startedAt")))
+        return sorted(view.fences(host), key=lambda d: str(d.get("startedAt")))
 
     @app.get("/nfvha/v1/checkpoints", dependencies=read)
     async def checkpoints(vnfInstanceId: str | None = None) -> list[dict[str, Any]]:
-        where = {"vnfInstanceId": vnfInstanceId} if vnfInstanceId else None
-        return [r.data for r in manager.store.list("checkpoint", where=where)]
+        return view.checkpoints(vnfInstanceId)
 
     @app.post("/nfvha/v1/vnfds", dependencies=write, status_code=201)
     async def onboard(request: Request) -> dict[str, Any]:
@@ -264,7 +255,7 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
 
     @app.get("/nfvha/v1/vnfds", dependencies=read)
     async def vnfds() -> list[dict[str, Any]]:
-        return [r.data for r in manager.store.list("vnfd")]
+        return view.vnfds()
 
     @app.post("/nfvha/v1/vnf_instances/{vnf_id}/move", dependencies=write)
     async def move(vnf_id: str, body: MoveRequest | None = None) -> Response:
@@ -287,7 +278,7 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
 
     @app.get("/vnflcm/v1/vnf_instances", dependencies=read)
     async def list_vnfs() -> list[dict[str, Any]]:
-        return [links(r.data) for r in manager.store.list("vnf")]
+        return [links(v) for v in view.vnfs()]
 
     @app.get("/vnflcm/v1/vnf_instances/{vnf_id}", dependencies=read)
     async def read_vnf(vnf_id: str) -> dict[str, Any]:
@@ -311,31 +302,30 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
 
     @app.get("/vnflcm/v1/vnf_lcm_op_occs", dependencies=read)
     async def ops(vnfInstanceId: str | None = None) -> list[dict[str, Any]]:
-        where = {"vnfInstanceId": vnfInstanceId} if vnfInstanceId else None
-        return [r.data for r in manager.store.list("op", where=where)]
+        return view.ops(vnfInstanceId)
 
     @app.get("/vnflcm/v1/vnf_lcm_op_occs/{op_id}", dependencies=read)
     async def op(op_id: str) -> dict[str, Any]:
-        rec = manager.store.find("op", op_id)
-        if rec is None:
+        found = view.op(op_id)
+        if found is None:
             raise InstanceNotFound(f"no operation occurrence {op_id!r}")
-        return rec.data
+        return found
 
     # -- SOL003 VNF FM ------------------------------------------------------------------
 
     @app.get("/vnffm/v1/alarms", dependencies=read)
     async def alarms(active: bool | None = None) -> list[dict[str, Any]]:
-        out = [r.data for r in manager.store.list("alarm")]
+        out = view.alarms()
         if active is not None:
             out = [a for a in out if (a.get("alarmClearedTime") is None) == active]
         return out
 
     @app.get("/vnffm/v1/alarms/{alarm_id}", dependencies=read)
     async def alarm(alarm_id: str) -> dict[str, Any]:
-        rec = manager.store.find("alarm", alarm_id)
-        if rec is None:
+        found = view.alarm(alarm_id)
+        if found is None:
             raise InstanceNotFound(f"no alarm {alarm_id!r}")
-        return rec.data
+        return found
 
     app.include_router(dashboard_router(manager, read))
     app.include_router(subscriptions_router(manager, read, write))

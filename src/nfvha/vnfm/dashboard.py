@@ -22,9 +22,9 @@ from fastapi import APIRouter
 from fastapi.params import Depends
 from fastapi.responses import Response, StreamingResponse
 
-from nfvha.ha.fault import HostState
 from nfvha.vnfm.events import Event, EventKind
 from nfvha.vnfm.manager import Manager
+from nfvha.vnfm.views import HostRow
 
 __all__ = ["DashboardFeed", "dashboard_router"]
 
@@ -75,9 +75,9 @@ class DashboardFeed:
         self.checkpoints: dict[str, deque[tuple[float, int, float]]] = {}
         self.latest_checkpoint: dict[str, dict[str, Any]] = {}
         self.host_changes: deque[dict[str, Any]] = deque(maxlen=200)
-        for rec in sorted(manager.store.list("checkpoint"),
-                          key=lambda r: float(r.data.get("createdAt") or 0)):
-            self._add_checkpoint(rec.data)
+        for cp in sorted(manager.view.checkpoints(),
+                         key=lambda c: float(c.get("createdAt") or 0)):
+            self._add_checkpoint(cp)
         manager.events.listen(self._observe)
 
     # -- history the store does not keep ----------------------------------------------------
@@ -120,27 +120,25 @@ class DashboardFeed:
 
     def _host_live(self, host_id: str) -> dict[str, Any]:
         """What changes every second: state, silence, fencing."""
-        m = self.m
-        state = str(m.detector.state.get(host_id, HostState.DOWN))
-        deadline = m.fence_deadline.get(host_id)
-        fenced_in = None if deadline is None or state != HostState.DOWN \
-            else deadline - time.monotonic()
-        return {"id": host_id, "state": state,
+        return self._live(self.m.view.host(host_id))
+
+    @staticmethod
+    def _live(h: HostRow) -> dict[str, Any]:
+        fenced_in = h.fenced_in_s
+        return {"id": h.id, "state": h.state,
                 "fenced": fenced_in is not None and fenced_in <= 0,
                 "fencedInS": round(fenced_in, 2) if fenced_in and fenced_in > 0 else None,
-                "lastHeartbeatAgoMs": round(m.detector.silence(host_id) * 1000),
+                "lastHeartbeatAgoMs": round(h.silence_s * 1000),
                 "instances": [{"id": i.get("id"), "state": i.get("state")}
-                              for i in m.host_status.get(host_id, {}).get("instances", [])]}
+                              for i in h.instances]}
 
     def host_view(self, host_id: str) -> dict[str, Any]:
-        rec = self.m.store.find("host", host_id)
-        data = rec.data if rec is not None else {}
-        mem = self.m.host_status.get(host_id, {}).get("resources", {})
-        return {**self._host_live(host_id), "url": data.get("url"),
-                "registeredAt": data.get("registeredAt"),
-                "stateChangedAt": _epoch(data.get("stateChangedAt")),
-                "memAvailableBytes": mem.get("mem_available_bytes"),
-                "heartbeatsMissed": self.m.heartbeats_missed.get(host_id, 0)}
+        h = self.m.view.host(host_id)
+        return {**self._live(h), "url": h.record.get("url"),
+                "registeredAt": h.record.get("registeredAt"),
+                "stateChangedAt": _epoch(h.record.get("stateChangedAt")),
+                "memAvailableBytes": h.resources.get("mem_available_bytes"),
+                "heartbeatsMissed": h.heartbeats_missed}
 
     def vnf_view(self, vnf: dict[str, Any]) -> dict[str, Any]:
         vnfd = vnf.get("vnfd") or {}
@@ -181,26 +179,26 @@ class DashboardFeed:
                 "clearedAt": _epoch(a.get("alarmClearedTime"))}
 
     def snapshot(self) -> dict[str, Any]:
-        m = self.m
-        ids = [r.id for r in m.store.list("host")]
-        ids += [h for h in m.detector.state if h not in ids]
-        ops = sorted((self.op_view(r.data) for r in m.store.list("op")),
+        view = self.m.view
+        ids = view.host_ids()
+        ops = sorted((self.op_view(o) for o in view.ops()),
                      key=lambda o: o["at"] or 0)[-_TIMELINE_OPS:]
-        alarms = sorted((self.alarm_view(r.data) for r in m.store.list("alarm")),
+        alarms = sorted((self.alarm_view(a) for a in view.alarms()),
                         key=lambda a: a["raisedAt"] or 0)
         active = [a for a in alarms if a["clearedAt"] is None]
         cleared = [a for a in alarms if a["clearedAt"] is not None][-_RECENT_ALARMS:]
         since = time.time() - WINDOW_S
         return {"now": time.time(), "window": WINDOW_S, "tick": TICK_S,
                 "hosts": [self.host_view(h) for h in sorted(ids)],
-                "vnfs": [self.vnf_view(r.data) for r in m.store.list("vnf")],
+                "vnfs": [self.vnf_view(v) for v in view.vnfs()],
                 "alarms": active + cleared,
                 "timeline": sorted([*ops, *self.host_changes], key=lambda e: e["at"] or 0),
                 "checkpoints": {v: [p for p in pts if p[0] >= since]
                                 for v, pts in self.checkpoints.items()}}
 
     def tick(self) -> dict[str, Any]:
-        return {"now": time.time(), "hosts": [self._host_live(h) for h in self.m.detector.state]}
+        return {"now": time.time(),
+                "hosts": [self._host_live(h) for h in self.m.view.live_host_ids()]}
 
     def item(self, ev: Event) -> dict[str, Any] | None:
         """One event as the page applies it (None: nothing the page shows)."""

@@ -154,7 +154,7 @@ class _ViewCollector(Collector):
         return []  # dynamic label sets: let the registry call collect() instead
 
     def collect(self) -> Iterator[Metric]:
-        m = self.m
+        view = self.m.view
         now = time.time()
         hosts = GaugeMetricFamily("nfvha_host_up", "1 if the manager sees the host UP",
                                   labels=["host"])
@@ -169,17 +169,16 @@ class _ViewCollector(Collector):
                                   "Lease granted with the host's heartbeats: its agent fences "
                                   "after this long without contact (stretched under strain)",
                                   labels=["host"])
-        for rec in m.store.list("host"):
-            lease.add_metric([rec.id], m.detector.lease(rec.id))
-            st = str(m.detector.state.get(rec.id, "DOWN"))
-            if st == "DOWN" and rec.id in m.fence_deadline and \
-                    time.monotonic() >= m.fence_deadline[rec.id]:
+        for h in view.hosts():
+            lease.add_metric([h.id], h.lease_s)
+            st = h.state
+            if st == "DOWN" and h.fenced_in_s is not None and h.fenced_in_s <= 0:
                 st = "FENCED"
-            hosts.add_metric([rec.id], 1.0 if st == "UP" else 0.0)
+            hosts.add_metric([h.id], 1.0 if st == "UP" else 0.0)
             for s in ("UP", "SUSPECTED", "DOWN", "FENCED"):
-                host_state.add_metric([rec.id, s], 1.0 if s == st else 0.0)
-            silence.add_metric([rec.id], m.detector.silence(rec.id))
-            missed.add_metric([rec.id], float(m.heartbeats_missed.get(rec.id, 0)))
+                host_state.add_metric([h.id, s], 1.0 if s == st else 0.0)
+            silence.add_metric([h.id], h.silence_s)
+            missed.add_metric([h.id], float(h.heartbeats_missed))
         yield from (hosts, host_state, silence, missed, lease)
 
         vnf_state = GaugeMetricFamily("nfvha_vnf_state", "1 for the VNF's current HA state",
@@ -189,27 +188,27 @@ class _ViewCollector(Collector):
         last_size = GaugeMetricFamily("nfvha_checkpoint_last_size_bytes",
                                       "Size of the VNF's newest checkpoint", labels=["vnf"])
         newest: dict[str, dict[str, Any]] = {}
-        for rec in m.store.list("checkpoint"):
-            v = str(rec.data.get("vnfInstanceId"))
-            if v not in newest or rec.data.get("seq", 0) > newest[v].get("seq", 0):
-                newest[v] = rec.data
-        for vrec in m.store.list("vnf"):
-            vnf_state.add_metric([vrec.id, str(vrec.data.get("haState")),
-                                  str(vrec.data.get("host") or "")], 1.0)
-            cp = newest.get(vrec.id)
+        for c in view.checkpoints():
+            of = str(c.get("vnfInstanceId"))
+            if of not in newest or c.get("seq", 0) > newest[of].get("seq", 0):
+                newest[of] = c
+        for vnf in view.vnfs():
+            vnf_state.add_metric([vnf["id"], str(vnf.get("haState")),
+                                  str(vnf.get("host") or "")], 1.0)
+            cp = newest.get(vnf["id"])
             # Age of the protected state: from the freeze (cutAt), not the commit.
             created = _epoch(cp.get("cutAt") or cp.get("createdAt")) if cp else None
             if cp is not None and created is not None:
-                age.add_metric([vrec.id], max(0.0, now - created))
-                last_size.add_metric([vrec.id], float(cp.get("bytes", 0)))
+                age.add_metric([vnf["id"]], max(0.0, now - created))
+                last_size.add_metric([vnf["id"]], float(cp.get("bytes", 0)))
         yield from (vnf_state, age, last_size)
 
         active = GaugeMetricFamily("nfvha_alarms_active", "Alarms not yet cleared",
                                    labels=["severity"])
         counts: dict[str, int] = {}
-        for a in m.store.list("alarm"):
-            if a.data.get("alarmClearedTime") is None:
-                sev = str(a.data.get("perceivedSeverity"))
+        for a in view.alarms():
+            if a.get("alarmClearedTime") is None:
+                sev = str(a.get("perceivedSeverity"))
                 counts[sev] = counts.get(sev, 0) + 1
         for sev in ("CRITICAL", "MAJOR", "MINOR", "WARNING"):
             active.add_metric([sev], float(counts.get(sev, 0)))
@@ -224,19 +223,19 @@ class _ViewCollector(Collector):
         dropped = CounterMetricFamily("nfvha_forwarder_log_dropped",
                                       "Datagrams dropped because the packet log was full",
                                       labels=["vnf"])
-        for vnf, fs in m.forwarder_logs.items():
+        for vnf_id, fs in view.forwarder_logs().items():
             if isinstance(fs.get("log_packets"), int | float):
-                packets.add_metric([vnf], float(fs["log_packets"]))
+                packets.add_metric([vnf_id], float(fs["log_packets"]))
             if isinstance(fs.get("log_bytes"), int | float):
-                size.add_metric([vnf], float(fs["log_bytes"]))
+                size.add_metric([vnf_id], float(fs["log_bytes"]))
             if isinstance(fs.get("log_fill"), int | float):
-                fill.add_metric([vnf], float(fs["log_fill"]))
+                fill.add_metric([vnf_id], float(fs["log_fill"]))
             d = (fs.get("stats") or {}).get("dropped_log_full")
             if isinstance(d, int | float):
-                dropped.add_metric([vnf], float(d))
+                dropped.add_metric([vnf_id], float(d))
         yield from (packets, size, fill, dropped)
 
         events_dropped = CounterMetricFamily(
             "nfvha_events_dropped", "Events a slow observer (dashboard, notifier) missed")
-        events_dropped.add_metric([], float(m.events.dropped))
+        events_dropped.add_metric([], float(view.events_dropped))
         yield events_dropped
