@@ -27,9 +27,12 @@ from nfvha.dataplane.client import ForwarderClient, ForwarderError, ReplayGapErr
 from nfvha.descriptor import HaPolicy, HealthProbe, VnfDescriptor, parse_descriptor
 from nfvha.errors import (
     AddressConflict,
+    CheckpointCorrupt,
+    CriuError,
     DescriptorError,
     InstanceNotFound,
     InstanceStateError,
+    InstanceStopped,
     NfvhaError,
 )
 from nfvha.ha.fault import FaultTimings, HeartbeatDetector, HostState, probe_vnf
@@ -48,12 +51,13 @@ from nfvha.logs import decision as log_decision
 from nfvha.nfvo.placement import HostView, PlacementError, place
 from nfvha.store.base import Op, StateStore, StoreError
 from nfvha.tls import TlsConfig
-from nfvha.vnfm.agent_client import AgentCallError, AgentClient
+from nfvha.vnfm.agent_client import AgentClient, AgentUnreachable
 from nfvha.vnfm.events import EventBus, EventKind
 from nfvha.vnfm.metrics import ManagerMetrics
 from nfvha.vnfm.notify import Notifier
 from nfvha.vnfm.secretbox import SecretBox
 from nfvha.web import DEFAULT_MAX_BODY
+from nfvha.wire import LIVE_STATES, CheckpointMeta, InstanceState, ServiceStatus
 
 __all__ = ["Manager", "ManagerConfig", "VnfState"]
 
@@ -65,9 +69,6 @@ _RETRY_MAX_S = 30.0  # longest wait between tries to recover a FAILED VNF
 _BEHIND_AFTER = 3  # checkpoints in a row slower than the interval before the alarm
 _CRASH_WINDOW_S = 10.0  # failing again this soon after a recovery is a crash loop
 _CRASH_BACKOFF_MAX_S = 300.0  # longest wait between recoveries of a crash-looping VNF
-# Agent instance states in which the VNF's process lives (a report taken during a dump
-# says CHECKPOINTING: the VNF runs all the same).
-_LIVE = frozenset({"RUNNING", "CHECKPOINTING", "RESTORING", "CREATING"})
 
 
 def _now_iso(t: float | None = None) -> str:
@@ -201,7 +202,7 @@ class Manager:
         self._down_at: dict[str, float] = {}  # host -> monotonic time it was declared DOWN
         self._host_known: dict[str, tuple[str, str | None]] = {}  # host -> (state, url) stored
         self._peers_cache: tuple[float, list[list[Any]], str] = (-1.0, [], "")
-        self.forwarder_logs: dict[str, dict[str, Any]] = {}  # last forwarder log stats
+        self.forwarder_logs: dict[str, ServiceStatus] = {}  # last forwarder log stats
 
     # -- start / stop ---------------------------------------------------------------------
 
@@ -405,7 +406,7 @@ class Manager:
         self._host_heard(host_id, body.get("url"))
         # An exit the agent's event did not deliver is still seen here.
         for inst in body.get("instances", []):
-            if inst["state"] == "EXITED":
+            if inst["state"] == InstanceState.EXITED:
                 self._instance_exited(host_id, inst)
         lease = self.detector.lease(host_id)
         self.detector.granted(host_id, lease)
@@ -556,7 +557,7 @@ class Manager:
         a restore the stopped agent finished late) is removed as soon as it is reported."""
         now = time.monotonic()
         for inst in status.get("instances", []):
-            if inst.get("state") in ("STANDBY", "STOPPED"):
+            if inst.get("state") in (InstanceState.STANDBY, InstanceState.STOPPED):
                 continue
             rec = self.store.find("vnf", str(inst.get("id")))
             if rec is None or rec.data["haState"] != VnfState.ACTIVE or \
@@ -573,7 +574,7 @@ class Manager:
                                 "not be told")
 
             async def delete(h: str = host_id, vnf: str = rec.id) -> None:
-                with contextlib.suppress(AgentCallError):
+                with contextlib.suppress(NfvhaError):
                     await self.agent(h).delete(vnf)
 
             self._spawn(delete())
@@ -730,8 +731,8 @@ class Manager:
         for v in self.store.list("vnf"):
             if v.data.get("host") != host_id:
                 for inst in self.host_status.get(host_id, {}).get("instances", []):
-                    if inst["id"] == v.id and inst["state"] not in ("STANDBY",):
-                        with contextlib.suppress(AgentCallError):
+                    if inst["id"] == v.id and inst["state"] != InstanceState.STANDBY:
+                        with contextlib.suppress(NfvhaError):
                             await self.agent(host_id).delete(v.id)
         await self._collect_orphans(host_id)
         self._clear_alarm(f"host:{host_id}")
@@ -740,8 +741,8 @@ class Manager:
         """Checkpoints on a host of VNFs that no longer exist (terminated while the host
         was away) are removed when it comes back."""
         try:
-            held = {c["instance_id"] for c in await self.agent(host_id).all_checkpoints()}
-        except AgentCallError as exc:
+            held = {c.instance_id for c in await self.agent(host_id).all_checkpoints()}
+        except NfvhaError as exc:
             log.warning("cannot list the checkpoints on %s: %s", host_id, exc)
             return
         for iid in sorted(held):
@@ -750,7 +751,7 @@ class Manager:
                 log_decision(log, "collect-orphans", f"remove the checkpoints of {iid} on "
                              f"{host_id}", reason="its VNF was terminated or deleted",
                              vnf=iid, host=host_id)
-                with contextlib.suppress(AgentCallError):
+                with contextlib.suppress(NfvhaError):
                     await self.agent(host_id).delete(iid, purge=True)
 
     # -- the loop -------------------------------------------------------------------------
@@ -957,7 +958,7 @@ class Manager:
                 continue
             running = [h for h, st in self.host_status.items()
                        if self.detector.state.get(h) == HostState.UP
-                       and any(i["id"] == rec.id and i["state"] in _LIVE
+                       and any(i["id"] == rec.id and i["state"] in LIVE_STATES
                                for i in st.get("instances", []))]
             host = rec.data.get("host")
             keep = host if host in running else (running[0] if running else None)
@@ -1087,20 +1088,20 @@ class Manager:
                 rt.thawed_at = time.monotonic()
             replicas = [host]
             backups = [b for b in rec.data.get("backups", []) if b in self._up_hosts()]
-            pushes = [self._replicate(vnf_id, host, meta["seq"], b, d) for b in backups]
+            pushes = [self._replicate(vnf_id, host, meta.seq, b, d) for b in backups]
             for b, res in zip(backups, await asyncio.gather(*pushes, return_exceptions=True),
                               strict=True):
                 if isinstance(res, Exception):
-                    log.warning("replicating %s/%s to %s failed: %s", vnf_id, meta["seq"], b,
+                    log.warning("replicating %s/%s to %s failed: %s", vnf_id, meta.seq, b,
                                 res)
                 else:
                     replicas.append(b)
-        except AgentCallError as exc:
-            criu_tail = " | ".join(str(ln) for ln in (exc.problem.get("criu_log") or [])[-4:])
+        except NfvhaError as exc:  # the agent's refusal or failure, typed (agent_client)
+            criu_tail = " | ".join(exc.log_lines[-4:]) if isinstance(exc, CriuError) else ""
             log.warning("checkpoint of %s on %s failed: %s%s", vnf_id, host, exc,
                         f" (CRIU: {criu_tail})" if criu_tail else "")
             rt = self._rt(vnf_id)
-            if exc.status == 409 and "stopped" in str(exc) and rt.failure is None:
+            if isinstance(exc, InstanceStopped) and rt.failure is None:
                 # The agent found the VNF stopped (SIGSTOP, a debugger): a hang, known now
                 # rather than after the probes' threshold.
                 rt.failure = ("hang", time.time(), f"VNF found stopped by a checkpoint on "
@@ -1124,7 +1125,7 @@ class Manager:
             # datagrams on such a fallback (replay e2e, a SIGSTOP during a dump).
             older = [int(c.data["logPosition"]) for c in
                      self.store.list("checkpoint", where={"vnfInstanceId": vnf_id})
-                     if int(c.data["seq"]) < int(meta["seq"])
+                     if int(c.data["seq"]) < meta.seq
                      and c.data.get("logPosition") is not None]
             if older:
                 with contextlib.suppress(ForwarderError):
@@ -1149,14 +1150,14 @@ class Manager:
         elif rt.slow_streak <= -_BEHIND_AFTER:
             self._clear_alarm(f"checkpoint-behind:{vnf_id}")
 
-    def _record_checkpoint(self, vnf_id: str, meta: dict[str, Any], host: str,
+    def _record_checkpoint(self, vnf_id: str, meta: CheckpointMeta, host: str,
                            replicas: list[str], position: int | None, vnf: dict[str, Any],
                            seconds: float) -> None:
-        cp = {"id": f"{vnf_id}/{meta['seq']}", "vnfInstanceId": vnf_id, "seq": meta["seq"],
-              "createdAt": meta["created_at"],
+        cp = {"id": f"{vnf_id}/{meta.seq}", "vnfInstanceId": vnf_id, "seq": meta.seq,
+              "createdAt": meta.created_at,
               # The state it holds is as of cutAt (the freeze), not createdAt (the commit).
-              "cutAt": meta.get("cut_at") or meta["created_at"], "host": host, "replicas": replicas,
-              "bytes": meta["total_bytes"], "criuStats": meta.get("criu_stats", {}),
+              "cutAt": meta.cut_at or meta.created_at, "host": host, "replicas": replicas,
+              "bytes": meta.total_bytes, "criuStats": meta.criu_stats,
               "generation": vnf.get("generation", 0), "logPosition": position,
               "holdMs": self._rt(vnf_id).last_hold_ms if position is not None else None,
               "durationMs": seconds * 1000}
@@ -1234,11 +1235,11 @@ class Manager:
                                                     "timestamps": {"decided": decided}})
                 try:
                     result = await self._execute(vnf_id, d, decision, failure, old_host)
-                except (AgentCallError, NfvhaError) as exc:
+                except NfvhaError as exc:
                     log.warning("recovery of %s by %s on %s failed: %s", vnf_id, strategy,
                                 decision.target_host, exc)
                     key = (strategy, decision.target_host)
-                    if isinstance(exc, AgentCallError) and exc.status == 0 and \
+                    if isinstance(exc, AgentUnreachable) and \
                             key not in retried and \
                             self.detector.state.get(decision.target_host) == HostState.UP:
                         # Unreachable although it heartbeats: typically a pooled connection
@@ -1261,7 +1262,7 @@ class Manager:
                     # saw the VNF as living there, so its copy is removed now.
                     try:
                         await self.agent(old_host).delete(vnf_id)
-                    except AgentCallError as exc:
+                    except NfvhaError as exc:
                         log.warning("could not remove the old copy of %s on %s after moving "
                                     "it: %s", vnf_id, old_host, exc)
                 replay_info = await self._replay(vnf_id, result.get("seq")) if replaying \
@@ -1276,7 +1277,7 @@ class Manager:
                     attempts.append({"strategy": strategy, "host": decision.target_host,
                                      "decidedAt": decided, "error": err})
                     self._op_update(op_id, nfvha_merge={"attempts": attempts})
-                    with contextlib.suppress(AgentCallError):
+                    with contextlib.suppress(NfvhaError):
                         await self.agent(decision.target_host).delete(vnf_id)
                     continue
                 serving = answered
@@ -1344,8 +1345,8 @@ class Manager:
             except ReplayGapError as gap:
                 return await self._replay_gap(vnf_id, seq, int(position), gap)
             log.info("replayed %d datagram(s) to %s after checkpoint %s (position %s) in "
-                     "%.1f ms", res["replayed"], vnf_id, seq, position, res["replay_ms"])
-            return {**res, "fromPosition": position}
+                     "%.1f ms", res.replayed, vnf_id, seq, position, res.replay_ms)
+            return {**res.model_dump(), "fromPosition": position}
         except ForwarderError as exc:
             self._forwarder_alarm(str(exc))
             return {"replayed": 0, "error": str(exc)}
@@ -1371,8 +1372,8 @@ class Manager:
                           "between are lost to it", {"host": None, **info})
         res = await self.forwarder.replay(vnf_id, gap.oldest)
         log.info("replayed %d datagram(s) to %s from position %s (checkpoint %s was at %s)",
-                 res["replayed"], vnf_id, gap.oldest, seq, position)
-        return {**res, "fromPosition": gap.oldest, "gap": info}
+                 res.replayed, vnf_id, gap.oldest, seq, position)
+        return {**res.model_dump(), "fromPosition": gap.oldest, "gap": info}
 
     async def _watch_forwarder(self) -> None:
         """Force a checkpoint before a log fills; alarm when one would be lost."""
@@ -1390,7 +1391,7 @@ class Manager:
                     continue
                 self._clear_alarm("forwarder")
                 self.forwarder_logs[rec.id] = st
-                fill = max(st["log_fill"], st["log_age_s"] / 60.0)
+                fill = max(st.log_fill, st.log_age_s / 60.0)
                 if fill > 0.8:
                     rt = self._rt(rec.id)
                     if rt.next_checkpoint > time.monotonic():
@@ -1420,7 +1421,7 @@ class Manager:
         standby = frozenset(
             h for h in up
             for i in self.host_status.get(h, {}).get("instances", [])
-            if i["id"] == vnf_id and i["state"] == "STANDBY")
+            if i["id"] == vnf_id and i["state"] == InstanceState.STANDBY)
         try:
             restart_host = place(self.hosts_view(), memory=d.resources.memory, backups=0,
                                  exclude=[old_host] if failure == "host-loss" and old_host
@@ -1463,21 +1464,18 @@ class Manager:
         if decision.strategy == "restart":
             res = await target.create(d.model_dump(mode="json"), vnf_id)
             return {"instance": res, "seq": None}
-        last_error: AgentCallError | None = None
+        last_error: CheckpointCorrupt | None = None
         for seq in decision.seqs:
             try:
                 res = await target.restore(vnf_id, seq)
                 return {"instance": res, "seq": seq}
-            except AgentCallError as exc:
-                if exc.corrupt_checkpoint:
-                    log_decision(log, "skip-checkpoint", f"checkpoint {vnf_id}/{seq} on "
-                                 f"{decision.target_host} is corrupt; trying the previous one",
-                                 level=logging.WARNING, vnf=vnf_id, seq=seq,
-                                 host=decision.target_host,
-                                 reason=f"verification failed on {exc.problem.get('file')}")
-                    last_error = exc
-                    continue
-                raise
+            except CheckpointCorrupt as exc:
+                log_decision(log, "skip-checkpoint", f"checkpoint {vnf_id}/{seq} on "
+                             f"{decision.target_host} is corrupt; trying the previous one",
+                             level=logging.WARNING, vnf=vnf_id, seq=seq,
+                             host=decision.target_host,
+                             reason=f"verification failed on {exc.file}")
+                last_error = exc
         assert last_error is not None
         raise last_error
 
@@ -1492,9 +1490,7 @@ class Manager:
             try:
                 await self.agent(old_host).delete(vnf_id)
                 return
-            except AgentCallError as exc:
-                if not exc.unreachable:
-                    raise
+            except AgentUnreachable as exc:
                 # Alive (its guard beats) but its agent does not answer: the guard stops
                 # the VNFs when the agent grace runs out, and says so.
                 await self._wait_guard_fence(old_host, vnf_id, exc)
@@ -1522,7 +1518,8 @@ class Manager:
             # it may not have fenced itself: its copy is stopped through its agent.
             await self.agent(old_host).delete(vnf_id)
 
-    async def _wait_guard_fence(self, host_id: str, vnf_id: str, exc: AgentCallError) -> None:
+    async def _wait_guard_fence(self, host_id: str, vnf_id: str,
+                                exc: AgentUnreachable) -> None:
         report = self.guards.get(host_id)
         left = report.msg.get("a") if report is not None else None
         if not isinstance(left, int | float):
@@ -1536,12 +1533,9 @@ class Manager:
         while time.monotonic() < deadline:
             if host_id in self.fenced_hosts:
                 return
-            try:
+            with contextlib.suppress(AgentUnreachable):
                 await self.agent(host_id).delete(vnf_id)  # the agent may be back
                 return
-            except AgentCallError as again:
-                if not again.unreachable:
-                    raise
             await asyncio.sleep(0.05)
         raise exc
 
@@ -1631,7 +1625,7 @@ class Manager:
             return False
         try:
             return await self.agent(host).exec_probe(vnf_id, probe.timeout)
-        except AgentCallError:
+        except NfvhaError:
             return False
 
     async def _wait_serving(self, vnf_id: str, host: str, d: VnfDescriptor,
@@ -1665,7 +1659,7 @@ class Manager:
         self._update_vnf(vnf_id, lambda dd: {
             **dd, "haState": VnfState.ACTIVE, "host": decision.target_host, "backups": backups,
             "generation": dd.get("generation", 0) + 1, "restoredFrom": result.get("seq"),
-            "pid": result.get("instance", {}).get("pid"),
+            "pid": result["instance"].pid,
             ("lastMove" if moved else "lastRecovery"): {
                 "strategy": decision.strategy, "at": _now_iso(), "fromHost": old_host}})
 
@@ -1779,14 +1773,14 @@ class Manager:
                                          after=d.network.service.after)
             created = await self.agent(p.primary).create(d.model_dump(mode="json"), vnf_id)
             await self._wait_serving(vnf_id, p.primary, d, time.time())  # it answers
-        except (AgentCallError, NfvhaError) as exc:
+        except NfvhaError as exc:
             self._update_vnf(vnf_id, lambda dd: {**dd, "haState": VnfState.NOT_INSTANTIATED})
             self._op_update(op_id, operationState="FAILED", error=_problem(409, str(exc)))
             return
         self._update_vnf(vnf_id, lambda dd: {
             **dd, "haState": VnfState.ACTIVE, "instantiationState": "INSTANTIATED",
             "host": p.primary, "backups": list(p.backups), "generation": 1,
-            "pid": created.get("pid"),
+            "pid": created.pid,
             "placementReason": p.reason})
         self._rt(vnf_id).next_checkpoint = time.monotonic()  # first checkpoint right away
         self._op_update(op_id, operationState="COMPLETED")
@@ -1869,7 +1863,7 @@ class Manager:
         position: int | None = None
         t0 = time.time()
         stopped = False
-        meta: dict[str, Any] | None = None
+        meta: CheckpointMeta | None = None
         try:
             if replaying and self.forwarder is not None:
                 try:
@@ -1883,53 +1877,53 @@ class Manager:
             dumped = time.time()
             self._record_checkpoint(vnf_id, meta, source, [source], position, rec.data,
                                     dumped - t0)
-            await self.agent(source).push(vnf_id, meta["seq"],
+            await self.agent(source).push(vnf_id, meta.seq,
                                           self.store.get("host", target).data["url"])
             pushed = time.time()
             await self.agent(source).delete(vnf_id)  # same address and MAC: one copy at a time
             async with self._restore_slot(target):
-                res = await self.agent(target).restore(vnf_id, meta["seq"])
+                res = await self.agent(target).restore(vnf_id, meta.seq)
             restored = time.time()
-        except (AgentCallError, NfvhaError) as exc:
+        except NfvhaError as exc:
             await self._move_failed(vnf_id, source, op_id, exc, stopped, meta, position)
             return
         finally:
             if position is not None and self.forwarder is not None:
                 with contextlib.suppress(ForwarderError):
                     await self.forwarder.release(vnf_id)
-        cp_id = f"{vnf_id}/{meta['seq']}"
+        cp_id = f"{vnf_id}/{meta.seq}"
         with contextlib.suppress(StoreError):
             self.store.update("checkpoint", cp_id,
                               lambda c: {**c, "replicas": sorted({*c["replicas"], target})})
         answered = await self._wait_serving(vnf_id, target, d, restored)
-        decision = RecoveryDecision(strategy="move", target_host=target, seqs=(meta["seq"],),
+        decision = RecoveryDecision(strategy="move", target_host=target, seqs=(meta.seq,),
                                     reason=f"planned move from {source}")
-        self._finish_recovery(vnf_id, decision, {"instance": res, "seq": meta["seq"]}, source,
+        self._finish_recovery(vnf_id, decision, {"instance": res, "seq": meta.seq}, source,
                               moved=True)
         log.info("moved %s from %s to %s: paused %.0f ms (dump %.0f, transfer %.0f, restore "
                  "%.0f)", vnf_id, source, target, ((answered or restored) - t0) * 1e3,
                  (dumped - t0) * 1e3, (pushed - dumped) * 1e3, (restored - pushed) * 1e3)
         self._op_update(op_id, operationState="COMPLETED", nfvha_merge={
-            "checkpoint": meta["seq"],
+            "checkpoint": meta.seq,
             "phases": {"dumpMs": (dumped - t0) * 1e3, "transferMs": (pushed - dumped) * 1e3,
                        "restoreMs": (restored - pushed) * 1e3,
                        "pauseMs": ((answered or restored) - t0) * 1e3}})
 
     async def _move_failed(self, vnf_id: str, source: str, op_id: str, exc: Exception,
-                           stopped: bool, meta: dict[str, Any] | None,
+                           stopped: bool, meta: CheckpointMeta | None,
                            position: int | None) -> None:
         """A move that failed half-way: the VNF goes back to its source, as it was."""
         log.warning("moving %s from %s failed: %s", vnf_id, source, exc)
         back = "still running on its source host"
         if stopped and meta is not None:
             try:
-                with contextlib.suppress(AgentCallError):
+                with contextlib.suppress(NfvhaError):
                     await self.agent(source).delete(vnf_id)
                 async with self._restore_slot(source):
-                    res = await self.agent(source).restore(vnf_id, meta["seq"])
-                self._update_vnf(vnf_id, _set(pid=res.get("pid")))
-                back = f"restored on {source} from its final checkpoint {meta['seq']}"
-            except (AgentCallError, NfvhaError) as exc2:
+                    res = await self.agent(source).restore(vnf_id, meta.seq)
+                self._update_vnf(vnf_id, _set(pid=res.pid))
+                back = f"restored on {source} from its final checkpoint {meta.seq}"
+            except NfvhaError as exc2:
                 back = f"could not be restored on {source} ({exc2}): recovery takes over"
                 rt = self._rt(vnf_id)
                 rt.failure = ("process-exit", time.time(), f"planned move failed and the VNF "
@@ -1956,7 +1950,7 @@ class Manager:
         self._op_update(op_id, operationState="PROCESSING")
         hosts = {h for h in self._up_hosts()}
         for h in hosts:
-            with contextlib.suppress(AgentCallError):
+            with contextlib.suppress(NfvhaError):
                 await self.agent(h).delete(vnf_id, purge=True)
         for cp in self.store.list("checkpoint", where={"vnfInstanceId": vnf_id}):
             self.store.delete("checkpoint", cp.id)
@@ -1987,7 +1981,8 @@ class Manager:
         if not data.get("host"):
             raise InstanceStateError(f"VNF instance {vnf_id} runs nowhere")
         self._rt(vnf_id).injected_at = time.monotonic()
-        return await self.agent(data["host"]).inject(vnf_id, fault)
+        view = await self.agent(data["host"]).inject(vnf_id, fault)
+        return view.model_dump(mode="json", exclude_unset=True)
 
     # -- op occurrences and alarms --------------------------------------------------------
 

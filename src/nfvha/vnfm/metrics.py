@@ -225,14 +225,11 @@ class _ViewCollector(Collector):
                                       "Datagrams dropped because the packet log was full",
                                       labels=["vnf"])
         for vnf, fs in m.forwarder_logs.items():
-            if isinstance(fs.get("log_packets"), int | float):
-                packets.add_metric([vnf], float(fs["log_packets"]))
-            if isinstance(fs.get("log_bytes"), int | float):
-                size.add_metric([vnf], float(fs["log_bytes"]))
-            if isinstance(fs.get("log_fill"), int | float):
-                fill.add_metric([vnf], float(fs["log_fill"]))
-            d = (fs.get("stats") or {}).get("dropped_log_full")
-            if isinstance(d, int | float):
+            packets.add_metric([vnf], float(fs.log_packets))
+            size.add_metric([vnf], float(fs.log_bytes))
+            fill.add_metric([vnf], fs.log_fill)
+            d = fs.stats.get("dropped_log_full")
+            if d is not None:
                 dropped.add_metric([vnf], float(d))
         yield from (packets, size, fill, dropped)
 
