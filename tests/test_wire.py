@@ -4,7 +4,9 @@ a problem answer as the exception class of its ``type``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -256,3 +258,104 @@ async def test_any_other_forwarder_failure_is_a_forwarder_error_with_its_typed_c
     ok = _forwarder_client(lambda _: httpx.Response(200, json={"replayed": 4, "replay_ms": 1.0,
                                                                 "held_ms": 5.0}))
     assert (await ok.replay("fw", 6)).replayed == 4
+
+
+# -- the manager acts on the typed errors --------------------------------------------------
+
+VNFD = {"id": "fw", "command": ["sleep", "1000"], "network": {"address": "10.9.1.10/16"},
+        "ha": {"backups": 0}}
+
+
+class _FakeAgent:
+    """Host h1's agent: ``checkpoint`` and ``restore`` say what it answers to those."""
+
+    def __init__(self) -> None:
+        self.checkpoint: Handler = _problem(409, "instance-stopped")
+        self.restore: dict[int, httpx.Response] = {}
+        self.restored: list[int] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "POST" and path == "/v1/instances":
+            return httpx.Response(201, json={"id": "fw", "state": "RUNNING", "pid": 42})
+        if path.endswith("/checkpoints"):
+            return self.checkpoint(request)
+        if path.endswith("/restore"):
+            seq = json.loads(request.content)["seq"]
+            self.restored.append(seq)
+            return self.restore.get(seq) or httpx.Response(
+                201, json={"id": "fw", "state": "RUNNING", "pid": 43})
+        return httpx.Response(204)
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> Any:
+    from nfvha.store.sqlite import SqliteStore
+    from nfvha.vnfm.api import create_manager_app
+    from nfvha.vnfm.manager import Manager, ManagerConfig
+
+    m = Manager(SqliteStore(tmp_path / "m.db"),
+                ManagerConfig(token="t", base_url="http://10.9.0.1:8600"))
+    fake = _FakeAgent()
+    await m.http.aclose()
+    m.http = httpx.AsyncClient(transport=httpx.MockTransport(fake))
+    m.heartbeat("h1", {"host_id": "h1", "url": "http://10.9.0.11:8700", "started_at": 1.0,
+                       "time": 1.0, "instances": [], "resources": {}})
+    http = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_manager_app(m, manage_lifecycle=False)),
+        base_url="http://manager", headers={"Authorization": "Bearer t"})
+    assert (await http.post("/nfvha/v1/vnfds", json=VNFD)).status_code == 201
+    assert (await http.post("/vnflcm/v1/vnf_instances",
+                            json={"vnfdId": "fw", "vnfInstanceId": "fw"})).status_code == 201
+    r = await http.post("/vnflcm/v1/vnf_instances/fw/instantiate", json={})
+    assert (await _final(m, r.headers["Location"]))["operationState"] == "COMPLETED"
+    try:
+        yield m, http, fake
+    finally:
+        await http.aclose()
+        await m.close()
+        m.store.close()
+
+
+async def _final(m: Any, location: str) -> dict[str, Any]:
+    op_id = location.rsplit("/", 1)[1]
+    for _ in range(500):
+        data: dict[str, Any] = m.store.get("op", op_id).data
+        if data["operationState"] not in ("STARTING", "PROCESSING"):
+            return data
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"operation {op_id} still {data['operationState']}")
+
+
+async def test_a_checkpoint_refused_as_instance_stopped_is_a_hang(manager: Any) -> None:
+    m, _, _ = manager
+    await m._checkpoint("fw")
+    failure = m._rt("fw").failure
+    assert failure is not None and failure[0] == "hang", failure
+    alarms = [a.data["faultType"] for a in m.store.list("alarm")]
+    assert "checkpoint-failed" in alarms
+
+
+async def test_a_checkpoint_refused_otherwise_is_no_hang(manager: Any) -> None:
+    m, _, fake = manager
+    fake.checkpoint = _problem(409, "instance-state")  # e.g. still CREATING
+    await m._checkpoint("fw")
+    assert m._rt("fw").failure is None
+
+
+async def test_a_heal_skips_a_corrupt_checkpoint_for_the_previous_one(manager: Any) -> None:
+    m, http, fake = manager
+    for seq in (1, 2):
+        m.store.put("checkpoint", f"fw/{seq}", {
+            "id": f"fw/{seq}", "vnfInstanceId": "fw", "seq": seq, "createdAt": time.time(),
+            "cutAt": time.time(), "host": "h1", "replicas": ["h1"], "bytes": 10,
+            "generation": 1, "logPosition": None})
+    fake.restore[2] = httpx.Response(422, json={
+        "type": PROBLEM_PREFIX + "checkpoint-corrupt", "title": "Checkpoint corrupt",
+        "status": 422, "detail": "pages-1.img does not match its sha256",
+        "checkpoint": "fw/000002", "file": "pages-1.img"})
+    r = await http.post("/vnflcm/v1/vnf_instances/fw/heal", json={})
+    op = await _final(m, r.headers["Location"])
+    assert op["operationState"] == "COMPLETED", op
+    assert fake.restored == [2, 1] and op["nfvha"]["checkpoint"] == 1
+    assert m.get_vnf("fw")["pid"] == 43
