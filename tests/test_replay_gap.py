@@ -22,6 +22,7 @@ from nfvha.dataplane.forwarder import Forwarder, ReplayGap, Service, ServiceSpec
 from nfvha.store.sqlite import SqliteStore
 from nfvha.vnfm.api import create_manager_app
 from nfvha.vnfm.manager import Manager, ManagerConfig
+from nfvha.wire import ServiceStatus
 
 CLIENT = ("10.9.5.5", 4000)
 
@@ -126,7 +127,10 @@ class _FakeCluster:
                 return httpx.Response(200, json={"held_ms": 5.0})
             if path.endswith("/hold"):
                 return httpx.Response(200, json={"position": 10})
-            return httpx.Response(200, json={"name": "fw"})
+            return httpx.Response(200, json=ServiceStatus(
+                name="fw", listen=("10.9.1.1", 7000), target=("10.9.1.2", 7000),
+                position=10, committed=6, held=False, log_packets=4, log_bytes=400,
+                log_age_s=1.0, log_fill=0.01).model_dump(mode="json"))
         if request.method == "POST" and path == "/v1/instances":
             return httpx.Response(201, json={"id": "fw", "state": "RUNNING", "pid": 42})
         if path.endswith("/restore"):

@@ -18,12 +18,16 @@ Third-party and OS errors are converted once, at the boundary that met them, wit
     │   └── HostCannotRun            the descriptor asks what this host cannot give
     ├── InstanceNotFound
     ├── InstanceStateError           operation not valid in the instance's state
+    │   └── InstanceStopped          its process is stopped (SIGSTOP, traced): a hang
     ├── HostNetworkError             `ip` / netlink failures
     ├── StoreError                   (nfvha.store.base) state store backend failures
     │   ├── ConflictError            compare-and-set lost
     │   ├── NotFound
     │   └── LeadershipLost           a write made under a leader key no longer held
-    ├── AgentCallError               (nfvha.vnfm.agent_client) an agent call failed
+    ├── AgentCallError               (nfvha.vnfm.agent_client) an agent's answer of no
+    │   │                            known problem type (an agent's problems are raised as
+    │   │                            their own classes: CheckpointCorrupt, InstanceStopped…)
+    │   └── AgentUnreachable         no answer at all
     ├── ForwarderError               (nfvha.dataplane.client) the forwarder is unreachable
     │   └── ReplayGapError           replay refused: the log was trimmed past the position
     ├── PlacementError               (nfvha.nfvo.placement) no host can take the VNF
@@ -65,6 +69,7 @@ __all__ = [
     "HostNetworkError",
     "InstanceNotFound",
     "InstanceStateError",
+    "InstanceStopped",
     "InvalidRequest",
     "MethodNotAllowed",
     "NfvhaError",
@@ -230,6 +235,13 @@ class InstanceStateError(NfvhaError):
     """The operation does not apply to the instance in its current state."""
 
     problem_type = PROBLEM_PREFIX + "instance-state"
+
+
+class InstanceStopped(InstanceStateError):
+    """The instance's process is stopped (SIGSTOP, a tracer): it cannot be checkpointed,
+    and it serves nothing; the manager treats it as a hang."""
+
+    problem_type = PROBLEM_PREFIX + "instance-stopped"
 
 
 class HostNetworkError(NfvhaError):

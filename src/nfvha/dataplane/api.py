@@ -3,52 +3,30 @@ commit (log trim) and replay after a restore. Used by the manager only."""
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, Field
 
 from nfvha.dataplane.client import ReplayGapError
 from nfvha.dataplane.forwarder import Forwarder, ReplayGap, ServiceSpec
 from nfvha.errors import AddressInUse, HostNetworkError, InvalidRequest, ResourceNotFound
 from nfvha.vim.hostnet import HostNetwork
 from nfvha.web import BodyLimit, install_problem_handlers, problem, problem_responses, who_may
+from nfvha.wire import (
+    CommitResult,
+    HoldResult,
+    PositionRequest,
+    ReleaseResult,
+    ReplayResult,
+    ServiceRequest,
+    ServiceStatus,
+)
 
 __all__ = ["create_forwarder_app"]
-
-#: Problem type of a replay refused because the log was trimmed past the position asked.
-
-
-def _ipv4(v: str) -> str:
-    """Parsed when the body arrives: later (binding, sending) a bad one was a 500."""
-    try:
-        return str(ipaddress.IPv4Address(v))
-    except ValueError as exc:
-        raise ValueError(f"is not an IPv4 address: {exc}") from None
-
-
-IPv4 = Annotated[str, AfterValidator(_ipv4)]
-
-
-class ServiceBody(BaseModel):
-    name: str
-    listen_ip: IPv4 | None = Field(default=None, description="chain head: service address")
-    after: str | None = Field(default=None, description="chain member: previous service")
-    port: int = Field(ge=1, le=65535)
-    target_ip: IPv4
-    exactly_once: bool = False
-    max_log_bytes: int = Field(default=64 * 2**20, ge=4096)
-    max_log_age: float = Field(default=60.0, gt=0)
-
-
-class PositionBody(BaseModel):
-    position: int = Field(ge=0)
-
 
 def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int = 16,
                          net: HostNetwork | None = None, tls: bool = False) -> FastAPI:
@@ -89,11 +67,12 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
         return {"ok": True}
 
     @app.get("/v1/services", dependencies=auth)
-    async def services() -> list[dict[str, Any]]:
+    async def services() -> list[ServiceStatus]:
         return [s.status() for s in fwd.services.values()]
 
-    @app.post("/v1/services", dependencies=auth, status_code=201, response_model=None)
-    async def add(body: ServiceBody) -> dict[str, Any] | JSONResponse:
+    @app.post("/v1/services", dependencies=auth, status_code=201,
+              response_model=ServiceStatus)
+    async def add(body: ServiceRequest) -> ServiceStatus | JSONResponse:
         if (body.listen_ip is None) == (body.after is None):
             return problem(422, "Invalid service", "give exactly one of listen_ip (a chain "
                            "head) and after (the service this one follows)",
@@ -114,7 +93,7 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
         return svc.status()
 
     @app.get("/v1/services/{name}", dependencies=auth)
-    async def get(name: str) -> dict[str, Any]:
+    async def get(name: str) -> ServiceStatus:
         return fwd.get(name).status()
 
     @app.delete("/v1/services/{name}", dependencies=auth, status_code=204)
@@ -122,19 +101,19 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
         await fwd.remove(name)
 
     @app.post("/v1/services/{name}/hold", dependencies=auth)
-    async def hold(name: str) -> dict[str, Any]:
-        return {"position": fwd.get(name).hold()}
+    async def hold(name: str) -> HoldResult:
+        return HoldResult(position=fwd.get(name).hold())
 
     @app.post("/v1/services/{name}/release", dependencies=auth)
-    async def release(name: str) -> dict[str, Any]:
-        return {"held_ms": fwd.get(name).release() * 1000}
+    async def release(name: str) -> ReleaseResult:
+        return ReleaseResult(held_ms=fwd.get(name).release() * 1000)
 
     @app.post("/v1/services/{name}/commit", dependencies=auth)
-    async def commit(name: str, body: PositionBody) -> dict[str, Any]:
-        return {"trimmed": fwd.get(name).commit(body.position)}
+    async def commit(name: str, body: PositionRequest) -> CommitResult:
+        return CommitResult(trimmed=fwd.get(name).commit(body.position))
 
-    @app.post("/v1/services/{name}/replay", dependencies=auth, response_model=None)
-    async def replay(name: str, body: PositionBody) -> dict[str, Any] | JSONResponse:
+    @app.post("/v1/services/{name}/replay", dependencies=auth, response_model=ReplayResult)
+    async def replay(name: str, body: PositionRequest) -> ReplayResult | JSONResponse:
         """Replay from ``position`` and release; 409 (``oldest``: where a replay can start
         now) if the log was trimmed past it, with delivery still held."""
         svc = fwd.get(name)
@@ -146,12 +125,12 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
                            position=gap.position, oldest=gap.oldest)
         replay_s = time.monotonic() - t0
         held = svc.release()
-        return {"replayed": n, "replay_ms": replay_s * 1000, "held_ms": held * 1000}
+        return ReplayResult(replayed=n, replay_ms=replay_s * 1000, held_ms=held * 1000)
 
     @app.post("/v1/services/{name}/reset", dependencies=auth)
-    async def reset(name: str) -> dict[str, Any]:
+    async def reset(name: str) -> ReleaseResult:
         svc = fwd.get(name)
         svc.reset()
-        return {"held_ms": svc.release() * 1000}
+        return ReleaseResult(held_ms=svc.release() * 1000)
 
     return app

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
-from nfvha.errors import PROBLEM_PREFIX, NfvhaError
+from nfvha.errors import PROBLEM_PREFIX, NfvhaError, error_for_problem
+from nfvha.wire import (
+    CommitResult,
+    HoldResult,
+    PositionRequest,
+    ReleaseResult,
+    ReplayResult,
+    ServiceRequest,
+    ServiceStatus,
+)
 
 __all__ = ["ForwarderClient", "ForwarderError", "ReplayGapError"]
+
+M = TypeVar("M", bound=BaseModel)
 
 class ForwarderError(NfvhaError):
     """The forwarder is unreachable or refused; replay is unavailable until it is back."""
@@ -38,6 +50,11 @@ class ReplayGapError(ForwarderError):
 
 
 class ForwarderClient:
+    """Calls the forwarder; answers are ``nfvha.wire`` models. Every failure is a
+    ``ForwarderError`` (the manager alarms and carries on without replay), a refused
+    replay the ``ReplayGapError`` of its problem type; the typed error of any other
+    problem answer is the ``ForwarderError``'s ``__cause__``."""
+
     def __init__(self, url: str, token: str, http: httpx.AsyncClient) -> None:
         self.url = url.rstrip("/")
         self.token = token
@@ -45,51 +62,72 @@ class ForwarderClient:
         # No token with mutual TLS: the client certificate says who calls.
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
-    async def _call(self, method: str, path: str, **kw: Any) -> Any:
+    async def _call(self, method: str, path: str, body: BaseModel | None = None,
+                    ) -> httpx.Response:
+        kw: dict[str, Any] = {} if body is None else {"json": body.model_dump(mode="json")}
         try:
             r = await self.http.request(method, self.url + path, timeout=5.0,
                                         headers=self._headers, **kw)
         except httpx.HTTPError as exc:
             raise ForwarderError(f"forwarder {self.url} unreachable: {exc}") from exc
-        if r.status_code == 409:
-            try:
-                body = r.json()
-            except ValueError:
-                body = None
-            if isinstance(body, dict) and body.get("type") == ReplayGapError.problem_type:
-                raise ReplayGapError(str(body.get("detail")), int(body["position"]),
-                                     int(body["oldest"]))
-        if r.status_code >= 300:
-            raise ForwarderError(f"forwarder {method} {path}: {r.status_code} {r.text[:300]}")
-        return r.json() if r.content else None
+        if r.status_code < 300:
+            return r
+        try:
+            problem = r.json()
+        except ValueError:
+            problem = None
+        what = f"forwarder {method} {path}: {r.status_code}"
+        if not isinstance(problem, dict) or not problem.get("type"):
+            raise ForwarderError(f"{what} {r.text[:300]}")
+        error = error_for_problem(r.status_code, problem)
+        error.args = (f"{what}: {problem.get('detail') or problem.get('title')}",)
+        if isinstance(error, ForwarderError):
+            raise error
+        wrapped = ForwarderError(str(error))
+        wrapped.problem = error.problem
+        raise wrapped from error
+
+    async def _read(self, model: type[M], method: str, path: str,
+                    body: BaseModel | None = None) -> M:
+        r = await self._call(method, path, body)
+        try:
+            return model.model_validate_json(r.content)
+        except ValidationError as exc:
+            raise ForwarderError(f"forwarder {method} {path}: unexpected answer: {exc}") \
+                from exc
 
     async def add(self, name: str, listen_ip: str | None, port: int, target_ip: str,
-                  exactly_once: bool, after: str | None = None) -> dict[str, Any]:
-        res: dict[str, Any] = await self._call("POST", "/v1/services", json={
-            "name": name, "listen_ip": listen_ip, "port": port, "target_ip": target_ip,
-            "exactly_once": exactly_once, "after": after})
-        return res
+                  exactly_once: bool, after: str | None = None) -> ServiceStatus:
+        return await self._read(ServiceStatus, "POST", "/v1/services", ServiceRequest(
+            name=name, listen_ip=listen_ip, port=port, target_ip=target_ip,
+            exactly_once=exactly_once, after=after))
 
     async def remove(self, name: str) -> None:
         await self._call("DELETE", f"/v1/services/{name}")
 
-    async def status(self, name: str) -> dict[str, Any]:
-        res: dict[str, Any] = await self._call("GET", f"/v1/services/{name}")
-        return res
+    async def status(self, name: str) -> ServiceStatus:
+        return await self._read(ServiceStatus, "GET", f"/v1/services/{name}")
 
     async def hold(self, name: str) -> int:
-        return int((await self._call("POST", f"/v1/services/{name}/hold"))["position"])
+        """Hold delivery; the log position of the cut."""
+        return (await self._read(HoldResult, "POST", f"/v1/services/{name}/hold")).position
 
     async def release(self, name: str) -> float:
-        return float((await self._call("POST", f"/v1/services/{name}/release"))["held_ms"])
+        """Release delivery; how long it was held, in milliseconds."""
+        res = await self._read(ReleaseResult, "POST", f"/v1/services/{name}/release")
+        return res.held_ms
 
-    async def commit(self, name: str, position: int) -> None:
-        await self._call("POST", f"/v1/services/{name}/commit", json={"position": position})
+    async def commit(self, name: str, position: int) -> int:
+        """Let the log forget up to ``position``; how many datagrams it trimmed."""
+        res = await self._read(CommitResult, "POST", f"/v1/services/{name}/commit",
+                               PositionRequest(position=position))
+        return res.trimmed
 
-    async def replay(self, name: str, position: int) -> dict[str, Any]:
-        res: dict[str, Any] = await self._call("POST", f"/v1/services/{name}/replay",
-                                               json={"position": position})
-        return res
+    async def replay(self, name: str, position: int) -> ReplayResult:
+        """Replay from ``position`` and release; ``ReplayGapError`` if the log was trimmed
+        past it (delivery stays held)."""
+        return await self._read(ReplayResult, "POST", f"/v1/services/{name}/replay",
+                                PositionRequest(position=position))
 
     async def reset(self, name: str) -> None:
         await self._call("POST", f"/v1/services/{name}/reset")

@@ -29,7 +29,8 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+
+from nfvha.wire import ServiceStatus
 
 __all__ = ["Forwarder", "LogFull", "ReplayGap", "Service", "ServiceSpec"]
 
@@ -358,20 +359,17 @@ class Service:
         for flow in self.flows.values():
             flow.suppress = 0
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ServiceStatus:
         oldest = self.log[0].at if self.log else None
-        return {
-            "name": self.spec.name,
-            "listen": list(self.spec.listen) if self.spec.listen else None,
-            "after": self.spec.after,
-            "target": list(self.spec.target), "exactly_once": self.spec.exactly_once,
-            "position": self.position, "committed": self.committed, "held": self.held,
-            "log_packets": len(self.log), "log_bytes": self.log_bytes,
-            "log_age_s": 0.0 if oldest is None else time.monotonic() - oldest,
-            "log_fill": self.log_bytes / self.spec.max_log_bytes,
-            "queued": len(self.queue), "flows": len(self.flows),
-            "pending_replies": len(self.pending_replies), "stats": dict(self.stats),
-        }
+        return ServiceStatus(
+            name=self.spec.name, listen=self.spec.listen, after=self.spec.after,
+            target=self.spec.target, exactly_once=self.spec.exactly_once,
+            position=self.position, committed=self.committed, held=self.held,
+            log_packets=len(self.log), log_bytes=self.log_bytes,
+            log_age_s=0.0 if oldest is None else time.monotonic() - oldest,
+            log_fill=self.log_bytes / self.spec.max_log_bytes,
+            queued=len(self.queue), flows=len(self.flows),
+            pending_replies=len(self.pending_replies), stats=dict(self.stats))
 
 
 class Forwarder:

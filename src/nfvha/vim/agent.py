@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import fcntl
 import json
 import logging
@@ -20,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from nfvha.errors import (
     CheckpointError,
     InstanceNotFound,
     InstanceStateError,
+    InstanceStopped,
     NfvhaError,
     SandboxError,
 )
@@ -55,28 +55,25 @@ from nfvha.vim.sandbox import (
 )
 from nfvha.vim.store import CheckpointMeta, CheckpointStore
 from nfvha.vim.transfer import PushResult, push_checkpoint
+from nfvha.wire import (
+    LIVE_STATES,
+    AgentEvent,
+    CgroupUsage,
+    CheckpointSummary,
+    ExitView,
+    HeartbeatAck,
+    HostResources,
+    HostStatusReport,
+    InstanceState,
+    InstanceView,
+    RestoreStatsView,
+)
 
 __all__ = ["Agent", "AgentConfig", "Instance", "InstanceState"]
 
 log = logging.getLogger(__name__)
 
 _INSTANCE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-
-
-class InstanceState(enum.StrEnum):
-    CREATING = "CREATING"
-    RUNNING = "RUNNING"
-    CHECKPOINTING = "CHECKPOINTING"
-    RESTORING = "RESTORING"
-    EXITED = "EXITED"  # the VNF ended on its own (crash, kill): recoverable
-    STOPPED = "STOPPED"  # stopped on purpose (API)
-    FENCED = "FENCED"  # stopped by the agent itself after losing the manager
-    STANDBY = "STANDBY"  # sandbox built, link down, waiting for a restore
-    FAILED = "FAILED"  # could not be started or restored
-
-
-LIVE_STATES = {InstanceState.CREATING, InstanceState.RUNNING, InstanceState.CHECKPOINTING,
-               InstanceState.RESTORING}
 
 
 @dataclass(frozen=True)
@@ -151,31 +148,28 @@ class Instance:
     watch: ProcessWatch | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def view(self) -> dict[str, Any]:
-        """The JSON shape of an instance in API answers and heartbeats."""
-        return {
-            "id": self.id,
-            "vnfd_id": self.descriptor.id,
-            "state": self.state.value,
-            "pid": self.pid,
-            "address": self.descriptor.network.address,
-            "mac": self.descriptor.network.effective_mac,
-            "started_at": self.started_at,
-            "exit": None if self.exit is None else {
-                "code": self.exit.code, "signal": self.exit.signal, "at": self.exit.at,
-                "oom": self.exit.oom, "reason": self.exit.describe()},
-            "restored_from": self.restored_from,
-            "last_checkpoint": None if self.last_checkpoint is None else {
-                "seq": self.last_checkpoint.seq, "created_at": self.last_checkpoint.created_at,
-                "cut_at": self.last_checkpoint.cut_at,
-                "total_bytes": self.last_checkpoint.total_bytes},
-            "error": self.error,
-            "netns": self.sandbox.netns,
-            "log": str(self.sandbox.log_path),
-        }
+    def view(self) -> InstanceView:
+        """The instance in API answers and status reports."""
+        last = self.last_checkpoint
+        return InstanceView(
+            id=self.id, vnfd_id=self.descriptor.id, state=self.state, pid=self.pid,
+            address=self.descriptor.network.address, mac=self.descriptor.network.effective_mac,
+            started_at=self.started_at,
+            exit=None if self.exit is None else ExitView(
+                code=self.exit.code, signal=self.exit.signal, at=self.exit.at,
+                oom=self.exit.oom, reason=self.exit.describe()),
+            restored_from=self.restored_from,
+            last_checkpoint=None if last is None else CheckpointSummary(
+                seq=last.seq, created_at=last.created_at, cut_at=last.cut_at,
+                total_bytes=last.total_bytes),
+            error=self.error, netns=self.sandbox.netns, log=str(self.sandbox.log_path))
 
-
-EventSink = Callable[[dict[str, Any]], Awaitable[None]]
+    def restored_view(self) -> InstanceView:
+        """The view a restore answers: with CRIU's account of the restore."""
+        v = self.view()
+        if self.last_restore is not None:
+            v.restore_stats = RestoreStatsView.model_validate(self.last_restore.as_dict())
+        return v
 
 
 class Agent:
@@ -198,7 +192,7 @@ class Agent:
         self.started_at = time.time()
         self._http: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self._events: asyncio.Queue[AgentEvent] = asyncio.Queue(maxsize=1000)
         self._last_manager_ok: float | None = None  # monotonic time of the last 2xx heartbeat
         self.fenced_at: float | None = None
         self._usage, self._usage_at = 0, -1e9  # cached checkpoint disk use
@@ -435,7 +429,8 @@ class Agent:
         if inst.state in (InstanceState.RUNNING, InstanceState.CHECKPOINTING):
             inst.state = InstanceState.EXITED
         log.warning("instance %s %s", inst.id, status.describe())
-        self._emit({"type": "instance-exit", "host_id": self.cfg.host_id, "instance": inst.view()})
+        self._emit(AgentEvent(type="instance-exit", host_id=self.cfg.host_id,
+                              instance=inst.view()))
 
     async def stop_instance(self, instance_id: str, grace: float = 2.0) -> Instance:
         inst = self.get(instance_id)
@@ -509,7 +504,7 @@ class Agent:
                     f"instance {instance_id} is {inst.state}: only a RUNNING VNF can be "
                     "checkpointed")
             if proc_state(inst.pid) in ("T", "t"):
-                raise InstanceStateError(
+                raise InstanceStopped(
                     f"instance {instance_id} is stopped (SIGSTOP or traced): a checkpoint "
                     "would save it stopped; heal it instead")
             inst.state = InstanceState.CHECKPOINTING
@@ -526,7 +521,7 @@ class Agent:
                 if not stop and proc_state(inst.pid) in ("T", "t"):
                     # Stopped during the dump (e.g. SIGSTOP): the images hold a stopped
                     # VNF, and restoring them would restore the hang.
-                    raise InstanceStateError(
+                    raise InstanceStopped(
                         f"instance {instance_id} was stopped during its dump; checkpoint "
                         "discarded")
                 meta = await asyncio.to_thread(
@@ -744,29 +739,26 @@ class Agent:
 
     # -- status, heartbeats, events ------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> HostStatusReport:
+        """The full status report sent to the manager (and answered on ``/v1/status``)."""
         instances = []
         for inst in self.instances.values():
             v = inst.view()
             if inst.state in LIVE_STATES and inst.sandbox.cgroup.exists():
                 with contextlib.suppress(SandboxError, OSError):
                     u = inst.sandbox.cgroup.usage()
-                    v["usage"] = {"memory_bytes": u.memory_bytes, "cpu_seconds": u.cpu_seconds,
-                                  "pids": u.pids}
+                    v.usage = CgroupUsage(memory_bytes=u.memory_bytes,
+                                          cpu_seconds=u.cpu_seconds, pids=u.pids)
             instances.append(v)
         load1, _, _ = os.getloadavg()
-        return {
-            "host_id": self.cfg.host_id,
-            "url": self.cfg.advertise_url,
-            "started_at": self.started_at,
-            "time": time.time(),
-            "instances": instances,
-            "lease": self.lease,  # held now: a restarted manager learns it from here
-            "agent_pid": os.getpid(),  # the guard reports it: a restarted agent is told apart
-            "resources": {"load1": load1, "mem_available_bytes": _mem_available(),
-                          "cpus": os.cpu_count() or 1,
-                          "checkpoint_bytes": self._checkpoint_bytes()},
-        }
+        return HostStatusReport(
+            host_id=self.cfg.host_id, url=self.cfg.advertise_url, started_at=self.started_at,
+            time=time.time(), instances=instances,
+            lease=self.lease,  # held now: a restarted manager learns it from here
+            agent_pid=os.getpid(),  # the guard reports it: a restarted agent is told apart
+            resources=HostResources(load1=load1, mem_available_bytes=_mem_available(),
+                                    cpus=os.cpu_count() or 1,
+                                    checkpoint_bytes=self._checkpoint_bytes()))
 
     def _signature(self) -> tuple[Any, ...]:
         """What the manager acts on in a full status, cheaply: when this changes, the next
@@ -784,8 +776,9 @@ class Agent:
             self._usage_at = now
         return self._usage
 
-    def _emit(self, event: dict[str, Any]) -> None:
-        event.setdefault("at", time.time())
+    def _emit(self, event: AgentEvent) -> None:
+        if event.at is None:
+            event.at = time.time()
         with contextlib.suppress(asyncio.QueueFull):
             self._events.put_nowait(event)
 
@@ -798,7 +791,7 @@ class Agent:
             for attempt in range(5):
                 try:
                     r = await self._http.post(f"{self.cfg.manager_url}/nfvha/v1/events",
-                                              json=event, headers=self._auth())
+                                              json=event.as_dict(), headers=self._auth())
                     if r.status_code < 500:
                         break
                 except httpx.HTTPError:
@@ -817,16 +810,16 @@ class Agent:
             signature = self._signature()
             asked = self.lease_file.guard().need_full if self.lease_file is not None else 0
             try:
-                r = await self._http.post(url, json=self.status(), headers=self._auth(),
-                                          timeout=timeout)
+                r = await self._http.post(url, json=self.status().as_dict(),
+                                          headers=self._auth(), timeout=timeout)
                 self.metrics.heartbeats.labels("ok" if r.status_code < 300 else
                                                "refused").inc()
                 if r.status_code < 300:
                     self._last_manager_ok = sent_at
                     self._sent_signature = signature
                     self._asked_seen = asked
-                    with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-                        self._need_full = bool(r.json().get("need_full", False))
+                    with contextlib.suppress(ValueError):  # ValidationError is one
+                        self._need_full = HeartbeatAck.model_validate_json(r.content).need_full
             except httpx.HTTPError as exc:
                 self.metrics.heartbeats.labels("failed").inc()
                 log.debug("status report to %s failed: %s", url, exc)

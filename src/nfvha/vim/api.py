@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, Field
 
 from nfvha.errors import (
     AddressInUse,
@@ -28,6 +27,7 @@ from nfvha.errors import (
     HostCannotRun,
     InstanceNotFound,
     InstanceStateError,
+    InstanceStopped,
     NfvhaError,
     SandboxError,
     TransferError,
@@ -37,11 +37,26 @@ from nfvha.vim.agent import Agent
 from nfvha.vim.transfer import receive_checkpoint_tar
 from nfvha.web import (
     BodyLimit,
-    http_url,
     install_problem_handlers,
     problem,
     problem_responses,
     who_may,
+)
+from nfvha.wire import (
+    AgentHealth,
+    CheckpointMeta,
+    CheckpointPushed,
+    CheckpointRequest,
+    CreateInstanceRequest,
+    ExecProbeResult,
+    FenceResult,
+    HostStatusReport,
+    InjectRequest,
+    InstanceView,
+    PeerProbeResult,
+    PeerUrl,
+    PushRequest,
+    RestoreRequest,
 )
 
 __all__ = ["create_app", "problem"]
@@ -57,6 +72,7 @@ _STATUS: list[tuple[type[NfvhaError], int, str]] = [
     (CheckpointCorrupt, 422, "Checkpoint corrupt"),
     (AddressInUse, 409, "Address in use"),
     (HostCannotRun, 422, "This host cannot run it"),
+    (InstanceStopped, 409, "Instance stopped"),
     (InstanceStateError, 409, "Conflict with instance state"),
     (TransferError, 502, "Transfer to peer failed"),
     (CheckpointError, 409, "Checkpoint problem"),
@@ -64,32 +80,6 @@ _STATUS: list[tuple[type[NfvhaError], int, str]] = [
     (SandboxError, 500, "Sandbox failed"),
     (ConfigError, 503, "Host cannot serve this"),
 ]
-
-
-class CreateInstance(BaseModel):
-    descriptor: dict[str, Any] = Field(description="the VNFD, as JSON")
-    instance_id: str | None = None
-
-
-PeerUrl = Annotated[str, Field(max_length=2048), AfterValidator(http_url)]
-
-
-class PushRequest(BaseModel):
-    peer_url: PeerUrl = Field(description="base URL of the peer agent, e.g. "
-                              "http://10.250.0.12:8700")
-
-
-class CheckpointRequest(BaseModel):
-    drain: bool = Field(default=False, description="wait until the VNF read every datagram")
-    extra: dict[str, Any] = Field(default_factory=dict, description="stored in the metadata")
-
-
-class InjectRequest(BaseModel):
-    fault: Literal["kill", "hang"]
-
-
-class RestoreRequest(BaseModel):
-    seq: int | None = Field(default=None, description="checkpoint sequence; latest if absent")
 
 
 def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
@@ -142,8 +132,8 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
         return problem(500, "Internal error", str(exc), of=exc)
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"ok": True, "host_id": agent.cfg.host_id}
+    async def healthz() -> AgentHealth:
+        return AgentHealth(ok=True, host_id=agent.cfg.host_id)
 
     @app.get("/metrics", dependencies=auth, response_class=Response)
     async def metrics() -> Response:
@@ -151,25 +141,32 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
         return Response(agent.metrics.render(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/status", dependencies=auth)
-    async def status() -> dict[str, Any]:
+    # Views are sent with only the fields the agent set (``usage`` in status reports,
+    # ``restore_stats`` after a restore), as before they were models.
+    only_set = True  # response_model_exclude_unset
+
+    @app.get("/v1/status", dependencies=auth, response_model_exclude_unset=only_set)
+    async def status() -> HostStatusReport:
         return agent.status()
 
-    @app.get("/v1/instances", dependencies=auth)
-    async def list_instances() -> list[dict[str, Any]]:
+    @app.get("/v1/instances", dependencies=auth, response_model_exclude_unset=only_set)
+    async def list_instances() -> list[InstanceView]:
         return [i.view() for i in agent.instances.values()]
 
-    @app.post("/v1/instances", dependencies=auth, status_code=201)
-    async def create_instance(body: CreateInstance) -> dict[str, Any]:
+    @app.post("/v1/instances", dependencies=auth, status_code=201,
+              response_model_exclude_unset=only_set)
+    async def create_instance(body: CreateInstanceRequest) -> InstanceView:
         inst = await agent.create_instance(body.descriptor, body.instance_id)
         return inst.view()
 
-    @app.get("/v1/instances/{instance_id}", dependencies=auth)
-    async def get_instance(instance_id: str) -> dict[str, Any]:
+    @app.get("/v1/instances/{instance_id}", dependencies=auth,
+             response_model_exclude_unset=only_set)
+    async def get_instance(instance_id: str) -> InstanceView:
         return agent.get(instance_id).view()
 
-    @app.post("/v1/instances/{instance_id}/stop", dependencies=auth)
-    async def stop_instance(instance_id: str, grace: float = 2.0) -> dict[str, Any]:
+    @app.post("/v1/instances/{instance_id}/stop", dependencies=auth,
+              response_model_exclude_unset=only_set)
+    async def stop_instance(instance_id: str, grace: float = 2.0) -> InstanceView:
         return (await agent.stop_instance(instance_id, grace=min(max(grace, 0.0), 60.0))).view()
 
     @app.delete("/v1/instances/{instance_id}", dependencies=auth, status_code=204)
@@ -178,29 +175,28 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
 
     @app.post("/v1/instances/{instance_id}/checkpoints", dependencies=auth, status_code=201)
     async def checkpoint(instance_id: str, stop: bool = False,
-                         body: CheckpointRequest | None = None) -> dict[str, Any]:
+                         body: CheckpointRequest | None = None) -> CheckpointMeta:
         b = body or CheckpointRequest()
-        meta = await agent.checkpoint(instance_id, stop=stop, drain=b.drain, extra=b.extra)
-        return meta.model_dump(mode="json")
+        return await agent.checkpoint(instance_id, stop=stop, drain=b.drain, extra=b.extra)
 
     @app.get("/v1/checkpoints", dependencies=auth)
-    async def list_checkpoints(instance_id: str | None = None) -> list[dict[str, Any]]:
-        return [m.model_dump(mode="json") for m in await agent.list_checkpoints(instance_id)]
+    async def list_checkpoints(instance_id: str | None = None) -> list[CheckpointMeta]:
+        return await agent.list_checkpoints(instance_id)
 
     @app.get("/v1/instances/{instance_id}/checkpoints", dependencies=auth)
-    async def list_instance_checkpoints(instance_id: str) -> list[dict[str, Any]]:
-        return [m.model_dump(mode="json") for m in await agent.list_checkpoints(instance_id)]
+    async def list_instance_checkpoints(instance_id: str) -> list[CheckpointMeta]:
+        return await agent.list_checkpoints(instance_id)
 
     @app.post("/v1/checkpoints/{instance_id}/{seq}/push", dependencies=auth)
-    async def push(instance_id: str, seq: int, body: PushRequest) -> dict[str, Any]:
+    async def push(instance_id: str, seq: int, body: PushRequest) -> CheckpointPushed:
         r = await agent.push(instance_id, seq, body.peer_url)
-        return {"instance_id": r.instance_id, "seq": r.seq, "bytes": r.bytes_sent,
-                "seconds": r.seconds, "peer": r.peer}
+        return CheckpointPushed(instance_id=r.instance_id, seq=r.seq, bytes=r.bytes_sent,
+                                seconds=r.seconds, peer=r.peer)
 
     @app.put("/v1/checkpoints/{instance_id}/{seq}", dependencies=peers, status_code=201,
-             response_model=None)
+             response_model=CheckpointMeta)
     async def receive(instance_id: str, seq: int,
-                      request: Request) -> dict[str, Any] | JSONResponse:
+                      request: Request) -> CheckpointMeta | JSONResponse:
         try:
             meta = await receive_checkpoint_tar(agent.store, request.stream(),
                                                 expect_instance=instance_id, expect_seq=seq)
@@ -210,36 +206,37 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
             # The sender's stream is bad (truncated, not a tar, another checkpoint): its
             # fault, not a failure of this agent to reach a peer (502).
             return problem(400, "Bad checkpoint stream", str(exc), of=exc)
-        return meta.model_dump(mode="json")
+        return meta
 
-    @app.post("/v1/instances/{instance_id}/restore", dependencies=auth, status_code=201)
-    async def restore(instance_id: str, body: RestoreRequest | None = None) -> dict[str, Any]:
+    @app.post("/v1/instances/{instance_id}/restore", dependencies=auth, status_code=201,
+              response_model_exclude_unset=only_set)
+    async def restore(instance_id: str, body: RestoreRequest | None = None) -> InstanceView:
         inst = await agent.restore(instance_id, body.seq if body else None)
-        v = inst.view()
-        if inst.last_restore is not None:
-            v["restore_stats"] = inst.last_restore.as_dict()
-        return v
+        return inst.restored_view()
 
-    @app.post("/v1/instances/{instance_id}/standby", dependencies=auth, status_code=201)
-    async def standby(instance_id: str, body: RestoreRequest | None = None) -> dict[str, Any]:
+    @app.post("/v1/instances/{instance_id}/standby", dependencies=auth, status_code=201,
+              response_model_exclude_unset=only_set)
+    async def standby(instance_id: str, body: RestoreRequest | None = None) -> InstanceView:
         return (await agent.prepare_standby(instance_id, body.seq if body else None)).view()
 
-    @app.post("/v1/instances/{instance_id}/inject", dependencies=auth)
-    async def inject(instance_id: str, body: InjectRequest) -> dict[str, Any]:
+    @app.post("/v1/instances/{instance_id}/inject", dependencies=auth,
+              response_model_exclude_unset=only_set)
+    async def inject(instance_id: str, body: InjectRequest) -> InstanceView:
         return (await agent.inject(instance_id, body.fault)).view()
 
     @app.post("/v1/instances/{instance_id}/exec-probe", dependencies=auth)
-    async def exec_probe(instance_id: str) -> dict[str, Any]:
+    async def exec_probe(instance_id: str) -> ExecProbeResult:
         """The instance's own exec probe, inside its sandbox (no command is taken here)."""
-        return {"ok": await agent.exec_probe(instance_id)}
+        return ExecProbeResult(ok=await agent.exec_probe(instance_id))
 
     @app.get("/v1/probe", dependencies=auth)
-    async def probe(url: Annotated[PeerUrl, Query()], timeout: float = 0.2) -> dict[str, Any]:
-        return {"url": url, "reachable": await agent.probe_peer(url, min(timeout, 5.0))}
+    async def probe(url: Annotated[PeerUrl, Query()], timeout: float = 0.2) -> PeerProbeResult:
+        return PeerProbeResult(url=url,
+                               reachable=await agent.probe_peer(url, min(timeout, 5.0)))
 
     @app.post("/v1/fence", dependencies=auth)
-    async def fence() -> dict[str, Any]:
-        return {"stopped": await agent.stop_all("fenced by request")}
+    async def fence() -> FenceResult:
+        return FenceResult(stopped=await agent.stop_all("fenced by request"))
 
     return app
 

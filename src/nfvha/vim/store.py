@@ -19,9 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
 from nfvha.errors import CheckpointCorrupt, CheckpointError, CheckpointNotFound, ConfigError
+from nfvha.wire import META_FILE, CheckpointMeta, FileEntry, validate_instance_id
 
 __all__ = [
     "CheckpointMeta",
@@ -33,8 +34,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-META_FILE = "meta.json"
-_INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _COMMITTED_RE = re.compile(r"^[0-9]{6,}$")
 _PENDING_RE = re.compile(r"^\.pending-([0-9]{6,})-[0-9a-f]+$")
 _DELETING_PREFIX = ".deleting-"
@@ -44,82 +43,12 @@ _VERIFY_ADVICE = "restore the previous checkpoint"
 _IMPORT_ADVICE = "the copy was damaged on its way here; push it again"
 
 
-def validate_instance_id(instance_id: str) -> str:
-    """Return ``instance_id`` if it is safe as one path component, else raise ValueError."""
-    if not _INSTANCE_ID_RE.fullmatch(instance_id):
-        raise ValueError(
-            f"invalid instance id {instance_id!r}: use 1-64 characters of letters, digits,"
-            " '_', '.', '-', starting with a letter or digit"
-        )
-    return instance_id
-
-
-def _validate_file_name(name: str) -> str:
-    # Names come from peers too: they must stay inside the checkpoint directory.
-    parts = name.split("/")
-    if (
-        not name
-        or "\x00" in name
-        or "\\" in name
-        or name.startswith("/")
-        or any(part in ("", ".", "..") for part in parts)
-    ):
-        raise ValueError(f"unsafe file name {name!r} in checkpoint metadata")
-    if name == META_FILE:
-        raise ValueError(f"{META_FILE} is reserved and cannot be listed as a checkpoint file")
-    return name
-
-
-class FileEntry(BaseModel):
-    """Size and sha256 (hex) of one checkpoint file."""
-
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-
-class CheckpointMeta(BaseModel):
-    """What ``meta.json`` records about one committed checkpoint."""
-
-    instance_id: str
-    vnf_name: str
-    seq: int = Field(ge=1)
-    created_at: float
-    #: Wall time just before CRIU froze the VNF: everything it had processed by then is
-    #: in the images. ``created_at`` (the commit) can be much later, after the dump and
-    #: hashing, so it is no bound on what the state holds. None for older checkpoints.
-    cut_at: float | None = None
-    host_id: str
-    files: dict[str, FileEntry]
-    total_bytes: int = Field(ge=0)
-    criu_stats: dict[str, Any] = Field(default_factory=dict)
-    descriptor: dict[str, Any] = Field(default_factory=dict)
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("instance_id")
-    @classmethod
-    def _check_instance_id(cls, value: str) -> str:
-        return validate_instance_id(value)
-
-    @field_validator("files")
-    @classmethod
-    def _check_file_names(cls, value: dict[str, FileEntry]) -> dict[str, FileEntry]:
-        for name in value:
-            _validate_file_name(name)
-        return value
-
-    @model_validator(mode="after")
-    def _check_total(self) -> CheckpointMeta:
-        listed = sum(entry.size for entry in self.files.values())
-        if listed != self.total_bytes:
-            raise ValueError(
-                f"total_bytes is {self.total_bytes} but the listed files add up to {listed}"
-            )
-        return self
-
-    @property
-    def name(self) -> str:
-        """``<instance_id>/<seq:06d>``: how messages and logs name this checkpoint."""
-        return f"{self.instance_id}/{self.seq:06d}"
+def _is_instance_id(name: str) -> bool:
+    try:
+        validate_instance_id(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _checkpoint_name(instance_id: str, seq: int) -> str:
@@ -568,7 +497,7 @@ class CheckpointStore:
             try:
                 instance_dirs = sorted(
                     p for p in self.root.iterdir()
-                    if p.is_dir() and _INSTANCE_ID_RE.fullmatch(p.name)
+                    if p.is_dir() and _is_instance_id(p.name)
                 )
             except FileNotFoundError:
                 return []

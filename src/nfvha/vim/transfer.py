@@ -27,7 +27,8 @@ from nfvha.errors import (
     NfvhaError,
     TransferError,
 )
-from nfvha.vim.store import META_FILE, CheckpointMeta, CheckpointStore, FileEntry, PendingCheckpoint
+from nfvha.vim.store import CheckpointStore, PendingCheckpoint
+from nfvha.wire import META_FILE, CheckpointMeta, FileEntry
 
 __all__ = [
     "PushResult",

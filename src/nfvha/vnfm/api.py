@@ -29,7 +29,6 @@ from nfvha.vnfm.auth import Authenticator
 from nfvha.vnfm.dashboard import dashboard_router
 from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from nfvha.vnfm.reports import HOST_ID, AgentEvent, HostStatusReport
 from nfvha.vnfm.subscriptions_api import subscriptions_router
 from nfvha.web import (
     BodyLimit,
@@ -39,6 +38,7 @@ from nfvha.web import (
     problem_responses,
     who_may,
 )
+from nfvha.wire import HOST_ID, AgentEvent, HeartbeatAck, HostStatusReport
 
 __all__ = ["create_manager_app"]
 
@@ -193,12 +193,12 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
 
     @app.post("/nfvha/v1/hosts/{host_id}/heartbeat", dependencies=host_auth)
     async def heartbeat(body: HostStatusReport,
-                        host_id: str = Path(pattern=HOST_ID)) -> dict[str, Any]:
+                        host_id: str = Path(pattern=HOST_ID)) -> HeartbeatAck:
         report = body.as_dict()
         if report.get("host_id", host_id) != host_id:
             raise Refused(403, f"a status report for host {host_id} names host "
                           f"{report.get('host_id')!r}: each host reports for itself")
-        return manager.heartbeat(host_id, report)
+        return HeartbeatAck.model_validate(manager.heartbeat(host_id, report))
 
     @app.post("/nfvha/v1/events", dependencies=agent_auth, status_code=204)
     async def event(body: AgentEvent, request: Request) -> None:

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from nfvha.dataplane.client import ForwarderError
 from nfvha.descriptor import VnfDescriptor
-from nfvha.vnfm.agent_client import AgentCallError
+from nfvha.errors import CriuError, InstanceStopped, NfvhaError
 from nfvha.vnfm.events import EventKind
+from nfvha.wire import CheckpointMeta
 
 if TYPE_CHECKING:
     from nfvha.vnfm.manager import Manager
@@ -82,20 +83,20 @@ class Checkpointer:
                 rt.thawed_at = time.monotonic()
             replicas = [host]
             backups = [b for b in rec.data.get("backups", []) if b in self.m._up_hosts()]
-            pushes = [self._replicate(vnf_id, host, meta["seq"], b, d) for b in backups]
+            pushes = [self._replicate(vnf_id, host, meta.seq, b, d) for b in backups]
             for b, res in zip(backups, await asyncio.gather(*pushes, return_exceptions=True),
                               strict=True):
                 if isinstance(res, Exception):
-                    log.warning("replicating %s/%s to %s failed: %s", vnf_id, meta["seq"], b,
+                    log.warning("replicating %s/%s to %s failed: %s", vnf_id, meta.seq, b,
                                 res)
                 else:
                     replicas.append(b)
-        except AgentCallError as exc:
-            criu_tail = " | ".join(str(ln) for ln in (exc.problem.get("criu_log") or [])[-4:])
+        except NfvhaError as exc:  # the agent's refusal or failure, typed (agent_client)
+            criu_tail = " | ".join(exc.log_lines[-4:]) if isinstance(exc, CriuError) else ""
             log.warning("checkpoint of %s on %s failed: %s%s", vnf_id, host, exc,
                         f" (CRIU: {criu_tail})" if criu_tail else "")
             rt = self.m._rt(vnf_id)
-            if exc.status == 409 and "stopped" in str(exc) and rt.failure is None:
+            if isinstance(exc, InstanceStopped) and rt.failure is None:
                 # The agent found the VNF stopped (SIGSTOP, a debugger): a hang, known now
                 # rather than after the probes' threshold.
                 rt.failure = ("hang", time.time(), f"VNF found stopped by a checkpoint on "
@@ -119,7 +120,7 @@ class Checkpointer:
             # datagrams on such a fallback (replay e2e, a SIGSTOP during a dump).
             older = [int(c.data["logPosition"]) for c in
                      self.m.store.list("checkpoint", where={"vnfInstanceId": vnf_id})
-                     if int(c.data["seq"]) < int(meta["seq"])
+                     if int(c.data["seq"]) < meta.seq
                      and c.data.get("logPosition") is not None]
             if older:
                 with contextlib.suppress(ForwarderError):
@@ -144,14 +145,14 @@ class Checkpointer:
         elif rt.slow_streak <= -_BEHIND_AFTER:
             self.m._clear_alarm(f"checkpoint-behind:{vnf_id}")
 
-    def record(self, vnf_id: str, meta: dict[str, Any], host: str,
+    def record(self, vnf_id: str, meta: CheckpointMeta, host: str,
                replicas: list[str], position: int | None, vnf: dict[str, Any],
                seconds: float) -> None:
-        cp = {"id": f"{vnf_id}/{meta['seq']}", "vnfInstanceId": vnf_id, "seq": meta["seq"],
-              "createdAt": meta["created_at"],
+        cp = {"id": f"{vnf_id}/{meta.seq}", "vnfInstanceId": vnf_id, "seq": meta.seq,
+              "createdAt": meta.created_at,
               # The state it holds is as of cutAt (the freeze), not createdAt (the commit).
-              "cutAt": meta.get("cut_at") or meta["created_at"], "host": host, "replicas": replicas,
-              "bytes": meta["total_bytes"], "criuStats": meta.get("criu_stats", {}),
+              "cutAt": meta.cut_at or meta.created_at, "host": host, "replicas": replicas,
+              "bytes": meta.total_bytes, "criuStats": meta.criu_stats,
               "generation": vnf.get("generation", 0), "logPosition": position,
               "holdMs": self.m._rt(vnf_id).last_hold_ms if position is not None else None,
               "durationMs": seconds * 1000}

@@ -16,15 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from nfvha.dataplane.client import ForwarderError, ReplayGapError
 from nfvha.descriptor import VnfDescriptor
-from nfvha.errors import NfvhaError
+from nfvha.errors import CheckpointCorrupt, NfvhaError
 from nfvha.ha.fault import HostState
 from nfvha.ha.lifecycle import VnfState
 from nfvha.ha.planner import RETRY_MAX_S
 from nfvha.ha.recovery import RecoveryContext, RecoveryDecision, decide, strategy_chain
 from nfvha.logs import decision as log_decision
 from nfvha.nfvo.placement import PlacementError, place
-from nfvha.vnfm.agent_client import AgentCallError, AgentClient
+from nfvha.vnfm.agent_client import AgentClient, AgentUnreachable
 from nfvha.vnfm.records import OpChange, now_iso, problem
+from nfvha.wire import InstanceState, ServiceStatus
 
 if TYPE_CHECKING:
     from nfvha.vnfm.manager import Manager
@@ -42,7 +43,7 @@ class Healer:
     def __init__(self, m: Manager) -> None:
         self.m = m
         self._restore_slots: dict[str, asyncio.Semaphore] = {}
-        self.forwarder_logs: dict[str, dict[str, Any]] = {}  # last forwarder log stats
+        self.forwarder_logs: dict[str, ServiceStatus] = {}  # last forwarder log stats
 
     async def recover(self, vnf_id: str, failure: str, detected_at: float, detail: str,
                       *, auto: bool, op_id: str | None = None) -> None:
@@ -93,11 +94,11 @@ class Healer:
                                                       "timestamps": {"decided": decided}})
                 try:
                     result = await self._execute(vnf_id, d, decision, failure, old_host)
-                except (AgentCallError, NfvhaError) as exc:
+                except NfvhaError as exc:
                     log.warning("recovery of %s by %s on %s failed: %s", vnf_id, strategy,
                                 decision.target_host, exc)
                     key = (strategy, decision.target_host)
-                    if isinstance(exc, AgentCallError) and exc.status == 0 and \
+                    if isinstance(exc, AgentUnreachable) and \
                             key not in retried and \
                             self.m.detector.is_up(decision.target_host):
                         # Unreachable although it heartbeats: typically a pooled connection
@@ -120,7 +121,7 @@ class Healer:
                     # saw the VNF as living there, so its copy is removed now.
                     try:
                         await self.m.agent(old_host).delete(vnf_id)
-                    except AgentCallError as exc:
+                    except NfvhaError as exc:
                         log.warning("could not remove the old copy of %s on %s after moving "
                                     "it: %s", vnf_id, old_host, exc)
                 replay_info = await self._replay(vnf_id, result.get("seq")) if replaying \
@@ -135,7 +136,7 @@ class Healer:
                     attempts.append({"strategy": strategy, "host": decision.target_host,
                                      "decidedAt": decided, "error": err})
                     self.m.ops.update(op_id, nfvha_merge={"attempts": attempts})
-                    with contextlib.suppress(AgentCallError):
+                    with contextlib.suppress(NfvhaError):
                         await self.m.agent(decision.target_host).delete(vnf_id)
                     continue
                 serving = answered
@@ -202,8 +203,8 @@ class Healer:
             except ReplayGapError as gap:
                 return await self._replay_gap(vnf_id, seq, int(position), gap)
             log.info("replayed %d datagram(s) to %s after checkpoint %s (position %s) in "
-                     "%.1f ms", res["replayed"], vnf_id, seq, position, res["replay_ms"])
-            return {**res, "fromPosition": position}
+                     "%.1f ms", res.replayed, vnf_id, seq, position, res.replay_ms)
+            return {**res.model_dump(), "fromPosition": position}
         except ForwarderError as exc:
             self.forwarder_alarm(str(exc))
             return {"replayed": 0, "error": str(exc)}
@@ -229,8 +230,8 @@ class Healer:
                           "between are lost to it", {"host": None, **info})
         res = await self.m.forwarder.replay(vnf_id, gap.oldest)
         log.info("replayed %d datagram(s) to %s from position %s (checkpoint %s was at %s)",
-                 res["replayed"], vnf_id, gap.oldest, seq, position)
-        return {**res, "fromPosition": gap.oldest, "gap": info}
+                 res.replayed, vnf_id, gap.oldest, seq, position)
+        return {**res.model_dump(), "fromPosition": gap.oldest, "gap": info}
 
     async def watch_forwarder(self) -> None:
         """Force a checkpoint before a log fills; alarm when one would be lost."""
@@ -248,7 +249,7 @@ class Healer:
                     continue
                 self.m._clear_alarm("forwarder")
                 self.forwarder_logs[rec.id] = st
-                fill = max(st["log_fill"], st["log_age_s"] / 60.0)
+                fill = max(st.log_fill, st.log_age_s / 60.0)
                 if fill > 0.8:
                     rt = self.m._rt(rec.id)
                     if rt.next_checkpoint > time.monotonic():
@@ -277,7 +278,7 @@ class Healer:
         standby = frozenset(
             h for h in up
             for i in self.m.membership.host_status.get(h, {}).get("instances", [])
-            if i["id"] == vnf_id and i["state"] == "STANDBY")
+            if i["id"] == vnf_id and i["state"] == InstanceState.STANDBY)
         try:
             restart_host = place(self.m.hosts_view(), memory=d.resources.memory, backups=0,
                                  exclude=[old_host] if failure == "host-loss" and old_host
@@ -320,21 +321,18 @@ class Healer:
         if decision.strategy == "restart":
             res = await target.create(d.model_dump(mode="json"), vnf_id)
             return {"instance": res, "seq": None}
-        last_error: AgentCallError | None = None
+        last_error: CheckpointCorrupt | None = None
         for seq in decision.seqs:
             try:
                 res = await target.restore(vnf_id, seq)
                 return {"instance": res, "seq": seq}
-            except AgentCallError as exc:
-                if exc.corrupt_checkpoint:
-                    log_decision(log, "skip-checkpoint", f"checkpoint {vnf_id}/{seq} on "
-                                 f"{decision.target_host} is corrupt; trying the previous one",
-                                 level=logging.WARNING, vnf=vnf_id, seq=seq,
-                                 host=decision.target_host,
-                                 reason=f"verification failed on {exc.problem.get('file')}")
-                    last_error = exc
-                    continue
-                raise
+            except CheckpointCorrupt as exc:
+                log_decision(log, "skip-checkpoint", f"checkpoint {vnf_id}/{seq} on "
+                             f"{decision.target_host} is corrupt; trying the previous one",
+                             level=logging.WARNING, vnf=vnf_id, seq=seq,
+                             host=decision.target_host,
+                             reason=f"verification failed on {exc.file}")
+                last_error = exc
         assert last_error is not None
         raise last_error
 
@@ -349,9 +347,7 @@ class Healer:
             try:
                 await self.m.agent(old_host).delete(vnf_id)
                 return
-            except AgentCallError as exc:
-                if not exc.unreachable:
-                    raise
+            except AgentUnreachable as exc:
                 # Alive (its guard beats) but its agent does not answer: the guard stops
                 # the VNFs when the agent grace runs out, and says so.
                 await self.m.membership.wait_guard_fence(old_host, vnf_id, exc)
@@ -397,6 +393,6 @@ class Healer:
         self.m._update_vnf(vnf_id, lambda dd: {
             **dd, "haState": VnfState.ACTIVE, "host": decision.target_host, "backups": backups,
             "generation": dd.get("generation", 0) + 1, "restoredFrom": result.get("seq"),
-            "pid": result.get("instance", {}).get("pid"),
+            "pid": result["instance"].pid,
             ("lastMove" if moved else "lastRecovery"): {
                 "strategy": decision.strategy, "at": now_iso(), "fromHost": old_host}}, op=op)

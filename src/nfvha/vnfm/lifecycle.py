@@ -32,9 +32,9 @@ from nfvha.ha.recovery import RecoveryDecision
 from nfvha.logs import decision as log_decision
 from nfvha.nfvo.placement import PlacementError, place
 from nfvha.store.base import StateStore, StoreError
-from nfvha.vnfm.agent_client import AgentCallError
 from nfvha.vnfm.events import EventBus, EventKind
 from nfvha.vnfm.records import OpChange, now_iso, problem, set_fields
+from nfvha.wire import CheckpointMeta
 
 if TYPE_CHECKING:
     from nfvha.vnfm.manager import Manager, ManagerConfig
@@ -205,7 +205,7 @@ class Lifecycle:
                                            after=d.network.service.after)
             created = await self.m.agent(p.primary).create(d.model_dump(mode="json"), vnf_id)
             await self.m.probes.wait_serving(vnf_id, p.primary, d, time.time())  # it answers
-        except (AgentCallError, NfvhaError) as exc:
+        except NfvhaError as exc:
             self.m._update_vnf(
                 vnf_id, lambda dd: {**dd, "haState": VnfState.NOT_INSTANTIATED},
                 op=(op_id, OpChange("FAILED", error=problem(409, str(exc)))))
@@ -213,7 +213,7 @@ class Lifecycle:
         self.m._update_vnf(vnf_id, lambda dd: {
             **dd, "haState": VnfState.ACTIVE, "instantiationState": "INSTANTIATED",
             "host": p.primary, "backups": list(p.backups), "generation": 1,
-            "pid": created.get("pid"),
+            "pid": created.pid,
             "placementReason": p.reason}, op=(op_id, OpChange("COMPLETED")))
         self.m._rt(vnf_id).next_checkpoint = time.monotonic()  # first checkpoint right away
 
@@ -293,7 +293,7 @@ class Lifecycle:
         position: int | None = None
         t0 = time.time()
         stopped = False
-        meta: dict[str, Any] | None = None
+        meta: CheckpointMeta | None = None
         try:
             if replaying and self.m.forwarder is not None:
                 try:
@@ -307,31 +307,31 @@ class Lifecycle:
             dumped = time.time()
             self.m.checkpoints.record(vnf_id, meta, source, [source], position, rec.data,
                                       dumped - t0)
-            await self.m.agent(source).push(vnf_id, meta["seq"],
+            await self.m.agent(source).push(vnf_id, meta.seq,
                                             self.m.store.get("host", target).data["url"])
             pushed = time.time()
             await self.m.agent(source).delete(vnf_id)  # same address and MAC: one copy at a time
             async with self.m.healing.restore_slot(target):
-                res = await self.m.agent(target).restore(vnf_id, meta["seq"])
+                res = await self.m.agent(target).restore(vnf_id, meta.seq)
             restored = time.time()
-        except (AgentCallError, NfvhaError) as exc:
+        except NfvhaError as exc:
             await self._move_failed(vnf_id, source, op_id, exc, stopped, meta, position)
             return
         finally:
             if position is not None and self.m.forwarder is not None:
                 with contextlib.suppress(ForwarderError):
                     await self.m.forwarder.release(vnf_id)
-        cp_id = f"{vnf_id}/{meta['seq']}"
+        cp_id = f"{vnf_id}/{meta.seq}"
         with contextlib.suppress(StoreError):
             self.m.store.update("checkpoint", cp_id,
                                 lambda c: {**c, "replicas": sorted({*c["replicas"], target})})
         answered = await self.m.probes.wait_serving(vnf_id, target, d, restored)
-        decision = RecoveryDecision(strategy="move", target_host=target, seqs=(meta["seq"],),
+        decision = RecoveryDecision(strategy="move", target_host=target, seqs=(meta.seq,),
                                     reason=f"planned move from {source}")
         self.m.healing.finish_recovery(
-            vnf_id, decision, {"instance": res, "seq": meta["seq"]}, source, moved=True,
+            vnf_id, decision, {"instance": res, "seq": meta.seq}, source, moved=True,
             op=(op_id, OpChange("COMPLETED", nfvha_merge={
-                "checkpoint": meta["seq"],
+                "checkpoint": meta.seq,
                 "phases": {"dumpMs": (dumped - t0) * 1e3, "transferMs": (pushed - dumped) * 1e3,
                            "restoreMs": (restored - pushed) * 1e3,
                            "pauseMs": ((answered or restored) - t0) * 1e3}})))
@@ -340,20 +340,20 @@ class Lifecycle:
                  (dumped - t0) * 1e3, (pushed - dumped) * 1e3, (restored - pushed) * 1e3)
 
     async def _move_failed(self, vnf_id: str, source: str, op_id: str, exc: Exception,
-                           stopped: bool, meta: dict[str, Any] | None,
+                           stopped: bool, meta: CheckpointMeta | None,
                            position: int | None) -> None:
         """A move that failed half-way: the VNF goes back to its source, as it was."""
         log.warning("moving %s from %s failed: %s", vnf_id, source, exc)
         back = "still running on its source host"
         if stopped and meta is not None:
             try:
-                with contextlib.suppress(AgentCallError):
+                with contextlib.suppress(NfvhaError):
                     await self.m.agent(source).delete(vnf_id)
                 async with self.m.healing.restore_slot(source):
-                    res = await self.m.agent(source).restore(vnf_id, meta["seq"])
-                self.m._update_vnf(vnf_id, set_fields(pid=res.get("pid")))
-                back = f"restored on {source} from its final checkpoint {meta['seq']}"
-            except (AgentCallError, NfvhaError) as exc2:
+                    res = await self.m.agent(source).restore(vnf_id, meta.seq)
+                self.m._update_vnf(vnf_id, set_fields(pid=res.pid))
+                back = f"restored on {source} from its final checkpoint {meta.seq}"
+            except NfvhaError as exc2:
                 back = f"could not be restored on {source} ({exc2}): recovery takes over"
                 rt = self.m._rt(vnf_id)
                 rt.failure = ("process-exit", time.time(), f"planned move failed and the VNF "
@@ -378,7 +378,7 @@ class Lifecycle:
         self.m.ops.update(op_id, operationState="PROCESSING")
         hosts = {h for h in self.m._up_hosts()}
         for h in hosts:
-            with contextlib.suppress(AgentCallError):
+            with contextlib.suppress(NfvhaError):
                 await self.m.agent(h).delete(vnf_id, purge=True)
         for cp in self.m.store.list("checkpoint", where={"vnfInstanceId": vnf_id}):
             self.m.store.delete("checkpoint", cp.id)
@@ -406,4 +406,5 @@ class Lifecycle:
         if not data.get("host"):
             raise InstanceStateError(f"VNF instance {vnf_id} runs nowhere")
         self.m._rt(vnf_id).injected_at = time.monotonic()
-        return await self.m.agent(data["host"]).inject(vnf_id, fault)
+        view = await self.m.agent(data["host"]).inject(vnf_id, fault)
+        return view.model_dump(mode="json", exclude_unset=True)

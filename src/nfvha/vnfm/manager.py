@@ -74,7 +74,6 @@ from nfvha.vnfm.checkpointing import Checkpointer
 from nfvha.vnfm.events import EventBus, EventKind
 from nfvha.vnfm.healing import Healer
 from nfvha.vnfm.lifecycle import Lifecycle, Operations
-from nfvha.vnfm.membership import LIVE_STATES as _LIVE
 from nfvha.vnfm.membership import GuardReport, Membership
 from nfvha.vnfm.metrics import ManagerMetrics
 from nfvha.vnfm.notify import Notifier
@@ -86,6 +85,7 @@ from nfvha.vnfm.records import set_fields as _set
 from nfvha.vnfm.secretbox import SecretBox
 from nfvha.vnfm.views import ManagerView
 from nfvha.web import DEFAULT_MAX_BODY
+from nfvha.wire import LIVE_STATES
 
 __all__ = ["GuardReport", "Manager", "ManagerConfig", "VnfState"]
 
@@ -591,7 +591,7 @@ class Manager:
                 continue  # instantiated by this manager: nothing to find out
             running = [h for h, st in self.membership.host_status.items()
                        if self.detector.is_up(h)
-                       and any(i["id"] == rec.id and i["state"] in _LIVE
+                       and any(i["id"] == rec.id and i["state"] in LIVE_STATES
                                for i in st.get("instances", []))]
             step = plan_reconcile(rec.id, VnfState(rec.data["haState"]), rec.data.get("host"),
                                   running, time.time())

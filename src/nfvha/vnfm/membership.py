@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nfvha.errors import InstanceNotFound, InstanceStateError
+from nfvha.errors import InstanceNotFound, InstanceStateError, NfvhaError
 from nfvha.ha.fault import HostState
 from nfvha.ha.fencing import FenceResult
 from nfvha.ha.lifecycle import VnfState
@@ -35,20 +35,18 @@ from nfvha.ha.liveness import (
 from nfvha.ha.planner import judge_suspect
 from nfvha.logs import decision as log_decision
 from nfvha.store.base import Op
-from nfvha.vnfm.agent_client import AgentCallError
+from nfvha.vnfm.agent_client import AgentUnreachable
 from nfvha.vnfm.events import EventKind
 from nfvha.vnfm.records import now_iso
+from nfvha.wire import InstanceState
 
 if TYPE_CHECKING:
     from nfvha.vnfm.manager import Manager
 
 log = logging.getLogger("nfvha.manager")
 
-__all__ = ["LIVE_STATES", "GuardReport", "Membership"]
+__all__ = ["GuardReport", "Membership"]
 
-# Agent instance states in which the VNF's process lives (a report taken during a dump
-# says CHECKPOINTING: the VNF runs all the same).
-LIVE_STATES = frozenset({"RUNNING", "CHECKPOINTING", "RESTORING", "CREATING"})
 
 
 @dataclass
@@ -194,7 +192,7 @@ class Membership:
         self.host_heard(host_id, body.get("url"))
         # An exit the agent's event did not deliver is still seen here.
         for inst in body.get("instances", []):
-            if inst["state"] == "EXITED":
+            if inst["state"] == InstanceState.EXITED:
                 self._instance_exited(host_id, inst)
         lease = self.m.detector.lease(host_id)
         self.m.detector.granted(host_id, lease)
@@ -345,7 +343,7 @@ class Membership:
         a restore the stopped agent finished late) is removed as soon as it is reported."""
         now = time.monotonic()
         for inst in status.get("instances", []):
-            if inst.get("state") in ("STANDBY", "STOPPED"):
+            if inst.get("state") in (InstanceState.STANDBY, InstanceState.STOPPED):
                 continue
             rec = self.m.store.find("vnf", str(inst.get("id")))
             if rec is None or rec.data["haState"] != VnfState.ACTIVE or \
@@ -362,7 +360,7 @@ class Membership:
                                 "not be told")
 
             async def delete(h: str = host_id, vnf: str = rec.id) -> None:
-                with contextlib.suppress(AgentCallError):
+                with contextlib.suppress(NfvhaError):
                     await self.m.agent(h).delete(vnf)
 
             self.m._spawn(delete())
@@ -488,8 +486,8 @@ class Membership:
         for v in self.m.store.list("vnf"):
             if v.data.get("host") != host_id:
                 for inst in self.host_status.get(host_id, {}).get("instances", []):
-                    if inst["id"] == v.id and inst["state"] not in ("STANDBY",):
-                        with contextlib.suppress(AgentCallError):
+                    if inst["id"] == v.id and inst["state"] != InstanceState.STANDBY:
+                        with contextlib.suppress(NfvhaError):
                             await self.m.agent(host_id).delete(v.id)
         await self.collect_orphans(host_id)
         self.m._clear_alarm(f"host:{host_id}")
@@ -498,8 +496,8 @@ class Membership:
         """Checkpoints on a host of VNFs that no longer exist (terminated while the host
         was away) are removed when it comes back."""
         try:
-            held = {c["instance_id"] for c in await self.m.agent(host_id).all_checkpoints()}
-        except AgentCallError as exc:
+            held = {c.instance_id for c in await self.m.agent(host_id).all_checkpoints()}
+        except NfvhaError as exc:
             log.warning("cannot list the checkpoints on %s: %s", host_id, exc)
             return
         for iid in sorted(held):
@@ -508,10 +506,10 @@ class Membership:
                 log_decision(log, "collect-orphans", f"remove the checkpoints of {iid} on "
                              f"{host_id}", reason="its VNF was terminated or deleted",
                              vnf=iid, host=host_id)
-                with contextlib.suppress(AgentCallError):
+                with contextlib.suppress(NfvhaError):
                     await self.m.agent(host_id).delete(iid, purge=True)
 
-    async def wait_guard_fence(self, host_id: str, vnf_id: str, exc: AgentCallError) -> None:
+    async def wait_guard_fence(self, host_id: str, vnf_id: str, exc: AgentUnreachable) -> None:
         report = self.guards.get(host_id)
         left = report.msg.get("a") if report is not None else None
         if not isinstance(left, int | float):
@@ -525,12 +523,9 @@ class Membership:
         while time.monotonic() < deadline:
             if host_id in self.fenced_hosts:
                 return
-            try:
+            with contextlib.suppress(AgentUnreachable):
                 await self.m.agent(host_id).delete(vnf_id)  # the agent may be back
                 return
-            except AgentCallError as again:
-                if not again.unreachable:
-                    raise
             await asyncio.sleep(0.05)
         raise exc
 

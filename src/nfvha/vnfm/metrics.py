@@ -224,14 +224,11 @@ class _ViewCollector(Collector):
                                       "Datagrams dropped because the packet log was full",
                                       labels=["vnf"])
         for vnf_id, fs in view.forwarder_logs().items():
-            if isinstance(fs.get("log_packets"), int | float):
-                packets.add_metric([vnf_id], float(fs["log_packets"]))
-            if isinstance(fs.get("log_bytes"), int | float):
-                size.add_metric([vnf_id], float(fs["log_bytes"]))
-            if isinstance(fs.get("log_fill"), int | float):
-                fill.add_metric([vnf_id], float(fs["log_fill"]))
-            d = (fs.get("stats") or {}).get("dropped_log_full")
-            if isinstance(d, int | float):
+            packets.add_metric([vnf_id], float(fs.log_packets))
+            size.add_metric([vnf_id], float(fs.log_bytes))
+            fill.add_metric([vnf_id], fs.log_fill)
+            d = fs.stats.get("dropped_log_full")
+            if d is not None:
                 dropped.add_metric([vnf_id], float(d))
         yield from (packets, size, fill, dropped)
 

@@ -13,9 +13,9 @@ import time
 from typing import TYPE_CHECKING
 
 from nfvha.descriptor import HealthProbe, VnfDescriptor
+from nfvha.errors import NfvhaError
 from nfvha.ha.fault import probe_vnf
 from nfvha.ha.lifecycle import VnfState
-from nfvha.vnfm.agent_client import AgentCallError
 
 if TYPE_CHECKING:
     from nfvha.vnfm.manager import Manager
@@ -91,7 +91,7 @@ class Prober:
             return False
         try:
             return await self.m.agent(host).exec_probe(vnf_id, probe.timeout)
-        except AgentCallError:
+        except NfvhaError:
             return False
 
     async def wait_serving(self, vnf_id: str, host: str, d: VnfDescriptor,

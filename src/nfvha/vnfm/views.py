@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nfvha.ha.fault import HostState
+from nfvha.wire import ServiceStatus
 
 if TYPE_CHECKING:
     from nfvha.vnfm.manager import Manager
@@ -117,9 +118,9 @@ class ManagerView:
 
     # -- live statistics --------------------------------------------------------------------
 
-    def forwarder_logs(self) -> dict[str, dict[str, Any]]:
+    def forwarder_logs(self) -> dict[str, ServiceStatus]:
         """The forwarder's last packet-log statistics per VNF (replaying VNFs only)."""
-        return {v: dict(st) for v, st in self._m.healing.forwarder_logs.items()}
+        return {v: st.model_copy() for v, st in self._m.healing.forwarder_logs.items()}
 
     @property
     def events_dropped(self) -> int:
