@@ -119,6 +119,7 @@ async def test_terminate_during_instantiate_ends_the_instantiate(setup: Any) -> 
     assert data["operationState"] == "FAILED", data
     assert "cancelled by terminate" in data["error"]["detail"]
     assert term in data["error"]["detail"]
+    assert data["error"]["type"] == "urn:nfvha:problem:operation-cancelled"
     assert _unfinished(m) == []
     assert m.get_vnf("fw")["haState"] == "NOT_INSTANTIATED"
 
@@ -189,3 +190,4 @@ async def test_a_manager_stopping_during_a_heal_ends_it_for_a_retry(setup: Any) 
     data = m.store.get("op", heal).data
     assert data["operationState"] == "FAILED_TEMP", data
     assert "manager stopped" in data["error"]["detail"]
+    assert data["error"]["type"] == "urn:nfvha:problem:manager-stopped"

@@ -145,3 +145,29 @@ async def test_a_dump_in_progress_is_not_cancelled_for_a_hang(
     rt.failure = ("hang", time.time(), "found by a test")
     await _run_loop(m, 2.0, lambda: bool(recovered))
     assert dump_ended.is_set() and recovered
+
+
+async def test_an_exit_reported_twice_does_not_cancel_the_heal_it_started(
+        manager: Manager) -> None:
+    """An agent reports a VNF's exit twice, in a status report and in its event; the first
+    starts the heal. The second must leave that heal alone: cancelling it failed its
+    operation (FAILED, "cancelled by the exit of the VNF's process") and started another
+    (e2e replay chain test, under full-suite load)."""
+    m = manager
+    exit_ev = {"type": "instance-exit", "host_id": "h1",
+               "instance": {"id": "fm", "state": "EXITED", "exit": {"reason": "killed"}}}
+    m.event(exit_ev)
+    rt = m._rt("fm")
+    assert rt.failure is not None and rt.failure[0] == "process-exit"
+    heal = asyncio.ensure_future(asyncio.sleep(5))  # the heal the loop started for it
+    rt.failure, rt.busy = None, heal
+    try:
+        m.event(exit_ev)
+        await asyncio.sleep(0)
+        assert not heal.cancelled() and rt.failure is None
+        rt.checkpointing = True  # but a checkpoint under way is moot: recovery takes over
+        m.event(exit_ev)
+        await asyncio.sleep(0)
+        assert heal.cancelled() and rt.failure is not None
+    finally:
+        heal.cancel()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from nfvha.dataplane.client import ForwarderError
 from nfvha.descriptor import VnfDescriptor
 from nfvha.errors import CriuError, InstanceStopped, NfvhaError
+from nfvha.ha.fault import HostState
 from nfvha.vnfm.events import EventKind
 from nfvha.wire import CheckpointMeta
 
@@ -161,9 +162,26 @@ class Checkpointer:
 
     async def _replicate(self, vnf_id: str, host: str, seq: int, backup: str,
                          d: VnfDescriptor) -> None:
-        await self.m.agent(host).push(vnf_id, seq, self.m.store.get("host", backup).data["url"])
-        if "standby" in {s for chain in d.ha.recovery.values() for s in chain}:
-            await self.m.agent(backup).standby(vnf_id, seq)
+        """Push the checkpoint to a backup (and build its standby there), given up as soon
+        as the backup is declared DOWN: a push to a host that crashed meanwhile otherwise
+        waits out its timeout (60 s), holding this host's checkpoints back all along."""
+
+        async def push() -> None:
+            await self.m.agent(host).push(vnf_id, seq,
+                                          self.m.store.get("host", backup).data["url"])
+            if "standby" in {s for chain in d.ha.recovery.values() for s in chain}:
+                await self.m.agent(backup).standby(vnf_id, seq)
+
+        task = asyncio.ensure_future(push())
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=5 * self.m.cfg.tick)
+                if not task.done() and self.m.detector.state_of(backup) in (HostState.DOWN,
+                                                                            None):
+                    raise NfvhaError(f"backup {backup} is lost: push abandoned")
+            task.result()
+        finally:
+            task.cancel()
 
     def _prune(self, vnf_id: str, keep: int) -> None:
         cps = sorted(self.m.store.list("checkpoint", where={"vnfInstanceId": vnf_id}),

@@ -175,7 +175,8 @@ class Healer:
         self.m._update_vnf(vnf_id, lambda dd: {**dd, "haState": VnfState.FAILED}, op=(
             op_id, OpChange("FAILED", nfvha_merge={"attempts": attempts}, error=problem(
                 500, f"every recovery strategy failed for {vnf_id}: "
-                + "; ".join(a.get("error") or a.get("reason", "") for a in attempts)))))
+                + "; ".join(a.get("error") or a.get("reason", "") for a in attempts),
+                code="recovery-failed"))))
         if failure != "manual":
             # Not forever: overload or a host on its way back can make every strategy fail
             # once. Try again with back-off (2, 4, 8, 16, then every 30 s).

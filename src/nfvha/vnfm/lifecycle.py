@@ -208,7 +208,7 @@ class Lifecycle:
         except NfvhaError as exc:
             self.m._update_vnf(
                 vnf_id, lambda dd: {**dd, "haState": VnfState.NOT_INSTANTIATED},
-                op=(op_id, OpChange("FAILED", error=problem(409, str(exc)))))
+                op=(op_id, OpChange("FAILED", error=problem(409, str(exc), of=exc))))
             return
         self.m._update_vnf(vnf_id, lambda dd: {
             **dd, "haState": VnfState.ACTIVE, "instantiationState": "INSTANTIATED",
@@ -362,7 +362,8 @@ class Lifecycle:
         self.m._rt(vnf_id).next_checkpoint = time.monotonic()
         self.m._update_vnf(vnf_id, set_fields(haState=VnfState.ACTIVE, host=source), op=(
             op_id, OpChange("FAILED", error=problem(
-                409, f"moving {vnf_id} failed: {exc}; the VNF is {back}"))))
+                409, f"moving {vnf_id} failed: {exc}; the VNF is {back}", code="move-failed",
+                of=exc))))
         self.m._wake.set()
 
     def start_terminate(self, vnf_id: str) -> str:

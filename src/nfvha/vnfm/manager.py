@@ -210,7 +210,8 @@ class Manager:
             if rec.data["operationState"] in ("STARTING", "PROCESSING"):
                 self.ops.update(rec.id, operationState="FAILED_TEMP",
                                 error=_problem(500, "manager restarted during the operation; "
-                                                    "it is retried automatically"))
+                                                    "it is retried automatically",
+                                               code="manager-restarted"))
         self._loop_task = asyncio.create_task(self._loop())
         if self.forwarder is not None:
             self._spawn(self.healing.watch_forwarder())
@@ -340,7 +341,9 @@ class Manager:
             log.info("operation %s (%s of %s) ends %s: %s", op_id, rec.data["operation"],
                      rec.data["vnfInstanceId"], state, detail)
             self.ops.update(op_id, operationState=state, error=_problem(
-                409 if t.cancelled() else 500, detail))
+                409 if t.cancelled() else 500, detail,
+                code=("manager-stopped" if state == "FAILED_TEMP" else "operation-cancelled")
+                if t.cancelled() else "internal-error"))
         except Exception:  # the store closed under a stopping manager: start() ends it
             log.exception("could not end operation %s", op_id)
 

@@ -411,9 +411,13 @@ class Membership:
         if rec.data.get("pid") is not None and inst.get("pid") != rec.data["pid"]:
             return  # a report about an earlier incarnation, already recovered
         rt = self.m._rt(rec.id)
+        if rt.busy is not None and not rt.busy.done() and not rt.checkpointing:
+            # A heal already runs (this exit was reported twice, by a status report and by
+            # the agent's event, or an operator's heal came first): it restores the VNF,
+            # and cancelling it would fail its operation for nothing.
+            return
         if rt.failure is None:
-            # An ACTIVE VNF is busy with a checkpoint (moot now), or with a heal that has
-            # not started yet (recovery takes over).
+            # An ACTIVE VNF busy with a checkpoint: moot now, recovery takes over.
             self.m._cancel(rt.busy, f"cancelled by the exit of the VNF's process on {host_id}")
             reason = (inst.get("exit") or {}).get("reason", "exited")
             rt.failure = ("process-exit", time.time(), f"VNF process {reason} on {host_id}")

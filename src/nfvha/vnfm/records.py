@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from nfvha.errors import PROBLEM_PREFIX, NfvhaError
+
 __all__ = ["OpChange", "now_iso", "problem", "set_fields"]
 
 
@@ -21,10 +23,13 @@ def set_fields(**changes: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
     return lambda d: {**d, **changes}
 
 
-def problem(status: int, detail: str) -> dict[str, Any]:
-    """The ``error`` of a failed operation occurrence (RFC 7807 shape)."""
-    return {"type": "about:blank", "title": "Operation failed", "status": status,
-            "detail": detail}
+def problem(status: int, detail: str, *, code: str = "operation-failed",
+            of: BaseException | None = None) -> dict[str, Any]:
+    """The ``error`` of a failed operation occurrence (RFC 9457 shape), with a stable
+    ``type`` a client can act on: the problem type of the nfvha error that failed it
+    (``of``), or ``urn:nfvha:problem:<code>`` naming how it ended."""
+    kind = of.problem_type if isinstance(of, NfvhaError) else PROBLEM_PREFIX + code
+    return {"type": kind, "title": "Operation failed", "status": status, "detail": detail}
 
 
 @dataclass
