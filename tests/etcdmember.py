@@ -12,8 +12,9 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -54,6 +55,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
+#: etcd's raft timings scaled down 2x: its shortest lease is 1.5 election timeouts
+#: rounded up to whole seconds, 2 s at the defaults (100 ms / 1 s), 1 s with these.
+FAST_LEASES = ("--heartbeat-interval", "50", "--election-timeout", "500")
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    url: str
+    pid: int  # for tests that stop (SIGSTOP) and resume the member
+
+
 @contextmanager
 def etcd_member(
     parent: Path | None = None,
@@ -62,6 +74,19 @@ def etcd_member(
 ) -> Iterator[str]:
     """Run one etcd member; yields its client URL (``http://127.0.0.1:PORT``). With
     ``tls``, clients speak https and must present a certificate from ``tls.ca``."""
+    with etcd_process(parent, startup_timeout, tls) as member:
+        yield member.url
+
+
+@contextmanager
+def etcd_process(
+    parent: Path | None = None,
+    startup_timeout: float = 15.0,
+    tls: TlsConfig | None = None,
+    extra_args: Sequence[str] = (),
+) -> Iterator[EtcdMember]:
+    """`etcd_member`, yielding the process too; ``extra_args`` go to etcd (e.g.
+    FAST_LEASES)."""
     missing = etcd_missing()
     if missing:
         raise RuntimeError(missing)
@@ -80,7 +105,7 @@ def etcd_member(
                  "--listen-client-urls", url, "--advertise-client-urls", url,
                  "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
                  "--initial-cluster", f"t={peer_url}", "--initial-cluster-state", "new",
-                 "--logger", "zap", "--log-level", "warn", *secure],
+                 "--logger", "zap", "--log-level", "warn", *secure, *extra_args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GOMAXPROCS": "1"},
                 preexec_fn=_die_with_parent)
@@ -103,7 +128,8 @@ def etcd_member(
         else:
             tail = (data_dir / "etcd.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"etcd did not become healthy in three tries:\n{tail}")
-        yield url
+        assert proc is not None
+        yield EtcdMember(url, proc.pid)
     finally:
         if proc is not None:
             _stop(proc)
