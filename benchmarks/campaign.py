@@ -587,6 +587,7 @@ class Hit:
     manager_failed: bool = False
     slow_reported: bool = False
     operator_healed: bool = False
+    stop_resent: int = 0  # SIGSTOPs sent again because a checkpoint's CRIU swallowed one
 
 
 @dataclass
@@ -943,10 +944,12 @@ class Campaign:
             t = time.time()
             try:
                 os.kill(pid, signal.SIGKILL if kind == "kill" else signal.SIGSTOP)
+                resent = await _until_stopped(pid) if kind == "hang" else 0
             except ProcessLookupError:
                 return None
             f = Fault(len(self.faults) + 1, kind, iid, arrival, t, concurrent=opened)
             hit = await self._hit(iid, rec, t)
+            hit.stop_resent = resent
             hit.since_checkpoint_s = t - max((c["createdAt"] for c in cps), default=t)
             f.hits[iid] = hit
             self.faults.append(f)
@@ -1176,6 +1179,27 @@ class Campaign:
             await self.manager.aclose()
 
 
+async def _until_stopped(pid: int, timeout: float = 2.0) -> int:
+    """Make a SIGSTOP take: a checkpoint's CRIU dump seizes the VNF and resumes it as it
+    found it, swallowing a SIGSTOP sent meanwhile, and that "hang" never happened (the
+    earlier campaigns counted such faults as hangs the manager never detected). Sent again
+    every 100 ms until the task is stopped; returns how many times it was resent."""
+    resent = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for _ in range(10):
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError) as exc:
+                raise ProcessLookupError(pid) from exc
+            if state == "T":  # "t" is CRIU's seize: it may still resume the task
+                return resent
+            await asyncio.sleep(0.01)
+        os.kill(pid, signal.SIGSTOP)
+        resent += 1
+    return resent
+
+
 # -- analysis --------------------------------------------------------------------------------
 
 
@@ -1256,6 +1280,7 @@ def failure_samples(c: Campaign, matched: dict[tuple[int, str], list[dict[str, A
                 "fault": f.fid, "type": f.kind, "vnf": iid, "replay": spec.replay,
                 "t_s": f.injected - c.phase_start, "host": h.host,
                 "concurrent": f.concurrent, "since_checkpoint_s": h.since_checkpoint_s,
+                "stop_resent": h.stop_resent,
                 "ops": len(ops), "op_state": op["operationState"] if op else None,
                 "failure_type": n.get("failureType"), "strategy": n.get("strategy"),
                 "target_host": n.get("targetHost"),
