@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
+    import httpx
+
     from nfvha.vnfm.manager import Manager
 
 from nfvha.demo import VNF_PYTHON as _VNF_PYTHON
@@ -65,3 +68,36 @@ def etcd_url() -> Iterator[str]:
         pytest.fail(missing)
     with etcd_member() as url:
         yield url
+
+
+@contextlib.asynccontextmanager
+async def manager_with_fake_agent(
+        tmp_path: Path, agent: Callable[[httpx.Request], httpx.Response] | object,
+        vnfd: dict[str, object]) -> AsyncIterator[tuple[Manager, httpx.AsyncClient]]:
+    """An in-process manager whose one host h1 is ``agent`` behind httpx's
+    ``MockTransport`` (no namespaces), its API client, and the descriptor onboarded with
+    an instance ``vnfd["id"]`` created (not instantiated)."""
+    import httpx
+
+    from nfvha.store.sqlite import SqliteStore
+    from nfvha.vnfm.api import create_manager_app
+    from nfvha.vnfm.manager import Manager, ManagerConfig
+
+    m = Manager(SqliteStore(tmp_path / "m.db"),
+                ManagerConfig(token="t", base_url="http://10.9.0.1:8600"))
+    await m.http.aclose()
+    m.http = httpx.AsyncClient(transport=httpx.MockTransport(agent))  # type: ignore[arg-type]
+    m.heartbeat("h1", {"host_id": "h1", "url": "http://10.9.0.11:8700", "started_at": 1.0,
+                       "time": 1.0, "instances": [], "resources": {}})
+    http = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_manager_app(m, manage_lifecycle=False)),
+        base_url="http://manager", headers={"Authorization": "Bearer t"})
+    try:
+        assert (await http.post("/nfvha/v1/vnfds", json=vnfd)).status_code == 201
+        assert (await http.post("/vnflcm/v1/vnf_instances", json={
+            "vnfdId": vnfd["id"], "vnfInstanceId": vnfd["id"]})).status_code == 201
+        yield m, http
+    finally:
+        await http.aclose()
+        await m.close()
+        m.store.close()

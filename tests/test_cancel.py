@@ -16,9 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from nfvha.store.sqlite import SqliteStore
-from nfvha.vnfm.api import create_manager_app
-from nfvha.vnfm.manager import Manager, ManagerConfig
+from nfvha.vnfm.manager import Manager
+from tests.conftest import manager_with_fake_agent
 
 FINAL = {"COMPLETED", "FAILED", "ROLLED_BACK"}
 VNFD = {"id": "fw", "command": ["sleep", "1000"], "network": {"address": "10.9.1.10/16"},
@@ -65,26 +64,12 @@ class FakeAgent:
 
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[tuple[Manager, httpx.AsyncClient, FakeAgent]]:
-    m = Manager(SqliteStore(tmp_path / "m.db"),
-                ManagerConfig(token="t", base_url="http://10.9.0.1:8600"))
     agent = FakeAgent()
-    await m.http.aclose()
-    m.http = httpx.AsyncClient(transport=httpx.MockTransport(agent))
-    m.heartbeat("h1", {"host_id": "h1", "url": "http://10.9.0.11:8700", "started_at": 1.0,
-                       "time": 1.0, "instances": [], "resources": {}})
-    http = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_manager_app(m, manage_lifecycle=False)),
-        base_url="http://manager", headers={"Authorization": "Bearer t"})
-    assert (await http.post("/nfvha/v1/vnfds", json=VNFD)).status_code == 201
-    assert (await http.post("/vnflcm/v1/vnf_instances",
-                            json={"vnfdId": "fw", "vnfInstanceId": "fw"})).status_code == 201
     try:
-        yield m, http, agent
+        async with manager_with_fake_agent(tmp_path, agent, VNFD) as (m, http):
+            yield m, http, agent
     finally:
         agent.gate.set()
-        await http.aclose()
-        await m.close()
-        m.store.close()
 
 
 async def _op(http: httpx.AsyncClient, r: httpx.Response) -> str:

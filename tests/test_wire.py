@@ -37,6 +37,7 @@ from nfvha.wire import (
     InstanceView,
     ServiceStatus,
 )
+from tests.conftest import manager_with_fake_agent
 from tests.test_fuzz import TOKEN, _agent, _forwarder_app
 
 SHA = "0" * 64
@@ -290,31 +291,12 @@ class _FakeAgent:
 
 @pytest.fixture
 async def manager(tmp_path: Path) -> Any:
-    from nfvha.store.sqlite import SqliteStore
-    from nfvha.vnfm.api import create_manager_app
-    from nfvha.vnfm.manager import Manager, ManagerConfig
 
-    m = Manager(SqliteStore(tmp_path / "m.db"),
-                ManagerConfig(token="t", base_url="http://10.9.0.1:8600"))
     fake = _FakeAgent()
-    await m.http.aclose()
-    m.http = httpx.AsyncClient(transport=httpx.MockTransport(fake))
-    m.heartbeat("h1", {"host_id": "h1", "url": "http://10.9.0.11:8700", "started_at": 1.0,
-                       "time": 1.0, "instances": [], "resources": {}})
-    http = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_manager_app(m, manage_lifecycle=False)),
-        base_url="http://manager", headers={"Authorization": "Bearer t"})
-    assert (await http.post("/nfvha/v1/vnfds", json=VNFD)).status_code == 201
-    assert (await http.post("/vnflcm/v1/vnf_instances",
-                            json={"vnfdId": "fw", "vnfInstanceId": "fw"})).status_code == 201
-    r = await http.post("/vnflcm/v1/vnf_instances/fw/instantiate", json={})
-    assert (await _final(m, r.headers["Location"]))["operationState"] == "COMPLETED"
-    try:
+    async with manager_with_fake_agent(tmp_path, fake, VNFD) as (m, http):
+        r = await http.post("/vnflcm/v1/vnf_instances/fw/instantiate", json={})
+        assert (await _final(m, r.headers["Location"]))["operationState"] == "COMPLETED"
         yield m, http, fake
-    finally:
-        await http.aclose()
-        await m.close()
-        m.store.close()
 
 
 async def _final(m: Any, location: str) -> dict[str, Any]:
