@@ -13,12 +13,12 @@ for a machine so loaded that agents starved of CPU fence themselves):
 
 Faults are injected for real at random times (exponential inter-arrival per fault type,
 seeded) on random targets, overlapping across VNFs as in real life: SIGKILL of the VNF
-process, SIGSTOP of it (a hang), a host crash (``Testbed.crash_host``: links cut, every
-process killed; the host is powered on again after a random repair time) and a host
-partition (links cut, processes keep running; healed after a random time). A host fault
-is only injected while every VNF on that host has a replicated checkpoint on another
-host that is up, and at most ``hosts - 2`` hosts are down at once: each VNF always has a
-host to move to.
+process, SIGSTOP of it (a hang), both through the manager's inject API, a host crash
+(``Testbed.crash_host``: links cut, every process killed; the host is powered on again
+after a random repair time) and a host partition (links cut, processes keep running;
+healed after a random time). A host fault is only injected while every VNF on that host
+has a replicated checkpoint on another host that is up, and at most ``hosts - 2`` hosts
+are down at once: each VNF always has a host to move to.
 
 Measured for the whole run:
 
@@ -942,8 +942,17 @@ class Campaign:
             pid = where[rec["host"]][0][0]
             cps = await self.checkpoints(iid)
             t = time.time()
+            # Through the manager's fault injection, as an operator's drill would: the
+            # manager knows the fault was injected (not a crash loop of the VNF's own),
+            # and the agent sends a hang's SIGSTOP once a dump under way is over.
             try:
-                os.kill(pid, signal.SIGKILL if kind == "kill" else signal.SIGSTOP)
+                await self.call("POST", f"/nfvha/v1/vnf_instances/{iid}/inject",
+                                json={"fault": kind})
+            except BenchError as exc:
+                if "409" in str(exc):  # it has just exited, or is being recovered
+                    return None
+                raise
+            try:
                 resent = await _until_stopped(pid) if kind == "hang" else 0
             except ProcessLookupError:
                 return None
