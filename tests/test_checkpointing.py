@@ -41,3 +41,4 @@ async def test_a_push_to_a_backup_declared_lost_is_abandoned_at_once(
     with pytest.raises(NfvhaError, match="h2 is lost"):
         await asyncio.wait_for(push, 5)
     assert time.monotonic() - t0 < 0.5
+

@@ -355,6 +355,11 @@ class Healer:
                 return
         logged = False
         while old_host not in self.m.membership.fenced_hosts:
+            if self.m.detector.is_up(old_host):
+                # It came back meanwhile: its fence deadline is gone and, heartbeating
+                # again, its lease never runs out (this wait never ended, and the
+                # recovery stayed PROCESSING for good). Its agent stops the copy below.
+                break
             deadline = self.m.membership.fence_deadline.get(old_host)
             wait = (deadline - time.monotonic() if deadline is not None
                     else self.m.detector.fenced_in(old_host))
