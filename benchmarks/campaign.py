@@ -644,6 +644,9 @@ class Campaign:
         self.probe_end = 0.0
         self.final: dict[str, Any] = {}
         self.ops: list[dict[str, Any]] = []
+        # Every HEAL seen, by id: the manager keeps only the newest operation occurrences
+        # of a VNF (100), fewer than a full run makes, so they are collected as they come.
+        self.ops_seen: dict[str, dict[str, Any]] = {}
         self.prober: Prober | None = None
         self.flows: dict[str, Flow] = {}
         self.watcher: Watcher | None = None
@@ -767,6 +770,8 @@ class Campaign:
                     self.loadavg.append((now, os.getloadavg()[0]))
                 if n % 20 == 10:
                     self._check_view(now)
+                if n % 50 == 25:
+                    self._remember_ops(await self.call("GET", "/vnflcm/v1/vnf_lcm_op_occs"))
             except BenchError as exc:
                 self.events.append(f"{time.strftime('%H:%M:%S')} poll: {exc}")
             self._progress_hits()
@@ -1091,8 +1096,14 @@ class Campaign:
             await asyncio.sleep(0.5)  # e.g. a recovery nobody asked for is still running
         out["tries"] = tries
         self.final = out
-        ops = await self.call("GET", "/vnflcm/v1/vnf_lcm_op_occs")
-        self.ops = [o for o in ops if o["operation"] == "HEAL"]
+        self._remember_ops(await self.call("GET", "/vnflcm/v1/vnf_lcm_op_occs"))
+
+    def _remember_ops(self, ops: list[dict[str, Any]]) -> None:
+        """Keep the newest copy of every HEAL, and ``ops`` as all of them in start order."""
+        for o in ops:
+            if o["operation"] == "HEAL":
+                self.ops_seen[o["id"]] = o
+        self.ops = sorted(self.ops_seen.values(), key=lambda o: str(o.get("startTime")))
 
     async def _final_once(self) -> dict[str, Any]:
         assert self.watcher is not None and self.prober is not None
@@ -1175,11 +1186,11 @@ class Campaign:
                     task.cancel()
                     with contextlib.suppress(BaseException):
                         await task
-            if not self.ops:  # interrupted before the end: the operations are still wanted
+            if not self.final:  # interrupted before the end: the operations are still wanted
                 with contextlib.suppress(Exception):
                     ops = await asyncio.wait_for(
                         self.call("GET", "/vnflcm/v1/vnf_lcm_op_occs"), 20)
-                    self.ops = [o for o in ops if o["operation"] == "HEAL"]
+                    self._remember_ops(ops)
             for t in list(self.repair_tasks):
                 t.cancel()
             if self.probe_end == 0.0:

@@ -56,11 +56,12 @@ async def manager(tmp_path: Path) -> AsyncIterator[Manager]:
         m.store.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def etcd_url() -> Iterator[str]:
-    """One throwaway etcd member for the session (tests/etcdmember.py); each test takes a
-    key prefix of its own. A missing etcd fails the tests that need it: `make test`
-    installs it."""
+    """One throwaway etcd member per test module (tests/etcdmember.py); each test takes a
+    key prefix of its own. Per module, not per session: a session fixture ends after
+    `test_zz_leftovers` has looked for leftover etcd data directories. A missing etcd
+    fails the tests that need it: `make test` installs it."""
     from tests.etcdmember import etcd_member, etcd_missing
 
     missing = etcd_missing()

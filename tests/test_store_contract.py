@@ -33,7 +33,7 @@ StoreFactory = Callable[[], StateStore]
 
 @pytest.fixture(params=["sqlite", "etcd"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    """SQLite: one database file. etcd: the session's member (conftest.etcd_url), under a
+    """SQLite: one database file. etcd: the module's member (conftest.etcd_url), under a
     key prefix of this test's own, removed afterwards."""
     opened: list[StateStore] = []
     if request.param == "sqlite":

@@ -135,6 +135,30 @@ async def test_two_namespaces_talk_through_a_bridge(net: HostNetwork) -> None:
     assert neigh and neigh[0]["lladdr"] == MAC_A
 
 
+async def test_a_standby_end_never_puts_a_frame_on_the_bridge(net: HostNetwork) -> None:
+    """A standby's sandbox has the VNF's address and MAC while the VNF runs elsewhere: its
+    host end stays down from the start, so the bridge never learns that MAC on its port
+    (it used to be up for an instant, long enough for the peer's first frames)."""
+    for ns in (NS_A, NS_SW):
+        await net.create_netns(ns)
+    await net.create_bridge(BRIDGE, netns=NS_SW, address=f"{GATEWAY}/24")
+    await net.create_veth(
+        f"{PREFIX}a", f"{PREFIX}ap", netns=NS_SW, peer_netns=NS_A,
+        peer_name_after_move="eth0", peer_mac=MAC_A, peer_address=f"{ADDR_A}/24",
+        master=BRIDGE, peer_gateway=GATEWAY, host_up=False)
+    (host_end,) = _ip_json("-n", NS_SW, "link", "show", "dev", f"{PREFIX}a")
+    assert "UP" not in host_end["flags"]  # type: ignore[operator]
+    # Whatever the peer sends on coming up (IPv6 DAD and router solicitations) is dropped.
+    subprocess.run(["ip", "netns", "exec", NS_A, "ping", "-c1", "-W1", GATEWAY],
+                   capture_output=True, timeout=10)
+    fdb = subprocess.run(["ip", "netns", "exec", NS_SW, "bridge", "fdb", "show", "br", BRIDGE],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    assert MAC_A not in fdb, fdb
+    await net.set_link_up(f"{PREFIX}a", True, netns=NS_SW)  # activate: now it may speak
+    (host_end,) = _ip_json("-n", NS_SW, "link", "show", "dev", f"{PREFIX}a")
+    assert "UP" in host_end["flags"]  # type: ignore[operator]
+
+
 async def test_host_end_in_current_netns_and_delete_removes_both_ends(
     net: HostNetwork,
 ) -> None:

@@ -282,8 +282,14 @@ class HostNetwork:
         master: str | None = None,
         mtu: int | None = None,
         peer_gateway: str | None = None,
+        host_up: bool = True,
     ) -> None:
         """Create a veth pair and wire its peer end into a sandbox.
+
+        With ``host_up`` False the host end stays down (a standby, or a sandbox about to
+        be restored into): the peer, up with the VNF's address and MAC, must not send a
+        single frame onto the bridge, or the network learns the VNF's MAC on this port
+        while the VNF runs elsewhere.
 
         The peer is created directly inside ``peer_netns`` under its final name
         (``peer_name_after_move`` if given, else ``peer``) with its MAC and MTU, in one
@@ -329,7 +335,8 @@ class HostNetwork:
             if cidr is not None:
                 await self.add_address(final_peer, cidr, netns=where_peer)
             await self.set_link_up(final_peer, netns=where_peer)
-            await self.set_link_up(name, netns=netns)
+            if host_up:
+                await self.set_link_up(name, netns=netns)
             if gateway is not None:
                 await self._must(
                     ["route", "add", "default", "via", gateway, "dev", final_peer],

@@ -353,9 +353,8 @@ class Sandbox:
                 self.veth, self.veth + "p", peer_netns=self.netns, peer_name_after_move="eth0",
                 peer_mac=d.network.effective_mac, peer_address=d.network.address,
                 master=self.cfg.bridge, peer_gateway=d.network.gateway,
+                host_up=not standby,  # never up, not even for an instant (see create_veth)
             )
-            if standby:
-                await self.net.set_link_up(self.veth, False)
             await asyncio.to_thread(self.cgroup.create, CgroupLimits(
                 memory_bytes=d.resources.memory, cpu_cores=d.resources.cpu,
                 pids_max=d.resources.pids))
