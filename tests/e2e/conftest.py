@@ -194,12 +194,22 @@ def _base36(n: int, width: int) -> str:
     return out
 
 
+KEPT_LOGS = Path("/tmp/nfvha-test-logs")
+KEPT_LOGS_MAX = 60  # testbeds' logs kept: a few full runs' worth
+
+
 def keep_logs(tb: Any) -> None:
     """Copy a testbed's daemon logs to /tmp/nfvha-test-logs/<name> before teardown, for
-    post-mortems of failed runs (the testbed's own directory is removed)."""
+    post-mortems of failed runs (the testbed's own directory is removed); only the newest
+    ``KEPT_LOGS_MAX`` are kept, or every run would add to them for good."""
     import shutil
 
-    keep = Path("/tmp/nfvha-test-logs") / tb.name
+    keep = KEPT_LOGS / tb.name
     shutil.rmtree(keep, ignore_errors=True)
     with contextlib.suppress(OSError):
         shutil.copytree(tb.log_dir, keep, ignore=shutil.ignore_patterns("vnf"))
+    with contextlib.suppress(OSError):
+        kept = sorted((d for d in KEPT_LOGS.iterdir() if d.is_dir()),
+                      key=lambda d: d.stat().st_mtime, reverse=True)
+        for old in kept[KEPT_LOGS_MAX:]:
+            shutil.rmtree(old, ignore_errors=True)
