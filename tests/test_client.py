@@ -19,6 +19,7 @@ from nfvha.errors import (
     Forbidden,
     InstanceNotFound,
     InstanceStateError,
+    NotLeader,
     Unauthorized,
 )
 from nfvha.store.base import ConflictError
@@ -166,3 +167,171 @@ async def test_the_async_client_shares_the_handling() -> None:
             await m.inject("fm-2", "kill")
     assert rec.seen[0].headers["authorization"] == "Bearer t"
     assert json.loads(rec.seen[1].content) == {"host": "h2"}
+
+
+# -- a manager cluster: the client finds and follows the leader ---------------------------
+
+M1, M2, M3 = "https://m1.test:8600", "https://m2.test:8600", "https://m3.test:8600"
+OP = "/vnflcm/v1/vnf_lcm_op_occs/op-9"
+
+
+class Cluster:
+    """Managers behind one ``httpx.MockTransport``, told apart by host: each answers from
+    its own handler; every request is recorded with the manager it reached."""
+
+    def __init__(self, **members: Any) -> None:
+        self.members = members
+        self.seen: list[tuple[str, httpx.Request]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        name = request.url.host.split(".")[0]
+        self.seen.append((name, request))
+        answer = self.members[name]
+        return answer(request) if callable(answer) else answer
+
+    def reached(self) -> list[str]:
+        return [f"{name} {r.method} {r.url.path}" for name, r in self.seen]
+
+
+def _follower_of(leader: str) -> Any:
+    """A follower as the manager's middleware answers: reads served, writes 307."""
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json=[])
+        return httpx.Response(
+            307, headers={"location": leader + request.url.raw_path.decode(),
+                          "x-nfvha-leader": leader},
+            json={"type": "urn:nfvha:problem:not-leader", "status": 307, "leader": leader})
+    return answer
+
+
+def _leader(request: httpx.Request) -> httpx.Response:
+    if request.url.path.endswith("/heal"):
+        return httpx.Response(202, headers={"Location": M2 + OP})
+    return httpx.Response(200, json=[{"id": "fm-1"}])
+
+
+def _no_leader(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(503, headers={"retry-after": "1"}, json={
+        "type": "urn:nfvha:problem:not-leader", "title": "No leader", "status": 503,
+        "code": "no-leader", "detail": "no manager leads at the moment"})
+
+
+def test_a_write_sent_to_a_follower_lands_on_the_leader_which_is_asked_first_after() -> None:
+    c = Cluster(m1=_follower_of(M2), m2=_leader)
+    with ManagerClient(f"{M1},{M2}", "s3cret", transport=httpx.MockTransport(c)) as m:
+        assert m.heal("fm-1", cause="by hand") == M2 + OP
+        assert m.url == M2
+        assert m.instances() == [{"id": "fm-1"}]  # from the leader, no detour
+    assert c.reached() == ["m1 POST /vnflcm/v1/vnf_instances/fm-1/heal",
+                           "m2 POST /vnflcm/v1/vnf_instances/fm-1/heal",
+                           "m2 GET /vnflcm/v1/vnf_instances"]
+    # The leader got the same request: method, body and credential.
+    resent = c.seen[1][1]
+    assert json.loads(resent.content) == {"cause": "by hand"}
+    assert resent.headers["authorization"] == "Bearer s3cret"
+
+
+def test_urls_as_a_list_and_as_commas_are_the_same_cluster() -> None:
+    a = ManagerClient([M1, f"{M2}/", M1], "t")
+    b = ManagerClient(f" {M1} ,{M2}", "t")
+    assert a.urls == b.urls == (M1, M2)
+    with pytest.raises(ConfigError, match="not http"):
+        ManagerClient("m1.test:8600", "t")
+
+
+def test_a_redirect_to_a_manager_not_configured_is_refused_and_nothing_goes_there() -> None:
+    c = Cluster(m1=_follower_of("https://elsewhere.test:8600"))
+    with ManagerClient(M1, "s3cret", transport=httpx.MockTransport(c)) as m, \
+            pytest.raises(ConfigError, match="not one of the configured managers") as err:
+        m.heal("fm-1")
+    assert "every manager's URL" in str(err.value)
+    assert [name for name, _ in c.seen] == ["m1"]  # the token never left for elsewhere
+
+
+def test_no_leader_on_one_member_the_next_is_asked() -> None:
+    c = Cluster(m1=_no_leader, m2=_leader)
+    with ManagerClient([M1, M2], "t", transport=httpx.MockTransport(c)) as m:
+        assert m.heal("fm-1") == M2 + OP
+    assert [name for name, _ in c.seen] == ["m1", "m2"]
+
+
+def test_no_leader_anywhere_is_said_as_such_after_one_try_each() -> None:
+    c = Cluster(m1=_no_leader, m2=_no_leader, m3=_no_leader)
+    with ManagerClient([M1, M2, M3], "t", transport=httpx.MockTransport(c)) as m, \
+            pytest.raises(NotLeader, match="no manager leads"):
+        m.heal("fm-1")
+    assert [name for name, _ in c.seen] == ["m1", "m2", "m3"]
+
+
+def test_a_dead_manager_is_passed_over_and_not_asked_first_again() -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    c = Cluster(m1=refused, m2=_leader)
+    with ManagerClient([M1, M2], "t", transport=httpx.MockTransport(c)) as m:
+        assert m.heal("fm-1") == M2 + OP  # never arrived at m1: safe to send to m2
+        m.instances()
+    assert [name for name, _ in c.seen] == ["m1", "m2", "m2"]
+
+
+def test_a_write_whose_answer_was_lost_is_not_sent_twice() -> None:
+    def timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    c = Cluster(m1=timeout, m2=_leader)
+    with ManagerClient([M1, M2], "t", transport=httpx.MockTransport(c)) as m:
+        with pytest.raises(ManagerUnreachable, match="may have been acted on"):
+            m.heal("fm-1")  # m1 may have started the heal: a second one would be wrong
+        assert [name for name, _ in c.seen] == ["m1"]
+        assert m.instances() == [{"id": "fm-1"}]  # the next request tries m2 first
+
+
+def test_every_manager_down_names_them_all() -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with ManagerClient([M1, M2], "t", transport=httpx.MockTransport(refused)) as m, \
+            pytest.raises(ManagerUnreachable) as err:
+        m.hosts()
+    assert f"no manager answered ({M1}, {M2})" in str(err.value)
+    assert "connection refused" in str(err.value)
+
+
+def _cluster_view(member: str, leader: str | None, term: int = 7) -> dict[str, Any]:
+    return {"mode": "cluster", "member": member, "url": f"https://{member}.test:8600",
+            "leading": member == leader,
+            "leader": None if leader is None else {
+                "member": leader, "url": f"https://{leader}.test:8600", "term": term,
+                "since": 1_700_000_000.0}}
+
+
+def test_status_says_who_leads_and_reads_from_the_leader() -> None:
+    def follower(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/nfvha/v1/cluster":
+            return httpx.Response(200, json=_cluster_view("m1", "m2"))
+        return httpx.Response(200, json=[{"id": "stale-follower-view"}])
+
+    def leader(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=[{"id": "from-the-leader"}])
+
+    c = Cluster(m1=follower, m2=leader, m3=leader)
+    with ManagerClient([M1, M2, M3], "t", transport=httpx.MockTransport(c)) as m:
+        st = m.status()
+    assert st["cluster"]["leader"]["member"] == "m2" and st["cluster"]["member"] == "m1"
+    assert st["managers"] == [
+        {"url": M1, "member": "m1", "answered": True, "leader": False},
+        {"url": M2, "member": "m2", "answered": False, "leader": True},
+        {"url": M3, "member": None, "answered": False, "leader": False}]
+    assert st["hosts"] == st["vnfs"] == [{"id": "from-the-leader"}]
+    assert [name for name, _ in c.seen] == ["m1", "m2", "m2", "m2"]
+
+
+def test_status_of_a_manager_without_clusters_still_works() -> None:
+    rec = Recorder({("GET", "/nfvha/v1/hosts"): httpx.Response(200, json=[]),
+                    ("GET", "/vnflcm/v1/vnf_instances"): httpx.Response(200, json=[]),
+                    ("GET", "/vnffm/v1/alarms"): httpx.Response(200, json=[])})
+    with ManagerClient(URL, "t", transport=httpx.MockTransport(rec)) as m:
+        st = m.status()  # /nfvha/v1/cluster is a 404 there
+    assert st["cluster"] is None and st["hosts"] == []
+    assert st["managers"] == [{"url": URL, "member": None, "answered": True, "leader": False}]

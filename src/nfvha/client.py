@@ -1,13 +1,22 @@
 """One client of the manager's API, for the CLI, the demo, the tests and the benchmarks.
 
 ``ManagerClient`` (over ``httpx.Client``) and ``AsyncManagerClient`` (over
-``httpx.AsyncClient``) share everything but the I/O: the base URL, the bearer token, how
-the manager's certificate is checked (a CA file or an ``ssl.SSLContext``), timeouts, JSON,
-and the mapping of a problem answer to its exception class by its ``type``
-(``nfvha.errors.error_for_problem``; docs/api.md lists the types). A call is made once:
-nothing is retried here (a retried POST could start a second operation).
+``httpx.AsyncClient``) share everything but the I/O: the managers' URLs, the bearer
+token, how the manager's certificate is checked (a CA file or an ``ssl.SSLContext``),
+timeouts, JSON, and the mapping of a problem answer to its exception class by its
+``type`` (``nfvha.errors.error_for_problem``; docs/api.md lists the types).
 
-    with ManagerClient("https://10.250.0.1:8600", token, verify="ca.pem") as m:
+A manager cluster has one leader; the other members serve reads and answer a write with
+``307`` to the leader, or ``503`` while none is elected. Given every member's URL (a
+list, or one string with commas), a client sends each request to the leader it last
+knew and follows as ``nfvha.follow`` decides, the one implementation of those rules
+(redirects only to a configured manager, so the token goes nowhere else; the next
+member on a refused connection, a timeout or a ``503``; bounded). Nothing else is
+retried: a POST whose answer was lost is not sent again (it could start a second
+operation). With one URL a call is one plain request, as before clusters.
+
+    with ManagerClient("https://10.250.0.1:8600,https://10.250.0.2:8600", token,
+                       verify="ca.pem") as m:
         m.onboard(vnfd)
         m.create("fm-1", vnfd["id"])
         op_url = m.instantiate("fm-1")
@@ -20,7 +29,7 @@ nothing is retried here (a retried POST could start a second operation).
 from __future__ import annotations
 
 import ssl
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -28,15 +37,28 @@ from typing import Any, Self
 import httpx
 
 from nfvha.errors import PROBLEM_PREFIX, ConfigError, NfvhaError, error_for_problem
+from nfvha.follow import (
+    LeaderFollower,
+    RedirectRefused,
+    Timeout,
+    idempotent_method,
+    may_have_arrived,
+    redirect_target,
+    split_urls,
+)
 
 # The manager's own errors register their problem types when imported.
 from nfvha.store import base as _store_errors  # noqa: F401
 
-__all__ = ["AsyncManagerClient", "ManagerClient", "ManagerUnreachable", "Verify", "ssl_verify"]
+__all__ = ["AsyncManagerClient", "ManagerClient", "ManagerUnreachable", "Urls", "Verify",
+           "manager_urls", "ssl_verify"]
 
 #: How the manager's certificate is checked: ``True`` (the system's CAs), ``False``
 #: (not at all), a CA file, or a ready ``ssl.SSLContext``.
 Verify = bool | str | Path | ssl.SSLContext
+#: The managers: one URL, several in one string with commas, or a list (each entry one
+#: URL or several with commas). The first is asked first.
+Urls = str | Sequence[str]
 
 _LCM = "/vnflcm/v1"
 _NFVHA = "/nfvha/v1"
@@ -46,6 +68,12 @@ class ManagerUnreachable(NfvhaError):
     """No answer from the manager (connection refused, timed out, TLS handshake failed)."""
 
     problem_type = PROBLEM_PREFIX + "manager-unreachable"
+
+
+def manager_urls(urls: Urls) -> tuple[str, ...]:
+    """``urls`` as a tuple of checked manager URLs, in order, without duplicates or
+    trailing slashes (``nfvha.follow.split_urls``); a ``ConfigError`` names a bad one."""
+    return split_urls(urls if isinstance(urls, str) else ",".join(urls))
 
 
 def ssl_verify(verify: Verify) -> ssl.SSLContext | bool:
@@ -59,27 +87,94 @@ def ssl_verify(verify: Verify) -> ssl.SSLContext | bool:
 
 
 class _Api:
-    """What both clients share: how a request is made and how its answer is read."""
+    """What both clients share: where a request goes, how it is made and how its answer
+    is read."""
 
-    def __init__(self, url: str, token: str | None = None, *, verify: Verify = True,
-                 timeout: float | httpx.Timeout = 30.0) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, url: Urls, token: str | None = None, *, verify: Verify = True,
+                 timeout: float | httpx.Timeout = 30.0, tries: int | None = None) -> None:
+        self.urls = manager_urls(url)
+        #: Which manager leads, as last learnt (a redirect, a dead member, ``cluster()``);
+        #: shared by every request of this client.
+        self.follower = LeaderFollower(self.urls, tries=tries)
         self.token = token
         self._verify = ssl_verify(verify)
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else \
             httpx.Timeout(timeout)
 
+    @property
+    def url(self) -> str:
+        """The manager the next request goes to first: the leader as last known."""
+        return self.follower.leader
+
     def _options(self, transport: Any) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        opts: dict[str, Any] = {"base_url": self.url, "headers": headers,
+        # base_url: the first manager, for callers of ``http`` with relative paths; the
+        # client's own requests name their manager in full (``nfvha.follow``).
+        opts: dict[str, Any] = {"base_url": self.urls[0], "headers": headers,
                                 "timeout": self._timeout, "verify": self._verify}
         if transport is not None:
             opts["transport"] = transport
         return opts
 
-    def _unreachable(self, method: str, path: str, exc: httpx.HTTPError) -> ManagerUnreachable:
-        return ManagerUnreachable(f"{method} {path}: manager at {self.url} unreachable: "
-                                  f"{exc or type(exc).__name__}")
+    def _unreachable(self, method: str, path: str, exc: httpx.HTTPError,
+                     idempotent: bool | None) -> NfvhaError:
+        """The error for a request no manager answered: which, and whether it may have
+        been acted on (then it was not resent, and the caller should look before
+        repeating it)."""
+        if isinstance(exc, RedirectRefused):
+            return ConfigError(f"{method} {path}: {exc}; give the client every manager's "
+                               "URL")
+        why = str(exc) or type(exc).__name__
+        if len(self.urls) == 1:
+            return ManagerUnreachable(f"{method} {path}: manager at {self.urls[0]} "
+                                      f"unreachable: {why}")
+        try:
+            where = f"{exc.request.url.scheme}://{exc.request.url.netloc.decode()}"
+        except RuntimeError:  # an error raised before any request was made
+            where = "?"
+        if isinstance(exc, httpx.TransportError) and may_have_arrived(exc) and not (
+                idempotent_method(method) if idempotent is None else idempotent):
+            return ManagerUnreachable(
+                f"{method} {path}: the answer of {where} was lost ({why}); it may have been "
+                "acted on, so it was not sent to another manager: look (e.g. `nfvha ops`) "
+                "before repeating it")
+        return ManagerUnreachable(f"{method} {path}: no manager answered "
+                                  f"({', '.join(self.urls)}); the last, {where}: {why}")
+
+    def _index_of(self, url: Any, r: httpx.Response) -> int | None:
+        """Which configured manager ``url`` is (by origin), if any."""
+        if not isinstance(url, str) or not url:
+            return None
+        target = redirect_target(url, r.request.url, self.follower.parsed)
+        return None if target is None else target[1]
+
+    def _learn_leader(self, r: httpx.Response) -> None:
+        """Remember the leader a ``GET /nfvha/v1/cluster`` answer names, when it is one of
+        the configured managers: later requests, reads included, then go to it first
+        (a follower's reads of host states are not the leader's, which hears them)."""
+        view = self._json(r) if r.status_code < 400 else None
+        leader = view.get("leader") if isinstance(view, dict) else None
+        i = self._index_of(leader.get("url"), r) if isinstance(leader, dict) else None
+        if i is not None:
+            self.follower.remember(i)
+
+    def _cluster_status(self, r: httpx.Response) -> dict[str, Any]:
+        """The cluster part of ``status()``: the view of the member that answered (None
+        from a manager that predates clusters), and each configured manager with what
+        that view says of it: its member id, whether it answered, whether it leads."""
+        view: dict[str, Any] | None = self._json(r) if r.status_code < 400 else None
+        answered = self._index_of(str(r.request.url), r)
+        leader = (view or {}).get("leader") or {}
+        # Alone, the manager leads whatever URL it advertises.
+        lead = answered if (view or {}).get("mode") == "single" \
+            else self._index_of(leader.get("url"), r)
+        managers = []
+        for i, u in enumerate(self.urls):
+            member = leader.get("member") if i == lead else \
+                (view or {}).get("member") if i == answered else None
+            managers.append({"url": u, "member": member, "answered": i == answered,
+                             "leader": i == lead})
+        return {"cluster": view, "managers": managers}
 
     @staticmethod
     def _check(method: str, path: str, r: httpx.Response, ok: Collection[int]) -> None:
@@ -113,13 +208,17 @@ class _Api:
 
 
 class ManagerClient(_Api):
-    """Synchronous client of the manager; ``http`` is its ``httpx.Client`` (base URL,
-    token and TLS set), for calls this class has no method for."""
+    """Synchronous client of the manager (or of a manager cluster's leader: ``url`` may
+    name every member). ``tries``: managers tried per request (default: one each).
+    ``http`` is its ``httpx.Client`` (token and TLS set; base URL the first manager) for
+    calls this class has no method for; ``request`` follows the leader, ``http`` does
+    not."""
 
-    def __init__(self, url: str, token: str | None = None, *, verify: Verify = True,
+    def __init__(self, url: Urls, token: str | None = None, *, verify: Verify = True,
                  timeout: float | httpx.Timeout = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(url, token, verify=verify, timeout=timeout)
+                 transport: httpx.BaseTransport | None = None,
+                 tries: int | None = None) -> None:
+        super().__init__(url, token, verify=verify, timeout=timeout, tries=tries)
         self.http = httpx.Client(**self._options(transport))
 
     def close(self) -> None:
@@ -133,13 +232,21 @@ class ManagerClient(_Api):
         self.close()
 
     def request(self, method: str, path: str, *, ok: Collection[int] = (),
-                **kw: Any) -> httpx.Response:
-        """The answer to one request; a problem answer raises its typed error unless its
-        status is in ``ok``; no answer raises ``ManagerUnreachable``."""
+                json: Any = None, params: Mapping[str, Any] | None = None,
+                headers: Mapping[str, str] | None = None,
+                timeout: Timeout = httpx.USE_CLIENT_DEFAULT,
+                idempotent: bool | None = None) -> httpx.Response:
+        """The answer to one request (``path`` from ``/``), from the leader; a problem
+        answer raises its typed error unless its status is in ``ok``; no answer raises
+        ``ManagerUnreachable``. ``idempotent``: a POST that may safely arrive twice
+        (default: by the method) is resent to another manager after a broken
+        connection."""
         try:
-            r = self.http.request(method, path, **kw)
+            r = self.follower.send_sync(self.http, method, path, json=json, params=params,
+                                        headers=headers, timeout=timeout,
+                                        idempotent=idempotent)
         except httpx.HTTPError as exc:
-            raise self._unreachable(method, path, exc) from exc
+            raise self._unreachable(method, path, exc, idempotent) from exc
         self._check(method, path, r, ok)
         return r
 
@@ -241,19 +348,36 @@ class ManagerClient(_Api):
         res: list[dict[str, Any]] = self.call("GET", "/vnffm/v1/alarms", params=params)
         return res
 
+    # -- the cluster -------------------------------------------------------------------------
+
+    def cluster(self) -> dict[str, Any]:
+        """``GET /nfvha/v1/cluster`` of the manager asked: its mode, member id, whether it
+        leads, and the leader (member, url, term, since). The leader, if configured, is
+        asked first from then on."""
+        r = self.request("GET", f"{_NFVHA}/cluster")
+        self._learn_leader(r)
+        res: dict[str, Any] = self._json(r)
+        return res
+
     def status(self) -> dict[str, Any]:
-        """Hosts, instances and active alarms, as ``nfvha status`` shows them."""
-        return {"hosts": self.hosts(), "vnfs": self.instances(),
+        """What ``nfvha status`` shows: ``cluster`` (the view of the manager that
+        answered; None from a manager without clusters) and ``managers`` (each configured
+        URL: ``member``, ``answered``, ``leader``), then ``hosts``, ``vnfs`` and active
+        ``alarms``, read from the leader when it is a configured manager."""
+        r = self.request("GET", f"{_NFVHA}/cluster", ok=(404,))
+        self._learn_leader(r)
+        return {**self._cluster_status(r), "hosts": self.hosts(), "vnfs": self.instances(),
                 "alarms": self.alarms(active=True)}
 
 
 class AsyncManagerClient(_Api):
     """The same as ``ManagerClient``, over ``httpx.AsyncClient``."""
 
-    def __init__(self, url: str, token: str | None = None, *, verify: Verify = True,
+    def __init__(self, url: Urls, token: str | None = None, *, verify: Verify = True,
                  timeout: float | httpx.Timeout = 30.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(url, token, verify=verify, timeout=timeout)
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 tries: int | None = None) -> None:
+        super().__init__(url, token, verify=verify, timeout=timeout, tries=tries)
         self.http = httpx.AsyncClient(**self._options(transport))
 
     async def aclose(self) -> None:
@@ -267,11 +391,16 @@ class AsyncManagerClient(_Api):
         await self.aclose()
 
     async def request(self, method: str, path: str, *, ok: Collection[int] = (),
-                      **kw: Any) -> httpx.Response:
+                      json: Any = None, params: Mapping[str, Any] | None = None,
+                      headers: Mapping[str, str] | None = None,
+                      timeout: Timeout = httpx.USE_CLIENT_DEFAULT,
+                      idempotent: bool | None = None) -> httpx.Response:
         try:
-            r = await self.http.request(method, path, **kw)
+            r = await self.follower.send(self.http, method, path, json=json, params=params,
+                                         headers=headers, timeout=timeout,
+                                         idempotent=idempotent)
         except httpx.HTTPError as exc:
-            raise self._unreachable(method, path, exc) from exc
+            raise self._unreachable(method, path, exc, idempotent) from exc
         self._check(method, path, r, ok)
         return r
 
@@ -360,6 +489,14 @@ class AsyncManagerClient(_Api):
         res: list[dict[str, Any]] = await self.call("GET", "/vnffm/v1/alarms", params=params)
         return res
 
+    async def cluster(self) -> dict[str, Any]:
+        r = await self.request("GET", f"{_NFVHA}/cluster")
+        self._learn_leader(r)
+        res: dict[str, Any] = self._json(r)
+        return res
+
     async def status(self) -> dict[str, Any]:
-        return {"hosts": await self.hosts(), "vnfs": await self.instances(),
-                "alarms": await self.alarms(active=True)}
+        r = await self.request("GET", f"{_NFVHA}/cluster", ok=(404,))
+        self._learn_leader(r)
+        return {**self._cluster_status(r), "hosts": await self.hosts(),
+                "vnfs": await self.instances(), "alarms": await self.alarms(active=True)}
