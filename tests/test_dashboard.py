@@ -127,3 +127,15 @@ async def test_stream_ends_when_the_client_leaves_and_when_the_server_stops(
     server.should_exit = True
     await asyncio.wait_for(serving, 5)
     assert len(manager.events._queues) == others
+
+
+async def test_snapshot_and_ticks_say_who_leads(manager: Manager) -> None:
+    """One manager: it leads, and the page says so (the cluster view of every member)."""
+    feed = DashboardFeed(manager)
+    async with _client(manager) as c:
+        state = (await c.get("/dashboard/v1/state")).json()
+        assert state["cluster"] == (await c.get("/nfvha/v1/cluster")).json()
+    assert state["cluster"]["mode"] == "single" and state["cluster"]["leading"] is True
+    assert state["cluster"]["leader"]["member"] == "manager"
+    assert state["cluster"]["leader"]["term"] == 0
+    assert feed.tick()["cluster"] == state["cluster"]

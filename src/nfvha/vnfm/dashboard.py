@@ -4,6 +4,15 @@ snapshot and a Server-Sent Events stream fed by the manager's event bus.
 The page holds no data and needs no token; the data endpoints need the manager's bearer
 token. The stream sends a snapshot first, then coalesced batches of changes (in the same
 shapes as the snapshot), and a tick every second so that ages and host silences move.
+
+In a manager cluster every member serves the page. Snapshots and ticks carry the
+cluster view (``GET /nfvha/v1/cluster``: who leads, in which term, whether this member
+does), so the page shows the leader and follows a change within a tick. Only the leader
+acts, so only the leader's event bus carries changes; a follower's stream instead sends a
+fresh snapshot, read from the shared store, every ``FOLLOWER_REFRESH_S`` when it differs
+from the last, and a member whose role changes sends one at once. A follower hears no
+heartbeats: it shows each host's stored state (UP or DOWN; a suspicion is the leader's
+alone) and no silence.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from fastapi import APIRouter
 from fastapi.params import Depends
 from fastapi.responses import Response, StreamingResponse
 
+from nfvha.vnfm.cluster import cluster_view
 from nfvha.vnfm.events import Event, EventKind
 from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.views import HostRow
@@ -31,6 +41,9 @@ __all__ = ["DashboardFeed", "dashboard_router"]
 WINDOW_S = 600.0  # checkpoint history kept for the cadence charts
 TICK_S = 1.0  # refresh of ages and host silences; also the stream's keep-alive
 COALESCE_S = 0.05  # a burst of changes within this time goes out as one message
+#: On a member that does not act (a follower), whose bus is quiet: how often its streams
+#: read the store again (a full read: every host, VNF, operation and alarm).
+FOLLOWER_REFRESH_S = 2.0
 _TIMELINE_OPS = 100
 _RECENT_ALARMS = 30
 
@@ -122,8 +135,13 @@ class DashboardFeed:
         """What changes every second: state, silence, fencing."""
         return self._live(self.m.view.host(host_id))
 
-    @staticmethod
-    def _live(h: HostRow) -> dict[str, Any]:
+    def _live(self, h: HostRow) -> dict[str, Any]:
+        if not self.m.acting:
+            # Heartbeats go to the leader: a follower's detector knows no host (or, once
+            # demoted, what it knew then), so the store's state is all it can tell.
+            return {"id": h.id, "state": str(h.record.get("state") or h.state),
+                    "fenced": False, "fencedInS": None, "lastHeartbeatAgoMs": None,
+                    "instances": []}
         fenced_in = h.fenced_in_s
         return {"id": h.id, "state": h.state,
                 "fenced": fenced_in is not None and fenced_in <= 0,
@@ -178,7 +196,22 @@ class DashboardFeed:
                 "raisedAt": _epoch(a.get("alarmRaisedTime")),
                 "clearedAt": _epoch(a.get("alarmClearedTime"))}
 
+    def _merge_stored_checkpoints(self) -> None:
+        """A follower gets no checkpoint events: the charts take the checkpoints the store
+        keeps (the last few per VNF), those newer than what they already show."""
+        for cp in sorted(self.m.view.checkpoints(),
+                         key=lambda c: float(c.get("createdAt") or 0)):
+            points = self.checkpoints.get(cp["vnfInstanceId"])
+            if not points or float(cp.get("createdAt") or 0) > points[-1][0]:
+                self._add_checkpoint(cp)
+
+    def cluster(self) -> dict[str, Any]:
+        """Who leads, and whether this member does (``GET /nfvha/v1/cluster``)."""
+        return cluster_view(self.m)
+
     def snapshot(self) -> dict[str, Any]:
+        if not self.m.acting:
+            self._merge_stored_checkpoints()
         view = self.m.view
         ids = view.host_ids()
         ops = sorted((self.op_view(o) for o in view.ops()),
@@ -189,6 +222,7 @@ class DashboardFeed:
         cleared = [a for a in alarms if a["clearedAt"] is not None][-_RECENT_ALARMS:]
         since = time.time() - WINDOW_S
         return {"now": time.time(), "window": WINDOW_S, "tick": TICK_S,
+                "cluster": self.cluster(),
                 "hosts": [self.host_view(h) for h in sorted(ids)],
                 "vnfs": [self.vnf_view(v) for v in view.vnfs()],
                 "alarms": active + cleared,
@@ -197,8 +231,11 @@ class DashboardFeed:
                                 for v, pts in self.checkpoints.items()}}
 
     def tick(self) -> dict[str, Any]:
-        return {"now": time.time(),
-                "hosts": [self._host_live(h) for h in self.m.view.live_host_ids()]}
+        """Ages and silences, and the leader. A follower's hosts change only with the
+        store (its snapshots): none here."""
+        return {"now": time.time(), "cluster": self.cluster(),
+                "hosts": [self._host_live(h) for h in self.m.view.live_host_ids()]
+                if self.m.acting else []}
 
     def item(self, ev: Event) -> dict[str, Any] | None:
         """One event as the page applies it (None: nothing the page shows)."""
@@ -238,19 +275,42 @@ class DashboardFeed:
 
     # -- the stream -------------------------------------------------------------------------
 
+    @staticmethod
+    def _content(snap: dict[str, Any]) -> str:
+        """What a snapshot shows, without its clock and the cluster view (ticks carry
+        that): equal for two reads of an unchanged store."""
+        return json.dumps({k: v for k, v in snap.items() if k not in ("now", "cluster")},
+                          sort_keys=True, default=str)
+
     async def stream(self) -> AsyncGenerator[str, None]:
         """Snapshot, then batches and ticks, until the client leaves (the response task
         is cancelled) or the manager shuts down. A gap in the event sequence (the
-        subscriber queue overflowed) is answered with a fresh snapshot."""
+        subscriber queue overflowed) is answered with a fresh snapshot; so is a change of
+        this member's role, and on a follower a change in the store (read every
+        ``FOLLOWER_REFRESH_S``), since no event tells of it there."""
         loop = asyncio.get_running_loop()
         with self.m.events.subscribe() as q:
-            yield _sse("snapshot", self.snapshot())
+            acting = self.m.acting
+            snap = self.snapshot()
+            shown = self._content(snap)
+            yield _sse("snapshot", snap)
             last_seq: int | None = None
             next_tick = loop.time() + TICK_S
+            next_refresh = loop.time() + FOLLOWER_REFRESH_S
             while not self.closing.is_set():
                 now = loop.time()
                 if now >= next_tick:
                     next_tick = now + TICK_S
+                    role_changed = self.m.acting != acting
+                    if role_changed or (not acting and now >= next_refresh):
+                        acting = self.m.acting
+                        next_refresh = now + FOLLOWER_REFRESH_S
+                        snap = self.snapshot()
+                        content = self._content(snap)
+                        if role_changed or content != shown:
+                            shown = content
+                            yield _sse("snapshot", snap)
+                            continue
                     yield _sse("tick", self.tick())
                     continue
                 try:
@@ -264,7 +324,9 @@ class DashboardFeed:
                 gap = last_seq is not None and events[0].seq != last_seq + 1
                 last_seq = events[-1].seq
                 if gap:
-                    yield _sse("snapshot", self.snapshot())
+                    snap = self.snapshot()
+                    shown = self._content(snap)
+                    yield _sse("snapshot", snap)
                     continue
                 items = self.batch(events)
                 if items:

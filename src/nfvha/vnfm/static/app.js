@@ -16,6 +16,8 @@
     hosts: new Map(), vnfs: new Map(), ops: new Map(), hostChanges: new Map(),
     alarms: new Map(), cps: new Map(), cpFailures: [], window: 600, skew: 0,
     snapshots: 0, batches: 0,
+    // GET /nfvha/v1/cluster of the member serving this page, from every snapshot and tick.
+    cluster: null,
   };
   window.nfvhaModel = model;
 
@@ -139,6 +141,7 @@
     if (!data) return;
     const msg = JSON.parse(data);
     if (typeof msg.now === "number") model.skew = msg.now - Date.now() / 1000;
+    if (msg.cluster) model.cluster = msg.cluster;
     if (event === "snapshot") {
       applySnapshot(msg);
       backoff = BACKOFF_MIN;
@@ -246,11 +249,43 @@
 
   function render() {
     $("clock").textContent = fmtTime(now());
+    renderLeader();
     renderHosts();
     renderVnfs();
     renderCharts();
     renderTimeline();
     renderAlarms();
+  }
+
+  // Who leads, and whether the member serving this page does. A follower serves the
+  // same data, read from the shared store (refreshed every 2 s); if this member becomes
+  // unreachable, the last leader it named is offered as a link.
+  function renderLeader() {
+    const el = $("leader"), c = model.cluster;
+    if (!c) { el.textContent = ""; return; }
+    const l = c.leader;
+    el.dataset.mode = c.mode;
+    el.dataset.member = c.member || "";
+    el.dataset.leading = c.leading ? "true" : "false";
+    el.dataset.leader = l ? l.member : "";
+    el.dataset.term = l ? String(l.term) : "";
+    el.classList.toggle("none", !l);
+    if (c.mode === "single") {
+      el.textContent = "single manager";
+      return;
+    }
+    const role = `<span class="role ${c.leading ? "leads" : ""}">this page: ${esc(c.member)}, ${
+      c.leading ? "the leader" : "a follower"}</span>`;
+    if (!l) {
+      el.innerHTML = `no leader: election under way, writes are refused · ${role}`;
+      return;
+    }
+    let html = `leader <b>${esc(l.member)}</b> · term ${esc(l.term)}${
+      l.since ? " · since " + esc(fmtTime(l.since)) : ""} · ${role}`;
+    if (document.body.dataset.conn === "disconnected" && !c.leading && l.url) {
+      html += ` · <a href="${esc(l.url)}/" rel="noreferrer">open the leader's dashboard</a>`;
+    }
+    el.innerHTML = html;
   }
 
   function renderHosts() {
@@ -269,7 +304,8 @@
                    data-state="${esc(h.state)}" data-fenced="${h.fenced ? "true" : "false"}">
         <div class="title"><span class="name">${esc(h.id)}</span>
           <span class="badge s-${esc(label)}">${esc(label)}</span></div>
-        <div class="meta">heartbeat ${fmtAge(h.lastHeartbeatAgoMs / 1000)} ago${esc(fencing)}</div>
+        <div class="meta">${h.lastHeartbeatAgoMs == null ? "heartbeats go to the leader"
+          : `heartbeat ${fmtAge(h.lastHeartbeatAgoMs / 1000)} ago`}${esc(fencing)}</div>
         <div class="meta">runs ${runs.length ? esc(runs.join(", ")) : "nothing"}${
           backs.length ? " · backup for " + esc(backs.join(", ")) : ""}</div>
         <div class="meta dim">${h.memAvailableBytes ? fmtBytes(h.memAvailableBytes) + " free · " : ""}${
