@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from nfvha.cli import DEFAULT_TESTBED, ManagerConn, _manager_conn, build_parser, main
@@ -34,7 +38,8 @@ def config(tmp_path: Path) -> Path:
 def test_the_config_file_alone(config: Path, tmp_path: Path) -> None:
     conn = _manager_conn(_args(), {"NFVHA_CONFIG": str(config)})
     # Relative files are relative to the config file.
-    assert conn == ManagerConn("https://config:8600", "from-config", str(tmp_path / "ca.pem"))
+    assert conn == ManagerConn(("https://config:8600",), "from-config",
+                           str(tmp_path / "ca.pem"))
 
 
 def test_the_default_config_file_is_under_xdg_config_home(config: Path,
@@ -50,7 +55,7 @@ def test_the_environment_beats_the_config_file(config: Path, tmp_path: Path) -> 
     env = {"NFVHA_CONFIG": str(config), "NFVHA_URL": "https://env:1",
            "NFVHA_TOKEN_FILE": _secret(tmp_path / "env-token", "from-env-file"),
            "NFVHA_CA_FILE": "/env/ca.pem"}
-    assert _manager_conn(_args(), env) == ManagerConn("https://env:1", "from-env-file",
+    assert _manager_conn(_args(), env) == ManagerConn(("https://env:1",), "from-env-file",
                                                       "/env/ca.pem")
     env["NFVHA_TOKEN"] = "from-env"  # the token itself beats a token file
     assert _manager_conn(_args(), env).token == "from-env"
@@ -60,17 +65,36 @@ def test_flags_beat_the_environment_and_the_config_file(config: Path, tmp_path: 
     env = {"NFVHA_CONFIG": str(config), "NFVHA_URL": "https://env:1", "NFVHA_TOKEN": "e"}
     args = _args("--url", "https://flag:2", "--token-file",
                  _secret(tmp_path / "flag-token", "from-flag"), "--ca-file", "/flag/ca.pem")
-    assert _manager_conn(args, env) == ManagerConn("https://flag:2", "from-flag",
+    assert _manager_conn(args, env) == ManagerConn(("https://flag:2",), "from-flag",
                                                    "/flag/ca.pem")
     # Each setting on its own: what the flags leave out comes from further down.
     conn = _manager_conn(_args("--url", "https://flag:2"), env)
-    assert conn == ManagerConn("https://flag:2", "e", str(tmp_path / "ca.pem"))
+    assert conn == ManagerConn(("https://flag:2",), "e", str(tmp_path / "ca.pem"))
 
 
 def test_flags_need_no_testbed(tmp_path: Path) -> None:
     args = _args("--url", "http://m:1", "--token-file", _secret(tmp_path / "t", "x"),
                  "--name", "nosuchtb")
-    assert _manager_conn(args, {"HOME": str(tmp_path)}) == ManagerConn("http://m:1", "x")
+    assert _manager_conn(args, {"HOME": str(tmp_path)}) == ManagerConn(("http://m:1",), "x")
+
+
+def test_a_cluster_from_each_source(config: Path, tmp_path: Path) -> None:
+    """Every member's URL, from a flag or NFVHA_URL (commas) or the config file (a list,
+    after the manager_url an older file has): the first is asked first."""
+    env = {"NFVHA_CONFIG": str(config), "NFVHA_TOKEN": "e"}
+    config.write_text(config.read_text() + "manager_urls: [https://c2:8600, https://c3:8600]\n")
+    assert _manager_conn(_args(), env).urls == (
+        "https://config:8600", "https://c2:8600", "https://c3:8600")
+    env["NFVHA_URL"] = "https://e1:1, https://e2:1/"
+    assert _manager_conn(_args(), env).urls == ("https://e1:1", "https://e2:1")
+    args = _args("--url", "https://f1:2,https://f2:2,https://f1:2")
+    assert _manager_conn(args, env).urls == ("https://f1:2", "https://f2:2")
+    # A source's URLs are taken whole: no member of another source is mixed in, and
+    # a stale variable does not spoil the flag that overrides it.
+    env["NFVHA_URL"] = "not a url"
+    assert _manager_conn(args, env).urls == ("https://f1:2", "https://f2:2")
+    with pytest.raises(NfvhaError, match="NFVHA_URL: manager URL 'not a url'"):
+        _manager_conn(_args(), env)
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -78,6 +102,9 @@ def test_flags_need_no_testbed(tmp_path: Path) -> None:
     ("- manager_url\n", "expected keys"),
     ("manager_url: [1]\n", "manager_url must be a string"),
     ("manager_url: 'http://m\n", "not YAML"),
+    ("manager_urls: http://m\n", "manager_urls must be a list of URLs"),
+    ("manager_urls: [http://m, 3]\n", "manager_urls must be a list of URLs"),
+    ("manager_urls: [http://m, 'ftp://x']\n", "manager URL 'ftp://x'"),
 ])
 def test_a_bad_config_file_says_what_is_wrong(tmp_path: Path, content: str,
                                               message: str) -> None:
@@ -130,3 +157,93 @@ def test_user_add_refuses_a_bad_name_with_a_message(tmp_path: Path,
     rc = main(["user", "add", "No.Way", "--role", "viewer", "--users-file",
                str(tmp_path / "u.yaml")])
     assert rc == 1 and "user name 'No.Way'" in capsys.readouterr().err
+
+
+# -- `nfvha status` against a manager cluster (stand-ins behind httpx.MockTransport) ----
+
+SINCE = 1_700_000_000.0
+_CLIENT = httpx.Client
+
+
+def _view(member: str, leader: str | None, term: int = 12) -> dict[str, Any]:
+    return {"mode": "cluster", "member": member, "url": f"https://{member}:8600",
+            "leading": member == leader, "election": "leader key held by someone",
+            "leader": None if leader is None else {
+                "member": leader, "url": f"https://{leader}:8600", "term": term,
+                "since": SINCE}}
+
+
+def _members(**views: dict[str, Any]) -> httpx.MockTransport:
+    """Managers by host: each answers its cluster view; the leader (the member whose view
+    says it leads) knows host h1 UP, a follower says DOWN (it hears no heartbeat)."""
+    def answer(request: httpx.Request) -> httpx.Response:
+        view = views[request.url.host]
+        if request.url.path == "/nfvha/v1/cluster":
+            return httpx.Response(200, json=view)
+        if request.url.path == "/nfvha/v1/hosts":
+            return httpx.Response(200, json=[{
+                "id": "h1", "state": "UP" if view["leading"] else "DOWN",
+                "lastHeartbeatAgoMs": 40, "instances": []}])
+        return httpx.Response(200, json=[])
+    return httpx.MockTransport(answer)
+
+
+def _status(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+            transport: httpx.MockTransport, urls: str, *extra: str) -> str:
+    monkeypatch.setattr(httpx, "Client", lambda **kw: _CLIENT(**{**kw, "transport": transport}))
+    rc = main(["status", "--url", urls, "--token-file", _secret(tmp_path / "t", "x"), *extra])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    return out
+
+
+def test_status_shows_the_leader_and_which_manager_answered(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    members = _members(m1=_view("m1", "m2"), m2=_view("m2", "m2"), m3=_view("m3", "m2"))
+    out = _status(monkeypatch, tmp_path, capsys, members,
+                  "https://m1:8600,https://m2:8600,https://m3:8600")
+    since = datetime.fromtimestamp(SINCE).strftime("%Y-%m-%d %H:%M:%S")
+    assert f"leader: m2 at https://m2:8600, term 12, since {since}" in out
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines()
+            if line.startswith("│") and "https://m" in line]
+    assert rows == [["m1", "https://m1:8600", "follower", "yes"],
+                    ["m2", "https://m2:8600", "leader", ""],
+                    ["?", "https://m3:8600", "", ""]]  # m3: not asked, nothing known
+    # The hosts were read from the leader, which hears them.
+    assert "│ h1   │ UP" in out
+    assert "follower, which hears no heartbeats" not in out
+
+    out = _status(monkeypatch, tmp_path, capsys, members,
+                  "https://m1:8600,https://m2:8600,https://m3:8600", "--json")
+    st = json.loads(out)
+    assert st["cluster"]["leader"] == {"member": "m2", "url": "https://m2:8600", "term": 12,
+                                       "since": SINCE}
+    assert [(x["member"], x["answered"], x["leader"]) for x in st["managers"]] == [
+        ("m1", True, False), ("m2", False, True), (None, False, False)]
+    assert [h["state"] for h in st["hosts"]] == ["UP"]
+
+
+def test_status_says_when_no_leader_can_be_reached(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = _status(monkeypatch, tmp_path, capsys, _members(m1=_view("m1", None)),
+                  "https://m1:8600")
+    assert "no leader" in out and "writes are refused" in out
+    assert "a follower, which hears no heartbeats" in out
+    # A leader that is not among the managers given: writes to it would be refused.
+    out = _status(monkeypatch, tmp_path, capsys, _members(m1=_view("m1", "m9")),
+                  "https://m1:8600")
+    assert "leader: m9 at https://m9:8600" in out
+    assert "not among the managers given" in out and "a follower" in out
+
+
+def test_status_of_a_single_manager_says_so_in_one_line(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    single = {"mode": "single", "member": None, "url": "http://127.0.0.1:8600",
+              "leading": True, "leader": {"member": "manager", "url": "http://127.0.0.1:8600",
+                                          "term": 0, "since": None}}
+    out = _status(monkeypatch, tmp_path, capsys, _members(mgr=single), "https://mgr:8600")
+    assert out.splitlines()[0] == "manager: https://mgr:8600 (single manager, no cluster)"
+    assert "managers" not in out and "leader" not in out

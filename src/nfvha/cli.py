@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from nfvha.client import ManagerClient
     from nfvha.ha.election import LeaderElection
     from nfvha.store.etcd import EtcdStore
+    from nfvha.testbed import Testbed
 
 __all__ = ["main"]
 
@@ -261,16 +262,33 @@ def cmd_testbed(args: argparse.Namespace) -> int:
 
 
 DEFAULT_TESTBED = "nfvha"
-_CONFIG_KEYS = ("manager_url", "token_file", "ca_file")
+_CONFIG_KEYS = ("manager_url", "manager_urls", "token_file", "ca_file")
 
 
 @dataclass(frozen=True)
 class ManagerConn:
-    """Where the CLI finds the manager and what it proves itself with."""
+    """Where the CLI finds the manager (every member of a manager cluster, the first
+    asked first) and what it proves itself with."""
 
-    url: str
+    urls: tuple[str, ...]
     token: str
     ca_file: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+
+def _urls(value: str | list[str] | tuple[str, ...], source: str) -> tuple[str, ...]:
+    """Manager URLs as given by ``source`` (a flag, a variable, a file): one string with
+    commas, or a list; a bad one is named with where it came from."""
+    from nfvha.client import manager_urls
+    from nfvha.errors import ConfigError
+
+    try:
+        return manager_urls(value)
+    except ConfigError as exc:
+        raise NfvhaError(f"{source}: {exc}") from None
 
 
 def config_path(env: Mapping[str, str]) -> tuple[Path, bool]:
@@ -283,9 +301,13 @@ def config_path(env: Mapping[str, str]) -> tuple[Path, bool]:
     return base / "nfvha" / "config.yaml", False
 
 
-def load_config(path: Path, required: bool) -> dict[str, str]:
-    """``manager_url``, ``token_file``, ``ca_file`` of a config file (relative files are
-    relative to it); an unknown key is an error, since a typo would silently not apply."""
+def load_config(path: Path, required: bool) -> dict[str, Any]:
+    """``manager_urls``, ``token_file``, ``ca_file`` of a config file (relative files are
+    relative to it); an unknown key is an error, since a typo would silently not apply.
+
+    The managers are ``manager_url`` (one URL, or several with commas: the only key
+    before manager clusters) followed by the list ``manager_urls``, duplicates dropped:
+    an old file keeps working, and a file may name one manager or a whole cluster."""
     import yaml
 
     try:
@@ -306,32 +328,52 @@ def load_config(path: Path, required: bool) -> dict[str, str]:
     if unknown:
         raise NfvhaError(f"config file {path}: unknown key(s) {', '.join(unknown)}; it takes "
                          f"{', '.join(_CONFIG_KEYS)}")
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
+    urls: list[str] = []
     for key in _CONFIG_KEYS:
         value = data.get(key)
         if value is None:
             continue
+        if key == "manager_urls":
+            if not isinstance(value, list) or not value \
+                    or not all(isinstance(u, str) and u for u in value):
+                raise NfvhaError(f"config file {path}: manager_urls must be a list of URLs, "
+                                 f"not {value!r}")
+            urls.extend(value)
+            continue
         if not isinstance(value, str) or not value:
             raise NfvhaError(f"config file {path}: {key} must be a string, not {value!r}")
-        out[key] = str(path.parent / value) if key != "manager_url" else value
+        if key == "manager_url":
+            urls.insert(0, value)
+        else:
+            out[key] = str(path.parent / value)
+    if urls:
+        out["manager_urls"] = _urls(urls, f"config file {path}")
     return out
 
 
 def _manager_conn(args: argparse.Namespace,
                   env: Mapping[str, str] | None = None) -> ManagerConn:
-    """Manager URL, token and CA, each from the first source that has it: flags
+    """Manager URLs, token and CA, each from the first source that has it: flags
     (``--url``, ``--token-file``, ``--ca-file``; an explicit ``--name`` testbed counts as
     a flag), then the environment (``NFVHA_URL``, ``NFVHA_TOKEN`` or ``NFVHA_TOKEN_FILE``,
-    ``NFVHA_CA_FILE``), then the config file, then the testbed `nfvha up` started."""
+    ``NFVHA_CA_FILE``), then the config file, then the testbed `nfvha up` started.
+
+    The managers come whole from one source (``--url`` and ``NFVHA_URL`` may hold several,
+    with commas): a cluster named on the command line is not merged with another one in
+    a file."""
     env = os.environ if env is None else env
     name = getattr(args, "name", None)
     # (is it a testbed, its values): a testbed is looked up only while URL or token are
-    # missing, so a flag-given manager works with no testbed on the machine.
+    # missing, so a flag-given manager works with no testbed on the machine. URLs given as
+    # text are checked when taken, so a stale NFVHA_URL does not break --url.
     layers: list[tuple[bool, Callable[[], dict[str, Any]]]] = [
-        (False, lambda: {"manager_url": args.url, "token_file": args.token_file,
+        (False, lambda: {"manager_url": args.url, "source": "--url",
+                         "token_file": args.token_file,
                          "ca_file": getattr(args, "ca_file", None)}),
         *([(True, lambda: _testbed_layer(name))] if name else []),
-        (False, lambda: {"manager_url": env.get("NFVHA_URL"), "token": env.get("NFVHA_TOKEN"),
+        (False, lambda: {"manager_url": env.get("NFVHA_URL"), "source": "NFVHA_URL",
+                         "token": env.get("NFVHA_TOKEN"),
                          "token_file": env.get("NFVHA_TOKEN_FILE"),
                          "ca_file": env.get("NFVHA_CA_FILE")}),
         (False, lambda: load_config(*config_path(env))),
@@ -339,23 +381,27 @@ def _manager_conn(args: argparse.Namespace,
     ]
     found: dict[str, Any] = {}
     for is_testbed, layer in layers:
-        if is_testbed and "manager_url" in found and "token" in found:
+        if is_testbed and "manager_urls" in found and "token" in found:
             continue
         values = layer()
-        for key in ("manager_url", "ca_file"):
-            if values.get(key) and key not in found:
-                found[key] = values[key]
+        if "manager_urls" not in found:
+            if values.get("manager_urls"):
+                found["manager_urls"] = tuple(values["manager_urls"])
+            elif values.get("manager_url"):
+                found["manager_urls"] = _urls(values["manager_url"], values["source"])
+        if values.get("ca_file") and "ca_file" not in found:
+            found["ca_file"] = values["ca_file"]
         if "token" not in found:
             if values.get("token"):
                 found["token"] = values["token"]
             elif values.get("token_file"):
                 found["token"] = _token_from(Path(values["token_file"]))
-    if "manager_url" not in found or "token" not in found:
+    if "manager_urls" not in found or "token" not in found:
         raise NfvhaError("no manager to talk to: give --url and --token-file, set NFVHA_URL "
                          "and NFVHA_TOKEN_FILE, write them in a config file "
                          f"({config_path(env)[0]}, or NFVHA_CONFIG), or start a testbed "
                          "with `nfvha up`")
-    return ManagerConn(found["manager_url"], found["token"], found.get("ca_file"))
+    return ManagerConn(found["manager_urls"], found["token"], found.get("ca_file"))
 
 
 def _token_from(path: Path) -> str:
@@ -382,8 +428,15 @@ def _testbed_layer(name: str, *, required: bool = True) -> dict[str, Any]:
         return {}
     if not tb.with_manager:
         raise NfvhaError(f"testbed {name} runs no manager; start one with `nfvha up`")
-    return {"manager_url": tb.manager_url, "token": tb.operator_token or tb.token,
+    return {"manager_urls": _testbed_urls(tb), "token": tb.operator_token or tb.token,
             "ca_file": str(tb.ca_file) if tb.tls else None}
+
+
+def _testbed_urls(tb: Testbed) -> list[str]:
+    """Every manager of a testbed: each member of its manager cluster (a testbed that
+    runs one has ``manager_urls``), else its one manager."""
+    urls = getattr(tb, "manager_urls", None)
+    return list(urls) if urls else [tb.manager_url]
 
 
 def _verify(ca_file: str | None) -> ssl.SSLContext | bool:
@@ -407,10 +460,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         await tb.up()
         ca = str(tb.ca_file) if tb.tls else None  # the cluster's CA
         config = tb.dir / "config.yaml"
+        urls = _testbed_urls(tb)
+        # manager_url (the first) too: what a config file held before manager clusters.
         _write_private(config, json.dumps({"manager_url": tb.manager_url,
+                                           "manager_urls": urls,
                                            "token_file": str(tb.operator_token_file),
                                            "ca_file": ca}, indent=2) + "\n")
-        info = {"manager_url": tb.manager_url, "token_file": str(tb.operator_token_file),
+        info = {"manager_url": tb.manager_url, "manager_urls": urls,
+                "token_file": str(tb.operator_token_file),
                 "viewer_token_file": str(tb.viewer_token_file), "ca_file": ca,
                 "config_file": str(config),
                 "dashboard_url": f"{tb.manager_url}/#token={tb.viewer_token}",
@@ -419,7 +476,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(info, indent=2))
         else:
-            print(f"manager: {tb.manager_url}")
+            print(f"manager: {tb.manager_url}" if len(urls) == 1
+                  else f"managers: {', '.join(urls)} (a cluster: `nfvha status` says who leads)")
             if tb.tls:
                 print(f"  TLS, CA certificate: {tb.ca_file}")
             print(f"  operator credential: {tb.operator_token_file}")
@@ -477,7 +535,11 @@ def _manager(args: argparse.Namespace) -> Iterator[ManagerClient]:
     from nfvha.client import ManagerClient, ManagerUnreachable
 
     conn = _manager_conn(args)
-    with ManagerClient(conn.url, conn.token, verify=_verify(conn.ca_file), timeout=30) as m:
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # "requests now go to <leader>" at every command of a cluster whose first URL
+        # is not the leader's: noise for a one-shot command (`nfvha status` says who leads).
+        logging.getLogger("nfvha.follow").setLevel(logging.WARNING)
+    with ManagerClient(conn.urls, conn.token, verify=_verify(conn.ca_file), timeout=30) as m:
         try:
             yield m
         except ManagerUnreachable as exc:
@@ -501,12 +563,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         st = m.status()
     hosts, vnfs, alarms = st["hosts"], st["vnfs"], st["alarms"]
     if args.json:
-        print(json.dumps({"hosts": hosts, "vnfs": vnfs, "alarms": alarms}, indent=2))
+        print(json.dumps(st, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
     con = Console()
+    _print_cluster(con, st["cluster"], st["managers"])
     t = Table(title="hosts")
     for c in ("host", "state", "heartbeat ago", "instances"):
         t.add_column(c)
@@ -525,6 +588,59 @@ def cmd_status(args: argparse.Namespace) -> int:
         con.print(f"[red]ALARM[/] {a['perceivedSeverity']} {a['faultType']}: "
                   f"{a['probableCause']}")
     return 0
+
+
+def _ago(epoch: float, now: float) -> str:
+    s = max(0.0, now - epoch)
+    return (f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200
+            else f"{s / 3600:.0f} h" if s < 172800 else f"{s / 86400:.0f} d")
+
+
+def _print_cluster(con: Any, view: dict[str, Any] | None,
+                   managers: list[dict[str, Any]]) -> None:
+    """Who leads, first: in a cluster the leader (member, URL, term, since) and each
+    configured manager, with the one that answered; alone, one line."""
+    import time
+    from datetime import datetime
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    answered = next((x for x in managers if x["answered"]), None)
+    if view is None:  # a manager from before clusters
+        return
+    if view.get("mode") != "cluster":
+        con.print(f"manager: {escape(answered['url'] if answered else view.get('url', ''))}"
+                  " [dim](single manager, no cluster)[/]", soft_wrap=True)
+        return
+    leader = view.get("leader")
+    if leader is None:
+        con.print("[bold red]no leader[/]: an election is under way, or etcd has no quorum; "
+                  "writes are refused until one is elected"
+                  + (f" [dim](election: {escape(str(view['election']))})[/]"
+                     if view.get("election") else ""))
+    else:
+        since = leader.get("since")
+        when = "" if not since else (
+            f", since {datetime.fromtimestamp(since).strftime('%Y-%m-%d %H:%M:%S')} "
+            f"({_ago(since, time.time())} ago)")
+        con.print(f"leader: [bold]{escape(leader['member'])}[/] at {escape(leader['url'])}, "
+                  f"term {leader['term']}{when}", soft_wrap=True)
+    t = Table(title="managers")
+    for c in ("member", "url", "role", "answered"):
+        t.add_column(c)
+    for x in managers:
+        role = "leader" if x["leader"] else "follower" if x["answered"] else ""
+        t.add_row(x["member"] or "?", x["url"], role, "yes" if x["answered"] else "")
+    con.print(t)
+    if leader is not None and not any(x["leader"] for x in managers):
+        con.print(f"[yellow]the leader {escape(leader['member'])} ({escape(leader['url'])}) is "
+                  "not among the managers given: writes are refused (the token is sent to "
+                  "configured managers only); add it to --url, NFVHA_URL or manager_urls[/]")
+    if answered is not None and not any(x["leader"] for x in managers):
+        con.print(f"[yellow]read from {escape(answered['member'] or answered['url'])}, a "
+                  "follower, which hears no heartbeats: host states below may not be the "
+                  "leader's[/]")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -784,8 +900,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
-        c.add_argument("--url", default=None,
-                       help="manager URL (else NFVHA_URL, the config file, the testbed's)")
+        c.add_argument("--url", default=None, metavar="URL[,URL...]",
+                       help="manager URL, or every member's of a manager cluster, comma "
+                            "separated: requests go to the leader (else NFVHA_URL, the "
+                            "config file, the testbed's)")
         c.add_argument("--token-file", default=None,
                        help="credential (else NFVHA_TOKEN[_FILE], the config file, the "
                             "testbed's operator credential)")

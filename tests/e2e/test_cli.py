@@ -83,6 +83,13 @@ vnfd:
     status = jcall("status")
     assert [v["haState"] for v in status["vnfs"]] == ["ACTIVE"]
     assert {h["state"] for h in status["hosts"]} == {"UP"}
+    # One manager: it leads, and says it is no cluster.
+    assert status["cluster"]["mode"] == "single"
+    assert status["managers"] == [{"url": cluster["manager_url"], "member": "manager",
+                                   "answered": True, "leader": True}]
+    text = nfvha("status", "--name", NAME).stdout
+    assert text.splitlines()[0] == (f"manager: {cluster['manager_url']} "
+                                    "(single manager, no cluster)")
 
 
 def test_operator_and_viewer_credentials_of_nfvha_up(cluster: dict[str, Any],
@@ -94,6 +101,7 @@ def test_operator_and_viewer_credentials_of_nfvha_up(cluster: dict[str, Any],
     assert Path(cluster["ca_file"]).is_file()  # the testbed's CA: its daemons use TLS
     config = json.loads(Path(cluster["config_file"]).read_text())
     assert config == {"manager_url": cluster["manager_url"],
+                      "manager_urls": [cluster["manager_url"]],
                       "token_file": cluster["token_file"], "ca_file": cluster["ca_file"]}
     cfg_env = {**os.environ, "NFVHA_CONFIG": cluster["config_file"]}
     base = cluster["subnet"].split(".0.0/")[0]
