@@ -1,8 +1,11 @@
-"""Acceptance of the dashboard: headless Chromium watches a real host crash, live.
+"""Acceptance of the dashboard: headless Chromium watches a real host crash, live, and
+a leader change of a manager cluster.
 
 The page is opened once; the host is crashed through the testbed; the test reads what
 the page shows (its DOM, as a person would see it) until the host is down and the VNF is
 ACTIVE on another host with the recovery in the timeline — never reloading the page.
+The cluster test opens the page on a follower of two managers on a real etcd, and
+watches it show the leader's work and then the follower taking over.
 """
 
 from __future__ import annotations
@@ -12,16 +15,28 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 
-from tests.conftest import REPO
+from nfvha.ha.election import ElectionTimings, LeaderElection
+from nfvha.store import EtcdStore
+from nfvha.store.etcd import EtcdClient
+from nfvha.vnfm.api import create_manager_app
+from nfvha.vnfm.manager import Manager, ManagerConfig
+from tests.conftest import REPO, TEST_PREFIX
 from tests.e2e import test_manager as tm
+from tests.etcdmember import FAST_LEASES, etcd_process
+from tests.test_store_contract import wipe_etcd_prefix
 
 mgr = tm.mgr  # the testbed-with-manager fixture, shared
 CHROMIUM = "/usr/bin/chromium"
@@ -47,6 +62,8 @@ return {
       text: e.innerText})),
   hostEvents: q('#timeline li[data-kind=host]').map(e =>
     ({host: e.dataset.host, state: e.dataset.state})),
+  leader: {...document.getElementById('leader').dataset,
+           text: document.getElementById('leader').innerText},
   charts: q('#charts figure').map(e => e.dataset.vnf),
   chartPoints: Object.fromEntries(q('#charts figure').map(e =>
     [e.dataset.vnf, Number(e.dataset.checkpoints)])),
@@ -139,6 +156,9 @@ def test_dashboard_shows_host_crash_and_remote_restore_live(
                         and p["vnfs"].get("fm-d") == {"state": "ACTIVE", "host": home}
                         and p["charts"] == ["fm-d"], 20, f"3 UP hosts and fm-d on {home}")
     assert "token" not in browser.current_url  # taken out of the address bar
+    # One manager: it leads, and the header says there is no cluster.
+    assert before["leader"]["mode"] == "single" and before["leader"]["leading"] == "true"
+    assert before["leader"]["text"] == "single manager"
 
     asyncio.run(mgr.tb.crash_host(home))
     crashed = time.monotonic()
@@ -175,3 +195,115 @@ def test_dashboard_shows_host_crash_and_remote_restore_live(
     print(f"\ndashboard: page live in {crashed - started:.1f} s; after crashing {home}, "
           f"showed fm-d ACTIVE on {after['vnfs']['fm-d']['host']} {shown:.1f} s later, "
           f"without reload; screenshot {SCREENSHOT}")
+
+
+# -- a manager cluster: the page on a follower, through a leader change -------------------
+
+
+@dataclass
+class Member:
+    name: str
+    url: str
+    manager: Manager
+    app: Any
+    server: uvicorn.Server
+    serving: asyncio.Task[None]
+
+
+class Members:
+    """Members of one manager cluster on a real etcd (1 s leases), each serving its API
+    and dashboard on a port of 127.0.0.1, the URL it advertises."""
+
+    def __init__(self, etcd: str) -> None:
+        self.etcd = etcd
+        self.prefix = f"/{TEST_PREFIX}/{uuid.uuid4().hex}"
+        self.running: dict[str, Member] = {}
+
+    async def start(self, name: str) -> Member:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        election = LeaderElection(EtcdClient([self.etcd], timeout=0.3),
+                                  f"{self.prefix}/leader", name, 1, url=url,
+                                  timings=ElectionTimings.from_ttl(1, poll_interval=0.02))
+        m = Manager(EtcdStore([self.etcd], prefix=self.prefix),
+                    ManagerConfig(token="t", base_url=url), election=election)
+        await m.start()
+        app = create_manager_app(m, manage_lifecycle=False)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="error",
+                                               timeout_graceful_shutdown=2))
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        self.running[name] = Member(name, url, m, app, server, serving)
+        return self.running[name]
+
+    async def stop(self, name: str) -> None:
+        """As `nfvha manager` stops: open dashboard streams end, the member resigns (the
+        other one takes over at once)."""
+        x = self.running.pop(name)
+        for hook in getattr(x.app.state, "on_stop", []):
+            hook()
+        x.server.should_exit = True
+        await x.manager.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(x.serving, 5)
+        assert x.manager.election is not None
+        x.manager.election.client.close()
+        x.manager.store.close()
+
+
+@pytest.fixture(scope="module")
+def fast_etcd() -> Iterator[str]:
+    with etcd_process(extra_args=FAST_LEASES) as member:
+        yield member.url
+
+
+@pytest.fixture
+async def members(fast_etcd: str) -> AsyncIterator[Members]:
+    ms = Members(fast_etcd)
+    try:
+        yield ms
+    finally:
+        for name in list(ms.running):
+            await ms.stop(name)
+        wipe_etcd_prefix(fast_etcd, ms.prefix)
+
+
+async def test_dashboard_on_a_follower_shows_the_leader_and_carries_on_when_it_takes_over(
+        members: Members, browser: Any) -> None:
+    m1 = await members.start("m1")
+    deadline = time.monotonic() + 3
+    while not m1.manager.acting:
+        assert time.monotonic() < deadline, "m1 did not lead"
+        await asyncio.sleep(0.02)
+    m2 = await members.start("m2")
+
+    def wait(cond: Any, timeout: float, what: str) -> Any:
+        return asyncio.to_thread(_wait_page, browser, cond, timeout, what)
+
+    await asyncio.to_thread(browser.get, f"{m2.url}/#token=t")
+    before = await wait(lambda p: p["conn"] == "live" and p["leader"].get("leader") == "m1",
+                        10, "the page on m2 live, naming m1 the leader")
+    assert before["leader"]["mode"] == "cluster" and before["leader"]["member"] == "m2"
+    assert before["leader"]["leading"] == "false"
+    assert "leader m1" in before["leader"]["text"] and "m2, a follower" in before["leader"]["text"]
+    term = int(before["leader"]["term"])
+
+    # The leader's work reaches the follower's page, though no event does.
+    async with httpx.AsyncClient(base_url=m1.url, headers={"Authorization": "Bearer t"}) as c:
+        assert (await c.post("/nfvha/v1/vnfds", json={
+            "id": "fw", "command": ["sleep", "1000"],
+            "network": {"address": "10.9.1.10/16"}, "ha": {"backups": 0}})).status_code == 201
+        r = await c.post("/vnflcm/v1/vnf_instances",
+                         json={"vnfdId": "fw", "vnfInstanceId": "fw-1"})
+        assert r.status_code == 201, r.text
+    await wait(lambda p: "fw-1" in p["vnfs"], 5, "fw-1, created on the leader")
+
+    # The leader goes; m2 takes over and its page says so, without a reload.
+    await members.stop("m1")
+    after = await wait(lambda p: p["leader"].get("leading") == "true", 5,
+                       "m2 named the leader")
+    assert after["leader"]["leader"] == "m2" and int(after["leader"]["term"]) > term
+    assert "m2, the leader" in after["leader"]["text"]
+    assert after["page"] == before["page"], "the page was reloaded"
+    assert after["conn"] == "live" and "fw-1" in after["vnfs"]
+    await asyncio.to_thread(browser.save_screenshot, str(LOGS / "dashboard-cluster.png"))

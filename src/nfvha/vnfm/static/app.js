@@ -281,7 +281,7 @@
       return;
     }
     let html = `leader <b>${esc(l.member)}</b> · term ${esc(l.term)}${
-      l.since ? " · since " + esc(fmtTime(l.since)) : ""} · ${role}`;
+      l.since ? " · since " + esc(fmtTime(l.since).slice(0, 8)) : ""} · ${role}`;
     if (document.body.dataset.conn === "disconnected" && !c.leading && l.url) {
       html += ` · <a href="${esc(l.url)}/" rel="noreferrer">open the leader's dashboard</a>`;
     }
