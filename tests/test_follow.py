@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import httpx
@@ -187,3 +188,32 @@ def test_split_urls_reads_a_command_line_list() -> None:
     for bad in ("", "m1:8600", "ftp://m1", f"{M1},http://"):
         with pytest.raises(ConfigError):
             split_urls(bad)
+
+
+async def test_a_leader_change_is_logged_once_and_members_tried_in_vain_not_at_all(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now_leading = ["m1"]
+
+    def member(name: str) -> Handler:
+        def handler(request: httpx.Request) -> httpx.Response:
+            if now_leading[0] == name:
+                return leader(request)
+            return redirect_to(f"http://{now_leading[0]}:8600")(request)
+        return handler
+
+    cluster = Cluster(m1=member("m1"), m2=member("m2"))
+    f = LeaderFollower([M1, M2])
+    with caplog.at_level(logging.INFO, logger="nfvha.follow"):
+        async with cluster.client() as c:
+            await f.send(c, "POST", "/x")
+            now_leading[0] = "m2"
+            for _ in range(3):
+                await f.send(c, "POST", "/x")
+        assert [r.getMessage() for r in caplog.records] == [
+            f"manager requests are answered by {M2} now (before: {M1})"]
+        caplog.clear()
+        async with Cluster().client() as c:  # every manager down, reports go on failing
+            for _ in range(5):
+                with pytest.raises(httpx.ConnectError):
+                    await f.send(c, "POST", "/x", idempotent=True)
+        assert caplog.records == []

@@ -184,7 +184,7 @@ class Attempts:
         if r.status_code == 503:
             self._unavailable = r
             return self._next(None)
-        self._f.remember(self.index)
+        self._f.remember(self.index, answered=True)
         return r
 
     def failed(self, exc: httpx.TransportError) -> httpx.Response | None:
@@ -226,6 +226,7 @@ class LeaderFollower:
         self.tries = max(1, tries if tries is not None else len(self.urls))
         self.max_hops = len(self.urls) + 1
         self.current = 0
+        self._answered_by: int | None = None  # the member that gave the last answer
         self._warned: set[tuple[str, str, int]] = set()
 
     @property
@@ -236,11 +237,16 @@ class LeaderFollower:
     def url_for(self, i: int, path: str) -> str:
         return self.urls[i] + path
 
-    def remember(self, i: int) -> None:
-        if i != self.current:
-            log.info("manager requests now go to %s (was %s)", self.urls[i],
-                     self.urls[self.current])
-            self.current = i
+    def remember(self, i: int, *, answered: bool = False) -> None:
+        """The next request starts at member ``i``. Logged only when another member than
+        before gives an answer (a leader change), not at each member tried in vain: with
+        every manager down, a reporter twice a second would log a line per member."""
+        self.current = i
+        if answered and i != self._answered_by:
+            if self._answered_by is not None:
+                log.info("manager requests are answered by %s now (before: %s)",
+                         self.urls[i], self.urls[self._answered_by])
+            self._answered_by = i
 
     def refused(self, r: httpx.Response) -> RedirectRefused:
         """The error for a redirect not followed; logged once per place it pointed to (a
