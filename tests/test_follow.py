@@ -147,6 +147,22 @@ async def test_a_post_that_may_have_arrived_is_resent_only_when_idempotent() -> 
     assert r.status_code == 200 and cluster.hosts_seen() == ["m1", "m1", "m2"]
 
 
+async def test_a_503_after_part_of_the_work_is_resent_only_when_idempotent() -> None:
+    def lost_term(request: httpx.Request) -> httpx.Response:
+        # A leader that lost its term mid-request: perhaps done in part, so not a
+        # member's "no leader" (which comes before anything is done).
+        return httpx.Response(503, json={"status": 503, "title": "Leadership changed"})
+
+    cluster = Cluster(m1=lost_term, m2=leader)
+    f = LeaderFollower([M1, M2])
+    async with cluster.client() as c:
+        r = await f.send(c, "POST", "/vnflcm/v1/vnf_instances/x/heal", json={})
+        assert r.status_code == 503 and cluster.hosts_seen() == ["m1"]
+        f.current = 0
+        r = await f.send(c, "POST", "/nfvha/v1/events", json={}, idempotent=True)
+    assert r.status_code == 200 and cluster.hosts_seen() == ["m1", "m1", "m2"]
+
+
 def test_the_sync_variant_makes_the_same_decisions() -> None:
     cluster = Cluster(m1=no_leader, m2=redirect_to(M3, 308), m3=leader)
     f = LeaderFollower([M1, M2, M3])
