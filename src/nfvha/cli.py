@@ -660,7 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--liveness-key-file", default=None,
                    help="this host's heartbeat keys (`nfvha pki issue --role agent`)")
     _tls_args(a)
-    a.add_argument("--manager", default=None, help="manager URL for heartbeats and events")
+    a.add_argument("--manager", default=None, metavar="URL[,URL...]",
+                   help="the manager's URL for status reports and events; of a manager "
+                        "cluster: every member's (reports go to the leader, the guard's UDP "
+                        "heartbeats to all, each at its URL's host and port)")
     a.add_argument("--heartbeat-interval", type=float,
                    default=DEFAULT_TIMINGS.heartbeat_interval,
                    help="liveness heartbeats of the host's lease guard (UDP)")
