@@ -27,6 +27,8 @@ from nfvha.web import DEFAULT_MAX_BODY
 
 if TYPE_CHECKING:
     from nfvha.client import ManagerClient
+    from nfvha.ha.election import LeaderElection
+    from nfvha.store.etcd import EtcdStore
 
 __all__ = ["main"]
 
@@ -170,15 +172,41 @@ def cmd_manager(args: argparse.Namespace) -> int:
             "credentials with `nfvha user add NAME --role operator --users-file FILE`")
     # Dashboard streams end at a stop by themselves (app.state.on_stop); a request
     # still open after this is cut short rather than hold the stop up.
+    election = None
+    if args.member_id is not None and not args.store:
+        raise NfvhaError("--member-id needs --store etcd://...: the members of a manager "
+                         "cluster share their state in etcd")
     if args.store:
         from nfvha.store.etcd import EtcdStore
 
-        # One manager on etcd, as on SQLite: leader election (issue 14) is not here yet.
-        store: StateStore = EtcdStore.from_url(
+        etcd = EtcdStore.from_url(
             args.store, tls=tls if args.store.startswith("etcd+https://") else None)
+        store: StateStore = etcd
+        if args.member_id is not None:
+            election = _election(args, etcd, cfg.base_url, tls)
     else:
         store = SqliteStore(args.db)
-    return _serve(create_manager_app(Manager(store, cfg)), args, shutdown_timeout=3)
+    return _serve(create_manager_app(Manager(store, cfg, election=election)), args,
+                  shutdown_timeout=3)
+
+
+def _election(args: argparse.Namespace, store: EtcdStore, url: str,
+              tls: TlsConfig | None) -> LeaderElection:
+    """The member's campaign: its own etcd client, whose requests time out within one
+    keepalive interval (a slow member is abandoned, the next one tried)."""
+    import re
+
+    from nfvha.ha.election import ElectionTimings, LeaderElection
+    from nfvha.store.etcd import EtcdClient
+
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", args.member_id):
+        raise NfvhaError(f"--member-id {args.member_id!r}: use a DNS label (a-z, 0-9, '-')")
+    timings = ElectionTimings.from_ttl(args.election_ttl)
+    client = EtcdClient(store.client.endpoints,
+                        tls=tls if args.store.startswith("etcd+https://") else None,
+                        timeout=timings.renew_interval)
+    return LeaderElection(client, f"{store.prefix}/leader", args.member_id,
+                          args.election_ttl, url=url, timings=timings)
 
 
 def _reserved(items: list[str]) -> dict[str, str]:
@@ -739,6 +767,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the state in etcd instead of --db: etcd://HOST:PORT[,HOST:PORT"
                         "...][/PREFIX], or etcd+https://... with --tls-cert/--tls-key/--tls-ca"
                         " (default prefix /nfvha/default)")
+    m.add_argument("--member-id", default=None, metavar="ID",
+                   help="run as member ID of a manager cluster on --store etcd://...: the "
+                        "members elect a leader, which alone acts; the others serve reads "
+                        "and send writes to it (a DNS label, unique in the cluster)")
+    m.add_argument("--election-ttl", type=int, default=1, metavar="SECONDS",
+                   help="the leader's lease in etcd (whole seconds): a dead leader is "
+                        "replaced within about this long (default: 1; etcd's "
+                        "--election-timeout must be well below it)")
     m.add_argument("--token-file", default=None, help="the operators' bearer token")
     m.add_argument("--liveness-secret-file", default=None,
                    help="the cluster's liveness secret (liveness.secret of `nfvha pki init`): "

@@ -73,6 +73,7 @@ __all__ = [
     "InvalidRequest",
     "MethodNotAllowed",
     "NfvhaError",
+    "NotLeader",
     "ResourceNotFound",
     "RestoreError",
     "SandboxError",
@@ -121,6 +122,18 @@ class ConfigError(NfvhaError):
     """The configuration or the machine cannot support the request."""
 
     problem_type = PROBLEM_PREFIX + "config"
+
+
+class NotLeader(NfvhaError):
+    """This manager may not act: it is a follower in a manager cluster, or it has just
+    lost the leadership. The request goes to the leader (``leader_url``, when one is
+    known) or is retried once one is elected."""
+
+    problem_type = PROBLEM_PREFIX + "not-leader"
+
+    def __init__(self, detail: str, *, leader_url: str | None = None) -> None:
+        super().__init__(detail)
+        self.leader_url = leader_url
 
 
 class DescriptorError(NfvhaError):

@@ -22,10 +22,12 @@ from nfvha.errors import (
     InstanceStateError,
     InvalidRequest,
     NfvhaError,
+    NotLeader,
 )
-from nfvha.store.base import ConflictError, StoreError
+from nfvha.store.base import ConflictError, LeadershipLost, StoreError
 from nfvha.tls import caller
 from nfvha.vnfm.auth import Authenticator
+from nfvha.vnfm.cluster import LeaderOnlyWrites, cluster_view, not_leader_response
 from nfvha.vnfm.dashboard import dashboard_router
 from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -127,6 +129,7 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
                   lifespan=lifespan,
                   responses=problem_responses(400, 401, 404, 409, 413, 422))
     app.add_middleware(BodyLimit, max_bytes=manager.cfg.max_body)
+    app.add_middleware(LeaderOnlyWrites, manager=manager)  # outermost: added last
     # The one seam of roles: every route below names the role it needs (docs/api.md).
     authn = Authenticator(manager.cfg.token, manager.cfg.users_file)
     read = [Depends(authn.viewer)]
@@ -156,6 +159,8 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
             return problem(409, "Address in use", str(exc), of=exc)
         if isinstance(exc, ConflictError):
             return problem(409, "Conflict", str(exc), of=exc)
+        if isinstance(exc, NotLeader | LeadershipLost):
+            return not_leader_response(manager, exc if isinstance(exc, NotLeader) else None)
         if isinstance(exc, StoreError):
             return problem(503, "State store unavailable", str(exc), of=exc)
         log.exception("unclassified error", exc_info=exc)
@@ -183,6 +188,11 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"ok": True}
+
+    @app.get("/nfvha/v1/cluster", dependencies=read)
+    async def cluster() -> dict[str, Any]:
+        """This member and the leader (every member answers; `docs/api.md`)."""
+        return cluster_view(manager)
 
     @app.get("/metrics", dependencies=read, response_class=Response)
     async def metrics() -> Response:

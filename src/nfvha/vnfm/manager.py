@@ -39,6 +39,8 @@ import httpx
 
 from nfvha.dataplane.client import ForwarderClient
 from nfvha.descriptor import HaPolicy, VnfDescriptor, parse_descriptor
+from nfvha.errors import NotLeader
+from nfvha.ha.election import LeaderElection, Transition
 from nfvha.ha.fault import FaultTimings, HeartbeatDetector, HostState
 from nfvha.ha.fencing import FenceDriver
 from nfvha.ha.lifecycle import IllegalTransition, VnfState, check_transition
@@ -68,6 +70,7 @@ from nfvha.ha.recovery import decide, strategy_chain
 from nfvha.logs import decision as log_decision
 from nfvha.nfvo.placement import HostView
 from nfvha.store.base import StateStore
+from nfvha.store.etcd import EtcdStore
 from nfvha.tls import TlsConfig
 from nfvha.vnfm.agent_client import AgentClient
 from nfvha.vnfm.checkpointing import Checkpointer
@@ -157,48 +160,115 @@ class Manager:
     """The VNF manager: owns the loop, the per-VNF runtime state and the shared services
     its parts call back through; its public methods are what the API calls."""
 
-    def __init__(self, store: StateStore, cfg: ManagerConfig) -> None:
+    def __init__(self, store: StateStore, cfg: ManagerConfig, *,
+                 election: LeaderElection | None = None) -> None:
         self.store = store
         self.cfg = cfg
-        self.detector = HeartbeatDetector(cfg.timings)
+        #: With an election (a manager cluster), this member acts only while it leads;
+        #: it serves reads from the shared store all along. None: it always acts.
+        self.election = election
         # With TLS, agents and the forwarder know the manager by its certificate and
         # never see the operators' token (a host that holds it could act as an operator).
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200),
                                       verify=cfg.tls.client_context() if cfg.tls else True)
         self._daemon_token = "" if cfg.tls else cfg.token
+        self._vnfd_cache: dict[tuple[Any, ...], VnfDescriptor] = {}
+        self.forwarder = (ForwarderClient(cfg.forwarder_url, self._daemon_token, self.http)
+                          if cfg.forwarder_url else None)
+        self.events = EventBus()
+        self.ops = Operations(store, self.events, cfg)
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping: list[asyncio.Task[Any]] = []  # a past term's tasks, winding down
+        self._acting = False
+        self._notifier_started = False
+        self._fresh_term()
+        self.view = ManagerView(self)
+        self.metrics = ManagerMetrics(self)
+
+    def _fresh_term(self, takeover_at: float | None = None) -> None:
+        """Everything that lives for one term of acting, new: what a restarted manager
+        would have. A new leader knows nothing of the hosts but what the store says, so
+        it starts as a restarted manager does (every host gets a full timeout, and a
+        lease any earlier leader granted is honoured: ``HeartbeatDetector`` assumes the
+        longest one for a host not heard since ``takeover_at``)."""
+        cfg = self.cfg
+        self.detector = HeartbeatDetector(cfg.timings, started=takeover_at)
         self.runtime: dict[str, _Runtime] = {}
         self._confirming: set[str] = set()
         self._reconciled = False
         self._to_reconcile: set[str] = set()  # VNFs found in the store at start-up
-        self._vnfd_cache: dict[tuple[Any, ...], VnfDescriptor] = {}
         self._wake = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self.started = time.monotonic()
-        self.forwarder = (ForwarderClient(cfg.forwarder_url, self._daemon_token, self.http)
-                          if cfg.forwarder_url else None)
-        self.events = EventBus()
+        old = getattr(self, "notifier", None)
+        if old is not None and not self._notifier_started:  # a follower's: never sent
+            self._stopping.append(asyncio.ensure_future(old.close(drain=0)))
         self.notifier = Notifier(  # SOL003
-            store, self.events, base_url=cfg.base_url,
+            self.store, self.events, base_url=cfg.base_url,
             box=SecretBox.from_file(cfg.secret_key_file) if cfg.secret_key_file else None,
             allow_insecure_callbacks=cfg.allow_insecure_callbacks)
+        self._notifier_started = False
         self._due = 0.0  # when the loop must next look at the VNFs (see _tick)
         # The parts, each with one job (see the module docstring).
-        self.ops = Operations(store, self.events, cfg)
         self.membership = Membership(self)
         self.checkpoints = Checkpointer(self)
         self.probes = Prober(self)
         self.healing = Healer(self)
         self.lifecycle = Lifecycle(self)
-        self.view = ManagerView(self)
-        self.metrics = ManagerMetrics(self)
 
     # -- start / stop ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Alone: act at once. In a cluster: campaign; act only while leading."""
+        if self.election is None:
+            self._start_acting()
+            return
+        self.election.add_listener(self._on_transition)
+        await self.election.start()
+        log.info("manager member %s started; campaigning for the leadership",
+                 self.election.member_id)
+
+    @property
+    def acting(self) -> bool:
+        """Whether this manager may act now: alone, always; in a cluster, while it leads
+        (checked before every act outside the store; the store's writes are fenced by the
+        election's guard)."""
+        if self.election is None:
+            return True
+        return self._acting and self.election.is_leader()
+
+    def check_acting(self) -> None:
+        """Raise `NotLeader` unless this manager may act now."""
+        if not self.acting:
+            leader = self.election.leader if self.election is not None else None
+            raise NotLeader("this manager is not the leader"
+                            + (f"; the leader is {leader.member_id} at {leader.url}"
+                               if leader is not None and leader.url else
+                               "; no leader is elected at the moment, retry shortly"),
+                            leader_url=leader.url if leader is not None else None)
+
+    def _on_transition(self, t: Transition) -> None:
+        """Called by the election, in the loop, before anything else runs: a promotion
+        starts a fresh term; a demotion cancels all acting at once (synchronously: no
+        task of the old term runs another step as the leader)."""
+        if t.leading and t.tenure is not None:
+            if self._acting:
+                self._stop_acting(f"new term {t.term}")
+            if isinstance(self.store, EtcdStore):
+                self.store.guard = t.tenure.guard
+            self._fresh_term(takeover_at=t.tenure.takeover_at)
+            self._start_acting()
+            log.info("leading term %d (%s)", t.term, t.reason)
+        elif not t.leading and self._acting:
+            # The guard stays: a late write of the old term fails (LeadershipLost).
+            self._stop_acting(f"leadership of term {t.term} lost: {t.reason}")
+
+    def _start_acting(self) -> None:
         """Reload state: every known host gets a full timeout, interrupted work resumes."""
+        self._acting = True
         self.started = time.monotonic()
         self.notifier.start()  # first: subscribers hear of ops failed by the restart
+        self._notifier_started = True
         self.membership.start()
         for rec in self.store.list("vnf"):
             self._to_reconcile.add(rec.id)
@@ -218,7 +288,32 @@ class Manager:
         log.info("manager started with %d VNF(s), %d host(s)", len(self.store.list("vnf")),
                  len(self.store.list("host")))
 
+    def _stop_acting(self, why: str) -> None:
+        """Stop every act of this term now; the cancelled tasks wind down beside."""
+        self._acting = False
+        self.membership.close()
+        tasks = list(self._tasks)
+        if self._loop_task is not None:
+            tasks.append(self._loop_task)
+            self._loop_task = None
+        for t in tasks:
+            t.cancel(msg=why)
+        self._tasks.clear()
+        notifier = self.notifier
+
+        async def wind_down() -> None:
+            for t in tasks:
+                with contextlib.suppress(BaseException):
+                    await t
+            await notifier.close(drain=0)
+
+        self._stopping.append(asyncio.ensure_future(wind_down()))
+        log.warning("stopped acting: %s", why)
+
     async def close(self) -> None:
+        if self.election is not None:
+            await self.election.close()  # resigns (a follower takes over at once)
+        self._acting = False
         self.membership.close()
         if self._loop_task:
             self._loop_task.cancel()
@@ -227,10 +322,10 @@ class Manager:
         pending: list[asyncio.Task[Any]] = list(self._tasks)
         if self._loop_task is not None:
             pending.append(self._loop_task)
-        for t in pending:
+        for t in pending + self._stopping:
             with contextlib.suppress(BaseException):
                 await t
-        await self.notifier.close()
+        await self.notifier.close(drain=1.0 if self._notifier_started else 0)
         await self.http.aclose()
 
     # -- the public surface (the API's calls), carried out by the parts --------------------
@@ -407,6 +502,9 @@ class Manager:
         return out
 
     def agent(self, host_id: str) -> AgentClient:
+        """A client for a host's agent: every command to an agent is made through one, so
+        a manager that may not act (a follower, a demoted leader) is stopped here."""
+        self.check_acting()
         rec = self.store.get("host", host_id)
         return AgentClient(host_id, rec.data["url"], self._daemon_token, self.http)
 

@@ -56,7 +56,6 @@ def subscriptions_router(manager: Manager, read: list[Any], write: list[Any]) ->
 
 def _add_routes(router: APIRouter, manager: Manager, api: str, kind: str,
                 read: list[Any], write: list[Any]) -> None:
-    notifier = manager.notifier
     base = manager.cfg.base_url
     path = f"/{api}/v1/subscriptions"
 
@@ -65,7 +64,7 @@ def _add_routes(router: APIRouter, manager: Manager, api: str, kind: str,
 
     async def create(body: SubscriptionRequest) -> Response:
         try:
-            sub, created = await notifier.subscribe(
+            sub, created = await manager.notifier.subscribe(
                 api, body.callbackUri, body.filter,
                 body.authentication.model_dump(exclude_none=True)
                 if body.authentication else None, body.verbosity)
@@ -77,17 +76,17 @@ def _add_routes(router: APIRouter, manager: Manager, api: str, kind: str,
         return JSONResponse(sub.resource(base), status_code=201, headers=location)
 
     async def list_all() -> list[dict[str, Any]]:
-        return [s.resource(base) for s in notifier.list(api)]
+        return [s.resource(base) for s in manager.notifier.list(api)]
 
     async def read_one(subscriptionId: str) -> Response:
         try:
-            return JSONResponse(notifier.get(api, subscriptionId).resource(base))
+            return JSONResponse(manager.notifier.get(api, subscriptionId).resource(base))
         except SubscriptionError as exc:
             return failed(exc)
 
     async def delete(subscriptionId: str) -> Response:
         try:
-            await notifier.unsubscribe(api, subscriptionId)
+            await manager.notifier.unsubscribe(api, subscriptionId)
         except SubscriptionError as exc:
             return failed(exc)
         return Response(status_code=204)
