@@ -1,10 +1,14 @@
 """The testbed's manager cluster for real: ``Testbed(managers=3)`` lays out three
 emulated management hosts, each on both bridges with an etcd member of one static
-cluster; a member's power cut leaves a working quorum, a second loss stops writes, a
-restored host rejoins as itself, and teardown leaves nothing behind.
+cluster and a manager campaigning on it. One leader is elected and followers send
+writes to it; a killed leader and a power cut of its host are each replaced and the
+member rejoins; an etcd member's power cut leaves a working quorum, a second loss stops
+writes and every manager's acting, and teardown leaves nothing behind.
 
 One testbed for the module (building one costs seconds on two shared cores); the
-tests run in order and the last one tears it down and looks for leftovers.
+tests run in order and the last one tears it down and looks for leftovers. It has no
+compute host yet: agents are handed every manager (``--manager A,B,C``), which they
+take once they follow a cluster (issue 14, item 3).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from tests.vnfclient import wait_until
 def tb() -> Iterator[Testbed]:
     i = next(_beds)
     bed = Testbed(name=f"{TEST_PREFIX}q{_base36(os.getpid() % 100 * 400 + i, 3)}",
-                  n_hosts=1, managers=3, subnet=f"10.{10 + (os.getpid() + i) % 10}.0.0/16",
+                  n_hosts=0, managers=3, with_manager=True,
+                  subnet=f"10.{10 + (os.getpid() + i) % 10}.0.0/16",
                   state_dir=Path("/run/nfvha-test"))
     asyncio.run(bed.up())
     try:
@@ -70,6 +75,31 @@ def healthy(url: str) -> bool:
         return False
 
 
+def views(tb: Testbed) -> dict[str, dict[str, Any] | None]:
+    """Each member's GET /nfvha/v1/cluster (None: it does not answer)."""
+    out: dict[str, dict[str, Any] | None] = {}
+    with httpx.Client(timeout=2, verify=tb.client_context(None),
+                      headers={"Authorization": f"Bearer {tb.viewer_token}"}) as c:
+        for mid, m in tb.manager_hosts.items():
+            try:
+                r = c.get(f"{m.url}/nfvha/v1/cluster")
+                out[mid] = r.json() if r.status_code == 200 else None
+            except httpx.HTTPError:
+                out[mid] = None
+    return out
+
+
+def agreed_leader(tb: Testbed, among: set[str] | None = None) -> str | None:
+    """The leader, once every answering member names it and it says it leads."""
+    vs = {k: v for k, v in views(tb).items() if v is not None}
+    names = {v["leader"]["member"] if v["leader"] else None for v in vs.values()}
+    if len(names) != 1 or None in names:
+        return None
+    leader = names.pop()
+    ok = vs.get(leader, {}).get("leading") and (among is None or leader in among)
+    return leader if ok and sum(bool(v["leading"]) for v in vs.values()) == 1 else None
+
+
 def test_three_management_hosts_run_one_healthy_etcd_cluster(tb: Testbed) -> None:
     ms = tb.manager_hosts
     assert list(ms) == ["m1", "m2", "m3"] and tb.manager_urls == [m.url for m in ms.values()]
@@ -91,7 +121,63 @@ def test_three_management_hosts_run_one_healthy_etcd_cluster(tb: Testbed) -> Non
         f"{m.address}:2379" for m in ms.values())
     desc = tb.describe()
     assert [d["member_id"] for d in desc["managers"]] == ["m1", "m2", "m3"]
-    assert desc["store_url"] == tb.store_url
+    assert desc["store_url"] == tb.store_url and desc["manager_urls"] == tb.manager_urls
+
+
+def test_the_managers_elect_one_leader_and_followers_send_writes_to_it(
+        tb: Testbed) -> None:
+    leader = wait_until(lambda: agreed_leader(tb), 10)
+    vs = views(tb)
+    for mid, v in vs.items():
+        assert v is not None
+        assert (v["mode"], v["member"], v["url"]) == ("cluster", mid,
+                                                      tb.manager_hosts[mid].url)
+        assert v["leader"]["url"] == tb.manager_hosts[leader].url
+    follower = next(m for m in tb.manager_hosts.values() if m.member_id != leader)
+    lurl = tb.manager_hosts[leader].url
+    vnfd = {"id": "tbq", "command": ["/bin/true"], "network": {"address":
+                                                                tb.vnf_address(9)}}
+    with httpx.Client(timeout=10, verify=tb.client_context(None),
+                      headers={"Authorization": f"Bearer {tb.operator_token}"}) as c:
+        r = c.post(f"{follower.url}/nfvha/v1/vnfds", json=vnfd)
+        assert r.status_code == 307, r.text
+        assert r.headers["location"] == f"{lurl}/nfvha/v1/vnfds"
+        assert r.headers["x-nfvha-leader"] == lurl
+        assert c.post(r.headers["location"], json=vnfd).status_code == 201
+        # One store: every member reads what the leader wrote.
+        for m in tb.manager_hosts.values():
+            assert "tbq" in {d["id"] for d in c.get(f"{m.url}/nfvha/v1/vnfds").json()}
+
+
+def test_a_killed_leader_is_replaced_and_rejoins_as_a_follower(tb: Testbed) -> None:
+    old = wait_until(lambda: agreed_leader(tb), 10)
+    member, pids = asyncio.run(tb.kill_manager("leader"))
+    assert member == old and pids and tb.manager_hosts[old].manager_pid is None
+    assert _pids(tb, f"{tb.manager_hosts[old].cgroup}/manager") == []
+    assert _pids(tb, f"{tb.manager_hosts[old].cgroup}/etcd")  # its etcd member lives on
+    others = set(tb.manager_hosts) - {old}
+    wait_until(lambda: agreed_leader(tb, others), 10)
+    with pytest.raises(Exception, match="no manager is running"):
+        asyncio.run(tb.kill_manager(old))
+    asyncio.run(tb.restart_manager(old))
+    new = wait_until(lambda: views(tb)[old], 10)
+    assert new["leader"]["member"] in others and not new["leading"]
+    with pytest.raises(Exception, match="kill it first"):
+        asyncio.run(tb.restart_manager(old))
+
+
+def test_a_power_cut_of_the_leaders_host_is_survived(tb: Testbed) -> None:
+    """Its etcd member and its manager go at once; the others elect a leader on the
+    remaining quorum, and the host powered on rejoins as itself on both counts."""
+    old = wait_until(lambda: agreed_leader(tb), 10)
+    m = tb.manager_hosts[old]
+    asyncio.run(tb.crash_manager_host(old))
+    assert _pids(tb, m.cgroup) == [] and m.state == "crashed"
+    others = set(tb.manager_hosts) - {old}
+    wait_until(lambda: agreed_leader(tb, others), 15)
+    asyncio.run(tb.restore_manager_host(old))
+    assert healthy(tb.manager_hosts[old].etcd_url)
+    wait_until(lambda: (views(tb)[old] or {}).get("leader", {}).get("member") in others, 10)
 
 
 # Runs in a netns on the data network: can it reach the etcd member of m1 (a) at m1's
@@ -183,6 +269,9 @@ def test_one_member_lost_leaves_a_quorum_two_lost_stop_writes(tb: Testbed) -> No
     with pytest.raises(httpx.HTTPError):
         put(m1.etcd_url, "/t/lost", "x", timeout=2.0)
     assert not healthy(m1.etcd_url)
+    # No quorum, no lease renewed: within its lease the leader stops acting, and no
+    # member acts while the quorum is away.
+    wait_until(lambda: not any(v and v["leading"] for v in views(tb).values()), 5)
     with pytest.raises(Exception, match="kill it first"):
         asyncio.run(tb.restart_etcd("m1"))
     with pytest.raises(Exception, match="restore it"):
@@ -198,6 +287,7 @@ def test_one_member_lost_leaves_a_quorum_two_lost_stop_writes(tb: Testbed) -> No
         ["b", "d", "a"]
     members = etcd(m2.etcd_url, "cluster/member/list", {})["members"]
     assert sorted(x["name"] for x in members) == ["m1", "m2", "m3"]
+    wait_until(lambda: agreed_leader(tb), 10)  # protection resumes
 
 
 def test_teardown_leaves_nothing(tb: Testbed) -> None:
