@@ -306,3 +306,44 @@ def test_teardown_leaves_nothing(tb: Testbed) -> None:
             if proc.name.isdigit() and str(state).encode() in (proc / "cmdline").read_bytes():
                 left.append(proc.name)
     assert left == []
+
+
+def nfvha(*args: str) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([sys.executable, "-m", "nfvha", *args], capture_output=True,
+                       text=True, timeout=120, check=False)
+    assert r.returncode == 0, f"nfvha {' '.join(args)}: {r.stderr}"
+    return r
+
+
+def test_the_cli_starts_a_cluster_and_injects_its_faults() -> None:
+    """`nfvha up --managers 3`, then each control-plane fault and its undoing as an
+    operator types them; `nfvha down` leaves nothing."""
+    name = f"{TEST_PREFIX}qc{os.getpid() % 100}"
+    n = ("--name", name)
+    try:
+        info = json.loads(nfvha("up", *n, "--managers", "3", "--hosts", "0", "--subnet",
+                                f"10.{10 + os.getpid() % 10}.0.0/16", "--json").stdout)
+        urls = info["manager_urls"]
+        assert len(urls) == 3 and info["manager_url"] == urls[0]
+        assert list(info["managers"]) == ["m1", "m2", "m3"]
+        config = json.loads(Path(info["config_file"]).read_text())
+        assert config["manager_urls"] == urls and config["manager_url"] == urls[0]
+        tb = Testbed.load(name)
+        leader = wait_until(lambda: agreed_leader(tb), 10)
+        out = nfvha("inject", "kill-manager", *n).stdout
+        assert out.startswith(f"{leader}: manager killed")
+        nfvha("inject", "kill-manager", leader, "--heal", *n)
+        nfvha("inject", "crash-manager-host", leader, *n)
+        assert Testbed.load(name).manager_hosts[leader].state == "crashed"
+        nfvha("inject", "crash-manager-host", leader, "--heal", *n)
+        nfvha("inject", "kill-etcd", leader, *n)
+        assert Testbed.load(name).manager_hosts[leader].etcd_pid is None
+        nfvha("inject", "kill-etcd", leader, "--heal", *n)
+        wait_until(lambda: agreed_leader(Testbed.load(name)), 10)
+    finally:
+        with contextlib.suppress(Exception):
+            keep_logs(Testbed.load(name))
+        subprocess.run([sys.executable, "-m", "nfvha", "down", *n], capture_output=True,
+                       timeout=120, check=False)
+    assert asyncio.run(Testbed(name=name).net.list_links(f"{name}-")) == []
+    assert not Path(f"/run/nfvha/testbed-{name}").exists()
