@@ -457,6 +457,10 @@ class Testbed:
                 await self._add_host(i)
             self._save()
             await self.wait_ready(timeout)
+            if self.with_manager and self.clustered:
+                # Up means protected: a leader acts. Only here, not in every wait_ready
+                # (a host revived while etcd has no quorum must not wait for one).
+                await self._wait_leader(time.monotonic() + timeout)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.down()
@@ -536,7 +540,11 @@ class Testbed:
             h["timeout"] = self.fence_timeout
             if self.fence_agent is not None:
                 h["agent"] = self.fence_agent
-        self.fence_config.write_text(yaml.safe_dump(cfg))
+        # Written again before each manager starts: atomically, so that one starting
+        # meanwhile never reads half a file.
+        tmp = self.fence_config.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(cfg))
+        tmp.replace(self.fence_config)
 
     def start_manager(self) -> int:
         """The manager runs in the root netns and listens on its management address; its
@@ -669,29 +677,39 @@ class Testbed:
                                          f"ends:\n{tail}")
                     await asyncio.sleep(0.1)
 
-    async def cluster_view(self) -> dict[str, Any]:
-        """``GET /nfvha/v1/cluster`` of the first live member that answers it."""
-        errors: list[str] = []
+    async def cluster_views(self) -> dict[str, dict[str, Any]]:
+        """``GET /nfvha/v1/cluster`` of every manager that answers it, by URL."""
         token = self.viewer_token or self.operator_token
         async with httpx.AsyncClient(timeout=2.0, verify=self.client_context(None),
                                      headers={"Authorization": f"Bearer {token}"}) as client:
-            for url in self.manager_urls:
+
+            async def ask(url: str) -> dict[str, Any] | str:
                 try:
                     r = await client.get(f"{url}/nfvha/v1/cluster")
                 except httpx.HTTPError as exc:
-                    errors.append(f"{url}: {type(exc).__name__}")
-                    continue
-                if r.status_code == 200:
-                    view: dict[str, Any] = r.json()
-                    return view
-                errors.append(f"{url}: {r.status_code}")
-        raise NfvhaError("no manager answered GET /nfvha/v1/cluster (" + "; ".join(errors)
-                         + ")")
+                    return f"{url}: {type(exc).__name__}"
+                if r.status_code != 200:
+                    return f"{url}: {r.status_code}"
+                view: dict[str, Any] = r.json()
+                return view
+
+            answers = await asyncio.gather(*(ask(u) for u in self.manager_urls))
+        views = {u: a for u, a in zip(self.manager_urls, answers, strict=True)
+                 if isinstance(a, dict)}
+        if not views:
+            raise NfvhaError("no manager answered GET /nfvha/v1/cluster ("
+                             + "; ".join(str(a) for a in answers) + ")")
+        return views
 
     async def leader(self) -> str | None:
-        """The member id of the leader the managers know, None while there is none."""
-        leader = (await self.cluster_view()).get("leader")
-        return str(leader["member"]) if leader else None
+        """The member id of the manager that says it leads, None while none does. Asked
+        of the leader itself, not of what followers name: they learn of a new leader a
+        moment later (a watch), so right after a failover they may name the dead one."""
+        leading = [v for v in (await self.cluster_views()).values() if v.get("leading")]
+        if not leading:
+            return None
+        best = max(leading, key=lambda v: v.get("term") or 0)  # a deposed one's is lower
+        return str(best["member"] or "manager")  # single mode: member is None
 
     def _require_manager(self) -> None:
         if not self.with_manager:
@@ -942,8 +960,6 @@ class Testbed:
                         raise NfvhaError(f"{label} did not answer at {url}; its log "
                                          f"ends:\n{_tail(self.log_dir / f'{label}.log')}")
                     await asyncio.sleep(0.1)
-            if self.with_manager and self.clustered:
-                await self._wait_leader(deadline)
             for h in self.hosts.values():
                 if h.state != "up":
                     continue
