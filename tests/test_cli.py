@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nfvha.cli import DEFAULT_TESTBED, ManagerConn, _manager_conn, build_parser, main
+from nfvha.cli import DEFAULT_TESTBED, ManagerConn, _manager_conn, build_parser, load_config, main
 from nfvha.errors import NfvhaError
 from nfvha.vnfm.auth import load_users, verify_secret
 
@@ -73,10 +73,39 @@ def test_flags_need_no_testbed(tmp_path: Path) -> None:
     assert _manager_conn(args, {"HOME": str(tmp_path)}) == ManagerConn("http://m:1", "x")
 
 
+def test_a_cluster_config_lists_every_manager(tmp_path: Path) -> None:
+    """`nfvha up --managers 3` writes manager_urls; a caller that knows one manager
+    takes manager_url, or the first of the list where none is given."""
+    (tmp_path / "t").write_text("x\n")
+    c = tmp_path / "config.yaml"
+    c.write_text("manager_urls: [https://a:8600, https://b:8600]\ntoken_file: t\n")
+    assert _manager_conn(_args(), {"NFVHA_CONFIG": str(c)}).url == "https://a:8600"
+    assert load_config(c, True)["manager_urls"] == ["https://a:8600", "https://b:8600"]
+    c.write_text("manager_url: https://b:8600\nmanager_urls: [https://a:8600, "
+                 "https://b:8600]\ntoken_file: t\n")
+    assert _manager_conn(_args(), {"NFVHA_CONFIG": str(c)}).url == "https://b:8600"
+
+
+def test_two_or_four_managers_are_refused_with_the_reason(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for n in ("2", "4"):  # refused before anything is made
+        assert main(["up", "--managers", n, "--name", "nfvtnone"]) == 1
+        err = capsys.readouterr().err
+        assert f"managers={n}" in err and "majority" in err and "use 1, 3 or 5" in err
+
+
+def test_an_inject_without_its_target_says_what_to_name(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inject", "kill-vnf", "--url", "http://m", "--token-file", "/nope"]) == 1
+    assert "name the VNF instance" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("content", "message"), [
     ("manager_url: http://m\ntoken: abc\n", "unknown key(s) token"),
     ("- manager_url\n", "expected keys"),
     ("manager_url: [1]\n", "manager_url must be a string"),
+    ("manager_urls: http://m\n", "manager_urls must be a list"),
+    ("manager_urls: []\n", "manager_urls must be a list"),
     ("manager_url: 'http://m\n", "not YAML"),
 ])
 def test_a_bad_config_file_says_what_is_wrong(tmp_path: Path, content: str,

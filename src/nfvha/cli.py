@@ -261,7 +261,7 @@ def cmd_testbed(args: argparse.Namespace) -> int:
 
 
 DEFAULT_TESTBED = "nfvha"
-_CONFIG_KEYS = ("manager_url", "token_file", "ca_file")
+_CONFIG_KEYS = ("manager_url", "manager_urls", "token_file", "ca_file")
 
 
 @dataclass(frozen=True)
@@ -283,9 +283,11 @@ def config_path(env: Mapping[str, str]) -> tuple[Path, bool]:
     return base / "nfvha" / "config.yaml", False
 
 
-def load_config(path: Path, required: bool) -> dict[str, str]:
-    """``manager_url``, ``token_file``, ``ca_file`` of a config file (relative files are
-    relative to it); an unknown key is an error, since a typo would silently not apply."""
+def load_config(path: Path, required: bool) -> dict[str, Any]:
+    """``manager_url``, ``manager_urls``, ``token_file``, ``ca_file`` of a config file
+    (relative files are relative to it); an unknown key is an error, since a typo would
+    silently not apply. ``manager_urls`` lists every manager of a cluster; without a
+    ``manager_url``, the first of them is it."""
     import yaml
 
     try:
@@ -306,14 +308,23 @@ def load_config(path: Path, required: bool) -> dict[str, str]:
     if unknown:
         raise NfvhaError(f"config file {path}: unknown key(s) {', '.join(unknown)}; it takes "
                          f"{', '.join(_CONFIG_KEYS)}")
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     for key in _CONFIG_KEYS:
         value = data.get(key)
         if value is None:
             continue
+        if key == "manager_urls":
+            if not isinstance(value, list) or not value \
+                    or not all(isinstance(v, str) and v for v in value):
+                raise NfvhaError(f"config file {path}: manager_urls must be a list of URLs, "
+                                 f"not {value!r}")
+            out[key] = list(value)
+            continue
         if not isinstance(value, str) or not value:
             raise NfvhaError(f"config file {path}: {key} must be a string, not {value!r}")
         out[key] = str(path.parent / value) if key != "manager_url" else value
+    if "manager_urls" in out:
+        out.setdefault("manager_url", out["manager_urls"][0])
     return out
 
 
@@ -382,7 +393,8 @@ def _testbed_layer(name: str, *, required: bool = True) -> dict[str, Any]:
         return {}
     if not tb.with_manager:
         raise NfvhaError(f"testbed {name} runs no manager; start one with `nfvha up`")
-    return {"manager_url": tb.manager_url, "token": tb.operator_token or tb.token,
+    return {"manager_url": tb.manager_url, "manager_urls": tb.manager_urls,
+            "token": tb.operator_token or tb.token,
             "ca_file": str(tb.ca_file) if tb.tls else None}
 
 
@@ -403,14 +415,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     async def run() -> int:
         tb = Testbed(name=args.name or DEFAULT_TESTBED, n_hosts=args.hosts, with_manager=True,
                      with_forwarder=True, subnet=args.subnet, mgmt_subnet=args.mgmt_subnet,
-                     fencing=not args.no_fencing)
+                     fencing=not args.no_fencing, managers=args.managers)
         await tb.up()
         ca = str(tb.ca_file) if tb.tls else None  # the cluster's CA
         config = tb.dir / "config.yaml"
+        # manager_url (the first manager) for callers that know one; manager_urls for
+        # those that follow the leader among them.
         _write_private(config, json.dumps({"manager_url": tb.manager_url,
+                                           "manager_urls": tb.manager_urls,
                                            "token_file": str(tb.operator_token_file),
                                            "ca_file": ca}, indent=2) + "\n")
-        info = {"manager_url": tb.manager_url, "token_file": str(tb.operator_token_file),
+        info = {"manager_url": tb.manager_url, "manager_urls": tb.manager_urls,
+                "managers": {m.member_id: m.url for m in tb.manager_hosts.values()},
+                "store_url": tb.store_url if tb.clustered else None,
+                "token_file": str(tb.operator_token_file),
                 "viewer_token_file": str(tb.viewer_token_file), "ca_file": ca,
                 "config_file": str(config),
                 "dashboard_url": f"{tb.manager_url}/#token={tb.viewer_token}",
@@ -418,6 +436,14 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "hosts": {h.host_id: h.url for h in tb.hosts.values()}}
         if args.json:
             print(json.dumps(info, indent=2))
+        elif tb.clustered:
+            leader = None
+            with contextlib.suppress(NfvhaError):
+                leader = await tb.leader()
+            print(f"managers: {len(tb.manager_hosts)}, on etcd ({tb.store_url})")
+            for m in tb.manager_hosts.values():
+                print(f"  {m.member_id}: {m.url}"
+                      + ("  (leader)" if m.member_id == leader else ""))
         else:
             print(f"manager: {tb.manager_url}")
             if tb.tls:
@@ -545,7 +571,50 @@ def cmd_move(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Faults of the control plane (testbed with `nfvha up --managers 3`); --heal undoes each.
+_MANAGER_FAULTS = ("kill-manager", "crash-manager-host", "kill-etcd")
+
+
+def _inject_manager(args: argparse.Namespace, tb: Any) -> int:
+    """A manager, a management host or an etcd member down (or, with --heal, back)."""
+    target = args.target
+    if not tb.clustered and args.fault == "kill-manager":
+        target = target or "manager"  # the one manager, whatever it is called
+    if args.fault == "kill-manager" and not args.heal:
+        member, pids = asyncio.run(tb.kill_manager(target or "leader"))
+        print(f"{member}: manager killed (pid {', '.join(map(str, pids))}); not restarted "
+              f"(`nfvha inject kill-manager {member} --heal` does)")
+        return 0
+    if not target or target == "leader":
+        raise NfvhaError(f"nfvha inject {args.fault}{' --heal' if args.heal else ''}: name "
+                         "the member, e.g. m1" + (f" (members: {', '.join(tb.manager_hosts)})"
+                                                  if tb.manager_hosts else ""))
+    if args.fault == "kill-manager":
+        pid = asyncio.run(tb.restart_manager(target))
+        print(f"{target}: manager started again (pid {pid})")
+    elif args.fault == "crash-manager-host" and args.heal:
+        asyncio.run(tb.restore_manager_host(target))
+        print(f"{target}: powered on, links restored, etcd member and manager started")
+    elif args.fault == "crash-manager-host":
+        asyncio.run(tb.crash_manager_host(target))
+        print(f"{target}: links cut, every process killed (etcd member and manager)")
+    elif args.heal:
+        pid = asyncio.run(tb.restart_etcd(target))
+        print(f"{target}: etcd member started again (pid {pid}), healthy")
+    else:
+        pids = asyncio.run(tb.kill_etcd(target))
+        print(f"{target}: etcd member killed (pid {', '.join(map(str, pids))})")
+    return 0
+
+
 def cmd_inject(args: argparse.Namespace) -> int:
+    from nfvha.testbed import Testbed
+
+    if args.fault in _MANAGER_FAULTS:
+        return _inject_manager(args, Testbed.load(args.name or DEFAULT_TESTBED))
+    if not args.target:
+        raise NfvhaError(f"nfvha inject {args.fault}: name the "
+                         + ("VNF instance" if args.fault.endswith("-vnf") else "host"))
     if args.fault in ("kill-vnf", "hang-vnf"):
         fault = args.fault.split("-")[0]
         with _manager(args) as m:
@@ -555,8 +624,6 @@ def cmd_inject(args: argparse.Namespace) -> int:
         with _manager(args) as m:
             _print(m.fence(args.target), args.json)
         return 0
-    from nfvha.testbed import Testbed
-
     tb = Testbed.load(args.name or DEFAULT_TESTBED)
     if args.fault == "kill-agent":
         pid = asyncio.run(tb.kill_agent(args.target, restart=not args.no_restart))
@@ -801,11 +868,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = client("up", "start a testbed with a manager and agents in the background")
     c.add_argument("--hosts", type=int, default=3)
+    c.add_argument("--managers", type=int, default=1,
+                   help="1: one manager (SQLite); 3 or 5: a manager cluster on etcd, each "
+                        "member on a management host of its own (.6 up on both networks)")
     c.add_argument("--subnet", default="10.250.0.0/16",
                    help="data network (gateway .0.1, forwarder .0.5, VNFs .1.x, service "
                         "addresses .2.x)")
     c.add_argument("--mgmt-subnet", default=None, metavar="CIDR",
-                   help="management network: manager .1, forwarder API .5, hosts .11 up "
+                   help="management network: manager .1 (a cluster: .6-.10), forwarder "
+                        "API .5, hosts .11 up "
                         "(default: 172.31.X.0/24, X the data subnet's second octet)")
     c.add_argument("--no-fencing", action="store_true",
                    help="no STONITH driver: lost hosts are waited out (their lease)")
@@ -831,9 +902,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_move)
     c = client("inject", "inject a fault")
     c.add_argument("fault", choices=["kill-vnf", "hang-vnf", "crash-host", "partition-host",
-                                     "kill-agent", "stop-agent", "fence"])
-    c.add_argument("target", help="VNF instance id or host id")
-    c.add_argument("--heal", action="store_true", help="partition-host: restore the links")
+                                     "kill-agent", "stop-agent", "fence", *_MANAGER_FAULTS])
+    c.add_argument("target", nargs="?",
+                   help="VNF instance id, host id, or manager member id (kill-manager: "
+                        "default 'leader', the one the managers name)")
+    c.add_argument("--heal", action="store_true",
+                   help="undo: partition-host restores the links, kill-manager starts the "
+                        "manager again, crash-manager-host powers the host on, kill-etcd "
+                        "starts the member again")
     c.add_argument("--no-restart", action="store_true",
                    help="kill-agent: its supervisor does not restart it")
     c.add_argument("--seconds", type=float, default=2.0, help="stop-agent: how long")

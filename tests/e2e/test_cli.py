@@ -94,6 +94,7 @@ def test_operator_and_viewer_credentials_of_nfvha_up(cluster: dict[str, Any],
     assert Path(cluster["ca_file"]).is_file()  # the testbed's CA: its daemons use TLS
     config = json.loads(Path(cluster["config_file"]).read_text())
     assert config == {"manager_url": cluster["manager_url"],
+                      "manager_urls": [cluster["manager_url"]],
                       "token_file": cluster["token_file"], "ca_file": cluster["ca_file"]}
     cfg_env = {**os.environ, "NFVHA_CONFIG": cluster["config_file"]}
     base = cluster["subnet"].split(".0.0/")[0]
