@@ -819,6 +819,33 @@ class Testbed:
             self._save()
             await self.wait_ready(timeout)
 
+    async def cut_manager_from_etcd(self, member_id: str, *, heal: bool = False) -> None:
+        """Partition a management host from etcd, and from etcd only: in its netns, TCP to
+        and from the etcd ports of the other members is dropped on its management link
+        (its own member, reached over loopback, stays reachable and loses its quorum).
+        Its manager still reaches the agents, the guards and the callers, and they it:
+        the fault a leader must notice by its lease alone. ``heal`` lifts it."""
+        m = self._up_manager_host(member_id)
+        table = f"{self.nft_table}_etcdcut"
+        rules = _DROP_TABLE.format(table=table)
+        if not heal:
+            ports = f"{{ {ETCD_CLIENT_PORT}, {ETCD_PEER_PORT} }}"
+            rules += (f"table ip {table} {{\n"
+                      f"  chain out {{ type filter hook output priority 0;\n"
+                      f"    oifname \"{MGMT_IFNAME}\" tcp dport {ports} drop\n"
+                      f"    oifname \"{MGMT_IFNAME}\" tcp sport {ports} drop\n  }}\n"
+                      f"  chain in {{ type filter hook input priority 0;\n"
+                      f"    iifname \"{MGMT_IFNAME}\" tcp dport {ports} drop\n"
+                      f"    iifname \"{MGMT_IFNAME}\" tcp sport {ports} drop\n  }}\n}}\n")
+        await _nft(rules, m.netns)
+
+    @property
+    def manager_members(self) -> dict[str, str]:
+        """Member id -> URL of every manager ({"manager": URL} for a single one)."""
+        if not self.clustered:
+            return {"manager": self.manager_url}
+        return {mid: m.url for mid, m in sorted(self.manager_hosts.items())}
+
     async def _kill_cgroup(self, path: str) -> list[int]:
         """SIGKILL whatever runs in cgroup ``path``; the pids it had (none: nothing ran)."""
         cg = self.cgroups.cgroup(path)
