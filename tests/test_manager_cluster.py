@@ -126,6 +126,12 @@ async def test_one_member_leads_the_others_serve_reads_and_redirect_writes(
     assert (view["mode"], view["member"], view["leading"]) == ("cluster", "m2", False)
     assert view["leader"]["member"] == "m1" and view["leader"]["url"] == "http://m1:8600"
     assert (await a.api.get("/nfvha/v1/cluster")).json()["leading"] is True
+    # Hosts as the leader stored them (a follower hears no heartbeat).
+    a.manager.heartbeat("h1", {"host_id": "h1", "url": "http://10.9.0.11:8700",
+                               "started_at": 1.0, "time": 1.0, "instances": [],
+                               "resources": {}})
+    (h1,) = (await b.api.get("/nfvha/v1/hosts")).json()
+    assert (h1["id"], h1["state"], h1["lastHeartbeatAgoMs"]) == ("h1", "UP", None)
     # A follower commands no agent.
     with pytest.raises(NotLeader, match="leader is m1"):
         b.manager.check_acting()
