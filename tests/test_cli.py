@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from nfvha.cli import DEFAULT_TESTBED, ManagerConn, _manager_conn, build_parser, main
+from nfvha.cli import DEFAULT_TESTBED, ManagerConn, _manager_conn, build_parser, load_config, main
 from nfvha.errors import NfvhaError
 from nfvha.vnfm.auth import load_users, verify_secret
 
@@ -97,10 +97,39 @@ def test_a_cluster_from_each_source(config: Path, tmp_path: Path) -> None:
         _manager_conn(_args(), env)
 
 
+def test_a_cluster_config_lists_every_manager(tmp_path: Path) -> None:
+    """`nfvha up --managers 3` writes manager_urls; a caller that knows one manager
+    takes manager_url, or the first of the list where none is given."""
+    (tmp_path / "t").write_text("x\n")
+    c = tmp_path / "config.yaml"
+    c.write_text("manager_urls: [https://a:8600, https://b:8600]\ntoken_file: t\n")
+    assert _manager_conn(_args(), {"NFVHA_CONFIG": str(c)}).url == "https://a:8600"
+    assert load_config(c, True)["manager_urls"] == ["https://a:8600", "https://b:8600"]
+    c.write_text("manager_url: https://b:8600\nmanager_urls: [https://a:8600, "
+                 "https://b:8600]\ntoken_file: t\n")
+    assert _manager_conn(_args(), {"NFVHA_CONFIG": str(c)}).url == "https://b:8600"
+
+
+def test_two_or_four_managers_are_refused_with_the_reason(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for n in ("2", "4"):  # refused before anything is made
+        assert main(["up", "--managers", n, "--name", "nfvtnone"]) == 1
+        err = capsys.readouterr().err
+        assert f"managers={n}" in err and "majority" in err and "use 1, 3 or 5" in err
+
+
+def test_an_inject_without_its_target_says_what_to_name(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inject", "kill-vnf", "--url", "http://m", "--token-file", "/nope"]) == 1
+    assert "name the VNF instance" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("content", "message"), [
     ("manager_url: http://m\ntoken: abc\n", "unknown key(s) token"),
     ("- manager_url\n", "expected keys"),
     ("manager_url: [1]\n", "manager_url must be a string"),
+    ("manager_urls: http://m\n", "manager_urls must be a list"),
+    ("manager_urls: []\n", "manager_urls must be a list"),
     ("manager_url: 'http://m\n", "not YAML"),
     ("manager_urls: http://m\n", "manager_urls must be a list of URLs"),
     ("manager_urls: [http://m, 3]\n", "manager_urls must be a list of URLs"),
@@ -175,15 +204,15 @@ def _view(member: str, leader: str | None, term: int = 12) -> dict[str, Any]:
 
 def _members(**views: dict[str, Any]) -> httpx.MockTransport:
     """Managers by host: each answers its cluster view; the leader (the member whose view
-    says it leads) knows host h1 UP, a follower says DOWN (it hears no heartbeat)."""
+    says it leads) heard host h1 40 ms ago, a follower knows its stored state only."""
     def answer(request: httpx.Request) -> httpx.Response:
         view = views[request.url.host]
         if request.url.path == "/nfvha/v1/cluster":
             return httpx.Response(200, json=view)
         if request.url.path == "/nfvha/v1/hosts":
             return httpx.Response(200, json=[{
-                "id": "h1", "state": "UP" if view["leading"] else "DOWN",
-                "lastHeartbeatAgoMs": 40, "instances": []}])
+                "id": "h1", "state": "UP", "instances": [],
+                "lastHeartbeatAgoMs": 40 if view["leading"] else None}])
         return httpx.Response(200, json=[])
     return httpx.MockTransport(answer)
 
@@ -211,7 +240,7 @@ def test_status_shows_the_leader_and_which_manager_answered(
                     ["m2", "https://m2:8600", "leader", ""],
                     ["?", "https://m3:8600", "", ""]]  # m3: not asked, nothing known
     # The hosts were read from the leader, which hears them.
-    assert "│ h1   │ UP" in out
+    assert "│ h1   │ UP    │ 40 ms" in out
     assert "follower, which hears no heartbeats" not in out
 
     out = _status(monkeypatch, tmp_path, capsys, members,
@@ -231,6 +260,7 @@ def test_status_says_when_no_leader_can_be_reached(
                   "https://m1:8600")
     assert "no leader" in out and "writes are refused" in out
     assert "a follower, which hears no heartbeats" in out
+    assert "│ h1   │ UP    │ –" in out
     # A leader that is not among the managers given: writes to it would be refused.
     out = _status(monkeypatch, tmp_path, capsys, _members(m1=_view("m1", "m9")),
                   "https://m1:8600")

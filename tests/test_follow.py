@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import httpx
@@ -146,6 +147,22 @@ async def test_a_post_that_may_have_arrived_is_resent_only_when_idempotent() -> 
     assert r.status_code == 200 and cluster.hosts_seen() == ["m1", "m1", "m2"]
 
 
+async def test_a_503_after_part_of_the_work_is_resent_only_when_idempotent() -> None:
+    def lost_term(request: httpx.Request) -> httpx.Response:
+        # A leader that lost its term mid-request: perhaps done in part, so not a
+        # member's "no leader" (which comes before anything is done).
+        return httpx.Response(503, json={"status": 503, "title": "Leadership changed"})
+
+    cluster = Cluster(m1=lost_term, m2=leader)
+    f = LeaderFollower([M1, M2])
+    async with cluster.client() as c:
+        r = await f.send(c, "POST", "/vnflcm/v1/vnf_instances/x/heal", json={})
+        assert r.status_code == 503 and cluster.hosts_seen() == ["m1"]
+        f.current = 0
+        r = await f.send(c, "POST", "/nfvha/v1/events", json={}, idempotent=True)
+    assert r.status_code == 200 and cluster.hosts_seen() == ["m1", "m1", "m2"]
+
+
 def test_the_sync_variant_makes_the_same_decisions() -> None:
     cluster = Cluster(m1=no_leader, m2=redirect_to(M3, 308), m3=leader)
     f = LeaderFollower([M1, M2, M3])
@@ -187,3 +204,32 @@ def test_split_urls_reads_a_command_line_list() -> None:
     for bad in ("", "m1:8600", "ftp://m1", f"{M1},http://"):
         with pytest.raises(ConfigError):
             split_urls(bad)
+
+
+async def test_a_leader_change_is_logged_once_and_members_tried_in_vain_not_at_all(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now_leading = ["m1"]
+
+    def member(name: str) -> Handler:
+        def handler(request: httpx.Request) -> httpx.Response:
+            if now_leading[0] == name:
+                return leader(request)
+            return redirect_to(f"http://{now_leading[0]}:8600")(request)
+        return handler
+
+    cluster = Cluster(m1=member("m1"), m2=member("m2"))
+    f = LeaderFollower([M1, M2])
+    with caplog.at_level(logging.INFO, logger="nfvha.follow"):
+        async with cluster.client() as c:
+            await f.send(c, "POST", "/x")
+            now_leading[0] = "m2"
+            for _ in range(3):
+                await f.send(c, "POST", "/x")
+        assert [r.getMessage() for r in caplog.records] == [
+            f"manager requests are answered by {M2} now (before: {M1})"]
+        caplog.clear()
+        async with Cluster().client() as c:  # every manager down, reports go on failing
+            for _ in range(5):
+                with pytest.raises(httpx.ConnectError):
+                    await f.send(c, "POST", "/x", idempotent=True)
+        assert caplog.records == []

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nfvha.ha.fault import HostState
-from nfvha.ha.liveness import decode, encode, liveness_key, ring_successors
+from nfvha.ha.liveness import decode, encode, host_key, liveness_key, ring_successors
 from nfvha.vim.guard import AgentSide, GuardConfig, LeaseFile, LeaseGuard
 from nfvha.vnfm.manager import Manager, VnfState
 
@@ -67,11 +67,12 @@ def test_a_lease_file_from_an_earlier_boot_is_reset(tmp_path: Path) -> None:
 # -- the guard's decisions (no sockets to a manager, a throwaway cgroup) --------------------
 
 
-def _guard(tmp_path: Path, **kw: float) -> LeaseGuard:
+def _guard(tmp_path: Path, managers: tuple[tuple[str, int], ...] = (),
+           **kw: float) -> LeaseGuard:
     cfg = GuardConfig(host_id="h1", lease_path=tmp_path / "lease",
                       cgroup_parent=f"nfvt-guard-{os.getpid()}/vnf", listen=("127.0.0.1", 0),
                       key=KEY, fencing_timeout=kw.get("fencing_timeout", 0.25),
-                      agent_grace=kw.get("agent_grace", 3.0))
+                      agent_grace=kw.get("agent_grace", 3.0), managers=managers)
     return LeaseGuard(cfg)
 
 
@@ -146,6 +147,82 @@ def test_answers_renew_the_lease_from_when_the_request_was_sent(tmp_path: Path) 
     assert g.host_until == pytest.approx(later + 0.9)
 
 
+def _udp() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(1)
+    return s
+
+
+def test_the_guard_heartbeats_every_manager_and_the_leaders_answer_renews(
+        tmp_path: Path) -> None:
+    """A cluster of three: a follower (silent), a member that is down (nothing listens),
+    the leader (answers). One heartbeat goes to each; the leader's grant holds the host."""
+    with _udp() as gone:
+        down = gone.getsockname()
+    with _udp() as follower, _udp() as leader:
+        g = _guard(tmp_path, managers=(follower.getsockname(), down, leader.getsockname()))
+        for _ in range(2):  # the member that is down costs the next beat nothing either
+            sent = time.monotonic()
+            g.beat(sent)
+            to_follower = decode(KEY, follower.recv(9000))
+            data, guard_addr = leader.recvfrom(9000)
+            to_leader = decode(KEY, data)
+            assert to_follower == to_leader and to_leader is not None  # one heartbeat
+            leader.sendto(encode(KEY, {"k": "hb-ack", "s": to_leader["s"], "l": 0.5}),
+                          guard_addr)
+            time.sleep(0.05)
+            g._drain()
+            assert g.host_until == pytest.approx(sent + 0.5, abs=0.01)
+            assert g.granted_by == leader.getsockname()
+        g.sock.close()
+
+
+def test_a_late_answer_from_a_deposed_leader_does_not_set_the_lease(tmp_path: Path) -> None:
+    """The old leader's answer to an earlier heartbeat, granting a longer lease, comes
+    after the new leader's: neither the lease (which peers' answers renew) nor the host's
+    deadline nor the peer list take it up."""
+    g = _guard(tmp_path)
+    old_leader, new_leader = ("10.0.0.1", 8600), ("10.0.0.2", 8600)
+    t0 = time.monotonic() - 0.2
+    s9, s10 = g._next_seq(t0), g._next_seq(t0 + 0.05)
+    g.receive(encode(KEY, {"k": "hb-ack", "s": s10, "l": 0.25,
+                           "peers": [["h2", "10.0.1.2", 8700]], "pv": "new"}), new_leader,
+              t0 + 0.06)
+    assert g.host_until == pytest.approx(t0 + 0.30) and g.granted_by == new_leader
+    g.receive(encode(KEY, {"k": "hb-ack", "s": s9, "l": 2.0, "peers": [], "pv": "old"}),
+              old_leader, t0 + 0.07)
+    assert g.host_until == pytest.approx(t0 + 0.30) and g.lease == 0.25
+    assert list(g.peers) == ["h2"] and g.granted_by == new_leader
+    # A peer's answer renews with the lease in force, the new leader's.
+    s11 = g._next_seq(t0 + 0.1)
+    g.receive(encode(KEY, {"k": "pong", "h": "h2", "s": s11}), ("10.0.1.2", 8700), t0 + 0.11)
+    assert g.host_until == pytest.approx(t0 + 0.35)
+    # Two members answering one heartbeat (both believe they lead, for an instant): the
+    # guard holds the longer grant and says so in its heartbeats.
+    s12 = g._next_seq(t0 + 0.15)
+    g.receive(encode(KEY, {"k": "hb-ack", "s": s12, "l": 0.75}), old_leader, t0 + 0.16)
+    g.receive(encode(KEY, {"k": "hb-ack", "s": s12, "l": 0.25}), new_leader, t0 + 0.16)
+    assert g.lease == 0.75 and g.host_until == pytest.approx(t0 + 0.9)
+
+
+def test_an_answer_to_the_previous_guards_heartbeat_renews_nothing(tmp_path: Path) -> None:
+    """A restarted guard numbers its heartbeats anew; a late answer to its predecessor's
+    heartbeat must not pass for an answer to its own heartbeat of that number, sent after
+    the manager answered (a lease from a time the manager never heard the host)."""
+    g1 = _guard(tmp_path)
+    old = g1._next_seq(time.monotonic())
+    g1.sock.close()
+    time.sleep(0.002)  # a restart takes far longer
+    g2 = _guard(tmp_path)
+    for _ in range(3):
+        g2._next_seq(time.monotonic())
+    g2.receive(encode(KEY, {"k": "hb-ack", "s": old, "l": 0.9}), ("10.0.0.1", 8600),
+               time.monotonic())
+    assert g2.host_until == 0.0  # never had contact
+    g2.sock.close()
+
+
 def test_the_guard_answers_peer_pings_over_real_udp(tmp_path: Path) -> None:
     g = _guard(tmp_path)
     port = g.sock.getsockname()[1]
@@ -180,6 +257,27 @@ def test_the_guard_kills_the_vnf_cgroups_when_it_fences(tmp_path: Path) -> None:
     finally:
         proc.kill()
         CgroupDriver.detect().cgroup(g.cfg.cgroup_parent.split("/")[0]).delete()
+
+
+def test_the_guard_process_heartbeats_every_manager_given(tmp_path: Path) -> None:
+    """``--manager A:P,B:P`` as the agent passes it: a heartbeat reaches each."""
+    (tmp_path / "token").write_text("t")
+    key = host_key(liveness_key("t"), "h1")
+    with _udp() as m1, _udp() as m2:
+        managers = ",".join(f"{h}:{p}" for h, p in (m1.getsockname(), m2.getsockname()))
+        guard = subprocess.Popen(
+            [sys.executable, "-m", "nfvha.vim.guard", "--host-id", "h1", "--lease-file",
+             str(tmp_path / "lease"), "--cgroup-parent", "nfvt-none/vnf", "--listen",
+             "127.0.0.1:0", "--token-file", str(tmp_path / "token"), "--nice", "0",
+             "--manager", managers], stderr=subprocess.DEVNULL)
+        try:
+            m1.settimeout(10)
+            m2.settimeout(10)
+            got = [decode(key, m.recv(9000)) for m in (m1, m2)]
+        finally:
+            guard.terminate()
+            guard.wait(5)
+    assert all(hb is not None and hb["k"] == "hb" and hb["h"] == "h1" for hb in got)
 
 
 def test_the_guard_process_starts_fast_and_refuses_a_second_instance(tmp_path: Path) -> None:

@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
+from nfvha.errors import ConfigError
 from nfvha.vim.agent import Agent, AgentConfig
 from nfvha.vnfm.manager import Manager
+from nfvha.wire import AgentEvent, InstanceState, InstanceView
 
 
 def _full(started: float, instances: list[dict[str, Any]]) -> dict[str, Any]:
@@ -115,3 +117,58 @@ async def test_a_fresh_manager_learns_the_held_lease_from_the_heartbeat(
     assert manager.detector.fenced_in("h1") == pytest.approx(timings.fenced_after(), abs=0.05)
     manager.heartbeat("h2", _full(100.0, []))  # an agent that does not say
     assert manager.detector.fenced_in("h2") > timings.max_lease
+
+
+async def test_reports_and_events_go_to_the_leader_of_several_managers(
+        tmp_path: Path) -> None:
+    """m1 is down, m2 a follower that redirects to m3, the leader: the status report and
+    an exit event both reach m3, with the token, and later reports go straight there."""
+    seen: list[tuple[str, str, str | None]] = []
+
+    def cluster(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.host, request.url.path, request.headers.get("authorization")))
+        if request.url.host == "m1":
+            raise httpx.ConnectError("refused", request=request)
+        if request.url.host == "m2":
+            return httpx.Response(307, headers={"Location": f"http://m3:8600{request.url.path}"})
+        return httpx.Response(200, json={"peers": [], "need_full": False})
+
+    agent = Agent(AgentConfig(host_id="h1", state_dir=tmp_path, token="t",
+                              manager_url="http://m1:8600,http://m2:8600,http://m3:8600",
+                              status_interval=0.01, full_status_every=0.05))
+    async with _heartbeating(agent, cluster):
+        events = asyncio.create_task(agent._event_loop())
+        agent._emit(AgentEvent(type="instance-exit", host_id="h1",
+                               instance=InstanceView(id="fm", state=InstanceState.EXITED)))
+        for _ in range(300):
+            if [s for s in seen if s[0] == "m3" and s[1] == "/nfvha/v1/events"] and \
+                    len([s for s in seen if s[0] == "m3"]) >= 3:
+                break
+            await asyncio.sleep(0.005)
+        events.cancel()
+        await asyncio.gather(events, return_exceptions=True)
+    at_leader = {path for host, path, _ in seen if host == "m3"}
+    assert at_leader == {"/nfvha/v1/hosts/h1/heartbeat", "/nfvha/v1/events"}
+    assert all(auth == "Bearer t" for _, _, auth in seen)
+    assert agent.last_manager_ok is not None
+    # Once found, the leader is asked first: m1 and m2 were each tried at most twice
+    # (the report and the event may have set out together before either knew).
+    assert sum(host != "m3" for host, _, _ in seen) <= 4
+
+
+def test_the_guard_heartbeats_to_every_manager(tmp_path: Path) -> None:
+    (tmp_path / "guard").mkdir()  # made by the lease file at start
+    cfg = AgentConfig(host_id="h1", state_dir=tmp_path, token="t",
+                      manager_url="https://m1:8600,https://m2,http://10.0.0.3:9000")
+    args = Agent(cfg)._guard_args()
+    assert args[args.index("--manager") + 1] == "m1:8600,m2:443,10.0.0.3:9000"
+    cfg = AgentConfig(host_id="h1", state_dir=tmp_path, token="t",
+                      manager_url="https://m1:8600,https://m2:8600",
+                      manager_liveness="10.1.0.1:8601, 10.1.0.2:8601")
+    args = Agent(cfg)._guard_args()
+    assert args[args.index("--manager") + 1] == "10.1.0.1:8601,10.1.0.2:8601"
+
+
+def test_a_mistyped_manager_url_is_refused_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="m2:8600"):
+        AgentConfig(host_id="h1", state_dir=tmp_path, manager_url="http://m1:8600,m2:8600")

@@ -126,6 +126,12 @@ async def test_one_member_leads_the_others_serve_reads_and_redirect_writes(
     assert (view["mode"], view["member"], view["leading"]) == ("cluster", "m2", False)
     assert view["leader"]["member"] == "m1" and view["leader"]["url"] == "http://m1:8600"
     assert (await a.api.get("/nfvha/v1/cluster")).json()["leading"] is True
+    # Hosts as the leader stored them (a follower hears no heartbeat).
+    a.manager.heartbeat("h1", {"host_id": "h1", "url": "http://10.9.0.11:8700",
+                               "started_at": 1.0, "time": 1.0, "instances": [],
+                               "resources": {}})
+    (h1,) = (await b.api.get("/nfvha/v1/hosts")).json()
+    assert (h1["id"], h1["state"], h1["lastHeartbeatAgoMs"]) == ("h1", "UP", None)
     # A follower commands no agent.
     with pytest.raises(NotLeader, match="leader is m1"):
         b.manager.check_acting()
@@ -175,3 +181,27 @@ async def test_a_leader_cut_off_from_etcd_stops_acting_before_a_successor_and_ca
     assert r.status_code in (307, 503), r.text
     if r.status_code == 307:
         assert r.headers["location"].startswith("http://m2:8600/")
+
+
+async def test_the_audit_sees_one_writer_per_term_across_a_handover(cluster: Cluster) -> None:
+    from nfvha.store.audit import audit_terms, current_revision
+
+    start = current_revision(cluster.etcd)
+    a = await cluster.add("m1")
+    await until(lambda: a.manager.acting, 3, "the first member leads")
+    b = await cluster.add("m2")
+    assert (await a.api.post("/nfvha/v1/vnfds", json=VNFD)).status_code == 201
+    await cluster.close("m1")
+    await until(lambda: b.manager.acting, 2, "the follower takes over")
+    assert (await b.api.post("/nfvha/v1/vnfds", json={**VNFD, "id": "fw2"})).status_code == 201
+    audit = await asyncio.to_thread(audit_terms, cluster.etcd, cluster.prefix, start)
+    assert audit.ok, (audit.split_terms, audit.stale)
+    assert audit.writes >= 2
+    assert sorted(w for ws in audit.writers.values() for w in ws) == ["m1", "m2"]
+    # And the audit does catch a term with two writers.
+    store = b.manager.store
+    assert isinstance(store, EtcdStore)
+    store.writer = "intruder"
+    store.put("vnfd", "fw3", {**VNFD, "id": "fw3"})
+    audit = await asyncio.to_thread(audit_terms, cluster.etcd, cluster.prefix, start)
+    assert list(audit.split_terms.values()) == [{"m2", "intruder"}]

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from nfvha.client import ManagerClient
     from nfvha.ha.election import LeaderElection
     from nfvha.store.etcd import EtcdStore
-    from nfvha.testbed import Testbed
 
 __all__ = ["main"]
 
@@ -348,7 +347,7 @@ def load_config(path: Path, required: bool) -> dict[str, Any]:
         else:
             out[key] = str(path.parent / value)
     if urls:
-        out["manager_urls"] = _urls(urls, f"config file {path}")
+        out["manager_urls"] = list(_urls(urls, f"config file {path}"))
     return out
 
 
@@ -385,8 +384,8 @@ def _manager_conn(args: argparse.Namespace,
             continue
         values = layer()
         if "manager_urls" not in found:
-            if values.get("manager_urls"):
-                found["manager_urls"] = tuple(values["manager_urls"])
+            if values.get("manager_urls"):  # a config file's (checked) or a testbed's
+                found["manager_urls"] = _urls(values["manager_urls"], "the testbed")
             elif values.get("manager_url"):
                 found["manager_urls"] = _urls(values["manager_url"], values["source"])
         if values.get("ca_file") and "ca_file" not in found:
@@ -415,7 +414,7 @@ def _token_from(path: Path) -> str:
 
 
 def _testbed_layer(name: str, *, required: bool = True) -> dict[str, Any]:
-    """What the testbed ``name`` offers: its manager and its operator credential. A
+    """What the testbed ``name`` offers: its managers and its operator credential. A
     testbed nobody named may be absent: the caller then says what else would do."""
     from nfvha.errors import ConfigError
     from nfvha.testbed import Testbed
@@ -428,15 +427,9 @@ def _testbed_layer(name: str, *, required: bool = True) -> dict[str, Any]:
         return {}
     if not tb.with_manager:
         raise NfvhaError(f"testbed {name} runs no manager; start one with `nfvha up`")
-    return {"manager_urls": _testbed_urls(tb), "token": tb.operator_token or tb.token,
+    return {"manager_url": tb.manager_url, "manager_urls": tb.manager_urls,
+            "token": tb.operator_token or tb.token,
             "ca_file": str(tb.ca_file) if tb.tls else None}
-
-
-def _testbed_urls(tb: Testbed) -> list[str]:
-    """Every manager of a testbed: each member of its manager cluster (a testbed that
-    runs one has ``manager_urls``), else its one manager."""
-    urls = getattr(tb, "manager_urls", None)
-    return list(urls) if urls else [tb.manager_url]
 
 
 def _verify(ca_file: str | None) -> ssl.SSLContext | bool:
@@ -456,17 +449,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     async def run() -> int:
         tb = Testbed(name=args.name or DEFAULT_TESTBED, n_hosts=args.hosts, with_manager=True,
                      with_forwarder=True, subnet=args.subnet, mgmt_subnet=args.mgmt_subnet,
-                     fencing=not args.no_fencing)
+                     fencing=not args.no_fencing, managers=args.managers)
         await tb.up()
         ca = str(tb.ca_file) if tb.tls else None  # the cluster's CA
         config = tb.dir / "config.yaml"
-        urls = _testbed_urls(tb)
-        # manager_url (the first) too: what a config file held before manager clusters.
+        # manager_url (the first manager) for callers that know one; manager_urls for
+        # those that follow the leader among them.
         _write_private(config, json.dumps({"manager_url": tb.manager_url,
-                                           "manager_urls": urls,
+                                           "manager_urls": tb.manager_urls,
                                            "token_file": str(tb.operator_token_file),
                                            "ca_file": ca}, indent=2) + "\n")
-        info = {"manager_url": tb.manager_url, "manager_urls": urls,
+        info = {"manager_url": tb.manager_url, "manager_urls": tb.manager_urls,
+                "managers": {m.member_id: m.url for m in tb.manager_hosts.values()},
+                "store_url": tb.store_url if tb.clustered else None,
                 "token_file": str(tb.operator_token_file),
                 "viewer_token_file": str(tb.viewer_token_file), "ca_file": ca,
                 "config_file": str(config),
@@ -475,9 +470,16 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "hosts": {h.host_id: h.url for h in tb.hosts.values()}}
         if args.json:
             print(json.dumps(info, indent=2))
+        elif tb.clustered:
+            leader = None
+            with contextlib.suppress(NfvhaError):
+                leader = await tb.leader()
+            print(f"managers: {len(tb.manager_hosts)}, on etcd ({tb.store_url})")
+            for m in tb.manager_hosts.values():
+                print(f"  {m.member_id}: {m.url}"
+                      + ("  (leader)" if m.member_id == leader else ""))
         else:
-            print(f"manager: {tb.manager_url}" if len(urls) == 1
-                  else f"managers: {', '.join(urls)} (a cluster: `nfvha status` says who leads)")
+            print(f"manager: {tb.manager_url}")
             if tb.tls:
                 print(f"  TLS, CA certificate: {tb.ca_file}")
             print(f"  operator credential: {tb.operator_token_file}")
@@ -574,7 +576,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for c in ("host", "state", "heartbeat ago", "instances"):
         t.add_column(c)
     for h in hosts:
-        t.add_row(h["id"], h["state"], f"{h['lastHeartbeatAgoMs']} ms",
+        ago = h.get("lastHeartbeatAgoMs")  # None from a follower: it hears none
+        t.add_row(h["id"], h["state"], "–" if ago is None else f"{ago} ms",
                   ", ".join(f"{i['id']}:{i['state']}" for i in h["instances"]))
     con.print(t)
     t = Table(title="VNF instances")
@@ -639,8 +642,8 @@ def _print_cluster(con: Any, view: dict[str, Any] | None,
                   "configured managers only); add it to --url, NFVHA_URL or manager_urls[/]")
     if answered is not None and not any(x["leader"] for x in managers):
         con.print(f"[yellow]read from {escape(answered['member'] or answered['url'])}, a "
-                  "follower, which hears no heartbeats: host states below may not be the "
-                  "leader's[/]")
+                  "follower, which hears no heartbeats: host states below are as the leader "
+                  "last stored them (UP or DOWN, never SUSPECTED), with no heartbeat ages[/]")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -661,7 +664,50 @@ def cmd_move(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Faults of the control plane (testbed with `nfvha up --managers 3`); --heal undoes each.
+_MANAGER_FAULTS = ("kill-manager", "crash-manager-host", "kill-etcd")
+
+
+def _inject_manager(args: argparse.Namespace, tb: Any) -> int:
+    """A manager, a management host or an etcd member down (or, with --heal, back)."""
+    target = args.target
+    if not tb.clustered and args.fault == "kill-manager":
+        target = target or "manager"  # the one manager, whatever it is called
+    if args.fault == "kill-manager" and not args.heal:
+        member, pids = asyncio.run(tb.kill_manager(target or "leader"))
+        print(f"{member}: manager killed (pid {', '.join(map(str, pids))}); not restarted "
+              f"(`nfvha inject kill-manager {member} --heal` does)")
+        return 0
+    if not target or target == "leader":
+        raise NfvhaError(f"nfvha inject {args.fault}{' --heal' if args.heal else ''}: name "
+                         "the member, e.g. m1" + (f" (members: {', '.join(tb.manager_hosts)})"
+                                                  if tb.manager_hosts else ""))
+    if args.fault == "kill-manager":
+        pid = asyncio.run(tb.restart_manager(target))
+        print(f"{target}: manager started again (pid {pid})")
+    elif args.fault == "crash-manager-host" and args.heal:
+        asyncio.run(tb.restore_manager_host(target))
+        print(f"{target}: powered on, links restored, etcd member and manager started")
+    elif args.fault == "crash-manager-host":
+        asyncio.run(tb.crash_manager_host(target))
+        print(f"{target}: links cut, every process killed (etcd member and manager)")
+    elif args.heal:
+        pid = asyncio.run(tb.restart_etcd(target))
+        print(f"{target}: etcd member started again (pid {pid}), healthy")
+    else:
+        pids = asyncio.run(tb.kill_etcd(target))
+        print(f"{target}: etcd member killed (pid {', '.join(map(str, pids))})")
+    return 0
+
+
 def cmd_inject(args: argparse.Namespace) -> int:
+    from nfvha.testbed import Testbed
+
+    if args.fault in _MANAGER_FAULTS:
+        return _inject_manager(args, Testbed.load(args.name or DEFAULT_TESTBED))
+    if not args.target:
+        raise NfvhaError(f"nfvha inject {args.fault}: name the "
+                         + ("VNF instance" if args.fault.endswith("-vnf") else "host"))
     if args.fault in ("kill-vnf", "hang-vnf"):
         fault = args.fault.split("-")[0]
         with _manager(args) as m:
@@ -671,8 +717,6 @@ def cmd_inject(args: argparse.Namespace) -> int:
         with _manager(args) as m:
             _print(m.fence(args.target), args.json)
         return 0
-    from nfvha.testbed import Testbed
-
     tb = Testbed.load(args.name or DEFAULT_TESTBED)
     if args.fault == "kill-agent":
         pid = asyncio.run(tb.kill_agent(args.target, restart=not args.no_restart))
@@ -776,7 +820,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--liveness-key-file", default=None,
                    help="this host's heartbeat keys (`nfvha pki issue --role agent`)")
     _tls_args(a)
-    a.add_argument("--manager", default=None, help="manager URL for heartbeats and events")
+    a.add_argument("--manager", default=None, metavar="URL[,URL...]",
+                   help="the manager's URL for status reports and events; of a manager "
+                        "cluster: every member's (reports go to the leader, the guard's UDP "
+                        "heartbeats to all, each at its URL's host and port)")
     a.add_argument("--heartbeat-interval", type=float,
                    default=DEFAULT_TIMINGS.heartbeat_interval,
                    help="liveness heartbeats of the host's lease guard (UDP)")
@@ -916,11 +963,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = client("up", "start a testbed with a manager and agents in the background")
     c.add_argument("--hosts", type=int, default=3)
+    c.add_argument("--managers", type=int, default=1,
+                   help="1: one manager (SQLite); 3 or 5: a manager cluster on etcd, each "
+                        "member on a management host of its own (.6 up on both networks)")
     c.add_argument("--subnet", default="10.250.0.0/16",
                    help="data network (gateway .0.1, forwarder .0.5, VNFs .1.x, service "
                         "addresses .2.x)")
     c.add_argument("--mgmt-subnet", default=None, metavar="CIDR",
-                   help="management network: manager .1, forwarder API .5, hosts .11 up "
+                   help="management network: manager .1 (a cluster: .6-.10), forwarder "
+                        "API .5, hosts .11 up "
                         "(default: 172.31.X.0/24, X the data subnet's second octet)")
     c.add_argument("--no-fencing", action="store_true",
                    help="no STONITH driver: lost hosts are waited out (their lease)")
@@ -946,9 +997,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_move)
     c = client("inject", "inject a fault")
     c.add_argument("fault", choices=["kill-vnf", "hang-vnf", "crash-host", "partition-host",
-                                     "kill-agent", "stop-agent", "fence"])
-    c.add_argument("target", help="VNF instance id or host id")
-    c.add_argument("--heal", action="store_true", help="partition-host: restore the links")
+                                     "kill-agent", "stop-agent", "fence", *_MANAGER_FAULTS])
+    c.add_argument("target", nargs="?",
+                   help="VNF instance id, host id, or manager member id (kill-manager: "
+                        "default 'leader', the one the managers name)")
+    c.add_argument("--heal", action="store_true",
+                   help="undo: partition-host restores the links, kill-manager starts the "
+                        "manager again, crash-manager-host powers the host on, kill-etcd "
+                        "starts the member again")
     c.add_argument("--no-restart", action="store_true",
                    help="kill-agent: its supervisor does not restart it")
     c.add_argument("--seconds", type=float, default=2.0, help="stop-agent: how long")

@@ -14,14 +14,19 @@ same rules, so they live here, once, with the I/O kept apart from the decisions:
 * a refused connection, a timeout or a ``503`` moves on to the next URL (round robin),
   at most ``tries`` times per request, and the member that worked is remembered.
 
-A request that may already have reached a manager (the connection broke or timed out
-after it was sent) is resent elsewhere only when it is idempotent: a repeated
-instantiate would start a second operation. GET, HEAD, PUT, DELETE and OPTIONS are
-(RFC 9110); a caller whose POST is safe to repeat (heartbeats, status reports) says so.
+A request that may already have been acted on is resent elsewhere only when it is
+idempotent: a repeated instantiate would start a second operation. That is a request
+whose connection broke or timed out after it was sent, and a ``503`` other than a
+member's "no leader" answer (``"code": "no-leader"``, given before anything is done): a
+leader that loses its term in the middle of a request, or whose state store fails,
+answers ``503`` too, possibly after part of the work. GET, HEAD, PUT, DELETE and OPTIONS
+are idempotent (RFC 9110); a caller whose POST is safe to repeat (heartbeats, status
+reports) says so.
 
 ``LeaderFollower.send`` (``httpx.AsyncClient``) and ``send_sync`` (``httpx.Client``)
 differ only in their I/O; both drive an ``Attempts``, whose decisions stand on the pure
-functions ``origin``, ``redirect_target``, ``next_index`` and ``may_have_arrived``.
+functions ``origin``, ``redirect_target``, ``next_index``, ``may_have_arrived`` and
+``nothing_done``.
 
     follower = LeaderFollower(split_urls("https://m1:8600,https://m2:8600"))
     r = await follower.send(client, "POST", "/nfvha/v1/events", json=event,
@@ -47,6 +52,7 @@ __all__ = [
     "idempotent_method",
     "may_have_arrived",
     "next_index",
+    "nothing_done",
     "origin",
     "redirect_target",
     "split_urls",
@@ -140,6 +146,20 @@ def may_have_arrived(exc: httpx.TransportError) -> bool:
     return not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
+def nothing_done(r: httpx.Response) -> bool:
+    """The answer says the request was not acted on: a redirect to the leader, or a
+    member's ``503`` "no leader" (the contract's problem ``"code": "no-leader"``)."""
+    if r.status_code in REDIRECTS:
+        return True
+    if r.status_code != 503:
+        return False
+    try:
+        body = r.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("code") == "no-leader"
+
+
 # -- one request's course -------------------------------------------------------------------
 
 
@@ -182,9 +202,14 @@ class Attempts:
             self._f.remember(self.index)
             return None
         if r.status_code == 503:
+            if not self.idempotent and not nothing_done(r):
+                # Perhaps acted on in part: the caller's to decide (the next request
+                # starts at another member all the same).
+                self._f.remember(next_index(self.index, len(self._f.urls)))
+                return r
             self._unavailable = r
             return self._next(None)
-        self._f.remember(self.index)
+        self._f.remember(self.index, answered=True)
         return r
 
     def failed(self, exc: httpx.TransportError) -> httpx.Response | None:
@@ -226,6 +251,7 @@ class LeaderFollower:
         self.tries = max(1, tries if tries is not None else len(self.urls))
         self.max_hops = len(self.urls) + 1
         self.current = 0
+        self._answered_by: int | None = None  # the member that gave the last answer
         self._warned: set[tuple[str, str, int]] = set()
 
     @property
@@ -236,11 +262,16 @@ class LeaderFollower:
     def url_for(self, i: int, path: str) -> str:
         return self.urls[i] + path
 
-    def remember(self, i: int) -> None:
-        if i != self.current:
-            log.info("manager requests now go to %s (was %s)", self.urls[i],
-                     self.urls[self.current])
-            self.current = i
+    def remember(self, i: int, *, answered: bool = False) -> None:
+        """The next request starts at member ``i``. Logged only when another member than
+        before gives an answer (a leader change), not at each member tried in vain: with
+        every manager down, a reporter twice a second would log a line per member."""
+        self.current = i
+        if answered and i != self._answered_by:
+            if self._answered_by is not None:
+                log.info("manager requests are answered by %s now (before: %s)",
+                         self.urls[i], self.urls[self._answered_by])
+            self._answered_by = i
 
     def refused(self, r: httpx.Response) -> RedirectRefused:
         """The error for a redirect not followed; logged once per place it pointed to (a

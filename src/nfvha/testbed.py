@@ -12,13 +12,31 @@ teardown after an interrupted run finds everything by prefix alone)::
                   eth0 (10.X.0.5/16 and the service addresses) ─ T-i0 ─ T-br
     cgroup T/h1:  agent/ (the agent)   vnf/<instance>/ (each VNF)
 
+With ``managers=N`` (3 or 5) the control plane is a cluster, each member on an
+emulated management host of its own, so that one member's power cut takes its etcd
+member and its manager down together, as on real hardware::
+
+    netns T-mK:   mgmt0 (172.31.X.(5+K)/24) ─ veth T-mKm ─ T-mg: manager :8600 (HTTP,
+                  UDP liveness), etcd member mK (client :2379, peer :2380)
+                  eth0 (10.X.0.(5+K)/16) ─ veth T-mK ─ T-br: the manager's VNF probes
+    cgroup T/mK:  etcd/ (the member)   manager/ (the manager)
+
+K runs 1..N, so the management addresses .6-.10 lie between the ingress (.5) and the
+first compute host (.11), the data addresses .0.6-.0.10 beside the forwarder's .0.5,
+and a data address is reserved (refused to VNFs) like the gateway's. The etcd members
+form one static cluster (data under ``etcd-mK/`` of the testbed's directory, its
+"disk": kept across a power cut, removed by ``down``) with raft timings scaled for the
+managers' 1 s leader lease. Agents get every manager URL (``--manager A,B,C``). With
+one manager (the default) the layout is the single-manager one above, unchanged.
+
 The two networks are separate subnets and nothing routes between them; in every
 namespace on both (root, ingress, hosts) the table ``ip nfvha_T`` drops what arrives
 from the data side for a management address, since Linux accepts a packet for any
 of its own addresses on any interface. A VNF therefore reaches no control port.
 
 A host crash is a power loss: its uplinks are deleted first, so nothing it sends
-afterwards reaches anyone, then every process in its cgroup is killed.
+afterwards reaches anyone, then every process in its cgroup is killed; a management
+host's crash (``crash_manager_host``) is the same, etcd member included.
 """
 
 from __future__ import annotations
@@ -46,7 +64,7 @@ from nfvha.errors import ConfigError, NfvhaError
 from nfvha.vim.cgroups import CgroupDriver, CgroupLimits
 from nfvha.vim.hostnet import HostNetwork
 
-__all__ = ["AGENT_PORT", "Testbed", "TestbedHost"]
+__all__ = ["AGENT_PORT", "ManagerHost", "Testbed", "TestbedHost"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +77,19 @@ DEFAULT_SUBNET = "10.250.0.0/16"
 _DROP_TABLE = "add table ip {table}\ndelete table ip {table}\n"
 #: Inside each emulated host and the ingress host: the interface on the management network.
 MGMT_IFNAME = "mgmt0"
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+#: Cluster sizes: an odd number of members, since an even one tolerates no more
+#: failures than the odd number below it (a majority of 4 is 3, as of 3 is 2... and of
+#: 2 is 2: no failure at all). Five is what fits between the ingress and the hosts.
+CLUSTER_SIZES = (1, 3, 5)
+#: Management host K's last address octet is this plus K (.6-.10), on both networks.
+_MANAGER_HOST_BASE = 5
+#: The managers' leader lease (--election-ttl). etcd grants a lease no shorter than
+#: 1.5 election timeouts rounded up to whole seconds: 2 s at its default timings, so
+#: its members run at half of them (tests/etcdmember.py's FAST_LEASES) for 1 s.
+ELECTION_TTL = 1
+ETCD_TIMINGS = ("--heartbeat-interval", "50", "--election-timeout", "500")
 
 
 @dataclass
@@ -77,6 +108,40 @@ class TestbedHost:
     def uplinks(self) -> list[str]:
         """Both of the host's links: a crash, a partition or a fence cuts them all."""
         return [link for link in (self.uplink, self.mgmt_uplink) if link]
+
+
+@dataclass
+class ManagerHost:
+    """An emulated management host of a manager cluster: one etcd member, one manager.
+
+    Kept apart from ``Testbed.hosts`` (compute hosts), which agents, placement and the
+    testbed fence agent work on: a management host runs no VNF and is never fenced."""
+
+    member_id: str  # mK: the manager's --member-id and the etcd member's name
+    netns: str
+    address: str  # management network: manager (HTTP, UDP liveness), etcd
+    data_address: str  # data network: where the manager's VNF probes come from
+    url: str  # the manager's --advertise-url
+    cgroup: str
+    uplink: str  # root-side veth end on the data bridge
+    mgmt_uplink: str  # root-side veth end on the management bridge
+    manager_pid: int | None = None
+    etcd_pid: int | None = None
+    state: str = "up"  # up | crashed
+
+    @property
+    def uplinks(self) -> list[str]:
+        return [self.uplink, self.mgmt_uplink]
+
+    @property
+    def etcd_url(self) -> str:
+        """The member's client URL (plain HTTP on the management network: see
+        ``Testbed.etcd_endpoints``)."""
+        return f"http://{self.address}:{ETCD_CLIENT_PORT}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.address}:{ETCD_PEER_PORT}"
 
 
 @dataclass
@@ -112,6 +177,11 @@ class Testbed:
     #: Mutual TLS everywhere, with a CA of the testbed's own (``pki/`` in its directory);
     #: agents and the forwarder then get no token, each guard only its host's key.
     tls: bool = True
+    #: Managers: 1 (the manager in the root netns) or a cluster of 3 or 5, each member an
+    #: emulated management host with an etcd member; the managers themselves start with
+    #: ``with_manager`` (without it, the management hosts run their etcd members only).
+    managers: int = 1
+    manager_hosts: dict[str, ManagerHost] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 8 or not self.name.replace("-", "").isalnum():
@@ -132,6 +202,15 @@ class Testbed:
                               "they must be apart, so that nothing routes between them")
         self._mgmt_base = mgmt.network_address
         self.mgmt_prefixlen = mgmt.prefixlen
+        if self.managers not in CLUSTER_SIZES:
+            why = {2: "a cluster of 2 stops when either member is lost (a majority of 2 is "
+                      "2): no loss tolerated, as with one manager, and twice the parts to fail",
+                   4: "a cluster of 4 tolerates one lost member (a majority of 4 is 3), as "
+                      "a cluster of 3 does: the fourth buys no availability"}
+            raise ConfigError(f"managers={self.managers}: "
+                              + why.get(self.managers, "an odd number of members, at most 5 "
+                                        "(what fits between the ingress and the hosts)")
+                              + "; use 1, 3 or 5")
 
     # -- names and addresses -------------------------------------------------------------
 
@@ -195,8 +274,46 @@ class Testbed:
         return str(self._hosts_base + 512 + i)
 
     @property
+    def clustered(self) -> bool:
+        """Managers in a cluster on etcd (``managers`` > 1), each on a management host."""
+        return self.managers > 1
+
+    def manager_host_address(self, k: int) -> str:
+        """Management host k's address on the management network (.6 for k = 1)."""
+        return str(self._mgmt_base + _MANAGER_HOST_BASE + k)
+
+    def manager_data_address(self, k: int) -> str:
+        """Management host k's address on the data network (10.X.0.6 for k = 1)."""
+        return str(self._hosts_base + _MANAGER_HOST_BASE + k)
+
+    @property
     def manager_url(self) -> str:
-        return f"{self.scheme}://{self.mgmt_gateway}:{MANAGER_PORT}"
+        """The (first) manager: in a cluster m1's, which need not be the leader."""
+        return self.manager_urls[0]
+
+    @property
+    def manager_urls(self) -> list[str]:
+        """Every manager's URL, m1 first; one for a single manager."""
+        if not self.clustered:
+            return [f"{self.scheme}://{self.mgmt_gateway}:{MANAGER_PORT}"]
+        return [f"{self.scheme}://{self.manager_host_address(k)}:{MANAGER_PORT}"
+                for k in range(1, self.managers + 1)]
+
+    @property
+    def etcd_endpoints(self) -> list[str]:
+        """``HOST:PORT`` of each etcd member ([] for a single manager on SQLite).
+
+        Plain HTTP: the members listen on the management network only, which no VNF
+        reaches (``_separate``); the store speaks etcd+https with the managers'
+        certificates too, but etcd would then admit any certificate of the testbed's CA,
+        agents' included, so TLS alone would keep out no one that the network does not."""
+        return [f"{self.manager_host_address(k)}:{ETCD_CLIENT_PORT}"
+                for k in range(1, self.managers + 1)] if self.clustered else []
+
+    @property
+    def store_url(self) -> str:
+        """The managers' ``--store`` in a cluster: every etcd member."""
+        return "etcd://" + ",".join(self.etcd_endpoints)
 
     @property
     def token_file(self) -> Path:
@@ -267,7 +384,11 @@ class Testbed:
         from nfvha.pki import init_ca
 
         ca = init_ca(self.pki_dir)
-        ca.issue("manager", ips=[self.mgmt_gateway, "127.0.0.1"])
+        # One identity for every manager of a cluster (agents know "the manager" by it),
+        # valid at each member's address.
+        ca.issue("manager", ips=[*(self.manager_host_address(k)
+                                   for k in range(1, self.managers + 1) if self.clustered),
+                                 self.mgmt_gateway, "127.0.0.1"])
         ca.issue("forwarder", ips=[self.ingress_mgmt_address])
 
     def _issue_agent(self, h: TestbedHost) -> None:
@@ -293,6 +414,17 @@ class Testbed:
                 f"no host {host_id!r} in testbed {self.name} (hosts: {', '.join(self.hosts)})"
             ) from None
 
+    def manager_host(self, member_id: str) -> ManagerHost:
+        try:
+            return self.manager_hosts[member_id]
+        except KeyError:
+            if not self.clustered:
+                raise ConfigError(f"testbed {self.name} runs one manager, not a cluster "
+                                  "(start it with `nfvha up --managers 3`)") from None
+            raise ConfigError(
+                f"no manager host {member_id!r} in testbed {self.name} (members: "
+                f"{', '.join(self.manager_hosts)})") from None
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def up(self, timeout: float = 30.0) -> None:
@@ -316,12 +448,19 @@ class Testbed:
                 await self._add_ingress()
             if self.with_manager:
                 self._add_operators()
+            if self.clustered:
+                await self._add_cluster(timeout)
+            elif self.with_manager:
                 self.cgroups.cgroup(f"{self.name}/manager").create(CgroupLimits())
                 self.manager_pid = self.start_manager()
             for i in range(1, self.n_hosts + 1):
                 await self._add_host(i)
             self._save()
             await self.wait_ready(timeout)
+            if self.with_manager and self.clustered:
+                # Up means protected: a leader acts. Only here, not in every wait_ready
+                # (a host revived while etcd has no quorum must not wait for one).
+                await self._wait_leader(time.monotonic() + timeout)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.down()
@@ -401,19 +540,30 @@ class Testbed:
             h["timeout"] = self.fence_timeout
             if self.fence_agent is not None:
                 h["agent"] = self.fence_agent
-        self.fence_config.write_text(yaml.safe_dump(cfg))
+        # Written again before each manager starts: atomically, so that one starting
+        # meanwhile never reads half a file.
+        tmp = self.fence_config.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(cfg))
+        tmp.replace(self.fence_config)
 
     def start_manager(self) -> int:
         """The manager runs in the root netns and listens on its management address; its
         health probes reach the VNFs from the root's data address."""
+        args = self._manager_argv(f"{self.mgmt_gateway}:{MANAGER_PORT}",
+                                  ["--db", str(self.dir / "manager.db")])
+        return self._spawn(args, "manager", f"{self.name}/manager", None)
+
+    def _manager_argv(self, listen: str, store: list[str]) -> list[str]:
+        """``nfvha manager`` with what every manager of this testbed gets; ``store`` says
+        where its state is (and, in a cluster, which member it is)."""
         if self.fencing:
             self._write_fence_config()
         reserved = [f"{self.gateway}=the testbed's data gateway",
                     *([f"{self.ingress_address}=the steering forwarder (its data side)"]
-                      if self.with_forwarder else [])]
-        args = [sys.executable, "-m", "nfvha", "manager",
-                "--listen", f"{self.mgmt_gateway}:{MANAGER_PORT}",
-                "--db", str(self.dir / "manager.db"),
+                      if self.with_forwarder else []),
+                    *(f"{m.data_address}=manager {m.member_id} (its data side)"
+                      for m in self.manager_hosts.values())]
+        return [sys.executable, "-m", "nfvha", "manager", "--listen", listen, *store,
                 "--token-file", str(self.token_file), "--vnf-network", self.subnet,
                 *[arg for r in reserved for arg in ("--reserve-address", r)],
                 "--users-file", str(self.users_file),
@@ -423,9 +573,292 @@ class Testbed:
                 *(["--forwarder", self.forwarder_url] if self.with_forwarder else []),
                 *(["--fence-config", str(self.fence_config)] if self.fencing else []),
                 *self.manager_args]
-        return self._spawn(args, "manager", f"{self.name}/manager", None)
+
+    # -- the manager cluster (managers > 1) ----------------------------------------------
+
+    @property
+    def secret_key_file(self) -> Path:
+        """The key sealing subscription passwords, one for the whole cluster: a password
+        one member sealed into the store must open on the next leader."""
+        return self.dir / "manager.key"
+
+    def etcd_data_dir(self, member_id: str) -> Path:
+        return self.dir / f"etcd-{member_id}"
+
+    async def _add_cluster(self, timeout: float) -> None:
+        """Management hosts with their etcd members; once etcd has a quorum (a manager
+        refuses to start on a store it cannot reach), the managers."""
+        if self.with_manager:
+            from nfvha.vnfm.secretbox import SecretBox
+
+            SecretBox.from_file(self.secret_key_file)  # made once, before any member reads it
+        for k in range(1, self.managers + 1):
+            await self._add_manager_host(k)
+        for m in self.manager_hosts.values():
+            m.etcd_pid = self._start_etcd(m)
+        await self.wait_etcd(timeout)
+        if self.with_manager:
+            for m in self.manager_hosts.values():
+                m.manager_pid = self._start_cluster_manager(m)
+
+    async def _add_manager_host(self, k: int) -> ManagerHost:
+        """Management host k: on the management bridge (manager, etcd) and on the data
+        bridge (the manager's VNF probes), the data side kept from management addresses
+        as in every netns on both networks."""
+        mid = f"m{k}"
+        addr = self.manager_host_address(k)
+        m = ManagerHost(member_id=mid, netns=f"{self.name}-{mid}", address=addr,
+                        data_address=self.manager_data_address(k),
+                        url=f"{self.scheme}://{addr}:{MANAGER_PORT}",
+                        cgroup=f"{self.name}/{mid}", uplink=f"{self.name}-{mid}",
+                        mgmt_uplink=f"{self.name}-{mid}m")
+        self.manager_hosts[mid] = m
+        await self.net.create_netns(m.netns)
+        await self.net.create_veth(m.mgmt_uplink, f"{self.name}-v{k}", peer_netns=m.netns,
+                                   peer_name_after_move=MGMT_IFNAME, master=self.mgmt_bridge,
+                                   peer_address=f"{addr}/{self.mgmt_prefixlen}")
+        await self.net.create_veth(m.uplink, f"{self.name}-w{k}", peer_netns=m.netns,
+                                   peer_name_after_move="eth0", master=self.bridge,
+                                   peer_address=f"{m.data_address}/{self.prefixlen}")
+        await self._separate(m.netns, "eth0")
+        for part in ("etcd", "manager"):
+            self.cgroups.cgroup(f"{m.cgroup}/{part}").create(CgroupLimits())
+        return m
+
+    def _etcd_argv(self, m: ManagerHost) -> list[str]:
+        """A member of the static cluster. Its data dir is the host's disk: a member
+        started again on it rejoins with what it had (etcd ignores the --initial-*
+        flags then)."""
+        cluster = ",".join(f"{o.member_id}={o.peer_url}" for o in self.manager_hosts.values())
+        return ["etcd", "--name", m.member_id, "--data-dir", str(self.etcd_data_dir(m.member_id)),
+                "--listen-client-urls", m.etcd_url, "--advertise-client-urls", m.etcd_url,
+                "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
+                "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                "--initial-cluster-token", f"nfvha-{self.name}",
+                "--logger", "zap", "--log-level", "warn", *ETCD_TIMINGS]
+
+    def _start_etcd(self, m: ManagerHost) -> int:
+        # One thread of Go scheduling each: three members share two cores with the rest.
+        return self._spawn(self._etcd_argv(m), f"etcd-{m.member_id}", f"{m.cgroup}/etcd",
+                           m.netns, env={**os.environ, "GOMAXPROCS": "1"})
+
+    def _cluster_manager_argv(self, m: ManagerHost) -> list[str]:
+        """What the single manager gets, on the shared etcd store, campaigning as its
+        member id with the 1 s leader lease the etcd timings allow."""
+        return self._manager_argv(
+            f"{m.address}:{MANAGER_PORT}",
+            ["--db", str(self.dir / m.member_id / "manager.db"), "--store", self.store_url,
+             "--member-id", m.member_id, "--election-ttl", str(ELECTION_TTL),
+             "--advertise-url", m.url, "--secret-key-file", str(self.secret_key_file)])
+
+    def _start_cluster_manager(self, m: ManagerHost) -> int:
+        (self.dir / m.member_id).mkdir(exist_ok=True)
+        return self._spawn(self._cluster_manager_argv(m), f"manager-{m.member_id}",
+                           f"{m.cgroup}/manager", m.netns)
+
+    async def wait_etcd(self, timeout: float = 30.0,
+                        members: list[str] | None = None) -> None:
+        """Until each member (default: each one up) says it is healthy: it has a leader
+        and answers a linearizable read, so a quorum of the cluster is there."""
+        deadline = time.monotonic() + timeout
+        wanted = [self.manager_host(mid) for mid in members] if members is not None \
+            else [m for m in self.manager_hosts.values() if m.state == "up"]
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            for m in wanted:
+                while True:
+                    with contextlib.suppress(httpx.HTTPError, ValueError):
+                        r = await client.get(f"{m.etcd_url}/health")
+                        if r.json().get("health") == "true":
+                            break
+                    if time.monotonic() > deadline:
+                        tail = _tail(self.log_dir / f"etcd-{m.member_id}.log")
+                        raise NfvhaError(f"etcd member {m.member_id} not healthy at "
+                                         f"{m.etcd_url} within {timeout:.0f}s; its log "
+                                         f"ends:\n{tail}")
+                    await asyncio.sleep(0.1)
+
+    async def cluster_views(self) -> dict[str, dict[str, Any]]:
+        """``GET /nfvha/v1/cluster`` of every manager that answers it, by URL."""
+        token = self.viewer_token or self.operator_token
+        async with httpx.AsyncClient(timeout=2.0, verify=self.client_context(None),
+                                     headers={"Authorization": f"Bearer {token}"}) as client:
+
+            async def ask(url: str) -> dict[str, Any] | str:
+                try:
+                    r = await client.get(f"{url}/nfvha/v1/cluster")
+                except httpx.HTTPError as exc:
+                    return f"{url}: {type(exc).__name__}"
+                if r.status_code != 200:
+                    return f"{url}: {r.status_code}"
+                view: dict[str, Any] = r.json()
+                return view
+
+            answers = await asyncio.gather(*(ask(u) for u in self.manager_urls))
+        views = {u: a for u, a in zip(self.manager_urls, answers, strict=True)
+                 if isinstance(a, dict)}
+        if not views:
+            raise NfvhaError("no manager answered GET /nfvha/v1/cluster ("
+                             + "; ".join(str(a) for a in answers) + ")")
+        return views
+
+    async def leader(self) -> str | None:
+        """The member id of the manager that says it leads, None while none does. Asked
+        of the leader itself, not of what followers name: they learn of a new leader a
+        moment later (a watch), so right after a failover they may name the dead one."""
+        leading = [v for v in (await self.cluster_views()).values() if v.get("leading")]
+        if not leading:
+            return None
+        best = max(leading, key=lambda v: v.get("term") or 0)  # a deposed one's is lower
+        return str(best["member"] or "manager")  # single mode: member is None
+
+    def _require_manager(self) -> None:
+        if not self.with_manager:
+            raise ConfigError(f"testbed {self.name} runs no manager")
+
+    async def kill_manager(self, member_id: str = "leader") -> tuple[str, list[int]]:
+        """SIGKILL one manager (its etcd member and host live on): ``member_id``, or the
+        leader the managers name. Returns the member and the pids killed (the manager
+        and any child of it, a fence agent say: everything in its cgroup). With one
+        manager, "leader" and "manager" name it. Nothing restarts it: `restart_manager`."""
+        self._require_manager()
+        if not self.clustered:
+            if member_id not in ("leader", "manager"):
+                raise ConfigError(f"testbed {self.name} runs one manager: name it 'manager' "
+                                  f"or 'leader', not {member_id!r}")
+            pids = await self._kill_cgroup(f"{self.name}/manager")
+            self.manager_pid = None
+            self._save()
+            return "manager", pids
+        if member_id == "leader":
+            leader = await self.leader()
+            if leader is None:
+                raise NfvhaError("the managers know no leader now; name the member to kill")
+            member_id = leader
+        m = self.manager_host(member_id)
+        pids = await self._kill_cgroup(f"{m.cgroup}/manager")
+        if not pids:
+            raise ConfigError(f"{member_id}: no manager is running there")
+        m.manager_pid = None
+        self._save()
+        return member_id, pids
+
+    async def restart_manager(self, member_id: str = "manager", timeout: float = 30.0) -> int:
+        """Start a killed manager again (same member id, store and address); returns its
+        pid once it answers /healthz."""
+        self._require_manager()
+        if not self.clustered:
+            if self.cgroups.cgroup(f"{self.name}/manager").pids():
+                raise ConfigError("the manager is running; kill it first")
+            self.manager_pid = self.start_manager()
+            self._save()
+            await self.wait_ready(timeout)
+            return self.manager_pid
+        m = self._up_manager_host(member_id)
+        if self.cgroups.cgroup(f"{m.cgroup}/manager").pids():
+            raise ConfigError(f"{member_id}: its manager is running; kill it first")
+        m.manager_pid = self._start_cluster_manager(m)
+        self._save()
+        await self.wait_ready(timeout)
+        return m.manager_pid
+
+    async def kill_etcd(self, member_id: str) -> list[int]:
+        """SIGKILL one etcd member (its manager lives on, on the others' quorum)."""
+        m = self.manager_host(member_id)
+        pids = await self._kill_cgroup(f"{m.cgroup}/etcd")
+        if not pids:
+            raise ConfigError(f"{member_id}: no etcd member is running there")
+        m.etcd_pid = None
+        self._save()
+        return pids
+
+    async def restart_etcd(self, member_id: str, timeout: float = 30.0) -> int:
+        """Start a killed etcd member again on its data dir; returns its pid once it is
+        healthy (which needs a quorum)."""
+        m = self._up_manager_host(member_id)
+        if self.cgroups.cgroup(f"{m.cgroup}/etcd").pids():
+            raise ConfigError(f"{member_id}: its etcd member is running; kill it first")
+        m.etcd_pid = self._start_etcd(m)
+        self._save()
+        await self.wait_etcd(timeout, [member_id])
+        return m.etcd_pid
+
+    def _up_manager_host(self, member_id: str) -> ManagerHost:
+        m = self.manager_host(member_id)
+        if m.state != "up":
+            raise ConfigError(f"manager host {member_id} is {m.state}; restore it "
+                              "(`restore_manager_host`, `nfvha inject crash-manager-host "
+                              f"{member_id} --heal`)")
+        return m
+
+    async def crash_manager_host(self, member_id: str) -> None:
+        """Power loss of a management host: its links are cut first, so nothing it sends
+        while dying reaches anyone, then every process of it, etcd member and manager,
+        is killed."""
+        m = self.manager_host(member_id)
+        for link in m.uplinks:
+            await self.net.delete_link(link)
+        await asyncio.to_thread(self.cgroups.cgroup(m.cgroup).kill_all)
+        m.state = "crashed"
+        m.manager_pid = m.etcd_pid = None
+        self._save()
+
+    async def restore_manager_host(self, member_id: str, timeout: float = 30.0) -> None:
+        """Power a crashed management host back on: same address and disk (its etcd data
+        dir, so the member rejoins the cluster as itself), etcd first, then its manager."""
+        m = self.manager_host(member_id)
+        await self.net.delete_netns(m.netns)
+        for link in m.uplinks:
+            await self.net.delete_link(link)
+        await asyncio.to_thread(self.cgroups.cgroup(m.cgroup).delete)
+        m = await self._add_manager_host(int(member_id[1:]))
+        m.etcd_pid = self._start_etcd(m)
+        self._save()
+        await self.wait_etcd(timeout, [member_id])
+        if self.with_manager:
+            m.manager_pid = self._start_cluster_manager(m)
+            self._save()
+            await self.wait_ready(timeout)
+
+    async def cut_manager_from_etcd(self, member_id: str, *, heal: bool = False) -> None:
+        """Partition a management host from etcd, and from etcd only: in its netns, TCP to
+        and from the etcd ports of the other members is dropped on its management link
+        (its own member, reached over loopback, stays reachable and loses its quorum).
+        Its manager still reaches the agents, the guards and the callers, and they it:
+        the fault a leader must notice by its lease alone. ``heal`` lifts it."""
+        m = self._up_manager_host(member_id)
+        table = f"{self.nft_table}_etcdcut"
+        rules = _DROP_TABLE.format(table=table)
+        if not heal:
+            ports = f"{{ {ETCD_CLIENT_PORT}, {ETCD_PEER_PORT} }}"
+            rules += (f"table ip {table} {{\n"
+                      f"  chain out {{ type filter hook output priority 0;\n"
+                      f"    oifname \"{MGMT_IFNAME}\" tcp dport {ports} drop\n"
+                      f"    oifname \"{MGMT_IFNAME}\" tcp sport {ports} drop\n  }}\n"
+                      f"  chain in {{ type filter hook input priority 0;\n"
+                      f"    iifname \"{MGMT_IFNAME}\" tcp dport {ports} drop\n"
+                      f"    iifname \"{MGMT_IFNAME}\" tcp sport {ports} drop\n  }}\n}}\n")
+        await _nft(rules, m.netns)
+
+    @property
+    def manager_members(self) -> dict[str, str]:
+        """Member id -> URL of every manager ({"manager": URL} for a single one)."""
+        if not self.clustered:
+            return {"manager": self.manager_url}
+        return {mid: m.url for mid, m in sorted(self.manager_hosts.items())}
+
+    async def _kill_cgroup(self, path: str) -> list[int]:
+        """SIGKILL whatever runs in cgroup ``path``; the pids it had (none: nothing ran)."""
+        cg = self.cgroups.cgroup(path)
+        pids = cg.pids() if cg.exists() else []
+        if pids:
+            await asyncio.to_thread(cg.kill_all)
+        return pids
 
     def _start_agent(self, h: TestbedHost) -> int:
+        return self._spawn(self._agent_argv(h), f"agent-{h.host_id}", f"{h.cgroup}/agent",
+                           h.netns)
+
+    def _agent_argv(self, h: TestbedHost) -> list[str]:
         args = [
             sys.executable, "-m", "nfvha", "agent", "--host-id", h.host_id,
             "--listen", f"{h.address}:{AGENT_PORT}", "--bridge", "br0",
@@ -438,7 +871,8 @@ class Testbed:
             "--netns-prefix", f"{h.netns}-", "--cgroup-parent", f"{h.cgroup}/vnf",
             "--log-dir", str(self.log_dir / "vnf"), "--advertise-url", h.url,
             "--work-root", str(self.dir / "vnf-root"),
-            *(["--manager", self.manager_url] if self.with_manager else []),
+            # Every manager: the agent follows the leader among them (cluster-spec).
+            *(["--manager", ",".join(self.manager_urls)] if self.with_manager else []),
             *self.agent_args,
         ]
         if self.agent_restart_delay is not None:
@@ -447,7 +881,7 @@ class Testbed:
             args = [sys.executable, "-S", _supervise.__file__,
                     "--pidfile", str(self.agent_pidfile(h.host_id)),
                     "--delay", str(self.agent_restart_delay), "--", *args]
-        return self._spawn(args, f"agent-{h.host_id}", f"{h.cgroup}/agent", h.netns)
+        return args
 
     def agent_pidfile(self, host_id: str) -> Path:
         return self.dir / f"agent-{host_id}.pid"
@@ -507,7 +941,8 @@ class Testbed:
         h.agent_pid = self._start_agent(h)
         self._save()
 
-    def _spawn(self, args: list[str], label: str, cgroup: str, netns: str | None) -> int:
+    def _spawn(self, args: list[str], label: str, cgroup: str, netns: str | None,
+               env: dict[str, str] | None = None) -> int:
         procs = [str(p) for p in self.cgroups.cgroup(cgroup).procs_paths()]
         netns_path = str(self.net.netns_path(netns)) if netns else None
 
@@ -526,7 +961,7 @@ class Testbed:
         logf = open(self.log_dir / f"{label}.log", "ab")  # noqa: SIM115
         with logf:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                    preexec_fn=enter, start_new_session=True)
+                                    preexec_fn=enter, start_new_session=True, env=env)
         return proc.pid
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
@@ -540,14 +975,18 @@ class Testbed:
                     raise NfvhaError(f"forwarder did not answer at {self.forwarder_url}; its "
                                      f"log ends:\n{_tail(self.log_dir / 'forwarder.log')}")
                 await asyncio.sleep(0.1)
-            while self.with_manager:
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.manager_url}/healthz")).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise NfvhaError(f"manager did not answer at {self.manager_url}; its log "
-                                     f"ends:\n{_tail(self.log_dir / 'manager.log')}")
-                await asyncio.sleep(0.1)
+            managers = [(self.manager_url, "manager")] if not self.clustered else [
+                (m.url, f"manager-{m.member_id}") for m in self.manager_hosts.values()
+                if m.state == "up" and m.manager_pid is not None]  # not the killed ones
+            for url, label in managers if self.with_manager else []:
+                while True:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"{url}/healthz")).status_code == 200:
+                            break
+                    if time.monotonic() > deadline:
+                        raise NfvhaError(f"{label} did not answer at {url}; its log "
+                                         f"ends:\n{_tail(self.log_dir / f'{label}.log')}")
+                    await asyncio.sleep(0.1)
             for h in self.hosts.values():
                 if h.state != "up":
                     continue
@@ -560,6 +999,19 @@ class Testbed:
                         raise NfvhaError(f"agent of {h.host_id} did not answer at {h.url} "
                                          f"within {timeout:.0f}s; its log ends:\n{tail}")
                     await asyncio.sleep(0.1)
+
+    async def _wait_leader(self, deadline: float) -> None:
+        """Until the managers name a leader: before that, nothing is protected."""
+        while True:
+            try:
+                if await self.leader() is not None:
+                    return
+                why = "none is leading"
+            except NfvhaError as exc:
+                why = str(exc)
+            if time.monotonic() > deadline:
+                raise NfvhaError(f"the managers elected no leader in time: {why}")
+            await asyncio.sleep(0.1)
 
     async def crash_host(self, host_id: str) -> None:
         """Power loss: cut the host's links first, then kill every process of it."""
@@ -637,7 +1089,8 @@ class Testbed:
                 "with_manager": self.with_manager, "manager_pid": self.manager_pid,
                 "agent_restart_delay": self.agent_restart_delay, "fencing": self.fencing,
                 "with_forwarder": self.with_forwarder, "tls": self.tls,
-                "token_file": str(self.token_file),
+                "token_file": str(self.token_file), "managers": self.managers,
+                "manager_hosts": {k: asdict(v) for k, v in self.manager_hosts.items()},
                 "hosts": {k: asdict(v) for k, v in self.hosts.items()}}
         tmp = self.dir / "testbed.json.tmp"
         tmp.write_text(json.dumps(data, indent=2))
@@ -652,7 +1105,10 @@ class Testbed:
             raise ConfigError(f"no testbed {name} is up ({path}: {exc}); "
                               "start one with `nfvha up` or `nfvha testbed up`") from exc
         tb = cls(name=name, state_dir=state_dir, subnet=data["subnet"],
-                 mgmt_subnet=data.get("mgmt_subnet"), tls=data.get("tls", False))
+                 mgmt_subnet=data.get("mgmt_subnet"), tls=data.get("tls", False),
+                 managers=data.get("managers", 1))
+        tb.manager_hosts = {k: ManagerHost(**v)
+                            for k, v in data.get("manager_hosts", {}).items()}
         tb.n_hosts = data["n_hosts"]
         tb.with_manager = data.get("with_manager", False)
         tb.manager_pid = data.get("manager_pid")
@@ -672,6 +1128,12 @@ class Testbed:
                 "mgmt_bridge": self.mgmt_bridge, "mgmt_gateway": self.mgmt_gateway,
                 "subnet": self.subnet, "mgmt_subnet": self.mgmt_subnet,
                 "manager_url": self.manager_url if self.with_manager else None,
+                # Every manager (m1 first, as manager_url); a caller finds the leader
+                # among them, `nfvha status` asks them GET /nfvha/v1/cluster.
+                "manager_urls": self.manager_urls if self.with_manager else [],
+                "managers": [{**asdict(m), "etcd_url": m.etcd_url}
+                             for m in self.manager_hosts.values()],
+                "store_url": self.store_url if self.clustered else None,
                 "forwarder_url": self.forwarder_url if self.with_forwarder else None,
                 "token_file": str(self.token_file),
                 "operator_token_file": str(self.operator_token_file)

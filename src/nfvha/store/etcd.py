@@ -289,6 +289,8 @@ class EtcdStore(StateStore):
         #: Compared in every write while set; see `Guard`. Set and cleared by whoever
         #: holds the leadership; a plain attribute, read once per write.
         self.guard = guard
+        #: Named in every guarded write's envelope (a manager cluster's member id).
+        self.writer: str | None = None
         self.client = EtcdClient(endpoints, tls=tls, timeout=timeout)
         try:
             found = self.client.version()
@@ -406,7 +408,7 @@ class EtcdStore(StateStore):
                 texts.append(None)
                 writes.append({"request_delete_range": {"key": key}})
                 continue
-            text = _encode(op, now)
+            text = _encode(op, now, guard, self.writer)
             texts.append(text)
             writes.append({"request_put": {"key": key, "value": _b64(text),
                                            "prev_kv": op.action == "put"}})
@@ -502,9 +504,16 @@ def parse_store_url(url: str) -> tuple[builtins.list[str], str]:
     return endpoints, prefix
 
 
-def _encode(op: Op, now: float) -> str:
+def _encode(op: Op, now: float, guard: Guard | None = None, writer: str | None = None) -> str:
+    """The stored envelope. A guarded write also names its term and writer: what lets an
+    auditor reading etcd's history check that each term had one writer (never two
+    managers' writes accepted for one term)."""
+    envelope: dict[str, Any] = {"data": op.data, "updatedAt": now}
+    if guard is not None:
+        envelope["term"] = guard.create_revision
+        if writer is not None:
+            envelope["by"] = writer
     try:
-        return json.dumps({"data": op.data, "updatedAt": now}, allow_nan=False,
-                          separators=(",", ":"))
+        return json.dumps(envelope, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise StoreError(f"{op.kind}/{op.id}: data is not storable as JSON: {exc}") from exc

@@ -37,6 +37,7 @@ from nfvha.errors import (
     NfvhaError,
     SandboxError,
 )
+from nfvha.follow import LeaderFollower, origin, split_urls
 from nfvha.ha.fault import probe_vnf
 from nfvha.ha.timings import DEFAULT_TIMINGS
 from nfvha.tls import TlsConfig
@@ -82,6 +83,8 @@ class AgentConfig:
     state_dir: Path
     bridge: str = "br0"
     token: str = ""
+    #: The manager, or every member of a manager cluster: ``URL[,URL...]``, as on the
+    #: command line (``manager_urls`` is the list). Reports go to the leader among them.
     manager_url: str | None = None
     advertise_url: str | None = None
     heartbeat_interval: float = DEFAULT_TIMINGS.heartbeat_interval
@@ -92,7 +95,9 @@ class AgentConfig:
     #: How long the agent itself may be silent (dead, stopped, restarting) before its lease
     #: guard stops the host's VNFs; a restart within it is a non-event.
     agent_grace: float = 3.0
-    #: The manager's UDP liveness address (default: the host and port of ``manager_url``).
+    #: The managers' UDP liveness addresses, ``ADDRESS:PORT[,ADDRESS:PORT...]`` (default:
+    #: the host and port of each manager URL). The guard heartbeats to all of them: only
+    #: the leader answers, and which one leads is not the guard's to know.
     manager_liveness: str | None = None
     #: Where this host's lease guard listens for peers (UDP; default: the advertised
     #: address, same port number as the API).
@@ -117,6 +122,23 @@ class AgentConfig:
     #: A daemon that stops (a restart, an upgrade) leaves its VNFs and guard running; the
     #: next run adopts them. In-process users (tests) stop everything with the agent.
     keep_vnfs_on_exit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.manager_url:
+            split_urls(self.manager_url)  # a mistyped URL fails here, not at every report
+
+    @property
+    def manager_urls(self) -> tuple[str, ...]:
+        """The managers' URLs (empty: no manager, a standalone agent)."""
+        return split_urls(self.manager_url) if self.manager_url else ()
+
+    @property
+    def manager_liveness_addrs(self) -> tuple[str, ...]:
+        """Where the guard sends its heartbeats: ``manager_liveness``, or each manager
+        URL's host and port (the manager's liveness port defaults to its HTTP port)."""
+        if self.manager_liveness:
+            return tuple(a.strip() for a in self.manager_liveness.split(",") if a.strip())
+        return tuple(f"{host}:{port}" for _, host, port in map(origin, self.manager_urls))
 
     @property
     def guard_dir(self) -> Path:
@@ -191,6 +213,8 @@ class Agent:
         self.instances: dict[str, Instance] = {}
         self.started_at = time.time()
         self._http: httpx.AsyncClient | None = None
+        #: Where reports go: the leader of the managers, followed (``nfvha.follow``).
+        self._manager = LeaderFollower(cfg.manager_urls) if cfg.manager_urls else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue(maxsize=1000)
         self._last_manager_ok: float | None = None  # monotonic time of the last 2xx heartbeat
@@ -785,13 +809,15 @@ class Agent:
     async def _event_loop(self) -> None:
         """Report exits to the manager at once; retried briefly, then dropped (heartbeats
         carry the same state, so a lost event delays detection but never hides it)."""
-        assert self._http is not None
+        assert self._http is not None and self._manager is not None
         while True:
             event = await self._events.get()
             for attempt in range(5):
                 try:
-                    r = await self._http.post(f"{self.cfg.manager_url}/nfvha/v1/events",
-                                              json=event.as_dict(), headers=self._auth())
+                    # Idempotent: an exit reported twice is one exit to the manager.
+                    r = await self._manager.send(self._http, "POST", "/nfvha/v1/events",
+                                                 json=event.as_dict(), headers=self._auth(),
+                                                 idempotent=True)
                     if r.status_code < 500:
                         break
                 except httpx.HTTPError:
@@ -801,17 +827,22 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         """Full status reports to the manager over HTTP: when something changed, when a
         (re)started manager asks (through the guard, or in an answer), and at least every
-        ``full_status_every``. Liveness is the guard's (UDP), so nothing else is sent."""
-        assert self._http is not None
-        url = f"{self.cfg.manager_url}/nfvha/v1/hosts/{self.cfg.host_id}/heartbeat"
+        ``full_status_every``. Liveness is the guard's (UDP), so nothing else is sent.
+        Each report goes to the leader (``nfvha.follow``): a report is a state, not an
+        action, so one that may have reached a manager that then failed is sent again to
+        the next."""
+        assert self._http is not None and self._manager is not None
+        path = f"/nfvha/v1/hosts/{self.cfg.host_id}/heartbeat"
         timeout = max(self.cfg.status_interval * 2, 0.5)
         while True:
             sent_at = time.monotonic()
             signature = self._signature()
             asked = self.lease_file.guard().need_full if self.lease_file is not None else 0
             try:
-                r = await self._http.post(url, json=self.status().as_dict(),
-                                          headers=self._auth(), timeout=timeout)
+                r = await self._manager.send(self._http, "POST", path,
+                                             json=self.status().as_dict(),
+                                             headers=self._auth(), timeout=timeout,
+                                             idempotent=True)
                 self.metrics.heartbeats.labels("ok" if r.status_code < 300 else
                                                "refused").inc()
                 if r.status_code < 300:
@@ -822,7 +853,8 @@ class Agent:
                         self._need_full = HeartbeatAck.model_validate_json(r.content).need_full
             except httpx.HTTPError as exc:
                 self.metrics.heartbeats.labels("failed").inc()
-                log.debug("status report to %s failed: %s", url, exc)
+                log.debug("status report to the managers (%s first) failed: %s",
+                          self._manager.leader, exc)
             finally:
                 await self._until_report_due(sent_at)
 
@@ -867,8 +899,7 @@ class Agent:
 
     def _guard_args(self) -> list[str]:
         cfg = self.cfg
-        assert cfg.manager_url is not None
-        manager = cfg.manager_liveness or httpx.URL(cfg.manager_url).netloc.decode()
+        managers = ",".join(cfg.manager_liveness_addrs)
         listen = cfg.liveness_listen or httpx.URL(cfg.advertise_url or "http://0.0.0.0:8700"
                                                   ).netloc.decode()
         if cfg.liveness_key_file is not None:
@@ -883,7 +914,7 @@ class Agent:
         args = [sys.executable, "-m", "nfvha.vim.guard", "--host-id", cfg.host_id,
                 "--lease-file", str(cfg.guard_dir / "lease"),
                 "--cgroup-parent", cfg.effective_cgroup_parent, "--listen", listen,
-                "--manager", manager, *keys,
+                "--manager", managers, *keys,
                 "--heartbeat-interval", str(cfg.heartbeat_interval),
                 "--fencing-timeout", str(cfg.fencing_timeout),
                 "--agent-grace", str(cfg.agent_grace), "--bridge", cfg.bridge]

@@ -6,7 +6,9 @@ stdlib-only (it starts in tens of milliseconds), and it alone speaks the livenes
 
 * it sends the manager one UDP heartbeat per interval and pings ``fanout`` peers; each
   answer renews the **host lease** (the manager's grant; an answered peer ping counts,
-  so a host cut off from the manager alone is not isolated);
+  so a host cut off from the manager alone is not isolated). Of a manager cluster it
+  heartbeats every member: only the leader answers, and which member leads is not the
+  guard's to know (a leader change then costs no round trip and no lost interval);
 * the agent **feeds** it through the shared lease file (``LeaseFile``): "I am alive
   until T"; the **agent grace** is how long the agent may be silent (a restart, a stall)
   before the VNFs it can no longer manage are stopped;
@@ -173,7 +175,8 @@ class GuardConfig:
     #: The key of pings between guards (None: ``key``). An answer from the manager (a
     #: lease) is accepted under ``key`` only, so no peer can grant this host a lease.
     peer_key: bytes | None = None
-    manager: tuple[str, int] | None = None
+    #: Every manager's liveness address (of a cluster: every member's); empty: none.
+    managers: tuple[tuple[str, int], ...] = ()
     heartbeat_interval: float = DEFAULT_TIMINGS.heartbeat_interval
     #: The shortest lease; 0: never fence on the host lease.
     fencing_timeout: float = DEFAULT_TIMINGS.fencing_timeout
@@ -209,7 +212,15 @@ class LeaseGuard:
         self._asked_full = 0.0
         self.reason = "inherited from the previous guard" if self.fenced else ""
         self.incarnation = time.time()
-        self.seq = 0
+        # Sequence numbers start at the incarnation in milliseconds, so this run's never
+        # repeat an earlier run's (it sends far fewer than 1000 a second): an answer to
+        # the previous guard's heartbeat, arriving late, must not count as an answer to
+        # this guard's heartbeat of the same number, sent later (a lease from then).
+        self.seq = int(self.incarnation * 1000)
+        #: The newest heartbeat a manager answered: older answers renew the lease from
+        #: their own send time but no longer set the lease length, the peers or requests.
+        self.answered = 0
+        self.granted_by: tuple[str, int] | None = None  # where that answer came from
         self.beats = 0
         self.sent: dict[int, float] = {}  # heartbeat/ping seq -> monotonic send time
         self.peers: dict[str, tuple[str, int]] = {}
@@ -307,6 +318,12 @@ class LeaseGuard:
         with contextlib.suppress(OSError):  # unreachable now: the lease tells the rest
             self.sock.sendto(encode(key, msg), addr)
 
+    def _send_all(self, msg: dict[str, Any], addrs: tuple[tuple[str, int], ...]) -> None:
+        data = encode(self.cfg.key, msg)
+        for addr in addrs:
+            with contextlib.suppress(OSError):  # one unreachable manager stops no other
+                self.sock.sendto(data, addr)
+
     def _next_seq(self, now: float) -> int:
         self.seq += 1
         self.sent[self.seq] = now
@@ -316,10 +333,13 @@ class LeaseGuard:
         return self.seq
 
     def beat(self, now: float, a: AgentSide | None = None) -> None:
-        """One heartbeat to the manager and one ping to each of ``fanout`` peers."""
+        """One heartbeat to every manager and one ping to each of ``fanout`` peers.
+
+        One heartbeat, one sequence number, sent to each manager: whichever answers (the
+        leader), the answer names the send time the lease runs from."""
         a = a or self.file.agent()
-        if self.cfg.manager is not None:
-            self._send({
+        if self.cfg.managers:
+            self._send_all({
                 "k": "hb", "h": self.cfg.host_id, "i": self.incarnation,
                 "s": self._next_seq(now), "t": time.time(), "l": self.lease,
                 "a": None if a.agent_until <= 0 else round(a.agent_until - now, 3),
@@ -329,7 +349,7 @@ class LeaseGuard:
                 "w": self.cfg.watchdog_timeout if self._wd is not None else 0,
                 "p": {p: round((now - t) * 1000) for p, t in self.heard.items()
                       if now - t < 10.0},
-            }, self.cfg.manager)
+            }, self.cfg.managers)
         self.beats += 1
         if self.beats % self.cfg.ping_every:
             return
@@ -348,21 +368,10 @@ class LeaseGuard:
         kind = msg.get("k")
         if kind == "hb-ack" and not from_manager:
             return  # a lease only the manager grants, under this host's own key
-        sent_at = self.sent.get(msg.get("s", -1)) if isinstance(msg.get("s"), int) else None
+        seq = msg.get("s")
+        sent_at = self.sent.get(seq) if isinstance(seq, int) else None
         if kind == "hb-ack":
-            if sent_at is not None and isinstance(msg.get("l"), int | float):
-                self.lease = min(max(float(msg["l"]), self.cfg.fencing_timeout), _MAX_LEASE_S)
-                self._renew(sent_at, self.lease)
-            if msg.get("nf") and now - self._asked_full > 0.5:
-                # The manager needs the agent's full status: passed on through the file
-                # (at most twice a second: answers to earlier heartbeats ask again).
-                self._asked_full = now
-                self.need_full += 1
-                self._publish()
-            if isinstance(msg.get("peers"), list):
-                self.peers = {str(p[0]): (str(p[1]), int(p[2])) for p in msg["peers"]
-                              if isinstance(p, list) and len(p) == 3}
-                self.peers_version = str(msg.get("pv", ""))
+            self._granted(msg, sent_at, addr, now)
         elif kind == "ping" and isinstance(msg.get("h"), str):
             self.heard[msg["h"]] = now
             self._send({"k": "pong", "h": self.cfg.host_id, "s": msg.get("s")}, addr,
@@ -371,6 +380,50 @@ class LeaseGuard:
             self.heard[msg["h"]] = now
             if sent_at is not None:
                 self._renew(sent_at, self.lease)
+
+    def _granted(self, msg: dict[str, Any], sent_at: float | None, addr: tuple[str, int],
+                 now: float) -> None:
+        """A manager's answer (authentic: under this host's key) to the heartbeat sent at
+        ``sent_at`` (None: not one this guard sent, or long forgotten: ignored).
+
+        It may come from any member (only the leader answers) and from any source address
+        (a multi-homed manager, NAT): the key is the proof. The lease runs from the
+        answered heartbeat's send time. With several managers, answers also come out of
+        order (a deposed leader's late one after the new leader's): an answer to a
+        heartbeat older than the newest answered one is ignored. It could only renew
+        less (it was sent earlier), unless it granted a longer lease than the newest
+        grant: a stale lease, which, taken up as the lease in force, every peer's answer
+        would renew too, past what the current leader counts on. Two answers to one
+        heartbeat (two members that both believe they lead, for an instant) both count:
+        the guard holds, and reports, the longer."""
+        seq = msg.get("s")
+        length = msg.get("l")
+        if sent_at is None or not isinstance(seq, int) or isinstance(length, bool) \
+                or not isinstance(length, int | float):
+            return
+        lease = min(max(float(length), self.cfg.fencing_timeout), _MAX_LEASE_S)
+        if seq < self.answered:
+            return
+        if seq == self.answered:  # a second manager answered the same heartbeat
+            self.lease = max(self.lease, lease)
+        else:
+            self.answered, self.lease = seq, lease
+            if addr != self.granted_by:
+                before = self.granted_by
+                log.info("lease granted by %s:%d (before: %s)", addr[0], addr[1],
+                         f"{before[0]}:{before[1]}" if before else "none")
+                self.granted_by = addr
+        self._renew(sent_at, lease)
+        if msg.get("nf") and now - self._asked_full > 0.5:
+            # The manager needs the agent's full status: passed on through the file
+            # (at most twice a second: answers to earlier heartbeats ask again).
+            self._asked_full = now
+            self.need_full += 1
+            self._publish()
+        if isinstance(msg.get("peers"), list):
+            self.peers = {str(p[0]): (str(p[1]), int(p[2])) for p in msg["peers"]
+                          if isinstance(p, list) and len(p) == 3}
+            self.peers_version = str(msg.get("pv", ""))
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -450,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lease-file", required=True, type=Path)
     ap.add_argument("--cgroup-parent", required=True)
     ap.add_argument("--listen", required=True, help="UDP ADDRESS:PORT for peers' pings")
-    ap.add_argument("--manager", default=None, help="the manager's UDP ADDRESS:PORT")
+    ap.add_argument("--manager", default=None, metavar="ADDRESS:PORT[,ADDRESS:PORT...]",
+                    help="the manager's UDP liveness address; of a cluster: every member's")
     keys = ap.add_mutually_exclusive_group(required=True)
     keys.add_argument("--key-file", type=Path,
                       help="this host's liveness keys (`nfvha pki issue --role agent`)")
@@ -501,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     guard = LeaseGuard(GuardConfig(
         host_id=args.host_id, lease_path=args.lease_file, cgroup_parent=args.cgroup_parent,
         listen=_addr(args.listen), key=key, peer_key=pkey,
-        manager=_addr(args.manager) if args.manager else None,
+        managers=tuple(_addr(m.strip()) for m in (args.manager or "").split(",")
+                       if m.strip()),
         heartbeat_interval=args.heartbeat_interval, fencing_timeout=args.fencing_timeout,
         agent_grace=args.agent_grace, fanout=args.fanout, watchdog=args.watchdog,
         bridge=args.bridge,

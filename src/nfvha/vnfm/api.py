@@ -222,8 +222,10 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
     @app.get("/nfvha/v1/hosts", dependencies=read)
     async def hosts() -> list[dict[str, Any]]:
         manager.drain_liveness()  # silences as of now, not as of the loop's last turn
+        # A follower hears no heartbeat: it shows the state the leader stored, no timing.
+        heard = manager.acting
         return [{**h.record, "state": h.state,
-                 "lastHeartbeatAgoMs": round(h.silence_s * 1000),
+                 "lastHeartbeatAgoMs": round(h.silence_s * 1000) if heard else None,
                  # Stretched while the host (or the manager) recently stalled.
                  "leaseMs": round(h.lease_s * 1000),
                  "suspectAfterMs": round(h.suspect_after_s * 1000),

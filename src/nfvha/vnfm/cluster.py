@@ -89,9 +89,12 @@ class LeaderOnlyWrites:
 def not_leader_response(m: Manager, exc: NotLeader | None = None) -> JSONResponse:
     """A JSONResponse for a `NotLeader` (or `LeadershipLost`) raised while serving."""
     status, headers, body = not_leader_answer(m, detail=str(exc) if exc else None)
-    # Raised mid-request: the request may have done part of its work, so no redirect.
-    if status == 307:
-        status, body = 503, {**body, "status": 503, "title": "Leadership changed"}
-        headers = {"retry-after": "1", "x-nfvha-leader": headers["x-nfvha-leader"]}
+    # Raised mid-request: the request may have done part of its work, so it is neither
+    # redirected nor marked "no-leader" (which says nothing was done, and lets callers
+    # send any request again): "leadership-lost" is resent only if it is idempotent.
+    body = {**body, "status": 503, "title": "Leadership changed", "code": "leadership-lost"}
+    headers = {"retry-after": "1", **({"x-nfvha-leader": headers["x-nfvha-leader"]}
+                                      if "x-nfvha-leader" in headers else {})}
+    status = 503
     return JSONResponse(body, status_code=status, headers=headers,
                         media_type="application/problem+json")

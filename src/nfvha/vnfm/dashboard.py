@@ -137,9 +137,9 @@ class DashboardFeed:
 
     def _live(self, h: HostRow) -> dict[str, Any]:
         if not self.m.acting:
-            # Heartbeats go to the leader: a follower's detector knows no host (or, once
-            # demoted, what it knew then), so the store's state is all it can tell.
-            return {"id": h.id, "state": str(h.record.get("state") or h.state),
+            # Heartbeats go to the leader: a follower knows a host's stored state (the
+            # view's), no silence, no fencing deadline, no report.
+            return {"id": h.id, "state": h.state,
                     "fenced": False, "fencedInS": None, "lastHeartbeatAgoMs": None,
                     "instances": []}
         fenced_in = h.fenced_in_s

@@ -256,6 +256,7 @@ class Manager:
                 self._stop_acting(f"new term {t.term}")
             if isinstance(self.store, EtcdStore):
                 self.store.guard = t.tenure.guard
+                self.store.writer = self.election.member_id if self.election else None
             self._fresh_term(takeover_at=t.tenure.takeover_at)
             self._start_acting()
             log.info("leading term %d (%s)", t.term, t.reason)
@@ -270,10 +271,22 @@ class Manager:
         self.notifier.start()  # first: subscribers hear of ops failed by the restart
         self._notifier_started = True
         self.membership.start()
+        newest: dict[str, float] = {}  # VNF -> wall time of its newest checkpoint
+        for cp in self.store.list("checkpoint"):
+            at = cp.data.get("createdAt")
+            if isinstance(at, int | float):
+                vnf = str(cp.data.get("vnfInstanceId"))
+                newest[vnf] = max(newest.get(vnf, 0.0), float(at))
         for rec in self.store.list("vnf"):
             self._to_reconcile.add(rec.id)
             rt = self._rt(rec.id)
-            rt.next_checkpoint = time.monotonic() + self._policy(rec.data).checkpoint_interval
+            # The checkpoint rhythm carries on from the last one taken (by this manager's
+            # previous run or by the previous leader): a takeover adds no interval to the
+            # gap. The first ones wait for the reconcile anyway (the loop does).
+            interval = self._policy(rec.data).checkpoint_interval
+            due_in = (newest[rec.id] + interval - time.time()) if rec.id in newest \
+                else interval
+            rt.next_checkpoint = time.monotonic() + min(max(due_in, 0.0), interval)
             if rec.data["haState"] == VnfState.FAILED:
                 rt.retry_at = time.monotonic()  # after the start-up grace, like the others
         for rec in self.store.list("op"):

@@ -63,6 +63,8 @@ class ManagerView:
         mem = m.membership
         rec = m.store.find("host", host_id)
         state = str(m.detector.state_of(host_id) or HostState.DOWN)
+        if not m.acting:  # a follower hears no host: what the leader last stored
+            state = str(rec.data.get("state") or "UNKNOWN") if rec is not None else "UNKNOWN"
         deadline = mem.fence_deadline.get(host_id)
         status = mem.host_status.get(host_id, {})
         driver = m.cfg.fencers.get(host_id)
