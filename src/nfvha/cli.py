@@ -538,8 +538,8 @@ def _manager(args: argparse.Namespace) -> Iterator[ManagerClient]:
 
     conn = _manager_conn(args)
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        # "requests now go to <leader>" at every command of a cluster whose first URL
-        # is not the leader's: noise for a one-shot command (`nfvha status` says who leads).
+        # "requests are answered by <leader> now" whenever a command's reads and writes
+        # are answered by two members: noise for a one-shot command (status says who leads).
         logging.getLogger("nfvha.follow").setLevel(logging.WARNING)
     with ManagerClient(conn.urls, conn.token, verify=_verify(conn.ca_file), timeout=30) as m:
         try:
