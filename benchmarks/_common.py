@@ -143,7 +143,7 @@ def manager_client(tb: Testbed, timeout: float = 10.0) -> ManagerClient:
 
     from nfvha.client import ManagerClient
 
-    return ManagerClient(tb.manager_url, tb.operator_token, verify=tb.client_context(None),
+    return ManagerClient(tb.manager_urls, tb.operator_token, verify=tb.client_context(None),
                          timeout=httpx.Timeout(timeout, connect=3.0))
 
 

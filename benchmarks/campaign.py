@@ -1157,7 +1157,7 @@ class Campaign:
 
     async def run(self, warm_timeout: float) -> None:
         self.manager = AsyncManagerClient(
-            self.tb.manager_url, self.tb.operator_token, verify=self.tb.client_context(None),
+            self.tb.manager_urls, self.tb.operator_token, verify=self.tb.client_context(None),
             timeout=httpx.Timeout(HTTP_TIMEOUT, connect=3.0))
         poller: asyncio.Task[None] | None = None
         operator: asyncio.Task[None] | None = None

@@ -156,9 +156,11 @@ def _vnfd(kind: str, addr: str, interval: float, *, vnfd_id: str | None = None,
 
 async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
     con = Console(width=max(Console().width, 120))
-    tb = Testbed(name="nfvha", n_hosts=3, with_manager=True, with_forwarder=True, fencing=True)
+    tb = Testbed(name="nfvha", n_hosts=3, with_manager=True, with_forwarder=True, fencing=True,
+                 managers=3)
     con.rule("[bold]nfvha demo[/]")
-    con.print("3 emulated hosts, the HA manager, the steering forwarder; two flow monitors "
+    con.print("3 emulated hosts, a cluster of 3 HA managers on etcd (each on its own "
+              "management host), the steering forwarder; two flow monitors "
               "(one with packet log and replay) and a UDP NAT under traffic; checkpoints every "
               f"{interval:.1f} s")
     with contextlib.suppress(Exception):
@@ -169,7 +171,7 @@ async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
     try:
         with con.status("starting testbed, manager and agents..."):
             await tb.up()
-        async with AsyncManagerClient(tb.manager_url, tb.operator_token, timeout=30,
+        async with AsyncManagerClient(tb.manager_urls, tb.operator_token, timeout=30,
                                       verify=tb.client_context(None)) as m:
             vnfs = {"flowmon": tb.vnf_address(10), "udpnat": tb.vnf_address(20),
                     "flowmon-replay": tb.vnf_address(11)}
@@ -201,6 +203,8 @@ async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
                           "kill-agent"),
                          ("kill -9 the flow monitor's agent; not restarted", "flowmon",
                           "kill-agent-for-good"),
+                         ("power loss of the leader manager's host, then kill -9 the flow "
+                          "monitor 100 ms later", "flowmon", "leader-loss-then-kill"),
                          ("power loss of the NAT's host (fenced)", "udpnat", "crash")]
             for title, kind, fault in scenarios:
                 await asyncio.sleep(interval * 2.5)  # traffic, and checkpoints of it
@@ -246,6 +250,21 @@ async def _inject(con: Console, m: AsyncManagerClient, tb: Testbed, title: str, 
                 f"{client.downtime_since(t0) * 1000:.0f} ms", "kept (same process)"]
     if fault == "crash":
         await tb.crash_host(v["host"])
+    elif fault == "leader-loss-then-kill":
+        # The VNF fails while no manager leads: the new leader must find it and recover it.
+        old = await tb.leader()
+        assert old is not None
+        t_lost = time.monotonic()
+        await tb.crash_manager_host(old)
+        await asyncio.sleep(0.1)
+        await tb.inject_vnf(v["host"], kind, "kill")  # straight at the agent: no leader
+        new = None
+        while new is None and time.monotonic() - t_lost < 15:
+            new = await tb.leader()
+            if new is None:
+                await asyncio.sleep(0.02)
+        con.print(f"   manager {old} lost; {new or 'no manager'} leads "
+                  f"{(time.monotonic() - t_lost) * 1000:.0f} ms later")
     elif fault == "kill-agent-for-good":
         await tb.kill_agent(v["host"], restart=False)
     else:

@@ -911,6 +911,20 @@ class Testbed:
         finally:
             lf.close()
 
+    async def inject_vnf(self, host_id: str, instance_id: str, fault: str) -> None:
+        """A VNF fault straight through its host's agent, as the manager's inject API
+        does (``kill`` or ``hang``), with the manager's identity: for faults that must
+        land while no manager leads."""
+        h = self.host(host_id)
+        async with httpx.AsyncClient(timeout=10.0, verify=self.client_context("manager"),
+                                     headers={} if self.tls else
+                                     {"Authorization": f"Bearer {self.token}"}) as client:
+            r = await client.post(f"{h.url}/v1/instances/{instance_id}/inject",
+                                  json={"fault": fault})
+        if r.status_code >= 300:
+            raise NfvhaError(f"inject {fault} into {instance_id} on {host_id}: "
+                             f"{r.status_code} {r.text}")
+
     async def kill_agent(self, host_id: str, *, restart: bool = True) -> int:
         """SIGKILL the host's agent (its VNFs and guard live on). Its supervisor restarts
         it after ``agent_restart_delay`` unless ``restart`` is False."""

@@ -105,10 +105,10 @@ class Mgr:
 
     def __init__(self, tb: Any) -> None:
         self.tb = tb
-        self.url = tb.manager_url
+        self.url = tb.manager_url  # the first manager (in a cluster, not always the leader)
         # An operator: the operator credential, over TLS checked against the testbed's CA.
         self.verify = tb.client_context(None)
-        self.client = ManagerClient(self.url, tb.operator_token, verify=self.verify,
+        self.client = ManagerClient(tb.manager_urls, tb.operator_token, verify=self.verify,
                                     timeout=30)
         self.http = self.client.http  # for calls the client has no method for
         # Agents take calls from the manager's certificate only: for tests that look
