@@ -177,10 +177,17 @@ def cmd_manager(args: argparse.Namespace) -> int:
         raise NfvhaError("--member-id needs --store etcd://...: the members of a manager "
                          "cluster share their state in etcd")
     if args.store:
-        from nfvha.store.etcd import EtcdStore
+        from urllib.parse import urlsplit
 
-        etcd = EtcdStore.from_url(
-            args.store, tls=tls if args.store.startswith("etcd+https://") else None)
+        from nfvha.store.etcd import EtcdStore, parse_store_url
+
+        endpoints, prefix = parse_store_url(args.store)
+        # The member on this manager's own host first: it is reachable whenever this
+        # manager is, and a cluster's managers then spread their reads over the members.
+        here = urlsplit(cfg.base_url).hostname
+        endpoints.sort(key=lambda e: urlsplit(e).hostname != here)
+        etcd = EtcdStore(endpoints, prefix=prefix,
+                         tls=tls if args.store.startswith("etcd+https://") else None)
         store: StateStore = etcd
         if args.member_id is not None:
             election = _election(args, etcd, cfg.base_url, tls)

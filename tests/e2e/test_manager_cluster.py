@@ -15,6 +15,7 @@ VNF failure right after the leader's loss is recovered by the new leader.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import os
@@ -58,14 +59,18 @@ def cm() -> Iterator[Mgr]:
 
 def views(m: Mgr, timeout: float = 0.3) -> dict[str, dict[str, Any] | None]:
     """Every member's ``/nfvha/v1/cluster`` (None: it did not answer)."""
-    out: dict[str, dict[str, Any] | None] = {}
-    for member, url in m.tb.manager_members.items():
+    def ask(url: str) -> dict[str, Any] | None:
         try:
             r = m.http.get(f"{url}/nfvha/v1/cluster", timeout=timeout)
-            out[member] = r.json() if r.status_code == 200 else None
+            return r.json() if r.status_code == 200 else None
         except httpx.HTTPError:
-            out[member] = None
-    return out
+            return None
+
+    # Side by side: a member whose host lost power answers nothing until the timeout,
+    # which must not delay what the others say.
+    members = m.tb.manager_members
+    with concurrent.futures.ThreadPoolExecutor(len(members)) as pool:
+        return dict(zip(members, pool.map(ask, members.values()), strict=True))
 
 
 def leader(m: Mgr) -> str | None:
@@ -118,6 +123,7 @@ class Client:
 
     def __init__(self, ip: str) -> None:
         self.ip = ip
+        self.started = time.monotonic()
         self.sent = 0
         self.pongs: list[float] = []
         self._stop = threading.Event()
@@ -148,6 +154,7 @@ class Client:
                             self.pongs.append(time.monotonic())
 
     def longest_silence(self, since: float, until: float) -> float:
+        since = max(since, self.pongs[0] if self.pongs else self.started)
         times = [since] + [t for t in self.pongs if since <= t <= until] + [until]
         return max(b - a for a, b in itertools.pairwise(times))
 
@@ -257,7 +264,7 @@ def test_losing_the_leader_disturbs_no_vnf(cm: Mgr, fault: str) -> None:
             sent = client.stop()
             wait_until(lambda: int(flowmon_stats((ip, 5001))["total_packets"]) >= sent, 5)
             assert int(flowmon_stats((ip, 5001))["total_packets"]) == sent
-            silence = client.longest_silence(mono_end - 30 * REPS, mono_end)
+            silence = client.longest_silence(client.started, mono_end)
             vnf = cm.vnf(iid)
             assert (vnf["haState"], vnf["host"]) == ("ACTIVE", host0), vnf
             assert len(cm.heals(iid)) == heals0, "a change of leader recovered the VNF"
@@ -348,13 +355,17 @@ def test_etcd_losing_a_member_disturbs_nothing_and_losing_quorum_pauses_protecti
         heals0 = len(cm.heals(iid))
         lead = leader(cm)
         others = [x for x in members if x != lead]
-        # One member lost (not the leader's own): nothing disturbed.
+        mono_1 = time.monotonic()
+        # One member lost (not the leading manager's own): the VNF is not disturbed. If
+        # it was etcd's raft leader (the leading manager keeps that one elsewhere), etcd
+        # elects another, keepalives wait meanwhile, and the managers may elect anew too.
         asyncio.run(cm.tb.kill_etcd(others[0]))
         t1 = time.time()
         cm.wait_checkpoint_after(iid, t1, timeout=3 * INTERVAL + 5)
-        assert leader(cm) == lead, "one etcd member lost changed the leader"
+        wait_until(lambda: leader(cm) is not None, 10)
         # Quorum lost: nobody leads, the VNF keeps running and answering.
         asyncio.run(cm.tb.kill_etcd(others[1]))
+        assert client.longest_silence(mono_1, time.monotonic()) < 1.0
         wait_until(lambda: leader(cm) is None, 5)
         mono_q = time.monotonic()
         time.sleep(3)

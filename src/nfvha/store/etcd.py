@@ -49,7 +49,9 @@ logger = logging.getLogger(__name__)
 API_PATH = "/v3"
 MIN_ETCD_VERSION = (3, 4)
 #: Each call is one round trip to one member; the same bound as SQLite's busy timeout.
-DEFAULT_TIMEOUT = 2.0
+#: Seconds to wait for a member to accept a connection before trying the next one.
+CONNECT_TIMEOUT = 0.25
+DEFAULT_TIMEOUT = 1.0
 DEFAULT_PREFIX = "/nfvha/default"
 
 # gRPC status codes the gateway puts in an error body's "code".
@@ -141,8 +143,13 @@ class EtcdClient:
         verify: Any = tls.client_context() if tls is not None else True
         # trust_env=False: an HTTP proxy set for the daemons' other traffic must not sit
         # between a manager and its store.
+        # A short connect timeout: a member whose host lost power answers nothing, and
+        # every call of the store's (synchronous, on the manager's event loop) would wait
+        # the full timeout before trying the next member. A connection on the management
+        # network takes well under a millisecond; a refused one fails at once anyway.
         self._http: httpx.Client | None = httpx.Client(
-            timeout=httpx.Timeout(timeout), verify=verify, trust_env=False,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
+            verify=verify, trust_env=False,
             transport=transport)
 
     def __repr__(self) -> str:
@@ -162,6 +169,22 @@ class EtcdClient:
             raise StoreError(f"etcd at {self._endpoint()} reports version {text!r}, which"
                              " nfvha cannot read") from None
         return major, minor
+
+    def call_at(self, endpoint: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST to one given member (no fail-over): for requests about that member, such
+        as its status, or that only a member in a given role serves."""
+        http = self._http
+        if http is None:
+            raise StoreError(f"etcd store {','.join(self.endpoints)} is closed")
+        url = endpoint + self.api_path + path
+        try:
+            response = http.request("POST", url, json=body)
+        except httpx.TransportError as exc:
+            raise StoreError(f"etcd {url}: {exc or type(exc).__name__}") from exc
+        answer = self._answer(response, url)
+        if isinstance(answer, str):
+            raise StoreError(f"etcd {url}: {answer}")
+        return answer
 
     def close(self) -> None:
         with self._lock:
@@ -291,6 +314,13 @@ class EtcdStore(StateStore):
         self.guard = guard
         #: Named in every guarded write's envelope (a manager cluster's member id).
         self.writer: str | None = None
+        #: Serializable reads are answered by any member from its own copy, at no cost to
+        #: the cluster, but a member cut off from the others answers from a copy that no
+        #: longer changes. A leader's decisions are made by compare-and-set, so it reads
+        #: that way; a follower serving the API reads linearizably (through etcd's raft
+        #: leader), so that what it shows is never silently stale: a member that cannot
+        #: reach the quorum fails the read instead.
+        self.serializable_reads = True
         self.client = EtcdClient(endpoints, tls=tls, timeout=timeout)
         try:
             found = self.client.version()
@@ -324,7 +354,8 @@ class EtcdStore(StateStore):
     def find(self, kind: str, id: str) -> Record | None:
         check_key(kind, id)
         answer = self.client.call(
-            "/kv/range", {"key": _b64(self._key(kind, id)), "serializable": True},
+            "/kv/range", {"key": _b64(self._key(kind, id)),
+                          "serializable": self.serializable_reads},
             idempotent=True)
         kvs = answer.get("kvs") or []
         return self._record(kind, id, kvs[0]) if kvs else None
@@ -334,7 +365,8 @@ class EtcdStore(StateStore):
         start = f"{self.prefix}/{kind}/"
         answer = self.client.call(
             "/kv/range",
-            {"key": _b64(start), "range_end": _prefix_end(start), "serializable": True},
+            {"key": _b64(start), "range_end": _prefix_end(start),
+             "serializable": self.serializable_reads},
             idempotent=True)
         named = [(_unb64(kv["key"]).decode()[len(start):], kv)
                  for kv in answer.get("kvs") or []]

@@ -41,6 +41,7 @@ from nfvha.dataplane.client import ForwarderClient
 from nfvha.descriptor import HaPolicy, VnfDescriptor, parse_descriptor
 from nfvha.errors import NotLeader
 from nfvha.ha.election import LeaderElection, Transition
+from nfvha.ha.etcdleader import keep_leader_away
 from nfvha.ha.fault import FaultTimings, HeartbeatDetector, HostState
 from nfvha.ha.fencing import FenceDriver
 from nfvha.ha.lifecycle import IllegalTransition, VnfState, check_transition
@@ -69,7 +70,7 @@ from nfvha.ha.planner import (
 from nfvha.ha.recovery import decide, strategy_chain
 from nfvha.logs import decision as log_decision
 from nfvha.nfvo.placement import HostView
-from nfvha.store.base import StateStore
+from nfvha.store.base import StateStore, StoreError
 from nfvha.store.etcd import EtcdStore
 from nfvha.tls import TlsConfig
 from nfvha.vnfm.agent_client import AgentClient
@@ -182,6 +183,8 @@ class Manager:
         self._stopping: list[asyncio.Task[Any]] = []  # a past term's tasks, winding down
         self._acting = False
         self._notifier_started = False
+        if election is not None and isinstance(store, EtcdStore):
+            store.serializable_reads = False  # a follower's reads (see EtcdStore)
         self._fresh_term()
         self.view = ManagerView(self)
         self.metrics = ManagerMetrics(self)
@@ -257,12 +260,15 @@ class Manager:
             if isinstance(self.store, EtcdStore):
                 self.store.guard = t.tenure.guard
                 self.store.writer = self.election.member_id if self.election else None
+                self.store.serializable_reads = True
             self._fresh_term(takeover_at=t.tenure.takeover_at)
             self._start_acting()
             log.info("leading term %d (%s)", t.term, t.reason)
         elif not t.leading and self._acting:
             # The guard stays: a late write of the old term fails (LeadershipLost).
             self._stop_acting(f"leadership of term {t.term} lost: {t.reason}")
+            if isinstance(self.store, EtcdStore):
+                self.store.serializable_reads = False
 
     def _start_acting(self) -> None:
         """Reload state: every known host gets a full timeout, interrupted work resumes."""
@@ -298,6 +304,8 @@ class Manager:
         self._loop_task = asyncio.create_task(self._loop())
         if self.forwarder is not None:
             self._spawn(self.healing.watch_forwarder())
+        if self.election is not None and isinstance(self.store, EtcdStore):
+            self._spawn(self._keep_etcd_leader_away(self.store))
         log.info("manager started with %d VNF(s), %d host(s)", len(self.store.list("vnf")),
                  len(self.store.list("host")))
 
@@ -322,6 +330,20 @@ class Manager:
 
         self._stopping.append(asyncio.ensure_future(wind_down()))
         log.warning("stopped acting: %s", why)
+
+    async def _keep_etcd_leader_away(self, store: EtcdStore, every: float = 3.0) -> None:
+        """While leading: etcd's raft leader is kept on another host than this manager's
+        (`nfvha.ha.etcdleader`: a power cut of this host then costs a manager crash)."""
+        while True:
+            try:
+                done = await asyncio.to_thread(keep_leader_away, store.client,
+                                               self.cfg.base_url)
+                if done:
+                    log.info("%s (this manager leads: a power cut here must not also "
+                             "cost an etcd election)", done)
+            except StoreError as exc:
+                log.debug("etcd leader placement: %s", exc)
+            await asyncio.sleep(every)
 
     async def close(self) -> None:
         if self.election is not None:
