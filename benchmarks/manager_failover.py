@@ -1419,6 +1419,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
                                            "vnf_states_at_end")}
                      for k, v in c["work"].items()},
             "etcd_requests_per_s": c["etcd_requests_per_s"],
+            "processes": {k: v for k, v in cpu.items() if isinstance(v, dict)},
         }
     return out
 
