@@ -1176,8 +1176,12 @@ class Agents:
 
 
 def _api(http: httpx.Client, method: str, url: str, **kw: Any) -> Any:
+    """One call to a manager; a 307 to the leader is followed by hand (httpx would drop
+    the token on the way: another port is another origin)."""
     try:
         r = http.request(method, url, **kw)
+        if r.status_code in (307, 308) and r.headers.get("location"):
+            r = http.request(method, r.headers["location"], **kw)
     except httpx.HTTPError as exc:
         raise BenchError(f"{method} {url}: {exc!r}") from exc
     if r.status_code >= 300:
@@ -1298,6 +1302,7 @@ def cpu_part(plan: Plan, etcd: EtcdCluster, run_dir: Path) -> dict[str, Any]:
             counts0, probes0 = _counts(clusters), responder.counts()
             logs0 = {d.name: d.log_size() for c in clusters for d in c.managers}
             etcd0 = etcd_requests(etcd)
+            leader0 = (_cluster_view(http, et.api) or {}).get("leader")
             samples = [_cpu_sample(pids)]
             end = time.monotonic() + plan.window_s
             while time.monotonic() < end:
@@ -1305,6 +1310,10 @@ def cpu_part(plan: Plan, etcd: EtcdCluster, run_dir: Path) -> dict[str, Any]:
                 samples.append(_cpu_sample(pids))
             counts1, probes1 = _counts(clusters), responder.counts()
             etcd1 = etcd_requests(etcd)
+            leader1 = (_cluster_view(http, et.api) or {}).get("leader")
+            # The etcd columns are per process: they are leader and follower only if the
+            # leadership stayed where it was (a loop too busy to renew would lose it).
+            out["etcd_leader"] = {"at_start": leader0, "at_end": leader1}
             span = samples[-1]["t"] - samples[0]["t"]
             out["window_s"] = span
             out["samples"] = samples
@@ -1456,6 +1465,11 @@ def anomalies(result: dict[str, Any]) -> list[str]:
         if isinstance(row, dict) and row.get("errors"):
             out.append(f"failover {series}: {row['reps'] - row['ok']} of {row['reps']} "
                        f"repetitions failed: {'; '.join(row['errors'][:3])}")
+    lead = result["parts"].get("cpu", {}).get("etcd_leader")
+    if lead and ((lead["at_start"] or {}).get("term") != (lead["at_end"] or {}).get("term")
+                 or (lead["at_start"] or {}).get("member") != "l1"):
+        out.append(f"cpu etcd: the leadership moved during the window ({lead['at_start']} -> "
+                   f"{lead['at_end']}): the 'leader' and 'follower' columns mix both roles")
     for name, w in s.get("cpu", {}).get("work", {}).items():
         if w["heals_in_window"]:
             out.append(f"cpu {name}: {w['heals_in_window']} recoveries without a fault in the "
@@ -1463,6 +1477,11 @@ def anomalies(result: dict[str, Any]) -> list[str]:
         if w["checkpoints_per_s"] < 0.8 * w["checkpoints_needed_per_s"]:
             out.append(f"cpu {name}: {w['checkpoints_per_s']:.2f} checkpoints/s against "
                        f"{w['checkpoints_needed_per_s']:.2f} needed")
+        warned = result["parts"]["cpu"]["work"][name]["manager_warnings"]
+        lines = [ln for v in warned.values() for ln in v]
+        if lines:
+            out.append(f"cpu {name}: {len(lines)} warnings in the managers' logs during the "
+                       f"window, the last: {lines[-1][-200:]}")
         if w["probes_per_s"] < 0.8 * w["probes_needed_per_s"]:
             out.append(f"cpu {name}: {w['probes_per_s']:.0f} probes/s against "
                        f"{w['probes_needed_per_s']:.0f} due (the manager's loop fell behind)")
