@@ -33,7 +33,7 @@ lint: deps
 # Every experiment, then docs/evaluation.md regenerated from results/*.json.
 # Quick mode (each experiment under a minute) by default; FULL=1 for the full runs.
 BENCH_MODE := $(if $(FULL),,--quick)
-BENCH_EXPERIMENTS := checkpoint_cost recovery rpo dataplane campaign scale idle_cost tcp_lock
+BENCH_EXPERIMENTS := checkpoint_cost recovery rpo dataplane campaign scale idle_cost tcp_lock manager_failover
 
 bench: deps
 	@set -e; for e in $(BENCH_EXPERIMENTS); do \

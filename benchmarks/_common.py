@@ -249,6 +249,22 @@ def proc_rss_mib(pid: int | None) -> float:
     return math.nan
 
 
+def proc_wait(pid: int | None) -> float:
+    """Seconds the threads of a process spent runnable but waiting for a CPU (schedstat);
+    NaN if it is gone."""
+    if pid is None:
+        return math.nan
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return math.nan
+    total = 0.0
+    for t in tasks:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{pid}/task/{t}/schedstat").read_text().split()[1]) / 1e9
+    return total
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
     f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]

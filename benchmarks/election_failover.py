@@ -21,12 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from nfvha.ha.election import ElectionTimings, LeaderElection
+from nfvha.store.etcd import EtcdClient
 
-from nfvha.ha.election import ElectionTimings, LeaderElection  # noqa: E402
-from nfvha.store.etcd import EtcdClient  # noqa: E402
-from tests.etcdmember import FAST_LEASES, etcd_process  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _etcd
+from _etcd import etcd_cluster
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 async def _until_one_leads(elections: Sequence[LeaderElection], timeout: float,
@@ -68,8 +69,8 @@ async def _trial(url: str, ttl: int, poll: float) -> dict[str, float]:
 
 
 async def _run(runs: int, ttl: int, poll: float) -> dict[str, Any]:
-    with etcd_process(extra_args=FAST_LEASES) as member:
-        trials = [await _trial(member.url, ttl, poll) for _ in range(runs)]
+    with etcd_cluster(1) as etcd:  # one member, fast lease timings (see _etcd)
+        trials = [await _trial(etcd.url, ttl, poll) for _ in range(runs)]
     out: dict[str, Any] = {"ttl": ttl, "poll_interval": poll, "runs": runs, "trials": trials}
     for name in trials[0]:
         values = sorted(t[name] for t in trials)

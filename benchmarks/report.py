@@ -35,6 +35,7 @@ EXPERIMENTS: dict[str, str] = {
     "scale": "benchmarks/scale.py",
     "idle_cost": "benchmarks/idle_cost.py",
     "tcp_lock": "benchmarks/tcp_lock.py",
+    "manager_failover": "benchmarks/manager_failover.py",
 }
 
 
@@ -698,6 +699,149 @@ an NFQUEUE) would remove both costs; it is not done."""
     return text, []
 
 
+def _s_ms(r: Result, dotted: str) -> str:
+    """A duration stored in seconds, shown in ms."""
+    v = r.opt(dotted)
+    return ms(None if v is None else v * 1000)
+
+
+def _failover_rows(r: Result) -> list[list[str]]:
+    rows = []
+    for series, label in (("kill", "leader SIGKILL"),
+                          ("hang", "leader SIGSTOP (hung; resumed after the takeover)")):
+        p = f"summary.failover.{series}"
+        rows.append([
+            label, f"{r.get(f'{p}.ok', int)}/{r.get(f'{p}.reps', int)}",
+            _s_ms(r, f"{p}.key_deleted_s.median"), _s_ms(r, f"{p}.deleted_to_leading_s.median"),
+            f"{_s_ms(r, f'{p}.leading_s.median')} / {_s_ms(r, f'{p}.leading_s.p90')} / "
+            f"{_s_ms(r, f'{p}.leading_s.max')}",
+            f"**{_s_ms(r, f'{p}.write_s.median')}** / {_s_ms(r, f'{p}.write_s.p90')} / "
+            f"{_s_ms(r, f'{p}.write_s.max')}"])
+    return rows
+
+
+def sec_manager_failover(r: Result) -> tuple[str, list[str]]:
+    members = r.get("config.etcd_members", int)
+    ttl = r.num("config.election_ttl_s")
+    fo = "summary.failover"
+    lat_rows = []
+    for kind in r.get("summary.latency", dict):
+        p = f"summary.latency.{kind}"
+        lat_rows.append([
+            kind, f"{f(r.num(f'{p}.sqlite.p50'), 2)} / {f(r.num(f'{p}.sqlite.p99'), 2)}",
+            f"{f(r.num(f'{p}.etcd.p50'), 2)} / {f(r.num(f'{p}.etcd.p99'), 2)}",
+            f"{r.num(f'{p}.ratio_p50'):.0f}×",
+            f"{f(r.num(f'{p}.sqlite.cpu_ms_mean'), 2)} / {f(r.num(f'{p}.etcd.cpu_ms_mean'), 2)}"])
+    c = "summary.cpu"
+    procs = (("manager_sqlite", "manager, SQLite"), ("manager_etcd_leader", "manager, etcd leader"),
+             ("manager_etcd_follower", "manager, etcd follower"),
+             ("etcd_members", f"etcd ({members} members)"))
+    cpu_rows = [[label, f(r.num(f"{c}.processes.{k}.mean"), 1),
+                 f(r.num(f"{c}.processes.{k}.p90"), 1),
+                 f(r.num(f"{c}.processes.{k}.runqueue_wait_pct"), 1),
+                 f(r.num(f"{c}.processes.{k}.rss_mib"))] for k, label in procs]
+    work_rows = []
+    for key, label, digits in (("checkpoints_per_s", "checkpoints/s done", 2),
+                               ("checkpoints_needed_per_s", "checkpoints/s due", 2),
+                               ("probes_per_s", "health probes/s answered", 0),
+                               ("probes_needed_per_s", "health probes/s due", 0),
+                               ("status_reports_per_s", "agents' status reports/s", 1),
+                               ("heals_in_window", "recoveries without a fault", 0)):
+        work_rows.append([label] + [f(r.num(f"{c}.work.{store}.{key}"), digits)
+                                    for store in ("sqlite", "etcd")])
+    n = r.get(f"{c}.vnfs", int)
+    reqs = r.get(f"{c}.etcd_requests_per_s", dict)
+    top = ", ".join(f"{k} {f(float(v))}" for k, v in sorted(reqs.items(), key=lambda kv: -kv[1])
+                    if isinstance(v, int | float) and v >= 0.5)
+    sq, lead = r.num(f"{c}.manager_pct.sqlite"), r.num(f"{c}.manager_pct.etcd_leader")
+    etcd_cpu = r.num(f"{c}.etcd_members_pct")
+    key_share = r.num(f"{fo}.kill.key_deleted_s.median") / r.num(f"{fo}.kill.write_s.median")
+    checks = "\n".join(f"- {'PASS' if ok else '**MISS**'}: {t} (measured {v})"
+                        for t, ok, v in targets(r))
+    text = f"""\
+Three `nfvha manager --member-id mK --election-ttl {f(ttl)}` processes on a {members}-member
+etcd cluster on loopback (etcd's raft timings halved, so that it grants the 1 s lease),
+with an empty store and no agents. The leader is found through every member's
+`GET /nfvha/v1/cluster`, polled every {f(r.num("config.poll_s") * 1000)} ms, then after a
+random wait (a random phase of its keepalive cycle) sent SIGKILL, or SIGSTOP (a hung
+leader, resumed after the takeover); {r.get("config.reps", int)} repetitions each. *New
+leader* is the first answer `leading: true` from another member, *write accepted* the
+first `POST /nfvha/v1/vnfds` (sent every 10 ms to the surviving members, a 307 followed)
+that a member accepted: the new leader acting. *etcd drops the key* comes from a watch on
+the leader key: when etcd deleted it (its lease ran out), and *→ new leader* the rest. Times
+in ms after the fault, p50 (and p90 / max):
+
+{table(["Fault", "OK", "etcd drops the key", "→ new leader", "New leader", "Write accepted"],
+       _failover_rows(r), "lrrrrr")}
+
+Over {r.get(f"{fo}.samples_answered", int):,} answers of the members, two members answered
+`leading: true` less than {f(r.num("config.fresh_s") * 1000)} ms apart
+{r.get(f"{fo}.overlaps_total", int)} times, and a hung leader resumed after the takeover
+answered `leading: true` {r.get(f"{fo}.hang.resumed_leading_answers", int)} times; it
+followed the new leader {_s_ms(r, f"{fo}.hang.resumed_following_s.median")} ms after SIGCONT
+(median). Most of a failover is etcd's: {key_share * 100:.0f} % of the median is the wait
+until etcd deletes the dead leader's key. Its lease runs out between two thirds of the TTL
+and the TTL after the fault (a keepalive goes every third of it), and etcd only looks for
+expired leases every 500 ms (its lessor's loop), then commits the revocation. After that a
+follower sees the key gone at its next read (every 50 ms), wins the campaign (a lease grant
+and a create, two commits) and starts its term from the store. Neither a SIGKILL nor a hang
+is told to etcd, so both wait out the lease alike; a leader that resigns (a clean stop)
+revokes its lease and is replaced at the next read.
+
+**State-store latency, SQLite against etcd.** The same sequence of record writes a manager
+makes for {r.get("parts.latency.vnfs", int)} VNFs over {r.get("parts.latency.rounds", int)}
+checkpoint rounds (create each VNF record; then per round: read it, update it as
+`store.update` does — a read and a compare-and-set —, put a checkpoint record, delete the
+oldest beyond the retention), each op on both stores back to back, the order alternating;
+etcd with a leader `Guard` set, as a leading manager's store has it. ms per op, p50 / p99,
+and the CPU the calling thread spent (what the manager's event loop pays per call):
+
+{table(["Op", "SQLite p50 / p99", "etcd p50 / p99", "etcd / SQLite p50",
+        "CPU ms SQLite / etcd"], lat_rows)}
+
+SQLite commits in WAL mode with `synchronous=NORMAL` (the manager's setting: a commit is
+not flushed to disk, so a power cut can lose the last ones but never corrupts the file);
+an etcd write is committed once a majority of the members has written it to its log and
+flushed it, and it is an HTTP round trip through etcd's JSON gateway (JSON and base64 at
+both ends). Both write to the same file system ({r.get("config.filesystem", str)}).
+
+**Manager CPU at {n} VNFs.** Two manager clusters at the same time: one manager on SQLite,
+and a leader and a follower on etcd, each with {r.get(f"{c}.vnfs", int)} VNFs on
+{r.get("parts.cpu.hosts_per_cluster", int)} hosts of its own. The hosts are fake agents in
+the benchmark process: their HTTP API answers at once what a real agent answers (a
+checkpoint, a push to the backup, a create), and they send what real ones send at the
+daemons' rates (status reports when something changed, at least every 5 s; the lease
+guards' authenticated UDP heartbeats 20 a second per host, to every manager of the
+cluster). The VNFs are deployed through each manager's API as in the scale experiment (1
+backup, a UDP health probe every 0.2 s, a checkpoint every
+{f(r.num(f"{c}.checkpoint_interval_s"))} s), paced so that their checkpoints are spread
+evenly, and their probes are answered from a network namespace holding every VNF address.
+So each manager does all its work at {n} VNFs — its loop, the probes, the checkpoints with
+their records, replication and pruning, the status reports and heartbeats — except waiting
+for real dumps, and only the store differs; the follower shows what a standby costs. CPU is
+utime+stime per process over the same {f(r.num(f"{c}.window_s"))} s window, % of one core;
+with SQLite the store's work is inside the manager, with etcd part of it is in the etcd
+members (shown apart):
+
+{table(["Process", "CPU %", "per-second p90", "waiting for a CPU %", "RSS MiB"], cpu_rows)}
+
+{table(["Work in the window", "SQLite", "etcd"], work_rows)}
+
+On etcd the leading manager used {lead / sq:.1f}× the CPU of the manager on SQLite, and
+{(lead + etcd_cpu) / sq:.1f}× counting the etcd members (the machine was
+{f(r.num(f"{c}.machine_busy_pct"))} % busy over both its CPUs, the fake agents and the
+responder included). Every store call is a synchronous
+HTTP round trip on the manager's event loop, and the manager reads its store often: each
+health probe re-reads its VNF's record, each turn of the loop lists every VNF record, each
+status report looks up every instance it lists, each checkpoint lists the VNF's
+checkpoints to prune them. etcd requests per second during the window, all managers:
+{top or "none"}. The work rows show whether both managers kept up (a manager whose loop
+falls behind probes and checkpoints less often than due).
+
+{checks}"""
+    return text, []
+
+
 SECTIONS: list[tuple[str, str, Callable[[Result], tuple[str, list[str]]]]] = [
     ("checkpoint_cost", "Checkpoint and restore cost against VNF memory", sec_checkpoint),
     ("recovery", "Recovery time per strategy and failure type", sec_recovery),
@@ -707,6 +851,8 @@ SECTIONS: list[tuple[str, str, Callable[[Result], tuple[str, list[str]]]]] = [
     ("scale", "Scale: 10 to 100 VNFs on 5 hosts", sec_scale),
     ("idle_cost", "Idle cost of membership, and host-crash detection", sec_idle_cost),
     ("tcp_lock", "The TCP network lock during checkpoints", sec_tcp_lock),
+    ("manager_failover", "The manager cluster: leader failover, and etcd against SQLite",
+     sec_manager_failover),
 ]
 
 
@@ -957,9 +1103,24 @@ def _headline_idle(res: dict[str, Result]) -> list[list[str]]:
              f"{r.num(f'summary.points.{big}.cpu_pct.manager'):.1f} % of a core"]]
 
 
+def _headline_manager_failover(res: dict[str, Result]) -> list[list[str]]:
+    r = res.get("manager_failover")
+    if r is None:
+        return []
+    c = "summary.cpu"
+    return [["manager cluster (3 managers, etcd, 1 s lease): leader SIGKILL to a write "
+             "accepted by the new leader",
+             f"{ms(r.num('summary.failover.kill.write_s.median') * 1000)} ms"],
+            [f"manager CPU at {r.get(f'{c}.vnfs', int)} VNFs: SQLite / etcd leader (+ etcd)",
+             f"{f(r.num(f'{c}.manager_pct.sqlite'))} / "
+             f"{f(r.num(f'{c}.manager_pct.etcd_leader'))} "
+             f"(+ {f(r.num(f'{c}.etcd_members_pct'))}) % of a core"]]
+
+
 # Headline rows of the newer experiments; each takes the loaded results.
 HEADLINE_EXTRA: list[Callable[[dict[str, Result]], list[list[str]]]] = [
-    _headline_rpo, _headline_campaign, _headline_scale, _headline_idle]
+    _headline_rpo, _headline_campaign, _headline_scale, _headline_idle,
+    _headline_manager_failover]
 
 
 def readme_block(res: dict[str, Result]) -> str:
