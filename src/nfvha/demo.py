@@ -221,7 +221,8 @@ async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
                   "client downtime: longest gap between answers to a 500 Hz probe. "
                   f"Without replay, what arrives after the last checkpoint (<= {interval:.1f} s "
                   "of traffic) is lost; with replay the forwarder's packet log brings the "
-                  "restored VNF to exactly what the client sent.")
+                  "restored VNF to exactly what the client sent. While no manager leads, no "
+                  "checkpoint is taken: a VNF failing then loses up to the failover time more.")
         con.print(f"demo finished in {time.monotonic() - t_start:.0f} s")
         return 0
     finally:
