@@ -205,3 +205,37 @@ async def test_the_audit_sees_one_writer_per_term_across_a_handover(cluster: Clu
     store.put("vnfd", "fw3", {**VNFD, "id": "fw3"})
     audit = await asyncio.to_thread(audit_terms, cluster.etcd, cluster.prefix, start)
     assert list(audit.split_terms.values()) == [{"m2", "intruder"}]
+
+
+async def test_the_leader_reads_from_memory_and_a_follower_from_etcd(cluster: Cluster) -> None:
+    a = await cluster.add("m1")
+    await until(lambda: a.manager.acting, 3, "the first member leads")
+    b = await cluster.add("m2")
+    assert (await a.api.post("/nfvha/v1/vnfds", json=VNFD)).status_code == 201
+    calls: list[str] = []
+
+    def counting(store: EtcdStore) -> None:
+        real = store.client.call
+
+        def call(path: str, body: dict[str, object], **kw: bool) -> dict[str, object]:
+            calls.append(path)
+            return real(path, body, **kw)
+
+        store.client.call = call  # type: ignore[method-assign]
+
+    for m in (a, b):
+        assert isinstance(m.manager.store, EtcdStore)
+        counting(m.manager.store)
+    a.manager.store.list("vnfd")
+    calls.clear()
+    # The leader: no etcd round trip for a read, and its own writes are what it reads.
+    assert [r.id for r in a.manager.store.list("vnfd")] == ["fw"]
+    assert a.manager.store.get("vnfd", "fw").data["id"] == "fw"
+    assert calls == []
+    a.manager.store.put("vnfd", "fw2", {**VNFD, "id": "fw2"})
+    assert calls == ["/kv/txn"]
+    assert [r.id for r in a.manager.store.list("vnfd")] == ["fw", "fw2"]
+    # A follower reads etcd each time (linearizably), so it sees the leader's writes.
+    calls.clear()
+    assert [r.id for r in b.manager.store.list("vnfd")] == ["fw", "fw2"]
+    assert calls == ["/kv/range"]

@@ -31,7 +31,7 @@ from tests.conftest import TEST_PREFIX
 StoreFactory = Callable[[], StateStore]
 
 
-@pytest.fixture(params=["sqlite", "etcd"])
+@pytest.fixture(params=["sqlite", "etcd", "etcd-cached"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """SQLite: one database file. etcd: the module's member (conftest.etcd_url), under a
     key prefix of this test's own, removed afterwards."""
@@ -52,7 +52,11 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
     prefix = f"/{TEST_PREFIX}/{uuid.uuid4().hex}"
 
     def make_etcd() -> StateStore:
-        opened.append(EtcdStore(url, prefix=prefix))
+        store = EtcdStore(url, prefix=prefix)
+        # etcd-cached: the first handle reads from its cache, as a leader does (the
+        # others, other managers or a restarted one, read etcd).
+        store.cache_reads(request.param == "etcd-cached" and not opened)
+        opened.append(store)
         return opened[-1]
 
     try:

@@ -261,6 +261,7 @@ class Manager:
                 self.store.guard = t.tenure.guard
                 self.store.writer = self.election.member_id if self.election else None
                 self.store.serializable_reads = True
+                self.store.cache_reads(True)  # the one writer now: see EtcdStore
             self._fresh_term(takeover_at=t.tenure.takeover_at)
             self._start_acting()
             log.info("leading term %d (%s)", t.term, t.reason)
@@ -269,6 +270,7 @@ class Manager:
             self._stop_acting(f"leadership of term {t.term} lost: {t.reason}")
             if isinstance(self.store, EtcdStore):
                 self.store.serializable_reads = False
+                self.store.cache_reads(False)
 
     def _start_acting(self) -> None:
         """Reload state: every known host gets a full timeout, interrupted work resumes."""
