@@ -834,7 +834,12 @@ responder included). Every store call is a synchronous
 HTTP round trip on the manager's event loop, and the manager reads its store often: each
 health probe re-reads its VNF's record, each turn of the loop lists every VNF record, each
 status report looks up every instance it lists, each checkpoint lists the VNF's
-checkpoints to prune them. etcd requests per second during the window, all managers:
+checkpoints to prune them. So the leading manager reads from memory
+(`EtcdStore.cache_reads`: while its guard holds it is the one writer, so what it wrote is
+what etcd holds) and only its writes go to etcd; without that, the first full run of this
+experiment had the etcd leader at 1.3× the SQLite manager's CPU (plus 36 % in etcd, 467
+reads/s), answering 349 of the 500 probes/s due, and recovering one VNF without a fault.
+etcd requests per second during the window, all managers:
 {top or "none"}. The work rows show whether both managers kept up (a manager whose loop
 falls behind probes and checkpoints less often than due).
 
