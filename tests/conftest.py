@@ -71,6 +71,19 @@ def etcd_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def fast_etcd() -> Iterator[str]:
+    """`etcd_url`, but a member whose shortest lease is 1 s (at etcd's defaults it is
+    2 s): for the leader election and the manager cluster."""
+    from tests.etcdmember import FAST_LEASES, etcd_missing, etcd_process
+
+    missing = etcd_missing()
+    if missing:
+        pytest.fail(missing)
+    with etcd_process(extra_args=FAST_LEASES) as member:
+        yield member.url
+
+
 @contextlib.asynccontextmanager
 async def manager_with_fake_agent(
         tmp_path: Path, agent: Callable[[httpx.Request], httpx.Response] | object,

@@ -18,7 +18,6 @@ from nfvha.vnfm.api import create_manager_app
 from nfvha.vnfm.dashboard import FOLLOWER_REFRESH_S, DashboardFeed
 from tests.test_manager_cluster import VNFD, Cluster, Member, until
 from tests.test_manager_cluster import cluster as cluster  # a fixture
-from tests.test_manager_cluster import fast_etcd as fast_etcd  # a fixture
 
 
 class Members(httpx.AsyncBaseTransport):

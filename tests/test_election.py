@@ -27,7 +27,7 @@ from nfvha.ha.election import (
 from nfvha.store import EtcdStore, LeadershipLost, StoreError
 from nfvha.store.etcd import EtcdClient
 from tests.conftest import TEST_PREFIX
-from tests.etcdmember import FAST_LEASES, etcd_missing, etcd_process
+from tests.etcdmember import FAST_LEASES, etcd_process
 from tests.test_store_contract import wipe_etcd_prefix
 
 # --- pure decisions, fake clock ----------------------------------------------------------
@@ -116,16 +116,6 @@ def test_a_new_leader_moves_vnfs_only_after_the_old_leases_ran_out() -> None:
 
 
 # --- real candidates on a throwaway etcd --------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def fast_etcd() -> Iterator[str]:
-    """A member whose shortest lease is 1 s (at etcd's defaults it is 2 s)."""
-    missing = etcd_missing()
-    if missing:
-        pytest.fail(missing)
-    with etcd_process(extra_args=FAST_LEASES) as member:
-        yield member.url
 
 
 @pytest.fixture

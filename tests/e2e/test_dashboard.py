@@ -35,7 +35,6 @@ from nfvha.vnfm.api import create_manager_app
 from nfvha.vnfm.manager import Manager, ManagerConfig
 from tests.conftest import REPO, TEST_PREFIX
 from tests.e2e import test_manager as tm
-from tests.etcdmember import FAST_LEASES, etcd_process
 from tests.test_store_contract import wipe_etcd_prefix
 
 mgr = tm.mgr  # the testbed-with-manager fixture, shared
@@ -249,12 +248,6 @@ class Members:
         assert x.manager.election is not None
         x.manager.election.client.close()
         x.manager.store.close()
-
-
-@pytest.fixture(scope="module")
-def fast_etcd() -> Iterator[str]:
-    with etcd_process(extra_args=FAST_LEASES) as member:
-        yield member.url
 
 
 @pytest.fixture

@@ -306,7 +306,8 @@ def _fail_vnf_right_after_the_leader(cm: Mgr, iid: str, ip: str,
     # A checkpoint with a replica on another host, taken after the counter read below.
     time.sleep(INTERVAL / 2)
     before = int(flowmon_stats((ip, 5001))["total_packets"])
-    wait_until(lambda: any(c["cutAt"] > time.time() - INTERVAL / 2 and len(c["replicas"]) > 1
+    read_at = time.time()
+    wait_until(lambda: any(c["cutAt"] > read_at and len(c["replicas"]) > 1
                            for c in cm.checkpoints(iid)), 3 * INTERVAL + 5)
     heals0 = len(cm.heals(iid))
     vnf = cm.vnf(iid)
@@ -358,7 +359,7 @@ def test_a_leader_cut_off_from_etcd_stops_acting_before_a_successor(cm: Mgr) -> 
                     takeovers.append(took)
                     # The old leader, still reachable by agents and clients, knows it no
                     # longer leads, and sends writes on.
-                    view = views(cm)[old]
+                    view = views(cm, timeout=2.0)[old]
                     assert view is not None and not view["leading"], view
                     cm.wait_checkpoint_after(iid, time.time(), timeout=3 * INTERVAL + 5)
                 finally:

@@ -298,6 +298,9 @@ class LeaderElection:
         self.leader: LeaderInfo | None = None
         #: Why the last cycle did what it did.
         self.last_reason = "not started"
+        #: When (the clock's) the leader key was last read from etcd (a linearizable
+        #: read, so etcd's quorum answered then); None: never.
+        self.read_ok_at: float | None = None
         #: Set while leading (cleared at demotion, before the listeners run).
         self.leading = asyncio.Event()
         self._tenure: Tenure | None = None
@@ -373,6 +376,7 @@ class LeaderElection:
         observed = await self._read()
         if not isinstance(observed, StoreError):
             self.leader = observed
+            self.read_ok_at = self._clock()
         step = decide(self._clock(), self._tenure, observed, self._pending, self.timings,
                       self._campaign_after)
         if step.action is Action.CAMPAIGN:

@@ -13,6 +13,7 @@ authentication: the leader authenticates the request it actually serves.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -63,8 +64,17 @@ def not_leader_answer(m: Manager, path: str = "", query: str = "",
     return 503, {"retry-after": "1"}, body
 
 
+def _in_touch(m: Manager) -> bool:
+    """Whether this member read etcd (with a quorum) within the last lease TTL."""
+    e = m.election
+    if e is None:
+        return True
+    return e.read_ok_at is not None and time.monotonic() - e.read_ok_at < e.timings.ttl
+
+
 class LeaderOnlyWrites:
-    """ASGI middleware: on a member that may not act, writes go to the leader."""
+    """ASGI middleware: on a member that may not act, writes go to the leader, and
+    reads are served only while the member is in touch with etcd's quorum."""
 
     def __init__(self, app: ASGIApp, *, manager: Manager) -> None:
         self.app = app
@@ -73,11 +83,24 @@ class LeaderOnlyWrites:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         m = self.manager
         if scope["type"] != "http" or m.election is None or m.acting \
-                or scope["method"] in ("GET", "HEAD") or scope["path"] in _ANY_MEMBER:
+                or scope["path"] in _ANY_MEMBER:
             await self.app(scope, receive, send)
             return
-        status, headers, body = not_leader_answer(
-            m, scope["path"], scope.get("query_string", b"").decode("latin-1"))
+        if scope["method"] in ("GET", "HEAD"):
+            if _in_touch(m):
+                await self.app(scope, receive, send)
+                return
+            # A follower that has not reached etcd's quorum lately would wait out every
+            # member's timeout on each read, its event loop held meanwhile: the caller
+            # is sent to another member at once instead.
+            status, headers, body = 503, {"retry-after": "1"}, {
+                "type": PROBLEM_PREFIX + "not-leader", "title": "State store unreachable",
+                "status": 503, "code": "store-unreachable",
+                "detail": "this manager has not reached a quorum of etcd lately, so it "
+                          "cannot read the state; ask another manager"}
+        else:
+            status, headers, body = not_leader_answer(
+                m, scope["path"], scope.get("query_string", b"").decode("latin-1"))
         raw = json.dumps(body).encode()
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/problem+json"),
