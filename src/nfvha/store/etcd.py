@@ -321,6 +321,12 @@ class EtcdStore(StateStore):
         #: leader), so that what it shows is never silently stale: a member that cannot
         #: reach the quorum fails the read instead.
         self.serializable_reads = True
+        #: Set (to why) while the writer knows it may not write: every write is then
+        #: refused here with `LeadershipLost`, with no round trip. A demoted leader's
+        #: winding-down tasks write nothing, and none of them waits out etcd's timeouts
+        #: with the event loop held when etcd is what it lost. Stricter than the `guard`
+        #: alone, which lets a write through while the old key still lives at etcd.
+        self.writes_fenced: str | None = None
         # kind -> id -> (version, stored envelope, updatedAt), in creation order; None:
         # reads go to etcd. See `cache_reads`.
         self._cache: dict[str, dict[str, tuple[int, str, float]]] | None = None
@@ -479,6 +485,10 @@ class EtcdStore(StateStore):
 
     def _commit(self, ops: Sequence[Op]) -> builtins.list[Record]:
         """Apply ``ops`` as one etcd txn, or raise why not; the written records in order."""
+        fenced = self.writes_fenced
+        if fenced is not None:
+            raise LeadershipLost(f"write of {', '.join(f'{o.kind}/{o.id}' for o in ops)}"
+                                 f" refused: {fenced}")
         guard = self.guard
         now = time.time()
         compares: builtins.list[dict[str, Any]] = guard.compares() if guard else []

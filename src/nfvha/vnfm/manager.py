@@ -185,6 +185,7 @@ class Manager:
         self._notifier_started = False
         if election is not None and isinstance(store, EtcdStore):
             store.serializable_reads = False  # a follower's reads (see EtcdStore)
+            store.writes_fenced = "this manager is not the leader"
         self._fresh_term()
         self.view = ManagerView(self)
         self.metrics = ManagerMetrics(self)
@@ -262,13 +263,17 @@ class Manager:
                 self.store.writer = self.election.member_id if self.election else None
                 self.store.serializable_reads = True
                 self.store.cache_reads(True)  # the one writer now: see EtcdStore
+                self.store.writes_fenced = None
             self._fresh_term(takeover_at=t.tenure.takeover_at)
             self._start_acting()
             log.info("leading term %d (%s)", t.term, t.reason)
         elif not t.leading and self._acting:
             # The guard stays: a late write of the old term fails (LeadershipLost).
+            if isinstance(self.store, EtcdStore):
+                self.store.writes_fenced = f"leadership of term {t.term} lost"
             self._stop_acting(f"leadership of term {t.term} lost: {t.reason}")
             if isinstance(self.store, EtcdStore):
+                self.store.writes_fenced = f"leadership of term {t.term} lost"
                 self.store.serializable_reads = False
                 self.store.cache_reads(False)
 
@@ -466,6 +471,8 @@ class Manager:
             detail = f"internal error: {type(exc2).__name__}: {exc2}"
         if detail is None:
             return
+        if self.election is not None and not self.acting:
+            return  # a past term's: the next leader ends it (manager-restarted)
         try:
             rec = self.store.find("op", op_id)
             if rec is None or rec.data["operationState"] not in ("STARTING", "PROCESSING"):
