@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from nfvha.demo import python_vnf
+from nfvha.errors import NotLeader
 from nfvha.store.audit import audit_terms, current_revision
 from nfvha.store.etcd import DEFAULT_PREFIX
 from tests.conftest import EXAMPLES
@@ -359,9 +360,11 @@ def test_a_leader_cut_off_from_etcd_stops_acting_before_a_successor(cm: Mgr) -> 
                     takeovers.append(took)
                     # The old leader, still reachable by agents and clients, knows it no
                     # longer leads, and sends writes on.
-                    view = views(cm, timeout=2.0)[old]
-                    assert view is not None and not view["leading"], view
-                    cm.wait_checkpoint_after(iid, time.time(), timeout=3 * INTERVAL + 5)
+                    wait_until(lambda o=old: (views(cm, timeout=1.0).get(o) or {})
+                               .get("leading") is False, 10)
+                    after = time.time()
+                    wait_until(lambda a=after: any(c["cutAt"] > a for c in cm.checkpoints(iid)),
+                               3 * INTERVAL + 5, ignore=(NotLeader,))
                 finally:
                     asyncio.run(cm.tb.cut_manager_from_etcd(old, heal=True))
                 asyncio.run(cm.tb.wait_etcd())

@@ -25,12 +25,16 @@ __all__ = ["MemberStatus", "keep_leader_away", "member_statuses"]
 
 log = logging.getLogger(__name__)
 
+#: Raft entries a member may be behind the leader and still be given the leadership.
+CAUGHT_UP = 50
+
 
 @dataclass(frozen=True)
 class MemberStatus:
     endpoint: str
     member_id: int
     leader_id: int  # the raft leader as this member knows it
+    raft_index: int = 0
 
     @property
     def is_leader(self) -> bool:
@@ -47,7 +51,7 @@ def member_statuses(client: EtcdClient) -> list[MemberStatus]:
         except StoreError:
             continue
         out.append(MemberStatus(endpoint, int(st.get("header", {}).get("member_id", 0)),
-                                int(st.get("leader", 0))))
+                                int(st.get("leader", 0)), int(st.get("raftIndex", 0))))
     return out
 
 
@@ -63,8 +67,11 @@ def keep_leader_away(client: EtcdClient, own_url: str) -> str | None:
     leader = next((s for s in statuses if s.is_leader), None)
     if leader is None or _host(leader.endpoint) != here:
         return None
+    # Only to a member that follows this raft leader and has caught up with its log: a
+    # lagging or cut-off one would stall etcd while it catches up.
     others = [s for s in statuses if s.member_id != leader.member_id
-              and _host(s.endpoint) != here and s.leader_id == leader.member_id]
+              and _host(s.endpoint) != here and s.leader_id == leader.member_id
+              and s.raft_index >= leader.raft_index - CAUGHT_UP]
     if not others:
         return None  # nowhere to move it: no other member in the cluster answered
     target = others[0]

@@ -338,10 +338,13 @@ class Manager:
         self._stopping.append(asyncio.ensure_future(wind_down()))
         log.warning("stopped acting: %s", why)
 
-    async def _keep_etcd_leader_away(self, store: EtcdStore, every: float = 3.0) -> None:
+    async def _keep_etcd_leader_away(self, store: EtcdStore, every: float = 5.0) -> None:
         """While leading: etcd's raft leader is kept on another host than this manager's
-        (`nfvha.ha.etcdleader`: a power cut of this host then costs a manager crash)."""
+        (`nfvha.ha.etcdleader`: a power cut of this host then costs a manager crash).
+        First after ``every`` seconds of leading: a leadership that changes hands while
+        etcd is unsteady must not move etcd's as well."""
         while True:
+            await asyncio.sleep(every)
             try:
                 done = await asyncio.to_thread(keep_leader_away, store.client,
                                                self.cfg.base_url)
@@ -350,7 +353,6 @@ class Manager:
                              "cost an etcd election)", done)
             except StoreError as exc:
                 log.debug("etcd leader placement: %s", exc)
-            await asyncio.sleep(every)
 
     async def close(self) -> None:
         if self.election is not None:
