@@ -563,7 +563,13 @@ class Manager:
         """Run ``_tick`` when something happened (``_wake``) or is due (``_next_wake``):
         not on a fixed beat, since wake-ups are most of what an idle manager costs."""
         intended = time.monotonic()
-        while True:
+        me = asyncio.current_task()
+        # Ends when this loop is no longer the term's (a demotion sets _loop_task to None
+        # or to the next term's), not only by its cancellation: on Python 3.11
+        # asyncio.wait_for can swallow a cancel that comes as its wait completes, and a
+        # demoted leader's loop then ran on (its agent commands and writes were refused,
+        # by check_acting and the store's fence, but it kept trying).
+        while self._loop_task is me:
             now = time.monotonic()
             late = now - intended
             if late > self.cfg.timings.suspect_after / 2:
@@ -582,7 +588,8 @@ class Manager:
             self._wake.clear()
             intended = self._next_wake(time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, intended - time.monotonic()))
+                async with asyncio.timeout(max(0.0, intended - time.monotonic())):
+                    await self._wake.wait()
             intended = min(intended, time.monotonic())  # woken early: not late
 
     def _next_wake(self, now: float) -> float:
