@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -54,6 +55,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -959,6 +961,7 @@ class Testbed:
                env: dict[str, str] | None = None) -> int:
         procs = [str(p) for p in self.cgroups.cgroup(cgroup).procs_paths()]
         netns_path = str(self.net.netns_path(netns)) if netns else None
+        setns = _setns_func()  # resolved here: no dlopen, no import in the forked child
 
         def enter() -> None:  # in the child: join the host's cgroup and netns, then exec
 
@@ -969,7 +972,8 @@ class Testbed:
                 os.close(fd)
             if netns_path:
                 fd = os.open(netns_path, os.O_RDONLY)
-                _setns(fd)
+                if setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                    os.kill(os.getpid(), signal.SIGKILL)
                 os.close(fd)
 
         logf = open(self.log_dir / f"{label}.log", "ab")  # noqa: SIM115
@@ -1011,7 +1015,8 @@ class Testbed:
                     if time.monotonic() > deadline:
                         tail = _tail(self.log_dir / f"agent-{h.host_id}.log")
                         raise NfvhaError(f"agent of {h.host_id} did not answer at {h.url} "
-                                         f"within {timeout:.0f}s; its log ends:\n{tail}")
+                                         f"within {timeout:.0f}s ({_describe(h.agent_pid)}); "
+                                         f"its log ends:\n{tail}")
                     await asyncio.sleep(0.1)
 
     async def _wait_leader(self, deadline: float) -> None:
@@ -1073,14 +1078,29 @@ class Testbed:
         with contextlib.suppress(Exception):
             if root.exists():
                 await asyncio.to_thread(root.kill_all)
-        for ns in await self.net.list_netns(f"{self.name}-"):
+        # Each step goes on whatever the one before did: a teardown that stops at its
+        # first error is what leaves namespaces behind.
+        for attempt in range(3):
+            failed: list[str] = []
             try:
-                await self.net.delete_netns(ns)
+                left = await self.net.list_netns(f"{self.name}-")
             except NfvhaError as exc:
-                errors.append(str(exc))
-        for link in await self.net.list_links(f"{self.name}-"):
-            with contextlib.suppress(NfvhaError):
-                await self.net.delete_link(link)
+                failed, left = [str(exc)], []
+            for ns in left:
+                try:
+                    await self.net.delete_netns(ns)
+                except NfvhaError as exc:
+                    failed.append(str(exc))
+            if not failed:
+                break
+            if attempt == 2:
+                errors += failed
+            else:
+                await asyncio.sleep(0.5)
+        with contextlib.suppress(NfvhaError):
+            for link in await self.net.list_links(f"{self.name}-"):
+                with contextlib.suppress(NfvhaError):
+                    await self.net.delete_link(link)
         try:
             await asyncio.to_thread(root.delete)
         except NfvhaError as exc:
@@ -1187,12 +1207,17 @@ async def _nft(rules: str, netns: str | None, timeout: float = 10.0) -> None:
         raise NfvhaError(f"nft in {netns or 'the root netns'}: {err.decode().strip()}")
 
 
-def _setns(fd: int) -> None:
+@functools.cache
+def _setns_func() -> Callable[[int, int], int]:
+    """libc's setns(2), looked up in the parent. A child forked from this threaded
+    process may run only what needs no lock another thread could have held at the
+    fork: importing ctypes or dlopen() there (the loader's lock) could hang it before
+    exec: an agent that never starts and never logs, which CI once saw (the likely
+    cause; the hang itself left no trace)."""
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, 0x40000000) != 0:
-        os.kill(os.getpid(), signal.SIGKILL)
+    setns: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).setns
+    return setns
 
 
 def _unmount_below(top: Path) -> None:
@@ -1208,6 +1233,24 @@ def _unmount_below(top: Path) -> None:
     for point in sorted((m.encode().decode("unicode_escape") for m in mounts
                          if m.startswith(prefix)), reverse=True):
         libc.umount2(point.encode(), 2)  # MNT_DETACH
+
+
+def _describe(pid: int | None) -> str:
+    """What a process that does not answer is doing: gone, or its state, the kernel
+    function it waits in and its command, so a hang can be told from a slow start."""
+    if pid is None:
+        return "no process"
+    try:
+        status = dict(ln.split(":", 1) for ln in
+                      Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in ln)
+        wchan = Path(f"/proc/{pid}/wchan").read_text().strip()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return f"process {pid} is gone"
+    waits = f", waiting in {wchan}" if wchan not in ("", "0") else ""
+    # A child that hangs between fork and exec still shows its parent's command.
+    return (f"process {pid} {status.get('State', '?').strip()}{waits}, "
+            f"{status.get('Threads', '?').strip()} threads: {argv[:120].decode(errors='replace')}")
 
 
 def _tail(path: Path, n: int = 15) -> str:
