@@ -1078,29 +1078,30 @@ class Testbed:
         with contextlib.suppress(Exception):
             if root.exists():
                 await asyncio.to_thread(root.kill_all)
-        # Each step goes on whatever the one before did: a teardown that stops at its
-        # first error is what leaves namespaces behind.
-        for attempt in range(3):
+        # Each step goes on whatever the one before did, and the network is tried again.
+        # A teardown that stopped at its first error left a whole testbed behind in CI,
+        # once; likely cause: `ip` waiting on the kernel's network lock, which namespaces
+        # of earlier tests still being torn down can hold for many seconds (the same run's
+        # agents never answered, and an `ip` waiting there cannot even be killed).
+        for attempt in range(4):
             failed: list[str] = []
             try:
-                left = await self.net.list_netns(f"{self.name}-")
+                for ns in await self.net.list_netns(f"{self.name}-"):
+                    try:
+                        await self.net.delete_netns(ns)
+                    except NfvhaError as exc:
+                        failed.append(str(exc))
+                for link in await self.net.list_links(f"{self.name}-"):
+                    with contextlib.suppress(NfvhaError):  # may go with its namespace
+                        await self.net.delete_link(link)
             except NfvhaError as exc:
-                failed, left = [str(exc)], []
-            for ns in left:
-                try:
-                    await self.net.delete_netns(ns)
-                except NfvhaError as exc:
-                    failed.append(str(exc))
+                failed.append(str(exc))
             if not failed:
                 break
-            if attempt == 2:
+            if attempt == 3:
                 errors += failed
             else:
-                await asyncio.sleep(0.5)
-        with contextlib.suppress(NfvhaError):
-            for link in await self.net.list_links(f"{self.name}-"):
-                with contextlib.suppress(NfvhaError):
-                    await self.net.delete_link(link)
+                await asyncio.sleep(2.0)
         try:
             await asyncio.to_thread(root.delete)
         except NfvhaError as exc:
