@@ -233,3 +233,27 @@ async def test_an_exit_event_is_acted_on(api: Any) -> None:
     failure = m.runtime["nat"].failure
     assert failure is not None and failure[0] == "process-exit" and m.runtime["nat"].failed_at \
         == 4.5
+
+
+async def test_an_exit_of_an_earlier_incarnation_with_the_same_pid_is_ignored(
+        api: Any) -> None:
+    """CRIU restores a VNF with its old pid: an exit event delivered late, after the VNF
+    was restored on the same host, names the running VNF's pid. Its start time tells it
+    apart; acting on it would recover a running VNF (seen once in 20 in the cluster
+    soak: a second recovery 30 ms after the first)."""
+    m, http = api
+    m.store.put("vnf", "nat", {"id": "nat", "haState": "ACTIVE", "host": "h1", "pid": 42,
+                               "incarnation": 200.0, "vnfd": vnfd("nat", "10.9.1.20/16")})
+    event = {"type": "instance-exit", "host_id": "h1", "at": 150.0,
+             "instance": {"id": "nat", "state": "EXITED", "pid": 42, "started_at": 100.0,
+                          "exit": {"signal": 9, "reason": "killed by signal 9", "at": 149.0}}}
+    r = await http.post("/nfvha/v1/events", json=event)
+    assert r.status_code == 204, r.text
+    assert m._rt("nat").failure is None
+    # The same through a status report (an agent's report from before the restore).
+    m.heartbeat("h1", {"url": "http://h1:9000", "instances": [event["instance"]]})
+    assert m._rt("nat").failure is None
+    # The running incarnation's exit is a failure.
+    event["instance"]["started_at"] = 200.0  # type: ignore[index]
+    r = await http.post("/nfvha/v1/events", json=event)
+    assert r.status_code == 204 and m.runtime["nat"].failure is not None

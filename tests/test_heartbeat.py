@@ -172,3 +172,77 @@ def test_the_guard_heartbeats_to_every_manager(tmp_path: Path) -> None:
 def test_a_mistyped_manager_url_is_refused_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="m2:8600"):
         AgentConfig(host_id="h1", state_dir=tmp_path, manager_url="http://m1:8600,m2:8600")
+
+
+def _exited(agent: Agent, started_at: float) -> AgentEvent:
+    """An instance of ``agent`` whose process exited, and the event the agent emits."""
+    from nfvha.descriptor import parse_descriptor
+    from nfvha.vim.agent import Instance
+
+    d = parse_descriptor({"id": "fm", "command": ["/bin/true"],
+                          "network": {"address": "10.99.0.10/16"}})
+    inst = Instance(id="fm", descriptor=d, sandbox=None,  # type: ignore[arg-type]
+                    state=InstanceState.EXITED, pid=42, started_at=started_at)
+    agent.instances["fm"] = inst
+    return AgentEvent(type="instance-exit", host_id="h1", instance=InstanceView(
+        id="fm", state=InstanceState.EXITED, pid=42, started_at=started_at))
+
+
+async def test_an_exit_event_outlasts_a_leader_change(tmp_path: Path) -> None:
+    """While no manager leads (every one answers 503 for longer than the agent's old five
+    tries took, 0.75 s), the exit event is kept and delivered to the new leader; it was
+    dropped, and the new leader learnt of the exit only later, from a status report."""
+    t0 = asyncio.get_running_loop().time()
+    delivered: list[float] = []
+
+    def cluster(request: httpx.Request) -> httpx.Response:
+        now = asyncio.get_running_loop().time()
+        if now - t0 < 1.5:
+            return httpx.Response(503, json={"code": "no-leader"})
+        delivered.append(now - t0)
+        return httpx.Response(204)
+
+    agent = Agent(AgentConfig(host_id="h1", state_dir=tmp_path, token="t",
+                              manager_url="http://m1:8600,http://m2:8600"))
+    agent._http = httpx.AsyncClient(transport=httpx.MockTransport(cluster))
+    agent._emit(_exited(agent, 100.0))
+    events = asyncio.create_task(agent._event_loop())
+    try:
+        for _ in range(300):
+            if delivered:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        events.cancel()
+        await asyncio.gather(events, return_exceptions=True)
+        await agent._http.aclose()
+    assert delivered and delivered[0] < 2.0
+
+
+async def test_a_stale_exit_event_is_dropped_not_retried(tmp_path: Path) -> None:
+    """Once the VNF runs again (restored here, with its old pid as CRIU keeps it), its
+    old exit is no longer news: the agent stops retrying it."""
+    calls: list[float] = []
+
+    def cluster(request: httpx.Request) -> httpx.Response:
+        calls.append(asyncio.get_running_loop().time())
+        return httpx.Response(503, json={"code": "no-leader"})
+
+    agent = Agent(AgentConfig(host_id="h1", state_dir=tmp_path, token="t",
+                              manager_url="http://m1:8600"))
+    agent._http = httpx.AsyncClient(transport=httpx.MockTransport(cluster))
+    agent._emit(_exited(agent, 100.0))
+    events = asyncio.create_task(agent._event_loop())
+    try:
+        await asyncio.sleep(0.3)
+        inst = agent.instances["fm"]
+        inst.state, inst.started_at = InstanceState.RUNNING, 200.0  # restored, same pid
+        await asyncio.sleep(0.6)
+        n = len(calls)
+        await asyncio.sleep(0.6)
+        assert len(calls) == n  # given up
+        assert agent._events.empty()
+    finally:
+        events.cancel()
+        await asyncio.gather(events, return_exceptions=True)
+        await agent._http.aclose()

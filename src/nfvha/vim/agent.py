@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -75,6 +76,9 @@ __all__ = ["Agent", "AgentConfig", "Instance", "InstanceState"]
 log = logging.getLogger(__name__)
 
 _INSTANCE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+#: How long an exit event is retried while no manager takes it: longer than a leader
+#: change (an etcd lease of up to a few seconds, then a fresh term).
+EVENT_RETRY_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -807,12 +811,16 @@ class Agent:
             self._events.put_nowait(event)
 
     async def _event_loop(self) -> None:
-        """Report exits to the manager at once; retried briefly, then dropped (heartbeats
-        carry the same state, so a lost event delays detection but never hides it)."""
+        """Report exits to the manager at once. An event is retried until a manager takes
+        it, for as long as a leader change can take (``EVENT_RETRY_S``), and dropped early
+        once it is stale (the instance runs again or is gone): a status report carries
+        the same state, but only as often as reports go, and an exit lost in a leader
+        change was found seconds later than one delivered."""
         assert self._http is not None and self._manager is not None
         while True:
             event = await self._events.get()
-            for attempt in range(5):
+            give_up = time.monotonic() + EVENT_RETRY_S
+            for attempt in itertools.count():
                 try:
                     # Idempotent: an exit reported twice is one exit to the manager.
                     r = await self._manager.send(self._http, "POST", "/nfvha/v1/events",
@@ -822,7 +830,15 @@ class Agent:
                         break
                 except httpx.HTTPError:
                     pass
-                await asyncio.sleep(0.05 * (attempt + 1))
+                if time.monotonic() > give_up or self._event_stale(event):
+                    break
+                await asyncio.sleep(min(0.05 * (attempt + 1), 0.25))
+
+    def _event_stale(self, event: AgentEvent) -> bool:
+        """An exit event about a process this host no longer reports as exited."""
+        inst = self.instances.get(event.instance.id)
+        return inst is None or inst.state != InstanceState.EXITED \
+            or inst.started_at != event.instance.started_at
 
     async def _heartbeat_loop(self) -> None:
         """Full status reports to the manager over HTTP: when something changed, when a

@@ -399,6 +399,6 @@ class Healer:
         self.m._update_vnf(vnf_id, lambda dd: {
             **dd, "haState": VnfState.ACTIVE, "host": decision.target_host, "backups": backups,
             "generation": dd.get("generation", 0) + 1, "restoredFrom": result.get("seq"),
-            "pid": result["instance"].pid,
+            "pid": result["instance"].pid, "incarnation": result["instance"].started_at,
             ("lastMove" if moved else "lastRecovery"): {
                 "strategy": decision.strategy, "at": now_iso(), "fromHost": old_host}}, op=op)

@@ -213,7 +213,7 @@ class Lifecycle:
         self.m._update_vnf(vnf_id, lambda dd: {
             **dd, "haState": VnfState.ACTIVE, "instantiationState": "INSTANTIATED",
             "host": p.primary, "backups": list(p.backups), "generation": 1,
-            "pid": created.pid,
+            "pid": created.pid, "incarnation": created.started_at,
             "placementReason": p.reason}, op=(op_id, OpChange("COMPLETED")))
         self.m._rt(vnf_id).next_checkpoint = time.monotonic()  # first checkpoint right away
 

@@ -759,8 +759,12 @@ class Manager:
             if step.adopt_on is not None:
                 log_decision(log, "adopt", f"{rec.id} runs on {step.adopt_on}: ACTIVE there",
                              reason=step.reason, vnf=rec.id, host=step.adopt_on)
+                there = self.membership.host_status[step.adopt_on].get("instances", [])
+                seen: dict[str, Any] = next((i for i in there if i["id"] == rec.id), {})
                 self._update_vnf(rec.id, _set(haState=VnfState.ACTIVE, host=step.adopt_on,
-                                              instantiationState="INSTANTIATED"))
+                                              instantiationState="INSTANTIATED",
+                                              pid=seen.get("pid"),
+                                              incarnation=seen.get("started_at")))
             if step.recover is not None:
                 if step.was_moving:  # a move cut short: recovered like any VNF that died
                     self._update_vnf(rec.id, _set(haState=VnfState.ACTIVE))

@@ -408,7 +408,7 @@ class Membership:
         rec = self.m.store.find("vnf", inst["id"])
         if rec is None or rec.data["haState"] != VnfState.ACTIVE or rec.data["host"] != host_id:
             return
-        if rec.data.get("pid") is not None and inst.get("pid") != rec.data["pid"]:
+        if _earlier_incarnation(rec.data, inst):
             return  # a report about an earlier incarnation, already recovered
         rt = self.m._rt(rec.id)
         if rt.busy is not None and not rt.busy.done() and not rt.checkpointing:
@@ -603,3 +603,16 @@ class Membership:
             self.fail_host_vnfs(host_id, f"host {host_id} fenced by the operator",
                                 time.time())
         return result.as_dict()
+
+
+def _earlier_incarnation(vnf: dict[str, Any], inst: dict[str, Any]) -> bool:
+    """Whether an exit report is about a process the VNF no longer runs as. The pid alone
+    cannot tell: CRIU restores a VNF with its old pid, so an exit event delivered late
+    (held up by a leader change) after a restore on the same host looked like a new
+    failure and started a second recovery of a running VNF. The incarnation (the
+    agent's start time of the process, stored at every start and restore) tells."""
+    if vnf.get("pid") is not None and inst.get("pid") != vnf["pid"]:
+        return True
+    started = inst.get("started_at")
+    return vnf.get("incarnation") is not None and started is not None \
+        and started != vnf["incarnation"]
