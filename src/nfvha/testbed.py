@@ -1213,8 +1213,7 @@ def _setns_func() -> Callable[[int, int], int]:
     """libc's setns(2), looked up in the parent. A child forked from this threaded
     process may run only what needs no lock another thread could have held at the
     fork: importing ctypes or dlopen() there (the loader's lock) could hang it before
-    exec: an agent that never starts and never logs, which CI once saw (the likely
-    cause; the hang itself left no trace)."""
+    exec, a daemon that never starts and never logs."""
     import ctypes
 
     setns: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).setns
