@@ -43,14 +43,15 @@ async def _until_one_leads(elections: Sequence[LeaderElection], timeout: float,
 
 async def _trial(url: str, ttl: int, poll: float) -> dict[str, float]:
     key = f"/nfvt-bench/{uuid.uuid4().hex}/leader"
-    elections = [LeaderElection(EtcdClient([url], timeout=ttl / 3), key, f"m{i}", ttl,
-                                timings=ElectionTimings.from_ttl(ttl, poll_interval=poll))
+    timings = ElectionTimings.from_ttl(ttl, poll_interval=poll)
+    elections = [LeaderElection(EtcdClient([url], timeout=timings.renew_interval), key,
+                                f"m{i}", ttl, timings=timings)
                  for i in range(3)]
     try:
         for e in elections:
             await e.start()
         old = await _until_one_leads(elections, 5)
-        await asyncio.sleep(random.uniform(0.5, 1.0) * ttl)  # a random keepalive phase
+        await asyncio.sleep(random.uniform(0.5, 1.0) * ttl)  # a random renewal phase
         killed = time.monotonic()
         deadline = old.leadership_deadline or killed
         for task in (old._runner, old._renewer):  # what SIGKILL does to it

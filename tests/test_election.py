@@ -32,7 +32,7 @@ from tests.test_store_contract import wipe_etcd_prefix
 
 # --- pure decisions, fake clock ----------------------------------------------------------
 
-T3 = ElectionTimings.from_ttl(3)  # keepalive every 1 s, margin 1 s
+T3 = ElectionTimings(3, renew_interval=1.0, margin=1.0)  # held 2 s (ttl - margin)
 
 
 def tenure(renewed_at: float, term: int = 7, lease: int = 70) -> Tenure:
@@ -46,7 +46,13 @@ def me(term: int = 7, lease: int = 70) -> LeaderInfo:
 
 def test_timings_from_ttl_and_what_they_refuse() -> None:
     t = ElectionTimings.from_ttl(1)
-    assert (t.ttl, t.renew_interval, t.margin) == (1, pytest.approx(1 / 3), pytest.approx(1 / 3))
+    assert (t.ttl, t.renew_interval, t.margin, t.hold_s) == (
+        1, pytest.approx(0.2), pytest.approx(0.25), pytest.approx(0.55))
+    assert t.takeover_after == pytest.approx(0.8)  # before etcd's 1 s lease can expire
+    with pytest.raises(ConfigError, match="must not exceed the ttl"):
+        ElectionTimings(1, renew_interval=0.2, margin=0.5, hold=0.6)
+    with pytest.raises(ConfigError, match="renew interval"):
+        ElectionTimings(1, renew_interval=0.3, margin=0.25, hold=0.55)
     for bad in (0, 1.5, float("nan")):
         with pytest.raises(ConfigError, match="whole number"):
             ElectionTimings.from_ttl(bad)
@@ -78,7 +84,7 @@ def test_a_leader_cut_off_from_etcd_holds_until_its_deadline_then_demotes() -> N
     assert [s.action for s in steps.values()] == [Action.HOLD, Action.HOLD, Action.DEMOTE,
                                                   Action.DEMOTE]
     assert "still leading term 7 for 1.500 s" in steps[0.5].reason
-    assert steps[2.0].reason.startswith("demoting self: no keepalive")
+    assert steps[2.0].reason.startswith("demoting self: no renewal")
     # Demoted, it keeps campaigning: waits while etcd is away, campaigns when it is back.
     assert decide(3.0, None, unreachable, None, T3).action is Action.WAIT
     assert decide(4.0, None, None, None, T3).action is Action.CAMPAIGN
@@ -109,6 +115,24 @@ def test_a_follower_follows_and_adopts_only_a_timely_lost_answer() -> None:
     assert decide(1.0, None, b, Pending(lease=91, sent_at=0.5), T3).action is Action.FOLLOW
 
 
+def test_a_follower_takes_over_only_after_hold_plus_margin_without_a_beat() -> None:
+    """The takeover rule: the holder's leadership ran out ``margin`` before the follower
+    may remove its key (it read the last beat after the holder sent it)."""
+    b = LeaderInfo("b", "http://b:8080", 0.0, 9, 90, beat=120)
+    assert decide(5.0, None, b, None, T3, quiet=2.99).action is Action.FOLLOW
+    step = decide(5.0, None, b, None, T3, quiet=3.0)
+    assert step.action is Action.TAKE_OVER
+    assert step.reason == ("b (term 9) has not beaten for 3.000 s (its leadership ran out"
+                           " 1.000 s ago): taking its key over")
+    # Not a member that just gave the leadership up; not over our own lost campaign.
+    assert decide(5.0, None, b, None, T3, campaign_after=5.5, quiet=4.0).action \
+        is Action.FOLLOW
+    assert decide(5.0, None, b, Pending(lease=90, sent_at=4.9), T3, quiet=4.0).action \
+        is Action.ADOPT
+    # The beat is not part of who holds the key.
+    assert b == LeaderInfo("b", "http://b:8080", 0.0, 9, 90, beat=121)
+
+
 def test_a_new_leader_moves_vnfs_only_after_the_old_leases_ran_out() -> None:
     t = Tenure("/k", me(), T3, renewed_at=100.0, takeover_at=100.2)
     assert t.may_move_at(longest_agent_lease=2.0, fencing_margin=0.1) == pytest.approx(102.3)
@@ -134,9 +158,10 @@ class Candidates:
         self.events: list[tuple[float, str, Transition]] = []
 
     async def add(self, name: str) -> LeaderElection:
-        client = EtcdClient([self.url], timeout=0.3)
+        timings = ElectionTimings.from_ttl(1, poll_interval=0.02)
+        client = EtcdClient([self.url], timeout=timings.renew_interval)
         e = LeaderElection(client, self.key, name, 1, url=f"http://{name}:8080",
-                           timings=ElectionTimings.from_ttl(1, poll_interval=0.02))
+                           timings=timings)
         e.add_listener(lambda t: self.events.append((time.monotonic(), name, t)))
         self.all.append(e)
         await e.start()
@@ -211,7 +236,10 @@ async def test_a_stalled_leader_demotes_itself_before_a_successor_wins_its_write
     assert not a.is_leader(new.takeover_at), "two leaders at once"
     # Its own rule stopped it a margin before etcd could let anyone else in.
     assert deadline <= new.takeover_at - a.timings.margin
-    assert deadline <= stalled_at + a.timings.ttl - a.timings.margin
+    assert deadline <= stalled_at + a.timings.hold_s
+    # Taken over on the beats' silence, not after etcd expired the lease.
+    assert b.takeovers == 1
+    assert new.takeover_at - stalled_at < a.timings.takeover_after + 0.3
     with EtcdStore(fast_etcd, prefix=prefix, guard=old.guard) as store, \
             pytest.raises(LeadershipLost, match="no longer the one"):
         store.put("vnf", "v1", {"by": "a"})
@@ -235,6 +263,23 @@ async def test_a_leader_whose_keepalives_stop_demotes_at_its_deadline(
     (b_up,) = [t for t, name, tr in candidates.events if name == "b" and tr.leading]
     assert a_down < b_up
     assert "demoting self" in [tr.reason for _, n, tr in candidates.events if n == "a"][-1]
+
+
+async def test_a_takeover_fails_when_the_holder_beat_meanwhile(
+        candidates: Candidates) -> None:
+    """A follower removes the key only if it still shows the beat it read: a leader that
+    beat in between keeps it, and keeps leading."""
+    a = await candidates.add("a")
+    await until(a.is_leader, 3, "a leads")
+    b = await candidates.add("b")
+    await until(lambda: b.leader is not None, 1, "b follows")
+    seen = b.leader
+    assert seen is not None
+    await until(lambda: b.leader is not None and b.leader.beat > seen.beat, 1, "a beats")
+    assert await b._remove_silent(seen) is False
+    assert a.is_leader() and not b.is_leader()
+    current = b.leader
+    assert current is not None and await b._read() == current  # the key untouched
 
 
 async def test_resigning_hands_over_at_once(candidates: Candidates) -> None:
@@ -261,7 +306,7 @@ async def test_etcd_stopped_the_leader_demotes_by_its_deadline_and_wins_again_af
             try:
                 stopped = time.monotonic()
                 demoted = await until(lambda: not a.leading.is_set(), 2, "a demotes")
-                assert demoted < stopped + a.timings.ttl - a.timings.margin + 0.1
+                assert demoted < stopped + a.timings.hold_s + 0.1
                 assert demoted < stopped + a.timings.ttl  # before etcd could expire it
                 await asyncio.sleep(0.5)  # well past the lease
                 assert not a.is_leader()

@@ -91,7 +91,10 @@ _MANAGER_HOST_BASE = 5
 #: 1.5 election timeouts rounded up to whole seconds: 2 s at its default timings, so
 #: its members run at half of them (tests/etcdmember.py's FAST_LEASES) for 1 s.
 ELECTION_TTL = 1
-ETCD_TIMINGS = ("--heartbeat-interval", "50", "--election-timeout", "500")
+ETCD_TIMINGS = ("--heartbeat-interval", "50", "--election-timeout", "500",
+                # The leader beats five times a second (nfvha.ha.election): history
+                # older than an hour is compacted, or etcd's database grows for good.
+                "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h")
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """Leader election among managers on etcd: a leader key bound to a lease, renewed by
-keepalive, given up before the lease can expire at etcd (self-demotion), and a `Guard`
-that fences the leader's writes. The decisions are pure (`decide`, `Tenure`) and say why.
+keepalive and by a *beat* (a rewrite of the key, which followers see), given up before
+either can run out (self-demotion); a follower that sees no beat for ``hold + margin``
+removes the silent leader's key and campaigns, without waiting for etcd to expire the
+lease; a `Guard` fences the leader's writes. The decisions are pure (`decide`, `Tenure`)
+and say why.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nfvha.errors import ConfigError
@@ -44,23 +47,34 @@ def _b64(raw: str) -> str:
 class ElectionTimings:
     """The lease's TTL and what is derived from it; `from_ttl` gives the defaults.
 
-    **The self-demotion rule.** Leadership is valid until ``renewed_at + ttl - margin``,
-    where ``renewed_at`` is when the last successful grant or keepalive was *sent*: etcd
-    restarts the lease's countdown when it applies the request, which is after we sent
-    it, so ``sent + ttl`` is no later than the expiry at etcd whatever the network and
-    etcd's own latency were (taking the answer's arrival instead would be late by that
-    latency). The ``margin`` (default ttl/3) is what the leader needs between its last
-    `LeaderElection.is_leader` check and the effect of what it then does outside etcd:
-    an event loop lagging behind its timers (a long synchronous call), a command to an
-    agent in flight, and the difference between this host's clock rate and the etcd
-    leader's (ppm, negligible). Writes to the store need no margin, the `Guard` fences
-    them. The margin is also the least time between the old leader's last act and the
-    earliest moment a successor can win.
+    **The self-demotion rule.** Leadership is valid until ``renewed_at + hold``, where
+    ``renewed_at`` is when the last successful renewal was *sent*: a renewal is a
+    keepalive of the lease and a beat (a rewrite of the leader key, conditional on the
+    key still being this term's), both answered. etcd restarts the lease's countdown,
+    and applies the beat, after we sent them, so counting from the send is never late
+    whatever the network and etcd's latency were (the answer's arrival would be late by
+    that latency).
+
+    **The takeover rule.** A follower that has read the same beat (the key's
+    ``mod_revision``) for ``hold + margin`` removes the key, on condition that it is still
+    that beat, and campaigns. It read the beat after etcd applied it, so after the
+    leader sent it: by then the leader's leadership ran out ``margin`` ago, and a later
+    beat that etcd applied first makes the removal fail. Without this rule a successor
+    waited for etcd to expire the lease: up to ``ttl`` after the last keepalive, plus
+    etcd 3.4's half-second scan for expired leases (1.28 s median failover measured).
+    etcd's expiry stays the fallback, ``ttl - hold >= margin`` after the leader's end.
+
+    The ``margin`` is what the leader needs between its last `LeaderElection.is_leader`
+    check and the effect of what it then does outside etcd: an event loop lagging behind
+    its timers (a long synchronous call), a command to an agent in flight, and the
+    difference between the hosts' clock rates (ppm, negligible). Writes to the store
+    need no margin, the `Guard` fences them. The margin is the least time between the
+    old leader's last act and the earliest moment a successor can win.
 
     Invariants (`ConfigError` otherwise): ``ttl`` is a whole number of seconds (etcd
-    leases are), ``margin < ttl``, and ``2 * renew_interval <= ttl - margin``: a
-    keepalive is abandoned after one interval, and the one after it must still be
-    answered before the deadline set by the last success.
+    leases are), ``hold + margin <= ttl``, and ``2 * renew_interval <= hold``: a renewal
+    is abandoned after one interval, and the one after it must still be answered before
+    the deadline set by the last success.
     """
 
     ttl: int
@@ -68,32 +82,48 @@ class ElectionTimings:
     margin: float
     #: How often the leader key is read: a follower sees a vacancy at most this late.
     poll_interval: float = 0.05
+    #: How long a renewal keeps the leadership (None: ``ttl - margin``, no beats' gain).
+    hold: float | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.ttl, int) and self.ttl >= 1):
             raise ConfigError(f"election: ttl must be a whole number of seconds >= 1 (etcd"
                               f" leases are), got {self.ttl!r}")
-        for name in ("renew_interval", "margin", "poll_interval"):
-            v = getattr(self, name)
-            if not v > 0:  # NaN too
-                raise ConfigError(f"election: {name} must be > 0, got {v}")
         if self.margin >= self.ttl:
             raise ConfigError(f"election: margin {self.margin:g} s must be below the ttl"
                               f" {self.ttl} s")
-        if 2 * self.renew_interval > self.ttl - self.margin + 1e-9:
+        for name in ("renew_interval", "margin", "poll_interval", "hold_s"):
+            v = getattr(self, name)
+            if not v > 0:  # NaN too
+                raise ConfigError(f"election: {name.removesuffix('_s')} must be > 0, got {v}")
+        if self.hold_s + self.margin > self.ttl + 1e-9:
+            raise ConfigError(f"election: hold {self.hold_s:g} s plus margin {self.margin:g} s"
+                              f" must not exceed the ttl {self.ttl} s")
+        if 2 * self.renew_interval > self.hold_s + 1e-9:
             raise ConfigError(
-                f"election: renew interval {self.renew_interval:g} s is too long for ttl"
-                f" {self.ttl} s and margin {self.margin:g} s: two intervals must fit in"
-                f" ttl - margin, or one slow keepalive demotes a healthy leader")
+                f"election: renew interval {self.renew_interval:g} s is too long for a hold"
+                f" of {self.hold_s:g} s: two intervals must fit in it, or one slow renewal"
+                f" demotes a healthy leader")
+
+    @property
+    def hold_s(self) -> float:
+        return self.ttl - self.margin if self.hold is None else self.hold
+
+    @property
+    def takeover_after(self) -> float:
+        """How long a follower must see the same beat before it may remove the key."""
+        return self.hold_s + self.margin
 
     @classmethod
     def from_ttl(cls, ttl: float, *, poll_interval: float = 0.05) -> ElectionTimings:
-        """Keepalive every ttl/3, margin ttl/3."""
+        """A renewal every 0.2 ttl, held 0.55 ttl, margin 0.25 ttl: with etcd's shortest
+        lease (1 s), a silent leader's key is taken over 0.8 s after its last beat was
+        read, and a renewal may take 0.2 s (an etcd write with its fsync) and fail once."""
         if not (ttl >= 1 and float(ttl).is_integer()):
             raise ConfigError(f"election: ttl must be a whole number of seconds >= 1 (etcd"
                               f" leases are), got {ttl!r}")
         whole = int(ttl)
-        return cls(whole, whole / 3, whole / 3, poll_interval)
+        return cls(whole, 0.2 * whole, 0.25 * whole, poll_interval, hold=0.55 * whole)
 
 
 @dataclass(frozen=True)
@@ -105,6 +135,8 @@ class LeaderInfo:
     since: float  # wall-clock time of its campaign (time.time()), for display
     term: int  # the key's create_revision: grows with every new holder
     lease: int
+    #: The key's mod_revision: its last beat (not part of equality: the same holder).
+    beat: int = field(default=0, compare=False)
 
     @classmethod
     def from_kv(cls, kv: dict[str, Any]) -> LeaderInfo:
@@ -114,7 +146,7 @@ class LeaderInfo:
         except (ValueError, TypeError, KeyError):
             member, url, since = "?", "", 0.0  # not ours: still a holder, still a term
         return cls(member, url, since, int(kv.get("create_revision", 0)),
-                   int(kv.get("lease", 0)))
+                   int(kv.get("lease", 0)), int(kv.get("mod_revision", 0)))
 
 
 @dataclass(frozen=True)
@@ -122,16 +154,17 @@ class Tenure:
     """A leadership held: its term and lease, and the timing that bounds it.
 
     ``takeover_at`` (monotonic, this process's clock) is when the campaign's answer
-    arrived. Every previous leader stopped acting by then: it demotes itself ``margin``
-    before its lease can expire at etcd, and its key had to be gone (lease expired or
-    revoked) before our create could apply. So a lease an agent got from any previous
+    arrived. Every previous leader stopped acting by then: its key had to be gone before
+    our create could apply, and it goes only ``margin`` after the leader's end (a lease
+    expired at etcd, or a takeover after ``hold + margin`` without a beat) or when the
+    leader resigns. So a lease an agent got from any previous
     leader was granted before ``takeover_at``; see `may_move_at`.
     """
 
     key: str
     info: LeaderInfo
     timings: ElectionTimings
-    renewed_at: float  # send time of the last successful grant or keepalive
+    renewed_at: float  # send time of the campaign or of the last successful renewal
     takeover_at: float
 
     @property
@@ -141,18 +174,18 @@ class Tenure:
     @property
     def deadline(self) -> float:
         """Until when this member may act as the leader (see `ElectionTimings`)."""
-        return self.renewed_at + self.timings.ttl - self.timings.margin
+        return self.renewed_at + self.timings.hold_s
 
     def valid(self, now: float) -> bool:
         return now < self.deadline
 
     def renewed(self, sent_at: float) -> Tenure:
-        """After a keepalive sent at ``sent_at`` was answered (a late answer to an older
+        """After a renewal sent at ``sent_at`` was answered (a late answer to an older
         keepalive never moves the deadline back)."""
         return replace(self, renewed_at=max(self.renewed_at, sent_at))
 
     def next_renewal_at(self, last_sent: float, failed: bool) -> float:
-        """When to send the next keepalive: an interval after the last one, or a third of
+        """When to send the next renewal: an interval after the last one, or a third of
         that after a failure, so that one lost answer does not cost the leadership."""
         interval = self.timings.renew_interval
         return last_sent + (interval / 3 if failed else interval)
@@ -187,6 +220,7 @@ class Action(enum.StrEnum):
     HOLD = "hold"  # leading, and may still act
     DEMOTE = "demote"  # stop acting now
     FOLLOW = "follow"  # someone else holds the key
+    TAKE_OVER = "take-over"  # its holder's beats stopped: remove the key, then campaign
     WAIT = "wait"  # etcd did not answer, and we do not lead: retry
 
 
@@ -203,21 +237,24 @@ def decide(
     pending: Pending | None,
     timings: ElectionTimings,
     campaign_after: float = 0.0,
+    quiet: float = 0.0,
 ) -> Step:
     """One election cycle's decision from the leader key as read (``observed``: the
-    holder, None if absent, or the read's error) and what this member holds. A member
-    that just demoted itself campaigns again only from ``campaign_after``: what made it
-    fail may still be there, and the healthy followers get the first try."""
+    holder, None if absent, or the read's error) and what this member holds. ``quiet``
+    is how long this member has read the holder's current beat unchanged (see
+    `ElectionTimings`). A member that just demoted itself campaigns again only from
+    ``campaign_after``: what made it fail may still be there, and the healthy followers
+    get the first try."""
     if tenure is not None:
         left = tenure.deadline - now
         if left <= 0:
-            return Step(Action.DEMOTE, f"demoting self: no keepalive of lease"
+            return Step(Action.DEMOTE, f"demoting self: no renewal of lease"
                         f" {tenure.info.lease} answered in time, leadership of term"
-                        f" {tenure.term} ran out {-left:.3f} s ago (before etcd can expire"
-                        " the lease)")
+                        f" {tenure.term} ran out {max(0.0, -left):.3f} s ago (before a"
+                        " successor can take over)")
         if isinstance(observed, StoreError):
             return Step(Action.HOLD, f"etcd unreadable ({observed}); still leading term"
-                        f" {tenure.term} for {left:.3f} s unless a keepalive gets through")
+                        f" {tenure.term} for {left:.3f} s unless a renewal gets through")
         if observed is None:
             return Step(Action.DEMOTE, f"demoting self: the leader key of term"
                         f" {tenure.term} is gone from etcd")
@@ -235,11 +272,15 @@ def decide(
                         f" others get {campaign_after - now:.3f} s to campaign first")
         return Step(Action.CAMPAIGN, "no leader: campaigning")
     if pending is not None and observed.lease == pending.lease:
-        if now < pending.sent_at + timings.ttl - timings.margin:
+        if now < pending.sent_at + timings.hold_s:
             return Step(Action.ADOPT, f"our campaign's create did apply (term"
                         f" {observed.term}) though its answer was lost: leading")
         return Step(Action.FOLLOW, f"our campaign's create applied (term {observed.term})"
                     " but too late to act on it; waiting for its lease to expire")
+    if quiet >= timings.takeover_after and now >= campaign_after:
+        return Step(Action.TAKE_OVER, f"{observed.member_id} (term {observed.term}) has"
+                    f" not beaten for {quiet:.3f} s (its leadership ran out"
+                    f" {quiet - timings.hold_s:.3f} s ago): taking its key over")
     return Step(Action.FOLLOW, f"following {observed.member_id} (term {observed.term}) at"
                 f" {observed.url or 'no URL'}")
 
@@ -315,6 +356,10 @@ class LeaderElection:
         self._warned_ttl = False
         self._closed = False
         self._campaign_after = 0.0
+        #: The holder's beat as last read: (term, mod_revision, when first read).
+        self._beat: tuple[int, int, float] | None = None
+        #: Takeovers this member made (a holder silent past ``hold + margin``).
+        self.takeovers = 0
 
     # --- public surface ----------------------------------------------------------------
 
@@ -374,13 +419,28 @@ class LeaderElection:
     async def run_cycle(self) -> str:
         """Read the key, decide, act; returns the reason."""
         observed = await self._read()
+        quiet = 0.0
         if not isinstance(observed, StoreError):
+            read_at = self._clock()  # after etcd applied what it shows: never early
             self.leader = observed
-            self.read_ok_at = self._clock()
+            self.read_ok_at = read_at
+            if observed is None:
+                self._beat = None
+            else:
+                beat = (observed.term, observed.beat)
+                if self._beat is None or self._beat[:2] != beat:
+                    self._beat = (*beat, read_at)
+                quiet = read_at - self._beat[2]
         step = decide(self._clock(), self._tenure, observed, self._pending, self.timings,
-                      self._campaign_after)
+                      self._campaign_after, quiet)
         if step.action is Action.CAMPAIGN:
             return await self._campaign()
+        if step.action is Action.TAKE_OVER and isinstance(observed, LeaderInfo):
+            if await self._remove_silent(observed):
+                self.takeovers += 1
+                logger.warning("election %s: %s", self.member_id, step.reason)
+                return await self._campaign()
+            return f"{step.reason}; but it beat meanwhile: following it"
         if step.action is Action.ADOPT and self._pending is not None \
                 and isinstance(observed, LeaderInfo):
             pending, self._pending = self._pending, None
@@ -403,31 +463,74 @@ class LeaderElection:
             await asyncio.sleep(self.timings.poll_interval)
 
     async def _renew(self, tenure: Tenure) -> None:
-        last_sent, failed = tenure.renewed_at, False
+        """Every ``renew_interval``: a keepalive and a beat at once; the leadership is
+        extended (from their send time) only when both were answered and the beat
+        applied. A beat refused means the key is no longer this term's: demote."""
+        last_sent, failed, beats = tenure.renewed_at, False, 0
         while not self._closed and self._tenure is not None \
                 and self._tenure.term == tenure.term:
             current = self._tenure
             await asyncio.sleep(max(0.0, current.next_renewal_at(last_sent, failed)
                                     - self._clock()))
             last_sent = self._clock()
-            try:
-                answer = await self._call(
-                    "/lease/keepalive", {"ID": str(tenure.info.lease)},
-                    idempotent=True, timeout=self.timings.renew_interval)
-            except StoreError as exc:
+            beats += 1
+            keepalive, beat = await asyncio.gather(
+                self._call("/lease/keepalive", {"ID": str(tenure.info.lease)},
+                           idempotent=True, timeout=self.timings.renew_interval),
+                self._beat_once(tenure, beats), return_exceptions=True)
+            errors = [r for r in (keepalive, beat) if isinstance(r, BaseException)]
+            for r in errors:
+                if not isinstance(r, StoreError):
+                    raise r
+            if errors:
                 failed = True
-                logger.warning("election %s: keepalive of lease %d failed: %s",
-                               self.member_id, tenure.info.lease, exc)
+                logger.warning("election %s: renewal of term %d failed: %s",
+                               self.member_id, tenure.term, errors[0])
                 continue
             failed = False
             if self._tenure is None or self._tenure.term != tenure.term:
                 return
-            if int((answer.get("result") or {}).get("TTL", 0)) <= 0:
+            assert isinstance(keepalive, dict)
+            if int((keepalive.get("result") or {}).get("TTL", 0)) <= 0:
                 self._demote(f"demoting self: lease {tenure.info.lease} of term"
                              f" {tenure.term} is gone at etcd")
                 return
+            if beat is not True:
+                self._demote(f"demoting self: the leader key is no longer term"
+                             f" {tenure.term}'s (a follower took it over, or it expired)")
+                return
             self._tenure = self._tenure.renewed(last_sent)
             self._arm_timer()
+
+    async def _beat_once(self, tenure: Tenure, n: int) -> bool:
+        """Rewrite the leader key, only while it is still this term's with our lease;
+        followers read each beat as a new mod_revision. False: the key is not ours."""
+        key = _b64(self.key)
+        value = json.dumps({"member": self.member_id, "url": self.url,
+                            "since": tenure.info.since, "beat": n})
+        answer = await self._call("/kv/txn", {
+            "compare": Guard(self.key, tenure.term, tenure.info.lease).compares(),
+            "success": [{"request_put": {"key": key, "value": _b64(value),
+                                         "lease": str(tenure.info.lease)}}],
+        }, idempotent=False, timeout=self.timings.renew_interval)
+        return bool(answer.get("succeeded"))
+
+    async def _remove_silent(self, holder: LeaderInfo) -> bool:
+        """Delete the leader key if it still shows the beat we read (same term, same
+        mod_revision); True if we did. A beat applied first makes this fail."""
+        key = _b64(self.key)
+        answer = await self._call("/kv/txn", {
+            "compare": [{"key": key, "target": "CREATE", "result": "EQUAL",
+                         "create_revision": str(holder.term)},
+                        {"key": key, "target": "MOD", "result": "EQUAL",
+                         "mod_revision": str(holder.beat)}],
+            "success": [{"request_delete_range": {"key": key}}],
+        }, idempotent=False, timeout=self.timings.hold_s)
+        if answer.get("succeeded"):
+            self._beat = None
+            self._revoke_later(holder.lease)  # its lease holds nothing now; tidy
+            return True
+        return False
 
     # --- transitions -------------------------------------------------------------------
 
@@ -509,7 +612,7 @@ class LeaderElection:
     async def _read(self) -> LeaderInfo | StoreError | None:
         try:
             answer = await self._call("/kv/range", {"key": _b64(self.key)}, idempotent=True,
-                                      timeout=self.timings.ttl - self.timings.margin)
+                                      timeout=self.timings.hold_s)
         except StoreError as exc:
             return exc
         kvs = answer.get("kvs") or []
@@ -539,7 +642,7 @@ class LeaderElection:
                                          "lease": str(lease)}},
                         {"request_range": {"key": key}}],
             "failure": [{"request_range": {"key": key}}],
-        }, idempotent=False, timeout=self.timings.ttl - self.timings.margin)
+        }, idempotent=False, timeout=self.timings.hold_s)
         ranges = [(r.get("response_range") or {}).get("kvs") or []
                   for r in answer.get("responses") or []]
         kvs = next((k for k in ranges if k), [])
@@ -547,7 +650,7 @@ class LeaderElection:
         self.leader = holder
         if answer.get("succeeded") and holder is not None and holder.lease == lease:
             self._pending = None
-            if not self._clock() < sent + self.timings.ttl - self.timings.margin:
+            if not self._clock() < sent + self.timings.hold_s:
                 self._revoke_later(lease)
                 return f"won term {holder.term} too late to act on it (etcd answered after" \
                        " the deadline); giving it up"

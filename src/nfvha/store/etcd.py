@@ -361,6 +361,25 @@ class EtcdStore(StateStore):
             raise NotFound(f"{kind}/{id} not found")
         return record
 
+    def lead(self, guard: Guard, writer: str | None) -> None:
+        """This store's writer leads (a manager cluster's promotion): writes go out
+        fenced by ``guard`` and signed by ``writer``, reads are served from memory
+        (`cache_reads`) and, when they go to etcd, serializably (the one writer's
+        compare-and-set decides, see ``serializable_reads``)."""
+        self.guard, self.writer = guard, writer
+        self.serializable_reads = True
+        self.cache_reads(True)
+        self.writes_fenced = None
+
+    def follow(self, why: str) -> None:
+        """This store's writer may not write (a follower, or a leader just demoted):
+        every write is refused here (``writes_fenced``, why), reads go to etcd
+        linearizably. The guard stays: were a write to get past, a stale guard makes it
+        fail at etcd, where none would let it pass."""
+        self.writes_fenced = why
+        self.serializable_reads = False
+        self.cache_reads(False)
+
     def cache_reads(self, on: bool) -> None:
         """Serve reads from memory, kept by this store's own writes (on), or from etcd.
 

@@ -184,8 +184,7 @@ class Manager:
         self._acting = False
         self._notifier_started = False
         if election is not None and isinstance(store, EtcdStore):
-            store.serializable_reads = False  # a follower's reads (see EtcdStore)
-            store.writes_fenced = "this manager is not the leader"
+            store.follow("this manager is not the leader")
         self._fresh_term()
         self.view = ManagerView(self)
         self.metrics = ManagerMetrics(self)
@@ -259,23 +258,16 @@ class Manager:
             if self._acting:
                 self._stop_acting(f"new term {t.term}")
             if isinstance(self.store, EtcdStore):
-                self.store.guard = t.tenure.guard
-                self.store.writer = self.election.member_id if self.election else None
-                self.store.serializable_reads = True
-                self.store.cache_reads(True)  # the one writer now: see EtcdStore
-                self.store.writes_fenced = None
+                self.store.lead(t.tenure.guard,
+                                self.election.member_id if self.election else None)
             self._fresh_term(takeover_at=t.tenure.takeover_at)
             self._start_acting()
             log.info("leading term %d (%s)", t.term, t.reason)
         elif not t.leading and self._acting:
-            # The guard stays: a late write of the old term fails (LeadershipLost).
+            # Fenced first: nothing the term's tasks write while they stop goes out.
             if isinstance(self.store, EtcdStore):
-                self.store.writes_fenced = f"leadership of term {t.term} lost"
+                self.store.follow(f"leadership of term {t.term} lost")
             self._stop_acting(f"leadership of term {t.term} lost: {t.reason}")
-            if isinstance(self.store, EtcdStore):
-                self.store.writes_fenced = f"leadership of term {t.term} lost"
-                self.store.serializable_reads = False
-                self.store.cache_reads(False)
 
     def _start_acting(self) -> None:
         """Reload state: every known host gets a full timeout, interrupted work resumes."""
