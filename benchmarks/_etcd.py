@@ -7,7 +7,6 @@ What the benchmarks need of ``tests/etcdmember.py`` without importing the test s
 than 1.5 election timeouts rounded up to whole seconds, 2 s at its defaults (100 ms / 1 s),
 so a 1 s leader lease needs them halved. One Go thread per member (``GOMAXPROCS=1``), as
 the testbed runs them: three members share the machine's two cores with everything else.
-Stdlib and httpx only.
 """
 
 from __future__ import annotations
@@ -27,8 +26,10 @@ from pathlib import Path
 
 import httpx
 
-#: etcd's raft timings halved: its shortest lease is then 1 s, the managers' --election-ttl.
-FAST_LEASES = ("--heartbeat-interval", "50", "--election-timeout", "500")
+from nfvha.store.etcd import ETCD_MEMBER_FLAGS
+
+#: The flags nfvha's own members run with (raft timings halved: 1 s leases; pre-vote).
+FAST_LEASES = ETCD_MEMBER_FLAGS
 _PR_SET_PDEATHSIG = 1
 
 

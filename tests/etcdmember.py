@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from nfvha.store.etcd import ETCD_MEMBER_FLAGS
 from nfvha.tls import TlsConfig
 from tests.conftest import TEST_PREFIX
 
@@ -57,7 +58,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 #: etcd's raft timings scaled down 2x: its shortest lease is 1.5 election timeouts
 #: rounded up to whole seconds, 2 s at the defaults (100 ms / 1 s), 1 s with these.
-FAST_LEASES = ("--heartbeat-interval", "50", "--election-timeout", "500")
+FAST_LEASES = ETCD_MEMBER_FLAGS  # 1 s leases, as the manager cluster runs etcd
 
 
 @dataclass(frozen=True)

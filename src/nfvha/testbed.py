@@ -63,6 +63,7 @@ from typing import Any
 import httpx
 
 from nfvha.errors import ConfigError, NfvhaError
+from nfvha.store.etcd import ETCD_MEMBER_FLAGS
 from nfvha.vim.cgroups import CgroupDriver, CgroupLimits
 from nfvha.vim.hostnet import HostNetwork
 
@@ -89,12 +90,8 @@ CLUSTER_SIZES = (1, 3, 5)
 _MANAGER_HOST_BASE = 5
 #: The managers' leader lease (--election-ttl). etcd grants a lease no shorter than
 #: 1.5 election timeouts rounded up to whole seconds: 2 s at its default timings, so
-#: its members run at half of them (tests/etcdmember.py's FAST_LEASES) for 1 s.
+#: its members run at half of them (`nfvha.store.etcd.ETCD_MEMBER_FLAGS`) for 1 s.
 ELECTION_TTL = 1
-ETCD_TIMINGS = ("--heartbeat-interval", "50", "--election-timeout", "500",
-                # The leader beats five times a second (nfvha.ha.election): history
-                # older than an hour is compacted, or etcd's database grows for good.
-                "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h")
 
 
 @dataclass
@@ -640,7 +637,7 @@ class Testbed:
                 "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
                 "--initial-cluster", cluster, "--initial-cluster-state", "new",
                 "--initial-cluster-token", f"nfvha-{self.name}",
-                "--logger", "zap", "--log-level", "warn", *ETCD_TIMINGS]
+                "--logger", "zap", "--log-level", "warn", *ETCD_MEMBER_FLAGS]
 
     def _start_etcd(self, m: ManagerHost) -> int:
         # One thread of Go scheduling each: three members share two cores with the rest.
