@@ -31,6 +31,7 @@ from nfvha.errors import (
     AddressInUse,
     CheckpointCorrupt,
     CheckpointError,
+    ConfigError,
     InstanceNotFound,
     InstanceStateError,
     InstanceStopped,
@@ -68,6 +69,7 @@ from nfvha.wire import (
     InstanceState,
     InstanceView,
     RestoreStatsView,
+    RxQueue,
 )
 
 __all__ = ["Agent", "AgentConfig", "Instance", "InstanceState"]
@@ -211,6 +213,7 @@ class Agent:
             cgroup_parent=cfg.effective_cgroup_parent, run_dir=cfg.state_dir / "run",
             log_dir=cfg.log_dir, work_root=cfg.work_root)
         self.instances: dict[str, Instance] = {}
+        self._rcvbufs: dict[int, int] = {}  # socket inode -> receive buffer bytes
         self.started_at = time.time()
         self._http: httpx.AsyncClient | None = None
         #: Where reports go: the leader of the managers, followed (``nfvha.follow``).
@@ -752,6 +755,60 @@ class Agent:
         return await probe_vnf(probe, inst.descriptor.network.ip, exec_prefix=prefix,
                                exec_preexec=lambda: join_procs_files(procs))
 
+    async def rx_queue(self, instance_id: str, port: int, *, below: int | None = None,
+                       wait: float = 0.0) -> RxQueue:
+        """The receive queue of the VNF's UDP socket on ``port``, read in its netns, for
+        the forwarder pacing a replay to it (``nfvha.dataplane.pacing``).
+
+        With ``below``, the answer waits (``wait`` seconds at most) until the queue holds
+        at most that many bytes: a long poll, so that while the VNF is slow this agent
+        reads its own ``/proc`` every millisecond (some 30 µs each) rather than the
+        forwarder asking over the network. The buffer's size is not in ``/proc``: it is
+        read once per socket with ``ss`` in the VNF's netns (a fork, some 15 ms).
+        """
+        inst = self.get(instance_id)
+        pid = inst.pid
+        if pid is None or inst.state not in LIVE_STATES:
+            raise InstanceStateError(f"instance {instance_id} is {inst.state}: it has no "
+                                     "receive queue to read")
+        started = time.monotonic()
+        deadline = started + min(max(wait, 0.0), 0.2)
+        while True:
+            socks = _udp_sockets(pid, port)
+            if socks is None:
+                raise InstanceStateError(f"instance {instance_id}: its process {pid} is gone")
+            queued = max((q for q, _, _ in socks), default=0)
+            if below is None or queued <= below or not socks or \
+                    time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.001)
+        waited = time.monotonic() - started
+        capacity = await self._rcvbuf(pid, port, [ino for _, _, ino in socks])
+        return RxQueue(port=port, sockets=len(socks), queued=queued,
+                       capacity=min(capacity) if capacity else 0,
+                       drops=max((d for _, d, _ in socks), default=0),
+                       rcvbuf_errors=_rcvbuf_errors(pid), backlog=_softnet_backlog(),
+                       waited_ms=waited * 1000)
+
+    async def _rcvbuf(self, pid: int, port: int, inodes: list[int]) -> list[int]:
+        """The receive buffer sizes of these sockets, from ``ss`` in the netns of ``pid``
+        the first time a socket is asked about (cached by inode: a restored VNF's socket
+        is a new one)."""
+        missing = [i for i in inodes if i not in self._rcvbufs]
+        if missing:
+            try:
+                out = await asyncio.to_thread(
+                    subprocess.run, ["nsenter", f"--net=/proc/{pid}/ns/net", "ss", "-H",
+                                     "-u", "-a", "-n", "-m", "-e", "sport", "=", f":{port}"],
+                    capture_output=True, text=True, timeout=5.0)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise ConfigError(f"cannot read the receive buffer size of the VNF's "
+                                  f"sockets: ss (iproute2) and nsenter: {exc}") from exc
+            if len(self._rcvbufs) > 1024:
+                self._rcvbufs.clear()
+            self._rcvbufs.update(_ss_rcvbufs(out.stdout))
+        return [self._rcvbufs[i] for i in inodes if i in self._rcvbufs]
+
     async def probe_peer(self, url: str, timeout: float = 0.2) -> bool:
         """The second path to a suspected host: can this host reach its agent?"""
         assert self._http is not None
@@ -1070,6 +1127,61 @@ def _udp_unread(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return queued
+
+
+def _udp_sockets(pid: int, port: int) -> list[tuple[int, int, int]] | None:
+    """The UDP sockets bound to ``port`` in the netns of ``pid``: (bytes queued, datagrams
+    dropped, inode) each, from ``/proc/<pid>/net/udp{,6}``; None if the process is gone."""
+    found = []
+    try:
+        for table in ("udp", "udp6"):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                f = line.split()
+                if len(f) > 12 and int(f[1].rpartition(":")[2], 16) == port:
+                    found.append((int(f[4].split(":")[1], 16), int(f[12]), int(f[9])))
+    except FileNotFoundError:
+        if table == "udp6":  # no IPv6 in that kernel
+            return found
+        return None
+    except (OSError, ValueError, IndexError):
+        return None
+    return found
+
+
+_SS_INODE = re.compile(r"\bino:(\d+)")
+_SS_RCVBUF = re.compile(r"skmem:\([^)]*\brb(\d+)")
+
+
+def _ss_rcvbufs(text: str) -> dict[int, int]:
+    """Inode -> receive buffer bytes, from ``ss -H -u -a -n -m -e`` (the ``skmem`` of a
+    socket follows its line, or ends it)."""
+    out: dict[int, int] = {}
+    inode = None
+    for line in text.splitlines():
+        if m := _SS_INODE.search(line):
+            inode = int(m.group(1))
+        if (m := _SS_RCVBUF.search(line)) and inode is not None:
+            out[inode] = int(m.group(1))
+            inode = None
+    return out
+
+
+def _rcvbuf_errors(pid: int) -> int | None:
+    """The netns's ``RcvbufErrors`` of UDP and UDP6: datagrams dropped by a full receive
+    buffer, whichever socket's; None if it cannot be read."""
+    total = 0
+    try:
+        lines = Path(f"/proc/{pid}/net/snmp").read_text().splitlines()
+        udp = [ln.split() for ln in lines if ln.startswith("Udp:")]
+        if len(udp) >= 2:
+            total += int(udp[1][udp[0].index("RcvbufErrors")])
+        with contextlib.suppress(FileNotFoundError):
+            for ln in Path(f"/proc/{pid}/net/snmp6").read_text().splitlines():
+                if ln.startswith("Udp6RcvbufErrors"):
+                    total += int(ln.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
 
 
 def _softnet_backlog() -> int | None:
