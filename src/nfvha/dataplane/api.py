@@ -1,18 +1,22 @@
 """Control API of the forwarder (FastAPI): services, hold/release around checkpoints,
-commit (log trim) and replay after a restore. Used by the manager only."""
+commit (log trim) and replay after a restore. Used by the manager only. During a replay
+the forwarder itself calls the restored VNF's agent, to read its receive queue."""
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from nfvha.dataplane.client import ReplayGapError
 from nfvha.dataplane.forwarder import Forwarder, ReplayGap, ServiceSpec
+from nfvha.dataplane.rxprobe import AgentQueueProbe
 from nfvha.errors import AddressInUse, HostNetworkError, InvalidRequest, ResourceNotFound
 from nfvha.vim.hostnet import HostNetwork
 from nfvha.web import BodyLimit, install_problem_handlers, problem, problem_responses, who_may
@@ -21,6 +25,7 @@ from nfvha.wire import (
     HoldResult,
     PositionRequest,
     ReleaseResult,
+    ReplayRequest,
     ReplayResult,
     ServiceRequest,
     ServiceStatus,
@@ -29,11 +34,16 @@ from nfvha.wire import (
 __all__ = ["create_forwarder_app"]
 
 def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int = 16,
-                         net: HostNetwork | None = None, tls: bool = False) -> FastAPI:
+                         net: HostNetwork | None = None, tls: bool = False,
+                         client_tls: ssl.SSLContext | None = None,
+                         agents: httpx.AsyncClient | None = None) -> FastAPI:
     """Build the app; ``net`` is the host network it takes service addresses on (tests
-    pass one that touches nothing)."""
+    pass one that touches nothing). Agents are called (for a replay's pacing) through
+    ``agents``, by default a client presenting ``client_tls``'s certificate, with
+    ``token`` as bearer if there is one."""
     fwd = Forwarder()
     net = net or HostNetwork()
+    http = agents or httpx.AsyncClient(verify=client_tls if client_tls is not None else True)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -41,6 +51,8 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
             yield
         finally:
             await fwd.close()
+            if agents is None:
+                await http.aclose()
 
     app = FastAPI(title="nfvha forwarder", lifespan=lifespan,
                   responses=problem_responses(401, 404, 409, 413, 422))
@@ -113,19 +125,25 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
         return CommitResult(trimmed=fwd.get(name).commit(body.position))
 
     @app.post("/v1/services/{name}/replay", dependencies=auth, response_model=ReplayResult)
-    async def replay(name: str, body: PositionRequest) -> ReplayResult | JSONResponse:
+    async def replay(name: str, body: ReplayRequest) -> ReplayResult | JSONResponse:
         """Replay from ``position`` and release; 409 (``oldest``: where a replay can start
-        now) if the log was trimmed past it, with delivery still held."""
+        now) if the log was trimmed past it, with delivery still held. With ``pace``, the
+        replay is paced by the VNF's receive queue, read from that agent (``pacing`` in
+        the answer says how it went)."""
         svc = fwd.get(name)
+        probe = None if body.pace is None else AgentQueueProbe(
+            http, body.pace.agent_url, body.pace.instance_id, port=svc.spec.target[1],
+            token=token)
         t0 = time.monotonic()
         try:
-            n = await svc.replay(body.position)
+            n = await svc.replay(body.position, probe)
         except ReplayGap as gap:
             return problem(409, "Replay position trimmed", str(gap), of=ReplayGapError,
                            position=gap.position, oldest=gap.oldest)
         replay_s = time.monotonic() - t0
         held = svc.release()
-        return ReplayResult(replayed=n, replay_ms=replay_s * 1000, held_ms=held * 1000)
+        return ReplayResult(replayed=n, replay_ms=replay_s * 1000, held_ms=held * 1000,
+                            pacing=svc.last_pacing)
 
     @app.post("/v1/services/{name}/reset", dependencies=auth)
     async def reset(name: str) -> ReleaseResult:

@@ -8,7 +8,8 @@ sequence number and stays in the log until a committed checkpoint covers it.
 Around a checkpoint the manager calls ``hold`` (delivery stops; new datagrams queue; the
 log position P is returned), the agent dumps, and ``commit(P)`` trims the log and
 releases the queue. After a restore from a checkpoint at position P, ``replay(P)``
-delivers the logged datagrams after P in order, before any queued new traffic. A replay from a
+delivers the logged datagrams after P in order, before any queued new traffic, paced by
+the restored VNF's receive queue as its agent reads it (``nfvha.dataplane.pacing``). A replay from a
 position the log no longer reaches back to (trimmed by a later commit, or discarded by a
 reset) is refused (``ReplayGap``, naming the oldest position it can replay from), never
 served in part: the manager decides what to do and says that datagrams were lost.
@@ -30,7 +31,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from nfvha.wire import ServiceStatus
+from nfvha.dataplane.pacing import PaceConfig, ProbeError, QueuePacer, QueueProbe, datagram_cost
+from nfvha.wire import ReplayPacing, RxQueue, ServiceStatus
 
 __all__ = ["Forwarder", "LogFull", "ReplayGap", "Service", "ServiceSpec"]
 
@@ -81,6 +83,81 @@ class _Pace:
         await asyncio.sleep(_BATCH / self.pps)
 
 
+class _PacedSend:
+    """Drives a ``QueuePacer`` for one replay and the drain of what queued meanwhile:
+    waits before each datagram until the pacer lets it out, keeping at most one reading
+    of the VNF's queue under way (started when half the room is used, so the answer
+    usually arrives while the other half is being sent)."""
+
+    def __init__(self, pacer: QueuePacer, probe: QueueProbe | None) -> None:
+        self.pacer = pacer
+        self.probe = probe
+        self._reading: asyncio.Future[RxQueue] | None = None
+        self._mark = 0
+        self._since_yield = 0
+
+    def _start_reading(self) -> None:
+        if self.probe is None or self.pacer.mode != "queue" or self._reading is not None:
+            return
+        self._mark = self.pacer.request()
+        below = self.pacer.below()
+        self._reading = asyncio.ensure_future(
+            self.probe.read(below, self.pacer.cfg.wait if below is not None else 0.0))
+
+    def _collect(self) -> None:
+        task, self._reading = self._reading, None
+        if task is None or task.cancelled():
+            return
+        now = time.monotonic()
+        exc = task.exception()
+        if exc is None:
+            self.pacer.update(self._mark, task.result(), now)
+        elif isinstance(exc, ProbeError) and not exc.final:
+            self.pacer.failed_reading(str(exc), now)
+        else:
+            self.pacer.fail(str(exc) or type(exc).__name__, now)
+
+    async def admit(self, cost: int) -> None:
+        """Return once one datagram charged ``cost`` bytes may be sent."""
+        while True:
+            if self._reading is not None and self._reading.done():
+                self._collect()
+            now = time.monotonic()
+            if self.pacer.take(cost, now):
+                if self.pacer.wants_reading():
+                    self._start_reading()
+                self._since_yield += 1
+                if self._since_yield >= _BATCH:  # let the reading's answer in
+                    self._since_yield = 0
+                    await asyncio.sleep(0)
+                return
+            self._start_reading()
+            # Not before 2 ms: the floor and the fixed rate send a few at a time.
+            timeout = max(self.pacer.next_due(now) - now, 0.002)
+            if self._reading is not None:
+                await asyncio.wait({self._reading}, timeout=timeout)
+            else:
+                await asyncio.sleep(timeout)
+
+    async def settle(self) -> None:
+        """Take one more reading, so that a report counts the drops up to the end."""
+        if self._reading is not None:
+            await asyncio.wait({self._reading}, timeout=2.0)
+            if self._reading.done():
+                self._collect()
+        if self.probe is not None and self.pacer.mode == "queue" and self._reading is None:
+            self._mark = self.pacer.request()
+            self._reading = asyncio.ensure_future(self.probe.read(None, 0.0))
+            await asyncio.wait({self._reading}, timeout=2.0)
+            if self._reading.done():
+                self._collect()
+
+    def close(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+            self._reading = None
+
+
 class LogFull(Exception):
     """The packet log reached its bound; the datagram was not delivered."""
 
@@ -110,12 +187,12 @@ class ServiceSpec:
     max_log_age: float = 60.0
     pace_pps: float = 50000.0  # queue drain rate towards a running VNF after a hold
     # Replay, and the drain of traffic queued meanwhile, go to a VNF that was just
-    # restored and may not read for some milliseconds: its socket buffer (208 KiB by
-    # default) holds only about 230 small datagrams, so these are sent slower. At 10,000/s
-    # a restored Python VNF on a loaded 2-core host (the full test suite) read slower than
-    # that, and 20-150 datagrams of a host-crash recovery were dropped in its buffer.
-    # Pacing by the VNF's own receive queue (issue 15) will replace this fixed rate.
-    replay_pps: float = 5000.0
+    # restored and may not read for a while: its socket buffer (208 KiB by default) holds
+    # only about 250 small datagrams. Any fixed rate was wrong for some VNF (at 5,000/s a
+    # restored Python VNF on a loaded 2-core host still lost 20-150 datagrams of a
+    # host-crash recovery in its buffer), so these are paced by its receive queue as its
+    # agent reads it, falling back to ``pace.blind_pps`` when it cannot be read.
+    pace: PaceConfig = field(default_factory=PaceConfig)
     after: str | None = None  # the service whose VNF's outputs feed this one
 
 
@@ -175,6 +252,9 @@ class Service:
     committed: int = 0  # log position covered by the last committed checkpoint
     held: bool = False
     _after_replay: bool = False  # the next queue drain goes to a just-restored VNF
+    _paced: _PacedSend | None = None  # the last replay's pacing, kept for that drain
+    _replaying: bool = False
+    last_pacing: ReplayPacing | None = None  # how the last replay was paced
     hold_started: float = 0.0
     queue: collections.deque[tuple[Addr, bytes]] = field(default_factory=collections.deque)
     cuts: dict[int, dict[Addr, int]] = field(default_factory=dict)  # P -> replies since cut
@@ -250,24 +330,57 @@ class Service:
 
     async def _pump_queue(self) -> None:
         """Deliver queued datagrams in order, paced: a burst larger than the VNF's socket
-        buffer would be dropped there, after it was logged as delivered."""
-        pace = _Pace(self.spec.replay_pps if self._after_replay else self.spec.pace_pps)
+        buffer would be dropped there, after it was logged as delivered. After a replay,
+        the replay's pacer paces them too (the VNF is still just restored)."""
+        pace = _Pace(self.spec.pace_pps)
         while self.queue and not self.held:
+            paced = self._paced if self._after_replay else None
+            if paced is not None:
+                if not self._flow_ready(self.queue[0][0]):
+                    return
+                await paced.admit(datagram_cost(len(self.queue[0][1])))
+                # Only this pump takes from the queue; a hold (or a new replay, which
+                # comes after one) may have begun meanwhile: then it is kept.
+                if self.queue and not self.held and self._paced is paced:
+                    client, data = self.queue.popleft()
+                    self._deliver(client, data)
+                continue
             for _ in range(pace.due()):
                 if not self.queue or self.held:
                     break
                 client, data = self.queue[0]
-                flow = self.flows.get(client)
-                if flow is None or flow.transport is None:
-                    self._ensure_flow(client)
+                if not self._flow_ready(client):
                     return
                 self.queue.popleft()
                 self._deliver(client, data)
                 pace.sent += 1
             if self.queue:
                 await pace.wait()
-        if not self.queue:
+        if not self.queue and not self.held and not self._replaying:
             self._after_replay = False
+            self._end_pacing()
+
+    def _flow_ready(self, client: Addr) -> bool:
+        """Whether the client's upstream socket is open; if not, it is being opened, and
+        the queue drains again when it is."""
+        flow = self.flows.get(client)
+        if flow is None or flow.transport is None:
+            self._ensure_flow(client)
+            return False
+        return True
+
+    def _end_pacing(self) -> None:
+        """The replay and the drain after it are done: count how they were paced."""
+        paced, self._paced = self._paced, None
+        if paced is None:
+            return
+        paced.close()
+        r = paced.pacer.report(time.monotonic())
+        self.stats["paced_by_queue" if r.paced_by == "queue" else "paced_by_rate"] += 1
+        self.stats["paced_reads"] += r.reads
+        self.stats["paced_forced"] += r.forced
+        self.stats["paced_stalled_s"] += r.stalled_ms / 1000
+        self.stats["paced_drops"] += r.drops or 0
 
     # -- control --------------------------------------------------------------------------
 
@@ -315,9 +428,11 @@ class Service:
             self._send_reply(flow, data)
         return trimmed
 
-    async def replay(self, position: int) -> int:
+    async def replay(self, position: int, probe: QueueProbe | None = None) -> int:
         """Deliver the logged datagrams after ``position`` in order, then queued traffic.
 
+        Paced by the VNF's receive queue, read by ``probe`` (``nfvha.dataplane.pacing``),
+        or at the fixed ``spec.pace.blind_pps`` without one; how is in ``last_pacing``.
         Replies the old copy already relayed since that cut are dropped per flow. Refused
         (``ReplayGap``, nothing changed, delivery still held) if the log was trimmed past
         ``position``: a partial replay would lose datagrams without anyone knowing.
@@ -337,20 +452,32 @@ class Service:
         self._cut_pending = None
         n = 0
         self._after_replay = True
-        pace = _Pace(self.spec.replay_pps)
-        for e in [e for e in self.log if e.seq > position]:
-            target = self.flows.get(e.client)
-            if target is not None and target.transport is not None:
-                target.transport.sendto(e.payload, self.spec.target)
-                n += 1
-                pace.sent += 1
-                if pace.due() <= 0:
-                    await pace.wait()
+        entries = [e for e in self.log if e.seq > position]
+        self._end_pacing()
+        pacer = QueuePacer(time.monotonic(), len(entries), self.spec.pace,
+                           queue=probe is not None,
+                           reason=None if probe is not None
+                           else "no agent was named to read the VNF's queue from")
+        paced = self._paced = _PacedSend(pacer, probe)
+        self._replaying = True
+        try:
+            for e in entries:
+                target = self.flows.get(e.client)
+                if target is not None and target.transport is not None:
+                    await paced.admit(datagram_cost(len(e.payload)))
+                    target.transport.sendto(e.payload, self.spec.target)
+                    n += 1
+            await paced.settle()
+        finally:
+            self._replaying = False
+        self.last_pacing = pacer.report(time.monotonic())
+        pacer.restart_floor(time.monotonic())
         self.stats["replayed"] += n
         return n
 
     def reset(self) -> None:
         """The VNF restarted without state: the log cannot help it; start over."""
+        self._end_pacing()
         self.log.clear()
         self.log_bytes = 0
         self.cuts.clear()
@@ -420,6 +547,7 @@ class Forwarder:
         for other in self.services.values():
             if other.downstream is svc:
                 other.downstream = svc.downstream
+        svc._end_pacing()
         if svc.front is not None and svc.spec.after is None:
             svc.front.close()
         for flow in svc.flows.values():
