@@ -341,6 +341,18 @@ async def test_without_a_probe_the_replay_runs_at_the_fixed_rate() -> None:
     assert p.reason == "no agent was named to read the VNF's queue from"
 
 
+async def test_a_reset_during_a_replay_ends_it() -> None:
+    svc, sock = _service(2000)
+    svc.hold()
+    probe = _Probe(sock, per_reading=0)  # a VNF that reads nothing: the replay waits
+    replay = asyncio.ensure_future(svc.replay(0, probe))
+    await asyncio.sleep(0.05)
+    svc.reset()  # the VNF was restarted without state meanwhile
+    n = await asyncio.wait_for(replay, 2)
+    assert n == len(sock.sent) - 2000 < 300  # what fitted in its buffer, no more
+    assert svc._paced is None
+
+
 async def _tick() -> None:
     await asyncio.sleep(0.005)
 

@@ -153,6 +153,8 @@ class _PacedSend:
                 self._collect()
 
     def close(self) -> None:
+        """No more readings (the replay and its drain are over, or were cut short)."""
+        self.probe = None
         if self._reading is not None:
             self._reading.cancel()
             self._reading = None
@@ -465,6 +467,8 @@ class Service:
                 target = self.flows.get(e.client)
                 if target is not None and target.transport is not None:
                     await paced.admit(datagram_cost(len(e.payload)))
+                    if self._paced is not paced:
+                        break  # reset or removed meanwhile: the log is no longer wanted
                     target.transport.sendto(e.payload, self.spec.target)
                     n += 1
             await paced.settle()
