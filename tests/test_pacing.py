@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -33,12 +32,12 @@ from nfvha.vim.agent import (
     AgentConfig,
     Instance,
     _rcvbuf_errors,
-    _ss_rcvbufs,
     _udp_sockets,
 )
 from nfvha.vim.api import create_app
 from nfvha.vim.cgroups import CgroupDriver
 from nfvha.vim.criu import CriuRunner
+from nfvha.vim.sockdiag import udp_meminfo
 from nfvha.wire import InstanceState, RxQueue
 
 CAPACITY = 212992  # net.core.rmem_default: a socket's receive buffer unless it asks
@@ -277,6 +276,10 @@ class _Probe:
         self.per_reading = per_reading
         self.fail = fail
         self.calls: list[tuple[int | None, float]] = []
+        self.closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
 
     async def read(self, below: int | None, wait: float) -> RxQueue:
         self.calls.append((below, wait))
@@ -320,6 +323,8 @@ async def test_the_replay_is_paced_by_the_queue_and_the_queued_traffic_after_it(
         await _tick()
     assert not svc.queue and sock.sent[6000:] == [b"n%d" % i for i in range(500)]
     assert svc._paced is None and svc.stats["paced_by_queue"] == 1
+    await _tick()
+    assert probe.closed  # its connection is not kept for the next replay
 
 
 async def test_a_probe_that_fails_leaves_the_replay_at_the_fixed_rate() -> None:
@@ -371,7 +376,12 @@ async def test_the_forwarder_reads_the_queue_from_the_agent_it_is_given() -> Non
             port=5000, sockets=1, queued=0, capacity=CAPACITY, drops=3,
             rcvbuf_errors=3).model_dump(mode="json"))
 
-    agents = httpx.AsyncClient(transport=httpx.MockTransport(agent))
+    clients: list[httpx.AsyncClient] = []
+
+    def agents() -> httpx.AsyncClient:
+        clients.append(httpx.AsyncClient(transport=httpx.MockTransport(agent)))
+        return clients[-1]
+
     app = create_forwarder_app("t", net=_NoHostNetwork(), agents=agents)  # type: ignore[arg-type]
     fwd: Forwarder = app.state.forwarder
     svc, _ = _service(400)
@@ -389,7 +399,9 @@ async def test_the_forwarder_reads_the_queue_from_the_agent_it_is_given() -> Non
         r = await http.post("/v1/services/fw/replay", json={
             "position": 0, "pace": {"agent_url": "file:///etc/passwd", "instance_id": "fw"}})
         assert r.status_code == 422  # only an agent's http(s) URL is called
-    await agents.aclose()
+        await http.post("/v1/services/fw/reset")  # ends the replay's drain
+        await _tick()
+    assert len(clients) == 1 and clients[0].is_closed  # a client per replay, then closed
     assert asked and all(q.url.path == "/v1/instances/fw/rx-queue" for q in asked)
     assert asked[0].url.params["port"] == "5000"
     assert asked[0].headers["authorization"] == "Bearer t"
@@ -421,12 +433,30 @@ def test_the_agent_reads_a_sockets_queue_and_drops_from_proc() -> None:
         tx.close()
 
 
-def test_the_agent_parses_the_buffer_size_out_of_ss() -> None:
-    out = ("UNCONN 0      0      0.0.0.0:5000 0.0.0.0:* ino:20349922 sk:45247 cgroup:/ <->\n"
-           "\t skmem:(r0,rb212992,t0,tb212992,f0,w0,o0,bl0,d0)\n"
-           "UNCONN 0      0      [::]:5000 [::]:* ino:77 sk:2 cgroup:/ v6only:1 <->\t "
-           "skmem:(r1664,rb4608,t0,tb212992,f0,w0,o0,bl0,d12)\n")
-    assert _ss_rcvbufs(out) == {20349922: 212992, 77: 4608}
+@pytest.mark.skipif(os.geteuid() != 0, reason="sock_diag in a netns needs CAP_SYS_ADMIN")
+def test_sock_diag_gives_what_ss_prints() -> None:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        rx.bind(("127.0.0.1", 0))
+        rx6.bind(("::1", 0))
+        for _ in range(20):
+            tx.sendto(b"x", rx.getsockname())
+        mem = udp_meminfo(f"/proc/{os.getpid()}/ns/net")
+        m = mem[os.fstat(rx.fileno()).st_ino]
+        assert m.port == rx.getsockname()[1]
+        assert m.rcvbuf == rx.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert m.rmem_alloc > 0 and m.drops > 0  # a small buffer, overflowed
+        m6 = mem[os.fstat(rx6.fileno()).st_ino]
+        assert (m6.port, m6.rmem_alloc, m6.drops) == (rx6.getsockname()[1], 0, 0)
+        assert m6.rcvbuf == rx6.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    finally:
+        for s in (rx, rx6, tx):
+            s.close()
+    with pytest.raises(OSError):
+        udp_meminfo("/proc/0/ns/net")
 
 
 def _agent(tmp_path: Path, tls: TlsConfig | None = None) -> Agent:
@@ -463,8 +493,7 @@ async def test_the_agent_lets_the_forwarder_read_a_queue_and_nothing_else(
                 assert (await http.get("/v1/instances")).status_code == 403
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ss") or not shutil.which("nsenter"),
-                    reason="reads the buffer size with nsenter and ss (root)")
+@pytest.mark.skipif(os.geteuid() != 0, reason="sock_diag in a netns needs CAP_SYS_ADMIN")
 async def test_the_agent_answers_a_vnfs_queue_and_waits_for_it_to_fall(tmp_path: Path) -> None:
     agent = _agent(tmp_path)
     _running(agent, os.getpid())

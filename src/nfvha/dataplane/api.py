@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,14 +36,15 @@ __all__ = ["create_forwarder_app"]
 def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int = 16,
                          net: HostNetwork | None = None, tls: bool = False,
                          client_tls: ssl.SSLContext | None = None,
-                         agents: httpx.AsyncClient | None = None) -> FastAPI:
+                         agents: Callable[[], httpx.AsyncClient] | None = None) -> FastAPI:
     """Build the app; ``net`` is the host network it takes service addresses on (tests
-    pass one that touches nothing). Agents are called (for a replay's pacing) through
-    ``agents``, by default a client presenting ``client_tls``'s certificate, with
-    ``token`` as bearer if there is one."""
+    pass one that touches nothing). Agents are called (for a replay's pacing) with a
+    client from ``agents``, one per replay, by default presenting ``client_tls``'s
+    certificate, with ``token`` as bearer if there is one."""
     fwd = Forwarder()
     net = net or HostNetwork()
-    http = agents or httpx.AsyncClient(verify=client_tls if client_tls is not None else True)
+    verify: ssl.SSLContext | bool = client_tls if client_tls is not None else True
+    new_client = agents or (lambda: httpx.AsyncClient(verify=verify))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -51,8 +52,6 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
             yield
         finally:
             await fwd.close()
-            if agents is None:
-                await http.aclose()
 
     app = FastAPI(title="nfvha forwarder", lifespan=lifespan,
                   responses=problem_responses(401, 404, 409, 413, 422))
@@ -132,8 +131,8 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
         the answer says how it went)."""
         svc = fwd.get(name)
         probe = None if body.pace is None else AgentQueueProbe(
-            http, body.pace.agent_url, body.pace.instance_id, port=svc.spec.target[1],
-            token=token)
+            new_client(), body.pace.agent_url, body.pace.instance_id,
+            port=svc.spec.target[1], token=token)
         t0 = time.monotonic()
         try:
             n = await svc.replay(body.position, probe)

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 Addr = tuple[str, int]
 _BATCH = 32  # datagrams sent back to back before pacing
 _opening: set[asyncio.Future[None]] = set()  # flows whose upstream socket is being opened
+_closing: set[asyncio.Future[None]] = set()  # probes of finished replays, being closed
 
 
 _SOCKET_BUFFER = 8 * 2**20
@@ -140,24 +141,33 @@ class _PacedSend:
                 await asyncio.sleep(timeout)
 
     async def settle(self) -> None:
-        """Take one more reading, so that a report counts the drops up to the end."""
+        """Take one more reading, so that a report counts the drops up to the end (not
+        waiting long for it: delivery stays held meanwhile)."""
         if self._reading is not None:
-            await asyncio.wait({self._reading}, timeout=2.0)
+            await asyncio.wait({self._reading}, timeout=0.25)
             if self._reading.done():
                 self._collect()
         if self.probe is not None and self.pacer.mode == "queue" and self._reading is None:
             self._mark = self.pacer.request()
             self._reading = asyncio.ensure_future(self.probe.read(None, 0.0))
-            await asyncio.wait({self._reading}, timeout=2.0)
+            await asyncio.wait({self._reading}, timeout=0.25)
             if self._reading.done():
                 self._collect()
 
     def close(self) -> None:
         """No more readings (the replay and its drain are over, or were cut short)."""
-        self.probe = None
+        probe, self.probe = self.probe, None
         if self._reading is not None:
             self._reading.cancel()
             self._reading = None
+        if probe is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (the forwarder is being torn down)
+                return
+            task = loop.create_task(probe.aclose())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
 
 
 class LogFull(Exception):

@@ -85,6 +85,10 @@ class QueueProbe(Protocol):
         or ``wait`` seconds have passed. Raises ``ProbeError``."""
         ...
 
+    async def aclose(self) -> None:
+        """No more readings: release its connections."""
+        ...
+
 
 @dataclass(frozen=True)
 class PaceConfig:

@@ -4,6 +4,11 @@ The forwarder cannot see the queue itself (the socket is in the VNF's netns on a
 host); the agent there reads it cheaply from ``/proc`` and answers
 ``GET /v1/instances/{id}/rx-queue``. The forwarder calls with the cluster token, or its
 ``forwarder`` certificate with TLS (which the agent admits for this read only).
+
+Each replay gets a client (and connection) of its own, closed when the replay and its
+drain end: a connection kept from an earlier replay may lead to an agent process that
+is gone (its host crashed and came back), and every reading on it timed out (a replay
+of the e2e crash test ran 2 s at the floor rate without one reading).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ class AgentQueueProbe:
 
     def __init__(self, http: httpx.AsyncClient, agent_url: str, instance_id: str, port: int,
                  token: str = "") -> None:
-        self.http = http
+        self.http = http  # this probe's own: closed by aclose
         self.url = f"{agent_url.rstrip('/')}/v1/instances/{instance_id}/rx-queue"
         self.port = port
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -42,7 +47,7 @@ class AgentQueueProbe:
             # An answer takes a millisecond; one that takes a second is from a host too
             # busy to pace by: after a few the pacer goes on at its fixed rate.
             r = await self.http.get(self.url, params=params, headers=self._headers,
-                                    timeout=wait + 1.0)
+                                    timeout=httpx.Timeout(wait + 1.0, connect=0.5))
         except httpx.HTTPError as exc:
             raise ProbeError(f"agent {self.url}: {type(exc).__name__}: {exc}") from exc
         if r.status_code >= 300:
@@ -59,3 +64,6 @@ class AgentQueueProbe:
             return RxQueue.model_validate_json(r.content)
         except ValidationError as exc:
             raise ProbeError(f"agent {self.url}: unexpected answer: {exc}", final=True) from exc
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
