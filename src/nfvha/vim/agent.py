@@ -786,20 +786,22 @@ class Agent:
                 break
             await asyncio.sleep(0.001)
         waited = time.monotonic() - started
-        capacity = await self._rcvbuf(pid, [ino for _, _, ino in socks])
+        capacity = self._rcvbuf(pid, [ino for _, _, ino in socks])
         return RxQueue(port=port, sockets=len(socks), queued=queued,
                        capacity=min(capacity) if capacity else 0,
                        drops=max((d for _, d, _ in socks), default=0),
                        rcvbuf_errors=_rcvbuf_errors(pid), backlog=_softnet_backlog(),
                        waited_ms=waited * 1000)
 
-    async def _rcvbuf(self, pid: int, inodes: list[int]) -> list[int]:
+    def _rcvbuf(self, pid: int, inodes: list[int]) -> list[int]:
         """The receive buffer sizes of these sockets, asked of the kernel of the netns of
         ``pid`` the first time a socket is asked about (cached by inode: a restored VNF's
         socket is a new one)."""
         if any(i not in self._rcvbufs for i in inodes):
             try:
-                mem = await asyncio.to_thread(udp_meminfo, f"/proc/{pid}/ns/net")
+                # Inline (under a millisecond): the default thread pool may be busy with
+                # checkpoint transfers, and this reading holds up a replay.
+                mem = udp_meminfo(f"/proc/{pid}/ns/net")
             except OSError as exc:
                 raise ConfigError(f"cannot read the receive buffer size of the VNF's "
                                   f"sockets (sock_diag in its netns): {exc}") from exc
