@@ -9,10 +9,11 @@ Around a checkpoint the manager calls ``hold`` (delivery stops; new datagrams qu
 log position P is returned), the agent dumps, and ``commit(P)`` trims the log and
 releases the queue. After a restore from a checkpoint at position P, ``replay(P)``
 delivers the logged datagrams after P in order, before any queued new traffic, paced by
-the restored VNF's receive queue as its agent reads it (``nfvha.dataplane.pacing``). A replay from a
-position the log no longer reaches back to (trimmed by a later commit, or discarded by a
-reset) is refused (``ReplayGap``, naming the oldest position it can replay from), never
-served in part: the manager decides what to do and says that datagrams were lost.
+the restored VNF's receive queue as its agent reads it (``nfvha.dataplane.pacing``). A
+replay from a position the log no longer reaches back to (trimmed by a later commit, or
+discarded by a reset) is refused (``ReplayGap``, naming the oldest position it can
+replay from), never served in part: the manager decides what to do and says that
+datagrams were lost.
 
 Replies the restored VNF sends again are suppressed per flow by count: the forwarder
 counts, per flow, the replies relayed since each checkpoint's dump ended, and drops that
