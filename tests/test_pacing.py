@@ -13,17 +13,23 @@ import asyncio
 import collections
 import os
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from nfvha.dataplane.api import create_forwarder_app
 from nfvha.dataplane.forwarder import Forwarder, Service, ServiceSpec, _Flow
 from nfvha.dataplane.pacing import PaceConfig, ProbeError, QueuePacer, datagram_cost
+from nfvha.dataplane.rxprobe import AgentQueueProbe
 from nfvha.descriptor import parse_descriptor
 from nfvha.errors import InstanceStateError
 from nfvha.tls import Identity, TlsConfig, _with_tls
@@ -38,7 +44,7 @@ from nfvha.vim.api import create_app
 from nfvha.vim.cgroups import CgroupDriver
 from nfvha.vim.criu import CriuRunner
 from nfvha.vim.sockdiag import udp_meminfo
-from nfvha.wire import InstanceState, RxQueue
+from nfvha.wire import InstanceState, ReplayPace, RxQueue
 
 CAPACITY = 212992  # net.core.rmem_default: a socket's receive buffer unless it asks
 
@@ -368,23 +374,16 @@ class _NoHostNetwork:
 
 
 async def test_the_forwarder_reads_the_queue_from_the_agent_it_is_given() -> None:
-    asked: list[httpx.Request] = []
+    probes: list[tuple[ReplayPace, int, _Probe]] = []
 
-    def agent(request: httpx.Request) -> httpx.Response:
-        asked.append(request)
-        return httpx.Response(200, json=RxQueue(
-            port=5000, sockets=1, queued=0, capacity=CAPACITY, drops=3,
-            rcvbuf_errors=3).model_dump(mode="json"))
+    def new_probe(pace: ReplayPace, port: int) -> _Probe:
+        probes.append((pace, port, _Probe(sock, per_reading=10**6)))
+        return probes[-1][2]
 
-    clients: list[httpx.AsyncClient] = []
-
-    def agents() -> httpx.AsyncClient:
-        clients.append(httpx.AsyncClient(transport=httpx.MockTransport(agent)))
-        return clients[-1]
-
-    app = create_forwarder_app("t", net=_NoHostNetwork(), agents=agents)  # type: ignore[arg-type]
+    app = create_forwarder_app("t", net=_NoHostNetwork(),  # type: ignore[arg-type]
+                               probes=new_probe)
     fwd: Forwarder = app.state.forwarder
-    svc, _ = _service(400)
+    svc, sock = _service(400)
     fwd.services["fw"] = svc
     svc.hold()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://f",
@@ -399,12 +398,87 @@ async def test_the_forwarder_reads_the_queue_from_the_agent_it_is_given() -> Non
         r = await http.post("/v1/services/fw/replay", json={
             "position": 0, "pace": {"agent_url": "file:///etc/passwd", "instance_id": "fw"}})
         assert r.status_code == 422  # only an agent's http(s) URL is called
-        await http.post("/v1/services/fw/reset")  # ends the replay's drain
         await _tick()
-    assert len(clients) == 1 and clients[0].is_closed  # a client per replay, then closed
-    assert asked and all(q.url.path == "/v1/instances/fw/rx-queue" for q in asked)
-    assert asked[0].url.params["port"] == "5000"
-    assert asked[0].headers["authorization"] == "Bearer t"
+    assert len(probes) == 1  # one per replay ...
+    pace, port, probe = probes[0]
+    assert (pace.agent_url, pace.instance_id, port) == ("http://10.9.0.11:8700", "fw", 5000)
+    assert probe.calls and probe.closed  # ... closed when it and its drain are done
+
+
+# -- the probe: HTTP/1.1 to an agent ----------------------------------------------------------
+
+
+@pytest.fixture
+def agent_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A uvicorn server that answers like an agent's rx-queue route (instance "gone": 404,
+    "slow": after 2 s, "closing": with ``Connection: close``), noting each request."""
+    seen: list[dict[str, Any]] = []
+    app = FastAPI()
+
+    @app.get("/v1/instances/{iid}/rx-queue")
+    async def rxq(iid: str, request: Request, port: int) -> Any:
+        seen.append({"iid": iid, "query": dict(request.query_params),
+                     "auth": request.headers.get("authorization"),
+                     "client": request.client.port if request.client else None})
+        if iid == "gone":
+            return JSONResponse({"type": "x", "title": "Not found", "status": 404,
+                                 "detail": "no instance gone"}, status_code=404)
+        if iid == "slow":
+            await asyncio.sleep(2)
+        q = RxQueue(port=port, sockets=1, queued=1664, capacity=CAPACITY, drops=0)
+        return JSONResponse(q.model_dump(mode="json"),
+                            headers={"Connection": "close"} if iid == "closing" else {})
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        tcp_port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=tcp_port,
+                                           lifespan="off", log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{tcp_port}", seen
+    finally:
+        server.should_exit = True
+        t.join(5)
+
+
+async def test_the_probe_reads_over_one_kept_connection(
+        agent_server: tuple[str, list[dict[str, Any]]]) -> None:
+    url, seen = agent_server
+    probe = AgentQueueProbe(url, "v", 5000, token="t")
+    q = await probe.read(None, 0.0)
+    assert (q.queued, q.capacity) == (1664, CAPACITY)
+    q = await probe.read(4096, 0.05)
+    assert seen[0]["query"] == {"port": "5000"}
+    assert seen[1]["query"] == {"port": "5000", "below": "4096", "wait_ms": "50.0"}
+    assert seen[0]["auth"] == "Bearer t" and seen[0]["client"] == seen[1]["client"]
+    await probe.aclose()
+
+
+async def test_the_probe_says_what_failed_and_whether_to_ask_again(
+        agent_server: tuple[str, list[dict[str, Any]]]) -> None:
+    url, seen = agent_server
+    with pytest.raises(ProbeError) as refused:
+        await AgentQueueProbe(url, "gone", 5000).read(None, 0.0)
+    assert refused.value.final and "404 no instance gone" in str(refused.value)
+    slow = AgentQueueProbe(url, "slow", 5000)
+    t0 = time.monotonic()
+    with pytest.raises(ProbeError) as late:
+        await slow.read(None, 0.0)
+    assert not late.value.final and time.monotonic() - t0 < 1.5
+    closing = AgentQueueProbe(url, "closing", 5000)
+    for _ in range(3):  # the agent closes after each answer: a new connection each time
+        assert (await closing.read(None, 0.0)).queued == 1664
+    assert len({r["client"] for r in seen if r["iid"] == "closing"}) == 3
+    with socket.socket() as s:  # nothing listens there
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(ProbeError) as unreachable:
+        await AgentQueueProbe(dead, "v", 5000).read(None, 0.0)
+    assert not unreachable.value.final
 
 
 # -- the agent's side: /proc and ss -----------------------------------------------------------

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from nfvha.dataplane.client import ReplayGapError
 from nfvha.dataplane.forwarder import Forwarder, ReplayGap, ServiceSpec
+from nfvha.dataplane.pacing import QueueProbe
 from nfvha.dataplane.rxprobe import AgentQueueProbe
 from nfvha.errors import AddressInUse, HostNetworkError, InvalidRequest, ResourceNotFound
 from nfvha.vim.hostnet import HostNetwork
@@ -25,6 +25,7 @@ from nfvha.wire import (
     HoldResult,
     PositionRequest,
     ReleaseResult,
+    ReplayPace,
     ReplayRequest,
     ReplayResult,
     ServiceRequest,
@@ -36,15 +37,21 @@ __all__ = ["create_forwarder_app"]
 def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int = 16,
                          net: HostNetwork | None = None, tls: bool = False,
                          client_tls: ssl.SSLContext | None = None,
-                         agents: Callable[[], httpx.AsyncClient] | None = None) -> FastAPI:
+                         probes: Callable[[ReplayPace, int], QueueProbe] | None = None,
+                         ) -> FastAPI:
     """Build the app; ``net`` is the host network it takes service addresses on (tests
-    pass one that touches nothing). Agents are called (for a replay's pacing) with a
-    client from ``agents``, one per replay, by default presenting ``client_tls``'s
-    certificate, with ``token`` as bearer if there is one."""
+    pass one that touches nothing). A replay's pacing reads the VNF's queue with a probe
+    from ``probes`` (given the ``pace`` and the VNF's port), one per replay; by default
+    it calls the agent presenting ``client_tls``'s certificate, with ``token`` as bearer
+    if there is one."""
     fwd = Forwarder()
     net = net or HostNetwork()
-    verify: ssl.SSLContext | bool = client_tls if client_tls is not None else True
-    new_client = agents or (lambda: httpx.AsyncClient(verify=verify))
+
+    def agent_probe(pace: ReplayPace, port: int) -> QueueProbe:
+        return AgentQueueProbe(pace.agent_url, pace.instance_id, port, token=token,
+                               ssl_context=client_tls)
+
+    new_probe = probes or agent_probe
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -130,9 +137,7 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
         replay is paced by the VNF's receive queue, read from that agent (``pacing`` in
         the answer says how it went)."""
         svc = fwd.get(name)
-        probe = None if body.pace is None else AgentQueueProbe(
-            new_client(), body.pace.agent_url, body.pace.instance_id,
-            port=svc.spec.target[1], token=token)
+        probe = None if body.pace is None else new_probe(body.pace, svc.spec.target[1])
         t0 = time.monotonic()
         try:
             n = await svc.replay(body.position, probe)
