@@ -10,8 +10,8 @@ readings a second, each on the forwarder's one core that also sends the replay. 
 httpx a reading cost about 1 ms of its CPU (measured here, client side), half of that
 core; this speaks HTTP/1.1 with h11, the protocol engine under httpx and uvicorn, on a
 connection of its own: 0.3 ms. Each replay gets its own probe and connection, closed when
-the replay and its drain end: a connection kept from an earlier replay could lead to an
-agent process that is gone.
+the replay and its drain end: none is kept for a later replay, whose agent may be gone
+with its host by then.
 """
 
 from __future__ import annotations
