@@ -87,80 +87,82 @@ class _Pace:
 
 class _PacedSend:
     """Drives a ``QueuePacer`` for one replay and the drain of what queued meanwhile:
-    waits before each datagram until the pacer lets it out, keeping at most one reading
-    of the VNF's queue under way (started when half the room is used, so the answer
-    usually arrives while the other half is being sent)."""
+    waits before each datagram until the pacer lets it out, with the readings of the
+    VNF's queue it asks for under way meanwhile (two at most, staggered, so that an
+    answer arrives every half round trip while datagrams are being sent)."""
 
     def __init__(self, pacer: QueuePacer, probe: QueueProbe | None) -> None:
         self.pacer = pacer
         self.probe = probe
-        self._reading: asyncio.Future[RxQueue] | None = None
-        self._mark = 0
+        self._readings: dict[asyncio.Future[RxQueue], tuple[int, float]] = {}
         self._since_yield = 0
 
-    def _start_reading(self) -> None:
-        if self.probe is None or self.pacer.mode != "queue" or self._reading is not None:
+    def _start_reading(self, now: float, *, long_poll: bool = False) -> None:
+        if self.probe is None or self.pacer.mode != "queue":
             return
-        self._mark = self.pacer.request()
-        below = self.pacer.below()
-        self._reading = asyncio.ensure_future(
-            self.probe.read(below, self.pacer.cfg.wait if below is not None else 0.0))
+        asked = self.pacer.request(now)
+        below = self.pacer.below() if long_poll else None
+        wait = self.pacer.cfg.wait if below is not None else 0.0
+        self._readings[asyncio.ensure_future(self.probe.read(below, wait))] = asked
 
     def _collect(self) -> None:
-        task, self._reading = self._reading, None
-        if task is None or task.cancelled():
-            return
-        now = time.monotonic()
-        exc = task.exception()
-        if exc is None:
-            self.pacer.update(self._mark, task.result(), now)
-        elif isinstance(exc, ProbeError) and not exc.final:
-            self.pacer.failed_reading(str(exc), now)
-        else:
-            self.pacer.fail(str(exc) or type(exc).__name__, now)
+        for task in [t for t in self._readings if t.done()]:
+            asked = self._readings.pop(task)
+            if task.cancelled():
+                continue
+            now = time.monotonic()
+            exc = task.exception()
+            if exc is None:
+                self.pacer.update(asked, task.result(), now)
+            elif isinstance(exc, ProbeError) and not exc.final:
+                self.pacer.failed_reading(str(exc), now)
+            else:
+                self.pacer.fail(str(exc) or type(exc).__name__, now)
 
     async def admit(self, cost: int) -> None:
         """Return once one datagram charged ``cost`` bytes may be sent."""
         while True:
-            if self._reading is not None and self._reading.done():
+            if self._readings:
                 self._collect()
             now = time.monotonic()
             if self.pacer.take(cost, now):
-                if self.pacer.wants_reading():
-                    self._start_reading()
+                if self.pacer.wants_reading(now, len(self._readings)):
+                    self._start_reading(now)
                 self._since_yield += 1
-                if self._since_yield >= _BATCH:  # let the reading's answer in
+                if self._since_yield >= _BATCH:  # let the readings' answers in
                     self._since_yield = 0
                     await asyncio.sleep(0)
                 return
-            self._start_reading()
-            # Not before 2 ms: the floor and the fixed rate send a few at a time.
-            timeout = max(self.pacer.next_due(now) - now, 0.002)
-            if self._reading is not None:
-                await asyncio.wait({self._reading}, timeout=timeout)
+            if not self._readings:  # no room and nothing coming: wait for room
+                self._start_reading(now, long_poll=True)
+            elif self.pacer.wants_reading(now, len(self._readings)):
+                self._start_reading(now)  # staggered: its answer comes sooner
+            # The floor and the fixed rate send a few at a time: not before 2 ms.
+            timeout = min(max(self.pacer.next_due(now) - now, 0.002),
+                          max(self.pacer.next_reading(len(self._readings)) - now, 0.0002))
+            if self._readings:
+                await asyncio.wait(set(self._readings), timeout=timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
             else:
                 await asyncio.sleep(timeout)
 
     async def settle(self) -> None:
         """Take one more reading, so that a report counts the drops up to the end (not
         waiting long for it: delivery stays held meanwhile)."""
-        if self._reading is not None:
-            await asyncio.wait({self._reading}, timeout=0.25)
-            if self._reading.done():
-                self._collect()
-        if self.probe is not None and self.pacer.mode == "queue" and self._reading is None:
-            self._mark = self.pacer.request()
-            self._reading = asyncio.ensure_future(self.probe.read(None, 0.0))
-            await asyncio.wait({self._reading}, timeout=0.25)
-            if self._reading.done():
-                self._collect()
+        if self._readings:
+            await asyncio.wait(set(self._readings), timeout=0.25)
+            self._collect()
+        if self.probe is not None and self.pacer.mode == "queue" and not self._readings:
+            self._start_reading(time.monotonic())
+            await asyncio.wait(set(self._readings), timeout=0.25)
+            self._collect()
 
     def close(self) -> None:
         """No more readings (the replay and its drain are over, or were cut short)."""
         probe, self.probe = self.probe, None
-        if self._reading is not None:
-            self._reading.cancel()
-            self._reading = None
+        for reading in self._readings:
+            reading.cancel()
+        self._readings.clear()
         if probe is not None:
             try:
                 loop = asyncio.get_running_loop()

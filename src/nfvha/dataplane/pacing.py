@@ -107,6 +107,8 @@ class PaceConfig:
     #: The fixed rate when the queue cannot be read (the pace used before, which a VNF
     #: restored on a loaded host did not always keep up with).
     blind_pps: float = 5000.0
+    #: Readings under way at most while sending, staggered (see ``wants_reading``).
+    readings: int = 2
     #: Longest wait the agent is asked for when there is no room (a long poll).
     wait: float = 0.05
     #: Consecutive failed readings before the pacer gives up on the queue.
@@ -118,10 +120,11 @@ class QueuePacer:
 
     Pure: every method takes the time (``now``, seconds on the caller's monotonic clock)
     and readings from outside, so tests drive it with a fake clock and queue. The
-    forwarder's driver calls ``take`` before each datagram; when it says no, or when
-    ``wants_reading`` says its room is half used, it starts a reading (``request`` gives
-    the mark to hand back with the answer, ``below`` and ``wait`` what to ask the agent
-    for) and waits for its answer or for ``next_due``, whichever comes first.
+    forwarder's driver calls ``take`` before each datagram and, when ``wants_reading``
+    says so, starts a reading (``request`` gives what to hand back with the answer);
+    when ``take`` says no it waits for a reading under way, or starts a long poll
+    (``below`` and ``wait`` say what to ask the agent for), or waits for ``next_due``,
+    whichever comes first.
     """
 
     def __init__(self, now: float, total: int, cfg: PaceConfig | None = None,
@@ -137,6 +140,10 @@ class QueuePacer:
         self.capacity: int | None = None
         self.reads = 0
         self.failures = 0
+        self.rtt: float | None = None  # a reading's round trip, less the agent's wait
+        self._applied = -1  # the mark of the newest reading applied
+        self._last_queued = 0  # what it found queued or on its way, bytes
+        self._last_asked = float("-inf")
         self.peak_queued = 0
         self.forced = 0
         self.drop_events = 0
@@ -195,14 +202,34 @@ class QueuePacer:
     def _window(self) -> int:
         return int(self.fill * (self.capacity or 0))
 
-    def wants_reading(self) -> bool:
-        """Queue mode and half the room used (or never read): time to read again."""
-        return self.mode == "queue" and (self.credit is None
-                                         or self.credit < self._window() // 2)
+    def wants_reading(self, now: float, under_way: int) -> bool:
+        """Whether to ask for another reading now, ``under_way`` being under way.
 
-    def request(self) -> int:
-        """A reading is being asked for: the mark to pass to ``update`` with its answer."""
-        return self.sent_bytes
+        One is always under way while sending. A reading's room is the window less
+        everything sent while it was under way, and the next answer comes a round trip
+        later: with one reading at a time the rate is at most window / (2 round trips),
+        192 small datagrams per 2 x 2.6 ms on this machine, 37,000/s (a replay measured
+        36,000/s). A second one, asked for half a round trip after the first, brings an
+        answer every half round trip: window / (1.5 round trips), some 49,000/s. Not
+        while the last reading found the queue half full: then the VNF, not the round
+        trip, is what limits, and a long poll waits for it at less cost."""
+        if self.mode != "queue" or under_way >= self.cfg.readings:
+            return False
+        if under_way == 0:
+            return self.credit is None or self.credit < self._window()
+        return now >= self.next_reading(under_way)
+
+    def next_reading(self, under_way: int) -> float:
+        """When another reading is due, ``under_way`` being under way (inf: none)."""
+        if self.mode != "queue" or self.rtt is None or under_way >= self.cfg.readings \
+                or self._last_queued > self._window() // 2:
+            return float("inf")
+        return self._last_asked + self.rtt / self.cfg.readings
+
+    def request(self, now: float) -> tuple[int, float]:
+        """A reading is being asked for: what to pass to ``update`` with its answer."""
+        self._last_asked = now
+        return self.sent_bytes, now
 
     def below(self) -> int | None:
         """What to ask the agent to wait for: the queue below half the window when there
@@ -211,12 +238,18 @@ class QueuePacer:
             return None
         return self._window() // 2
 
-    def update(self, mark: int, reading: RxQueue, now: float) -> None:
-        """A reading asked for at ``mark`` came back."""
+    def update(self, asked: tuple[int, float], reading: RxQueue, now: float) -> None:
+        """A reading came back; ``asked`` is what ``request`` gave for it."""
         if self.mode != "queue":
             return
+        mark, at = asked
         self.reads += 1
         self.failures = 0
+        sample = max(0.0, now - at - reading.waited_ms / 1000)
+        self.rtt = sample if self.rtt is None else 0.75 * self.rtt + 0.25 * sample
+        if mark < self._applied:
+            return  # overtaken by a newer one, whose room is the better estimate
+        self._applied = mark
         if reading.sockets == 0 or reading.capacity <= 0:
             self.fail(f"no UDP socket of the VNF is bound to port {reading.port}", now)
             return
@@ -235,8 +268,8 @@ class QueuePacer:
             self._errors = (first, reading.rcvbuf_errors)
         self.peak_queued = max(self.peak_queued, reading.queued)
         in_transit = (reading.backlog or 0) * self.max_cost
-        self.credit = (self._window() - reading.queued - in_transit
-                       - (self.sent_bytes - mark))
+        self._last_queued = reading.queued + in_transit
+        self.credit = self._window() - self._last_queued - (self.sent_bytes - mark)
 
     def failed_reading(self, error: str, now: float) -> None:
         """A reading failed (timeout, connection): give up on the queue after a few."""

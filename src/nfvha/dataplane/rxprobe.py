@@ -9,9 +9,9 @@ A replay at 50,000 datagrams/s into a default 208 KiB socket buffer takes some 5
 readings a second, each on the forwarder's one core that also sends the replay. With
 httpx a reading cost about 1 ms of its CPU (measured here, client side), half of that
 core; this speaks HTTP/1.1 with h11, the protocol engine under httpx and uvicorn, on a
-connection of its own: 0.3 ms. Each replay gets its own probe and connection, closed when
-the replay and its drain end: none is kept for a later replay, whose agent may be gone
-with its host by then.
+connection of its own: 0.3 ms. Each replay gets its own probe and connections (one per
+reading under way, kept alive between readings), closed when the replay and its drain
+end: none is kept for a later replay, whose agent may be gone with its host by then.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from nfvha.dataplane.pacing import ProbeError
 from nfvha.wire import RxQueue
 
 __all__ = ["AgentQueueProbe"]
+
+_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection]
 
 #: Answers that asking again will not change: refused, no such instance or route (an
 #: older agent), not running, the query refused, the host unable to read it.
@@ -53,8 +55,7 @@ class AgentQueueProbe:
         self.port = port
         self._headers = [("Host", u.netloc), ("Accept", "application/json"),
                          *([("Authorization", f"Bearer {token}")] if token else [])]
-        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection] | None \
-            = None
+        self._idle: list[_Conn] = []  # open connections, between two readings
 
     async def read(self, below: int | None, wait: float) -> RxQueue:
         query: dict[str, int | float] = {"port": self.port}
@@ -66,11 +67,7 @@ class AgentQueueProbe:
             status, body = await asyncio.wait_for(
                 self._get(f"{self._path}?{urlencode(query)}"), wait + 1.0)
         except (OSError, EOFError, TimeoutError, h11.ProtocolError) as exc:
-            self._drop()
             raise ProbeError(f"agent {self.url}: {type(exc).__name__}: {exc}") from exc
-        except BaseException:
-            self._drop()  # cancelled mid-answer: the connection is out of step
-            raise
         if status >= 300:
             detail = body[:300].decode(errors="replace")
             try:
@@ -86,12 +83,27 @@ class AgentQueueProbe:
             raise ProbeError(f"agent {self.url}: unexpected answer: {exc}", final=True) from exc
 
     async def _get(self, target: str) -> tuple[int, bytes]:
-        if self._conn is None:
+        if self._idle:
+            c = self._idle.pop()
+        else:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(
                 self._host, self._tcp_port, ssl=self._tls,
                 server_hostname=self._host if self._tls else None), _CONNECT_TIMEOUT)
-            self._conn = (reader, writer, h11.Connection(h11.CLIENT))
-        reader, writer, conn = self._conn
+            c = (reader, writer, h11.Connection(h11.CLIENT))
+        try:
+            result = await self._exchange(c, target)
+        except BaseException:
+            c[1].close()  # failed or cancelled mid-answer: the connection is out of step
+            raise
+        if c[2].our_state is h11.DONE and c[2].their_state is h11.DONE:
+            c[2].start_next_cycle()  # keep-alive
+            self._idle.append(c)
+        else:
+            c[1].close()
+        return result
+
+    async def _exchange(self, c: _Conn, target: str) -> tuple[int, bytes]:
+        reader, writer, conn = c
         writer.write(conn.send(h11.Request(method="GET", target=target,
                                            headers=self._headers)) or b"")
         writer.write(conn.send(h11.EndOfMessage()) or b"")
@@ -113,16 +125,10 @@ class AgentQueueProbe:
                 break
             elif isinstance(event, h11.ConnectionClosed):
                 raise EOFError("the agent closed the connection")
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()  # keep-alive
-        else:
-            self._drop()
         return status, bytes(body)
 
-    def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn[1].close()
-            self._conn = None
-
     async def aclose(self) -> None:
-        self._drop()
+        """Close the idle connections (one in use is closed by its cancelled reading)."""
+        for _, writer, _ in self._idle:
+            writer.close()
+        self._idle.clear()
