@@ -246,6 +246,7 @@ def test_room_counts_what_was_sent_since_the_reading_was_asked_for() -> None:
     assert pacer.below() is None  # the first reading is answered at once
     pacer.update(first, RxQueue(port=1, sockets=1, queued=0, capacity=8320, drops=0), 0.001)
     assert pacer.rtt == pytest.approx(0.001)
+    assert pacer.report(0.001).first_reading_ms == pytest.approx(1.0)
     assert pacer.credit == 6240  # 3/4 of the buffer
     for _ in range(7):
         assert pacer.take(832, 0.001)

@@ -452,6 +452,11 @@ class ReplayPacing(BaseModel):
                         "end (halved at each drop seen)")
     stalled_ms: float = Field(default=0.0, ge=0,
                               description="time spent waiting for the VNF to make room")
+    first_reading_ms: float | None = Field(
+        default=None, ge=0, description="from the start to the first reading's answer "
+        "(nothing is sent before it): what of the stall was the start")
+    rtt_ms: float | None = Field(default=None, ge=0,
+                                 description="a reading's round trip, less the agent's wait")
     forced: int = Field(default=0, ge=0,
                         description="datagrams sent at the floor rate without room: the "
                         "VNF did not drain in time (they may have been dropped)")

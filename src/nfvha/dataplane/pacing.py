@@ -145,6 +145,8 @@ class QueuePacer:
         self._applied = -1  # the mark of the newest reading applied
         self._last_queued = 0  # what it found queued or on its way, bytes
         self._last_asked = float("-inf")
+        self._started = now
+        self.first_reading: float | None = None  # seconds from the start
         self.peak_queued = 0
         self.forced = 0
         self.drop_events = 0
@@ -246,6 +248,8 @@ class QueuePacer:
         mark, at = asked
         self.reads += 1
         self.failures = 0
+        if self.first_reading is None:
+            self.first_reading = now - self._started
         sample = max(0.0, now - at - reading.waited_ms / 1000)
         self.rtt = sample if self.rtt is None else 0.75 * self.rtt + 0.25 * sample
         if mark < self._applied:
@@ -296,6 +300,9 @@ class QueuePacer:
             paced_by="queue" if self.mode == "queue" else "rate", reason=self.reason,
             reads=self.reads, capacity=self.capacity, peak_queued=self.peak_queued,
             fill=self.fill, stalled_ms=stalled * 1000, forced=self.forced,
+            first_reading_ms=None if self.first_reading is None
+            else self.first_reading * 1000,
+            rtt_ms=None if self.rtt is None else self.rtt * 1000,
             drops=None if self._drops is None else self._drops[1] - self._drops[0],
             rcvbuf_errors=None if self._errors is None
             else max(0, self._errors[1] - self._errors[0]))
