@@ -483,6 +483,8 @@ class ServiceStatus(BaseModel):
     log_bytes: int = Field(ge=0)
     log_age_s: float = Field(ge=0)
     log_fill: float = Field(ge=0)
+    # What the log takes in the forwarder's memory: payloads, its index, allocation slack.
+    log_memory: int = Field(default=0, ge=0)
     queued: int = Field(default=0, ge=0)
     flows: int = Field(default=0, ge=0)
     pending_replies: int = Field(default=0, ge=0)
