@@ -7,6 +7,12 @@ with ``ha.replay`` on, so every datagram to the service address crosses the forw
 (logged, then sent on to the VNF) while the VNF's own address can be reached directly.
 Measured side by side in one run:
 
+0. **Against nginx.** Before the testbed comes up, on loopback: the real ``nfvha
+   forwarder`` daemon and Debian's nginx UDP stream proxy (``libnginx-mod-stream``, one
+   worker, a generated config in a temporary directory), both in front of the same echo
+   server, request and reply crossing each: added RTT p50/p99 in interleaved blocks,
+   datagrams forwarded per CPU second of each proxy at fixed loads and at its maximum,
+   and the memory nfvha's packet log takes per logged datagram (``_proxies.py``).
 1. **Latency and throughput.** Closed-loop request→reply RTT to ``udpnat`` (one
    datagram in flight) straight to the VNF's address and via the service address, in
    interleaved blocks; *added latency* = RTT via the forwarder − RTT direct (p50 and p99
@@ -84,6 +90,7 @@ from nfvha.demo import python_vnf
 from nfvha.testbed import Testbed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find _common
+import _proxies
 from _common import (
     REPO,
     RESULTS,
@@ -142,6 +149,12 @@ LOSS_OK = 0.01  # a load counts as sustained if at most 1% of what was sent is m
 TARGET_ADDED_P50_US = 100.0
 TARGET_PPS_PER_CORE = 50000.0
 TARGET_REPLAY_PPS = 50000.0  # issue 15: into a VNF that keeps up, none dropped in its buffer
+# Issue 15, judged against nginx in the same run (section 0), request and reply crossing:
+TARGET_DATAGRAMS_PER_CORE = 200000.0  # goal 500k
+GOAL_DATAGRAMS_PER_CORE = 500000.0
+TARGET_PEER_ADDED_P50_US = 60.0  # goal 30
+GOAL_PEER_ADDED_P50_US = 30.0
+TARGET_NGINX_RATIO = 2.0  # added RTT p50 at most this many times nginx's
 
 
 @dataclass(frozen=True)
@@ -161,6 +174,7 @@ class Plan:
     eo_duration: float
     ref_duration: float  # open-loop references: direct, and via without checkpoints
     profile_s: float
+    proxies: _proxies.ProxyPlan
 
     @property
     def tput_interval(self) -> float:
@@ -172,11 +186,13 @@ FULL = Plan(quick=False, lat_samples=5000, lat_block=250,
             tput_loads=(10000, 20000, 30000, 40000, 50000, 60000, 80000, None),
             tput_window=3.0, cp_loads=(10000, 30000), cp_interval=1.0, cp_window=6.0,
             hold_duration=16.0, replay_sizes=(1000, 5000, 20000), replay_reps=2,
-            eo_intervals=(0.2, 0.5, 1.0), eo_duration=8.0, ref_duration=4.0, profile_s=5.0)
+            eo_intervals=(0.2, 0.5, 1.0), eo_duration=8.0, ref_duration=4.0, profile_s=5.0,
+            proxies=_proxies.FULL)
 QUICK = Plan(quick=True, lat_samples=1000, lat_block=250, tput_loads=(30000, None),
              tput_window=1.5, cp_loads=(30000,), cp_interval=1.0, cp_window=2.5,
              hold_duration=4.0, replay_sizes=(1000, 5000), replay_reps=1,
-             eo_intervals=(0.5,), eo_duration=2.5, ref_duration=1.5, profile_s=3.0)
+             eo_intervals=(0.5,), eo_duration=2.5, ref_duration=1.5, profile_s=3.0,
+             proxies=_proxies.QUICK)
 
 
 # -- descriptors -----------------------------------------------------------------------------
@@ -1287,6 +1303,8 @@ class Quiet:
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     s: dict[str, Any] = {}
+    if result.get("proxies"):
+        s["proxies"] = _proxies.summarize(result["proxies"])
     lat = result.get("latency")
     if lat:
         s["added_rtt_p50_us"] = lat["added_rtt_us"]["p50"]
@@ -1331,6 +1349,24 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
+    px = summary.get("proxies")
+    if px:
+        v = px["nfvha"]["best_datagrams_per_core"]
+        out.append({"target": f">= {TARGET_DATAGRAMS_PER_CORE:,.0f} datagrams/s per core of "
+                              "forwarder CPU, request and reply both crossing it (section 0, "
+                              f"best window; goal {GOAL_DATAGRAMS_PER_CORE:,.0f}; nginx "
+                              f"{_f(px['nginx']['best_datagrams_per_core'])} in the same run)",
+                    "value": v, "unit": "datagrams/s per core",
+                    "pass": v >= TARGET_DATAGRAMS_PER_CORE})
+        v = px["nfvha"]["added_p50_us"]
+        out.append({"target": f"added RTT p50 <= {TARGET_PEER_ADDED_P50_US:.0f} µs (section 0, "
+                              f"loopback; goal {GOAL_PEER_ADDED_P50_US:.0f} µs)",
+                    "value": v, "unit": "µs", "pass": v <= TARGET_PEER_ADDED_P50_US})
+        r = px["added_p50_ratio"]
+        out.append({"target": f"added RTT p50 <= {TARGET_NGINX_RATIO:.0f}x nginx's in the same "
+                              f"run (nfvha {_f(px['nfvha']['added_p50_us'])} µs, nginx "
+                              f"{_f(px['nginx']['added_p50_us'])} µs)",
+                    "value": r, "unit": "x nginx", "pass": r <= TARGET_NGINX_RATIO})
     if "added_rtt_p50_us" in summary:
         v = summary["added_rtt_p50_us"]
         out.append({"target": f"added latency p50 <= {TARGET_ADDED_P50_US:.0f} µs (RTT via "
@@ -1481,6 +1517,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['nproc']} CPUs.",
         "",
     ]
+    lines += _proxies_markdown(result)
     lat = result.get("latency")
     if lat:
         lines += [
@@ -1728,6 +1765,64 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "## Anomalies", ""]
     lines += [f"- {a}" for a in result["anomalies"]] or ["- none"]
     return "\n".join(lines) + "\n"
+
+
+def _proxies_markdown(result: dict[str, Any]) -> list[str]:
+    px = result.get("proxies")
+    if not px:
+        return []
+    su = result["summary"]["proxies"]
+    rtt = px["rtt_us"]
+    lines = [
+        "## 0. nfvha against nginx's UDP proxy (loopback, same run)",
+        "",
+        f"The `nfvha forwarder` daemon and {px['nginx_version']} (stream module, one worker, "
+        "`master_process off`) side by side in front of one echo server on 127.0.0.2, both "
+        f"at nice {px['nice']}; request and reply both cross the proxy. RTT: closed loop, "
+        f"{rtt['direct']['n']} samples per path in interleaved blocks. Throughput: "
+        f"{px['payload_bytes']}-byte requests from one client flow, at fixed rates and at "
+        f"the maximum ({px['in_flight_at_max']} requests in flight); *per core* = datagrams "
+        "the proxy forwarded (requests the echo server got + replies the client got) per "
+        "CPU second of the proxy's process.",
+        "",
+        "| | added RTT p50 µs | added RTT p99 µs | RTT p50 µs | RTT p99 µs | "
+        "best datagrams/s per core | most round trips/s |",
+        "|:---|---:|---:|---:|---:|---:|---:|",
+        f"| direct (no proxy) | | | {_f(rtt['direct']['p50'])} | {_f(rtt['direct']['p99'])} "
+        "| | |",
+    ]
+    for p in ("nfvha", "nginx"):
+        x = su[p]
+        lines.append(f"| **{p}** | **{_f(x['added_p50_us'])}** | {_f(x['added_p99_us'])} | "
+                     f"{_f(x['rtt_p50_us'])} | {_f(x['rtt_p99_us'])} | "
+                     f"**{_f(x['best_datagrams_per_core'])}** | "
+                     f"{_f(x['max_round_trips_per_s'])} |")
+    lines += [
+        f"| nfvha / nginx | {su['added_p50_ratio']:.2f}x | | | | {su['per_core_ratio']:.2f}x "
+        "| |",
+        "",
+        "| proxy | offered requests/s | round trips/s | loss | proxy cores | "
+        "datagrams/s per core | µs CPU per datagram |",
+        "|:---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for w in px["throughput"]:
+        offered = (f"{w['offered_pps']:,}" if w["offered_pps"]
+                   else f"max ({px['in_flight_at_max']} in flight)")
+        lines.append(f"| {w['proxy']} | {offered} | "
+                     f"{_f(w['round_trips_per_s'])} | {_pct(w['loss'])} | "
+                     f"{w['proxy_cores']:.2f} | {_f(w['datagrams_per_core'])} | "
+                     f"{_f(w['us_per_datagram'], 1)} |")
+    lg = px["nfvha_log"]
+    lines += [
+        "",
+        f"nfvha's packet log after these windows: {_f(lg['packets'])} datagrams of "
+        f"{px['payload_bytes']} bytes in {_f((lg['memory_bytes'] or 0) / 2**20, 1)} MiB: "
+        f"**{_f(lg['bytes_per_datagram'], 1)} bytes per logged datagram**, "
+        f"{_f(lg['overhead_per_datagram'], 1)} beside its payload (an arena with an offset, a "
+        "flow number and a time per datagram, and allocation slack).",
+        "",
+    ]
+    return lines
 
 
 def plot(result: dict[str, Any], paths: Sequence[Path]) -> None:
@@ -2047,6 +2142,8 @@ def _main(a: argparse.Namespace, plan: Plan, profile: bool) -> int:
     t_start = time.perf_counter()
     interrupted: BaseException | None = None
     try:
+        _section(result, "proxies", lambda: result.__setitem__(
+            "proxies", _proxies.measure(plan.proxies, progress)), quiet)
         run(plan, result, profile, quiet)
     except (KeyboardInterrupt, BenchError) as exc:
         interrupted = exc
@@ -2059,7 +2156,8 @@ def _main(a: argparse.Namespace, plan: Plan, profile: bool) -> int:
     result["complete"] = interrupted is None
     if interrupted is not None:
         result["stopped_by"] = repr(interrupted)
-    if not any(result.get(k) for k in ("latency", "throughput", "holds", "replay")):
+    if not any(result.get(k) for k in ("proxies", "latency", "throughput", "holds",
+                                       "replay")):
         print("dataplane: nothing measured; nothing written", file=sys.stderr)
         return 1
     result["summary"] = summarize(result)
