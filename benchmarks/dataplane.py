@@ -1761,10 +1761,15 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["## Targets", ""]
     for t in result["targets"]:
         lines.append(f"- **{'PASS' if t['pass'] else 'MISS'}** {t['target']}: "
-                     f"{_f(t['value'])} {t['unit']}")
+                     f"{_target_value(t)}")
     lines += ["", "## Anomalies", ""]
     lines += [f"- {a}" for a in result["anomalies"]] or ["- none"]
     return "\n".join(lines) + "\n"
+
+
+def _target_value(t: dict[str, Any]) -> str:
+    """A ratio with two decimals (1.75x passes a 2x target, which "2" would not show)."""
+    return f"{_f(t['value'], 2 if t['unit'].startswith('x ') else 0)} {t['unit']}"
 
 
 def _proxies_markdown(result: dict[str, Any]) -> list[str]:
@@ -2166,7 +2171,7 @@ def _main(a: argparse.Namespace, plan: Plan, profile: bool) -> int:
     if interrupted is not None:
         result["anomalies"].insert(0, f"run incomplete: {interrupted!r}")
     publish(result, "dataplane", a.out, markdown=markdown, plot=plot,
-            target_value=lambda t: f"{t['value']:.0f} {t['unit']}", doc_img=not a.no_doc_img,
+            target_value=_target_value, doc_img=not a.no_doc_img,
             json_indent=1)
     return 0 if interrupted is None else 1
 
