@@ -127,7 +127,8 @@ fi
 
 install_pkgs "${RUNTIME_PKGS[@]}" "${TEST_PKGS[@]}" "${FENCE_PKGS[@]}" ipmitool
 
-# Real TCP VNFs for the tests and benchmarks: Debian's haproxy and nginx's stream proxy;
+# Real TCP VNFs for the tests and benchmarks: Debian's haproxy and nginx's stream proxy
+# (also the UDP proxy benchmarks/dataplane.py measures the forwarder against);
 # and etcd v3 (Debian 12: 3.4), the state store of a manager cluster (nfvha.store.etcd).
 # Their packages would start system services on ports 80, 8404 and 2379; a policy-rc.d
 # keeps them stopped during the install (the tests run their own copies: the VNFs in

@@ -106,6 +106,7 @@ class _FakeCluster:
 
     def __init__(self) -> None:
         self.replays: list[int] = []
+        self.paces: list[Any] = []
         self.released = 0
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -114,6 +115,7 @@ class _FakeCluster:
             if path.endswith("/replay"):
                 position = json.loads(request.content)["position"]
                 self.replays.append(position)
+                self.paces.append(json.loads(request.content).get("pace"))
                 if position < 6:
                     return httpx.Response(409, json={  # as the forwarder's API answers
                         "type": ReplayGapError.problem_type, "title": "Replay position trimmed",
@@ -191,6 +193,8 @@ async def test_the_manager_falls_back_visibly_on_a_replay_gap(cluster: Any) -> N
     assert op["nfvha"]["checkpoint"] == 1
     assert op["nfvha"]["replayGap"] == {"from": 3, "oldest": 6, "lost": 3}
     assert fake.replays == [3, 6]  # refused, then replayed from what the forwarder holds
+    # Both paced by the restored VNF's receive queue, which its host's agent reads.
+    assert fake.paces == [{"agent_url": "http://10.9.0.11:8700", "instance_id": "fw"}] * 2
     assert m.get_vnf("fw")["haState"] == "ACTIVE"
     alarms = [a.data for a in m.store.list("alarm")
               if a.data.get("alarmClearedTime") is None]

@@ -236,7 +236,8 @@ def cmd_forwarder(args: argparse.Namespace) -> int:
     tls = _tls(args)
     token = _daemon_token(args, optional=tls is not None)
     app = create_forwarder_app(token, interface=args.interface, prefixlen=args.prefixlen,
-                               tls=tls is not None)
+                               tls=tls is not None,
+                               client_tls=tls.client_context() if tls else None)
     return _serve(app, args)
 
 

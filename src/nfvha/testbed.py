@@ -480,9 +480,14 @@ class Testbed:
         if self.tls:
             self._issue_agent(h)
         await self.net.create_netns(h.netns)
+        # The MAC of a real host's NIC survives a power cycle, and its peers' ARP caches
+        # stay right: here too (a new random one left the forwarder, which a revived
+        # host never sends to, with a stale entry, and its readings of a VNF's queue on
+        # that host unanswered).
         await self.net.create_veth(h.mgmt_uplink, f"{self.name}-u{i}", peer_netns=h.netns,
                                    peer_name_after_move=MGMT_IFNAME, master=self.mgmt_bridge,
-                                   peer_address=f"{addr}/{self.mgmt_prefixlen}")
+                                   peer_address=f"{addr}/{self.mgmt_prefixlen}",
+                                   peer_mac=_host_mac(addr))
         await self.net.create_veth(h.uplink, f"{self.name}-t{i}", peer_netns=h.netns,
                                    peer_name_after_move="eth0", master=self.bridge)
         await self.net.create_bridge("br0", netns=h.netns)
@@ -1206,6 +1211,12 @@ async def _nft(rules: str, netns: str | None, timeout: float = 10.0) -> None:
                          f"{timeout:g}s") from None
     if proc.returncode != 0:
         raise NfvhaError(f"nft in {netns or 'the root netns'}: {err.decode().strip()}")
+
+
+def _host_mac(address: str) -> str:
+    """A host's management MAC, locally administered and derived from its address (VNF
+    MACs, on the other network, are ``02:00:`` and theirs)."""
+    return "02:01:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(address).packed)
 
 
 @functools.cache

@@ -49,9 +49,13 @@ __all__ = [
     "PositionRequest",
     "PushRequest",
     "ReleaseResult",
+    "ReplayPace",
+    "ReplayPacing",
+    "ReplayRequest",
     "ReplayResult",
     "RestoreRequest",
     "RestoreStatsView",
+    "RxQueue",
     "ServiceRequest",
     "ServiceStatus",
     "validate_instance_id",
@@ -317,6 +321,31 @@ class RestoreRequest(BaseModel):
     seq: int | None = Field(default=None, description="checkpoint sequence; latest if absent")
 
 
+class RxQueue(BaseModel):
+    """The receive queue of a VNF's UDP socket on ``port``, as the kernel of its netns
+    holds it: what the forwarder paces a replay by (``nfvha.dataplane.pacing``).
+
+    Bytes are the kernel's memory charge (each datagram's buffer, ``skb->truesize``,
+    several hundred bytes even for an empty one), which is what ``capacity`` limits.
+    With several sockets on the port (``SO_REUSEPORT``) the fullest queue and the smallest
+    buffer are given: a flow lands on one of them, and either may be its.
+    """
+
+    port: int = Field(ge=1, le=65535)
+    sockets: int = Field(ge=0, description="UDP sockets bound to the port (0: none)")
+    queued: int = Field(ge=0, description="bytes held by unread datagrams (rx_queue)")
+    capacity: int = Field(ge=0, description="the socket's receive buffer (SO_RCVBUF), bytes")
+    drops: int = Field(ge=0, description="datagrams the socket dropped since it was made")
+    rcvbuf_errors: int | None = Field(
+        default=None, ge=0, description="the netns's RcvbufErrors (UDP and UDP6): datagrams "
+        "dropped by full receive buffers of any socket there")
+    backlog: int | None = Field(
+        default=None, ge=0, description="packets in the kernel's per-CPU receive backlogs, "
+        "on their way to some socket (None where the kernel does not say)")
+    waited_ms: float = Field(default=0.0, ge=0,
+                             description="how long the agent waited for the queue to fall")
+
+
 # -- reports to the manager -----------------------------------------------------------------
 
 
@@ -393,6 +422,50 @@ class PositionRequest(BaseModel):
     position: int = Field(ge=0)
 
 
+class ReplayPace(BaseModel):
+    """Where the forwarder reads the restored VNF's receive queue while it replays: the
+    agent of the host the VNF now runs on (``GET /v1/instances/{id}/rx-queue``)."""
+
+    agent_url: PeerUrl = Field(description="base URL of that host's agent")
+    instance_id: str = Field(pattern=_INSTANCE_ID_RE.pattern)
+
+
+class ReplayRequest(PositionRequest):
+    """Replay from ``position``; paced by the VNF's receive queue when ``pace`` says where
+    to read it, else at a fixed rate."""
+
+    pace: ReplayPace | None = None
+
+
+class ReplayPacing(BaseModel):
+    """How a replay was paced, and whether the VNF's socket dropped any of it."""
+
+    paced_by: Literal["queue", "rate"] = Field(
+        description="queue: by the VNF's receive queue; rate: at a fixed rate (``reason``)")
+    reason: str | None = Field(default=None, description="why not by the queue")
+    reads: int = Field(default=0, ge=0, description="readings of the queue")
+    capacity: int | None = Field(default=None, ge=0,
+                                 description="the VNF socket's receive buffer, bytes")
+    peak_queued: int = Field(default=0, ge=0, description="the fullest queue read, bytes")
+    fill: float = Field(default=0.0, ge=0, le=1,
+                        description="share of the buffer the replay allowed itself at the "
+                        "end (halved at each drop seen)")
+    stalled_ms: float = Field(default=0.0, ge=0,
+                              description="time spent waiting for the VNF to make room")
+    first_reading_ms: float | None = Field(
+        default=None, ge=0, description="from the start to the first reading's answer "
+        "(nothing is sent before it): what of the stall was the start")
+    rtt_ms: float | None = Field(default=None, ge=0,
+                                 description="a reading's round trip, less the agent's wait")
+    forced: int = Field(default=0, ge=0,
+                        description="datagrams sent at the floor rate without room: the "
+                        "VNF did not drain in time (they may have been dropped)")
+    drops: int | None = Field(default=None, ge=0,
+                              description="datagrams the VNF's socket dropped meanwhile")
+    rcvbuf_errors: int | None = Field(default=None, ge=0,
+                                      description="growth of the netns's RcvbufErrors")
+
+
 class ServiceStatus(BaseModel):
     """A service's state in the forwarder: its log (position, what is committed), whether
     delivery is held, and counters (``stats``)."""
@@ -410,6 +483,8 @@ class ServiceStatus(BaseModel):
     log_bytes: int = Field(ge=0)
     log_age_s: float = Field(ge=0)
     log_fill: float = Field(ge=0)
+    # What the log takes in the forwarder's memory: payloads, its index, allocation slack.
+    log_memory: int = Field(default=0, ge=0)
     queued: int = Field(default=0, ge=0)
     flows: int = Field(default=0, ge=0)
     pending_replies: int = Field(default=0, ge=0)
@@ -436,3 +511,4 @@ class ReplayResult(BaseModel):
     replayed: int = Field(ge=0)
     replay_ms: float = Field(ge=0)
     held_ms: float = Field(ge=0)
+    pacing: ReplayPacing | None = None

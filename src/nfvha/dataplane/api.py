@@ -1,10 +1,12 @@
 """Control API of the forwarder (FastAPI): services, hold/release around checkpoints,
-commit (log trim) and replay after a restore. Used by the manager only."""
+commit (log trim) and replay after a restore. Used by the manager only. During a replay
+the forwarder itself calls the restored VNF's agent, to read its receive queue."""
 
 from __future__ import annotations
 
+import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,6 +15,8 @@ from fastapi.responses import JSONResponse
 
 from nfvha.dataplane.client import ReplayGapError
 from nfvha.dataplane.forwarder import Forwarder, ReplayGap, ServiceSpec
+from nfvha.dataplane.pacing import QueueProbe
+from nfvha.dataplane.rxprobe import AgentQueueProbe
 from nfvha.errors import AddressInUse, HostNetworkError, InvalidRequest, ResourceNotFound
 from nfvha.vim.hostnet import HostNetwork
 from nfvha.web import BodyLimit, install_problem_handlers, problem, problem_responses, who_may
@@ -21,6 +25,8 @@ from nfvha.wire import (
     HoldResult,
     PositionRequest,
     ReleaseResult,
+    ReplayPace,
+    ReplayRequest,
     ReplayResult,
     ServiceRequest,
     ServiceStatus,
@@ -29,11 +35,23 @@ from nfvha.wire import (
 __all__ = ["create_forwarder_app"]
 
 def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int = 16,
-                         net: HostNetwork | None = None, tls: bool = False) -> FastAPI:
+                         net: HostNetwork | None = None, tls: bool = False,
+                         client_tls: ssl.SSLContext | None = None,
+                         probes: Callable[[ReplayPace, int], QueueProbe] | None = None,
+                         ) -> FastAPI:
     """Build the app; ``net`` is the host network it takes service addresses on (tests
-    pass one that touches nothing)."""
+    pass one that touches nothing). A replay's pacing reads the VNF's queue with a probe
+    from ``probes`` (given the ``pace`` and the VNF's port), one per replay; by default
+    it calls the agent presenting ``client_tls``'s certificate, with ``token`` as bearer
+    if there is one."""
     fwd = Forwarder()
     net = net or HostNetwork()
+
+    def agent_probe(pace: ReplayPace, port: int) -> QueueProbe:
+        return AgentQueueProbe(pace.agent_url, pace.instance_id, port, token=token,
+                               ssl_context=client_tls)
+
+    new_probe = probes or agent_probe
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -113,19 +131,23 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
         return CommitResult(trimmed=fwd.get(name).commit(body.position))
 
     @app.post("/v1/services/{name}/replay", dependencies=auth, response_model=ReplayResult)
-    async def replay(name: str, body: PositionRequest) -> ReplayResult | JSONResponse:
+    async def replay(name: str, body: ReplayRequest) -> ReplayResult | JSONResponse:
         """Replay from ``position`` and release; 409 (``oldest``: where a replay can start
-        now) if the log was trimmed past it, with delivery still held."""
+        now) if the log was trimmed past it, with delivery still held. With ``pace``, the
+        replay is paced by the VNF's receive queue, read from that agent (``pacing`` in
+        the answer says how it went)."""
         svc = fwd.get(name)
+        probe = None if body.pace is None else new_probe(body.pace, svc.spec.target[1])
         t0 = time.monotonic()
         try:
-            n = await svc.replay(body.position)
+            n = await svc.replay(body.position, probe)
         except ReplayGap as gap:
             return problem(409, "Replay position trimmed", str(gap), of=ReplayGapError,
                            position=gap.position, oldest=gap.oldest)
         replay_s = time.monotonic() - t0
         held = svc.release()
-        return ReplayResult(replayed=n, replay_ms=replay_s * 1000, held_ms=held * 1000)
+        return ReplayResult(replayed=n, replay_ms=replay_s * 1000, held_ms=held * 1000,
+                            pacing=svc.last_pacing)
 
     @app.post("/v1/services/{name}/reset", dependencies=auth)
     async def reset(name: str) -> ReleaseResult:

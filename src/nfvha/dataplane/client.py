@@ -15,6 +15,8 @@ from nfvha.wire import (
     HoldResult,
     PositionRequest,
     ReleaseResult,
+    ReplayPace,
+    ReplayRequest,
     ReplayResult,
     ServiceRequest,
     ServiceStatus,
@@ -63,10 +65,10 @@ class ForwarderClient:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def _call(self, method: str, path: str, body: BaseModel | None = None,
-                    ) -> httpx.Response:
+                    timeout: float = 5.0) -> httpx.Response:
         kw: dict[str, Any] = {} if body is None else {"json": body.model_dump(mode="json")}
         try:
-            r = await self.http.request(method, self.url + path, timeout=5.0,
+            r = await self.http.request(method, self.url + path, timeout=timeout,
                                         headers=self._headers, **kw)
         except httpx.HTTPError as exc:
             raise ForwarderError(f"forwarder {self.url} unreachable: {exc}") from exc
@@ -88,8 +90,8 @@ class ForwarderClient:
         raise wrapped from error
 
     async def _read(self, model: type[M], method: str, path: str,
-                    body: BaseModel | None = None) -> M:
-        r = await self._call(method, path, body)
+                    body: BaseModel | None = None, timeout: float = 5.0) -> M:
+        r = await self._call(method, path, body, timeout)
         try:
             return model.model_validate_json(r.content)
         except ValidationError as exc:
@@ -123,11 +125,15 @@ class ForwarderClient:
                                PositionRequest(position=position))
         return res.trimmed
 
-    async def replay(self, name: str, position: int) -> ReplayResult:
+    async def replay(self, name: str, position: int,
+                     pace: ReplayPace | None = None) -> ReplayResult:
         """Replay from ``position`` and release; ``ReplayGapError`` if the log was trimmed
-        past it (delivery stays held)."""
+        past it (delivery stays held). ``pace`` names the agent that reads the VNF's
+        receive queue to pace it by. The forwarder sends it all within its pacing
+        deadline (10 s, ``nfvha.dataplane.pacing.PaceConfig``), and this call waits that
+        long and more."""
         return await self._read(ReplayResult, "POST", f"/v1/services/{name}/replay",
-                                PositionRequest(position=position))
+                                ReplayRequest(position=position, pace=pace), timeout=30.0)
 
     async def reset(self, name: str) -> None:
         await self._call("POST", f"/v1/services/{name}/reset")

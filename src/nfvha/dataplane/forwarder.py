@@ -8,10 +8,17 @@ sequence number and stays in the log until a committed checkpoint covers it.
 Around a checkpoint the manager calls ``hold`` (delivery stops; new datagrams queue; the
 log position P is returned), the agent dumps, and ``commit(P)`` trims the log and
 releases the queue. After a restore from a checkpoint at position P, ``replay(P)``
-delivers the logged datagrams after P in order, before any queued new traffic. A replay from a
-position the log no longer reaches back to (trimmed by a later commit, or discarded by a
-reset) is refused (``ReplayGap``, naming the oldest position it can replay from), never
-served in part: the manager decides what to do and says that datagrams were lost.
+delivers the logged datagrams after P in order, before any queued new traffic, paced by
+the restored VNF's receive queue as its agent reads it (``nfvha.dataplane.pacing``). A
+replay from a position the log no longer reaches back to (trimmed by a later commit, or
+discarded by a reset) is refused (``ReplayGap``, naming the oldest position it can
+replay from), never served in part: the manager decides what to do and says that
+datagrams were lost.
+
+Sockets are read and written in batches (``recvmmsg``/``sendmmsg``, ``batchio``): a batch
+from the front socket is delivered in runs of one client's datagrams in a row, each run
+logged and sent in one call, so the order the VNF receives is the log's order. The log
+keeps its datagrams in one arena (``packetlog``), not as an object each.
 
 Replies the restored VNF sends again are suppressed per flow by count: the forwarder
 counts, per flow, the replies relayed since each checkpoint's dump ended, and drops that
@@ -25,12 +32,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import socket
 import time
 from dataclasses import dataclass, field
 
-from nfvha.wire import ServiceStatus
+from nfvha.dataplane.batchio import BatchSocket, RecvBuffers, SendBuffers
+from nfvha.dataplane.pacing import PaceConfig, ProbeError, QueuePacer, QueueProbe, datagram_cost
+from nfvha.dataplane.packetlog import PacketLog
+from nfvha.wire import ReplayPacing, RxQueue, ServiceStatus
 
 __all__ = ["Forwarder", "LogFull", "ReplayGap", "Service", "ServiceSpec"]
 
@@ -38,19 +49,35 @@ log = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
 _BATCH = 32  # datagrams sent back to back before pacing
-_opening: set[asyncio.Future[None]] = set()  # flows whose upstream socket is being opened
+_closing: set[asyncio.Future[None]] = set()  # probes of finished replays, being closed
 
 
 _SOCKET_BUFFER = 8 * 2**20
 SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32
 
 
-def _big_buffers(transport: asyncio.DatagramTransport) -> None:
+@functools.cache
+def _buffers() -> tuple[RecvBuffers, SendBuffers]:
+    """The batch buffers all sockets of this process share (one event loop reads them)."""
+    return RecvBuffers(), SendBuffers()
+
+
+def _udp_socket(local: Addr) -> socket.socket:
+    """A UDP socket bound to ``local``, with large buffers."""
+    sock = socket.socket(socket.AF_INET6 if ":" in local[0] else socket.AF_INET,
+                         socket.SOCK_DGRAM)
+    try:
+        sock.bind(local)
+        _big_buffers(sock)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _big_buffers(sock: socket.socket) -> None:
     """A datagram dropped by a full receive buffer before it is logged is lost for good:
     the forwarder's sockets get large buffers (forced past rmem_max: it runs as root)."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
     for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
         try:
             sock.setsockopt(socket.SOL_SOCKET, force, _SOCKET_BUFFER)
@@ -79,6 +106,94 @@ class _Pace:
 
     async def wait(self) -> None:
         await asyncio.sleep(_BATCH / self.pps)
+
+
+class _PacedSend:
+    """Drives a ``QueuePacer`` for one replay and the drain of what queued meanwhile:
+    waits before each datagram until the pacer lets it out, with the readings of the
+    VNF's queue it asks for under way meanwhile (two at most, staggered, so that an
+    answer arrives every half round trip while datagrams are being sent)."""
+
+    def __init__(self, pacer: QueuePacer, probe: QueueProbe | None) -> None:
+        self.pacer = pacer
+        self.probe = probe
+        self._readings: dict[asyncio.Future[RxQueue], tuple[int, float]] = {}
+        self._since_yield = 0
+
+    def _start_reading(self, now: float, *, long_poll: bool = False) -> None:
+        if self.probe is None or self.pacer.mode != "queue":
+            return
+        asked = self.pacer.request(now)
+        below = self.pacer.below() if long_poll else None
+        wait = self.pacer.cfg.wait if below is not None else 0.0
+        self._readings[asyncio.ensure_future(self.probe.read(below, wait))] = asked
+
+    def _collect(self) -> None:
+        for task in [t for t in self._readings if t.done()]:
+            asked = self._readings.pop(task)
+            if task.cancelled():
+                continue
+            now = time.monotonic()
+            exc = task.exception()
+            if exc is None:
+                self.pacer.update(asked, task.result(), now)
+            elif isinstance(exc, ProbeError) and not exc.final:
+                self.pacer.failed_reading(str(exc), now)
+            else:
+                self.pacer.fail(str(exc) or type(exc).__name__, now)
+
+    async def admit(self, cost: int) -> None:
+        """Return once one datagram charged ``cost`` bytes may be sent."""
+        while True:
+            if self._readings:
+                self._collect()
+            now = time.monotonic()
+            if self.pacer.take(cost, now):
+                if self.pacer.wants_reading(now, len(self._readings)):
+                    self._start_reading(now)
+                self._since_yield += 1
+                if self._since_yield >= _BATCH:  # let the readings' answers in
+                    self._since_yield = 0
+                    await asyncio.sleep(0)
+                return
+            if not self._readings:  # no room and nothing coming: wait for room
+                self._start_reading(now, long_poll=True)
+            elif self.pacer.wants_reading(now, len(self._readings)):
+                self._start_reading(now)  # staggered: its answer comes sooner
+            # The floor and the fixed rate send a few at a time: not before 2 ms.
+            timeout = min(max(self.pacer.next_due(now) - now, 0.002),
+                          max(self.pacer.next_reading(len(self._readings)) - now, 0.0002))
+            if self._readings:
+                await asyncio.wait(set(self._readings), timeout=timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.sleep(timeout)
+
+    async def settle(self) -> None:
+        """Take one more reading, so that a report counts the drops up to the end (not
+        waiting long for it: delivery stays held meanwhile)."""
+        if self._readings:
+            await asyncio.wait(set(self._readings), timeout=0.25)
+            self._collect()
+        if self.probe is not None and self.pacer.mode == "queue" and not self._readings:
+            self._start_reading(time.monotonic())
+            await asyncio.wait(set(self._readings), timeout=0.25)
+            self._collect()
+
+    def close(self) -> None:
+        """No more readings (the replay and its drain are over, or were cut short)."""
+        probe, self.probe = self.probe, None
+        for reading in self._readings:
+            reading.cancel()
+        self._readings.clear()
+        if probe is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (the forwarder is being torn down)
+                return
+            task = loop.create_task(probe.aclose())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
 
 
 class LogFull(Exception):
@@ -110,23 +225,13 @@ class ServiceSpec:
     max_log_age: float = 60.0
     pace_pps: float = 50000.0  # queue drain rate towards a running VNF after a hold
     # Replay, and the drain of traffic queued meanwhile, go to a VNF that was just
-    # restored and may not read for some milliseconds: its socket buffer (208 KiB by
-    # default) holds only about 230 small datagrams, so these are sent slower. At 10,000/s
-    # a restored Python VNF on a loaded 2-core host (the full test suite) read slower than
-    # that, and 20-150 datagrams of a host-crash recovery were dropped in its buffer.
-    # Pacing by the VNF's own receive queue (issue 15) will replace this fixed rate.
-    replay_pps: float = 5000.0
+    # restored and may not read for a while: its socket buffer (208 KiB by default) holds
+    # only about 250 small datagrams. Any fixed rate was wrong for some VNF (at 5,000/s a
+    # restored Python VNF on a loaded 2-core host still lost 20-150 datagrams of a
+    # host-crash recovery in its buffer), so these are paced by its receive queue as its
+    # agent reads it, falling back to ``pace.blind_pps`` when it cannot be read.
+    pace: PaceConfig = field(default_factory=PaceConfig)
     after: str | None = None  # the service whose VNF's outputs feed this one
-
-
-@dataclass(slots=True)
-class _Entry:
-    """One logged datagram; slotted, as the log may hold hundreds of thousands."""
-
-    seq: int
-    client: Addr
-    payload: bytes
-    at: float
 
 
 @dataclass
@@ -134,31 +239,8 @@ class _Flow:
     """One client's upstream socket towards the VNF."""
 
     client: Addr
-    transport: asyncio.DatagramTransport | None = None
+    transport: BatchSocket | None = None
     suppress: int = 0  # replies still to drop after a replay
-
-
-class _Upstream(asyncio.DatagramProtocol):
-    def __init__(self, svc: Service, flow: _Flow) -> None:
-        self.svc = svc
-        self.flow = flow
-
-    def datagram_received(self, data: bytes, addr: Addr) -> None:
-        self.svc.on_reply(self.flow, data)
-
-    def error_received(self, exc: Exception) -> None:  # ICMP unreachable while VNF is down
-        pass
-
-
-class _Front(asyncio.DatagramProtocol):
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
-    def datagram_received(self, data: bytes, addr: Addr) -> None:
-        self.svc.on_client(addr, data)
-
-    def error_received(self, exc: Exception) -> None:
-        pass
 
 
 @dataclass
@@ -166,15 +248,17 @@ class Service:
     """One protected service: front socket, flows, log, hold queue, reply counters."""
 
     spec: ServiceSpec
-    front: asyncio.DatagramTransport | None = None  # the chain head's: replies leave by it
+    front: BatchSocket | None = None  # the chain head's: replies leave by it
     downstream: Service | None = None  # next VNF of the chain, fed with this one's outputs
     flows: dict[Addr, _Flow] = field(default_factory=dict)
-    log: collections.deque[_Entry] = field(default_factory=collections.deque)
-    log_bytes: int = 0
+    log: PacketLog = field(default_factory=PacketLog)
     next_seq: int = 1
     committed: int = 0  # log position covered by the last committed checkpoint
     held: bool = False
     _after_replay: bool = False  # the next queue drain goes to a just-restored VNF
+    _paced: _PacedSend | None = None  # the last replay's pacing, kept for that drain
+    _replaying: bool = False
+    last_pacing: ReplayPacing | None = None  # how the last replay was paced
     hold_started: float = 0.0
     queue: collections.deque[tuple[Addr, bytes]] = field(default_factory=collections.deque)
     cuts: dict[int, dict[Addr, int]] = field(default_factory=dict)  # P -> replies since cut
@@ -184,59 +268,131 @@ class Service:
     _pump: asyncio.Future[None] | None = None
     _cut_pending: int | None = None  # position of a hold whose dump is under way
 
+    @property
+    def log_bytes(self) -> int:
+        """Payload bytes in the log."""
+        return self.log.nbytes
+
     # -- data path ----------------------------------------------------------------------
 
     def on_client(self, client: Addr, data: bytes) -> None:
+        """One datagram from a client (or, in a chain, from the previous VNF)."""
         self.stats["rx"] += 1
         if self.held or self.queue:
             self.queue.append((client, data))
             return
         self._deliver(client, data)
 
-    def _deliver(self, client: Addr, data: bytes) -> None:
-        flow = self.flows.get(client)
-        if flow is None or flow.transport is None:
-            self.queue.append((client, data))  # its upstream socket is being opened
-            self._ensure_flow(client)
+    def on_front_batch(self, rx: RecvBuffers, n: int) -> None:
+        """A batch of datagrams from clients, in ``rx``'s first ``n`` slots: each run of
+        one client's datagrams in a row is logged and sent in one call, runs in arrival
+        order, so that the VNF receives them in the log's order."""
+        self.stats["rx"] += n
+        lens = rx.lengths(n)
+        sources = rx.sources(n)
+        if self.held or self.queue:
+            self.queue.extend(zip(sources, [bytes(rx.payload(i, ln))
+                                            for i, ln in enumerate(lens)], strict=True))
             return
-        if self.log_bytes + len(data) > self.spec.max_log_bytes:
+        if sources.count(sources[0]) == n:  # one client: one run
+            self._deliver_run(sources[0], rx, 0, n, lens)
+            return
+        i = 0
+        while i < n:
+            client = sources[i]
+            j = i + 1
+            while j < n and sources[j] == client:
+                j += 1
+            self._deliver_run(client, rx, i, j, lens)
+            i = j
+
+    def _deliver_run(self, client: Addr, rx: RecvBuffers, i: int, j: int,
+                     lens: list[int]) -> None:
+        """Log and send datagrams ``i`` to ``j - 1`` of a batch, all from ``client``."""
+        flow = self._upstream(client)
+        if flow is None or flow.transport is None:
+            self.stats["dropped_no_socket"] += j - i
+            return
+        run = lens[i:j]
+        if self.log.nbytes + sum(run) > self.spec.max_log_bytes:
+            for k in range(i, j):  # some may still fit: each is judged alone
+                self._deliver(client, bytes(rx.payload(k, lens[k])))
+            return
+        size, view = rx.slot_size, rx.view
+        payloads = [view[k * size:k * size + lens[k]] for k in range(i, j)]
+        self.log.extend(self.next_seq, self.log.client_id(client), payloads,
+                        time.monotonic())
+        self.next_seq += j - i
+        transport = flow.transport
+        if isinstance(transport, BatchSocket):
+            base = rx.base
+            transport.send_many(self.spec.target, [base + k * size for k in range(i, j)], run)
+        else:
+            for p in payloads:
+                transport.sendto(bytes(p), self.spec.target)
+        self.stats["delivered"] += j - i
+
+    def _deliver(self, client: Addr, data: bytes) -> None:
+        flow = self._upstream(client)
+        if flow is None or flow.transport is None:
+            self.stats["dropped_no_socket"] += 1
+            return
+        if self.log.nbytes + len(data) > self.spec.max_log_bytes:
             self.stats["dropped_log_full"] += 1  # the manager alarms well before this
             return
-        self.log.append(_Entry(self.next_seq, client, data, time.monotonic()))
-        self.log_bytes += len(data)
+        self.log.append(self.next_seq, self.log.client_id(client), data, time.monotonic())
         self.next_seq += 1
         flow.transport.sendto(data, self.spec.target)
         self.stats["delivered"] += 1
 
-    def _ensure_flow(self, client: Addr) -> None:
-        if client in self.flows:
-            return
-        flow = _Flow(client)
-        self.flows[client] = flow
-        task = asyncio.ensure_future(self._open_flow(flow))
-        _opening.add(task)
-        task.add_done_callback(_opening.discard)
+    def _upstream(self, client: Addr) -> _Flow | None:
+        """The client's flow, its upstream socket opened if it has none yet (None if that
+        failed: the datagram is dropped and counted, and the next one tries again)."""
+        flow = self.flows.get(client)
+        if flow is not None and flow.transport is not None:
+            return flow
+        if flow is None:
+            flow = self.flows[client] = _Flow(client)
+        target = self.spec.target
+        try:
+            sock = _udp_socket(("::" if ":" in target[0] else "0.0.0.0", 0))
+        except OSError as exc:
+            log.warning("service %s: no upstream socket for client %s:%d: %s",
+                        self.spec.name, *client, exc)
+            return None
+        rx, tx = _buffers()
+        opened = flow
 
-    async def _open_flow(self, flow: _Flow) -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Upstream(self, flow), local_addr=("0.0.0.0", 0))
-        _big_buffers(transport)
-        flow.transport = transport
-        self._drain_queue()
+        def on_batch(rx: RecvBuffers, n: int) -> None:
+            self.on_reply_batch(opened, rx, n)
 
-    def on_reply(self, flow: _Flow, data: bytes) -> None:
-        self.stats["replies"] += 1
-        if flow.suppress > 0:
-            flow.suppress -= 1
-            self.stats["replies_suppressed"] += 1
-            return
+        flow.transport = BatchSocket(sock, rx, tx, on_batch)
+        return flow
+
+    def on_reply_batch(self, flow: _Flow, rx: RecvBuffers, n: int) -> None:
+        """Replies of the VNF to one flow, in ``rx``'s first ``n`` slots."""
+        self.stats["replies"] += n
+        skip = min(flow.suppress, n)
+        if skip:
+            flow.suppress -= skip
+            self.stats["replies_suppressed"] += skip
+            if skip == n:
+                return
         for counts in self.cuts.values():
-            counts[flow.client] = counts.get(flow.client, 0) + 1
+            counts[flow.client] = counts.get(flow.client, 0) + n - skip
+        lens = rx.lengths(n)
         if self.spec.exactly_once:
-            self.pending_replies.append((self.next_seq - 1, flow, data))
+            at = self.next_seq - 1
+            self.pending_replies.extend((at, flow, bytes(rx.payload(i, lens[i])))
+                                        for i in range(skip, n))
             return
-        self._send_reply(flow, data)
+        front = self.front
+        if self.downstream is None and isinstance(front, BatchSocket):
+            front.send_many(flow.client,
+                            [rx.base + i * rx.slot_size for i in range(skip, n)], lens[skip:])
+            return
+        for i in range(skip, n):
+            self._send_reply(flow, bytes(rx.payload(i, lens[i])))
 
     def _send_reply(self, flow: _Flow, data: bytes) -> None:
         if self.downstream is not None:
@@ -250,24 +406,43 @@ class Service:
 
     async def _pump_queue(self) -> None:
         """Deliver queued datagrams in order, paced: a burst larger than the VNF's socket
-        buffer would be dropped there, after it was logged as delivered."""
-        pace = _Pace(self.spec.replay_pps if self._after_replay else self.spec.pace_pps)
+        buffer would be dropped there, after it was logged as delivered. After a replay,
+        the replay's pacer paces them too (the VNF is still just restored)."""
+        pace = _Pace(self.spec.pace_pps)
         while self.queue and not self.held:
+            paced = self._paced if self._after_replay else None
+            if paced is not None:
+                await paced.admit(datagram_cost(len(self.queue[0][1])))
+                # Only this pump takes from the queue; a hold (or a new replay, which
+                # comes after one) may have begun meanwhile: then it is kept.
+                if self.queue and not self.held and self._paced is paced:
+                    client, data = self.queue.popleft()
+                    self._deliver(client, data)
+                continue
             for _ in range(pace.due()):
                 if not self.queue or self.held:
                     break
-                client, data = self.queue[0]
-                flow = self.flows.get(client)
-                if flow is None or flow.transport is None:
-                    self._ensure_flow(client)
-                    return
-                self.queue.popleft()
+                client, data = self.queue.popleft()
                 self._deliver(client, data)
                 pace.sent += 1
             if self.queue:
                 await pace.wait()
-        if not self.queue:
+        if not self.queue and not self.held and not self._replaying:
             self._after_replay = False
+            self._end_pacing()
+
+    def _end_pacing(self) -> None:
+        """The replay and the drain after it are done: count how they were paced."""
+        paced, self._paced = self._paced, None
+        if paced is None:
+            return
+        paced.close()
+        r = paced.pacer.report(time.monotonic())
+        self.stats["paced_by_queue" if r.paced_by == "queue" else "paced_by_rate"] += 1
+        self.stats["paced_reads"] += r.reads
+        self.stats["paced_forced"] += r.forced
+        self.stats["paced_stalled_s"] += r.stalled_ms / 1000
+        self.stats["paced_drops"] += r.drops or 0
 
     # -- control --------------------------------------------------------------------------
 
@@ -302,11 +477,7 @@ class Service:
 
     def commit(self, position: int) -> int:
         """A checkpoint at ``position`` committed: trim the log up to it."""
-        trimmed = 0
-        while self.log and self.log[0].seq <= position:
-            e = self.log.popleft()
-            self.log_bytes -= len(e.payload)
-            trimmed += 1
+        trimmed = self.log.trim(position)
         self.committed = max(self.committed, position)
         for p in [p for p in self.cuts if p < position]:
             del self.cuts[p]
@@ -315,9 +486,11 @@ class Service:
             self._send_reply(flow, data)
         return trimmed
 
-    async def replay(self, position: int) -> int:
+    async def replay(self, position: int, probe: QueueProbe | None = None) -> int:
         """Deliver the logged datagrams after ``position`` in order, then queued traffic.
 
+        Paced by the VNF's receive queue, read by ``probe`` (``nfvha.dataplane.pacing``),
+        or at the fixed ``spec.pace.blind_pps`` without one; how is in ``last_pacing``.
         Replies the old copy already relayed since that cut are dropped per flow. Refused
         (``ReplayGap``, nothing changed, delivery still held) if the log was trimmed past
         ``position``: a partial replay would lose datagrams without anyone knowing.
@@ -337,22 +510,35 @@ class Service:
         self._cut_pending = None
         n = 0
         self._after_replay = True
-        pace = _Pace(self.spec.replay_pps)
-        for e in [e for e in self.log if e.seq > position]:
-            target = self.flows.get(e.client)
-            if target is not None and target.transport is not None:
-                target.transport.sendto(e.payload, self.spec.target)
-                n += 1
-                pace.sent += 1
-                if pace.due() <= 0:
-                    await pace.wait()
+        entries = self.log.after(position)
+        self._end_pacing()
+        pacer = QueuePacer(time.monotonic(), len(entries), self.spec.pace,
+                           queue=probe is not None,
+                           reason=None if probe is not None
+                           else "no agent was named to read the VNF's queue from")
+        paced = self._paced = _PacedSend(pacer, probe)
+        self._replaying = True
+        try:
+            for client, payload in entries:
+                target = self.flows.get(client)
+                if target is not None and target.transport is not None:
+                    await paced.admit(datagram_cost(len(payload)))
+                    if self._paced is not paced:
+                        break  # reset or removed meanwhile: the log is no longer wanted
+                    target.transport.sendto(payload, self.spec.target)
+                    n += 1
+            await paced.settle()
+        finally:
+            self._replaying = False
+        self.last_pacing = pacer.report(time.monotonic())
+        pacer.restart_floor(time.monotonic())
         self.stats["replayed"] += n
         return n
 
     def reset(self) -> None:
         """The VNF restarted without state: the log cannot help it; start over."""
-        self.log.clear()
-        self.log_bytes = 0
+        self._end_pacing()
+        self.log.clear(self.next_seq)
         self.cuts.clear()
         self.pending_replies.clear()
         self.committed = self.position
@@ -360,14 +546,14 @@ class Service:
             flow.suppress = 0
 
     def status(self) -> ServiceStatus:
-        oldest = self.log[0].at if self.log else None
+        oldest = self.log.oldest_at()
         return ServiceStatus(
             name=self.spec.name, listen=self.spec.listen, after=self.spec.after,
             target=self.spec.target, exactly_once=self.spec.exactly_once,
             position=self.position, committed=self.committed, held=self.held,
             log_packets=len(self.log), log_bytes=self.log_bytes,
             log_age_s=0.0 if oldest is None else time.monotonic() - oldest,
-            log_fill=self.log_bytes / self.spec.max_log_bytes,
+            log_fill=self.log_bytes / self.spec.max_log_bytes, log_memory=self.log.memory(),
             queued=len(self.queue), flows=len(self.flows),
             pending_replies=len(self.pending_replies), stats=dict(self.stats))
 
@@ -392,11 +578,8 @@ class Forwarder:
             svc.front = prev.front
             self._propagate_front(prev)
         elif spec.listen is not None:
-            loop = asyncio.get_running_loop()
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Front(svc),
-                                                               local_addr=spec.listen)
-            _big_buffers(transport)
-            svc.front = transport
+            rx, tx = _buffers()
+            svc.front = BatchSocket(_udp_socket(spec.listen), rx, tx, svc.on_front_batch)
         else:
             raise ValueError(f"service {spec.name} needs a listen address or a service to "
                              "follow")
@@ -420,6 +603,7 @@ class Forwarder:
         for other in self.services.values():
             if other.downstream is svc:
                 other.downstream = svc.downstream
+        svc._end_pacing()
         if svc.front is not None and svc.spec.after is None:
             svc.front.close()
         for flow in svc.flows.values():

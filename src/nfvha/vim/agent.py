@@ -32,6 +32,7 @@ from nfvha.errors import (
     AddressInUse,
     CheckpointCorrupt,
     CheckpointError,
+    ConfigError,
     InstanceNotFound,
     InstanceStateError,
     InstanceStopped,
@@ -55,6 +56,7 @@ from nfvha.vim.sandbox import (
     become_subreaper,
     proc_state,
 )
+from nfvha.vim.sockdiag import udp_meminfo
 from nfvha.vim.store import CheckpointMeta, CheckpointStore
 from nfvha.vim.transfer import PushResult, push_checkpoint
 from nfvha.wire import (
@@ -69,6 +71,7 @@ from nfvha.wire import (
     InstanceState,
     InstanceView,
     RestoreStatsView,
+    RxQueue,
 )
 
 __all__ = ["Agent", "AgentConfig", "Instance", "InstanceState"]
@@ -215,6 +218,7 @@ class Agent:
             cgroup_parent=cfg.effective_cgroup_parent, run_dir=cfg.state_dir / "run",
             log_dir=cfg.log_dir, work_root=cfg.work_root)
         self.instances: dict[str, Instance] = {}
+        self._rcvbufs: dict[int, int] = {}  # socket inode -> receive buffer bytes
         self.started_at = time.time()
         self._http: httpx.AsyncClient | None = None
         #: Where reports go: the leader of the managers, followed (``nfvha.follow``).
@@ -756,6 +760,60 @@ class Agent:
         return await probe_vnf(probe, inst.descriptor.network.ip, exec_prefix=prefix,
                                exec_preexec=lambda: join_procs_files(procs))
 
+    async def rx_queue(self, instance_id: str, port: int, *, below: int | None = None,
+                       wait: float = 0.0) -> RxQueue:
+        """The receive queue of the VNF's UDP socket on ``port``, read in its netns, for
+        the forwarder pacing a replay to it (``nfvha.dataplane.pacing``).
+
+        With ``below``, the answer waits (``wait`` seconds at most) until the queue holds
+        at most that many bytes: a long poll, so that while the VNF is slow this agent
+        reads its own ``/proc`` every millisecond (some 30 µs each) rather than the
+        forwarder asking over the network. The buffer's size is not in ``/proc``: it is
+        asked of the kernel once per socket (sock_diag in the VNF's netns, some 0.5 ms;
+        forking ``ss`` for it took 15-30 ms on a loaded host, which delayed every
+        replay's first reading).
+        """
+        inst = self.get(instance_id)
+        pid = inst.pid
+        if pid is None or inst.state not in LIVE_STATES:
+            raise InstanceStateError(f"instance {instance_id} is {inst.state}: it has no "
+                                     "receive queue to read")
+        started = time.monotonic()
+        deadline = started + min(max(wait, 0.0), 0.2)
+        while True:
+            socks = _udp_sockets(pid, port)
+            if socks is None:
+                raise InstanceStateError(f"instance {instance_id}: its process {pid} is gone")
+            queued = max((q for q, _, _ in socks), default=0)
+            if below is None or queued <= below or not socks or \
+                    time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.001)
+        waited = time.monotonic() - started
+        capacity = self._rcvbuf(pid, [ino for _, _, ino in socks])
+        return RxQueue(port=port, sockets=len(socks), queued=queued,
+                       capacity=min(capacity) if capacity else 0,
+                       drops=max((d for _, d, _ in socks), default=0),
+                       rcvbuf_errors=_rcvbuf_errors(pid), backlog=_softnet_backlog(),
+                       waited_ms=waited * 1000)
+
+    def _rcvbuf(self, pid: int, inodes: list[int]) -> list[int]:
+        """The receive buffer sizes of these sockets, asked of the kernel of the netns of
+        ``pid`` the first time a socket is asked about (cached by inode: a restored VNF's
+        socket is a new one)."""
+        if any(i not in self._rcvbufs for i in inodes):
+            try:
+                # Inline (under a millisecond): the default thread pool may be busy with
+                # checkpoint transfers, and this reading holds up a replay.
+                mem = udp_meminfo(f"/proc/{pid}/ns/net")
+            except OSError as exc:
+                raise ConfigError(f"cannot read the receive buffer size of the VNF's "
+                                  f"sockets (sock_diag in its netns): {exc}") from exc
+            if len(self._rcvbufs) > 1024:
+                self._rcvbufs.clear()
+            self._rcvbufs.update({ino: m.rcvbuf for ino, m in mem.items()})
+        return [self._rcvbufs[i] for i in inodes if i in self._rcvbufs]
+
     async def probe_peer(self, url: str, timeout: float = 0.2) -> bool:
         """The second path to a suspected host: can this host reach its agent?"""
         assert self._http is not None
@@ -1086,6 +1144,43 @@ def _udp_unread(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return queued
+
+
+def _udp_sockets(pid: int, port: int) -> list[tuple[int, int, int]] | None:
+    """The UDP sockets bound to ``port`` in the netns of ``pid``: (bytes queued, datagrams
+    dropped, inode) each, from ``/proc/<pid>/net/udp{,6}``; None if the process is gone."""
+    found = []
+    try:
+        for table in ("udp", "udp6"):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                f = line.split()
+                if len(f) > 12 and int(f[1].rpartition(":")[2], 16) == port:
+                    found.append((int(f[4].split(":")[1], 16), int(f[12]), int(f[9])))
+    except FileNotFoundError:
+        if table == "udp6":  # no IPv6 in that kernel
+            return found
+        return None
+    except (OSError, ValueError, IndexError):
+        return None
+    return found
+
+
+def _rcvbuf_errors(pid: int) -> int | None:
+    """The netns's ``RcvbufErrors`` of UDP and UDP6: datagrams dropped by a full receive
+    buffer, whichever socket's; None if it cannot be read."""
+    total = 0
+    try:
+        lines = Path(f"/proc/{pid}/net/snmp").read_text().splitlines()
+        udp = [ln.split() for ln in lines if ln.startswith("Udp:")]
+        if len(udp) >= 2:
+            total += int(udp[1][udp[0].index("RcvbufErrors")])
+        with contextlib.suppress(FileNotFoundError):
+            for ln in Path(f"/proc/{pid}/net/snmp6").read_text().splitlines():
+                if ln.startswith("Udp6RcvbufErrors"):
+                    total += int(ln.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
 
 
 def _softnet_backlog() -> int | None:

@@ -57,6 +57,7 @@ from nfvha.wire import (
     PeerUrl,
     PushRequest,
     RestoreRequest,
+    RxQueue,
 )
 
 __all__ = ["create_app", "problem"]
@@ -112,6 +113,10 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
 
     #: Lifecycle, checkpoints, faults, fencing, reads: the manager's calls.
     auth = gate("the manager", lambda ident, _: ident.role == "manager")
+    #: A VNF's receive queue, read by the forwarder while it paces a replay to it (and by
+    #: the manager). Nothing else is the forwarder's: it cannot act on a host.
+    queue_readers = gate("the forwarder or the manager",
+                         lambda ident, _: ident.role in ("forwarder", "manager"))
     #: Checkpoint images pushed by another host's agent (``push``).
     peers = gate("a peer agent", lambda ident, _: ident.is_agent()
                  and ident.host != agent.cfg.host_id)
@@ -228,6 +233,14 @@ def create_app(agent: Agent, *, manage_lifecycle: bool = True) -> FastAPI:
     async def exec_probe(instance_id: str) -> ExecProbeResult:
         """The instance's own exec probe, inside its sandbox (no command is taken here)."""
         return ExecProbeResult(ok=await agent.exec_probe(instance_id))
+
+    @app.get("/v1/instances/{instance_id}/rx-queue", dependencies=queue_readers)
+    async def rx_queue(instance_id: str, port: Annotated[int, Query(ge=1, le=65535)],
+                       below: Annotated[int | None, Query(ge=0)] = None,
+                       wait_ms: Annotated[float, Query(ge=0, le=200)] = 0.0) -> RxQueue:
+        """The receive queue of the VNF's UDP socket on ``port``; with ``below``, once it
+        holds at most that many bytes or ``wait_ms`` have passed (a long poll)."""
+        return await agent.rx_queue(instance_id, port, below=below, wait=wait_ms / 1000)
 
     @app.get("/v1/probe", dependencies=auth)
     async def probe(url: Annotated[PeerUrl, Query()], timeout: float = 0.2) -> PeerProbeResult:

@@ -25,7 +25,7 @@ from nfvha.logs import decision as log_decision
 from nfvha.nfvo.placement import PlacementError, place
 from nfvha.vnfm.agent_client import AgentClient, AgentUnreachable
 from nfvha.vnfm.records import OpChange, now_iso, problem
-from nfvha.wire import InstanceState, ServiceStatus
+from nfvha.wire import InstanceState, ReplayPace, ReplayPacing, ServiceStatus
 
 if TYPE_CHECKING:
     from nfvha.vnfm.manager import Manager
@@ -124,8 +124,8 @@ class Healer:
                     except NfvhaError as exc:
                         log.warning("could not remove the old copy of %s on %s after moving "
                                     "it: %s", vnf_id, old_host, exc)
-                replay_info = await self._replay(vnf_id, result.get("seq")) if replaying \
-                    else None
+                replay_info = await self._replay(vnf_id, result.get("seq"),
+                                                 decision.target_host) if replaying else None
                 answered = await self.m.probes.wait_serving(vnf_id, decision.target_host, d,
                                                             restored)
                 if answered is None:
@@ -187,7 +187,15 @@ class Healer:
                      level=logging.ERROR, vnf=vnf_id, failure=failure, op=op_id,
                      reason="; ".join(str(a.get("error") or a.get("reason", "")) for a in attempts))
 
-    async def _replay(self, vnf_id: str, seq: int | None) -> dict[str, Any] | None:
+    def _pace(self, vnf_id: str, host: str) -> ReplayPace | None:
+        """The agent the forwarder reads the restored VNF's receive queue from, to pace
+        the replay by it: that of the host it was just restored on."""
+        rec = self.m.store.find("host", host)
+        url = None if rec is None else rec.data.get("url")
+        return None if not url else ReplayPace(agent_url=url, instance_id=vnf_id)
+
+    async def _replay(self, vnf_id: str, seq: int | None,
+                      host: str) -> dict[str, Any] | None:
         """Replay what the restored checkpoint missed, then release held traffic."""
         assert self.m.forwarder is not None
         try:
@@ -199,19 +207,21 @@ class Healer:
             if position is None:
                 await self.m.forwarder.release(vnf_id)
                 return {"replayed": 0, "reason": f"checkpoint {seq} has no log position"}
+            pace = self._pace(vnf_id, host)
             try:
-                res = await self.m.forwarder.replay(vnf_id, int(position))
+                res = await self.m.forwarder.replay(vnf_id, int(position), pace)
             except ReplayGapError as gap:
-                return await self._replay_gap(vnf_id, seq, int(position), gap)
-            log.info("replayed %d datagram(s) to %s after checkpoint %s (position %s) in "
-                     "%.1f ms", res.replayed, vnf_id, seq, position, res.replay_ms)
+                return await self._replay_gap(vnf_id, seq, int(position), gap, pace)
+            log.log(_pacing_level(res.pacing), "replayed %d datagram(s) to %s after "
+                    "checkpoint %s (position %s) in %.1f ms%s", res.replayed, vnf_id, seq,
+                    position, res.replay_ms, _pacing_note(res.pacing))
             return {**res.model_dump(), "fromPosition": position}
         except ForwarderError as exc:
             self.forwarder_alarm(str(exc))
             return {"replayed": 0, "error": str(exc)}
 
     async def _replay_gap(self, vnf_id: str, seq: int, position: int,
-                          gap: ReplayGapError) -> dict[str, Any]:
+                          gap: ReplayGapError, pace: ReplayPace | None) -> dict[str, Any]:
         """The forwarder no longer holds the log from the restored checkpoint's position
         (trimmed after a newer checkpoint that proved unusable): the datagrams in between
         are lost. Replay what it holds, so the VNF comes back with the least loss, and say
@@ -229,9 +239,10 @@ class Healer:
                           f"position {position}) but the forwarder's log starts at "
                           f"{gap.oldest}: {gap.oldest - position} datagram(s) received in "
                           "between are lost to it", {"host": None, **info})
-        res = await self.m.forwarder.replay(vnf_id, gap.oldest)
-        log.info("replayed %d datagram(s) to %s from position %s (checkpoint %s was at %s)",
-                 res.replayed, vnf_id, gap.oldest, seq, position)
+        res = await self.m.forwarder.replay(vnf_id, gap.oldest, pace)
+        log.info("replayed %d datagram(s) to %s from position %s (checkpoint %s was at "
+                 "%s)%s", res.replayed, vnf_id, gap.oldest, seq, position,
+                 _pacing_note(res.pacing))
         return {**res.model_dump(), "fromPosition": gap.oldest, "gap": info}
 
     async def watch_forwarder(self) -> None:
@@ -402,3 +413,23 @@ class Healer:
             "pid": result["instance"].pid, "incarnation": result["instance"].started_at,
             ("lastMove" if moved else "lastRecovery"): {
                 "strategy": decision.strategy, "at": now_iso(), "fromHost": old_host}}, op=op)
+
+
+def _pacing_level(p: ReplayPacing | None) -> int:
+    """A warning when the replay may have lost datagrams in the VNF's socket buffer."""
+    risky = p is not None and (p.paced_by == "rate" or p.forced > 0 or bool(p.drops))
+    return logging.WARNING if risky else logging.INFO
+
+
+def _pacing_note(p: ReplayPacing | None) -> str:
+    """What the log line of a replay says of its pacing: whether it was paced by the VNF's
+    queue, and anything that may have cost datagrams (a fixed rate, the floor, drops)."""
+    if p is None:
+        return ""
+    if p.paced_by == "rate":
+        return f"; at a fixed rate: {p.reason}"
+    bad = [f"{p.forced} sent at the floor rate without room"] if p.forced else []
+    if p.drops:
+        bad.append(f"{p.drops} dropped by its socket")
+    return f"; paced by its receive queue ({p.reads} readings" + \
+        (f"; {', '.join(bad)})" if bad else ")")
