@@ -203,6 +203,15 @@ def freeze(e: LeaderElection) -> None:
         e._timer.cancel()
 
 
+async def leader_and_follower(c: Candidates) -> tuple[LeaderElection, LeaderElection]:
+    """a leads; b started after it, and has read it."""
+    a = await c.add("a")
+    await until(a.is_leader, 3, "a leads")
+    b = await c.add("b")
+    await until(lambda: b.leader is not None, 1, "b follows")
+    return a, b
+
+
 async def test_one_of_three_candidates_wins_and_the_others_know_where(
         candidates: Candidates) -> None:
     for name in ("a", "b", "c"):
@@ -221,10 +230,7 @@ async def test_one_of_three_candidates_wins_and_the_others_know_where(
 
 async def test_a_stalled_leader_demotes_itself_before_a_successor_wins_its_writes_fail(
         candidates: Candidates, fast_etcd: str, prefix: str) -> None:
-    a = await candidates.add("a")
-    await until(a.is_leader, 3, "a leads")
-    b = await candidates.add("b")
-    await until(lambda: b.leader is not None, 1, "b follows")
+    a, b = await leader_and_follower(candidates)
     old = a.tenure
     assert old is not None
     freeze(a)
@@ -269,10 +275,7 @@ async def test_a_takeover_fails_when_the_holder_beat_meanwhile(
         candidates: Candidates) -> None:
     """A follower removes the key only if it still shows the beat it read: a leader that
     beat in between keeps it, and keeps leading."""
-    a = await candidates.add("a")
-    await until(a.is_leader, 3, "a leads")
-    b = await candidates.add("b")
-    await until(lambda: b.leader is not None, 1, "b follows")
+    a, b = await leader_and_follower(candidates)
     seen = b.leader
     assert seen is not None
     await until(lambda: b.leader is not None and b.leader.beat > seen.beat, 1, "a beats")
@@ -283,10 +286,7 @@ async def test_a_takeover_fails_when_the_holder_beat_meanwhile(
 
 
 async def test_resigning_hands_over_at_once(candidates: Candidates) -> None:
-    a = await candidates.add("a")
-    await until(a.is_leader, 3, "a leads")
-    b = await candidates.add("b")
-    await until(lambda: b.leader is not None, 1, "b follows")
+    a, b = await leader_and_follower(candidates)
     start = time.monotonic()
     await a.close()
     took = await until(b.is_leader, 1, "b takes over") - start

@@ -188,6 +188,23 @@ def _exited(agent: Agent, started_at: float) -> AgentEvent:
         id="fm", state=InstanceState.EXITED, pid=42, started_at=started_at))
 
 
+@contextlib.asynccontextmanager
+async def _reporting_an_exit(tmp_path: Path, managers: Callable[[httpx.Request], httpx.Response]
+                             ) -> AsyncIterator[Agent]:
+    """An agent whose VNF exited, its event loop reporting to stand-in managers."""
+    agent = Agent(AgentConfig(host_id="h1", state_dir=tmp_path, token="t",
+                              manager_url="http://m1:8600,http://m2:8600"))
+    agent._http = httpx.AsyncClient(transport=httpx.MockTransport(managers))
+    agent._emit(_exited(agent, 100.0))
+    events = asyncio.create_task(agent._event_loop())
+    try:
+        yield agent
+    finally:
+        events.cancel()
+        await asyncio.gather(events, return_exceptions=True)
+        await agent._http.aclose()
+
+
 async def test_an_exit_event_outlasts_a_leader_change(tmp_path: Path) -> None:
     """While no manager leads (every one answers 503 for longer than the agent's old five
     tries took, 0.75 s), the exit event is kept and delivered to the new leader; it was
@@ -202,20 +219,11 @@ async def test_an_exit_event_outlasts_a_leader_change(tmp_path: Path) -> None:
         delivered.append(now - t0)
         return httpx.Response(204)
 
-    agent = Agent(AgentConfig(host_id="h1", state_dir=tmp_path, token="t",
-                              manager_url="http://m1:8600,http://m2:8600"))
-    agent._http = httpx.AsyncClient(transport=httpx.MockTransport(cluster))
-    agent._emit(_exited(agent, 100.0))
-    events = asyncio.create_task(agent._event_loop())
-    try:
+    async with _reporting_an_exit(tmp_path, cluster):
         for _ in range(300):
             if delivered:
                 break
             await asyncio.sleep(0.01)
-    finally:
-        events.cancel()
-        await asyncio.gather(events, return_exceptions=True)
-        await agent._http.aclose()
     assert delivered and delivered[0] < 2.0
 
 
@@ -228,12 +236,7 @@ async def test_a_stale_exit_event_is_dropped_not_retried(tmp_path: Path) -> None
         calls.append(asyncio.get_running_loop().time())
         return httpx.Response(503, json={"code": "no-leader"})
 
-    agent = Agent(AgentConfig(host_id="h1", state_dir=tmp_path, token="t",
-                              manager_url="http://m1:8600"))
-    agent._http = httpx.AsyncClient(transport=httpx.MockTransport(cluster))
-    agent._emit(_exited(agent, 100.0))
-    events = asyncio.create_task(agent._event_loop())
-    try:
+    async with _reporting_an_exit(tmp_path, cluster) as agent:
         await asyncio.sleep(0.3)
         inst = agent.instances["fm"]
         inst.state, inst.started_at = InstanceState.RUNNING, 200.0  # restored, same pid
@@ -242,7 +245,3 @@ async def test_a_stale_exit_event_is_dropped_not_retried(tmp_path: Path) -> None
         await asyncio.sleep(0.6)
         assert len(calls) == n  # given up
         assert agent._events.empty()
-    finally:
-        events.cancel()
-        await asyncio.gather(events, return_exceptions=True)
-        await agent._http.aclose()

@@ -64,8 +64,9 @@ def cm() -> Iterator[Mgr]:
 # -- watching the cluster ------------------------------------------------------------------
 
 
-def views(m: Mgr, timeout: float = 0.3) -> dict[str, dict[str, Any] | None]:
-    """Every member's ``/nfvha/v1/cluster`` (None: it did not answer)."""
+def views(m: Mgr, timeout: float = 0.3, *, but: str | None = None
+          ) -> dict[str, dict[str, Any] | None]:
+    """Every member's ``/nfvha/v1/cluster`` (None: it did not answer), ``but`` one."""
     def ask(url: str) -> dict[str, Any] | None:
         try:
             r = m.http.get(f"{url}/nfvha/v1/cluster", timeout=timeout)
@@ -75,13 +76,13 @@ def views(m: Mgr, timeout: float = 0.3) -> dict[str, dict[str, Any] | None]:
 
     # Side by side: a member whose host lost power answers nothing until the timeout,
     # which must not delay what the others say.
-    members = m.tb.manager_members
+    members = {k: v for k, v in m.tb.manager_members.items() if k != but}
     with concurrent.futures.ThreadPoolExecutor(len(members)) as pool:
         return dict(zip(members, pool.map(ask, members.values()), strict=True))
 
 
-def leader(m: Mgr) -> str | None:
-    leading = [k for k, v in views(m).items() if v is not None and v["leading"]]
+def leader(m: Mgr, *, but: str | None = None) -> str | None:
+    leading = [k for k, v in views(m, but=but).items() if v is not None and v["leading"]]
     assert len(leading) <= 1, f"two members lead at once: {leading}"
     return leading[0] if leading else None
 
@@ -232,7 +233,9 @@ def new_leader_after(m: Mgr, old: str, t0: float, timeout: float = 10) -> tuple[
     found: list[str] = []
 
     def elected() -> bool:
-        who = leader(m)
+        # Not asking the old one: a member whose host lost power answers nothing, and
+        # each round would wait out its timeout (a power cut looked 0.3 s slower).
+        who = leader(m, but=old)
         if who is not None and who != old:
             found.append(who)
             return True
