@@ -257,11 +257,19 @@ def test_no_leader_on_one_member_the_next_is_asked() -> None:
 
 
 def test_no_leader_anywhere_is_said_as_such_after_one_try_each() -> None:
+    """Without an election wait, one round; with one, rounds until it runs out."""
     c = Cluster(m1=_no_leader, m2=_no_leader, m3=_no_leader)
-    with ManagerClient([M1, M2, M3], "t", transport=httpx.MockTransport(c)) as m, \
+    with ManagerClient([M1, M2, M3], "t", transport=httpx.MockTransport(c),
+                       election_wait=0) as m, \
             pytest.raises(NotLeader, match="no manager leads"):
         m.heal("fm-1")
     assert [name for name, _ in c.seen] == ["m1", "m2", "m3"]
+    c.seen.clear()
+    with ManagerClient([M1, M2, M3], "t", transport=httpx.MockTransport(c),
+                       election_wait=0.4) as m, \
+            pytest.raises(NotLeader, match="no manager leads"):
+        m.heal("fm-1")
+    assert [name for name, _ in c.seen][:6] == ["m1", "m2", "m3"] * 2
 
 
 def test_a_dead_manager_is_passed_over_and_not_asked_first_again() -> None:

@@ -110,6 +110,33 @@ async def test_when_no_member_has_a_leader_the_503_is_the_answer_after_one_round
     assert cluster.hosts_seen() == ["m1", "m2", "m3"]  # each once, then the answer
 
 
+async def test_an_operators_call_waits_out_an_election_a_reporter_does_not() -> None:
+    """Every member says "no leader" (nothing done) for 0.6 s, then m2 leads: with an
+    election wait the call gets m2's answer; without one, the 503 at once."""
+    import time
+
+    elected_at = time.monotonic() + 0.6
+
+    def member(request: httpx.Request) -> httpx.Response:
+        return leader(request) if time.monotonic() >= elected_at else no_leader(request)
+
+    cluster = Cluster(m1=member, m2=member)
+    async with cluster.client() as http:
+        waiting = LeaderFollower([M1, M2], election_wait=3.0)
+        r = await waiting.send(http, "POST", "/nfvha/v1/vnfds", json={"id": "fw"})
+        assert r.status_code == 200 and time.monotonic() >= elected_at
+        elected_at = time.monotonic() + 0.6
+        t0 = time.monotonic()
+        r = await LeaderFollower([M1, M2]).send(http, "POST", "/nfvha/v1/vnfds", json={})
+        assert r.status_code == 503 and time.monotonic() - t0 < 0.3
+        # Waiting is bounded: no election in 0.5 s, the 503 comes back.
+        elected_at = time.monotonic() + 60
+        t0 = time.monotonic()
+        r = await LeaderFollower([M1, M2], election_wait=0.5).send(
+            http, "POST", "/nfvha/v1/vnfds", json={})
+        assert r.status_code == 503 and 0.5 <= time.monotonic() - t0 < 1.5
+
+
 async def test_every_manager_down_raises_the_connection_error() -> None:
     cluster = Cluster()
     f = LeaderFollower([M1, M2])

@@ -215,6 +215,30 @@ def test_a_read_moves_on_but_a_write_without_answer_is_never_sent_twice() -> Non
         client.call("/kv/range", {}, idempotent=True)
 
 
+def test_a_write_raft_dropped_is_sent_again_and_a_persistent_drop_is_reported() -> None:
+    """While etcd's raft leadership moves (nfvha keeps it off the leading manager's host)
+    a proposal may be dropped before it enters the log: nothing was applied, so even a
+    write goes again. It failed a terminate in the cluster e2e test once, and the VNF
+    stayed TERMINATING."""
+    dropped = httpx.Response(500, json={"error": "raft proposal dropped", "code": 2,
+                                        "message": "raft proposal dropped"})
+    answers = [dropped, dropped, httpx.Response(200, json={"succeeded": True})]
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return answers.pop(0) if answers else dropped
+
+    client = EtcdClient(["http://10.0.0.1:1"], transport=httpx.MockTransport(handler))
+    assert client.call("/kv/txn", {}, idempotent=False) == {"succeeded": True}
+    assert sent == ["/v3/kv/txn"] * 3
+    sent.clear()
+    with pytest.raises(StoreError, match="raft proposal dropped"):
+        client.call("/kv/txn", {}, idempotent=False)
+    assert len(sent) == 4  # the first try and three more, then it is reported
+    client.close()
+
+
 def test_endpoints_must_be_client_urls() -> None:
     with pytest.raises(StoreError, match="no endpoint"):
         EtcdStore([])

@@ -64,6 +64,9 @@ _LCM = "/vnflcm/v1"
 _NFVHA = "/nfvha/v1"
 
 
+#: How long a call keeps asking while every manager answers "no leader" (an election).
+ELECTION_WAIT_S = 3.0
+
 class ManagerUnreachable(NfvhaError):
     """No answer from the manager (connection refused, timed out, TLS handshake failed)."""
 
@@ -91,11 +94,14 @@ class _Api:
     is read."""
 
     def __init__(self, url: Urls, token: str | None = None, *, verify: Verify = True,
-                 timeout: float | httpx.Timeout = 30.0, tries: int | None = None) -> None:
+                 timeout: float | httpx.Timeout = 30.0, tries: int | None = None,
+                 election_wait: float = 0.0) -> None:
         self.urls = manager_urls(url)
         #: Which manager leads, as last learnt (a redirect, a dead member, ``cluster()``);
         #: shared by every request of this client.
-        self.follower = LeaderFollower(self.urls, tries=tries)
+        # An operator's call waits out an election (about a second; "no leader" answers
+        # come before anything is done) instead of failing with a 503 to retry by hand.
+        self.follower = LeaderFollower(self.urls, tries=tries, election_wait=election_wait)
         self.token = token
         self._verify = ssl_verify(verify)
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else \
@@ -217,8 +223,9 @@ class ManagerClient(_Api):
     def __init__(self, url: Urls, token: str | None = None, *, verify: Verify = True,
                  timeout: float | httpx.Timeout = 30.0,
                  transport: httpx.BaseTransport | None = None,
-                 tries: int | None = None) -> None:
-        super().__init__(url, token, verify=verify, timeout=timeout, tries=tries)
+                 tries: int | None = None, election_wait: float = ELECTION_WAIT_S) -> None:
+        super().__init__(url, token, verify=verify, timeout=timeout, tries=tries,
+                         election_wait=election_wait)
         self.http = httpx.Client(**self._options(transport))
 
     def close(self) -> None:
@@ -376,8 +383,9 @@ class AsyncManagerClient(_Api):
     def __init__(self, url: Urls, token: str | None = None, *, verify: Verify = True,
                  timeout: float | httpx.Timeout = 30.0,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 tries: int | None = None) -> None:
-        super().__init__(url, token, verify=verify, timeout=timeout, tries=tries)
+                 tries: int | None = None, election_wait: float = ELECTION_WAIT_S) -> None:
+        super().__init__(url, token, verify=verify, timeout=timeout, tries=tries,
+                         election_wait=election_wait)
         self.http = httpx.AsyncClient(**self._options(transport))
 
     async def aclose(self) -> None:

@@ -35,7 +35,9 @@ functions ``origin``, ``redirect_target``, ``next_index``, ``may_have_arrived`` 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -63,6 +65,8 @@ log = logging.getLogger(__name__)
 #: The redirects a follower answers a write with: both keep the method and the body.
 #: (301, 302 and 303 may turn a POST into a GET: they are answers, not followed.)
 REDIRECTS = frozenset({307, 308})
+#: While an election is waited out (``election_wait``), the members are asked this often.
+ELECTION_POLL_S = 0.25
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -185,6 +189,9 @@ class Attempts:
         self.hops = 0
         self.failures = 0
         self._unavailable: httpx.Response | None = None
+        #: Seconds to wait before sending again (set while an election is waited out).
+        self.pause = 0.0
+        self._elect_until = time.monotonic() + follower.election_wait
 
     def answered(self, r: httpx.Response) -> httpx.Response | None:
         if r.status_code in REDIRECTS:
@@ -223,8 +230,17 @@ class Attempts:
         self.failures += 1
         self.index = next_index(self.index, len(self._f.urls))
         self._f.remember(self.index)
+        self.pause = 0.0
         if self.failures >= self._f.tries:
             if self._unavailable is not None:
+                if nothing_done(self._unavailable) and time.monotonic() < self._elect_until:
+                    # Every member said "no leader" and nothing was done: an election is
+                    # under way (about a second); wait for it rather than fail the call.
+                    self.failures, self._unavailable = 0, None
+                    self.pause = ELECTION_POLL_S
+                    self.url = self._f.url_for(self.index, self.path)
+                    self.from_location = False
+                    return None
                 return self._unavailable
             assert exc is not None  # a 503 would have been kept
             raise exc
@@ -243,13 +259,18 @@ class LeaderFollower:
     plain request, as without a cluster.
     """
 
-    def __init__(self, urls: Sequence[str], *, tries: int | None = None) -> None:
+    def __init__(self, urls: Sequence[str], *, tries: int | None = None,
+                 election_wait: float = 0.0) -> None:
         if not urls:
             raise ConfigError("a leader follower needs at least one manager URL")
         self.urls = tuple(u.rstrip("/") for u in urls)
         self.parsed = tuple(httpx.URL(u) for u in self.urls)
         self.tries = max(1, tries if tries is not None else len(self.urls))
         self.max_hops = len(self.urls) + 1
+        #: How long a request whose every member answered "no leader" (nothing done)
+        #: keeps asking, for an election to end: 0 for callers that retry on their own
+        #: (agents' reports), a few seconds for an operator's call.
+        self.election_wait = election_wait
         self.current = 0
         self._answered_by: int | None = None  # the member that gave the last answer
         self._warned: set[tuple[str, str, int]] = set()
@@ -315,6 +336,8 @@ class LeaderFollower:
                 done = course.answered(r)
             if done is not None:
                 return done
+            if course.pause:
+                await asyncio.sleep(course.pause)
 
     def send_sync(self, client: httpx.Client, method: str, path: str, *,
                   json: Any = None, params: Mapping[str, Any] | None = None,
@@ -334,3 +357,5 @@ class LeaderFollower:
                 done = course.answered(r)
             if done is not None:
                 return done
+            if course.pause:
+                time.sleep(course.pause)

@@ -67,6 +67,13 @@ DEFAULT_PREFIX = "/nfvha/default"
 # gRPC status codes the gateway puts in an error body's "code".
 _GRPC_UNAVAILABLE = 14
 _GRPC_DEADLINE_EXCEEDED = 4
+#: etcd's answer when raft dropped a proposal before it entered the log (while its raft
+#: leadership moves, as `nfvha.ha.etcdleader` makes it): nothing was applied, so even a
+#: write is sent again. A terminate failed on it in the cluster e2e test, and its VNF
+#: stayed TERMINATING.
+_DROPPED = "raft proposal dropped"
+_DROPPED_RETRIES = 3
+_DROPPED_PAUSE_S = 0.05
 
 
 def _b64(raw: str) -> str:
@@ -236,6 +243,16 @@ class EtcdClient:
             except RuntimeError as exc:  # httpx: the client was closed meanwhile
                 raise StoreError(f"etcd store {','.join(self.endpoints)} is closed") from exc
             answer = self._answer(response, url)
+            for _ in range(_DROPPED_RETRIES):
+                if not (isinstance(answer, str) and _DROPPED in answer):
+                    break
+                time.sleep(_DROPPED_PAUSE_S)  # a leader transfer takes a few heartbeats
+                try:
+                    answer = self._answer(http.request(method, url, json=body), url)
+                except httpx.TransportError as exc:
+                    answer = (f"no answer after a dropped proposal ({exc or type(exc).__name__}),"
+                              " so it may or may not have been applied; read again first")
+                    break
             if isinstance(answer, str):  # an error the member reported
                 if idempotent and self._member_cannot_serve(response):
                     failures.append(f"{self.endpoints[index]}: {answer}")
