@@ -69,15 +69,19 @@ async def test_the_client_finds_the_leader_follows_a_redirect_and_a_leader_chang
     net.reached.clear()
     async with AsyncManagerClient(urls, "t", transport=net) as m:
         await m.onboard(VNFD)  # to m2 first, which sends it on
-        assert net.reached == ["m2 POST /nfvha/v1/vnfds", "m1 POST /nfvha/v1/vnfds"]
+        # (More rounds after these two when the in-process leader lost its term meanwhile:
+        # both members share this test's event loop and their stores' synchronous calls,
+        # and under the whole suite's load a renewal is sometimes late. The client then
+        # waits the election out.)
+        assert net.reached[:2] == ["m2 POST /nfvha/v1/vnfds", "m1 POST /nfvha/v1/vnfds"]
         assert b.manager.store.find("vnfd", "fw") is not None
 
         await cluster.close("m1")  # the leader resigns and is gone
         await until(lambda: b.manager.acting, 3, "m2 takes over")
         net.reached.clear()
         await m.create("fw-1", "fw")
-        assert net.reached == ["m1 POST /vnflcm/v1/vnf_instances (refused)",
-                               "m2 POST /vnflcm/v1/vnf_instances"]
+        assert net.reached[:2] == ["m1 POST /vnflcm/v1/vnf_instances (refused)",
+                                   "m2 POST /vnflcm/v1/vnf_instances"]
         assert (await m.cluster())["leader"]["member"] == "m2"
     assert b.manager.store.find("vnf", "fw-1") is not None
 
