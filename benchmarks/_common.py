@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -420,3 +421,24 @@ def publish(result: dict[str, Any], name: str, out: Path, *,
     print(f"wrote {out / f'{name}.json'}, .md, .png"
           + (f" and {DOC_IMG / f'{name}.png'}" if doc_img else "")
           + f" in {result['elapsed_s']:.0f}s")
+
+
+def closed_loop(sock: socket.socket, n: int, seq0: int) -> tuple[list[float], int]:
+    """n request→reply RTTs (µs) on a connected socket, one request in flight; a reply
+    counts when its last word is the request (an echo, or a VNF that prefixes it)."""
+    out: list[float] = []
+    lost = 0
+    for i in range(seq0, seq0 + n):
+        want = b"%d" % i
+        t0 = time.perf_counter_ns()
+        sock.send(want)
+        while True:
+            try:
+                data = sock.recv(65535)
+            except TimeoutError:
+                lost += 1
+                break
+            if data.rsplit(b" ", 1)[-1] == want:
+                out.append((time.perf_counter_ns() - t0) / 1000)
+                break
+    return out, lost

@@ -45,7 +45,7 @@ import httpx
 from nfvha.dataplane.batchio import RecvBuffers, SendBuffers, sockaddr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BenchError, percentile, proc_cpu, wait_for
+from _common import BenchError, closed_loop, percentile, proc_cpu, wait_for
 
 NGINX = "/usr/sbin/nginx"
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
@@ -280,25 +280,10 @@ def nfvha_forwarder(work: Path, listen: Addr, target: Addr) -> Iterator[tuple[in
 
 
 def _closed_loop(addr: Addr, n: int, seq0: int) -> tuple[list[float], int]:
-    out: list[float] = []
-    lost = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.connect(addr)
         s.settimeout(0.5)
-        for i in range(seq0, seq0 + n):
-            want = b"%d" % i
-            t0 = time.perf_counter_ns()
-            s.send(want)
-            while True:
-                try:
-                    data = s.recv(65535)
-                except TimeoutError:
-                    lost += 1
-                    break
-                if data == want:
-                    out.append((time.perf_counter_ns() - t0) / 1000)
-                    break
-    return out, lost
+        return closed_loop(s, n, seq0)
 
 
 def measure_rtt(paths: dict[str, Addr], plan: ProxyPlan) -> dict[str, Any]:

@@ -96,6 +96,7 @@ from _common import (
     RESULTS,
     BenchError,
     api_result,
+    closed_loop,
     daemon_client,
     install_signal_handlers,
     machine_basics,
@@ -335,8 +336,6 @@ def flowmon_total(ip: str) -> int:
 
 
 _TCK = os.sysconf("SC_CLK_TCK")
-
-
 
 
 def sched_times(pid: int | None) -> tuple[float, float]:
@@ -624,26 +623,6 @@ def run_prober(target: tuple[str, int], duration: float, grace: float,
             p.terminate()
             p.join(2)
     return res
-
-
-def closed_loop(sock: socket.socket, n: int, seq0: int) -> tuple[list[float], int]:
-    """n request→reply RTTs (µs) on a connected socket, one request in flight."""
-    out: list[float] = []
-    lost = 0
-    for i in range(seq0, seq0 + n):
-        want = b"%d" % i
-        t0 = time.perf_counter_ns()
-        sock.send(want)
-        while True:
-            try:
-                data = sock.recv(65535)
-            except TimeoutError:
-                lost += 1
-                break
-            if data.rsplit(b" ", 1)[-1] == want:
-                out.append((time.perf_counter_ns() - t0) / 1000)
-                break
-    return out, lost
 
 
 # -- statistics ------------------------------------------------------------------------------

@@ -307,17 +307,23 @@ class BatchSocket:
         """Send one datagram (after whatever waits in the backlog)."""
         if self.backlog:
             self.backlog.append((bytes(data), addr))
-            return
+        elif not self._send_one(data, addr):
+            self.backlog.append((bytes(data), addr))
+            self.loop.add_writer(self.fd, self._writable)
+
+    def _send_one(self, data: bytes, addr: Addr | None) -> bool:
+        """Send one datagram now; False if the socket would block (it is kept then). A
+        datagram the kernel refuses otherwise is dropped and counted, as asyncio does."""
         try:
             if addr is None:
                 self.sock.send(data)
             else:
                 self.sock.sendto(data, addr)
         except (BlockingIOError, InterruptedError):
-            self.backlog.append((bytes(data), addr))
-            self.loop.add_writer(self.fd, self._writable)
+            return False
         except OSError:
             self.send_errors += 1
+        return True
 
     def _to_backlog(self, addr: Addr | None, ptrs: Sequence[int], lens: Sequence[int],
                     start: int) -> None:
@@ -329,16 +335,8 @@ class BatchSocket:
 
     def _writable(self) -> None:
         while self.backlog:
-            data, addr = self.backlog[0]
-            try:
-                if addr is None:
-                    self.sock.send(data)
-                else:
-                    self.sock.sendto(data, addr)
-            except (BlockingIOError, InterruptedError):
+            if not self._send_one(*self.backlog[0]):
                 return
-            except OSError:
-                self.send_errors += 1
             self.backlog.popleft()
         self.loop.remove_writer(self.fd)
 
