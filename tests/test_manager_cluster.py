@@ -45,9 +45,12 @@ class Cluster:
     async def add(self, name: str) -> Member:
         store = EtcdStore([self.etcd], prefix=self.prefix)
         url = f"http://{name}:8600"
-        election = LeaderElection(EtcdClient([self.etcd], timeout=0.3), f"{self.prefix}/leader",
-                                  name, 1, url=url,
-                                  timings=ElectionTimings.from_ttl(1, poll_interval=0.02))
+        # A 2 s lease (renewals every 0.4 s, held 1.1 s): these members share the test's
+        # event loop, and each other's synchronous store calls, under the whole suite's
+        # load; at 1 s a late renewal sometimes cost the leader its term mid-test.
+        timings = ElectionTimings.from_ttl(2, poll_interval=0.02)
+        election = LeaderElection(EtcdClient([self.etcd], timeout=timings.renew_interval),
+                                  f"{self.prefix}/leader", name, 2, url=url, timings=timings)
         m = Manager(store, ManagerConfig(token="t", base_url=url), election=election)
         api = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_manager_app(m, manage_lifecycle=False)),
