@@ -56,8 +56,10 @@ def test_bad_requests_are_refused_with_a_reason(tmp_path: Path) -> None:
     ca = init_ca(tmp_path / "pki")
     with pytest.raises(ConfigError, match="names its host"):
         ca.issue("agent")
-    with pytest.raises(ConfigError, match="names its host"):
+    with pytest.raises(ConfigError, match="names no host"):
         ca.issue("manager", host="h1")
+    # A member of a forwarder pair is named by its certificate, as an agent's host is.
+    assert ca.issue("forwarder", host="in1").identity.is_forwarder("in1")
     with pytest.raises(ConfigError, match="role 'operator'"):
         ca.issue("operator")
     with pytest.raises(ConfigError, match="--ip"):

@@ -928,6 +928,21 @@ def build_parser() -> argparse.ArgumentParser:
     _tls_args(f)
     f.add_argument("--interface", default="eth0", help="where service addresses are added")
     f.add_argument("--prefixlen", type=int, default=16)
+    f.add_argument("--id", default=None, metavar="ID",
+                   help="this forwarder's name in a forwarder pair (with --peer and "
+                        "--manager; its TLS certificate names it: nfvha pki issue --role "
+                        "forwarder --host ID)")
+    f.add_argument("--peer", default=None, metavar="HOST:PORT",
+                   help="the other forwarder of the pair: its --mirror-listen address")
+    f.add_argument("--mirror-listen", default=None, metavar="HOST:PORT",
+                   help="where the standby accepts the active's mirror stream (flows, "
+                        "packet log, reply counts)")
+    f.add_argument("--manager", default=None, metavar="URL[,URL...]",
+                   help="the managers that arbitrate the pair (every member of a cluster)")
+    f.add_argument("--upstream-ip", default=None, metavar="ADDRESS",
+                   help="the pair's upstream source address, owned with the service "
+                        "addresses: the VNFs see each client flow from it, on the same "
+                        "port, whichever forwarder is active")
     f.add_argument("--nice", type=int, default=-10,
                    help="scheduling priority once started (VNFs and CRIU run at 0)")
     f.set_defaults(func=cmd_forwarder)
@@ -1027,7 +1042,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("action", choices=["init", "issue"])
     k.add_argument("--dir", required=True, help="the CA directory (0700)")
     k.add_argument("--role", choices=["manager", "agent", "forwarder"])
-    k.add_argument("--host", default=None, help="issue --role agent: the host id")
+    k.add_argument("--host", default=None,
+                   help="issue --role agent: the host id; --role forwarder: the pair member's "
+                        "id (its --id)")
     k.add_argument("--ip", action="append", metavar="ADDRESS",
                    help="an address the daemon listens on (repeat)")
     k.add_argument("--dns", action="append", metavar="NAME", help="a DNS name (repeat)")

@@ -44,9 +44,10 @@ class Identity:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ConfigError(f"role {self.role!r}: use one of {', '.join(ROLES)}")
-        if (self.role == "agent") != (self.host is not None):
-            raise ConfigError("an agent's certificate names its host (--host H); the "
-                              "manager's and the forwarder's name none")
+        if self.role == "agent" and self.host is None:
+            raise ConfigError("an agent's certificate names its host (--host H)")
+        if self.role == "manager" and self.host is not None:
+            raise ConfigError("a manager's certificate names no host")
         if self.host is not None and not _HOST.match(self.host):
             raise ConfigError(f"host {self.host!r}: 1-63 letters, digits, '-', '_' or '.'")
 
@@ -60,6 +61,11 @@ class Identity:
 
     def is_agent(self, host: str | None = None) -> bool:
         return self.role == "agent" and (host is None or self.host == host)
+
+    def is_forwarder(self, member: str | None = None) -> bool:
+        """A forwarder; with ``member``, that member of a forwarder pair (its certificate
+        names it as its host: ``nfvha://forwarder/in1``)."""
+        return self.role == "forwarder" and (member is None or self.host == member)
 
     def __str__(self) -> str:
         return self.role + (f":{self.host}" if self.host else "")
