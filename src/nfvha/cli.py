@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -154,10 +155,12 @@ def cmd_manager(args: argparse.Namespace) -> int:
     from nfvha.ha.fencing import load_fence_config
 
     host, _, port = (args.liveness_listen or args.listen).rpartition(":")
+    pair = _forwarder_pair(args.forwarder)
     cfg = ManagerConfig(token=token, timings=timings,
                         base_url=args.advertise_url or f"{_scheme(tls)}://{args.listen}",
                         tls=tls, liveness_secret=secret,
-                        forwarder_url=args.forwarder, liveness_listen=(host, int(port)),
+                        forwarder_url=None if pair else args.forwarder,
+                        forwarders=pair, liveness_listen=(host, int(port)),
                         fencers=load_fence_config(args.fence_config) if args.fence_config
                         else {}, max_body=args.max_body,
                         vnf_network=args.vnf_network,
@@ -195,6 +198,26 @@ def cmd_manager(args: argparse.Namespace) -> int:
         store = SqliteStore(args.db)
     return _serve(create_manager_app(Manager(store, cfg, election=election)), args,
                   shutdown_timeout=3)
+
+
+def _forwarder_pair(value: str | None) -> dict[str, str]:
+    """``--forwarder ID=URL,ID=URL``: a forwarder pair (id -> URL); one URL alone: {}."""
+    if not value or "=" not in value:
+        return {}
+    from nfvha.tls import Identity
+
+    pair: dict[str, str] = {}
+    for item in value.split(","):
+        fid, sep, url = item.strip().partition("=")
+        if not sep or not url.startswith(("http://", "https://")):
+            raise NfvhaError(f"--forwarder {item!r}: give ID=URL for each member of the "
+                             "pair (in1=https://172.31.250.5:8800,in2=https://...)")
+        Identity("forwarder", fid)  # a valid member name, as its certificate gives it
+        pair[fid] = url
+    if len(pair) != 2:
+        raise NfvhaError(f"--forwarder names {len(pair)} forwarder(s) with ID=URL: a pair "
+                         "is two (one forwarder: --forwarder URL)")
+    return pair
 
 
 def _election(args: argparse.Namespace, store: EtcdStore, url: str,
@@ -235,10 +258,60 @@ def cmd_forwarder(args: argparse.Namespace) -> int:
 
     tls = _tls(args)
     token = _daemon_token(args, optional=tls is not None)
+    pair_flags = {"--id": args.id, "--peer": args.peer, "--mirror-listen": args.mirror_listen,
+                  "--manager": args.manager, "--upstream-ip": args.upstream_ip}
+    given = [k for k, v in pair_flags.items() if v]
+    pair = None
+    if given:
+        missing = [k for k, v in pair_flags.items() if not v]
+        if missing:
+            raise NfvhaError(f"a forwarder pair member needs {', '.join(pair_flags)} "
+                             f"together; missing: {', '.join(missing)}")
+        pair = _pair_member(args, token, tls)
     app = create_forwarder_app(token, interface=args.interface, prefixlen=args.prefixlen,
                                tls=tls is not None,
-                               client_tls=tls.client_context() if tls else None)
+                               client_tls=tls.client_context() if tls else None, pair=pair)
     return _serve(app, args)
+
+
+def _pair_member(args: argparse.Namespace, token: str,
+                 tls: TlsConfig | None) -> Callable[[Any, Any], Any]:
+    """The factory of this forwarder's ``PairMember`` (made inside the app, on its loop)."""
+    from nfvha.dataplane.pair import PairMember
+
+    def hostport(flag: str, value: str) -> tuple[str, int]:
+        host, _, port = value.rpartition(":")
+        try:
+            return str(ipaddress.ip_address(host.strip("[]"))), int(port)
+        except ValueError as exc:
+            raise NfvhaError(f"{flag} {value!r}: give ADDRESS:PORT ({exc})") from exc
+
+    peer = hostport("--peer", args.peer)
+    listen = hostport("--mirror-listen", args.mirror_listen)
+    try:
+        upstream = str(ipaddress.IPv4Address(args.upstream_ip))
+    except ValueError as exc:
+        raise NfvhaError(f"--upstream-ip {args.upstream_ip!r}: an IPv4 address ({exc})") \
+            from exc
+    managers = _urls(args.manager, "--manager")
+    if tls is not None:
+        from cryptography import x509
+
+        from nfvha.pki import identity_from_cert
+
+        ident = identity_from_cert(x509.load_pem_x509_certificate(tls.cert.read_bytes()))
+        if ident is None or not ident.is_forwarder(args.id):
+            raise NfvhaError(f"--tls-cert {tls.cert} names {ident}, not forwarder {args.id}: "
+                             f"issue it with nfvha pki issue --role forwarder --host {args.id}")
+
+    def make(fwd: Any, net: Any) -> Any:
+        return PairMember(args.id, fwd, peer=peer, mirror_listen=listen, managers=managers,
+                          upstream_ip=upstream, interface=args.interface,
+                          prefixlen=args.prefixlen, net=net, token=token,
+                          server_tls=tls.server_context() if tls else None,
+                          client_tls=tls.client_context() if tls else None)
+
+    return make
 
 
 def cmd_testbed(args: argparse.Namespace) -> int:
@@ -895,7 +968,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "that long without contact; failover waits for it); equal to "
                         "--fencing-timeout: leases never stretch (default: "
                         f"{DEFAULT_TIMINGS.max_lease:g} s, or --fencing-timeout if longer)")
-    m.add_argument("--forwarder", default=None, help="steering forwarder URL (for replay)")
+    m.add_argument("--forwarder", default=None, metavar="URL | ID=URL,ID=URL",
+                   help="steering forwarder URL (for replay), or a forwarder pair's two "
+                        "members by id: the manager arbitrates which one is active")
     m.add_argument("--liveness-listen", default=None,
                    help="UDP ADDRESS:PORT for the guards' heartbeats (default: --listen's)")
     m.add_argument("--fence-config", default=None,

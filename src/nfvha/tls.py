@@ -126,6 +126,15 @@ class TlsConfig:
                 "ssl_ca_certs": str(self.ca), "ssl_cert_reqs": ssl.CERT_OPTIONAL,
                 "http": TlsH11Protocol}
 
+    def server_context(self) -> ssl.SSLContext:
+        """For a daemon-to-daemon stream (a forwarder pair's mirror): its certificate, and
+        the peer's required and verified against the CA."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.ca))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.cert), str(self.key))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
     def client_context(self, *, present: bool = True) -> ssl.SSLContext:
         """For httpx: the server must hold a certificate from the CA for the address
         called; with ``present``, this daemon's certificate goes with every call."""

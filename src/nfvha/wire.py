@@ -37,6 +37,8 @@ __all__ = [
     "Fault",
     "FenceResult",
     "FileEntry",
+    "ForwarderAnswer",
+    "ForwarderBeat",
     "HeartbeatAck",
     "HoldResult",
     "HostResources",
@@ -58,6 +60,7 @@ __all__ = [
     "RxQueue",
     "ServiceRequest",
     "ServiceStatus",
+    "TakeoverRequest",
     "validate_instance_id",
 ]
 
@@ -386,6 +389,37 @@ class HeartbeatAck(BaseModel):
     peers: list[Any] = Field(default_factory=list)
     need_full: bool = False
     lease: float | None = None
+
+
+class ForwarderBeat(BaseModel):
+    """A forwarder pair member's beat to the managers (``nfvha.dataplane.pair``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["active", "standby", "demoted"]
+    term: int = Field(ge=0)
+    #: A standby's: it follows the active's mirror stream, snapshot received.
+    in_sync: bool | None = None
+    #: The active's: its standby follows its stream.
+    standby_in_sync: bool | None = None
+    #: The lease the active asks for (the manager answers at most its own bound).
+    lease_s: float = Field(default=0.0, ge=0.0, le=60.0)
+
+
+class TakeoverRequest(BaseModel):
+    """A standby asks for the active's place: ``term`` is the last term it knows."""
+
+    model_config = ConfigDict(extra="forbid")
+    term: int = Field(ge=0)
+    reason: str = Field(default="", max_length=500)
+
+
+class ForwarderAnswer(BaseModel):
+    """The leader's answer to a beat or a granted takeover: the active, its term, and,
+    to the active's beat, its lease (0: none)."""
+
+    active: str | None
+    term: int
+    lease_s: float = 0.0
 
 
 class AgentEvent(BaseModel):

@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from nfvha.dataplane.client import ReplayGapError
+from nfvha.dataplane.client import ForwarderNotActive, ReplayGapError
 from nfvha.dataplane.forwarder import Forwarder, ReplayGap, ServiceSpec
 from nfvha.dataplane.pacing import QueueProbe
+from nfvha.dataplane.pair import PairMember, Role
 from nfvha.dataplane.rxprobe import AgentQueueProbe
 from nfvha.errors import AddressInUse, HostNetworkError, InvalidRequest, ResourceNotFound
 from nfvha.vim.hostnet import HostNetwork
@@ -38,14 +39,18 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
                          net: HostNetwork | None = None, tls: bool = False,
                          client_tls: ssl.SSLContext | None = None,
                          probes: Callable[[ReplayPace, int], QueueProbe] | None = None,
+                         pair: Callable[[Forwarder, HostNetwork], PairMember] | None = None,
                          ) -> FastAPI:
     """Build the app; ``net`` is the host network it takes service addresses on (tests
     pass one that touches nothing). A replay's pacing reads the VNF's queue with a probe
     from ``probes`` (given the ``pace`` and the VNF's port), one per replay; by default
     it calls the agent presenting ``client_tls``'s certificate, with ``token`` as bearer
-    if there is one."""
+    if there is one. With ``pair`` (which makes this forwarder's ``PairMember``), it is
+    one of a forwarder pair: its services are the manager's to change only while it is
+    the active one (a standby answers 409 naming the active)."""
     fwd = Forwarder()
     net = net or HostNetwork()
+    member = pair(fwd, net) if pair is not None else None
 
     def agent_probe(pace: ReplayPace, port: int) -> QueueProbe:
         return AgentQueueProbe(pace.agent_url, pace.instance_id, port, token=token,
@@ -55,9 +60,13 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if member is not None:
+            await member.start()
         try:
             yield
         finally:
+            if member is not None:
+                await member.close()
             await fwd.close()
 
     app = FastAPI(title="nfvha forwarder", lifespan=lifespan,
@@ -70,6 +79,25 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
                     allowed=(lambda ident, _: ident.role == "manager") if tls else None)]
 
     install_problem_handlers(app)
+
+    class _NotActive(Exception):
+        pass
+
+    async def active_only() -> None:
+        """A pair's standby (or demoted active) changes no service: the manager must call
+        the active, which mirrors every change here."""
+        if member is not None and member.role is not Role.ACTIVE:
+            raise _NotActive()
+
+    @app.exception_handler(_NotActive)
+    async def _not_active(_: Request, __: _NotActive) -> JSONResponse:
+        assert member is not None
+        return problem(409, "Not the active forwarder",
+                       f"forwarder {member.id} is {member.role}, not the active one of its "
+                       f"pair (the active is {member.active or 'not known here'}); call the "
+                       "active", of=ForwarderNotActive, active=member.active, term=member.term)
+
+    mutate = [*auth, Depends(active_only)]
 
     @app.exception_handler(KeyError)
     async def _missing(_: Request, exc: KeyError) -> JSONResponse:
@@ -84,11 +112,18 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
     async def healthz() -> dict[str, Any]:
         return {"ok": True}
 
+    @app.get("/v1/pair", dependencies=auth)
+    async def pair_status() -> dict[str, Any]:
+        """This forwarder's place in its pair (``role: single`` for a lone forwarder)."""
+        if member is None:
+            return {"id": None, "role": "single", "term": 0, "active": None, "owning": True}
+        return member.status()
+
     @app.get("/v1/services", dependencies=auth)
     async def services() -> list[ServiceStatus]:
         return [s.status() for s in fwd.services.values()]
 
-    @app.post("/v1/services", dependencies=auth, status_code=201,
+    @app.post("/v1/services", dependencies=mutate, status_code=201,
               response_model=ServiceStatus)
     async def add(body: ServiceRequest) -> ServiceStatus | JSONResponse:
         if (body.listen_ip is None) == (body.after is None):
@@ -108,29 +143,31 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
             target=(body.target_ip, body.port),
             exactly_once=body.exactly_once, max_log_bytes=body.max_log_bytes,
             max_log_age=body.max_log_age))
+        if member is not None:
+            member.service_added(svc.spec)
         return svc.status()
 
     @app.get("/v1/services/{name}", dependencies=auth)
     async def get(name: str) -> ServiceStatus:
         return fwd.get(name).status()
 
-    @app.delete("/v1/services/{name}", dependencies=auth, status_code=204)
+    @app.delete("/v1/services/{name}", dependencies=mutate, status_code=204)
     async def remove(name: str) -> None:
         await fwd.remove(name)
 
-    @app.post("/v1/services/{name}/hold", dependencies=auth)
+    @app.post("/v1/services/{name}/hold", dependencies=mutate)
     async def hold(name: str) -> HoldResult:
         return HoldResult(position=fwd.get(name).hold())
 
-    @app.post("/v1/services/{name}/release", dependencies=auth)
+    @app.post("/v1/services/{name}/release", dependencies=mutate)
     async def release(name: str) -> ReleaseResult:
         return ReleaseResult(held_ms=fwd.get(name).release() * 1000)
 
-    @app.post("/v1/services/{name}/commit", dependencies=auth)
+    @app.post("/v1/services/{name}/commit", dependencies=mutate)
     async def commit(name: str, body: PositionRequest) -> CommitResult:
         return CommitResult(trimmed=fwd.get(name).commit(body.position))
 
-    @app.post("/v1/services/{name}/replay", dependencies=auth, response_model=ReplayResult)
+    @app.post("/v1/services/{name}/replay", dependencies=mutate, response_model=ReplayResult)
     async def replay(name: str, body: ReplayRequest) -> ReplayResult | JSONResponse:
         """Replay from ``position`` and release; 409 (``oldest``: where a replay can start
         now) if the log was trimmed past it, with delivery still held. With ``pace``, the
@@ -149,7 +186,7 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
         return ReplayResult(replayed=n, replay_ms=replay_s * 1000, held_ms=held * 1000,
                             pacing=svc.last_pacing)
 
-    @app.post("/v1/services/{name}/reset", dependencies=auth)
+    @app.post("/v1/services/{name}/reset", dependencies=mutate)
     async def reset(name: str) -> ReleaseResult:
         svc = fwd.get(name)
         svc.reset()

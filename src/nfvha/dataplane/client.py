@@ -22,7 +22,7 @@ from nfvha.wire import (
     ServiceStatus,
 )
 
-__all__ = ["ForwarderClient", "ForwarderError", "ReplayGapError"]
+__all__ = ["ForwarderClient", "ForwarderError", "ForwarderNotActive", "ReplayGapError"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -30,6 +30,24 @@ class ForwarderError(NfvhaError):
     """The forwarder is unreachable or refused; replay is unavailable until it is back."""
 
     problem_type = PROBLEM_PREFIX + "forwarder-unavailable"
+
+
+class ForwarderNotActive(ForwarderError):
+    """The forwarder called is not its pair's active one (``active`` names the one it
+    follows, if it knows): the call changed nothing there."""
+
+    problem_type = PROBLEM_PREFIX + "forwarder-not-active"
+
+    def __init__(self, message: str, active: str | None = None) -> None:
+        super().__init__(message)
+        self.active = active
+
+    @classmethod
+    def from_problem(cls, problem: Mapping[str, Any]) -> Self:
+        exc = super().from_problem(problem)
+        active = problem.get("active")
+        exc.active = active if isinstance(active, str) else None
+        return exc
 
 
 class ReplayGapError(ForwarderError):
@@ -57,8 +75,12 @@ class ForwarderClient:
     replay the ``ReplayGapError`` of its problem type; the typed error of any other
     problem answer is the ``ForwarderError``'s ``__cause__``."""
 
-    def __init__(self, url: str, token: str, http: httpx.AsyncClient) -> None:
+    def __init__(self, url: str, token: str, http: httpx.AsyncClient,
+                 members: Mapping[str, str] | None = None) -> None:
         self.url = url.rstrip("/")
+        #: A forwarder pair's members (id -> URL): a call that reaches one that is not
+        #: active is sent once more to the one it names.
+        self.members = {k: v.rstrip("/") for k, v in (members or {}).items()}
         self.token = token
         self.http = http
         # No token with mutual TLS: the client certificate says who calls.
@@ -66,6 +88,17 @@ class ForwarderClient:
 
     async def _call(self, method: str, path: str, body: BaseModel | None = None,
                     timeout: float = 5.0) -> httpx.Response:
+        try:
+            return await self._call_once(method, path, body, timeout)
+        except ForwarderNotActive as exc:
+            url = self.members.get(exc.active or "")
+            if url is None or url == self.url:
+                raise
+            self.url = url
+            return await self._call_once(method, path, body, timeout)
+
+    async def _call_once(self, method: str, path: str, body: BaseModel | None,
+                         timeout: float) -> httpx.Response:
         kw: dict[str, Any] = {} if body is None else {"json": body.model_dump(mode="json")}
         try:
             r = await self.http.request(method, self.url + path, timeout=timeout,

@@ -32,18 +32,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import socket
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from nfvha.dataplane.batchio import BatchSocket, RecvBuffers, SendBuffers
 from nfvha.dataplane.pacing import PaceConfig, ProbeError, QueuePacer, QueueProbe, datagram_cost
 from nfvha.dataplane.packetlog import PacketLog
 from nfvha.wire import ReplayPacing, RxQueue, ServiceStatus
 
-__all__ = ["Forwarder", "LogFull", "ReplayGap", "Service", "ServiceSpec"]
+__all__ = ["Forwarder", "LogFull", "MirrorSink", "ReplayGap", "Service", "ServiceSpec"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,23 @@ def _big_buffers(sock: socket.socket) -> None:
         except OSError:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, plain, _SOCKET_BUFFER)
+
+
+class MirrorSink(Protocol):
+    """Where an active forwarder of a pair tells its standby what changed, in the order it
+    happened (``nfvha.dataplane.mirror``): every call is cheap and never blocks; a
+    payload is copied before the call returns."""
+
+    def added(self, spec: ServiceSpec) -> None: ...
+    def removed(self, name: str) -> None: ...
+    def flow(self, name: str, client: Addr, port: int) -> None: ...
+    def logged(self, name: str, seq: int, client: Addr,
+               payloads: Sequence[bytes | memoryview]) -> None: ...
+    def replies(self, name: str, client: Addr, counted: int, suppressed: int) -> None: ...
+    def cut(self, name: str, position: int) -> None: ...
+    def commit(self, name: str, position: int) -> None: ...
+    def replayed(self, name: str, position: int) -> None: ...
+    def reset(self, name: str, next_seq: int) -> None: ...
 
 
 class _Pace:
@@ -232,6 +252,10 @@ class ServiceSpec:
     # agent reads it, falling back to ``pace.blind_pps`` when it cannot be read.
     pace: PaceConfig = field(default_factory=PaceConfig)
     after: str | None = None  # the service whose VNF's outputs feed this one
+    # The address upstream sockets are bound to (None: any). A forwarder pair binds them
+    # to its floating upstream address, so that a client flow keeps its source address
+    # and port towards the VNF whichever forwarder is active.
+    upstream_ip: str | None = None
 
 
 @dataclass
@@ -241,6 +265,7 @@ class _Flow:
     client: Addr
     transport: BatchSocket | None = None
     suppress: int = 0  # replies still to drop after a replay
+    port: int = 0  # its upstream socket's port (0: none bound yet)
 
 
 @dataclass
@@ -267,6 +292,10 @@ class Service:
     stats: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
     _pump: asyncio.Future[None] | None = None
     _cut_pending: int | None = None  # position of a hold whose dump is under way
+    # In a forwarder pair: the standby's mirror (on the active), and whether this
+    # forwarder may forward now (its lease; a standby's services have no sockets at all).
+    sink: MirrorSink | None = None
+    gate: Callable[[], bool] | None = None
 
     @property
     def log_bytes(self) -> int:
@@ -278,6 +307,9 @@ class Service:
     def on_client(self, client: Addr, data: bytes) -> None:
         """One datagram from a client (or, in a chain, from the previous VNF)."""
         self.stats["rx"] += 1
+        if self.gate is not None and not self.gate():
+            self.stats["dropped_not_owner"] += 1
+            return
         if self.held or self.queue:
             self.queue.append((client, data))
             return
@@ -288,6 +320,9 @@ class Service:
         one client's datagrams in a row is logged and sent in one call, runs in arrival
         order, so that the VNF receives them in the log's order."""
         self.stats["rx"] += n
+        if self.gate is not None and not self.gate():
+            self.stats["dropped_not_owner"] += n
+            return
         lens = rx.lengths(n)
         sources = rx.sources(n)
         if self.held or self.queue:
@@ -322,6 +357,8 @@ class Service:
         payloads = [view[k * size:k * size + lens[k]] for k in range(i, j)]
         self.log.extend(self.next_seq, self.log.client_id(client), payloads,
                         time.monotonic())
+        if self.sink is not None:
+            self.sink.logged(self.spec.name, self.next_seq, client, payloads)
         self.next_seq += j - i
         transport = flow.transport
         if isinstance(transport, BatchSocket):
@@ -341,6 +378,8 @@ class Service:
             self.stats["dropped_log_full"] += 1  # the manager alarms well before this
             return
         self.log.append(self.next_seq, self.log.client_id(client), data, time.monotonic())
+        if self.sink is not None:
+            self.sink.logged(self.spec.name, self.next_seq, client, (data,))
         self.next_seq += 1
         flow.transport.sendto(data, self.spec.target)
         self.stats["delivered"] += 1
@@ -354,12 +393,17 @@ class Service:
         if flow is None:
             flow = self.flows[client] = _Flow(client)
         target = self.spec.target
+        local = self.spec.upstream_ip or ("::" if ":" in target[0] else "0.0.0.0")
         try:
-            sock = _udp_socket(("::" if ":" in target[0] else "0.0.0.0", 0))
+            sock = _udp_socket((local, flow.port))
         except OSError as exc:
             log.warning("service %s: no upstream socket for client %s:%d: %s",
                         self.spec.name, *client, exc)
             return None
+        if not flow.port:
+            flow.port = sock.getsockname()[1]
+            if self.sink is not None:
+                self.sink.flow(self.spec.name, client, flow.port)
         rx, tx = _buffers()
         opened = flow
 
@@ -371,8 +415,13 @@ class Service:
 
     def on_reply_batch(self, flow: _Flow, rx: RecvBuffers, n: int) -> None:
         """Replies of the VNF to one flow, in ``rx``'s first ``n`` slots."""
+        if self.gate is not None and not self.gate():
+            self.stats["dropped_not_owner"] += n
+            return
         self.stats["replies"] += n
         skip = min(flow.suppress, n)
+        if self.sink is not None:
+            self.sink.replies(self.spec.name, flow.client, n - skip, skip)
         if skip:
             flow.suppress -= skip
             self.stats["replies_suppressed"] += skip
@@ -467,6 +516,8 @@ class Service:
             # VNF sent nothing new since it froze. What arrived between hold and now was
             # sent before the freeze, and a restored copy will not send it again.
             self.cuts[self._cut_pending] = {}
+            if self.sink is not None:
+                self.sink.cut(self.spec.name, self._cut_pending)
             self._cut_pending = None
         if held_for:
             self.stats["hold_total_s"] += held_for
@@ -477,14 +528,44 @@ class Service:
 
     def commit(self, position: int) -> int:
         """A checkpoint at ``position`` committed: trim the log up to it."""
-        trimmed = self.log.trim(position)
-        self.committed = max(self.committed, position)
-        for p in [p for p in self.cuts if p < position]:
-            del self.cuts[p]
+        trimmed = self.apply_commit(position)
+        if self.sink is not None:
+            self.sink.commit(self.spec.name, position)
         while self.pending_replies and self.pending_replies[0][0] <= position:
             _, flow, data = self.pending_replies.popleft()
             self._send_reply(flow, data)
         return trimmed
+
+    def apply_commit(self, position: int) -> int:
+        """The log and reply counts' part of a commit (a standby applies it alone)."""
+        trimmed = self.log.trim(position)
+        self.committed = max(self.committed, position)
+        for p in [p for p in self.cuts if p < position]:
+            del self.cuts[p]
+        return trimmed
+
+    def apply_replay(self, position: int) -> None:
+        """The reply counts' part of a replay from ``position``: what the restored copy
+        sends again is suppressed per flow (a standby applies it alone)."""
+        counts = self.cuts.get(position, {})
+        for flow in self.flows.values():
+            flow.suppress = 0 if self.spec.exactly_once else counts.get(flow.client, 0)
+        # The cut keeps its counts: the restored copy's replies suppressed now are not
+        # counted again and its new ones are added, so a second restore from the same
+        # checkpoint suppresses every reply ever relayed since that cut, not only those
+        # relayed since this replay (which left duplicates downstream).
+        self.cuts = {position: dict(counts)}
+        self._cut_pending = None
+
+    def apply_replies(self, client: Addr, counted: int, suppressed: int) -> None:
+        """Replies relayed (``counted``) and dropped (``suppressed``) to one flow, as the
+        active counted them (a standby applies them)."""
+        flow = self.flows.get(client)
+        if flow is not None and suppressed:
+            flow.suppress = max(flow.suppress - suppressed, 0)
+        if counted:
+            for counts in self.cuts.values():
+                counts[client] = counts.get(client, 0) + counted
 
     async def replay(self, position: int, probe: QueueProbe | None = None) -> int:
         """Deliver the logged datagrams after ``position`` in order, then queued traffic.
@@ -497,17 +578,11 @@ class Service:
         """
         if position < self.committed:
             raise ReplayGap(self.spec.name, position, self.committed)
-        counts = self.cuts.get(position, {})
-        for flow in self.flows.values():
-            flow.suppress = 0 if self.spec.exactly_once else counts.get(flow.client, 0)
+        self.apply_replay(position)
+        if self.sink is not None:
+            self.sink.replayed(self.spec.name, position)
         # Replies held for exactly-once that the failed copy produced are regenerated.
         self.pending_replies.clear()
-        # The cut keeps its counts: the restored copy's replies suppressed now are not
-        # counted again and its new ones are added, so a second restore from the same
-        # checkpoint suppresses every reply ever relayed since that cut, not only those
-        # relayed since this replay (which left duplicates downstream).
-        self.cuts = {position: dict(counts)}
-        self._cut_pending = None
         n = 0
         self._after_replay = True
         entries = self.log.after(position)
@@ -538,9 +613,16 @@ class Service:
     def reset(self) -> None:
         """The VNF restarted without state: the log cannot help it; start over."""
         self._end_pacing()
-        self.log.clear(self.next_seq)
-        self.cuts.clear()
+        self.apply_reset(self.next_seq)
         self.pending_replies.clear()
+        if self.sink is not None:
+            self.sink.reset(self.spec.name, self.next_seq)
+
+    def apply_reset(self, next_seq: int) -> None:
+        """The log and reply counts' part of a reset (a standby applies it alone)."""
+        self.next_seq = next_seq
+        self.log.clear(next_seq)
+        self.cuts.clear()
         self.committed = self.position
         for flow in self.flows.values():
             flow.suppress = 0
@@ -559,35 +641,99 @@ class Service:
 
 
 class Forwarder:
-    """All services of one forwarder process."""
+    """All services of one forwarder process.
 
-    def __init__(self) -> None:
+    Alone, it forwards from the start. In a pair (``nfvha.dataplane.pair``) it is
+    ``passive`` while standby: its services keep the state the active mirrors to it
+    (flows and their upstream ports, log, reply counts) and open no socket, until
+    ``activate`` opens them all, each flow's upstream socket on its old port; ``gate`` then
+    says whether it may forward (its lease), and ``sink`` takes what it must mirror."""
+
+    def __init__(self, *, passive: bool = False, upstream_ip: str | None = None,
+                 gate: Callable[[], bool] | None = None) -> None:
         self.services: dict[str, Service] = {}
+        self.passive = passive
+        self.upstream_ip = upstream_ip
+        self.gate = gate
+        self.sink: MirrorSink | None = None
 
     async def add(self, spec: ServiceSpec) -> Service:
+        if self.upstream_ip is not None and spec.upstream_ip != self.upstream_ip:
+            spec = dataclasses.replace(spec, upstream_ip=self.upstream_ip)
         old = self.services.get(spec.name)
         if old is not None:
             if old.spec.listen == spec.listen:
                 old.spec = spec  # retarget (same service address)
+                if self.sink is not None:
+                    self.sink.added(spec)
                 return old
             await self.remove(spec.name)
-        svc = Service(spec)
+        svc = Service(spec, gate=self.gate)
         if spec.after is not None:
             prev = self.get(spec.after)
             prev.downstream = svc
             svc.front = prev.front
             self._propagate_front(prev)
-        elif spec.listen is not None:
-            rx, tx = _buffers()
-            svc.front = BatchSocket(_udp_socket(spec.listen), rx, tx, svc.on_front_batch)
-        else:
+        elif spec.listen is None:
             raise ValueError(f"service {spec.name} needs a listen address or a service to "
                              "follow")
+        elif not self.passive:
+            self._open_front(svc)
         self.services[spec.name] = svc
+        svc.sink = self.sink
+        if self.sink is not None:
+            self.sink.added(spec)
         source = f"after {spec.after}" if spec.after else f"{spec.listen}"
-        log.info("service %s: %s -> %s:%d%s", spec.name, source, *spec.target,
-                 " (exactly-once)" if spec.exactly_once else "")
+        log.info("service %s: %s -> %s:%d%s%s", spec.name, source, *spec.target,
+                 " (exactly-once)" if spec.exactly_once else "",
+                 " (standby: no socket until a takeover)" if self.passive else "")
         return svc
+
+    @staticmethod
+    def _open_front(svc: Service) -> None:
+        assert svc.spec.listen is not None
+        rx, tx = _buffers()
+        svc.front = BatchSocket(_udp_socket(svc.spec.listen), rx, tx, svc.on_front_batch)
+
+    def activate(self) -> int:
+        """A standby takes over: every service's front socket and every flow's upstream
+        socket (on the port the flow had, so the VNF sees the same source) are opened.
+        Returns how many flows were opened; a flow whose port cannot be had is counted in
+        its service's ``stats`` and opened anew on its next datagram."""
+        self.passive = False
+        flows = 0
+        for svc in self.services.values():
+            if svc.spec.after is None:
+                self._open_front(svc)
+                self._propagate_front(svc)
+        for svc in self.services.values():
+            for client, flow in svc.flows.items():
+                if flow.transport is None and svc._upstream(client) is not None:
+                    flows += 1
+                elif flow.transport is None:
+                    svc.stats["flows_not_reopened"] += 1
+        return flows
+
+    def deactivate(self) -> None:
+        """Stop forwarding (a demotion): every socket closed, the state kept, so that the
+        forwarder can be activated again if no other took over meanwhile."""
+        self.passive = True
+        for svc in self.services.values():
+            svc._end_pacing()
+            svc.held = False
+            svc.queue.clear()
+            if svc.front is not None and svc.spec.after is None:
+                svc.front.close()
+            svc.front = None
+            for flow in svc.flows.values():
+                if flow.transport is not None:
+                    flow.transport.close()
+                    flow.transport = None
+
+    def set_sink(self, sink: MirrorSink | None) -> None:
+        self.sink = sink
+        for svc in self.services.values():
+            svc.sink = sink
 
     @staticmethod
     def _propagate_front(head: Service) -> None:
@@ -609,6 +755,8 @@ class Forwarder:
         for flow in svc.flows.values():
             if flow.transport is not None:
                 flow.transport.close()
+        if self.sink is not None:
+            self.sink.removed(name)
 
     def get(self, name: str) -> Service:
         try:
@@ -618,6 +766,10 @@ class Forwarder:
                            f"(services: {', '.join(self.services) or 'none'})") from None
 
     async def close(self) -> None:
+        sink, self.sink = self.sink, None  # what closing removes is not the standby's
+        for svc in self.services.values():
+            svc.sink = None
         for name in list(self.services):
             with contextlib.suppress(Exception):
                 await self.remove(name)
+        self.sink = sink

@@ -30,7 +30,8 @@ __all__ = [
     "matches_where",
 ]
 
-KINDS = ("vnfd", "vnf", "op", "alarm", "host", "checkpoint", "subscription", "fence")
+KINDS = ("vnfd", "vnf", "op", "alarm", "host", "checkpoint", "subscription", "fence",
+         "forwarder")
 
 OpAction = Literal["create", "put", "cas", "delete"]
 _ACTIONS: tuple[OpAction, ...] = ("create", "put", "cas", "delete")

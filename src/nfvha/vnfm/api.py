@@ -29,6 +29,7 @@ from nfvha.tls import caller
 from nfvha.vnfm.auth import Authenticator
 from nfvha.vnfm.cluster import LeaderOnlyWrites, cluster_view, not_leader_response
 from nfvha.vnfm.dashboard import dashboard_router
+from nfvha.vnfm.forwarders import ForwarderPair, TakeoverRefused
 from nfvha.vnfm.manager import Manager
 from nfvha.vnfm.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from nfvha.vnfm.subscriptions_api import subscriptions_router
@@ -40,7 +41,15 @@ from nfvha.web import (
     problem_responses,
     who_may,
 )
-from nfvha.wire import HOST_ID, AgentEvent, HeartbeatAck, HostStatusReport
+from nfvha.wire import (
+    HOST_ID,
+    AgentEvent,
+    ForwarderAnswer,
+    ForwarderBeat,
+    HeartbeatAck,
+    HostStatusReport,
+    TakeoverRequest,
+)
 
 __all__ = ["create_manager_app"]
 
@@ -145,6 +154,11 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
                               allowed=lambda ident, _: ident.is_agent(), token_ok=False)]
     else:
         host_auth = agent_auth = daemon
+    # A forwarder pair's member beats and asks for takeovers in its own name only.
+    fwd_auth = [who_may(tls=True, token="", want="the forwarder named in the path",
+                        allowed=lambda ident, req: ident.is_forwarder(
+                            req.path_params.get("fid")), token_ok=False)] \
+        if manager.cfg.tls is not None else daemon
 
 
     @app.exception_handler(NfvhaError)
@@ -218,6 +232,46 @@ def create_manager_app(manager: Manager, *, manage_lifecycle: bool = True) -> Fa
             raise Refused(403, f"{ident} reported an event of host {report.get('host_id')!r}: "
                           "each host reports its own")
         manager.event(report)
+
+    # -- the forwarder pair (nfvha.vnfm.forwarders) ----------------------------------------
+
+    def pair_of(fid: str) -> ForwarderPair:
+        pair = manager.pair
+        if pair is None or fid not in pair.members:
+            raise InstanceNotFound(
+                f"forwarder {fid!r} is not a member of this manager's forwarder pair "
+                f"({', '.join(pair.members) if pair else 'it has none'}); start the "
+                "manager with --forwarder ID=URL,ID=URL")
+        return pair
+
+    @app.post("/nfvha/v1/forwarders/{fid}/beat", dependencies=fwd_auth)
+    async def forwarder_beat(body: ForwarderBeat, fid: str = Path(pattern=HOST_ID)
+                             ) -> ForwarderAnswer:
+        return ForwarderAnswer.model_validate(pair_of(fid).beat(fid, body.model_dump()))
+
+    @app.post("/nfvha/v1/forwarders/{fid}/takeover", dependencies=fwd_auth,
+              response_model=ForwarderAnswer)
+    async def forwarder_takeover(body: TakeoverRequest, fid: str = Path(pattern=HOST_ID)
+                                 ) -> ForwarderAnswer | JSONResponse:
+        try:
+            return ForwarderAnswer.model_validate(
+                await pair_of(fid).takeover(fid, body.model_dump()))
+        except TakeoverRefused as exc:
+            return problem(409, "Takeover refused", str(exc), of=exc, active=exc.active,
+                           term=exc.term)
+
+    @app.get("/nfvha/v1/forwarders", dependencies=read)
+    async def forwarders() -> dict[str, Any]:
+        """The forwarder pair: which member is active, in which term, how each beats."""
+        if manager.pair is not None:
+            return manager.pair.status()
+        url = manager.cfg.forwarder_url
+        return {"pair": False, "active": None if url is None else "forwarder", "term": 0,
+                "members": [] if url is None else [{"id": "forwarder", "url": url,
+                                                    "role": "single",
+                                                    "last_beat_ago_s": None,
+                                                    "in_sync": None}],
+                "alarm": None, "takeovers": []}
 
     @app.get("/nfvha/v1/hosts", dependencies=read)
     async def hosts() -> list[dict[str, Any]]:

@@ -76,6 +76,7 @@ from nfvha.tls import TlsConfig
 from nfvha.vnfm.agent_client import AgentClient
 from nfvha.vnfm.checkpointing import Checkpointer
 from nfvha.vnfm.events import EventBus, EventKind
+from nfvha.vnfm.forwarders import ForwarderPair
 from nfvha.vnfm.healing import Healer
 from nfvha.vnfm.lifecycle import Lifecycle, Operations
 from nfvha.vnfm.membership import GuardReport, Membership
@@ -103,6 +104,9 @@ class ManagerConfig:
     tick: float = 0.02
     base_url: str = ""
     forwarder_url: str | None = None
+    #: A forwarder pair (id -> control URL); then ``forwarder_url`` is not used: the
+    #: manager calls whichever the pair's record names active (``vnfm.forwarders``).
+    forwarders: Mapping[str, str] = field(default_factory=dict)
     #: The cluster's liveness secret: each host's heartbeat key derives from it (None:
     #: from the token, as clusters without a CA do).
     liveness_secret: bytes | None = None
@@ -174,8 +178,10 @@ class Manager:
                                       verify=cfg.tls.client_context() if cfg.tls else True)
         self._daemon_token = "" if cfg.tls else cfg.token
         self._vnfd_cache: dict[tuple[Any, ...], VnfDescriptor] = {}
-        self.forwarder = (ForwarderClient(cfg.forwarder_url, self._daemon_token, self.http)
-                          if cfg.forwarder_url else None)
+        first = next(iter(cfg.forwarders.values()), None) or cfg.forwarder_url
+        self.forwarder = (ForwarderClient(first, self._daemon_token, self.http,
+                                          members=cfg.forwarders) if first else None)
+        self.pair = ForwarderPair(self, dict(cfg.forwarders)) if cfg.forwarders else None
         self.events = EventBus()
         self.ops = Operations(store, self.events, cfg)
         self._loop_task: asyncio.Task[None] | None = None
@@ -301,6 +307,12 @@ class Manager:
                                                     "it is retried automatically",
                                                code="manager-restarted"))
         self._loop_task = asyncio.create_task(self._loop())
+        if self.pair is not None:
+            self.pair.reset()  # what an earlier term answered is waited out, not known
+            url = self.pair.url_of_active()
+            if url is not None and self.forwarder is not None:
+                self.forwarder.url = url.rstrip("/")
+            self._spawn(self.pair.watch())
         if self.forwarder is not None:
             self._spawn(self.healing.watch_forwarder())
         if self.election is not None and isinstance(self.store, EtcdStore):
