@@ -763,8 +763,8 @@ def _inject_forwarder(args: argparse.Namespace, tb: Any) -> int:
                   "started and answering")
         else:
             asyncio.run(tb.crash_ingress_host(target))
-            print(f"{target}: links cut, every process killed (the forwarder and its "
-                  "supervisor)")
+            print(f"{target}: links cut, every process killed (the forwarder"
+                  + (" and its supervisor)" if tb.ingress_host(target).pidfile else ")"))
         return 0
     if args.heal:
         pid = asyncio.run(tb.start_forwarder(target))
