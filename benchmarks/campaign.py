@@ -1857,6 +1857,7 @@ TIMINGS_TEXT = {"default": "heartbeat 50 ms, suspect after 150 ms, fencing timeo
 def _testbed(timings: str) -> Testbed:
     return Testbed(name=TB_NAME, n_hosts=N_HOSTS, subnet=TB_SUBNET, state_dir=STATE_DIR,
                    with_manager=True, with_forwarder=True,
+                   forwarders=1,  # the published campaign's layout: one forwarder
                    agent_args=list(TIMINGS[timings]["agent"]),
                    manager_args=list(TIMINGS[timings]["manager"]))
 

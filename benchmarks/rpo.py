@@ -488,7 +488,8 @@ def kill_once(api: Api, inst: Instance, rate: float, period: float, rng: random.
 def _testbed() -> Testbed:
     return Testbed(name=TB_NAME, n_hosts=N_HOSTS, subnet=TB_SUBNET, state_dir=STATE_DIR,
                    with_manager=True, with_forwarder=True, manager_args=list(dp.MANAGER_ARGS),
-                   agent_args=list(dp.AGENT_ARGS))
+                   agent_args=list(dp.AGENT_ARGS),
+                   forwarders=1)  # as dataplane.py, whose probes it uses
 
 
 def _interval_key(interval: float | None) -> str:

@@ -277,3 +277,123 @@ def test_status_of_a_single_manager_says_so_in_one_line(
     out = _status(monkeypatch, tmp_path, capsys, _members(mgr=single), "https://mgr:8600")
     assert out.splitlines()[0] == "manager: https://mgr:8600 (single manager, no cluster)"
     assert "managers" not in out and "leader" not in out
+
+
+# -- the forwarder pair: `nfvha up --forwarders`, `status`, `inject` ------------------------
+
+
+def test_up_starts_a_forwarder_pair_unless_told_one() -> None:
+    assert build_parser().parse_args(["up"]).forwarders == 2
+    assert build_parser().parse_args(["up", "--forwarders", "1"]).forwarders == 1
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["up", "--forwarders", "3"])
+
+
+PAIR = {"pair": True, "active": "in2", "term": 4, "alarm": None, "members": [
+    {"id": "in1", "url": "https://172.31.250.5:8800", "role": "standby",
+     "last_beat_ago_s": 0.21, "in_sync": True},
+    {"id": "in2", "url": "https://172.31.250.4:8800", "role": "active",
+     "last_beat_ago_s": 0.05, "in_sync": None}]}
+
+
+def _with_forwarders(view: dict[str, Any] | None) -> httpx.MockTransport:
+    """A single manager whose GET /nfvha/v1/forwarders answers ``view`` (None: 404)."""
+    single = {"mode": "single", "member": None, "url": "https://mgr:8600", "leading": True,
+              "leader": {"member": "manager", "url": "https://mgr:8600", "term": 0,
+                         "since": None}}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/nfvha/v1/forwarders":
+            return httpx.Response(404) if view is None else httpx.Response(200, json=view)
+        if request.url.path == "/nfvha/v1/cluster":
+            return httpx.Response(200, json=single)
+        return httpx.Response(200, json=[])
+    return httpx.MockTransport(answer)
+
+
+def _table(out: str, first: str) -> list[list[str]]:
+    return [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines()
+            if line.startswith("│") and line.split("│")[1].strip().startswith(first)]
+
+
+def test_status_shows_which_forwarder_is_active(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = _status(monkeypatch, tmp_path, capsys, _with_forwarders(PAIR), "https://mgr:8600")
+    assert "forwarders" in out
+    assert _table(out, "in") == [["in1", "standby", "0.2 s ago", "yes"],
+                                 ["in2", "active", "0.1 s ago", "–"]]
+    assert "ALARM" not in out
+    st = json.loads(_status(monkeypatch, tmp_path, capsys, _with_forwarders(PAIR),
+                            "https://mgr:8600", "--json"))
+    assert st["forwarders"] == PAIR
+    lost = {**PAIR, "active": None, "alarm": "no forwarder is active: in2 silent for 3.0 s",
+            "members": [{**PAIR["members"][0], "role": "demoted", "in_sync": False},
+                        {**PAIR["members"][1], "role": "unknown", "last_beat_ago_s": None}]}
+    out = _status(monkeypatch, tmp_path, capsys, _with_forwarders(lost), "https://mgr:8600")
+    assert _table(out, "in") == [["in1", "demoted", "0.2 s ago", "no"],
+                                 ["in2", "unknown", "–", "–"]]
+    assert "ALARM forwarders: no forwarder is active: in2 silent for 3.0 s" in out
+
+
+def test_status_of_a_manager_without_forwarders_says_nothing_of_them(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = _status(monkeypatch, tmp_path, capsys, _with_forwarders(None), "https://mgr:8600")
+    assert "forwarders" not in out and "hosts" in out
+    st = json.loads(_status(monkeypatch, tmp_path, capsys, _with_forwarders(None),
+                            "https://mgr:8600", "--json"))
+    assert st["forwarders"] is None
+
+
+@pytest.mark.parametrize("argv", [["crash-ingress-host"], ["crash-ingress-host", "active"],
+                                  ["kill-forwarder", "--heal"],
+                                  ["kill-forwarder", "standby", "--heal"]])
+def test_a_forwarder_fault_without_its_ingress_host_says_what_to_name(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inject", *argv, "--name", "nfvtnone"]) == 1
+    assert "name the ingress host, e.g. in2" in capsys.readouterr().err
+
+
+class FakeBed:
+    """What ``nfvha inject`` asks of a testbed with a forwarder pair, recorded."""
+
+    agent_restart_delay = 0.2
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def kill_forwarder(self, which: str) -> tuple[str, int]:
+        self.calls.append(("kill_forwarder", which))
+        return ("in2" if which in ("active", "in2") else "in1"), 4242
+
+    async def crash_ingress_host(self, ingress_id: str) -> None:
+        self.calls.append(("crash_ingress_host", ingress_id))
+
+    async def restore_ingress_host(self, ingress_id: str) -> None:
+        self.calls.append(("restore_ingress_host", ingress_id))
+
+    def ingress_host(self, ingress_id: str) -> Any:
+        return argparse.Namespace(pidfile=f"/run/x/forwarder-{ingress_id}.pid")
+
+
+def test_inject_kills_the_active_forwarder_and_powers_ingress_hosts_off_and_on(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from nfvha.cli import _inject_forwarder
+
+    def inject(*argv: str) -> str:
+        assert _inject_forwarder(build_parser().parse_args(["inject", *argv]), bed) == 0
+        return capsys.readouterr().out.strip()
+
+    bed = FakeBed()
+    assert inject("kill-forwarder") == ("in2: forwarder (pid 4242, the active one) killed; "
+                                        "its supervisor starts it again in 0.2 s")
+    assert inject("kill-forwarder", "standby").startswith("in1: forwarder (pid 4242, the "
+                                                          "standby one) killed")
+    assert inject("kill-forwarder", "in2").startswith("in2: forwarder (pid 4242) killed")
+    assert inject("crash-ingress-host", "in2") == (
+        "in2: links cut, every process killed (the forwarder and its supervisor)")
+    assert inject("crash-ingress-host", "in2", "--heal").startswith("in2: powered on")
+    assert bed.calls == [("kill_forwarder", "active"), ("kill_forwarder", "standby"),
+                         ("kill_forwarder", "in2"), ("crash_ingress_host", "in2"),
+                         ("restore_ingress_host", "in2")]

@@ -321,6 +321,9 @@ def test_status_says_who_leads_and_reads_from_the_leader() -> None:
         return httpx.Response(200, json=[{"id": "stale-follower-view"}])
 
     def leader(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/nfvha/v1/forwarders":
+            return httpx.Response(200, json={"pair": True, "active": "in2", "term": 3,
+                                             "members": [], "alarm": None})
         return httpx.Response(200, json=[{"id": "from-the-leader"}])
 
     c = Cluster(m1=follower, m2=leader, m3=leader)
@@ -332,7 +335,8 @@ def test_status_says_who_leads_and_reads_from_the_leader() -> None:
         {"url": M2, "member": "m2", "answered": False, "leader": True},
         {"url": M3, "member": None, "answered": False, "leader": False}]
     assert st["hosts"] == st["vnfs"] == [{"id": "from-the-leader"}]
-    assert [name for name, _ in c.seen] == ["m1", "m2", "m2", "m2"]
+    assert st["forwarders"]["active"] == "in2"  # the leader's view: it arbitrates the pair
+    assert [name for name, _ in c.seen] == ["m1", "m2", "m2", "m2", "m2"]
 
 
 def test_status_of_a_manager_without_clusters_still_works() -> None:
@@ -340,6 +344,6 @@ def test_status_of_a_manager_without_clusters_still_works() -> None:
                     ("GET", "/vnflcm/v1/vnf_instances"): httpx.Response(200, json=[]),
                     ("GET", "/vnffm/v1/alarms"): httpx.Response(200, json=[])})
     with ManagerClient(URL, "t", transport=httpx.MockTransport(rec)) as m:
-        st = m.status()  # /nfvha/v1/cluster is a 404 there
-    assert st["cluster"] is None and st["hosts"] == []
+        st = m.status()  # /nfvha/v1/cluster and /nfvha/v1/forwarders are 404s there
+    assert st["cluster"] is None and st["hosts"] == [] and st["forwarders"] is None
     assert st["managers"] == [{"url": URL, "member": None, "answered": True, "leader": False}]

@@ -63,7 +63,8 @@ async def test_the_client_finds_the_leader_follows_a_redirect_and_a_leader_chang
     assert leader["term"] > 0
     assert [(x["member"], x["answered"], x["leader"]) for x in st["managers"]] == [
         ("m2", True, False), ("m1", False, True)]
-    assert net.reached[1:] == ["m1 GET /nfvha/v1/hosts", "m1 GET /vnflcm/v1/vnf_instances",
+    assert net.reached[1:] == ["m1 GET /nfvha/v1/forwarders", "m1 GET /nfvha/v1/hosts",
+                               "m1 GET /vnflcm/v1/vnf_instances",
                                "m1 GET /vnffm/v1/alarms"]  # read where the hosts are heard
 
     net.reached.clear()

@@ -530,7 +530,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     async def run() -> int:
         tb = Testbed(name=args.name or DEFAULT_TESTBED, n_hosts=args.hosts, with_manager=True,
                      with_forwarder=True, subnet=args.subnet, mgmt_subnet=args.mgmt_subnet,
-                     fencing=not args.no_fencing, managers=args.managers)
+                     fencing=not args.no_fencing, managers=args.managers,
+                     forwarders=args.forwarders)
         await tb.up()
         ca = str(tb.ca_file) if tb.tls else None  # the cluster's CA
         config = tb.dir / "config.yaml"
@@ -547,11 +548,13 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "viewer_token_file": str(tb.viewer_token_file), "ca_file": ca,
                 "config_file": str(config),
                 "dashboard_url": f"{tb.manager_url}/#token={tb.viewer_token}",
-                "forwarder_url": tb.forwarder_url,
+                "forwarder_url": tb.forwarder_url, "forwarder_urls": tb.forwarder_urls,
+                "upstream_address": tb.upstream_address if tb.paired else None,
                 "hosts": {h.host_id: h.url for h in tb.hosts.values()}}
         if args.json:
             print(json.dumps(info, indent=2))
-        elif tb.clustered:
+            return 0
+        if tb.clustered:
             leader = None
             with contextlib.suppress(NfvhaError):
                 leader = await tb.leader()
@@ -570,10 +573,24 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"dashboard: {info['dashboard_url']}")
             for h in tb.hosts.values():
                 print(f"  {h.host_id}: agent {h.url}")
+        _print_up_forwarders(tb)
+        if not tb.clustered:
             print("next: nfvha deploy examples/flowmon.yaml; nfvha status; nfvha down")
         return 0
 
     return asyncio.run(run())
+
+
+def _print_up_forwarders(tb: Any) -> None:
+    """What `nfvha up` says of the steering forwarders: each one's control API, and for
+    a pair the upstream address the active one holds."""
+    if tb.paired:
+        print(f"forwarders: a pair (one active, one standby; `nfvha status` says which), "
+              f"upstream address {tb.upstream_address}")
+    else:
+        print("forwarder: one (no standby; `nfvha up --forwarders 2` runs a pair)")
+    for i, url in tb.forwarder_urls.items():
+        print(f"  {i}: {url}")
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -653,6 +670,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     con = Console()
     _print_cluster(con, st["cluster"], st["managers"])
+    _print_forwarders(con, st.get("forwarders"))
     t = Table(title="hosts")
     for c in ("host", "state", "heartbeat ago", "instances"):
         t.add_column(c)
@@ -727,6 +745,28 @@ def _print_cluster(con: Any, view: dict[str, Any] | None,
                   "last stored them (UP or DOWN, never SUSPECTED), with no heartbeat ages[/]")
 
 
+def _print_forwarders(con: Any, view: dict[str, Any] | None) -> None:
+    """The steering forwarders as the manager sees them: each member's role, how long
+    ago it was last heard and whether the standby is in sync, then the pair's alarm.
+    Nothing from a manager that has no forwarder or predates pairs (None)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    if view is None:
+        return
+    t = Table(title="forwarders")
+    for c in ("id", "role", "last beat", "in sync"):
+        t.add_column(c)
+    for x in view.get("members") or []:
+        ago, sync = x.get("last_beat_ago_s"), x.get("in_sync")
+        t.add_row(escape(str(x.get("id", "?"))), escape(str(x.get("role") or "unknown")),
+                  "–" if ago is None else f"{ago:.1f} s ago",
+                  "–" if sync is None else "yes" if sync else "no")
+    con.print(t)
+    if view.get("alarm"):
+        con.print(f"[red]ALARM[/] forwarders: {escape(str(view['alarm']))}", soft_wrap=True)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     with _manager(args) as m:
         _print(m.checkpoints() if args.command == "checkpoints" else m.ops(), args.json)
@@ -781,11 +821,50 @@ def _inject_manager(args: argparse.Namespace, tb: Any) -> int:
     return 0
 
 
+#: Faults of the steering forwarders and their ingress hosts; --heal undoes each.
+_FORWARDER_FAULTS = ("kill-forwarder", "crash-ingress-host")
+
+
+def _inject_forwarder(args: argparse.Namespace, tb: Any) -> int:
+    """A forwarder process killed (its supervisor starts it again), or an ingress host's
+    power cut (with --heal: a forwarder started again, a host powered on)."""
+    target = args.target
+    if args.fault == "crash-ingress-host":
+        if args.heal:
+            asyncio.run(tb.restore_ingress_host(target))
+            print(f"{target}: powered on, links restored with their MACs, forwarder "
+                  "started and answering")
+        else:
+            asyncio.run(tb.crash_ingress_host(target))
+            print(f"{target}: links cut, every process killed (the forwarder"
+                  + (" and its supervisor)" if tb.ingress_host(target).pidfile else ")"))
+        return 0
+    if args.heal:
+        pid = asyncio.run(tb.start_forwarder(target))
+        print(f"{target}: forwarder started again (pid {pid})")
+        return 0
+    which = target or "active"
+    ingress_id, pid = asyncio.run(tb.kill_forwarder(which))
+    g = tb.ingress_host(ingress_id)
+    print(f"{ingress_id}: forwarder (pid {pid}"
+          + (f", the {which} one" if which in ("active", "standby") else "") + ") killed"
+          + (f"; its supervisor starts it again in {tb.agent_restart_delay:g} s"
+             if g.pidfile else f"; not restarted (`nfvha inject kill-forwarder "
+                               f"{ingress_id} --heal` does)"))
+    return 0
+
+
 def cmd_inject(args: argparse.Namespace) -> int:
     from nfvha.testbed import Testbed
 
     if args.fault in _MANAGER_FAULTS:
         return _inject_manager(args, Testbed.load(args.name or DEFAULT_TESTBED))
+    if args.fault in _FORWARDER_FAULTS:
+        if (args.fault == "crash-ingress-host" or args.heal) and \
+                args.target in (None, "active", "standby"):
+            raise NfvhaError(f"nfvha inject {args.fault}{' --heal' if args.heal else ''}: "
+                             "name the ingress host, e.g. in2")
+        return _inject_forwarder(args, Testbed.load(args.name or DEFAULT_TESTBED))
     if not args.target:
         raise NfvhaError(f"nfvha inject {args.fault}: name the "
                          + ("VNF instance" if args.fault.endswith("-vnf") else "host"))
@@ -1065,14 +1144,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1: one manager (SQLite); 3 or 5: a manager cluster on etcd, each "
                         "member on a management host of its own (.6 up on both networks)")
     c.add_argument("--subnet", default="10.250.0.0/16",
-                   help="data network (gateway .0.1, forwarder .0.5, VNFs .1.x, service "
+                   help="data network (gateway .0.1, forwarders .0.5 and .0.4, their "
+                        "upstream address .0.3, VNFs .1.x, service "
                         "addresses .2.x)")
     c.add_argument("--mgmt-subnet", default=None, metavar="CIDR",
-                   help="management network: manager .1 (a cluster: .6-.10), forwarder "
-                        "API .5, hosts .11 up "
+                   help="management network: manager .1 (a cluster: .6-.10), forwarders "
+                        ".5 and .4, hosts .11 up "
                         "(default: 172.31.X.0/24, X the data subnet's second octet)")
     c.add_argument("--no-fencing", action="store_true",
                    help="no STONITH driver: lost hosts are waited out (their lease)")
+    c.add_argument("--forwarders", type=int, choices=[1, 2], default=2,
+                   help="2: a forwarder pair, one active and one standby fed its flows, each "
+                        "on an ingress host of its own (in1 .5, in2 .4 on both networks; "
+                        "upstream address .0.3), so that a forwarder's death or its host's "
+                        "power cut loses no service; 1: one forwarder (in1), with no standby")
     c.set_defaults(func=cmd_up)
     client("down", "stop and remove the testbed, manager and agents").set_defaults(
         func=cmd_down)
@@ -1095,14 +1180,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_move)
     c = client("inject", "inject a fault")
     c.add_argument("fault", choices=["kill-vnf", "hang-vnf", "crash-host", "partition-host",
-                                     "kill-agent", "stop-agent", "fence", *_MANAGER_FAULTS])
+                                     "kill-agent", "stop-agent", "fence", *_MANAGER_FAULTS,
+                                     *_FORWARDER_FAULTS])
     c.add_argument("target", nargs="?",
-                   help="VNF instance id, host id, or manager member id (kill-manager: "
-                        "default 'leader', the one the managers name)")
+                   help="VNF instance id, host id, manager member id (kill-manager: "
+                        "default 'leader', the one the managers name) or ingress host id "
+                        "(kill-forwarder: also 'active' or 'standby', default 'active', as "
+                        "the forwarders say)")
     c.add_argument("--heal", action="store_true",
                    help="undo: partition-host restores the links, kill-manager starts the "
-                        "manager again, crash-manager-host powers the host on, kill-etcd "
-                        "starts the member again")
+                        "manager again, crash-manager-host and crash-ingress-host power the "
+                        "host on, kill-etcd starts the member again, kill-forwarder starts "
+                        "an unsupervised forwarder again (a supervised one restarts by "
+                        "itself)")
     c.add_argument("--no-restart", action="store_true",
                    help="kill-agent: its supervisor does not restart it")
     c.add_argument("--seconds", type=float, default=2.0, help="stop-agent: how long")

@@ -89,6 +89,11 @@ def ssl_verify(verify: Verify) -> ssl.SSLContext | bool:
     return verify
 
 
+def _object(body: Any) -> dict[str, Any] | None:
+    """A JSON object as it came, anything else as None (nothing to show)."""
+    return body if isinstance(body, dict) else None
+
+
 class _Api:
     """What both clients share: where a request goes, how it is made and how its answer
     is read."""
@@ -366,14 +371,24 @@ class ManagerClient(_Api):
         res: dict[str, Any] = self._json(r)
         return res
 
+    def forwarders(self) -> dict[str, Any] | None:
+        """``GET /nfvha/v1/forwarders``: the steering forwarders as the manager sees them
+        (``pair``, ``active``, ``term``, each member's ``role``, ``last_beat_ago_s`` and
+        ``in_sync``, the pair's ``alarm``); None where it answers 404 (no forwarder, or a
+        manager from before forwarder pairs)."""
+        r = self.request("GET", f"{_NFVHA}/forwarders", ok=(404,))
+        return None if r.status_code == 404 else _object(self._json(r))
+
     def status(self) -> dict[str, Any]:
         """What ``nfvha status`` shows: ``cluster`` (the view of the manager that
         answered; None from a manager without clusters) and ``managers`` (each configured
-        URL: ``member``, ``answered``, ``leader``), then ``hosts``, ``vnfs`` and active
-        ``alarms``, read from the leader when it is a configured manager."""
+        URL: ``member``, ``answered``, ``leader``), then ``forwarders`` (None: none to
+        show), ``hosts``, ``vnfs`` and active ``alarms``, read from the leader when it is
+        a configured manager."""
         r = self.request("GET", f"{_NFVHA}/cluster", ok=(404,))
         self._learn_leader(r)
-        return {**self._cluster_status(r), "hosts": self.hosts(), "vnfs": self.instances(),
+        return {**self._cluster_status(r), "forwarders": self.forwarders(),
+                "hosts": self.hosts(), "vnfs": self.instances(),
                 "alarms": self.alarms(active=True)}
 
 
@@ -503,8 +518,13 @@ class AsyncManagerClient(_Api):
         res: dict[str, Any] = self._json(r)
         return res
 
+    async def forwarders(self) -> dict[str, Any] | None:
+        r = await self.request("GET", f"{_NFVHA}/forwarders", ok=(404,))
+        return None if r.status_code == 404 else _object(self._json(r))
+
     async def status(self) -> dict[str, Any]:
         r = await self.request("GET", f"{_NFVHA}/cluster", ok=(404,))
         self._learn_leader(r)
-        return {**self._cluster_status(r), "hosts": await self.hosts(),
-                "vnfs": await self.instances(), "alarms": await self.alarms(active=True)}
+        return {**self._cluster_status(r), "forwarders": await self.forwarders(),
+                "hosts": await self.hosts(), "vnfs": await self.instances(),
+                "alarms": await self.alarms(active=True)}

@@ -8,9 +8,25 @@ teardown after an interrupted run finds everything by prefix alone)::
     netns T-h1:   mgmt0 (172.31.X.11/24) ─ veth T-h1m ─ T-mg: agent :8700, guard (UDP)
                   eth0 ─ veth T-h1 ─ T-br, in bridge br0 (no address)
                   └── veth nv… ── netns T-h1-<instance> (the VNF's eth0, its IP and MAC)
-    netns T-in:   mgmt0 (172.31.X.5) ─ T-i0m ─ T-mg: forwarder control API :8800
-                  eth0 (10.X.0.5/16 and the service addresses) ─ T-i0 ─ T-br
+    netns T-in1:  mgmt0 (172.31.X.5) ─ T-in1m ─ T-mg: forwarder in1, control API :8800,
+                  mirror stream :8801
+                  eth0 (10.X.0.5/16; service addresses and the upstream address while
+                  in1 is active) ─ T-in1 ─ T-br
+    netns T-in2:  mgmt0 (172.31.X.4) ─ T-in2m ─ T-mg: forwarder in2, the same ports
+                  eth0 (10.X.0.4/16; the same addresses while in2 is active) ─ T-in2 ─ T-br
     cgroup T/h1:  agent/ (the agent)   vnf/<instance>/ (each VNF)
+    cgroup T/forwarder-in1, T/forwarder-in2: each forwarder and its supervisor
+
+The two ingress hosts run the forwarder pair: one active, owning the service addresses
+and the pair's upstream address (10.X.0.3, the source VNFs see client flows from); the
+other standby, fed the active's flows and packet log over the mirror stream. The
+testbed configures neither kind of address: the active forwarder adds them, and the
+managers refuse them (and each ingress host's own data address) to VNFs. Each forwarder
+gets ``--id inK``, its peer's mirror address, every manager and a certificate naming it
+(``nfvha://forwarder/inK``), and runs supervised: killed, it is started again after
+``agent_restart_delay``, as agents are. With ``forwarders=1`` there is one ingress host,
+laid out as before pairs: netns ``T-in`` (mgmt .5, data .0.5, veths ``T-i0m`` and
+``T-i0``), cgroup ``T/forwarder``, no supervisor.
 
 With ``managers=N`` (3 or 5) the control plane is a cluster, each member on an
 emulated management host of its own, so that one member's power cut takes its etcd
@@ -36,7 +52,10 @@ of its own addresses on any interface. A VNF therefore reaches no control port.
 
 A host crash is a power loss: its uplinks are deleted first, so nothing it sends
 afterwards reaches anyone, then every process in its cgroup is killed; a management
-host's crash (``crash_manager_host``) is the same, etcd member included.
+host's crash (``crash_manager_host``) is the same, etcd member included, and so is an
+ingress host's (``crash_ingress_host``), forwarder and supervisor included. Powered on
+again, a host keeps the MACs of its addressed interfaces, as a real NIC does, so that
+its peers' ARP caches stay right.
 """
 
 from __future__ import annotations
@@ -67,13 +86,21 @@ from nfvha.store.etcd import ETCD_MEMBER_FLAGS
 from nfvha.vim.cgroups import CgroupDriver, CgroupLimits
 from nfvha.vim.hostnet import HostNetwork
 
-__all__ = ["AGENT_PORT", "ManagerHost", "Testbed", "TestbedHost"]
+__all__ = ["AGENT_PORT", "IngressHost", "ManagerHost", "Testbed", "TestbedHost"]
 
 log = logging.getLogger(__name__)
 
 AGENT_PORT = 8700
 MANAGER_PORT = 8600
 FORWARDER_PORT = 8800
+#: Where a forwarder of a pair takes its peer's mirror stream (management network).
+FORWARDER_MIRROR_PORT = 8801
+#: Forwarders: one ingress host (as before pairs) or an active/standby pair of them.
+FORWARDER_COUNTS = (1, 2)
+#: The last address octet of each ingress host of a pair, on both networks (in1 keeps
+#: the single forwarder's .5); .0.3 on the data network is the pair's upstream address.
+_INGRESS_OCTETS = {"in1": 5, "in2": 4}
+_UPSTREAM_OCTET = 3
 DEFAULT_SUBNET = "10.250.0.0/16"
 #: Removes a table whether or not it exists (nft < 1.0.8 has no ``destroy``), in one
 #: transaction with what follows: a table an interrupted run left is replaced, not added to.
@@ -147,6 +174,36 @@ class ManagerHost:
 
 
 @dataclass
+class IngressHost:
+    """An emulated ingress host: one steering forwarder, its control API and mirror
+    stream on the management network, its service addresses on the data network."""
+
+    id: str  # in1, in2: the forwarder's --id (a single forwarder is in1, run without one)
+    netns: str
+    mgmt_address: str
+    data_address: str  # its own; service and upstream addresses come and go beside it
+    url: str  # the forwarder's control API
+    cgroup: str
+    uplink: str  # root-side veth end on the data bridge
+    mgmt_uplink: str  # root-side veth end on the management bridge
+    label: str  # its log, logs/<label>.log
+    #: Where its supervisor writes the forwarder's pid ("": not supervised).
+    pidfile: str = ""
+    #: What the testbed started: the supervisor, or the forwarder when unsupervised.
+    pid: int | None = None
+    state: str = "up"  # up | down
+
+    @property
+    def uplinks(self) -> list[str]:
+        return [self.uplink, self.mgmt_uplink]
+
+    @property
+    def mirror_address(self) -> str:
+        """``HOST:PORT`` of its mirror stream listener (its peer's ``--peer``)."""
+        return f"{self.mgmt_address}:{FORWARDER_MIRROR_PORT}"
+
+
+@dataclass
 class Testbed:
     """A set of emulated hosts. ``up`` builds and starts, ``down`` removes everything."""
 
@@ -184,6 +241,10 @@ class Testbed:
     #: ``with_manager`` (without it, the management hosts run their etcd members only).
     managers: int = 1
     manager_hosts: dict[str, ManagerHost] = field(default_factory=dict)
+    #: With ``with_forwarder``: 2, a forwarder pair on two ingress hosts (in1, in2), or
+    #: 1, one forwarder on one ingress host (in1, laid out as before pairs).
+    forwarders: int = 2
+    ingress_hosts: dict[str, IngressHost] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 8 or not self.name.replace("-", "").isalnum():
@@ -213,6 +274,9 @@ class Testbed:
                               + why.get(self.managers, "an odd number of members, at most 5 "
                                         "(what fits between the ingress and the hosts)")
                               + "; use 1, 3 or 5")
+        if self.forwarders not in FORWARDER_COUNTS:
+            raise ConfigError(f"forwarders={self.forwarders}: use 1 (one forwarder) or 2 "
+                              "(an active/standby pair)")
 
     # -- names and addresses -------------------------------------------------------------
 
@@ -251,17 +315,58 @@ class Testbed:
         return f"{self._hosts_base + 256 + i}/{self.prefixlen}"
 
     @property
+    def paired(self) -> bool:
+        """A forwarder pair (``forwarders`` = 2) on two ingress hosts."""
+        return self.with_forwarder and self.forwarders == 2
+
+    @property
+    def ingress_ids(self) -> list[str]:
+        """The ingress hosts' ids: in1 and in2 for a pair, in1 alone for one forwarder
+        ([] without a forwarder)."""
+        if not self.with_forwarder:
+            return []
+        return list(_INGRESS_OCTETS)[:self.forwarders]
+
+    def _ingress_plan(self, ingress_id: str) -> IngressHost:
+        """Where ingress host ``ingress_id`` lives and what it is called (not its state).
+        A single forwarder keeps the names it had before pairs (netns ``T-in``)."""
+        octet = _INGRESS_OCTETS[ingress_id]
+        mgmt = str(self._mgmt_base + octet)
+        url = f"{self.scheme}://{mgmt}:{FORWARDER_PORT}"
+        data = str(self._hosts_base + octet)
+        if not self.paired:
+            return IngressHost(id=ingress_id, netns=f"{self.name}-in", mgmt_address=mgmt,
+                               data_address=data, url=url, cgroup=f"{self.name}/forwarder",
+                               uplink=f"{self.name}-i0", mgmt_uplink=f"{self.name}-i0m",
+                               label="forwarder")
+        label = f"forwarder-{ingress_id}"
+        return IngressHost(
+            id=ingress_id, netns=f"{self.name}-{ingress_id}", mgmt_address=mgmt,
+            data_address=data, url=url, cgroup=f"{self.name}/{label}",
+            uplink=f"{self.name}-{ingress_id}", mgmt_uplink=f"{self.name}-{ingress_id}m",
+            label=label, pidfile="" if self.agent_restart_delay is None
+            else str(self.dir / f"{label}.pid"))
+
+    @property
     def ingress_netns(self) -> str:
-        return f"{self.name}-in"
+        """in1's netns (the single forwarder's: ``T-in``)."""
+        return self._ingress_plan("in1").netns
 
     @property
     def ingress_address(self) -> str:
-        """The ingress host on the data network (service addresses are added beside it)."""
-        return str(self._hosts_base + 5)
+        """in1 on the data network (service addresses are added beside it)."""
+        return str(self._hosts_base + _INGRESS_OCTETS["in1"])
 
     @property
     def ingress_mgmt_address(self) -> str:
-        return str(self._mgmt_base + 5)
+        return str(self._mgmt_base + _INGRESS_OCTETS["in1"])
+
+    @property
+    def upstream_address(self) -> str:
+        """The forwarder pair's upstream address (data network, no prefix): the source
+        of every client flow towards the VNFs, held by whichever forwarder is active
+        and configured by it, not by the testbed."""
+        return str(self._hosts_base + _UPSTREAM_OCTET)
 
     @property
     def scheme(self) -> str:
@@ -269,7 +374,23 @@ class Testbed:
 
     @property
     def forwarder_url(self) -> str:
+        """in1's control API (the single forwarder's)."""
         return f"{self.scheme}://{self.ingress_mgmt_address}:{FORWARDER_PORT}"
+
+    @property
+    def forwarder_urls(self) -> dict[str, str]:
+        """Ingress id -> its forwarder's control API ({} without a forwarder)."""
+        return {i: self._ingress_plan(i).url for i in self.ingress_ids}
+
+    def ingress_host(self, ingress_id: str) -> IngressHost:
+        try:
+            return self.ingress_hosts[ingress_id]
+        except KeyError:
+            if not self.ingress_hosts:
+                raise ConfigError(f"testbed {self.name} runs no forwarder") from None
+            raise ConfigError(
+                f"no ingress host {ingress_id!r} in testbed {self.name} (ingress hosts: "
+                f"{', '.join(self.ingress_hosts)})") from None
 
     def service_address(self, i: int) -> str:
         """The i-th service address the forwarder owns (10.250.2.i by default)."""
@@ -381,8 +502,9 @@ class Testbed:
                          self.ca_file).client_context(present=role is not None)
 
     def _make_pki(self) -> None:
-        """The testbed's CA, and a certificate for the manager and the forwarder (agents
-        get theirs as their hosts are added)."""
+        """The testbed's CA, and a certificate for the manager and each forwarder (agents
+        get theirs as their hosts are added). A forwarder of a pair is known by its id
+        (``nfvha://forwarder/in1``); a single forwarder's certificate names none."""
         from nfvha.pki import init_ca
 
         ca = init_ca(self.pki_dir)
@@ -391,7 +513,10 @@ class Testbed:
         ca.issue("manager", ips=[*(self.manager_host_address(k)
                                    for k in range(1, self.managers + 1) if self.clustered),
                                  self.mgmt_gateway, "127.0.0.1"])
-        ca.issue("forwarder", ips=[self.ingress_mgmt_address])
+        if not self.paired:
+            ca.issue("forwarder", ips=[self.ingress_mgmt_address])
+        for i in self.ingress_ids if self.paired else []:
+            ca.issue("forwarder", host=i, ips=[self._ingress_plan(i).mgmt_address])
 
     def _issue_agent(self, h: TestbedHost) -> None:
         from nfvha.ha.liveness import write_key_file
@@ -446,8 +571,8 @@ class Testbed:
                                          address=f"{self.mgmt_gateway}/{self.mgmt_prefixlen}")
             await self.net.create_bridge(self.bridge, address=f"{self.gateway}/{self.prefixlen}")
             await self._separate(None, self.bridge)
-            if self.with_forwarder:
-                await self._add_ingress()
+            for ingress_id in self.ingress_ids:
+                await self._add_ingress_host(ingress_id)
             if self.with_manager:
                 self._add_operators()
             if self.clustered:
@@ -512,25 +637,53 @@ class Testbed:
                  f"    iifname \"{data_side}\" ip daddr {mgmt} counter drop\n  }}\n}}\n")
         await _nft(rules, netns)
 
-    async def _add_ingress(self) -> None:
-        """The ingress host: the steering forwarder owns service addresses there."""
-        ns = self.ingress_netns
-        await self.net.create_netns(ns)
-        await self.net.create_veth(f"{self.name}-i0m", f"{self.name}-i1m", peer_netns=ns,
+    async def _add_ingress_host(self, ingress_id: str) -> IngressHost:
+        """An ingress host and its forwarder, which owns the service addresses there
+        while it is active (a single forwarder: always)."""
+        g = self._ingress_plan(ingress_id)
+        self.ingress_hosts[g.id] = g
+        await self.net.create_netns(g.netns)
+        # The peer ends are made inside the netns under their final names; the names
+        # given for them here never exist (a single forwarder's are the ones it had).
+        mgmt_peer, data_peer = ((f"{self.name}-i1m", f"{self.name}-i1") if not self.paired
+                                else (f"{g.mgmt_uplink}p", f"{g.uplink}p"))
+        # Its MACs survive a power cycle, as a management host's do: the manager and the
+        # peer forwarder (management), the bridge's clients and the VNFs (data) keep
+        # right ARP entries for an ingress host powered on again.
+        await self.net.create_veth(g.mgmt_uplink, mgmt_peer, peer_netns=g.netns,
                                    peer_name_after_move=MGMT_IFNAME, master=self.mgmt_bridge,
-                                   peer_address=f"{self.ingress_mgmt_address}/"
-                                                f"{self.mgmt_prefixlen}")
-        await self.net.create_veth(f"{self.name}-i0", f"{self.name}-i1", peer_netns=ns,
+                                   peer_address=f"{g.mgmt_address}/{self.mgmt_prefixlen}",
+                                   peer_mac=_host_mac(g.mgmt_address))
+        await self.net.create_veth(g.uplink, data_peer, peer_netns=g.netns,
                                    peer_name_after_move="eth0", master=self.bridge,
-                                   peer_address=f"{self.ingress_address}/{self.prefixlen}")
-        await self._separate(ns, "eth0")
-        self.cgroups.cgroup(f"{self.name}/forwarder").create(CgroupLimits())
+                                   peer_address=f"{g.data_address}/{self.prefixlen}",
+                                   peer_mac=_host_mac(g.data_address))
+        await self._separate(g.netns, "eth0")
+        self.cgroups.cgroup(g.cgroup).create(CgroupLimits())
+        g.pid = self._start_forwarder(g)
+        return g
+
+    def _forwarder_argv(self, g: IngressHost) -> list[str]:
+        """``nfvha forwarder`` on ingress host ``g``; in a pair with its id, its peer's
+        mirror address, the upstream address and every manager (which arbitrate the
+        pair), under a supervisor that starts it again when it dies."""
         args = [sys.executable, "-m", "nfvha", "forwarder",
-                "--listen", f"{self.ingress_mgmt_address}:{FORWARDER_PORT}",
+                "--listen", f"{g.mgmt_address}:{FORWARDER_PORT}",
                 *([] if self.tls else ["--token-file", str(self.token_file)]),
-                *self.tls_files("forwarder"), "--interface", "eth0",
-                "--prefixlen", str(self.prefixlen)]
-        self._spawn(args, "forwarder", f"{self.name}/forwarder", ns)
+                *self.tls_files("forwarder", g.id if self.paired else None),
+                "--interface", "eth0", "--prefixlen", str(self.prefixlen)]
+        if not self.paired:
+            return args
+        peer = next(self._ingress_plan(i) for i in self.ingress_ids if i != g.id)
+        args += ["--id", g.id, "--mirror-listen", g.mirror_address,
+                 "--peer", peer.mirror_address, "--upstream-ip", self.upstream_address,
+                 *(["--manager", ",".join(self.manager_urls)] if self.with_manager else [])]
+        if g.pidfile and self.agent_restart_delay is not None:
+            return _supervised(args, g.pidfile, self.agent_restart_delay)
+        return args
+
+    def _start_forwarder(self, g: IngressHost) -> int:
+        return self._spawn(self._forwarder_argv(g), g.label, g.cgroup, g.netns)
 
     @property
     def fence_config(self) -> Path:
@@ -567,9 +720,16 @@ class Testbed:
             self._write_fence_config()
         reserved = [f"{self.gateway}=the testbed's data gateway",
                     *([f"{self.ingress_address}=the steering forwarder (its data side)"]
-                      if self.with_forwarder else []),
+                      if self.with_forwarder and not self.paired else []),
+                    *([f"{self._ingress_plan(i).data_address}=forwarder {i} (its data side)"
+                       for i in self.ingress_ids]
+                      + [f"{self.upstream_address}=the forwarder pair's upstream address"]
+                      if self.paired else []),
                     *(f"{m.data_address}=manager {m.member_id} (its data side)"
                       for m in self.manager_hosts.values())]
+        # A pair's members by id (id=URL,...); a single forwarder by its URL, as before.
+        forwarder = (",".join(f"{i}={u}" for i, u in self.forwarder_urls.items())
+                     if self.paired else self.forwarder_url)
         return [sys.executable, "-m", "nfvha", "manager", "--listen", listen, *store,
                 "--token-file", str(self.token_file), "--vnf-network", self.subnet,
                 *[arg for r in reserved for arg in ("--reserve-address", r)],
@@ -577,7 +737,7 @@ class Testbed:
                 *self.tls_files("manager"),
                 *(["--liveness-secret-file", str(self.pki_dir / "liveness.secret")]
                   if self.tls else []),
-                *(["--forwarder", self.forwarder_url] if self.with_forwarder else []),
+                *(["--forwarder", forwarder] if self.with_forwarder else []),
                 *(["--fence-config", str(self.fence_config)] if self.fencing else []),
                 *self.manager_args]
 
@@ -889,11 +1049,8 @@ class Testbed:
             *self.agent_args,
         ]
         if self.agent_restart_delay is not None:
-            from nfvha import _supervise
-
-            args = [sys.executable, "-S", _supervise.__file__,
-                    "--pidfile", str(self.agent_pidfile(h.host_id)),
-                    "--delay", str(self.agent_restart_delay), "--", *args]
+            args = _supervised(args, str(self.agent_pidfile(h.host_id)),
+                               self.agent_restart_delay)
         return args
 
     def agent_pidfile(self, host_id: str) -> Path:
@@ -996,14 +1153,9 @@ class Testbed:
     async def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=1.0, verify=self.client_context(None)) as client:
-            while self.with_forwarder:
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.forwarder_url}/healthz")).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise NfvhaError(f"forwarder did not answer at {self.forwarder_url}; its "
-                                     f"log ends:\n{_tail(self.log_dir / 'forwarder.log')}")
-                await asyncio.sleep(0.1)
+            for g in self.ingress_hosts.values():
+                if g.state == "up" and g.pid is not None:  # not the killed ones
+                    await self._wait_forwarder(client, g, deadline)
             managers = [(self.manager_url, "manager")] if not self.clustered else [
                 (m.url, f"manager-{m.member_id}") for m in self.manager_hosts.values()
                 if m.state == "up" and m.manager_pid is not None]  # not the killed ones
@@ -1029,6 +1181,17 @@ class Testbed:
                                          f"within {timeout:.0f}s ({_describe(h.agent_pid)}); "
                                          f"its log ends:\n{tail}")
                     await asyncio.sleep(0.1)
+
+    async def _wait_forwarder(self, client: httpx.AsyncClient, g: IngressHost,
+                              deadline: float) -> None:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"{g.url}/healthz")).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise NfvhaError(f"forwarder {g.id} did not answer at {g.url}; its log "
+                                 f"ends:\n{_tail(self.log_dir / f'{g.label}.log')}")
+            await asyncio.sleep(0.1)
 
     async def _wait_leader(self, deadline: float) -> None:
         """Until the managers name a leader: before that, nothing is protected."""
@@ -1082,6 +1245,149 @@ class Testbed:
         h.state = "partitioned" if cut else "up"
         self._save()
 
+    # -- the forwarders, on the ingress hosts ----------------------------------------------
+
+    async def pair_views(self, *, transport: httpx.AsyncBaseTransport | None = None,
+                         ) -> dict[str, dict[str, Any] | str]:
+        """``GET /v1/pair`` of each forwarder whose host is up, by ingress id: its answer
+        (``id``, ``role``, ``term``...), or why there is none. Asked as the manager
+        (its certificate; the token without TLS), whom the forwarders answer."""
+        up = [g for g in self.ingress_hosts.values() if g.state == "up"]
+        headers = {} if self.tls else {"Authorization": f"Bearer {self.token}"}
+        async with httpx.AsyncClient(timeout=2.0, verify=self.client_context("manager"),
+                                     headers=headers, transport=transport) as client:
+
+            async def ask(g: IngressHost) -> dict[str, Any] | str:
+                try:
+                    r = await client.get(f"{g.url}/v1/pair")
+                except httpx.HTTPError as exc:
+                    return type(exc).__name__
+                if r.status_code != 200:
+                    return f"answered {r.status_code}"
+                try:
+                    view = r.json()
+                except ValueError:
+                    return "answered no JSON"
+                return view if isinstance(view, dict) else "answered no JSON object"
+
+            answers = await asyncio.gather(*(ask(g) for g in up))
+        return {g.id: a for g, a in zip(up, answers, strict=True)}
+
+    async def active_forwarder(self, *, transport: httpx.AsyncBaseTransport | None = None,
+                               ) -> str | None:
+        """The id of the forwarder that says it is active (of two that say so, the one
+        of the higher term: the other was deposed and has not heard yet); None while
+        none does."""
+        return _active_member(await self.pair_views(transport=transport))
+
+    async def _forwarder_named(self, which: str) -> str:
+        """The ingress id ``which`` names: an id, or the forwarder now ``active`` or
+        ``standby`` (a single forwarder is the active one)."""
+        if which in self.ingress_hosts:
+            return which
+        if which not in ("active", "standby"):
+            raise ConfigError(f"no forwarder {which!r} in testbed {self.name}: name one of "
+                              f"{', '.join([*self.ingress_hosts, 'active', 'standby'])}")
+        if not self.paired:
+            if which == "standby" or not self.ingress_hosts:
+                raise ConfigError(f"testbed {self.name} runs "
+                                  + ("one forwarder, which has no standby (a pair: `nfvha up "
+                                     "--forwarders 2`)" if self.ingress_hosts
+                                     else "no forwarder"))
+            return next(iter(self.ingress_hosts))
+        views = await self.pair_views()
+        found = _active_member(views) if which == "active" else next(
+            (i for i, v in views.items() if isinstance(v, dict) and v.get("role") == "standby"),
+            None)
+        if found is None:
+            said = "; ".join(f"{i}: {v.get('role') if isinstance(v, dict) else v}"
+                             for i, v in views.items()) or "no ingress host is up"
+            raise NfvhaError(f"no forwarder says it is {which} ({said}); name one: "
+                             f"{', '.join(self.ingress_hosts)}")
+        return found
+
+    def _up_ingress_host(self, ingress_id: str) -> IngressHost:
+        g = self.ingress_host(ingress_id)
+        if g.state != "up":
+            raise ConfigError(f"ingress host {ingress_id} is {g.state}; power it on "
+                              "(`restore_ingress_host`, `nfvha inject crash-ingress-host "
+                              f"{ingress_id} --heal`)")
+        return g
+
+    def forwarder_process(self, ingress_id: str) -> int:
+        """The pid of the forwarder process itself (not its supervisor)."""
+        g = self._up_ingress_host(ingress_id)
+        if not g.pidfile:
+            if g.pid is None:
+                raise ConfigError(f"{ingress_id}: no forwarder is running there")
+            return g.pid
+        try:
+            return int(Path(g.pidfile).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{ingress_id}: no forwarder pid ({exc})") from exc
+
+    async def kill_forwarder(self, which: str = "active") -> tuple[str, int]:
+        """SIGKILL a forwarder process: ``which`` is an ingress id, or ``active`` or
+        ``standby`` as the forwarders say (``pair_views``). Its supervisor starts it
+        again after ``agent_restart_delay``; an unsupervised one (a single forwarder)
+        stays dead until `start_forwarder`. Returns the ingress id and the pid killed."""
+        ingress_id = await self._forwarder_named(which)
+        g = self._up_ingress_host(ingress_id)
+        pid = self.forwarder_process(ingress_id)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            raise NfvhaError(f"{ingress_id}: its forwarder (pid {pid}) is not running"
+                             + ("; its supervisor starts it again shortly" if g.pidfile
+                                else "")) from None
+        if not g.pidfile:
+            g.pid = None
+            self._save()
+        return ingress_id, pid
+
+    async def start_forwarder(self, ingress_id: str, timeout: float = 30.0) -> int:
+        """Start the forwarder of an ingress host that is up but runs none (an
+        unsupervised one killed); returns what was started once it answers."""
+        g = self._up_ingress_host(ingress_id)
+        if self.cgroups.cgroup(g.cgroup).pids():
+            raise ConfigError(f"{ingress_id}: its forwarder is running"
+                              + (" (supervised: killed, it is started again by itself)"
+                                 if g.pidfile else "; kill it first"))
+        g.pid = self._start_forwarder(g)
+        self._save()
+        async with httpx.AsyncClient(timeout=1.0, verify=self.client_context(None)) as client:
+            await self._wait_forwarder(client, g, time.monotonic() + timeout)
+        return g.pid
+
+    async def crash_ingress_host(self, ingress_id: str) -> None:
+        """Power loss of an ingress host: its links are cut first, so nothing its
+        forwarder sends while dying (a last mirror record, a gratuitous ARP) reaches
+        anyone, then every process of it is killed, supervisor included."""
+        g = self.ingress_host(ingress_id)
+        for link in g.uplinks:
+            await self.net.delete_link(link)
+        await asyncio.to_thread(self.cgroups.cgroup(g.cgroup).kill_all)
+        g.state = "down"
+        g.pid = None
+        self._save()
+
+    async def restore_ingress_host(self, ingress_id: str, timeout: float = 30.0) -> None:
+        """Power a crashed ingress host back on: the same addresses and MACs, its
+        separation table, its forwarder (supervised) started again; returns once the
+        forwarder answers. Its service and upstream addresses are not: they are the
+        pair's, for the forwarder to take or leave."""
+        g = self.ingress_host(ingress_id)
+        if g.state == "up":
+            raise ConfigError(f"ingress host {ingress_id} is up; crash it first")
+        await self.net.delete_netns(g.netns)
+        for link in g.uplinks:
+            await self.net.delete_link(link)
+        await asyncio.to_thread(self.cgroups.cgroup(g.cgroup).delete)
+        g = await self._add_ingress_host(ingress_id)
+        self._save()
+        async with httpx.AsyncClient(timeout=1.0, verify=self.client_context(None)) as client:
+            await self._wait_forwarder(client, g, time.monotonic() + timeout)
+
     async def down(self) -> None:
         """Remove everything named after this testbed; safe after failures and interrupts."""
         errors: list[str] = []
@@ -1124,6 +1430,7 @@ class Testbed:
         _unmount_below(self.dir)  # a CRIU dump killed mid-way leaves its proc mount
         shutil.rmtree(self.dir, ignore_errors=True)
         self.hosts.clear()
+        self.ingress_hosts.clear()
         if errors:
             raise NfvhaError(f"testbed {self.name} teardown incomplete: " + "; ".join(errors))
 
@@ -1137,6 +1444,8 @@ class Testbed:
                 "with_forwarder": self.with_forwarder, "tls": self.tls,
                 "token_file": str(self.token_file), "managers": self.managers,
                 "manager_hosts": {k: asdict(v) for k, v in self.manager_hosts.items()},
+                "forwarders": self.forwarders,
+                "ingress_hosts": {k: asdict(v) for k, v in self.ingress_hosts.items()},
                 "hosts": {k: asdict(v) for k, v in self.hosts.items()}}
         tmp = self.dir / "testbed.json.tmp"
         tmp.write_text(json.dumps(data, indent=2))
@@ -1152,7 +1461,8 @@ class Testbed:
                               "start one with `nfvha up` or `nfvha testbed up`") from exc
         tb = cls(name=name, state_dir=state_dir, subnet=data["subnet"],
                  mgmt_subnet=data.get("mgmt_subnet"), tls=data.get("tls", False),
-                 managers=data.get("managers", 1))
+                 managers=data.get("managers", 1),
+                 forwarders=data.get("forwarders", 1))  # saved before pairs: one
         tb.manager_hosts = {k: ManagerHost(**v)
                             for k, v in data.get("manager_hosts", {}).items()}
         tb.n_hosts = data["n_hosts"]
@@ -1162,6 +1472,10 @@ class Testbed:
         tb.agent_restart_delay = data.get("agent_restart_delay")
         tb.fencing = data.get("fencing", False)
         tb.hosts = {k: TestbedHost(**v) for k, v in data["hosts"].items()}
+        tb.ingress_hosts = {k: IngressHost(**v)
+                            for k, v in data.get("ingress_hosts", {}).items()}
+        if tb.with_forwarder and not tb.ingress_hosts:  # saved before ingress hosts were
+            tb.ingress_hosts = {i: tb._ingress_plan(i) for i in tb.ingress_ids}
         tb.token = tb.token_file.read_text().strip()
         for attr, path in (("operator_token", tb.operator_token_file),
                            ("viewer_token", tb.viewer_token_file)):
@@ -1181,6 +1495,9 @@ class Testbed:
                              for m in self.manager_hosts.values()],
                 "store_url": self.store_url if self.clustered else None,
                 "forwarder_url": self.forwarder_url if self.with_forwarder else None,
+                "forwarder_urls": self.forwarder_urls,
+                "upstream_address": self.upstream_address if self.paired else None,
+                "ingress_hosts": [asdict(g) for g in self.ingress_hosts.values()],
                 "token_file": str(self.token_file),
                 "operator_token_file": str(self.operator_token_file)
                 if self.with_manager else None,
@@ -1217,6 +1534,29 @@ async def _nft(rules: str, netns: str | None, timeout: float = 10.0) -> None:
                          f"{timeout:g}s") from None
     if proc.returncode != 0:
         raise NfvhaError(f"nft in {netns or 'the root netns'}: {err.decode().strip()}")
+
+
+def _active_member(views: dict[str, dict[str, Any] | str]) -> str | None:
+    """The member whose view says it is active, of the highest term if several do."""
+    active = [(_term(v), i) for i, v in views.items()
+              if isinstance(v, dict) and v.get("role") == "active"]
+    return max(active)[1] if active else None
+
+
+def _term(view: dict[str, Any]) -> int:
+    try:
+        return int(view.get("term") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _supervised(args: list[str], pidfile: str, delay: float) -> list[str]:
+    """``args`` under ``nfvha/_supervise.py``: started again ``delay`` s after it dies,
+    its pid in ``pidfile`` each time (fault injection kills the daemon, not this)."""
+    from nfvha import _supervise
+
+    return [sys.executable, "-S", _supervise.__file__, "--pidfile", pidfile,
+            "--delay", str(delay), "--", *args]
 
 
 def _host_mac(address: str) -> str:

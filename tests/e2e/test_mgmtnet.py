@@ -1,8 +1,8 @@
 """A VNF reaches no control port: the management network is apart from the data network.
 
-A real VNF is deployed on a testbed with manager and forwarder; from its network
+A real VNF is deployed on a testbed with manager and forwarder pair; from its network
 namespace a probe tries every control port (manager HTTP and UDP, each agent, each lease
-guard, the forwarder's API), first as the VNF's routes stand, then as a hostile VNF
+guard, each forwarder's API), first as the VNF's routes stand, then as a hostile VNF
 would (it is root in its netns): routing each management address through the netns on
 the data network that holds it. Nothing may answer. The same probe run from the
 management side, and towards a listener on the data network from the VNF, must get
@@ -167,8 +167,9 @@ def test_a_vnf_reaches_no_control_port_and_the_management_side_reaches_all(
                 for phase in ("plain", "hostile", "mgmt")}
 
     mgr_ip = tb.mgmt_gateway
-    fwd_ip = tb.ingress_mgmt_address
-    tcp = [[mgr_ip, 8600, "manager"], [fwd_ip, 8800, "forwarder"],
+    fwds = list(tb.ingress_hosts.values())  # a pair: in1 and in2
+    tcp = [[mgr_ip, 8600, "manager"],
+           *([g.mgmt_address, 8800, f"forwarder {g.id}"] for g in fwds),
            *([h.address, 8700, f"agent {h.host_id}"] for h in tb.hosts.values())]
     udp = [[mgr_ip, 8600, "manager udp", datagrams("hb", "manager")],
            *([h.address, 8700, f"guard {h.host_id}", datagrams("ping", h.host_id)]
@@ -176,7 +177,8 @@ def test_a_vnf_reaches_no_control_port_and_the_management_side_reaches_all(
     # The hostile VNF's next hop to each address: the netns on the data network that
     # holds it (the root's and the ingress's data addresses; for a host, a made-up
     # neighbour with the MAC of its br0, since it has no data address to route to).
-    routes: list[list[Any]] = [[mgr_ip, tb.gateway, None], [fwd_ip, tb.ingress_address, None]]
+    routes: list[list[Any]] = [[mgr_ip, tb.gateway, None],
+                               *([g.mgmt_address, g.data_address, None] for g in fwds)]
     for i, h in enumerate(tb.hosts.values()):
         routes.append([h.address, str(data.broadcast_address - 10 - i), _mac(h.netns, "br0")])
 
@@ -201,7 +203,8 @@ def test_a_vnf_reaches_no_control_port_and_the_management_side_reaches_all(
                         "routes": [], "timeout": 2.0}, None)["plain"]
     assert all(v in ANSWERED for v in from_mgmt.values()), from_mgmt
     auth = {"Authorization": f"Bearer {tb.token}"}
-    for url in [tb.manager_url, tb.forwarder_url, *(h.url for h in tb.hosts.values())]:
+    for url in [tb.manager_url, *tb.forwarder_urls.values(),
+                *(h.url for h in tb.hosts.values())]:
         assert httpx.get(f"{url}/healthz", headers=auth, timeout=5,
                          verify=tb.client_context(None)).status_code == 200, url
     # And the VNF is still served on the data network.
