@@ -179,7 +179,8 @@ def test_each_forwarder_of_a_pair_knows_its_id_its_peer_and_the_managers(
     fwd = plain._forwarder_argv(plain._ingress_plan("in1"))
     assert fwd[1:4] == ["-m", "nfvha", "forwarder"]  # no supervisor asked for
     assert _opt(fwd, "--token-file") == str(plain.token_file) and "--tls-cert" not in fwd
-    assert "--manager" not in fwd  # no manager in that testbed
+    # Even with no manager running yet: the pair names its active only through them.
+    assert _opt(fwd, "--manager") == ",".join(plain.manager_urls)
     assert plain._ingress_plan("in1").pidfile == ""
 
 

@@ -677,7 +677,9 @@ class Testbed:
         peer = next(self._ingress_plan(i) for i in self.ingress_ids if i != g.id)
         args += ["--id", g.id, "--mirror-listen", g.mirror_address,
                  "--peer", peer.mirror_address, "--upstream-ip", self.upstream_address,
-                 *(["--manager", ",".join(self.manager_urls)] if self.with_manager else [])]
+                 # Always: a pair without its managers would never name an active one (a
+                 # bed started without them starts them later at these URLs).
+                 "--manager", ",".join(self.manager_urls)]
         if g.pidfile and self.agent_restart_delay is not None:
             return _supervised(args, g.pidfile, self.agent_restart_delay)
         return args

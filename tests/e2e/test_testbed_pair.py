@@ -17,8 +17,10 @@ import contextlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -78,6 +80,19 @@ def _pids(tb: Testbed, cgroup: str) -> list[int]:
     return tb.cgroups.cgroup(cgroup).pids()
 
 
+def _until_pair(tb: Testbed, timeout: float = 15.0) -> dict[str, dict[str, Any]]:
+    """The members' views once one is active and the other follows it in sync."""
+    deadline = time.monotonic() + timeout
+    while True:
+        views = asyncio.run(tb.pair_views())
+        roles = {k: v for k, v in views.items() if isinstance(v, dict)}
+        if sorted(v.get("role") for v in roles.values()) == ["active", "standby"] and \
+                all(v.get("in_sync") or v.get("standby_in_sync") for v in roles.values()):
+            return roles
+        assert time.monotonic() < deadline, f"no pair in sync: {views}"
+        time.sleep(0.2)
+
+
 def test_two_ingress_hosts_each_run_a_forwarder_told_of_its_peer(tb: Testbed) -> None:
     assert list(tb.ingress_hosts) == ["in1", "in2"]
     in1, in2 = tb.ingress_hosts["in1"], tb.ingress_hosts["in2"]
@@ -87,9 +102,11 @@ def test_two_ingress_hosts_each_run_a_forwarder_told_of_its_peer(tb: Testbed) ->
         assert g.state == "up" and _healthy(tb, g.id)
         addrs = _addrs(g.netns)
         assert addrs["mgmt0"] == f"{g.mgmt_address}/{tb.mgmt_prefixlen}"
-        # Its own data address only: service and upstream addresses are the active
-        # forwarder's to add, none of the testbed's.
-        assert addrs["eth0"] == f"{g.data_address}/{tb.prefixlen}"
+        # Its own data address first (the primary, which the kernel names in its own ARP
+        # requests), then the pair's upstream address, which each forwarder configures
+        # itself and only the active one answers ARP for.
+        assert addrs["eth0"] == f"{g.data_address}/{tb.prefixlen} " \
+                                f"{tb.upstream_address}/{tb.prefixlen}"
         assert _mac(g.netns, "mgmt0") == _host_mac(g.mgmt_address)
         assert _mac(g.netns, "eth0") == _host_mac(g.data_address)
         # The forwarder itself (its pidfile's pid), a child of its supervisor, in the
@@ -103,7 +120,10 @@ def test_two_ingress_hosts_each_run_a_forwarder_told_of_its_peer(tb: Testbed) ->
         assert argv[argv.index("--upstream-ip") + 1] == tb.upstream_address
         assert argv[argv.index("--manager") + 1] == ",".join(tb.manager_urls)
         assert argv[argv.index("--tls-cert") + 1].endswith(f"/forwarder-{g.id}.pem")
-    assert tb.upstream_address not in json.dumps([_addrs(g.netns) for g in (in1, in2)])
+    # One of them active, the other its standby in sync, both in the same term.
+    views = _until_pair(tb)
+    assert sorted(v["role"] for v in views.values()) == ["active", "standby"]
+    assert asyncio.run(tb.active_forwarder()) in ("in1", "in2")
     mgr = _cmdline(tb.manager_pid or 0)
     assert mgr[mgr.index("--forwarder") + 1] == f"in1={in1.url},in2={in2.url}"
     assert Testbed.load(tb.name, tb.state_dir).ingress_hosts == tb.ingress_hosts
@@ -136,7 +156,7 @@ def test_an_ingress_hosts_power_cut_and_power_on(tb: Testbed) -> None:
     g = tb.ingress_hosts["in2"]
     assert g.state == "up" and _healthy(tb, "in2")
     assert {ifname: _mac(g.netns, ifname) for ifname in ("mgmt0", "eth0")} == macs
-    assert _addrs(g.netns)["eth0"] == f"{g.data_address}/{tb.prefixlen}"
+    assert _addrs(g.netns)["eth0"].split()[0] == f"{g.data_address}/{tb.prefixlen}"
     assert tb.forwarder_process("in2") != before
     assert all(asyncio.run(tb.net.link_exists(link)) for link in g.uplinks)
     with pytest.raises(ConfigError, match="in2 is up; crash it first"):

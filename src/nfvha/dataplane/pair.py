@@ -182,9 +182,11 @@ class PairMember:
     async def start(self) -> None:
         """Configure the upstream address, take ARP over, listen for a mirror stream and
         start as standby (the managers say whether there is an active to follow)."""
-        await self._ensure_address(self.upstream_ip)
+        # ARP first: from here on the kernel answers for no address of the interface, so
+        # the floating ones configured next are answered by this process alone.
         self.arp.start()
         self.arp.set_floating([self.upstream_ip])
+        await self._ensure_address(self.upstream_ip)
         self._server = await asyncio.start_server(
             self._accept, self.mirror_listen[0], self.mirror_listen[1], ssl=self.server_tls)
         self._main = asyncio.create_task(self._run())
