@@ -16,11 +16,12 @@ test: deps
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# The fencing faults of tests/e2e/test_fencing.py and the manager cluster's leader faults
-# of tests/e2e/test_manager_cluster.py, 20 repetitions each (make test: one and two).
+# The fencing faults of tests/e2e/test_fencing.py, the manager cluster's leader faults of
+# tests/e2e/test_manager_cluster.py and the forwarder pair's takeovers of
+# tests/e2e/test_forwarder_pair.py, 20 repetitions each (make test: one or two).
 SOAK_REPS ?= 20
 soak: deps
-	NFVHA_REPS=$(SOAK_REPS) NFVHA_CLUSTER_REPS=$(SOAK_REPS) $(PY) -m pytest -q -s -p no:cacheprovider tests/e2e/test_fencing.py tests/e2e/test_manager_cluster.py $(PYTEST_ARGS)
+	NFVHA_REPS=$(SOAK_REPS) NFVHA_CLUSTER_REPS=$(SOAK_REPS) NFVHA_PAIR_REPS=$(SOAK_REPS) $(PY) -m pytest -q -s -p no:cacheprovider tests/e2e/test_fencing.py tests/e2e/test_manager_cluster.py tests/e2e/test_forwarder_pair.py $(PYTEST_ARGS)
 
 # Schemathesis against the three APIs with more examples per operation (make test: 10).
 FUZZ_EXAMPLES ?= 200

@@ -254,6 +254,10 @@ async def test_the_standby_takes_over_with_the_flows_ports_log_and_reply_counts(
         assert await _exchange(client, pair.service, 5) == list(range(26, 31))
         assert {s[1] for s in pair.vnf.sources[-5:]} == {upstream_port}
 
+        # A replay from before the takeover's position is flagged until a checkpoint is
+        # committed through the new active (its log may lack the old one's last ones).
+        assert new.fwd.services["v"].takeover_at == 25
+
         # The VNF fails and is restored from the cut: the replay brings it to 30 again,
         # and the 10 replies it sends again (already relayed, 5 by each forwarder) are
         # suppressed: the client sees none of them.
@@ -265,6 +269,8 @@ async def test_the_standby_takes_over_with_the_flows_ports_log_and_reply_counts(
             client.recv(100)
         assert pair.vnf.count == 30
         assert await _exchange(client, pair.service, 1) == [31]
+        new.fwd.services["v"].commit(31)
+        assert new.fwd.services["v"].takeover_at is None
         print(f"\ntakeover in {took * 1000:.0f} ms: {new.last_takeover}")
     finally:
         client.close()
@@ -305,3 +311,30 @@ async def test_an_active_that_loses_every_acknowledgement_stops_forwarding(
     owner = await pair.active()
     assert sum(p.owning() for p in pair.members.values()) == 1
     assert owner.term > 0
+
+
+async def test_a_lapsed_lease_renewed_in_time_costs_delay_not_datagrams(
+        pair: _Pair) -> None:
+    """The active's lease lapses (as when its loop stalls or its acknowledgements come
+    late): it reads and sends nothing until a beat is acknowledged again, the kernel
+    keeping what arrives; then every datagram is delivered, in order, and it stays active."""
+    first = await pair.active()
+    standby = pair.other(first)
+    await _in_sync(first, standby)
+    svc = await first.fwd.add(ServiceSpec(name="v", listen=pair.service,
+                                          target=pair.vnf_addr))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    try:
+        term = first.term
+        first.lease_until = time.monotonic() - 0.001  # lapsed: as after a stall
+        for i in range(200):
+            client.sendto(b"%d" % i, pair.service)
+        await _until(lambda: first.renewals >= 1 and first.owning(), timeout=2.0,
+                     what="the renewal")
+        await _until(lambda: pair.vnf.count == 200, timeout=3.0, what="all 200 delivered")
+        assert svc.stats["dropped_not_owner"] == 0 and first.demotions == 0
+        assert first.term == term and first.role is Role.ACTIVE
+        assert svc.position == 200
+    finally:
+        client.close()

@@ -160,7 +160,8 @@ async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
                  managers=3)
     con.rule("[bold]nfvha demo[/]")
     con.print("3 emulated hosts, a cluster of 3 HA managers on etcd (each on its own "
-              "management host), the steering forwarder; two flow monitors "
+              "management host), a pair of steering forwarders (active and standby, each on "
+              "an ingress host); two flow monitors "
               "(one with packet log and replay) and a UDP NAT under traffic; checkpoints every "
               f"{interval:.1f} s")
     with contextlib.suppress(Exception):
@@ -205,7 +206,10 @@ async def run_demo(keep: bool = False, interval: float = 1.0) -> int:
                           "kill-agent-for-good"),
                          ("power loss of the leader manager's host, then kill -9 the flow "
                           "monitor 100 ms later", "flowmon", "leader-loss-then-kill"),
-                         ("power loss of the NAT's host (fenced)", "udpnat", "crash")]
+                         ("power loss of the NAT's host (fenced)", "udpnat", "crash"),
+                         ("power loss of the active forwarder's ingress host (the flow "
+                          "monitor with replay behind it)", "flowmon-replay",
+                          "crash-forwarder")]
             for title, kind, fault in scenarios:
                 await asyncio.sleep(interval * 2.5)  # traffic, and checkpoints of it
                 row = await _inject(con, m, tb, title, kind, fault, clients_by[kind])
@@ -239,6 +243,8 @@ async def _inject(con: Console, m: AsyncManagerClient, tb: Testbed, title: str, 
     v = await m.instance(kind)
     con.print(f"[yellow]>>[/] {title} (on {v['host']})")
     t0 = time.time()
+    if fault == "crash-forwarder":
+        return await _forwarder_takeover(con, tb, title, kind, client, t0)
     if fault == "kill-agent":
         # Its supervisor restarts it; the new agent adopts the VNF within the grace.
         await tb.kill_agent(v["host"])
@@ -317,6 +323,48 @@ async def _inject(con: Console, m: AsyncManagerClient, tb: Testbed, title: str, 
             f"{(ts['detected'] - t0) * 1000:.0f} ms",
             f"{(ts['restored'] - ts['decided']) * 1000:.0f} ms",
             f"{client.downtime_since(t0) * 1000:.0f} ms", state]
+
+
+async def _forwarder_takeover(con: Console, tb: Testbed, title: str, kind: str,
+                              client: Client, t0: float) -> list[str]:
+    """The active forwarder's host loses power: its standby takes the service addresses
+    over; the VNF behind them is not touched (no heal), and what was in flight is lost."""
+    old = await tb.active_forwarder()
+    if old is None:
+        return [title, "no active forwarder", "-", "-", "-", "-"]
+    client.paused.set()  # a quiet moment: what was sent before has arrived
+    await asyncio.sleep(0.3)
+    with client.lock:
+        before = client.sent
+    counted_before = _counted(client, kind)
+    client.paused.clear()
+    await asyncio.sleep(0.5)
+    t0 = time.time()
+    t_lost = time.monotonic()
+    await tb.crash_ingress_host(old)
+    new = None
+    while new in (None, old) and time.monotonic() - t_lost < 10:
+        await asyncio.sleep(0.02)
+        new = await tb.active_forwarder()
+    took = (time.monotonic() - t_lost) * 1000
+    await asyncio.sleep(0.5)  # let the probe see it answering again
+    client.paused.set()
+    await asyncio.sleep(0.3)
+    with client.lock:
+        sent = client.sent
+    counted = _counted(client, kind)
+    client.paused.clear()
+    if new in (None, old):
+        return [title, "no takeover within 10 s", "-", "-", "-", "-"]
+    con.print(f"   forwarder {old} lost; {new} active {took:.0f} ms later (ARP announced; "
+              "flows, log and reply counts were mirrored to it); powering "
+              f"{old} on again as its standby")
+    await tb.restore_ingress_host(old)
+    lost = "?" if counted is None or counted_before is None else \
+        str((sent - before) - (counted - counted_before))
+    return [title, f"forwarder {new} took over", f"{took:.0f} ms (to active)", "-",
+            f"{client.downtime_since(t0) * 1000:.0f} ms",
+            f"{counted}/{sent} counted: {lost} in flight lost at the takeover"]
 
 
 async def _heals(m: AsyncManagerClient, kind: str) -> list[dict[str, Any]]:

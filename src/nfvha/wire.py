@@ -546,3 +546,6 @@ class ReplayResult(BaseModel):
     replay_ms: float = Field(ge=0)
     held_ms: float = Field(ge=0)
     pacing: ReplayPacing | None = None
+    #: The replay started before the position at which this forwarder took over from
+    #: its pair's old active: what that one delivered last, unmirrored, may be missing.
+    across_takeover: int | None = None

@@ -183,8 +183,10 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
                            position=gap.position, oldest=gap.oldest)
         replay_s = time.monotonic() - t0
         held = svc.release()
+        across = svc.takeover_at if svc.takeover_at is not None \
+            and body.position < svc.takeover_at else None
         return ReplayResult(replayed=n, replay_ms=replay_s * 1000, held_ms=held * 1000,
-                            pacing=svc.last_pacing)
+                            pacing=svc.last_pacing, across_takeover=across)
 
     @app.post("/v1/services/{name}/reset", dependencies=mutate)
     async def reset(name: str) -> ReleaseResult:

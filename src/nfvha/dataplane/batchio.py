@@ -257,6 +257,16 @@ class BatchSocket:
 
     # -- reading ------------------------------------------------------------------------
 
+    def pause_reading(self) -> None:
+        """Leave datagrams in the kernel's buffer (the socket is not read) until
+        ``resume_reading``."""
+        if not self._closed:
+            self.loop.remove_reader(self.fd)
+
+    def resume_reading(self) -> None:
+        if not self._closed:
+            self.loop.add_reader(self.fd, self._readable)
+
     def _readable(self) -> None:
         rx = self.rx
         for _ in range(_READS_PER_WAKEUP):

@@ -295,7 +295,17 @@ class Service:
     # In a forwarder pair: the standby's mirror (on the active), and whether this
     # forwarder may forward now (its lease; a standby's services have no sockets at all).
     sink: MirrorSink | None = None
-    gate: Callable[[], bool] | None = None
+    # True: forward; False: drop (not the owner); None: hold on (the pair's active
+    # renewing a lapsed lease: what was read is kept, the sockets are paused).
+    gate: Callable[[], bool | None] | None = None
+    # The position at which this forwarder took over from its pair's old active (None:
+    # none since the last commit past it): a replay from before it may lack what the old
+    # one delivered last without mirroring it.
+    takeover_at: int | None = None
+    # Nothing read or sent while set (``Forwarder.pause``): the pair's active renewing a
+    # lapsed lease; the kernel's socket buffers keep what arrives meanwhile.
+    paused: bool = False
+    _paused_replies: list[tuple[_Flow, list[bytes]]] = field(default_factory=list)
 
     @property
     def log_bytes(self) -> int:
@@ -307,10 +317,11 @@ class Service:
     def on_client(self, client: Addr, data: bytes) -> None:
         """One datagram from a client (or, in a chain, from the previous VNF)."""
         self.stats["rx"] += 1
-        if self.gate is not None and not self.gate():
+        gate = True if self.gate is None else self.gate()
+        if gate is False:
             self.stats["dropped_not_owner"] += 1
             return
-        if self.held or self.queue:
+        if self.held or self.queue or gate is None:
             self.queue.append((client, data))
             return
         self._deliver(client, data)
@@ -320,12 +331,13 @@ class Service:
         one client's datagrams in a row is logged and sent in one call, runs in arrival
         order, so that the VNF receives them in the log's order."""
         self.stats["rx"] += n
-        if self.gate is not None and not self.gate():
+        gate = True if self.gate is None else self.gate()
+        if gate is False:
             self.stats["dropped_not_owner"] += n
             return
         lens = rx.lengths(n)
         sources = rx.sources(n)
-        if self.held or self.queue:
+        if self.held or self.queue or gate is None:
             self.queue.extend(zip(sources, [bytes(rx.payload(i, ln))
                                             for i, ln in enumerate(lens)], strict=True))
             return
@@ -415,8 +427,14 @@ class Service:
 
     def on_reply_batch(self, flow: _Flow, rx: RecvBuffers, n: int) -> None:
         """Replies of the VNF to one flow, in ``rx``'s first ``n`` slots."""
-        if self.gate is not None and not self.gate():
+        gate = True if self.gate is None else self.gate()
+        if gate is False:
             self.stats["dropped_not_owner"] += n
+            return
+        if gate is None:  # kept for the resume, handled then as they arrived
+            lens = rx.lengths(n)
+            self._paused_replies.append((flow, [bytes(rx.payload(i, lens[i]))
+                                                for i in range(n)]))
             return
         self.stats["replies"] += n
         skip = min(flow.suppress, n)
@@ -443,6 +461,26 @@ class Service:
         for i in range(skip, n):
             self._send_reply(flow, bytes(rx.payload(i, lens[i])))
 
+    def on_replies(self, flow: _Flow, datas: list[bytes]) -> None:
+        """Replies of the VNF to one flow, as bytes (those kept while paused): counted,
+        suppressed and relayed as ``on_reply_batch`` does."""
+        n = len(datas)
+        self.stats["replies"] += n
+        skip = min(flow.suppress, n)
+        if self.sink is not None:
+            self.sink.replies(self.spec.name, flow.client, n - skip, skip)
+        if skip:
+            flow.suppress -= skip
+            self.stats["replies_suppressed"] += skip
+        for counts in self.cuts.values():
+            counts[flow.client] = counts.get(flow.client, 0) + n - skip
+        if self.spec.exactly_once:
+            at = self.next_seq - 1
+            self.pending_replies.extend((at, flow, d) for d in datas[skip:])
+            return
+        for d in datas[skip:]:
+            self._send_reply(flow, d)
+
     def _send_reply(self, flow: _Flow, data: bytes) -> None:
         if self.downstream is not None:
             self.downstream.on_client(flow.client, data)  # the next VNF logs it as input
@@ -458,25 +496,26 @@ class Service:
         buffer would be dropped there, after it was logged as delivered. After a replay,
         the replay's pacer paces them too (the VNF is still just restored)."""
         pace = _Pace(self.spec.pace_pps)
-        while self.queue and not self.held:
+        while self.queue and not self.held and not self.paused:
             paced = self._paced if self._after_replay else None
             if paced is not None:
                 await paced.admit(datagram_cost(len(self.queue[0][1])))
                 # Only this pump takes from the queue; a hold (or a new replay, which
                 # comes after one) may have begun meanwhile: then it is kept.
-                if self.queue and not self.held and self._paced is paced:
+                if self.queue and not self.held and not self.paused \
+                        and self._paced is paced:
                     client, data = self.queue.popleft()
                     self._deliver(client, data)
                 continue
             for _ in range(pace.due()):
-                if not self.queue or self.held:
+                if not self.queue or self.held or self.paused:
                     break
                 client, data = self.queue.popleft()
                 self._deliver(client, data)
                 pace.sent += 1
             if self.queue:
                 await pace.wait()
-        if not self.queue and not self.held and not self._replaying:
+        if not self.queue and not self.held and not self.paused and not self._replaying:
             self._after_replay = False
             self._end_pacing()
 
@@ -538,6 +577,8 @@ class Service:
 
     def apply_commit(self, position: int) -> int:
         """The log and reply counts' part of a commit (a standby applies it alone)."""
+        if self.takeover_at is not None and position >= self.takeover_at:
+            self.takeover_at = None  # a checkpoint taken through this forwarder
         trimmed = self.log.trim(position)
         self.committed = max(self.committed, position)
         for p in [p for p in self.cuts if p < position]:
@@ -598,6 +639,8 @@ class Service:
                 target = self.flows.get(client)
                 if target is not None and target.transport is not None:
                     await paced.admit(datagram_cost(len(payload)))
+                    while self.paused and self._paced is paced:
+                        await asyncio.sleep(0.005)  # its lease renewing: send nothing
                     if self._paced is not paced:
                         break  # reset or removed meanwhile: the log is no longer wanted
                     target.transport.sendto(payload, self.spec.target)
@@ -650,7 +693,7 @@ class Forwarder:
     says whether it may forward (its lease), and ``sink`` takes what it must mirror."""
 
     def __init__(self, *, passive: bool = False, upstream_ip: str | None = None,
-                 gate: Callable[[], bool] | None = None) -> None:
+                 gate: Callable[[], bool | None] | None = None) -> None:
         self.services: dict[str, Service] = {}
         self.passive = passive
         self.upstream_ip = upstream_ip
@@ -707,6 +750,7 @@ class Forwarder:
                 self._open_front(svc)
                 self._propagate_front(svc)
         for svc in self.services.values():
+            svc.takeover_at = svc.position
             for client, flow in svc.flows.items():
                 if flow.transport is None and svc._upstream(client) is not None:
                     flows += 1
@@ -714,13 +758,45 @@ class Forwarder:
                     svc.stats["flows_not_reopened"] += 1
         return flows
 
+    def _sockets(self) -> list[BatchSocket]:
+        socks = []
+        for svc in self.services.values():
+            if svc.front is not None and svc.spec.after is None:
+                socks.append(svc.front)
+            socks.extend(f.transport for f in svc.flows.values() if f.transport is not None)
+        return socks
+
+    def pause(self) -> None:
+        """Stop reading and sending, keeping everything: what arrives waits in the
+        kernel's socket buffers (8 MiB each) until ``resume``. A pair's active does so
+        while it renews a lease that lapsed (its event loop stalled, its acknowledgements
+        late), so a stall costs delay, not datagrams."""
+        for svc in self.services.values():
+            svc.paused = True
+        for sock in self._sockets():
+            sock.pause_reading()
+
+    def resume(self) -> None:
+        for svc in self.services.values():
+            svc.paused = False
+        for svc in self.services.values():
+            kept, svc._paused_replies = svc._paused_replies, []
+            for flow, datas in kept:
+                svc.on_replies(flow, datas)
+        for sock in self._sockets():
+            sock.resume_reading()
+        for svc in self.services.values():
+            if svc.queue and not svc.held:
+                svc._drain_queue()
+
     def deactivate(self) -> None:
         """Stop forwarding (a demotion): every socket closed, the state kept, so that the
         forwarder can be activated again if no other took over meanwhile."""
         self.passive = True
         for svc in self.services.values():
             svc._end_pacing()
-            svc.held = False
+            svc.held = svc.paused = False
+            svc._paused_replies.clear()
             svc.queue.clear()
             if svc.front is not None and svc.spec.after is None:
                 svc.front.close()

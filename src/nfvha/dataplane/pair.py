@@ -135,9 +135,10 @@ class PairMember:
         self.active: str | None = None  # the active, as the managers last said
         self.takeovers = 0
         self.demotions = 0
+        self.renewals = 0  # lapsed leases renewed in time
         self.last_takeover: dict[str, Any] | None = None
         self.arp = arp if arp is not None else ArpOwner(interface, self.owning)
-        fwd.gate = self.owning
+        fwd.gate = self.gate
         fwd.passive = True
         fwd.upstream_ip = upstream_ip
         # Standby side: the stream from the active.
@@ -148,6 +149,7 @@ class PairMember:
         self._peer_lease = self.t.lease  # what the active counts per acknowledgement
         self._ever_streamed = False
         self._incoming: asyncio.StreamWriter | None = None
+        self._claiming = False  # asking for the active's place: acknowledging nothing
         # Active side: the stream to the standby.
         self.sender: MirrorSender | None = None
         self._beats_sent: dict[int, float] = {}
@@ -169,6 +171,17 @@ class PairMember:
     def owning(self) -> bool:
         """Whether this forwarder owns the addresses now: active, within its lease."""
         return self.role is Role.ACTIVE and time.monotonic() < self.lease_until
+
+    def gate(self) -> bool | None:
+        """The data path's question, per batch: forward (True), drop (False: not the
+        active), or hold on (None: the active, its lease lapsed a moment ago; the sockets
+        are paused at once and what was read is kept until it is renewed or given up)."""
+        if self.role is not Role.ACTIVE:
+            return False
+        if time.monotonic() < self.lease_until:
+            return True
+        self.fwd.pause()
+        return None
 
     def _renew(self, sent_at: float, lease: float) -> None:
         if self.role is Role.ACTIVE:
@@ -261,6 +274,13 @@ class PairMember:
             while self.role is Role.ACTIVE:
                 now = time.monotonic()
                 if now >= self.lease_until:
+                    lapsed = now - self.lease_until
+                    if await self._renew_lapsed():
+                        log.warning("forwarder %s: its lease lapsed (this loop or its "
+                                    "acknowledgements late by %.3f s); renewed after %.3f s, "
+                                    "traffic held in the socket buffers meanwhile", self.id,
+                                    lapsed, time.monotonic() - now)
+                        continue
                     self._demote("its lease ran out: neither the standby nor a manager "
                                  f"acknowledged a beat for {self.t.lease:.2f} s")
                     return
@@ -277,6 +297,33 @@ class PairMember:
         finally:
             link.cancel()
             self._stop_sender()
+
+    async def _renew_lapsed(self) -> bool:
+        """The lease lapsed without a successor known: forward nothing, read nothing (the
+        kernel's buffers keep what arrives) and beat at once; if an acknowledgement comes
+        within ``lease``, carry on (a stall of this loop, or late answers, then cost delay,
+        not datagrams), else give up. Safe as any renewal is: a standby stops
+        acknowledging before it claims the place, and the managers answer a lease only to
+        the active they record."""
+        self.fwd.pause()
+        self.renewals += 1
+        deadline = time.monotonic() + self.t.lease
+        try:
+            while self.role is Role.ACTIVE and time.monotonic() < deadline:
+                now = time.monotonic()
+                self._beat_no += 1
+                self._beats_sent[self._beat_no] = now
+                sender = self.sender
+                if sender is not None and sender.broken is None and self._standby_in_sync:
+                    sender.beat(self._beat_no, self.t.lease)
+                self._beat_managers(now)
+                await asyncio.sleep(self.t.beat / 4)
+                if self.owning():
+                    return True
+            return False
+        finally:
+            if self.owning():
+                self.fwd.resume()
 
     def _demote(self, why: str) -> None:
         if self.role is not Role.ACTIVE:
@@ -375,10 +422,22 @@ class PairMember:
         """Ask every manager for the active's place (the leader answers, once the leases
         it granted the old active have run out); then take it: after this member's own
         acknowledgements have run out too and a first beat is acknowledged."""
-        # The last acknowledgement this member sent is worth _peer_lease to the active.
-        wait = self._last_ack_sent + self._peer_lease + self.t.margin - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        # From here on this member acknowledges nothing (the stream is dropped, and none
+        # is taken while it claims): the last acknowledgement it sent is final, and worth
+        # _peer_lease to the active, so once that has run out by margin its
+        # acknowledgements keep no one owning.
+        self._claiming = True
+        try:
+            if self._incoming is not None:
+                self._incoming.close()
+            wait = self._last_ack_sent + self._peer_lease + self.t.margin - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            return await self._claim(why)
+        finally:
+            self._claiming = False
+
+    async def _claim(self, why: str) -> bool:
         log.info("forwarder %s: asking to take over (%s)", self.id, why)
         asked_at = time.monotonic()
         body = {"term": self.term, "reason": why}
@@ -511,6 +570,10 @@ class PairMember:
                 log.warning("mirror stream from %s refused: no valid hello", peer)
                 return
             term = int(hello.get("term", 0))
+            if self._claiming:
+                log.warning("mirror stream from %s (term %d) refused: this forwarder is "
+                            "asking for the active's place", hello.get("id"), term)
+                return
             if self.role is Role.ACTIVE or term < self.term:
                 log.warning("mirror stream from %s (term %d) refused: this forwarder is %s "
                             "in term %d", hello.get("id"), term, self.role, self.term)
@@ -528,6 +591,8 @@ class PairMember:
             self._last_heartbeat = time.monotonic()
             while self.role is not Role.ACTIVE and self._incoming is writer:
                 kind, body = await read_frame(reader)
+                if self._claiming:
+                    break
                 if kind == b"H":
                     number = int.from_bytes(body[:8], "big")
                     self._peer_lease = max(int.from_bytes(body[8:12], "big") / 1000, 0.0)
@@ -563,6 +628,7 @@ class PairMember:
             "mirrored_bytes": self.sender.sent_bytes if self.sender is not None else None,
             "mirrored_datagrams": None if active else self.receiver.datagrams,
             "takeovers": self.takeovers, "demotions": self.demotions,
+            "renewals": self.renewals,
             "last_takeover": self.last_takeover,
             "arp": {"answered": self.arp.answered, "refused": self.arp.refused},
             "manager_answers": self.manager_answers, "manager_refusal": self.manager_refusals,

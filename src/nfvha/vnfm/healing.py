@@ -215,6 +215,15 @@ class Healer:
             log.log(_pacing_level(res.pacing), "replayed %d datagram(s) to %s after "
                     "checkpoint %s (position %s) in %.1f ms%s", res.replayed, vnf_id, seq,
                     position, res.replay_ms, _pacing_note(res.pacing))
+            if res.across_takeover is not None:
+                detail = (f"{vnf_id} was restored from checkpoint {seq} (log position "
+                          f"{position}), taken before the forwarder pair's takeover at "
+                          f"position {res.across_takeover}, and no checkpoint since: the "
+                          "datagrams the old active forwarder delivered last without "
+                          "mirroring them may be missing from the replay")
+                log.warning("%s", detail)  # the operation says so too (acrossTakeover)
+                return {**res.model_dump(), "fromPosition": position,
+                        "acrossTakeover": detail}
             return {**res.model_dump(), "fromPosition": position}
         except ForwarderError as exc:
             self.forwarder_alarm(str(exc))
