@@ -402,9 +402,10 @@ class Pair:
     standby: str
     pids: dict[str, int]
     http: dict[str, httpx.Client]
-    ready_s: float  # from the start of the daemons to one active, its standby in sync,
-    # and the active on the short lease
-    offset: int = 0  # logged − mirrored before measuring (datagrams not mirrored: none)
+    #: From the daemons' start to one active on the short lease, its standby in sync.
+    ready_s: float
+    #: Logged − mirrored before measuring (0: the standby has every datagram).
+    offset: int = 0
 
     @property
     def active_pid(self) -> int:
