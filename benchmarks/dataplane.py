@@ -7,12 +7,17 @@ with ``ha.replay`` on, so every datagram to the service address crosses the forw
 (logged, then sent on to the VNF) while the VNF's own address can be reached directly.
 Measured side by side in one run:
 
-0. **Against nginx.** Before the testbed comes up, on loopback: the real ``nfvha
-   forwarder`` daemon and Debian's nginx UDP stream proxy (``libnginx-mod-stream``, one
-   worker, a generated config in a temporary directory), both in front of the same echo
-   server, request and reply crossing each: added RTT p50/p99 in interleaved blocks,
-   datagrams forwarded per CPU second of each proxy at fixed loads and at its maximum,
-   and the memory nfvha's packet log takes per logged datagram (``_proxies.py``).
+0. **Against nginx, alone and as a pair.** Before the testbed comes up, in a network
+   namespace of its own (``nfvb-px<pid>``, local addresses of a veth, removed at the
+   end): the real ``nfvha forwarder`` daemon alone, a forwarder pair (its active mirroring
+   every datagram to its standby, an ``nfvha manager`` arbitrating) and Debian's nginx UDP
+   stream proxy (``libnginx-mod-stream``, one worker, a generated config in a temporary
+   directory), all in front of the same echo server, request and reply crossing each:
+   added RTT p50/p99 in interleaved blocks, datagrams forwarded per CPU second of each
+   proxy (the pair's active) at fixed loads and at its maximum, the standby's CPU per
+   datagram mirrored to it and the mirror stream's bytes per datagram, and the memory
+   nfvha's packet log takes per logged datagram (``_proxies.py``). ``--only proxies``
+   runs this section alone (its results go to a temporary directory unless ``--out``).
 1. **Latency and throughput.** Closed-loop request→reply RTT to ``udpnat`` (one
    datagram in flight) straight to the VNF's address and via the service address, in
    interleaved blocks; *added latency* = RTT via the forwarder − RTT direct (p50 and p99
@@ -56,6 +61,7 @@ testbed's own addresses. Usage::
 
     .venv/bin/python benchmarks/dataplane.py [--quick] [--no-profile] [--no-wait]
                                              [--also-wait nfvt] [--out DIR] [--no-doc-img]
+                                             [--only proxies]
 """
 
 from __future__ import annotations
@@ -905,6 +911,11 @@ def _load(load: int | None) -> str:
     return "unpaced" if load is None else f"{load}/s"
 
 
+def _offered(load: int | None) -> str:
+    """A load of section 0: without a rate, a window of requests in flight."""
+    return "max" if load is None else f"{load:,}/s"
+
+
 # -- profile ---------------------------------------------------------------------------------
 
 
@@ -1384,6 +1395,14 @@ def anomalies(result: dict[str, Any]) -> list[str]:
                    "started before and after the change ran different code")
     for sec, err in (result.get("section_errors") or {}).items():
         out.append(f"section {sec} stopped: {err}")
+    for w in (result.get("proxies") or {}).get("throughput") or []:
+        if "mirror_error" in w:
+            out.append(f"proxies {w['proxy']} {_offered(w['offered_pps'])}: no standby "
+                       f"figures: {w['mirror_error'][:300]}")
+        elif w.get("standby_lag"):
+            out.append(f"proxies {w['proxy']} {_offered(w['offered_pps'])}: the standby had "
+                       f"not applied {w['standby_lag']} of the active's datagrams 3 s after "
+                       "the window: it did not keep up")
     for sec, busy in (result.get("concurrent_benchmarks") or {}).items():
         out.append(f"another benchmark was running when section {sec} started: {busy[0][:100]}")
     for w in result.get("throughput") or []:
@@ -1757,17 +1776,29 @@ def _proxies_markdown(result: dict[str, Any]) -> list[str]:
         return []
     su = result["summary"]["proxies"]
     rtt = px["rtt_us"]
+    names = [p for p in _proxies.PROXIES if p in su]
+    pair = su.get("nfvha-pair")
+    if pair:
+        where = (f"in a network namespace of the run's own, every proxy and the echo server on "
+                 f"addresses of one veth ({px['path']['interface']}; local traffic, delivered "
+                 "through the loopback device)")
+        who = ("The `nfvha forwarder` daemon alone, a forwarder pair (two `nfvha forwarder` "
+               "daemons and an `nfvha manager` arbitrating them; the service given to the "
+               "active, which mirrors every datagram it logs to its standby over TCP) and ")
+    else:
+        where, who = "on 127.0.0.2", "The `nfvha forwarder` daemon and "
     lines = [
-        "## 0. nfvha against nginx's UDP proxy (loopback, same run)",
+        "## 0. nfvha against nginx's UDP proxy (" + ("alone and as a pair, same run)" if pair
+                                                     else "loopback, same run)"),
         "",
-        f"The `nfvha forwarder` daemon and {px['nginx_version']} (stream module, one worker, "
-        "`master_process off`) side by side in front of one echo server on 127.0.0.2, both "
-        f"at nice {px['nice']}; request and reply both cross the proxy. RTT: closed loop, "
-        f"{rtt['direct']['n']} samples per path in interleaved blocks. Throughput: "
-        f"{px['payload_bytes']}-byte requests from one client flow, at fixed rates and at "
-        f"the maximum ({px['in_flight_at_max']} requests in flight); *per core* = datagrams "
-        "the proxy forwarded (requests the echo server got + replies the client got) per "
-        "CPU second of the proxy's process.",
+        f"{who}{px['nginx_version']} (stream module, one worker, `master_process off`) side by "
+        f"side in front of one echo server {where}, all at nice {px['nice']}; request and "
+        f"reply both cross the proxy. RTT: closed loop, {rtt['direct']['n']} samples per path "
+        f"in interleaved blocks. Throughput: {px['payload_bytes']}-byte requests from one "
+        f"client flow, at fixed rates and at the maximum ({px['in_flight_at_max']} requests "
+        "in flight); *per core* = datagrams the proxy forwarded (requests the echo server got "
+        "+ replies the client got) per CPU second of the proxy's process"
+        + (" (for the pair: its active's)." if pair else "."),
         "",
         "| | added RTT p50 µs | added RTT p99 µs | RTT p50 µs | RTT p99 µs | "
         "best datagrams/s per core | most round trips/s |",
@@ -1775,27 +1806,53 @@ def _proxies_markdown(result: dict[str, Any]) -> list[str]:
         f"| direct (no proxy) | | | {_f(rtt['direct']['p50'])} | {_f(rtt['direct']['p99'])} "
         "| | |",
     ]
-    for p in ("nfvha", "nginx"):
+    for p in names:
         x = su[p]
         lines.append(f"| **{p}** | **{_f(x['added_p50_us'])}** | {_f(x['added_p99_us'])} | "
                      f"{_f(x['rtt_p50_us'])} | {_f(x['rtt_p99_us'])} | "
                      f"**{_f(x['best_datagrams_per_core'])}** | "
                      f"{_f(x['max_round_trips_per_s'])} |")
+    lines.append(f"| nfvha / nginx | {su['added_p50_ratio']:.2f}x | | | | "
+                 f"{su['per_core_ratio']:.2f}x | |")
+    if pair:
+        lines.append(f"| nfvha-pair / nfvha | {su['pair_added_p50_extra_us']:+,.0f} µs | "
+                     f"{su['pair_added_p99_extra_us']:+,.0f} µs | | | "
+                     f"{su['pair_per_core_ratio']:.2f}x | |")
     lines += [
-        f"| nfvha / nginx | {su['added_p50_ratio']:.2f}x | | | | {su['per_core_ratio']:.2f}x "
-        "| |",
         "",
         "| proxy | offered requests/s | round trips/s | loss | proxy cores | "
-        "datagrams/s per core | µs CPU per datagram |",
-        "|:---|---:|---:|---:|---:|---:|---:|",
+        "datagrams/s per core | µs CPU per datagram |"
+        + (" standby cores | standby µs per mirrored datagram | stream bytes per datagram |"
+           if pair else ""),
+        "|:---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if pair else ""),
     ]
     for w in px["throughput"]:
         offered = (f"{w['offered_pps']:,}" if w["offered_pps"]
                    else f"max ({px['in_flight_at_max']} in flight)")
-        lines.append(f"| {w['proxy']} | {offered} | "
-                     f"{_f(w['round_trips_per_s'])} | {_pct(w['loss'])} | "
-                     f"{w['proxy_cores']:.2f} | {_f(w['datagrams_per_core'])} | "
-                     f"{_f(w['us_per_datagram'], 1)} |")
+        row = (f"| {w['proxy']} | {offered} | "
+               f"{_f(w['round_trips_per_s'])} | {_pct(w['loss'])} | "
+               f"{w['proxy_cores']:.2f} | {_f(w['datagrams_per_core'])} | "
+               f"{_f(w['us_per_datagram'], 1)} |")
+        if pair:
+            row += (f" {_f(w['standby_cores'], 2)} | {_f(w['standby_us_per_datagram'], 1)} | "
+                    f"{_f(w['mirror_bytes_per_datagram'], 1)} |" if "standby_cores" in w
+                    else " | | |")
+        lines.append(row)
+    if pair:
+        lines += [
+            "",
+            f"The pair's standby: **{_f(pair['standby_us_per_mirrored_datagram'], 1)} µs of "
+            "CPU per datagram mirrored to it** and "
+            f"**{_f(pair['mirror_bytes_per_datagram'], 1)} bytes of mirror stream per "
+            f"datagram** ({px['payload_bytes']}-byte payloads; flows, reply counts and a "
+            f"heartbeat every {px['pair']['timings']['beat'] * 1000:.0f} ms included), over "
+            "all the pair's windows; it applies each window's datagrams before its CPU is "
+            "read. Its active, against the lone forwarder at the same offered load: "
+            + ", ".join(f"{_offered(r['offered_pps'])} {r['ratio']:.2f}x"
+                        for r in su["pair_per_core_ratio_by_load"])
+            + " the datagrams per core. The standby and the manager share the machine's CPUs "
+            "while the pair is measured.",
+        ]
     lg = px["nfvha_log"]
     lines += [
         "",
@@ -2088,9 +2145,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--also-wait", action="append", default=[], metavar="NAME",
                     help="also wait while processes or netns named like this exist (e.g. "
                          "nfvt for e2e test runs); repeatable")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"results directory (default: {RESULTS.relative_to(REPO)}; with "
+                         "--only, a new temporary directory)")
     ap.add_argument("--no-doc-img", action="store_true", help="do not copy the plot to docs/")
+    ap.add_argument("--only", choices=["proxies"], default=None,
+                    help="run this section alone (proxies: section 0, no testbed); its "
+                         "partial results never replace results/ or the docs' plot")
     a = ap.parse_args(argv)
+    if a.only and a.out is not None and a.out.resolve() == RESULTS.resolve():
+        print(f"dataplane: --only writes a partial result: give another --out than {RESULTS}",
+              file=sys.stderr)
+        return 2
+    a.out = a.out or (Path(tempfile.mkdtemp(prefix="nfvha-dataplane-")) if a.only
+                      else RESULTS)
+    a.no_doc_img = a.no_doc_img or a.only is not None
     if os.geteuid() != 0:
         print("dataplane: needs root (namespaces, cgroups, CRIU)", file=sys.stderr)
         return 2
@@ -2122,7 +2191,7 @@ def _main(a: argparse.Namespace, plan: Plan, profile: bool) -> int:
                    "pace_batch": pace_batch,
                    "loss_ok": LOSS_OK, "ha_probe": HA_PROBE_LENIENT, "profile": profile,
                    "manager_args": MANAGER_ARGS, "agent_args": AGENT_ARGS,
-                   "waits_for": list(OTHER_BENCHMARKS),
+                   "waits_for": list(OTHER_BENCHMARKS), "only": a.only,
                    "testbed": {"name": TB_NAME, "subnet": TB_SUBNET,
                                "state_dir": str(STATE_DIR), "hosts": N_HOSTS}},
     }
@@ -2131,7 +2200,8 @@ def _main(a: argparse.Namespace, plan: Plan, profile: bool) -> int:
     try:
         _section(result, "proxies", lambda: result.__setitem__(
             "proxies", _proxies.measure(plan.proxies, progress)), quiet)
-        run(plan, result, profile, quiet)
+        if a.only is None:
+            run(plan, result, profile, quiet)
     except (KeyboardInterrupt, BenchError) as exc:
         interrupted = exc
         print(f"dataplane: stopped: {exc!r}", file=sys.stderr)

@@ -323,10 +323,37 @@ def sec_dataplane(r: Result) -> tuple[str, list[str]]:
          "yes" if r.get(f"{s}.replay_all_exact", bool) else "**no**"],
     ]
     px = f"{s}.proxies"
+    # A result from before the pair was measured has none: the section reads as it did.
+    pair = "nfvha-pair" in r.get(px, dict)
+    proxies = [("nfvha forwarder", "nfvha")]
+    if pair:
+        proxies.append(("nfvha forwarder pair (its active, the standby following)",
+                        "nfvha-pair"))
+    proxies.append(("nginx UDP stream proxy", "nginx"))
     peer_rows = [[name] + [f(r.num(f"{px}.{key}.{field}")) for field in
                            ("added_p50_us", "added_p99_us", "best_datagrams_per_core")]
-                 for name, key in (("nfvha forwarder", "nfvha"),
-                                   ("nginx UDP stream proxy", "nginx"))]
+                 for name, key in proxies]
+    if pair:
+        who = ("the `nfvha forwarder` daemon\nalone, a forwarder pair (its active mirroring "
+               "every datagram to its standby) and nginx's\nUDP stream proxy (one worker) side "
+               "by side in a network namespace of their own (local\naddresses) in front of the "
+               "same echo server")
+        standby = f"""
+
+**What a standby costs**, in the same run: the pair's active adds
+{f(r.num(f"{px}.pair_added_p50_extra_us"))} µs to the lone forwarder's added round-trip time at
+p50 ({f(r.num(f"{px}.pair_added_p99_extra_us"))} µs at p99) and moves
+{f(r.num(f"{px}.pair_per_core_ratio"), 2)}× its datagrams per core of its own CPU; the standby
+spends {f(r.num(f"{px}.nfvha-pair.standby_us_per_mirrored_datagram"), 1)} µs of CPU per
+datagram mirrored to it, and the mirror stream carries
+{f(r.num(f"{px}.nfvha-pair.mirror_bytes_per_datagram"), 1)} bytes per datagram of
+{f(r.num("proxies.payload_bytes"))} bytes (flows, reply counts and heartbeats included)."""
+    else:
+        who = ("the `nfvha forwarder` daemon and\nnginx's UDP stream proxy (one worker) side "
+               "by side on loopback in front of the same echo\nserver")
+        standby = ""
+    peers = (f"**Against the peer a user would pick**, in the same run: {who}, request and "
+             "reply both crossing the proxy (section 0 of the benchmark):")
     text = f"""\
 Replay needs the steering forwarder in the data path: it logs every datagram a VNF is
 sent, holds delivery for the instant of each checkpoint so that the checkpoint is an exact
@@ -335,9 +362,7 @@ to the VNF directly in the same run:
 
 {table(["What", "Value"], rows, "lr")}
 
-**Against the peer a user would pick**, in the same run: the `nfvha forwarder` daemon and
-nginx's UDP stream proxy (one worker) side by side on loopback in front of the same echo
-server, request and reply both crossing the proxy (section 0 of the benchmark):
+{peers}
 
 {table(["Proxy", "Added RTT p50 (µs)", "p99", "Datagrams/s per core"], peer_rows, "lrrr")}
 
@@ -351,7 +376,7 @@ is most of the added time: a kernel path (XDP or an nftables redirect with a log
 elsewhere) or a native forwarder would be needed for the 60 µs target. Replay is paced by
 the restored VNF's receive queue: {f(r.num(f"{s}.replay_pps_largest_n"))} datagrams/s
 into the flow monitor here, with {f(r.num(f"{s}.replay_rcvbuf_errors"))} datagrams
-dropped in its socket buffer; the VNF (Python) is what limits it."""
+dropped in its socket buffer; the VNF (Python) is what limits it.{standby}"""
     return text, []
 
 

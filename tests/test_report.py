@@ -107,3 +107,47 @@ def test_a_missing_plot_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixtur
     rc, err, out = _run(tmp_path, results, capsys)
     assert rc != 0 and "recovery.png: missing plot" in err
     assert out.read_text() == "the previous report\n"
+
+
+def _with_pair(d: dict[str, Any]) -> None:
+    """A dataplane result whose section 0 measured the forwarder pair too."""
+    px = d["summary"]["proxies"]
+    px["nfvha-pair"] = {**px["nfvha"], "added_p50_us": 211.0, "added_p99_us": 400.0,
+                        "best_datagrams_per_core": 123456.0,
+                        "standby_us_per_mirrored_datagram": 4.3,
+                        "mirror_bytes_per_datagram": 37.5}
+    px["pair_added_p50_extra_us"] = 211.0 - px["nfvha"]["added_p50_us"]
+    px["pair_added_p99_extra_us"] = 400.0 - px["nfvha"]["added_p99_us"]
+    px["pair_per_core_ratio"] = 123456.0 / px["nfvha"]["best_datagrams_per_core"]
+
+
+def test_the_forwarder_pair_shows_beside_the_lone_forwarder_and_nginx(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = _copy_results(tmp_path)
+    _edit(results / "dataplane.json", _with_pair)
+    rc, err, out = _run(tmp_path, results, capsys)
+    assert rc == 0, err
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| nfvha forwarder")
+            or line.startswith("| nginx UDP")]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| nfvha forwarder", "| nfvha forwarder pair (its active, the standby following)",
+        "| nginx UDP stream proxy"]
+    assert rows[1].split(" | ")[1:] == ["211", "400", "123,456 |"]
+    assert "standby\nspends 4.3 µs of CPU per\ndatagram mirrored to it" in text
+    assert "carries\n37.5 bytes per datagram of\n32 bytes" in text
+
+
+def test_a_pair_figure_missing_fails_loudly(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = _copy_results(tmp_path)
+
+    def change(d: dict[str, Any]) -> None:
+        _with_pair(d)
+        del d["summary"]["proxies"]["nfvha-pair"]["mirror_bytes_per_datagram"]
+
+    _edit(results / "dataplane.json", change)
+    rc, err, out = _run(tmp_path, results, capsys)
+    assert rc != 0
+    assert "summary.proxies.nfvha-pair.mirror_bytes_per_datagram" in err, err
+    assert out.read_text() == "the previous report\n"
