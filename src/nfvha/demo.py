@@ -362,8 +362,9 @@ async def _forwarder_takeover(con: Console, tb: Testbed, title: str, kind: str,
     await tb.restore_ingress_host(old)
     lost = "?" if counted is None or counted_before is None else \
         str((sent - before) - (counted - counted_before))
+    # The probe asks the VNF directly (not through the forwarder): it sees no downtime.
     return [title, f"forwarder {new} took over", f"{took:.0f} ms (to active)", "-",
-            f"{client.downtime_since(t0) * 1000:.0f} ms",
+            "- (the probe bypasses the forwarder)",
             f"{counted}/{sent} counted: {lost} in flight lost at the takeover"]
 
 
