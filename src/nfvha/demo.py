@@ -244,7 +244,7 @@ async def _inject(con: Console, m: AsyncManagerClient, tb: Testbed, title: str, 
     con.print(f"[yellow]>>[/] {title} (on {v['host']})")
     t0 = time.time()
     if fault == "crash-forwarder":
-        return await _forwarder_takeover(con, tb, title, kind, client, t0)
+        return await _forwarder_takeover(con, tb, title, kind, client)
     if fault == "kill-agent":
         # Its supervisor restarts it; the new agent adopts the VNF within the grace.
         await tb.kill_agent(v["host"])
@@ -326,7 +326,7 @@ async def _inject(con: Console, m: AsyncManagerClient, tb: Testbed, title: str, 
 
 
 async def _forwarder_takeover(con: Console, tb: Testbed, title: str, kind: str,
-                              client: Client, t0: float) -> list[str]:
+                              client: Client) -> list[str]:
     """The active forwarder's host loses power: its standby takes the service addresses
     over; the VNF behind them is not touched (no heal), and what was in flight is lost."""
     old = await tb.active_forwarder()
@@ -339,7 +339,6 @@ async def _forwarder_takeover(con: Console, tb: Testbed, title: str, kind: str,
     counted_before = _counted(client, kind)
     client.paused.clear()
     await asyncio.sleep(0.5)
-    t0 = time.time()
     t_lost = time.monotonic()
     await tb.crash_ingress_host(old)
     new = None

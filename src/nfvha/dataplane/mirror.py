@@ -14,8 +14,9 @@ in its first frame without TLS), opened by the active to the standby's
 
 Mirroring is asynchronous: the active never waits for the standby. What is gathered is
 written together ``FLUSH_DELAY`` (1 ms) later, or at once past ``FLUSH_BYTES``, so a
-takeover leaves at most that unmirrored (the windows are in ``docs/architecture.md``). A standby that
-falls more than ``MAX_BACKLOG`` bytes behind is dropped and sent a new snapshot.
+takeover leaves at most that unmirrored (the windows are in ``docs/architecture.md``). A
+standby that falls more than ``MAX_BACKLOG`` bytes behind is dropped and sent a new
+snapshot.
 
 Frames: a type byte, a 4-byte big-endian length, the body. ``J`` is a JSON object (an
 ``op``); ``L`` a run of one client's datagrams (binary, the hot path); ``H``/``A`` a
