@@ -135,11 +135,28 @@ async def test_terminate_during_an_automatic_recovery_ends_the_recovery(setup: A
     m, http, agent = setup
     await _instantiated(m, http)
     agent.blocked.add("DELETE /v1/instances/fw")  # the recovery's restart: held there
-    m.started -= 100  # past the start-up grace
-    m._reconciled = True
-    m._rt("fw").failure = ("hang", time.time(), "probes unanswered")
-    m._tick()  # the loop starts the automatic recovery
-    await agent.until_waiting()
+    m.started -= 100  # past the start-up grace ...
+    alive = asyncio.create_task(_heartbeats(m))  # ... so h1 must go on heartbeating: a
+    try:  # loaded machine otherwise lets it be declared lost, which ends the heal first
+        m._reconciled = True
+        m._rt("fw").failure = ("hang", time.time(), "probes unanswered")
+        m._tick()  # the loop starts the automatic recovery
+        await agent.until_waiting()
+        await _terminate_ends_the_heal(m, http, agent)
+    finally:
+        alive.cancel()
+
+
+async def _heartbeats(m: Manager) -> None:
+    """Host h1's "alive, nothing changed" reports, every 50 ms, as its agent sends them."""
+    while True:
+        m.heartbeat("h1", {"host_id": "h1", "url": "http://10.9.0.11:8700",
+                           "started_at": 1.0, "time": time.time(), "full": False})
+        await asyncio.sleep(0.05)
+
+
+async def _terminate_ends_the_heal(m: Manager, http: httpx.AsyncClient,
+                                   agent: FakeAgent) -> None:
     heal = [r.id for r in m.store.list("op", where={"vnfInstanceId": "fw"})
             if r.data["operation"] == "HEAL"]
     assert len(heal) == 1
