@@ -226,6 +226,9 @@ async def test_the_standby_takes_over_with_the_flows_ports_log_and_reply_counts(
     try:
         assert await _exchange(client, pair.service, 20) == list(range(1, 21))
         cut = svc.hold()  # a checkpoint: its cut at 20, replies counted from its release
+        # The cut is answered once the standby holds everything up to it.
+        assert await first.barrier() is True
+        assert standby.fwd.services["v"].next_seq == cut + 1
         svc.release()
         assert await _exchange(client, pair.service, 5) == list(range(21, 26))
         mirrored = standby.fwd.services["v"]

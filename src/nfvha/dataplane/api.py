@@ -157,7 +157,10 @@ def create_forwarder_app(token: str, *, interface: str = "eth0", prefixlen: int 
 
     @app.post("/v1/services/{name}/hold", dependencies=mutate)
     async def hold(name: str) -> HoldResult:
-        return HoldResult(position=fwd.get(name).hold())
+        position = fwd.get(name).hold()
+        if member is not None:  # the cut, mirrored before the manager learns it
+            await member.barrier()
+        return HoldResult(position=position)
 
     @app.post("/v1/services/{name}/release", dependencies=mutate)
     async def release(name: str) -> ReleaseResult:

@@ -766,6 +766,10 @@ class Forwarder:
             socks.extend(f.transport for f in svc.flows.values() if f.transport is not None)
         return socks
 
+    @property
+    def paused(self) -> bool:
+        return any(svc.paused for svc in self.services.values())
+
     def pause(self) -> None:
         """Stop reading and sending, keeping everything: what arrives waits in the
         kernel's socket buffers (8 MiB each) until ``resume``. A pair's active does so

@@ -20,7 +20,8 @@ snapshot.
 
 Frames: a type byte, a 4-byte big-endian length, the body. ``J`` is a JSON object (an
 ``op``); ``L`` a run of one client's datagrams (binary, the hot path); ``H``/``A`` a
-heartbeat and its acknowledgement.
+heartbeat and its acknowledgement; ``B``/``b`` a barrier and the standby's word that it
+applied everything before it (a checkpoint's cut waits for it: see ``PairMember.barrier``).
 """
 
 from __future__ import annotations
@@ -112,6 +113,15 @@ def beat_frame(number: int, lease: float) -> bytes:
 
 def ack_frame(number: int) -> bytes:
     return _frame(b"A", _ACK.pack(number))
+
+
+def barrier_frame(number: int) -> bytes:
+    """Asks the standby to say (``b``) once it has applied everything before it."""
+    return _frame(b"B", _ACK.pack(number))
+
+
+def barrier_ack_frame(number: int) -> bytes:
+    return _frame(b"b", _ACK.pack(number))
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
@@ -237,6 +247,11 @@ class MirrorSender:
     def beat(self, number: int, lease: float) -> None:
         """A heartbeat, written at once (with whatever is gathered before it)."""
         self.buf += beat_frame(number, lease)
+        self.flush()
+
+    def barrier(self, number: int) -> None:
+        """A barrier, written at once after everything gathered (see ``PairMember``)."""
+        self.buf += barrier_frame(number)
         self.flush()
 
     def _control(self, msg: dict[str, Any]) -> None:

@@ -55,6 +55,7 @@ from nfvha.dataplane.mirror import (
     MirrorReceiver,
     MirrorSender,
     ack_frame,
+    barrier_ack_frame,
     json_frame,
     read_frame,
     snapshot_frames,
@@ -153,7 +154,9 @@ class PairMember:
         # Active side: the stream to the standby.
         self.sender: MirrorSender | None = None
         self._beats_sent: dict[int, float] = {}
+        self._barriers: dict[int, asyncio.Future[None]] = {}
         self._beat_no = 0
+        self._barrier_no = 0
         self._standby_in_sync = False
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -188,6 +191,8 @@ class PairMember:
             was = self.owning()
             self.lease_until = max(self.lease_until, sent_at + lease)
             if not was and self.owning():  # the first lease of a term, or one regained
+                if self.fwd.paused:  # the data path paused it on the lapse
+                    self.fwd.resume()
                 self.arp.announce()
 
     # -- start / stop ---------------------------------------------------------------------
@@ -324,6 +329,32 @@ class PairMember:
         finally:
             if self.owning():
                 self.fwd.resume()
+
+    async def barrier(self, timeout: float = 0.5) -> bool:
+        """Return once the standby has applied everything mirrored so far (True), or at
+        once with no standby in sync (False). A checkpoint's cut waits for it: every log
+        position the managers are given is then one the standby holds, so no checkpoint
+        cut by an active can point past what its successor's log numbers alike. A standby
+        that does not answer within ``timeout`` is dropped (it resyncs by a snapshot) and
+        the cut goes on (False): the pair has no standby in sync until then."""
+        sender = self.sender
+        if self.role is not Role.ACTIVE or sender is None or sender.broken is not None \
+                or not self._standby_in_sync:
+            return False
+        self._barrier_no += 1
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._barriers[self._barrier_no] = done
+        sender.barrier(self._barrier_no)
+        try:
+            await asyncio.wait_for(done, timeout)
+            return True
+        except TimeoutError:
+            self._barriers.pop(self._barrier_no, None)
+            log.warning("forwarder %s: the standby did not apply a checkpoint's cut within "
+                        "%.2f s; its stream is dropped and sent anew", self.id, timeout)
+            sender.broken = "the standby did not answer a barrier"
+            sender.writer.transport.abort()
+            return False
 
     def _demote(self, why: str) -> None:
         if self.role is not Role.ACTIVE:
@@ -531,6 +562,10 @@ class PairMember:
                         sent_at = self._beats_sent.pop(number, None)
                         if sent_at is not None:
                             self._renew(sent_at, self.t.lease)
+                    elif kind == b"b":
+                        done = self._barriers.pop(int.from_bytes(body[:8], "big"), None)
+                        if done is not None and not done.done():
+                            done.set_result(None)
                 if sender.broken is not None:
                     log.warning("forwarder %s: mirror stream given up: %s", self.id,
                                 sender.broken)
@@ -598,6 +633,8 @@ class PairMember:
                     self._peer_lease = max(int.from_bytes(body[8:12], "big") / 1000, 0.0)
                     writer.write(ack_frame(number))
                     self._last_ack_sent = self._last_heartbeat = time.monotonic()
+                elif kind == b"B":  # everything before it is applied: say so
+                    writer.write(barrier_ack_frame(int.from_bytes(body[:8], "big")))
                 else:
                     await self.receiver.apply(kind, body)
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, KeyError,

@@ -12,8 +12,9 @@ the service addresses (the protocol is in ``nfvha.dataplane.pair``).
   standby lost the active's stream. A grant is a new term in the store
   (``forwarder/pair``: active, term), written before it is answered.
 * **After a takeover** the manager calls the new active from then on, and checkpoints
-  every replayed VNF at once: the new active's log lacks what the old one logged but had
-  not yet mirrored, and a fresh checkpoint makes that gap unneeded.
+  every replayed VNF ``REANCHOR_AFTER`` later (once the clients have their service back):
+  the new active's log lacks what the old one logged but had not yet mirrored, and a
+  fresh checkpoint makes that gap unneeded.
 * **Alarm** ``forwarder-standby-missing`` while a pair has no standby in sync.
 """
 
@@ -45,6 +46,8 @@ GRANT_WAIT = 3.0
 #: A forwarder just granted the active's place has this long to beat before another may
 #: ask for it (a standby asking at the same moment is refused, not granted in turn).
 FIRST_BEAT_GRACE = 0.5
+#: A takeover's checkpoints of the replayed VNFs start this long after it.
+REANCHOR_AFTER = 0.3
 #: A forwarder not heard from for this long counts as gone (status, alarm).
 GONE_AFTER = 1.0
 #: The alarm is raised when the pair has had no standby in sync for this long.
@@ -189,11 +192,14 @@ class ForwarderPair:
     def _recheckpoint(self, old: str, new: str) -> None:
         """Every replayed VNF is checkpointed now: the new active's log may lack what the
         old one logged last, and a checkpoint taken through it needs none of that."""
-        now = time.monotonic()
+        # Not at once: the first checkpoint holds the VNF's traffic for its dump, and the
+        # clients should get their service back first (the log lacks a millisecond at
+        # most: see the mirror's FLUSH_DELAY).
+        at = time.monotonic() + REANCHOR_AFTER
         n = 0
         for rec in self.m.store.list("vnf"):
             if rec.data.get("haState") == VnfState.ACTIVE and self.m._vnfd(rec.data).ha.replay:
-                self.m._rt(rec.id).next_checkpoint = now
+                self.m._rt(rec.id).next_checkpoint = at
                 n += 1
         if n:
             log.info("forwarder takeover %s -> %s: checkpointing %d replayed VNF(s) now",
