@@ -420,6 +420,8 @@ class ForwarderAnswer(BaseModel):
     active: str | None
     term: int
     lease_s: float = 0.0
+    #: How long ago the active last beat, as the leader saw it (None: never, this term).
+    active_beat_age_s: float | None = None
 
 
 class AgentEvent(BaseModel):

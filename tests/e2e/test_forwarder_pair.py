@@ -143,14 +143,21 @@ class TimedSender(Sender):
         return {int(d.split(b" ", 2)[2]) for _, d in self.reply_at}
 
     def outage(self, t: float) -> tuple[float, float] | None:
-        """The longest silence of the replies around ``t`` (from 0.3 s before to 3 s
-        after): when the last reply before it and the first after it arrived."""
+        """The silence of the replies the fault at ``t`` caused: the first one longer than
+        20 ms that begins from 50 ms before it on (when the last reply before it and the
+        first after it arrived). Later silences (a checkpoint holding the VNF's traffic)
+        are not the takeover's."""
         times = [at for at, _ in self.reply_at if t - 0.3 <= at <= t + 3.0]
-        gaps = [(b - a, a, b) for a, b in itertools.pairwise(times)]
-        if not gaps:
-            return None
-        _, start, end = max(gaps)
-        return start, end
+        for a, b in itertools.pairwise(times):
+            if a >= t - 0.05 and b - a > 0.02:
+                return a, b
+        return None
+
+    def longest_gaps(self, t: float, n: int = 3) -> list[tuple[float, float]]:
+        """The ``n`` longest silences around ``t`` (seconds after it: start, length)."""
+        times = [at for at, _ in self.reply_at if t - 0.3 <= at <= t + 3.0]
+        gaps = sorted(((b - a, a) for a, b in itertools.pairwise(times)), reverse=True)[:n]
+        return [(round(a - t, 3), round(g, 3)) for g, a in gaps]
 
 
 def _pair(m: Mgr) -> dict[str, Any]:
@@ -312,6 +319,7 @@ def _one_takeover(pmgr: Mgr, service: dict[str, Any], fault: str, rep: int,
          f"{service['sent_fm']} sent, {service['lost_fm']} lost in takeovers")
     r = {"rep": rep, "from": old, "to": new, "service_back_ms": round(back * 1000, 1),
          "lost": {"flowmon": lost_fm, "nat": lost_nat, "nat_unanswered": len(unanswered)},
+         "gaps_s": nat.longest_gaps(t_fault),
          "replayed_after": op["nfvha"]["replay"].get("replayed")}
     results.append(r)
     print(f"{fault} {rep}: {json.dumps(r)}")

@@ -149,6 +149,7 @@ class PairMember:
         self._last_ack_sent = 0.0  # when this standby last acknowledged one
         self._peer_lease = self.t.lease  # what the active counts per acknowledgement
         self._ever_streamed = False
+        self._active_heard: float | None = None  # when the managers last heard the active
         self._incoming: asyncio.StreamWriter | None = None
         self._claiming = False  # asking for the active's place: acknowledging nothing
         # Active side: the stream to the standby.
@@ -398,9 +399,18 @@ class PairMember:
             return None
         if self._ever_streamed:
             return "the active's mirror stream closed"
+        # No stream yet (just started, or demoted): an active the managers hear beating
+        # will stream to this one; claim only when there is none, or it went silent.
+        heard = self._active_heard
+        if self.active not in (None, self.id) and heard is not None \
+                and now - heard < 2 * self.t.lease:
+            return None
         if self.role is Role.DEMOTED:
             return "this forwarder was demoted and no active streams to it"
-        return "no active streams to this forwarder"
+        if self.active in (None, self.id):
+            return "no active forwarder"
+        return f"the active {self.active} streams to nobody here and the managers have " \
+               "not heard it lately"
 
     # -- the managers ---------------------------------------------------------------------
 
@@ -435,6 +445,8 @@ class PairMember:
         try:
             ans = r.json()
             active, term, lease = ans.get("active"), int(ans["term"]), float(ans["lease_s"])
+            age = ans.get("active_beat_age_s")
+            self._active_heard = None if age is None else time.monotonic() - float(age)
         except (ValueError, KeyError, TypeError):
             return
         self.manager_answers += 1

@@ -133,7 +133,9 @@ class ForwarderPair:
         if active == fid and mem.term == term and mem.role == "active":
             lease = min(max(float(body.get("lease_s") or 0.0), 0.0), MAX_LEASE)
             mem.granted_until = max(mem.granted_until, now + lease)
-        return {"active": active, "term": term, "lease_s": lease}
+        act = self.members.get(active) if active is not None else None
+        age = None if act is None or act.last_beat is None else round(now - act.last_beat, 3)
+        return {"active": active, "term": term, "lease_s": lease, "active_beat_age_s": age}
 
     # -- takeover ---------------------------------------------------------------------------
 
