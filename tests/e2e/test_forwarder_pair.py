@@ -144,12 +144,12 @@ class TimedSender(Sender):
 
     def outage(self, t: float) -> tuple[float, float] | None:
         """The silence of the replies the fault at ``t`` caused: the first one longer than
-        20 ms that begins from 50 ms before it on (when the last reply before it and the
-        first after it arrived). Later silences (a checkpoint holding the VNF's traffic)
-        are not the takeover's."""
-        times = [at for at, _ in self.reply_at if t - 0.3 <= at <= t + 3.0]
+        20 ms that ends after it (it may have begun before, with a checkpoint holding the
+        VNF's traffic): when the last reply before it and the first after it arrived.
+        Later silences (the next checkpoint's hold) are not the takeover's."""
+        times = [at for at, _ in self.reply_at if t - 1.0 <= at <= t + 3.0]
         for a, b in itertools.pairwise(times):
-            if a >= t - 0.05 and b - a > 0.02:
+            if b > t and b - a > 0.02:
                 return a, b
         return None
 
