@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import TOLERANT_AGENT, TOLERANT_MANAGER, Mgr, manager_bed
@@ -160,6 +161,23 @@ class TimedSender(Sender):
         return [(round(a - t, 3), round(g, 3)) for g, a in gaps]
 
 
+def _forwarder_stats(m: Mgr) -> str:
+    """Each forwarder's pair view and service counters, for a failure's message."""
+    out = []
+    with httpx.Client(timeout=2.0, verify=m.tb.client_context("manager")) as http:
+        for fid, url in m.tb.forwarder_urls.items():
+            try:
+                pair = http.get(f"{url}/v1/pair").json()
+                svcs = http.get(f"{url}/v1/services").json()
+            except (httpx.HTTPError, ValueError) as exc:
+                out.append(f"{fid}: {exc!r}")
+                continue
+            out.append(f"{fid}: {pair.get('role')} term {pair.get('term')} renewals "
+                       f"{pair.get('renewals')} " + "; ".join(
+                           f"{s['name']} {s['stats']}" for s in svcs))
+    return "\n".join(out)
+
+
 def _pair(m: Mgr) -> dict[str, Any]:
     return m.ok("GET", "/nfvha/v1/forwarders")
 
@@ -276,7 +294,8 @@ def _one_takeover(pmgr: Mgr, service: dict[str, Any], fault: str, rep: int,
     unanswered = sorted(set(range(sent_nat)) - nat.answered())
     window = (min(gap[0], t_fault) - HELD, gap[1] + 0.05)
     outside = [i for i in unanswered if not window[0] <= nat.sent_at[i] <= window[1]]
-    assert not outside, (f"repetition {rep}: {len(outside)} NAT datagrams lost outside "
+    assert not outside, (f"{_forwarder_stats(pmgr)}\n"
+                         f"repetition {rep}: {len(outside)} NAT datagrams lost outside "
                          f"the takeover (from {window[0] - t_fault:.3f} s to "
                          f"{window[1] - t_fault:.3f} s after the fault): sent at "
                          f"{[round(nat.sent_at[i] - t_fault, 3) for i in outside[:5]]} ... "

@@ -563,19 +563,31 @@ class PairMember:
                 sender = MirrorSender(writer)
                 self.sender = sender
                 self.fwd.set_sink(sender)
-                self._standby_in_sync = True
-                log.info("forwarder %s: mirror stream to the standby open (%d service(s))",
-                         self.id, len(self.fwd.services))
+                # In sync once the standby says it applied the snapshot (a barrier after
+                # it): until then no heartbeat goes to it (its acknowledgements would
+                # renew nothing it could take over with) and no cut waits for it.
+                self._barrier_no += 1
+                synced_by = self._barrier_no
+                sender.barrier(synced_by)
+                log.info("forwarder %s: mirror stream to the standby open (%d service(s)); "
+                         "snapshot sent", self.id, len(self.fwd.services))
                 while self.role is Role.ACTIVE and sender.broken is None:
-                    kind, body = await asyncio.wait_for(read_frame(reader),
-                                                        timeout=self.t.lease * 4)
+                    # A snapshot takes a while to apply: wait long for its barrier.
+                    kind, body = await asyncio.wait_for(
+                        read_frame(reader),
+                        timeout=self.t.lease * 4 if self._standby_in_sync else 60.0)
                     if kind == b"A":
                         number = int.from_bytes(body[:8], "big")
                         sent_at = self._beats_sent.pop(number, None)
                         if sent_at is not None:
                             self._renew(sent_at, self.t.lease)
                     elif kind == b"b":
-                        done = self._barriers.pop(int.from_bytes(body[:8], "big"), None)
+                        number = int.from_bytes(body[:8], "big")
+                        if number == synced_by:
+                            self._standby_in_sync = True
+                            log.info("forwarder %s: the standby applied the snapshot: in "
+                                     "sync", self.id)
+                        done = self._barriers.pop(number, None)
                         if done is not None and not done.done():
                             done.set_result(None)
                 if sender.broken is not None:
