@@ -121,6 +121,7 @@ WARM_S = 0.7  # traffic before the fault, plus a random share of a checkpoint in
 HELD_S = 0.25  # what the old active may have held queued for a checkpoint's freeze
 AFTER_WINDOW_S = 0.05  # past the first reply after the silence: still the takeover
 OUTAGE_BEFORE_S, OUTAGE_AFTER_S = 0.3, 3.0  # where the longest silence is looked for
+GAP_S = 0.04  # a silence of the replies longer than this is listed (500/s: one per 2 ms)
 AFTER_ACTIVE_S = 0.5  # traffic kept after a new active is named
 LAST_REPLIES_S = 0.3
 POLL_S = 0.02  # GET /nfvha/v1/forwarders while waiting for a new active
@@ -318,6 +319,12 @@ class Flow:
                 out.add(int(d.split(b" ", 2)[2]))
         return out
 
+    def gaps(self, start: float, end: float, longer: float) -> list[tuple[float, float]]:
+        """Every silence of the replies longer than ``longer`` between ``start`` and
+        ``end``: when the reply before it and the one after it arrived."""
+        times = [at for at, _ in self.reply_at if start <= at <= end]
+        return [(a, b) for a, b in itertools.pairwise(times) if b - a > longer]
+
     def silence(self, t: float) -> tuple[float, float] | None:
         """The longest silence of the replies around ``t``: when the last reply before
         it and the first after it arrived."""
@@ -397,7 +404,7 @@ def takeover_rep(tb: Testbed, api: Api, svc: Service, fault: str, rng: random.Ra
     active, synced = wait_pair_quiet(api)
     row.update({"from": active, "sync_wait_s": synced})
     fm, nat = Flow(svc.fm_addr), Flow(svc.nat_addr)
-    t_fault = math.nan
+    t_fault = wall = math.nan
     try:
         time.sleep(WARM_S + rng.uniform(0.0, CHECKPOINT_INTERVAL))
         p = api.pair()
@@ -449,6 +456,18 @@ def takeover_rep(tb: Testbed, api: Api, svc: Service, fault: str, rng: random.Ra
     row["silence_s"] = gap[1] - gap[0]
     row["back_s"] = gap[1] - t_fault
     row["silence_began_s"] = gap[0] - t_fault
+    # What else kept the replies back: every silence around the fault, the longest one
+    # before it (the checkpoints' holds, in steady state), and the NAT's checkpoints then
+    # (the manager checkpoints every replayed VNF as soon as it grants a takeover).
+    row["reply_gaps_s"] = [[a - t_fault, b - t_fault] for a, b in nat.gaps(
+        t_fault - OUTAGE_BEFORE_S, t_fault + OUTAGE_AFTER_S, GAP_S)]
+    before = nat.gaps(t_fault - WARM_S, t_fault - 0.01, 0.0)
+    row["steady_max_gap_s"] = max((b - a for a, b in before), default=math.nan)
+    row["nat_checkpoints"] = [
+        {"cut_s": float(c["cutAt"]) - wall, "hold_ms": c.get("holdMs"),
+         "frozen_ms": (c.get("criuStats") or {}).get("frozen_time_us", 0) / 1000}
+        for c in api.checkpoints(svc.nat_iid)
+        if -OUTAGE_BEFORE_S <= float(c["cutAt"]) - wall <= OUTAGE_AFTER_S]
     # Lost in flight: every unanswered NAT datagram must have left within the takeover.
     unanswered = sorted(set(range(sent_nat)) - nat.answered())
     window = (min(gap[0], t_fault) - HELD_S, gap[1] + AFTER_WINDOW_S)
@@ -614,6 +633,8 @@ def _testbed() -> Testbed:
 
 
 def run(plan: Plan, seed: int, result: dict[str, Any], keep_logs: Path) -> None:
+    """Everything measured, on one testbed; its logs go to ``keep_logs`` after a failure (a
+    quick run: always)."""
     tb = _testbed()
     api: Api | None = None
     rng = random.Random(seed)
@@ -663,7 +684,7 @@ def run(plan: Plan, seed: int, result: dict[str, Any], keep_logs: Path) -> None:
     finally:
         if api is not None:
             api.close()
-        collect_logs(tb, result, keep_logs)
+        collect_logs(tb, result, keep_logs, always=plan.quick)
         with signals_ignored():
             testbed_down(tb, "pair_failover")
             with contextlib.suppress(OSError):
@@ -683,9 +704,10 @@ def _rep_line(row: dict[str, Any]) -> str:
                f"NOT exact ({row.get('kill_counter_diff')}; {row.get('error', '')})"))
 
 
-def collect_logs(tb: Testbed, result: dict[str, Any], keep: Path) -> None:
+def collect_logs(tb: Testbed, result: dict[str, Any], keep: Path, always: bool) -> None:
     """The daemons' unexpected warnings into the result; the whole log directory copied to
-    ``keep`` when a repetition failed (the testbed's own is removed with it)."""
+    ``keep`` when a repetition failed, or ``always`` (the testbed's own is removed with
+    it)."""
     with contextlib.suppress(OSError):
         for log in sorted(tb.log_dir.glob("*.log")):
             warn = [line[-300:] for line in log.read_text(errors="replace").splitlines()
@@ -694,7 +716,7 @@ def collect_logs(tb: Testbed, result: dict[str, Any], keep: Path) -> None:
             if warn:
                 result["log_warnings"][log.stem] = {"count": len(warn), "last": warn[-10:]}
     failed = any("error" in r for r in result["reps"] + result["standby"])
-    if failed and tb.log_dir.is_dir():
+    if (failed or always) and tb.log_dir.is_dir():
         with contextlib.suppress(OSError):
             shutil.copytree(tb.log_dir, keep, ignore=shutil.ignore_patterns("vnf"),
                             dirs_exist_ok=True)
@@ -945,7 +967,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "forwarders": 2}},
         "reps": [], "standby": [], "other_netns_seen": set(), "log_warnings": {},
     }
-    keep_logs = Path(tempfile.gettempdir()) / f"nfvpf-logs-{run_name}"
+    keep_logs = (out / "logs" if plan.quick
+                 else Path(tempfile.gettempdir()) / f"nfvpf-logs-{run_name}")
     t0 = time.perf_counter()
     interrupted: BaseException | None = None
     try:
