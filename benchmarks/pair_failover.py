@@ -757,6 +757,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "exact_after_kill": sum(1 for r in killed if r["exact_after_kill"]),
             "kill_across_takeover": sum(1 for r in killed if r.get("kill_across_takeover")),
             "sync_wait_s": _stats([r.get("sync_wait_s") for r in rows]),
+            "steady_max_gap_s": _stats([r.get("steady_max_gap_s") for r in ok]),
         }
     sb = [r for r in result["standby"] if r.get("measured")]
     out["standby"] = {
@@ -788,9 +789,9 @@ def evaluate_targets(s: dict[str, Any]) -> list[dict[str, Any]]:
     out.append({"target": "datagrams lost only in flight (outside the takeover window: 0)",
                 "value": lost_outside, "unit": "lost", "pass": lost_outside == 0})
     kills = sum(s["faults"][f]["kills_after"] for f in FAULTS)
-    exact = sum(s["faults"][f]["exact_after_kill"] for f in FAULTS)
-    out.append({"target": "a VNF kill after each takeover replayed exactly",
-                "value": exact, "unit": f"of {kills}", "pass": kills > 0 and exact == kills})
+    inexact = kills - sum(s["faults"][f]["exact_after_kill"] for f in FAULTS)
+    out.append({"target": "VNF kills after a takeover not replayed exactly: 0",
+                "value": inexact, "unit": f"of {kills}", "pass": kills > 0 and inexact == 0})
     sb = s["standby"]
     out.append({"target": "standby loss under traffic: nothing lost",
                 "value": sb["lost_total"], "unit": "lost",
@@ -923,6 +924,22 @@ def _compact(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: one(v) for k, v in row.items()} for row in rows]
 
 
+def run_config(plan: Plan, seed: int) -> dict[str, Any]:
+    """What a run was asked to do and the timings it ran with, for its JSON."""
+    return {**asdict(plan), "faults": list(FAULTS), "seed": seed,
+            "rate_hz": RATE_HZ, "checkpoint_interval_s": CHECKPOINT_INTERVAL,
+            "warm_s": WARM_S, "held_s": HELD_S, "after_window_s": AFTER_WINDOW_S,
+            "quiet_s": QUIET_S, "poll_s": POLL_S, "gap_s": GAP_S,
+            "target_back_s": TARGET_BACK_S, "pair_timings": asdict(PairTimings()),
+            "manager": {"max_lease_s": pair_manager.MAX_LEASE,
+                        "margin_s": pair_manager.MARGIN,
+                        "gone_after_s": pair_manager.GONE_AFTER,
+                        "alarm_after_s": pair_manager.ALARM_AFTER},
+            "manager_args": MANAGER_ARGS, "agent_args": AGENT_ARGS,
+            "testbed": {"name": TB_NAME, "subnet": TB_SUBNET, "state_dir": str(STATE_DIR),
+                        "hosts": N_HOSTS, "forwarders": 2}}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true",
@@ -947,24 +964,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_signal_handlers()
     started = time.time()
     run_name = "pair_failover-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
-    timings = PairTimings()
     result: dict[str, Any] = {
         "benchmark": "pair_failover",
         "run": {"name": run_name, "started": started},
         "machine": testbed_machine(TB_NAME),
-        "config": {**asdict(plan), "faults": list(FAULTS), "seed": a.seed,
-                   "rate_hz": RATE_HZ, "checkpoint_interval_s": CHECKPOINT_INTERVAL,
-                   "warm_s": WARM_S, "held_s": HELD_S, "after_window_s": AFTER_WINDOW_S,
-                   "quiet_s": QUIET_S, "poll_s": POLL_S, "target_back_s": TARGET_BACK_S,
-                   "pair_timings": asdict(timings),
-                   "manager": {"max_lease_s": pair_manager.MAX_LEASE,
-                               "margin_s": pair_manager.MARGIN,
-                               "gone_after_s": pair_manager.GONE_AFTER,
-                               "alarm_after_s": pair_manager.ALARM_AFTER},
-                   "manager_args": MANAGER_ARGS, "agent_args": AGENT_ARGS,
-                   "testbed": {"name": TB_NAME, "subnet": TB_SUBNET,
-                               "state_dir": str(STATE_DIR), "hosts": N_HOSTS,
-                               "forwarders": 2}},
+        "config": run_config(plan, a.seed),
         "reps": [], "standby": [], "other_netns_seen": set(), "log_warnings": {},
     }
     keep_logs = (out / "logs" if plan.quick

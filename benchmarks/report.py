@@ -921,17 +921,23 @@ def load_new(results: Path) -> dict[str, Result]:
             if (results / f"{name}.json").exists()}
 
 
+def _ms_of(r: Result, dotted: str) -> str:
+    """A duration in seconds that must be there (NaN: nothing measured), shown in ms."""
+    v = r.num(dotted)
+    return ms(None if math.isnan(v) else v * 1000)
+
+
 def _pair_rows(r: Result) -> list[list[str]]:
     rows = []
     for fault, label in PAIR_FAULTS:
         p = f"summary.faults.{fault}"
         rows.append([
             label, f"{r.get(f'{p}.measured', int)}/{r.get(f'{p}.reps', int)}",
-            f"**{_s_ms(r, f'{p}.back_s.p50')}** / {_s_ms(r, f'{p}.back_s.p90')} / "
-            f"{_s_ms(r, f'{p}.back_s.max')}",
-            f"{_s_ms(r, f'{p}.silence_s.p50')} / {_s_ms(r, f'{p}.silence_s.max')}",
-            f"{_s_ms(r, f'{p}.to_active_s.p50')} / {_s_ms(r, f'{p}.to_active_s.p90')} / "
-            f"{_s_ms(r, f'{p}.to_active_s.max')}",
+            f"**{_ms_of(r, f'{p}.back_s.p50')}** / {_ms_of(r, f'{p}.back_s.p90')} / "
+            f"{_ms_of(r, f'{p}.back_s.max')}",
+            f"{_ms_of(r, f'{p}.silence_s.p50')} / {_ms_of(r, f'{p}.silence_s.max')}",
+            f"{_ms_of(r, f'{p}.to_active_s.p50')} / {_ms_of(r, f'{p}.to_active_s.p90')} / "
+            f"{_ms_of(r, f'{p}.to_active_s.max')}",
             f"{f(r.num(f'{p}.nat_lost.p50'))} / {f(r.num(f'{p}.nat_lost.max'))} "
             f"({r.get(f'{p}.nat_lost_outside_window', int)})",
             f"{f(r.num(f'{p}.fm_lost.p50'))} / {f(r.num(f'{p}.fm_lost.max'))}",
@@ -939,10 +945,33 @@ def _pair_rows(r: Result) -> list[list[str]]:
     return rows
 
 
+#: VRRP (RFC 5798, section 6.1): a backup takes over after Master_Down_Interval =
+#: 3 × Advertisement_Interval + Skew_Time, Skew_Time = (256 − priority) × interval / 256;
+#: here at priority 100, with the default 1 s advertisements and with 100 ms ones.
+VRRP_TAKEOVER_S = {1.0: 3 * 1.0 + 156 / 256 * 1.0, 0.1: 3 * 0.1 + 156 / 256 * 0.1}
+#: FTMB (SIGCOMM 2015): "can reconstruct lost state in 40-275ms" (its abstract).
+FTMB_RECOVERY_MS = (40, 275)
+#: FTC (arXiv 2001.03321v1): "recovers lost state in 271 ms" (geo-distributed cloud).
+FTC_RECOVERY_MS = 271
+
+
+def _against(kill_ms: float) -> str:
+    """Where the pair's median takeover stands beside VRRP's timers and FTMB's recovery."""
+    lo, hi = FTMB_RECOVERY_MS
+    vrrp_fast = VRRP_TAKEOVER_S[0.1] * 1000
+    ftmb = ("within" if lo <= kill_ms <= hi else "above" if kill_ms > hi else "below")
+    return (f"{VRRP_TAKEOVER_S[1.0] * 1000 / kill_ms:.0f}× less than VRRP's default timers, "
+            f"{'less' if kill_ms < vrrp_fast else 'more'} than its timers with 100 ms "
+            f"advertisements ({f(vrrp_fast)} ms), and {ftmb} the {lo}–{hi} ms FTMB reports")
+
+
 def sec_pair_failover(r: Result) -> tuple[str, list[str]]:
     t = "config.pair_timings"
     sb = "summary.standby"
-    kill_p50 = r.num("summary.faults.kill-active.back_s.p50") * 1000
+    kill, crash = "summary.faults.kill-active", "summary.faults.crash-ingress"
+    kill_ms = r.num(f"{kill}.back_s.p50") * 1000
+    rate = r.num("config.rate_hz")
+    lost_at_rate = rate * r.num(f"{kill}.silence_s.p50")
     checks = "\n".join(f"- {'PASS' if ok else '**MISS**'}: {t} (measured {v})"
                        for t, ok, v in targets(r))
     text = f"""\
@@ -952,10 +981,10 @@ behind a service address (a checkpoint every
 {f(r.num("config.checkpoint_interval_s"), 1)} s). Each repetition waits until the pair is
 in sync and quiet (`GET /nfvha/v1/forwarders`: one active, one standby in sync; then
 {f(r.num("config.quiet_s"), 1)} s, so that the active's leases of a lone forwarder have run
-out), sends {f(r.num("config.rate_hz"))} numbered datagrams/s to each service from a flow of
-its own, and after a random share of a checkpoint interval kills the active forwarder
-(SIGKILL: its supervisor restarts it and it rejoins as the standby) or cuts its ingress
-host's power (links first, then every process; powered on after the takeover);
+out), sends {f(rate)} numbered datagrams/s to each service from a flow of its own, and
+after a random share of a checkpoint interval kills the active forwarder (SIGKILL: its
+supervisor restarts it and it rejoins as the standby) or cuts its ingress host's power
+(links first, then every process; powered on after the takeover);
 {r.get("config.reps", int)} repetitions each. *Service back* is from the fault to the first
 NAT reply after the longest silence of its replies around the fault (*silence*); *new
 active* is when the manager granted the takeover (its `takeovers` record). *Lost* counts
@@ -972,31 +1001,39 @@ Where the time goes: the standby counts the active lost after
 {f(r.num(f"{t}.silence") * 1000)} ms without its heartbeat (one every
 {f(r.num(f"{t}.beat") * 1000)} ms), waits until the last heartbeat it acknowledged is worth
 nothing more ({f(r.num(f"{t}.lease") * 1000)} ms lease + {f(r.num(f"{t}.margin") * 1000)} ms
-margin), and the manager grants the takeover once every lease it answered the old active
-with has run out by the margin; then the new active opens the services' and flows'
-sockets and announces the addresses by gratuitous ARP. The datagrams lost are those in
-flight at the fault, at the sending rate over the silence. **Standby loss**, under the same
-traffic: the standby killed (restarted, it resynchronised), then its host's power cut;
-{f(r.num(f"{sb}.lost_total"))} datagrams lost, the active stayed in
-{r.get(f"{sb}.active_stayed", int)} of {r.get(f"{sb}.measured", int)}, and the
+margin), and asks the manager, which grants the takeover once every lease it answered the
+old active with has run out by the margin: {_ms_of(r, f"{kill}.to_active_s.p50")} ms after a
+SIGKILL, {_ms_of(r, f"{crash}.to_active_s.p50")} ms after a power cut (medians). The new
+active then opens the services' and flows' sockets and announces the addresses by
+gratuitous ARP; the manager checkpoints every replayed VNF at once, and a checkpoint holds
+delivery to its VNF for its cut (the longest silence of the replies in the steady state
+before a SIGKILL was {_ms_of(r, f"{kill}.steady_max_gap_s.p50")} ms, median). What is lost
+was in flight: the median silence after a SIGKILL spans {f(lost_at_rate)} datagrams at
+{f(rate)}/s, and a median {f(r.num(f"{kill}.nat_lost.p50"))} NAT datagrams went
+unanswered.
+
+**Standby loss**, under the same traffic: the standby killed (restarted, it resynchronised),
+then its host's power cut; {f(r.num(f"{sb}.lost_total"))} datagrams lost, the active stayed
+in {r.get(f"{sb}.active_stayed", int)} of {r.get(f"{sb}.measured", int)}, and the
 `forwarder-standby-missing` alarm was raised {f(r.num(f"{sb}.alarm_s.p50"), 1)} s after the
-power cut (a member unheard for 1 s is gone, and the alarm waits 2 s more), cleared
+power cut (it is raised once the pair has had no standby in sync for
+{f(r.num("config.manager.alarm_after_s"), 1)} s), cleared
 {f(r.num(f"{sb}.alarm_cleared_s.p50"), 1)} s after the host was back.
 
-**Against other ways to fail over.** VRRP, as keepalived runs it, moves an address when
-the backup has heard no advertisement for `3 × Advertisement_Interval + Skew_Time`
-(RFC 5798, section 6.1; the skew is under one interval): with the default 1 s
-advertisements (keepalived's `advert_int 1`) that is 3–4 s (3.6 s at priority 100), and
-about 0.3–0.4 s with 100 ms advertisements, the fastest that common implementations
-configure (Junos `fast-interval`: 100–999 ms). These are the protocol's timers, computed,
-not measured here; and VRRP moves only the address: a NAT's bindings stay on the box that
-failed. FTMB (Sherry et al., SIGCOMM 2015) reconstructs a failed middlebox's state in
-40–275 ms, and FTC (Ghaznavi et al., SIGCOMM 2020; arXiv 2001.03321v1) recovers lost state
-in 271 ms in a geo-distributed cloud deployment: the papers' own figures, on their hardware
-and for restoring a middlebox, not the address in front of it. The pair moves the address
-with the flows' upstream ports and the packet log in {f(kill_p50)} ms (median, SIGKILL)
-on this shared 2-vCPU machine: a tenth of VRRP's default, of the order of FTMB's and FTC's
-recoveries.
+**Against other ways to fail over.** VRRP, as keepalived runs it, moves an address once the
+backup has heard no advertisement for `3 × Advertisement_Interval + Skew_Time` (RFC 5798,
+section 6.1; the skew is under one interval): with the default 1 s advertisements
+(keepalived's `advert_int 1`) {f(VRRP_TAKEOVER_S[1.0], 1)} s at priority 100, and
+{f(VRRP_TAKEOVER_S[0.1] * 1000)} ms with 100 ms advertisements, about the shortest that
+implementations configure (Junos `fast-interval`: 100–999 ms). Those are the protocol's
+timers, computed, not measured here, and VRRP moves the address only: a NAT's bindings stay
+on the box that failed. FTMB (Sherry et al., SIGCOMM 2015) reconstructs a failed
+middlebox's state in {FTMB_RECOVERY_MS[0]}–{FTMB_RECOVERY_MS[1]} ms, and FTC (Ghaznavi et
+al., SIGCOMM 2020; arXiv 2001.03321v1) recovers lost state in {FTC_RECOVERY_MS} ms in a
+geo-distributed cloud: the papers' own figures, on their hardware, for restoring a
+middlebox rather than the address in front of it. The pair moved the address, with each
+flow's upstream port and the packet log, in {f(kill_ms)} ms (median after a SIGKILL, on
+this shared 2-vCPU machine): {_against(kill_ms)}.
 
 {checks}"""
     return text, []
