@@ -360,10 +360,9 @@ def nat_bindings(ip: str) -> dict[str, Any]:
 # -- one repetition --------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Service:
-    """The two services and what was sent to and lost by them so far (the counters are
-    cumulative: flows accumulate in the VNFs' state)."""
+    """The two replayed VNFs, where clients send to them and where the VNFs answer."""
 
     fm_iid: str
     nat_iid: str
@@ -371,12 +370,23 @@ class Service:
     nat_ip: str
     fm_addr: tuple[str, int]
     nat_addr: tuple[str, int]
-    upstream: str
-    sent_fm: int = 0
-    lost_fm: int = 0
-    sent_nat: int = 0
-    lost_nat: int = 0
-    flows_nat: int = 0
+    upstream: str  # the pair's upstream address: the source every flow reaches a VNF from
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the VNFs had counted, their traffic stopped: each repetition stands on its
+    own, compared with its own counts before."""
+
+    fm_total: int
+    nat_sources: tuple[str, ...]  # the NAT's bindings: the address:port each flow came from
+    nat_packets: int
+
+    @classmethod
+    def read(cls, svc: Service) -> Counts:
+        bindings = nat_bindings(svc.nat_ip)
+        return cls(flowmon_settled(svc.fm_ip), tuple(bindings),
+                   sum(int(b["packets"]) for b in bindings.values()))
 
 
 def _grant(api: Api, old: str, after_wall: float) -> dict[str, Any] | None:
@@ -403,6 +413,7 @@ def takeover_rep(tb: Testbed, api: Api, svc: Service, fault: str, rng: random.Ra
     measured until then)."""
     active, synced = wait_pair_quiet(api)
     row.update({"from": active, "sync_wait_s": synced})
+    before = Counts.read(svc)
     fm, nat = Flow(svc.fm_addr), Flow(svc.nat_addr)
     t_fault = wall = math.nan
     try:
@@ -445,9 +456,6 @@ def takeover_rep(tb: Testbed, api: Api, svc: Service, fault: str, rng: random.Ra
         time.sleep(LAST_REPLIES_S)
         fm.close()
         nat.close()
-        svc.sent_fm += sent_fm
-        svc.sent_nat += sent_nat
-        svc.flows_nat += 1
         row.update({"sent_fm": sent_fm, "sent_nat": sent_nat,
                     "send_errors": fm.send_errors + nat.send_errors})
     gap = nat.silence(t_fault)
@@ -461,8 +469,8 @@ def takeover_rep(tb: Testbed, api: Api, svc: Service, fault: str, rng: random.Ra
     # (the manager checkpoints every replayed VNF as soon as it grants a takeover).
     row["reply_gaps_s"] = [[a - t_fault, b - t_fault] for a, b in nat.gaps(
         t_fault - OUTAGE_BEFORE_S, t_fault + OUTAGE_AFTER_S, GAP_S)]
-    before = nat.gaps(t_fault - WARM_S, t_fault - 0.01, 0.0)
-    row["steady_max_gap_s"] = max((b - a for a, b in before), default=math.nan)
+    steady = nat.gaps(t_fault - WARM_S, t_fault - 0.01, 0.0)
+    row["steady_max_gap_s"] = max((b - a for a, b in steady), default=math.nan)
     row["nat_checkpoints"] = [
         {"cut_s": float(c["cutAt"]) - wall, "hold_ms": c.get("holdMs"),
          "frozen_ms": (c.get("criuStats") or {}).get("frozen_time_us", 0) / 1000}
@@ -480,20 +488,19 @@ def takeover_rep(tb: Testbed, api: Api, svc: Service, fault: str, rng: random.Ra
     if outside:
         row["outside_sent_s"] = [round(nat.sent_at[i] - t_fault, 4) for i in outside[:10]]
     # The flow monitor: sent less counted, bounded by what the window held.
-    lost_fm = svc.sent_fm - svc.lost_fm - flowmon_settled(svc.fm_ip)
+    after = Counts.read(svc)
+    lost_fm = before.fm_total + sent_fm - after.fm_total
     bound = RATE_HZ * (window[1] - window[0]) + 5
     row.update({"fm_lost": lost_fm, "fm_lost_bound": bound,
                 "fm_lost_within_window": 0 <= lost_fm <= bound})
-    svc.lost_fm += lost_fm
-    # The NAT: one binding per flow ever sent, all from the pair's upstream address;
-    # counted but unanswered datagrams are replies lost on the way back.
-    bindings = nat_bindings(svc.nat_ip)
-    row["nat_bindings_per_flow"] = len(bindings) / svc.flows_nat
-    row["nat_one_binding_per_flow"] = (len(bindings) == svc.flows_nat and all(
-        b.startswith(svc.upstream + ":") for b in bindings))
-    lost_nat = svc.sent_nat - svc.lost_nat - sum(int(b["packets"]) for b in bindings.values())
-    row["nat_lost_counted"] = lost_nat  # never reached the NAT
-    svc.lost_nat += lost_nat
+    # The NAT: this flow got one binding, from the pair's upstream address (the new
+    # active kept its upstream port); datagrams counted but unanswered are replies lost
+    # on their way back.
+    new = set(after.nat_sources) - set(before.nat_sources)
+    row["nat_new_bindings"] = sorted(new)
+    row["nat_one_binding_per_flow"] = len(new) == 1 and all(
+        b.startswith(svc.upstream + ":") for b in new)
+    row["nat_lost_counted"] = before.nat_packets + sent_nat - after.nat_packets
     row["measured"] = True
     after_kill(api, svc, float(row["grant_at_wall"]), row)
 
@@ -506,6 +513,7 @@ def after_kill(api: Api, svc: Service, grant_wall: float, row: dict[str, Any]) -
              CHECKPOINT_TIMEOUT, "a checkpoint of the flow monitor through the new active")
     row["checkpoint_after_s"] = time.monotonic() - t0
     heals = len(api.heals(svc.fm_iid))
+    before = flowmon_settled(svc.fm_ip)
     fm = Flow(svc.fm_addr)
     try:
         time.sleep(0.5)
@@ -520,20 +528,18 @@ def after_kill(api: Api, svc: Service, grant_wall: float, row: dict[str, Any]) -
         op = done()[-1]
         time.sleep(LAST_REPLIES_S)
     finally:
-        svc.sent_fm += fm.stop()
+        sent = fm.stop()
         fm.close()
     replay = (op.get("nfvha") or {}).get("replay") or {}
     row.update({"kill_heal": op["operationState"],
                 "kill_strategy": (op.get("nfvha") or {}).get("strategy"),
                 "kill_replayed": replay.get("replayed"),
                 "kill_across_takeover": "acrossTakeover" in replay})
-    total = flowmon_settled(svc.fm_ip)
-    row["kill_counter_diff"] = total - (svc.sent_fm - svc.lost_fm)
-    row["exact_after_kill"] = op["operationState"] == "COMPLETED" and total == (
-        svc.sent_fm - svc.lost_fm)
-    if total != svc.sent_fm - svc.lost_fm:
-        # Carry on from what it counts, so that the next repetitions stand on their own.
-        svc.lost_fm = svc.sent_fm - total
+    # Restored from a checkpoint taken through the new active and replayed from its log,
+    # the counter holds what it held before plus everything sent since.
+    row["kill_counter_diff"] = flowmon_settled(svc.fm_ip) - (before + sent)
+    row["exact_after_kill"] = (op["operationState"] == "COMPLETED"
+                               and row["kill_counter_diff"] == 0)
 
 
 def heal(tb: Testbed, fault: str, old: str | None, row: dict[str, Any]) -> None:
@@ -562,7 +568,7 @@ def standby_rep(tb: Testbed, api: Api, svc: Service, row: dict[str, Any]) -> Non
     active, synced = wait_pair_quiet(api)
     standby = next(str(x["id"]) for x in api.pair()["members"] if x["id"] != active)
     row.update({"active": active, "standby": standby, "sync_wait_s": synced})
-    before_fm = flowmon_settled(svc.fm_ip)
+    before = Counts.read(svc)
     fm, nat = Flow(svc.fm_addr), Flow(svc.nat_addr)
     crashed = False
     try:
@@ -602,19 +608,16 @@ def standby_rep(tb: Testbed, api: Api, svc: Service, row: dict[str, Any]) -> Non
         time.sleep(LAST_REPLIES_S)
         fm.close()
         nat.close()
-        svc.sent_fm += sent_fm
-        svc.sent_nat += sent_nat
-        svc.flows_nat += 1
         row.update({"sent_fm": sent_fm, "sent_nat": sent_nat})
         if crashed:
             t0 = time.monotonic()
             with contextlib.suppress(Exception):
                 asyncio.run(tb.restore_ingress_host(standby))
             row["restore_s"] = time.monotonic() - t0
-    row["fm_lost"] = before_fm + sent_fm - flowmon_settled(svc.fm_ip)
-    svc.lost_fm += row["fm_lost"]
+    after = Counts.read(svc)
+    row["fm_lost"] = before.fm_total + sent_fm - after.fm_total
     row["nat_unanswered"] = len(set(range(sent_nat)) - nat.answered())
-    svc.lost_nat += row["nat_unanswered"]  # a bound: counted or not, none should be
+    row["nat_lost_counted"] = before.nat_packets + sent_nat - after.nat_packets
     row["active_stayed"] = row.get("active_after") == active
     t0 = time.monotonic()
     wait_pair_quiet(api)
