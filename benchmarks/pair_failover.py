@@ -20,7 +20,8 @@ Each repetition waits until the pair is in sync and quiet (``GET /nfvha/v1/forwa
 both members, one active, ``in_sync``; then 2.2 s, so that leases the active got while it
 had no standby, 2 s ones, have run out), then sends 500 numbered datagrams/s to each
 service from one flow each (a new flow per repetition); after 0.7 s plus a seeded random
-share of a checkpoint interval, the fault. Measured:
+share of a checkpoint interval, the fault (if the pair is still in sync then: a pair that
+left sync under traffic is reported and the repetition tried again). Measured:
 
 - **service back**: from the fault to the first NAT reply after the longest silence of its
   replies around the fault (0.3 s before to 3 s after), and that silence itself;
@@ -28,11 +29,13 @@ share of a checkpoint interval, the fault. Measured:
   ``GET /nfvha/v1/forwarders``), and when polling it (every 20 ms) first named another
   active;
 - **lost in flight**: NAT datagrams never answered, and whether each was sent within the
-  takeover window (from the last reply before the silence, or the fault if earlier, less
-  0.25 s for what a checkpoint may hold, to the first reply after it + 50 ms); the flow
+  takeover window: after the last datagram sent before the fault that was answered (the
+  NAT answers in order, so those after it were still on their way, queued or held for a
+  checkpoint, when the active died; how long before the fault the oldest of them was
+  sent is reported) and before the first reply after the silence + 50 ms; the flow
   monitor's loss is what was sent less what it counted once quiet (bounded by the
-  window at the sending rate); the NAT must hold one binding per flow (the new active
-  keeps each flow's upstream port);
+  window at the sending rate); the flow must get one NAT binding (the new active keeps
+  each flow's upstream port);
 - **a VNF kill after the takeover**: once a checkpoint of the flow monitor was taken
   through the new active, it is killed under traffic (``inject kill``); after its
   recovery its counter must equal what was sent less the takeovers' losses (exact).
@@ -118,7 +121,7 @@ FAULT_LABELS = {"kill-active": "active forwarder SIGKILL",
 RATE_HZ = 500.0  # datagrams/s per flow, to each service
 CHECKPOINT_INTERVAL = 0.5
 WARM_S = 0.7  # traffic before the fault, plus a random share of a checkpoint interval
-HELD_S = 0.25  # what the old active may have held queued for a checkpoint's freeze
+UNSETTLED_TRIES = 3  # attempts of a repetition whose pair left sync before its fault
 AFTER_WINDOW_S = 0.05  # past the first reply after the silence: still the takeover
 OUTAGE_BEFORE_S, OUTAGE_AFTER_S = 0.3, 3.0  # where the longest silence is looked for
 GAP_S = 0.04  # a silence of the replies longer than this is listed (500/s: one per 2 ms)
@@ -397,6 +400,11 @@ def _grant(api: Api, old: str, after_wall: float) -> dict[str, Any] | None:
     return None
 
 
+class PairUnsettled(BenchError):
+    """The pair was no longer in sync when the fault was due (nothing injected): the
+    repetition is tried again, and the event reported."""
+
+
 def inject_fault(tb: Testbed, fault: str, active: str) -> None:
     if fault == "kill-active":
         fid, _pid = asyncio.run(tb.kill_forwarder(active))  # by id: no question first
@@ -420,7 +428,8 @@ def takeover_rep(tb: Testbed, api: Api, svc: Service, fault: str, rng: random.Ra
         time.sleep(WARM_S + rng.uniform(0.0, CHECKPOINT_INTERVAL))
         p = api.pair()
         if not pair_in_sync(p) or p.get("active") != active:
-            raise BenchError(f"the pair changed before the fault: {_pair_line(p)}")
+            raise PairUnsettled(f"the pair left sync under traffic before the fault: "
+                                f"{_pair_line(p)}")
         wall = time.time()
         t_fault = time.monotonic()
         row["fault_started"] = True  # healed even if the fault itself fails half-way
@@ -476,9 +485,16 @@ def takeover_rep(tb: Testbed, api: Api, svc: Service, fault: str, rng: random.Ra
          "frozen_ms": (c.get("criuStats") or {}).get("frozen_time_us", 0) / 1000}
         for c in api.checkpoints(svc.nat_iid)
         if -OUTAGE_BEFORE_S <= float(c["cutAt"]) - wall <= OUTAGE_AFTER_S]
-    # Lost in flight: every unanswered NAT datagram must have left within the takeover.
-    unanswered = sorted(set(range(sent_nat)) - nat.answered())
-    window = (min(gap[0], t_fault) - HELD_S, gap[1] + AFTER_WINDOW_S)
+    # Lost in flight: every unanswered NAT datagram must have left within the takeover,
+    # that is after the last one answered that was sent before the fault (the NAT answers
+    # in order: those after it were still on their way, queued or held for a checkpoint,
+    # when the active died) and before service was back.
+    answered = nat.answered()
+    unanswered = sorted(set(range(sent_nat)) - answered)
+    last_ok = max((i for i in answered if nat.sent_at[i] < t_fault), default=None)
+    start = nat.sent_at[last_ok] if last_ok is not None else t_fault - OUTAGE_BEFORE_S
+    window = (start, gap[1] + AFTER_WINDOW_S)
+    row["in_flight_s"] = t_fault - start  # age of the oldest datagram in flight at the fault
     outside = [i for i in unanswered if not window[0] <= nat.sent_at[i] <= window[1]]
     row.update({"nat_unanswered": len(unanswered), "nat_unanswered_outside": len(outside),
                 "window_s": [window[0] - t_fault, window[1] - t_fault],
@@ -629,6 +645,30 @@ def standby_rep(tb: Testbed, api: Api, svc: Service, row: dict[str, Any]) -> Non
 # -- a run -----------------------------------------------------------------------------------
 
 
+def one_takeover(tb: Testbed, api: Api, svc: Service, fault: str, rep: int,
+                 rng: random.Random, result: dict[str, Any]) -> dict[str, Any]:
+    """One repetition's row; tried again (up to UNSETTLED_TRIES) while the pair leaves
+    sync before the fault, each such attempt kept in ``result["unsettled"]``."""
+    for attempt in range(UNSETTLED_TRIES):
+        row: dict[str, Any] = {"fault": fault, "rep": rep, "attempt": attempt,
+                               "measured": False, "load1": os.getloadavg()[0]}
+        try:
+            try:
+                takeover_rep(tb, api, svc, fault, rng, row)
+            finally:
+                if row.get("fault_started"):
+                    heal(tb, fault, row.get("from"), row)
+        except PairUnsettled as exc:
+            row["error"] = str(exc)[:500]
+            result["unsettled"].append(row)
+            progress(f"{fault} {rep}: {exc}; trying again")
+            continue
+        except BenchError as exc:
+            row["error"] = str(exc)[:500]
+        return row
+    return row
+
+
 def _testbed() -> Testbed:
     return Testbed(name=TB_NAME, n_hosts=N_HOSTS, subnet=TB_SUBNET, state_dir=STATE_DIR,
                    with_manager=True, with_forwarder=True, forwarders=2,
@@ -660,16 +700,7 @@ def run(plan: Plan, seed: int, result: dict[str, Any], keep_logs: Path) -> None:
         for fault in FAULTS:
             for rep in range(plan.reps):
                 result["other_netns_seen"].update(other_netns(TB_NAME))
-                row: dict[str, Any] = {"fault": fault, "rep": rep, "measured": False,
-                                       "load1": os.getloadavg()[0]}
-                try:
-                    try:
-                        takeover_rep(tb, api, svc, fault, rng, row)
-                    finally:
-                        if row.get("fault_started"):
-                            heal(tb, fault, row.get("from"), row)
-                except BenchError as exc:
-                    row["error"] = str(exc)[:500]
+                row = one_takeover(tb, api, svc, fault, rep, rng, result)
                 result["reps"].append(row)
                 progress(_rep_line(row))
         for rep in range(plan.standby_reps):
@@ -718,7 +749,8 @@ def collect_logs(tb: Testbed, result: dict[str, Any], keep: Path, always: bool) 
                     and not any(x in line for x in _EXPECTED_WARNINGS)]
             if warn:
                 result["log_warnings"][log.stem] = {"count": len(warn), "last": warn[-10:]}
-    failed = any("error" in r for r in result["reps"] + result["standby"])
+    failed = any("error" in r for r in result["reps"] + result["standby"]
+                 + result["unsettled"])
     if (failed or always) and tb.log_dir.is_dir():
         with contextlib.suppress(OSError):
             shutil.copytree(tb.log_dir, keep, ignore=shutil.ignore_patterns("vnf"),
@@ -751,6 +783,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "nat_lost": _stats([r["nat_unanswered"] for r in ok]),
             "nat_lost_total": sum(r["nat_unanswered"] for r in ok),
             "nat_lost_outside_window": sum(r["nat_unanswered_outside"] for r in ok),
+            "in_flight_s": _stats([r["in_flight_s"] for r in ok]),
             "nat_never_counted_total": sum(r["nat_lost_counted"] for r in ok),
             "fm_lost": _stats([r["fm_lost"] for r in ok]),
             "fm_lost_total": sum(r["fm_lost"] for r in ok),
@@ -771,6 +804,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "alarm_s": _stats([r["alarm_s"] for r in sb]),
         "alarm_cleared_s": _stats([r["alarm_cleared_s"] for r in sb]),
     }
+    out["unsettled"] = len(result["unsettled"])
     allrows = [r for r in result["reps"] if r.get("measured")]
     out["all"] = {"back_s": _stats([r["back_s"] for r in allrows]),
                   "within_target": sum(1 for r in allrows if r["back_s"] <= TARGET_BACK_S),
@@ -818,6 +852,10 @@ def anomalies(result: dict[str, Any]) -> list[str]:
             out.append(f"{fault}: {f['kill_across_takeover']} VNF kills replayed from a "
                        "checkpoint taken before the takeover (acrossTakeover)")
     out += [f"standby loss: {e}" for e in s["standby"]["errors"]]
+    if result["unsettled"]:
+        out.append(f"the pair left sync under traffic, no fault injected, "
+                   f"{len(result['unsettled'])} time(s) (those repetitions were tried "
+                   f"again): {result['unsettled'][0]['error']}")
     for r in result["reps"]:
         if r.get("measured") and not r.get("exact_after_kill", True):
             out.append(f"{r['fault']} {r['rep']}: after the VNF kill the flow monitor is "
@@ -844,9 +882,9 @@ def markdown(r: dict[str, Any]) -> str:
              f"{r['config']['rate_hz']:.0f} numbered datagrams/s to each of two replayed "
              "services (flow monitor, NAT); times in ms after the fault.", "",
              "| Fault | Measured | Service back p50 / p90 / max | Silence p50 / max | New "
-             "active (manager) p50 / p90 / max | Lost NAT p50 / max (outside window) | "
-             "Lost flow monitor p50 / max | Exact after a VNF kill |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|"]
+             "active (manager) p50 / p90 / max | Oldest in flight p50 / max | Lost NAT p50 / "
+             "max (outside window) | Lost flow monitor p50 / max | Exact after a VNF kill |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for fault in FAULTS:
         f = s["faults"][fault]
         lines.append(
@@ -854,7 +892,8 @@ def markdown(r: dict[str, Any]) -> str:
             f"{_ms(f['back_s']['p90'])} / {_ms(f['back_s']['max'])} | "
             f"{_ms(f['silence_s']['p50'])} / {_ms(f['silence_s']['max'])} | "
             f"{_ms(f['to_active_s']['p50'])} / {_ms(f['to_active_s']['p90'])} / "
-            f"{_ms(f['to_active_s']['max'])} | {fmt_num(f['nat_lost']['p50'])} / "
+            f"{_ms(f['to_active_s']['max'])} | {_ms(f['in_flight_s']['p50'])} / "
+            f"{_ms(f['in_flight_s']['max'])} | {fmt_num(f['nat_lost']['p50'])} / "
             f"{fmt_num(f['nat_lost']['max'])} ({f['nat_lost_outside_window']}) | "
             f"{fmt_num(f['fm_lost']['p50'])} / {fmt_num(f['fm_lost']['max'])} | "
             f"{f['exact_after_kill']}/{f['kills_after']} |")
@@ -931,7 +970,8 @@ def run_config(plan: Plan, seed: int) -> dict[str, Any]:
     """What a run was asked to do and the timings it ran with, for its JSON."""
     return {**asdict(plan), "faults": list(FAULTS), "seed": seed,
             "rate_hz": RATE_HZ, "checkpoint_interval_s": CHECKPOINT_INTERVAL,
-            "warm_s": WARM_S, "held_s": HELD_S, "after_window_s": AFTER_WINDOW_S,
+            "warm_s": WARM_S, "after_window_s": AFTER_WINDOW_S,
+            "unsettled_tries": UNSETTLED_TRIES,
             "quiet_s": QUIET_S, "poll_s": POLL_S, "gap_s": GAP_S,
             "target_back_s": TARGET_BACK_S, "pair_timings": asdict(PairTimings()),
             "manager": {"max_lease_s": pair_manager.MAX_LEASE,
@@ -972,7 +1012,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": {"name": run_name, "started": started},
         "machine": testbed_machine(TB_NAME),
         "config": run_config(plan, a.seed),
-        "reps": [], "standby": [], "other_netns_seen": set(), "log_warnings": {},
+        "reps": [], "standby": [], "unsettled": [], "other_netns_seen": set(),
+        "log_warnings": {},
     }
     keep_logs = (out / "logs" if plan.quick
                  else Path(tempfile.gettempdir()) / f"nfvpf-logs-{run_name}")
@@ -1003,6 +1044,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["anomalies"].insert(0, f"run incomplete: {interrupted!r}")
     result["reps"] = _compact(result["reps"])
     result["standby"] = _compact(result["standby"])
+    result["unsettled"] = _compact(result["unsettled"])
     publish(result, "pair_failover", out, markdown=markdown, plot=plot,
             target_value=lambda t: f"{fmt_num(t['value'], 0)} {t['unit']}", doc_img=doc_img)
     return 0 if result["complete"] else 1

@@ -989,10 +989,11 @@ supervisor restarts it and it rejoins as the standby) or cuts its ingress host's
 NAT reply after the longest silence of its replies around the fault (*silence*); *new
 active* is when the manager granted the takeover (its `takeovers` record). *Lost* counts
 the NAT datagrams never answered (in parentheses: those sent outside the takeover window,
-which must be none) and the flow monitor's count short of what was sent. After each
-takeover, once a checkpoint was taken through the new active, the flow monitor is killed
-under traffic: *exact* counts the repetitions whose counter came back equal to what was
-sent less the takeovers' losses. Times in ms after the fault, p50 / p90 / max:
+from the last datagram answered before the fault to service back, which must be none) and
+the flow monitor's count short of what was sent. After each takeover, once a checkpoint
+was taken through the new active, the flow monitor is killed under traffic: *exact* counts
+the repetitions whose counter came back equal to what it held before plus what was sent
+since. Times in ms after the fault, p50 / p90 / max:
 
 {table(["Fault", "OK", "Service back", "Silence p50 / max", "New active", "Lost NAT p50 / max",
         "Lost flow monitor p50 / max", "Exact after a VNF kill"], _pair_rows(r), "lrrrrrrr")}
@@ -1010,7 +1011,11 @@ delivery to its VNF for its cut (the longest silence of the replies in the stead
 before a SIGKILL was {_ms_of(r, f"{kill}.steady_max_gap_s.p50")} ms, median). What is lost
 was in flight: the median silence after a SIGKILL spans {f(lost_at_rate)} datagrams at
 {f(rate)}/s, and a median {f(r.num(f"{kill}.nat_lost.p50"))} NAT datagrams went
-unanswered.
+unanswered. In flight includes what the old active held for a checkpoint when it died:
+the oldest datagram lost had been sent {_ms_of(r, f"{kill}.in_flight_s.p50")} ms before a
+SIGKILL ({_ms_of(r, f"{kill}.in_flight_s.max")} ms at most) and
+{_ms_of(r, f"{crash}.in_flight_s.p50")} ms before a power cut
+({_ms_of(r, f"{crash}.in_flight_s.max")} ms at most).
 
 **Standby loss**, under the same traffic: the standby killed (restarted, it resynchronised),
 then its host's power cut; {f(r.num(f"{sb}.lost_total"))} datagrams lost, the active stayed

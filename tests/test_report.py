@@ -84,7 +84,8 @@ def _pair_failover(results: Path, back_s: tuple[float, ...] = (0.2, 0.25, 0.4)) 
              "to_active_s": 0.18, "to_active_polled_s": 0.2, "nat_unanswered": 90 + i,
              "nat_unanswered_outside": 0, "nat_lost_counted": 90, "fm_lost": 95,
              "fm_lost_within_window": True, "nat_one_binding_per_flow": True,
-             "exact_after_kill": True, "sync_wait_s": 1.0, "steady_max_gap_s": 0.13}
+             "exact_after_kill": True, "sync_wait_s": 1.0, "steady_max_gap_s": 0.13,
+             "in_flight_s": 0.05 + i / 10}
             for fault in pf.FAULTS for i, back in enumerate(back_s)]
     standby = [{"fault": "standby-loss", "rep": 0, "measured": True, "fm_lost": 0,
                 "nat_unanswered": 0, "active_stayed": True, "alarm_s": 3.1,
@@ -93,7 +94,8 @@ def _pair_failover(results: Path, back_s: tuple[float, ...] = (0.2, 0.25, 0.4)) 
     result: dict[str, Any] = {
         "benchmark": "pair_failover", "run": {"name": "pair_failover-test", "started": 0.0},
         "machine": machine, "config": pf.run_config(plan, 1), "reps": reps,
-        "standby": standby, "log_warnings": {}, "complete": True, "elapsed_s": 600.0}
+        "standby": standby, "unsettled": [], "log_warnings": {}, "complete": True,
+        "elapsed_s": 600.0}
     result["summary"] = pf.summarize(result)
     result["targets"] = pf.evaluate_targets(result["summary"])
     (results / "pair_failover.json").write_text(json.dumps(result))
