@@ -1006,8 +1006,14 @@ margin), and asks the manager, which grants the takeover once every lease it ans
 old active with has run out by the margin: {_ms_of(r, f"{kill}.to_active_s.p50")} ms after a
 SIGKILL, {_ms_of(r, f"{crash}.to_active_s.p50")} ms after a power cut (medians). The new
 active then opens the services' and flows' sockets and announces the addresses by
-gratuitous ARP; the manager checkpoints every replayed VNF at once, and a checkpoint holds
-delivery to its VNF for its cut (the longest silence of the replies in the steady state
+gratuitous ARP. The manager checkpoints every replayed VNF as soon as it grants a takeover
+(until then a VNF failure is replayed across it, and flagged `acrossTakeover`): the flow
+monitor's first checkpoint through the new active was cut
+{f(r.num(f"{kill}.recheckpoint_s.p50"), 2)} s after the grant following a SIGKILL
+({f(r.num(f"{kill}.recheckpoint_s.max"), 2)} s at most) and
+{f(r.num(f"{crash}.recheckpoint_s.p50"), 2)} s after a power cut
+({f(r.num(f"{crash}.recheckpoint_s.max"), 2)} s at most). A checkpoint holds delivery to its
+VNF for its cut (the longest silence of the replies in the steady state
 before a SIGKILL was {_ms_of(r, f"{kill}.steady_max_gap_s.p50")} ms, median). What is lost
 was in flight: the median silence after a SIGKILL spans {f(lost_at_rate)} datagrams at
 {f(rate)}/s, and a median {f(r.num(f"{kill}.nat_lost.p50"))} NAT datagrams went

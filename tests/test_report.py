@@ -85,7 +85,7 @@ def _pair_failover(results: Path, back_s: tuple[float, ...] = (0.2, 0.25, 0.4)) 
              "nat_unanswered_outside": 0, "nat_lost_counted": 90, "fm_lost": 95,
              "fm_lost_within_window": True, "nat_one_binding_per_flow": True,
              "exact_after_kill": True, "sync_wait_s": 1.0, "steady_max_gap_s": 0.13,
-             "in_flight_s": 0.05 + i / 10}
+             "in_flight_s": 0.05 + i / 10, "recheckpoint_s": 0.1}
             for fault in pf.FAULTS for i, back in enumerate(back_s)]
     standby = [{"fault": "standby-loss", "rep": 0, "measured": True, "fm_lost": 0,
                 "nat_unanswered": 0, "active_stayed": True, "alarm_s": 3.1,
