@@ -971,7 +971,7 @@ def sec_pair_failover(r: Result) -> tuple[str, list[str]]:
     kill, crash = "summary.faults.kill-active", "summary.faults.crash-ingress"
     kill_ms = r.num(f"{kill}.back_s.p50") * 1000
     rate = r.num("config.rate_hz")
-    lost_at_rate = rate * r.num(f"{kill}.silence_s.p50")
+    lost_at_rate = rate * r.num(f"{kill}.back_s.p50")
     checks = "\n".join(f"- {'PASS' if ok else '**MISS**'}: {t} (measured {v})"
                        for t, ok, v in targets(r))
     text = f"""\
@@ -986,8 +986,9 @@ after a random share of a checkpoint interval kills the active forwarder (SIGKIL
 supervisor restarts it and it rejoins as the standby) or cuts its ingress host's power
 (links first, then every process; powered on after the takeover);
 {r.get("config.reps", int)} repetitions each. *Service back* is from the fault to the first
-NAT reply after the longest silence of its replies around the fault (*silence*); *new
-active* is when the manager granted the takeover (its `takeovers` record). *Lost* counts
+NAT reply to a datagram sent after it; the *longest silence* of the NAT's replies around
+the fault can be longer than the takeover (a checkpoint's hold right after it, below);
+*new active* is when the manager granted the takeover (its `takeovers` record). *Lost* counts
 the NAT datagrams never answered (in parentheses: those sent outside the takeover window,
 from the last datagram answered before the fault to service back, which must be none) and
 the flow monitor's count short of what was sent. After each takeover, once a checkpoint
@@ -995,7 +996,8 @@ was taken through the new active, the flow monitor is killed under traffic: *exa
 the repetitions whose counter came back equal to what it held before plus what was sent
 since. Times in ms after the fault, p50 / p90 / max:
 
-{table(["Fault", "OK", "Service back", "Silence p50 / max", "New active", "Lost NAT p50 / max",
+{table(["Fault", "OK", "Service back", "Longest silence p50 / max", "New active",
+        "Lost NAT p50 / max",
         "Lost flow monitor p50 / max", "Exact after a VNF kill"], _pair_rows(r), "lrrrrrrr")}
 
 Where the time goes: the standby counts the active lost after
@@ -1013,11 +1015,13 @@ monitor's first checkpoint through the new active was cut
 ({f(r.num(f"{kill}.recheckpoint_s.max"), 2)} s at most) and
 {f(r.num(f"{crash}.recheckpoint_s.p50"), 2)} s after a power cut
 ({f(r.num(f"{crash}.recheckpoint_s.max"), 2)} s at most). A checkpoint holds delivery to its
-VNF for its cut (the longest silence of the replies in the steady state
-before a SIGKILL was {_ms_of(r, f"{kill}.steady_max_gap_s.p50")} ms, median). What is lost
-was in flight: the median silence after a SIGKILL spans {f(lost_at_rate)} datagrams at
-{f(rate)}/s, and a median {f(r.num(f"{kill}.nat_lost.p50"))} NAT datagrams went
-unanswered. In flight includes what the old active held for a checkpoint when it died:
+VNF for its cut, a silence of the replies of its own: the longest silence in the steady
+state before a SIGKILL was {_ms_of(r, f"{kill}.steady_max_gap_s.p50")} ms (median), and when
+the hold of the checkpoint taken right after a takeover outlasts the takeover's silence,
+it is the longest silence of that repetition. What is lost was in flight: from a SIGKILL
+to service back {f(lost_at_rate)} datagrams are sent at {f(rate)}/s (median), and a median
+{f(r.num(f"{kill}.nat_lost.p50"))} NAT datagrams went unanswered. In flight includes what
+the old active held for a checkpoint when it died:
 the oldest datagram lost had been sent {_ms_of(r, f"{kill}.in_flight_s.p50")} ms before a
 SIGKILL ({_ms_of(r, f"{kill}.in_flight_s.max")} ms at most) and
 {_ms_of(r, f"{crash}.in_flight_s.p50")} ms before a power cut
