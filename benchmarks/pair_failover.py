@@ -495,7 +495,7 @@ def takeover_rep(tb: Testbed, api: Api, svc: Service, fault: str, rng: random.Ra
     row["silence_at_s"] = [gap[0] - t_fault, gap[1] - t_fault]
     # What else kept the replies back: every silence around the fault, the longest one
     # before it (the checkpoints' holds, in steady state), and the NAT's checkpoints then
-    # (the manager checkpoints every replayed VNF as soon as it grants a takeover).
+    # (the manager checkpoints every replayed VNF shortly after it grants a takeover).
     row["reply_gaps_s"] = [[a - t_fault, b - t_fault] for a, b in nat.gaps(
         t_fault - OUTAGE_BEFORE_S, t_fault + OUTAGE_AFTER_S, GAP_S)]
     steady = nat.gaps(t_fault - WARM_S, t_fault - 0.01, 0.0)
@@ -549,7 +549,7 @@ def after_kill(api: Api, svc: Service, grant_wall: float, row: dict[str, Any]) -
                 if float(c["cutAt"]) > grant_wall]
         return min(cuts) if cuts else None
 
-    # The manager checkpoints every replayed VNF as soon as it grants a takeover: until
+    # The manager checkpoints every replayed VNF after it grants a takeover: until
     # then a VNF failure is replayed across the takeover (``acrossTakeover``).
     cut = wait_for(cut_after, CHECKPOINT_TIMEOUT,
                    "a checkpoint of the flow monitor through the new active")
@@ -1009,6 +1009,7 @@ def run_config(plan: Plan, seed: int) -> dict[str, Any]:
             "target_back_s": TARGET_BACK_S, "pair_timings": asdict(PairTimings()),
             "manager": {"max_lease_s": pair_manager.MAX_LEASE,
                         "margin_s": pair_manager.MARGIN,
+                        "reanchor_after_s": pair_manager.REANCHOR_AFTER,
                         "gone_after_s": pair_manager.GONE_AFTER,
                         "alarm_after_s": pair_manager.ALARM_AFTER},
             "manager_args": MANAGER_ARGS, "agent_args": AGENT_ARGS,

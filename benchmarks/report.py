@@ -1008,8 +1008,10 @@ margin), and asks the manager, which grants the takeover once every lease it ans
 old active with has run out by the margin: {_ms_of(r, f"{kill}.to_active_s.p50")} ms after a
 SIGKILL, {_ms_of(r, f"{crash}.to_active_s.p50")} ms after a power cut (medians). The new
 active then opens the services' and flows' sockets and announces the addresses by
-gratuitous ARP. The manager checkpoints every replayed VNF as soon as it grants a takeover
-(until then a VNF failure is replayed across it, and flagged `acrossTakeover`): the flow
+gratuitous ARP. The manager checkpoints every replayed VNF
+{f(r.num("config.manager.reanchor_after_s"), 1)} s after it grants a takeover, once the
+clients have their service back (until then a VNF failure is replayed across the takeover,
+and flagged `acrossTakeover`): the flow
 monitor's first checkpoint through the new active was cut
 {f(r.num(f"{kill}.recheckpoint_s.p50"), 2)} s after the grant following a SIGKILL
 ({f(r.num(f"{kill}.recheckpoint_s.max"), 2)} s at most) and
