@@ -990,7 +990,7 @@ NAT reply to a datagram sent after it; the *longest silence* of the NAT's replie
 the fault can be longer than the takeover (a checkpoint's hold right after it, below);
 *new active* is when the manager granted the takeover (its `takeovers` record). *Lost* counts
 the NAT datagrams never answered (in parentheses: those sent outside the takeover window,
-from the last datagram answered before the fault to service back, which must be none) and
+from the last datagram answered before the fault to the longest silence's end: none) and
 the flow monitor's count short of what was sent. After each takeover, once a checkpoint
 was taken through the new active, the flow monitor is killed under traffic: *exact* counts
 the repetitions whose counter came back equal to what it held before plus what was sent
@@ -1049,8 +1049,8 @@ middlebox's state in {FTMB_RECOVERY_MS[0]}–{FTMB_RECOVERY_MS[1]} ms, and FTC (
 al., SIGCOMM 2020; arXiv 2001.03321v1) recovers lost state in {FTC_RECOVERY_MS} ms in a
 geo-distributed cloud: the papers' own figures, on their hardware, for restoring a
 middlebox rather than the address in front of it. The pair moved the address, with each
-flow's upstream port and the packet log, in {f(kill_ms)} ms (median after a SIGKILL, on
-this shared 2-vCPU machine): {_against(kill_ms)}.
+flow's upstream port and the packet log, and the service answered again {f(kill_ms)} ms
+after a SIGKILL (median, on this shared 2-vCPU machine): {_against(kill_ms)}.
 
 {checks}"""
     return text, []
