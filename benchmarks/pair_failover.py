@@ -337,6 +337,14 @@ class Flow:
         times = [at for at, _ in self.reply_at if start <= at <= end]
         return [(a, b) for a, b in itertools.pairwise(times) if b - a > longer]
 
+    def takeover_silence(self, t: float) -> tuple[float, float] | None:
+        """The first silence of the replies longer than GAP_S that ended after ``t`` (a
+        silence under way at ``t``, or the first after it: a fault takes a few ms to
+        stop the old active)."""
+        gaps = [g for g in self.gaps(t - OUTAGE_BEFORE_S, t + OUTAGE_AFTER_S, GAP_S)
+                if g[1] > t]
+        return gaps[0] if gaps else None
+
     def silence(self, t: float) -> tuple[float, float] | None:
         """The longest silence of the replies around ``t`` (from OUTAGE_BEFORE_S before
         it to OUTAGE_AFTER_S after) that ended after it: when the last reply before the
@@ -392,6 +400,7 @@ class Service:
     fm_addr: tuple[str, int]
     nat_addr: tuple[str, int]
     upstream: str  # the pair's upstream address: the source every flow reaches a VNF from
+    nat_netns: str
 
 
 @dataclass(frozen=True)
@@ -402,12 +411,14 @@ class Counts:
     fm_total: int
     nat_sources: tuple[str, ...]  # the NAT's bindings: the address:port each flow came from
     nat_packets: int
+    nat_drops: int  # datagrams its socket dropped (RcvbufErrors of its network namespace)
 
     @classmethod
     def read(cls, svc: Service) -> Counts:
         bindings = nat_bindings(svc.nat_ip)
         return cls(flowmon_settled(svc.fm_ip), tuple(bindings),
-                   sum(int(b["packets"]) for b in bindings.values()))
+                   sum(int(b["packets"]) for b in bindings.values()),
+                   dp.netns_udp(svc.nat_netns).get("RcvbufErrors", 0))
 
 
 def _grant(api: Api, old: str, after_wall: float) -> dict[str, Any] | None:
@@ -485,14 +496,16 @@ def takeover_rep(tb: Testbed, api: Api, svc: Service, fault: str, rng: random.Ra
         nat.close()
         row.update({"sent_fm": sent_fm, "sent_nat": sent_nat,
                     "send_errors": fm.send_errors + nat.send_errors})
-    # Service back: the first reply to a datagram sent after the fault. The longest
-    # silence around it may be longer: a checkpoint's hold right after the takeover.
-    gap, back = nat.silence(t_fault), nat.first_answer_after(t_fault)
-    if gap is None or back is None:
+    # Service back: the end of the takeover's silence. The longest silence around the
+    # fault may be another: a checkpoint's hold right after the takeover.
+    gap, longest = nat.takeover_silence(t_fault), nat.silence(t_fault)
+    if gap is None or longest is None or nat.first_answer_after(t_fault) is None:
         raise BenchError("no NAT reply to a datagram sent after the fault")
-    row["back_s"] = back - t_fault
+    row["back_s"] = gap[1] - t_fault
     row["silence_s"] = gap[1] - gap[0]
     row["silence_at_s"] = [gap[0] - t_fault, gap[1] - t_fault]
+    row["longest_silence_s"] = longest[1] - longest[0]
+    row["longest_silence_at_s"] = [longest[0] - t_fault, longest[1] - t_fault]
     # What else kept the replies back: every silence around the fault, the longest one
     # before it (the checkpoints' holds, in steady state), and the NAT's checkpoints then
     # (the manager checkpoints every replayed VNF shortly after it grants a takeover).
@@ -508,7 +521,8 @@ def takeover_rep(tb: Testbed, api: Api, svc: Service, fault: str, rng: random.Ra
     # Lost in flight: every unanswered NAT datagram must have left within the takeover,
     # that is after the last one answered that was sent before the fault (the NAT answers
     # in order: those after it were still on their way, queued or held for a checkpoint,
-    # when the active died) and before service was back.
+    # when the active died) and before service was back. The NAT's socket drops are
+    # counted too (a burst released after a long hold can overflow it).
     answered = nat.answered()
     unanswered = sorted(set(range(sent_nat)) - answered)
     last_ok = max((i for i in answered if nat.sent_at[i] < t_fault), default=None)
@@ -537,6 +551,7 @@ def takeover_rep(tb: Testbed, api: Api, svc: Service, fault: str, rng: random.Ra
     row["nat_one_binding_per_flow"] = len(new) == 1 and all(
         b.startswith(svc.upstream + ":") for b in new)
     row["nat_lost_counted"] = before.nat_packets + sent_nat - after.nat_packets
+    row["nat_socket_drops"] = after.nat_drops - before.nat_drops
     row["measured"] = True
     after_kill(api, svc, float(row["grant_at_wall"]), row)
 
@@ -660,6 +675,7 @@ def standby_rep(tb: Testbed, api: Api, svc: Service, row: dict[str, Any]) -> Non
     row["fm_lost"] = before.fm_total + sent_fm - after.fm_total
     row["nat_unanswered"] = len(set(range(sent_nat)) - nat.answered())
     row["nat_lost_counted"] = before.nat_packets + sent_nat - after.nat_packets
+    row["nat_socket_drops"] = after.nat_drops - before.nat_drops
     row["active_stayed"] = row.get("active_after") == active
     t0 = time.monotonic()
     wait_pair_quiet(api)
@@ -722,7 +738,8 @@ def run(plan: Plan, seed: int, result: dict[str, Any], keep_logs: Path) -> None:
             api.deploy(replayed_vnfd("flowmon", fm_addr, fm_svc), "pf-fm")
             api.deploy(replayed_vnfd("udpnat", nat_addr, nat_svc), "pf-nat")
         svc = Service("pf-fm", "pf-nat", fm_addr.split("/")[0], nat_addr.split("/")[0],
-                      (fm_svc, dp.FM_PORT), (nat_svc, dp.NAT_PORT), tb.upstream_address)
+                      (fm_svc, dp.FM_PORT), (nat_svc, dp.NAT_PORT), tb.upstream_address,
+                      f"{tb.name}-{api.vnf('pf-nat')['host']}-pf-nat")
         for fault in FAULTS:
             for rep in range(plan.reps):
                 result["other_netns_seen"].update(other_netns(TB_NAME))
@@ -755,11 +772,12 @@ def _rep_line(row: dict[str, Any]) -> str:
     head = f"{row['fault']:13s} {row['rep']:2d}: {row.get('from')} -> {row.get('to')}"
     if not row.get("measured"):
         return f"{head}: ERROR {row.get('error')}"
-    return (f"{head}: back {row['back_s'] * 1000:5.0f} ms (silence "
-            f"{row['silence_s'] * 1000:4.0f}), new active {row['to_active_s'] * 1000:5.0f} ms "
+    return (f"{head}: back {row['back_s'] * 1000:5.0f} ms (longest silence "
+            f"{row['longest_silence_s'] * 1000:4.0f}), new active "
+            f"{row['to_active_s'] * 1000:5.0f} ms "
             f"(polled {row['to_active_polled_s'] * 1000:4.0f}); lost nat "
             f"{row['nat_unanswered']} ({row['nat_unanswered_outside']} outside), fm "
-            f"{row['fm_lost']}; kill after: "
+            f"{row['fm_lost']}, NAT socket drops {row['nat_socket_drops']}; kill after: "
             + ("exact" if row.get("exact_after_kill") else
                f"NOT exact ({row.get('kill_counter_diff')}; {row.get('error', '')})"))
 
@@ -804,6 +822,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "errors": [r["error"] for r in rows if "error" in r],
             "back_s": _stats([r["back_s"] for r in ok]),
             "silence_s": _stats([r["silence_s"] for r in ok]),
+            "longest_silence_s": _stats([r["longest_silence_s"] for r in ok]),
+            "nat_socket_drops_total": sum(r["nat_socket_drops"] for r in ok),
             "to_active_s": _stats([r["to_active_s"] for r in ok]),
             "to_active_polled_s": _stats([r["to_active_polled_s"] for r in ok]),
             "nat_lost": _stats([r["nat_unanswered"] for r in ok]),
@@ -875,6 +895,9 @@ def anomalies(result: dict[str, Any]) -> list[str]:
         if f["nat_lost_outside_window"]:
             out.append(f"{fault}: {f['nat_lost_outside_window']} NAT datagrams lost outside "
                        "the takeover window")
+        if f["nat_socket_drops_total"]:
+            out.append(f"{fault}: the NAT's socket dropped {f['nat_socket_drops_total']} "
+                       "datagrams (RcvbufErrors)")
         if f["kill_across_takeover"]:
             out.append(f"{fault}: {f['kill_across_takeover']} VNF kills replayed from a "
                        "checkpoint taken before the takeover (acrossTakeover)")
@@ -908,7 +931,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [f"# The forwarder pair: takeover under traffic ({r['run']['name']})", "",
              f"{r['config']['rate_hz']:.0f} numbered datagrams/s to each of two replayed "
              "services (flow monitor, NAT); times in ms after the fault.", "",
-             "| Fault | Measured | Service back p50 / p90 / max | Silence p50 / max | New "
+             "| Fault | Measured | Service back p50 / p90 / max | Longest silence p50 / max | New "
              "active (manager) p50 / p90 / max | Oldest in flight p50 / max | Lost NAT p50 / "
              "max (outside window) | Lost flow monitor p50 / max | Exact after a VNF kill |",
              "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
@@ -917,7 +940,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"| {f['label']} | {f['measured']}/{f['reps']} | {_ms(f['back_s']['p50'])} / "
             f"{_ms(f['back_s']['p90'])} / {_ms(f['back_s']['max'])} | "
-            f"{_ms(f['silence_s']['p50'])} / {_ms(f['silence_s']['max'])} | "
+            f"{_ms(f['longest_silence_s']['p50'])} / {_ms(f['longest_silence_s']['max'])} | "
             f"{_ms(f['to_active_s']['p50'])} / {_ms(f['to_active_s']['p90'])} / "
             f"{_ms(f['to_active_s']['max'])} | {_ms(f['in_flight_s']['p50'])} / "
             f"{_ms(f['in_flight_s']['max'])} | {fmt_num(f['nat_lost']['p50'])} / "

@@ -935,7 +935,8 @@ def _pair_rows(r: Result) -> list[list[str]]:
             label, f"{r.get(f'{p}.measured', int)}/{r.get(f'{p}.reps', int)}",
             f"**{_ms_of(r, f'{p}.back_s.p50')}** / {_ms_of(r, f'{p}.back_s.p90')} / "
             f"{_ms_of(r, f'{p}.back_s.max')}",
-            f"{_ms_of(r, f'{p}.silence_s.p50')} / {_ms_of(r, f'{p}.silence_s.max')}",
+            f"{_ms_of(r, f'{p}.longest_silence_s.p50')} / "
+            f"{_ms_of(r, f'{p}.longest_silence_s.max')}",
             f"{_ms_of(r, f'{p}.to_active_s.p50')} / {_ms_of(r, f'{p}.to_active_s.p90')} / "
             f"{_ms_of(r, f'{p}.to_active_s.max')}",
             f"{f(r.num(f'{p}.nat_lost.p50'))} / {f(r.num(f'{p}.nat_lost.max'))} "
@@ -985,9 +986,10 @@ out), sends {f(rate)} numbered datagrams/s to each service from a flow of its ow
 after a random share of a checkpoint interval kills the active forwarder (SIGKILL: its
 supervisor restarts it and it rejoins as the standby) or cuts its ingress host's power
 (links first, then every process; powered on after the takeover);
-{r.get("config.reps", int)} repetitions each. *Service back* is from the fault to the first
-NAT reply to a datagram sent after it; the *longest silence* of the NAT's replies around
-the fault can be longer than the takeover (a checkpoint's hold right after it, below);
+{r.get("config.reps", int)} repetitions each. *Service back* is from the fault to the end of
+the takeover's silence of the NAT's replies (the first longer than
+{f(r.num("config.gap_s") * 1000)} ms that ends after the fault); the *longest silence* of
+the replies around the fault can be longer (a checkpoint's hold right after it, below);
 *new active* is when the manager granted the takeover (its `takeovers` record). *Lost* counts
 the NAT datagrams never answered (in parentheses: those sent outside the takeover window,
 from the last datagram answered before the fault to the longest silence's end: none) and
@@ -1022,7 +1024,10 @@ state before a SIGKILL was {_ms_of(r, f"{kill}.steady_max_gap_s.p50")} ms (media
 the hold of the checkpoint taken right after a takeover outlasts the takeover's silence,
 it is the longest silence of that repetition. What is lost was in flight: from a SIGKILL
 to service back {f(lost_at_rate)} datagrams are sent at {f(rate)}/s (median), and a median
-{f(r.num(f"{kill}.nat_lost.p50"))} NAT datagrams went unanswered. In flight includes what
+{f(r.num(f"{kill}.nat_lost.p50"))} NAT datagrams went unanswered
+({r.get(f"{kill}.nat_socket_drops_total", int)} and
+{r.get(f"{crash}.nat_socket_drops_total", int)} in all were dropped by the NAT's own socket
+buffer, RcvbufErrors, after a SIGKILL and a power cut). In flight includes what
 the old active held for a checkpoint when it died:
 the oldest datagram lost had been sent {_ms_of(r, f"{kill}.in_flight_s.p50")} ms before a
 SIGKILL ({_ms_of(r, f"{kill}.in_flight_s.max")} ms at most) and
