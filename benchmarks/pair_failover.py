@@ -23,11 +23,11 @@ service from one flow each (a new flow per repetition); after 0.7 s plus a seede
 share of a checkpoint interval, the fault (if the pair is still in sync then: a pair that
 left sync under traffic is reported and the repetition tried again). Measured:
 
-- **service back**: from the fault to the first NAT reply to a datagram sent after it;
-  and the longest silence of the NAT's replies around the fault (0.3 s before to 3 s
-  after; it may be a checkpoint's hold of delivery right after the takeover, not the
-  takeover itself: every silence, the NAT's checkpoints then and the longest silence in
-  the steady state before the fault are kept to tell);
+- **service back**: from the fault to the end of the silence of the NAT's replies during
+  which the takeover was granted; and the longest silence of its replies around the
+  fault (0.3 s before to 3 s after; it may be a checkpoint's hold of delivery right after
+  the takeover, not the takeover itself: every silence, the NAT's checkpoints then and
+  the longest silence in the steady state before the fault are kept to tell);
 - **new active**: when the manager granted the takeover (``takeovers[].at`` of
   ``GET /nfvha/v1/forwarders``), and when polling it (every 20 ms) first named another
   active;
@@ -337,12 +337,13 @@ class Flow:
         times = [at for at, _ in self.reply_at if start <= at <= end]
         return [(a, b) for a, b in itertools.pairwise(times) if b - a > longer]
 
-    def takeover_silence(self, t: float) -> tuple[float, float] | None:
-        """The first silence of the replies longer than GAP_S that ended after ``t`` (a
-        silence under way at ``t``, or the first after it: a fault takes a few ms to
-        stop the old active)."""
-        gaps = [g for g in self.gaps(t - OUTAGE_BEFORE_S, t + OUTAGE_AFTER_S, GAP_S)
-                if g[1] > t]
+    def takeover_silence(self, t: float, granted: float) -> tuple[float, float] | None:
+        """The silence of the replies during which the takeover was granted (at
+        ``granted``; the fault at ``t``): no active forwards then. (Not merely the first
+        after the fault: a power cut takes a few ms to stop the old active, and a
+        checkpoint's hold may end just then.)"""
+        gaps = [g for g in self.gaps(t - OUTAGE_BEFORE_S, t + OUTAGE_AFTER_S, 0.0)
+                if g[1] >= granted]
         return gaps[0] if gaps else None
 
     def silence(self, t: float) -> tuple[float, float] | None:
@@ -498,7 +499,8 @@ def takeover_rep(tb: Testbed, api: Api, svc: Service, fault: str, rng: random.Ra
                     "send_errors": fm.send_errors + nat.send_errors})
     # Service back: the end of the takeover's silence. The longest silence around the
     # fault may be another: a checkpoint's hold right after the takeover.
-    gap, longest = nat.takeover_silence(t_fault), nat.silence(t_fault)
+    granted = t_fault + float(row["to_active_s"])  # the manager's clock is this one's
+    gap, longest = nat.takeover_silence(t_fault, granted), nat.silence(t_fault)
     if gap is None or longest is None or nat.first_answer_after(t_fault) is None:
         raise BenchError("no NAT reply to a datagram sent after the fault")
     row["back_s"] = gap[1] - t_fault

@@ -987,9 +987,9 @@ after a random share of a checkpoint interval kills the active forwarder (SIGKIL
 supervisor restarts it and it rejoins as the standby) or cuts its ingress host's power
 (links first, then every process; powered on after the takeover);
 {r.get("config.reps", int)} repetitions each. *Service back* is from the fault to the end of
-the takeover's silence of the NAT's replies (the first longer than
-{f(r.num("config.gap_s") * 1000)} ms that ends after the fault); the *longest silence* of
-the replies around the fault can be longer (a checkpoint's hold right after it, below);
+the silence of the NAT's replies during which the takeover was granted; the *longest
+silence* of the replies around the fault can be longer (a checkpoint's hold right after
+the takeover, below);
 *new active* is when the manager granted the takeover (its `takeovers` record). *Lost* counts
 the NAT datagrams never answered (in parentheses: those sent outside the takeover window,
 from the last datagram answered before the fault to the longest silence's end: none) and
