@@ -992,7 +992,7 @@ silence* of the replies around the fault can be longer (a checkpoint's hold righ
 the takeover, below);
 *new active* is when the manager granted the takeover (its `takeovers` record). *Lost* counts
 the NAT datagrams never answered (in parentheses: those sent outside the takeover window,
-from the last datagram answered before the fault to the longest silence's end: none) and
+from the last datagram answered before the fault to service back, must be none) and
 the flow monitor's count short of what was sent. After each takeover, once a checkpoint
 was taken through the new active, the flow monitor is killed under traffic: *exact* counts
 the repetitions whose counter came back equal to what it held before plus what was sent
