@@ -984,8 +984,9 @@ def plot(r: dict[str, Any], paths: Sequence[Path]) -> None:
         mine = [x for x in rows if x["fault"] == fault]
         for j, (key, what, color) in enumerate((
                 ("back_s", "service back", "tab:blue"),
-                ("to_active_s", "new active\n(manager)", "tab:orange"))):
-            pos = i * 3 + j
+                ("to_active_s", "new active\n(manager)", "tab:orange"),
+                ("longest_silence_s", "longest\nsilence", "tab:gray"))):
+            pos = i * 4 + j
             ys = [x[key] * 1000 for x in mine]
             ax.scatter([pos + jitter.uniform(-0.15, 0.15) for _ in ys], ys, s=12, alpha=0.7,
                        color=color)
@@ -997,7 +998,7 @@ def plot(r: dict[str, Any], paths: Sequence[Path]) -> None:
                label=f"target {TARGET_BACK_S * 1000:.0f} ms (median)")
     ax.set_xticks(ticks, labels, fontsize=7)
     ax.set_ylim(bottom=0)
-    ax.set_ylabel("ms after the fault")
+    ax.set_ylabel("ms (a silence: its length)")
     ax.set_title("Forwarder pair takeover (bars: medians)")
     ax.legend(fontsize=7, loc="lower left")
     for fault, color in zip(FAULTS, ("tab:blue", "tab:purple"), strict=True):
@@ -1009,7 +1010,7 @@ def plot(r: dict[str, Any], paths: Sequence[Path]) -> None:
     cdf.axvline(TARGET_BACK_S * 1000, color="tab:red", ls="--", lw=1, label="target 300 ms")
     cdf.set_xlim(left=0)
     cdf.set_ylim(0, 1.02)
-    cdf.set_xlabel("service back, ms after the fault (first NAT reply)")
+    cdf.set_xlabel("service back, ms after the fault (end of the takeover's silence)")
     cdf.set_ylabel("share of takeovers")
     cdf.set_title("Service back: CDF per fault")
     cdf.legend(fontsize=7, loc="lower right")
