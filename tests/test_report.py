@@ -63,6 +63,87 @@ def test_committed_report_is_exactly_what_the_committed_results_give(tmp_path: P
         {f"{n}.png" for n in report.EXPERIMENTS}
 
 
+
+def _benchmark(name: str) -> ModuleType:
+    """benchmarks/<name>.py, loaded as report.py is: its own summary is what it writes."""
+    spec = importlib.util.spec_from_file_location(f"nfvha_bench_{name}",
+                                                  REPO / "benchmarks" / f"{name}.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _pair_failover(results: Path, back_s: tuple[float, ...] = (0.2, 0.25, 0.4)) -> None:
+    """results/pair_failover.{json,png} as the benchmark writes them, from repetitions
+    made up here (``back_s``: each fault's service-back times) and its own summary."""
+    pf = _benchmark("pair_failover")
+    plan = pf.Plan(quick=False, reps=len(back_s), standby_reps=1)
+    reps = [{"fault": fault, "rep": i, "measured": True, "back_s": back, "silence_s": back,
+             "to_active_s": 0.18, "to_active_polled_s": 0.2, "nat_unanswered": 90 + i,
+             "nat_unanswered_outside": 0, "nat_lost_counted": 90, "fm_lost": 95,
+             "fm_lost_within_window": True, "nat_one_binding_per_flow": True,
+             "exact_after_kill": True, "sync_wait_s": 1.0, "steady_max_gap_s": 0.13,
+             "in_flight_s": 0.05 + i / 10, "recheckpoint_s": 0.1,
+             "longest_silence_s": back + 0.1, "nat_socket_drops": 0}
+            for fault in pf.FAULTS for i, back in enumerate(back_s)]
+    standby = [{"fault": "standby-loss", "rep": 0, "measured": True, "fm_lost": 0,
+                "nat_unanswered": 0, "active_stayed": True, "alarm_s": 3.1,
+                "alarm_cleared_s": 2.2}]
+    machine = json.loads((RESULTS / "rpo.json").read_text())["machine"]
+    result: dict[str, Any] = {
+        "benchmark": "pair_failover", "run": {"name": "pair_failover-test", "started": 0.0},
+        "machine": machine, "config": pf.run_config(plan, 1), "reps": reps,
+        "standby": standby, "unsettled": [], "log_warnings": {}, "complete": True,
+        "elapsed_s": 600.0}
+    result["summary"] = pf.summarize(result)
+    result["targets"] = pf.evaluate_targets(result["summary"])
+    (results / "pair_failover.json").write_text(json.dumps(result))
+    pf.plot(result, [results / "pair_failover.png"])
+
+
+def test_the_pair_failover_section_shows_each_fault_against_its_target(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = _copy_results(tmp_path)
+    _pair_failover(results)
+    rc, err, out = _run(tmp_path, results, capsys)
+    assert rc == 0, err
+    text = out.read_text()
+    assert "## 10. The forwarder pair: takeover under traffic" in text
+    row = next(line for line in text.splitlines()
+               if line.startswith("| active forwarder SIGKILL |"))
+    assert row.split(" | ")[1:4] == ["3/3", "**250** / 370 / 400", "350 / 500"]
+    assert row.endswith("| 3/3 |")  # exact after each VNF kill
+    assert "- PASS: service back ≤ 300 ms median: active forwarder SIGKILL (measured 250)" \
+        in text
+    assert "| service back ≤ 300 ms median: active's ingress host power cut | PASS | 250 |" \
+        in text  # in the headline table too
+    assert (tmp_path / "docs" / "img" / "pair_failover.png").is_file()
+
+
+def test_a_slow_takeover_is_a_miss(tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    results = _copy_results(tmp_path)
+    _pair_failover(results, back_s=(0.35, 0.45, 0.5))
+    rc, err, out = _run(tmp_path, results, capsys)
+    assert rc == 0, err
+    assert ("- **MISS**: service back ≤ 300 ms median: active forwarder SIGKILL "
+            "(measured 450)") in out.read_text()
+
+
+def test_a_pair_failover_figure_missing_fails_loudly(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = _copy_results(tmp_path)
+    _pair_failover(results)
+    _edit(results / "pair_failover.json",
+          lambda d: d["summary"]["faults"]["crash-ingress"]["to_active_s"].pop("p90"))
+    rc, err, out = _run(tmp_path, results, capsys)
+    assert rc != 0
+    assert "summary.faults.crash-ingress.to_active_s.p90" in err, err
+    assert "benchmarks/pair_failover.py" in err  # says how to regenerate it
+    assert out.read_text() == "the previous report\n"
+
 def test_missing_results_fail_loudly_and_keep_the_old_report(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     empty = tmp_path / "results"
