@@ -1717,7 +1717,11 @@ class Campaign:
                 if now - head[2] > self.target_wait:  # not ready for long: draw another one
                     head[1], head[2] = self.draw_target(k), now
                     self.redraws[k] = self.redraws.get(k, 0) + 1
-                f = await self.inject(k, head[0], head[1], head[3])
+                try:
+                    f = await self.inject(k, head[0], head[1], head[3])
+                except BenchError as exc:  # the manager slow to answer: not injected
+                    self.events.append(f"{time.strftime('%H:%M:%S')} {k} not injected: {exc}")
+                    f = None
                 if f is not None:
                     pending[k].popleft()
                     injected[k] += 1
