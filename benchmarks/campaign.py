@@ -147,6 +147,9 @@ SETTLE_AFTER_S = 0.3  # a recovered VNF is a target again this long after the cl
 # the client saw the VNF again: replies right after a replay can show datagrams delivered out
 # of order (a transient deficit), which is reported apart from state actually lost.
 STATE_SETTLE_S = 0.5
+# After a takeover, the deficit is read as what most replies show over this long: a
+# replay across the takeover may take longer than STATE_SETTLE_S to settle.
+SETTLED_WINDOW_S = 2.0
 OPERATOR_HEAL_EVERY_S = 5.0  # a VNF the manager gave up on (FAILED) is healed by hand
 TARGET_WAIT_S = 10.0  # a drawn target not ready for this long is replaced by a new draw
 QUICK_TARGET_WAIT_S = 3.0
@@ -574,6 +577,19 @@ class Flow(threading.Thread):
             if sent >= t:
                 return d[j], sent
         return None, None
+
+    def settled_deficit(self, vnf: str, a: float, b: float) -> int | None:
+        """The VNF's deficit most replies to requests sent between ``a`` and ``b`` show
+        (of two as common, the later): what it settled at, past the transients right
+        after a replay (replayed datagrams counted after newer ones)."""
+        j = self.vnfs.index(vnf)
+        count: dict[int, int] = {}
+        last: dict[int, int] = {}
+        for k, (_now, sent, d) in enumerate(self.samples):
+            if a <= sent <= b:
+                count[d[j]] = count.get(d[j], 0) + 1
+                last[d[j]] = k
+        return max(count, key=lambda d: (count[d], last[d])) if count else None
 
     def max_transient(self, vnf: str, a: float, b: float, base: int | None) -> int:
         """The largest departure from ``base`` of the VNF's deficit in replies to requests
@@ -2080,30 +2096,52 @@ def takeover_samples(c: Campaign) -> list[dict[str, Any]]:
     return out
 
 
+def deficit_changes(c: Campaign, limit: int = 20000) -> dict[str, list[list[float]]]:
+    """Each VNF's deficit as its client read it, where it changed: [reply s, request sent
+    s, deficit] from the start of the injection phase (the raw material of every loss
+    figure, to look into one)."""
+    out: dict[str, list[list[float]]] = {}
+    for spec in SERVICE:
+        fl = c.flows[spec.flow]
+        j = fl.vnfs.index(spec.iid)
+        rows: list[list[float]] = []
+        last: int | None = None
+        for now, sent, d in sorted(fl.samples):
+            if d[j] != last:
+                rows.append([round(now - c.phase_start, 3), round(sent - c.phase_start, 3),
+                             d[j]])
+                last = d[j]
+        out[spec.iid] = rows[:limit]
+    return out
+
+
 def loss_events(c: Campaign, samples: list[dict[str, Any]], takeovers: list[dict[str, Any]]
                 ) -> list[dict[str, Any]]:
     """The losses that replay cannot prevent, per replayed VNF, with why.
 
     *takeover*: a forwarder fault's window (from the silence of the flow's replies to
-    ``STATE_SETTLE_S`` after they came back) merged with every window of that VNF's
-    failures (and other takeovers) overlapping it: what the VNF's state lacks after it
-    compared with before was in flight at the takeover, or logged but not mirrored
-    before a failure during it. *replay across takeover*: a failure outside those whose
-    HEAL says its replay started from a checkpoint older than a takeover
-    (``acrossTakeover``). Marks the failures concerned (``across_takeover``), which the
-    0-lost-with-replay invariant then leaves out."""
+    ``STATE_SETTLE_S`` after they came back) merged with every window of the failures
+    along the VNF's flow (and other takeovers) overlapping it: what the VNF's state
+    lacks after it (the deficit it settled at, ``Flow.settled_deficit``, within
+    ``SETTLED_WINDOW_S``) compared with before was in flight at the takeover, or logged
+    but not mirrored before a failure during it. *replay across takeover*: a failure
+    outside those whose HEAL says its replay started from a checkpoint older than a
+    takeover (``acrossTakeover``). Marks the failures concerned (``across_takeover``),
+    which the 0-lost-with-replay invariant then leaves out."""
     events: list[dict[str, Any]] = []
     for spec in SERVICE:
         if not spec.replay:
             continue
         fl = c.flows[spec.flow]
+        # A failure anywhere along a chain moves the deficit of every VNF of it (what one
+        # NAT replays, the next one receives again), so the flow's failures all count.
         iv: list[tuple[float, float, str, Any]] = []
         for t in takeovers:
             if spec.flow in t["windows"]:
                 a, b = t["windows"][spec.flow]
                 iv.append((a, b, "takeover", t))
         for x in samples:
-            if x["vnf"] == spec.iid and x.get("window"):
+            if x["vnf"] in fl.vnfs and x.get("window"):
                 iv.append((x["window"][0], x["window"][1], "failure", x))
         groups: list[list[tuple[float, float, str, Any]]] = []
         end = -math.inf
@@ -2114,21 +2152,25 @@ def loss_events(c: Campaign, samples: list[dict[str, Any]], takeovers: list[dict
             else:
                 groups.append([item])
                 end = item[1]
-        for grp in groups:
+        for n, grp in enumerate(groups):
             tks = [i[3] for i in grp if i[2] == "takeover"]
             if not tks:
                 continue
             a, b = min(i[0] for i in grp), max(i[1] for i in grp)
             before = fl.deficit_before(spec.iid, a)
-            after, _ = fl.deficit_after(spec.iid, b)
+            quiet_end = groups[n + 1][0][0] if n + 1 < len(groups) else c.probe_end
+            after = fl.settled_deficit(spec.iid, b, min(b + SETTLED_WINDOW_S, quiet_end))
+            if after is None:
+                after, _ = fl.deficit_after(spec.iid, b)
             fails = [i[3] for i in grp if i[2] == "failure"]
             for x in fails:
                 x["across_takeover"] = True
             lost = None if before is None or after is None else after - before
             why = "in flight at the takeover (on the wire, in the old active's sockets)"
             if fails:
-                why += ("; and a failure of the VNF during it, whose replay may miss what "
-                        "the old active logged last without mirroring it")
+                why += (f"; and a failure of {', '.join(sorted({x['vnf'] for x in fails}))} "
+                        "during it, whose replay may miss what the old active logged last "
+                        "without mirroring it")
             events.append({"kind": "takeover", "vnf": spec.iid,
                            "faults": [t["fault"] for t in tks],
                            "failures": [x["fault"] for x in fails],
@@ -2979,6 +3021,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            for t in takeovers]
     result["targets"] = evaluate_targets(result["summary"])
     result["anomalies"] = anomalies(camp, result, samples)
+    result["deficit_changes"] = deficit_changes(camp)
     result["logs"] = logs
     result["host_periods"] = [{"host": p["host"], "component": p.get("component", "host"),
                                "kind": p["kind"],

@@ -160,3 +160,18 @@ def test_a_flows_silence_is_its_longest_reply_gap_around_the_fault() -> None:
     gap = camp.silence(replies, t0=10.0, serving=10.2)
     assert gap is not None and gap == pytest.approx((9.99, 10.35))
     assert camp.silence([], 10.0, 10.2) == pytest.approx((9.0, 13.2))
+
+
+def test_the_settled_deficit_is_what_most_replies_show_past_a_replays_transients() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind(("127.0.0.1", 0))
+        flow = camp.Flow("ch", "nat", sink.getsockname(), ["ch1"], replay=True)
+        flow.sock.close()
+    # right after a replay: new datagrams counted before the replayed ones, then settled
+    flow.samples = [(1.0, 1.0, (309,)), (1.1, 0.2, (-16,)), (1.1, 1.1, (118,))] \
+        + [(1.2 + i / 100, 1.2 + i / 100, (67,)) for i in range(50)]
+    assert flow.settled_deficit("ch1", 1.0, 3.0) == 67
+    assert flow.settled_deficit("ch1", 5.0, 6.0) is None
+    # as common: the later one
+    flow.samples = [(1.0, 1.0, (5,)), (1.1, 1.1, (7,))]
+    assert flow.settled_deficit("ch1", 0.0, 2.0) == 7
