@@ -780,57 +780,23 @@ def owners_at(changes: Sequence[tuple[float, str, tuple[str, ...]]], ip: str,
     return out
 
 
-class ArpWatch(threading.Thread):
-    """Asks, on the data bridge, who has each watched address every ``period`` s, and
-    collects the MACs answering each round: two in one round are two forwarders owning
-    that address at once. Keeps every change of a round's answer, per address."""
+class ArpRounds:
+    """What ARP rounds said: every change of an address's answer, the rounds nobody
+    answered, and each episode of two MACs answering one round (from its first such
+    round to its last)."""
 
-    def __init__(self, bridge: str, asker_ip: str, addresses: Sequence[str],
-                 period: float = ARP_PERIOD) -> None:
-        super().__init__(name="arpwatch", daemon=True)
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-        self.sock.bind((bridge, ETH_P_ARP))
-        self.sock.settimeout(period / 4)
-        mac = self.sock.getsockname()[4]
-        self.requests = [arp_request(mac, asker_ip, a) for a in addresses]
+    def __init__(self, addresses: Sequence[str]) -> None:
         self.addresses = list(addresses)
-        self.period = period
         self.rounds = 0
-        self.unanswered = dict.fromkeys(addresses, 0)  # rounds without any answer
+        self.unanswered = dict.fromkeys(addresses, 0)
         self.changes: list[tuple[float, str, tuple[str, ...]]] = []
         self.violations: list[dict[str, Any]] = []
         self._current: dict[str, tuple[str, ...]] = {}
         self._open: dict[str, dict[str, Any]] = {}
-        self._halt = threading.Event()
 
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(3)
-        self.sock.close()
-
-    def run(self) -> None:
-        deadline = time.monotonic() + THREAD_MAX_S
-        while not self._halt.is_set() and time.monotonic() < deadline:
-            t = time.time()
-            for req in self.requests:
-                with contextlib.suppress(OSError):
-                    self.sock.send(req)
-            answers: dict[str, set[str]] = {a: set() for a in self.addresses}
-            end = time.monotonic() + self.period
-            while time.monotonic() < end:
-                try:
-                    frame = self.sock.recv(128)
-                except OSError:  # the timeout included
-                    continue
-                got = arp_answer(frame)
-                if got is not None and got[0] in answers:
-                    answers[got[0]].add(got[1])
-            self.rounds += 1
-            self._round(t, answers)
-        for ip in list(self._open):
-            self.violations.append(self._open.pop(ip))
-
-    def _round(self, t: float, answers: dict[str, set[str]]) -> None:
+    def add(self, t: float, answers: dict[str, set[str]]) -> None:
+        """The answers of the round that started at ``t``."""
+        self.rounds += 1
         doubles = double_owners(answers)
         for ip, macs in answers.items():
             now = tuple(sorted(macs))
@@ -850,6 +816,53 @@ class ArpWatch(threading.Thread):
                     cur["macs"] = sorted(set(cur["macs"]) | set(doubles[ip]))
             elif ip in self._open:
                 self.violations.append(self._open.pop(ip))
+
+    def close(self) -> None:
+        for ip in list(self._open):
+            self.violations.append(self._open.pop(ip))
+
+
+class ArpWatch(threading.Thread):
+    """Asks, on the data bridge, who has each watched address every ``period`` s, and
+    collects the MACs answering each round (``ArpRounds``): two in one round are two
+    forwarders owning that address at once."""
+
+    def __init__(self, bridge: str, asker_ip: str, addresses: Sequence[str],
+                 period: float = ARP_PERIOD) -> None:
+        super().__init__(name="arpwatch", daemon=True)
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        self.sock.bind((bridge, ETH_P_ARP))
+        self.sock.settimeout(period / 4)
+        mac = self.sock.getsockname()[4]
+        self.requests = [arp_request(mac, asker_ip, a) for a in addresses]
+        self.period = period
+        self.seen = ArpRounds(addresses)
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(3)
+        self.sock.close()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + THREAD_MAX_S
+        while not self._halt.is_set() and time.monotonic() < deadline:
+            t = time.time()
+            for req in self.requests:
+                with contextlib.suppress(OSError):
+                    self.sock.send(req)
+            answers: dict[str, set[str]] = {a: set() for a in self.seen.addresses}
+            end = time.monotonic() + self.period
+            while time.monotonic() < end:
+                try:
+                    frame = self.sock.recv(128)
+                except OSError:  # the timeout included
+                    continue
+                got = arp_answer(frame)
+                if got is not None and got[0] in answers:
+                    answers[got[0]].add(got[1])
+            self.seen.add(t, answers)
+        self.seen.close()
 
 
 # -- the campaign ----------------------------------------------------------------------------
@@ -1569,7 +1582,7 @@ class Campaign:
         if await self.tb.active_forwarder() != active:
             return None  # the forwarders do not say what the manager does (yet)
         assert self.arp is not None
-        old_macs = owners_at(self.arp.changes, self.tb.upstream_address, time.time())
+        old_macs = owners_at(self.arp.seen.changes, self.tb.upstream_address, time.time())
         held = [fl for fl in self.flows.values() if fl.replay]
         for fl in held:
             fl.hold_acks()
@@ -2093,7 +2106,7 @@ def takeover_samples(c: Campaign) -> list[dict[str, Any]]:
             "whole_again_s": None if tk.whole_at is None else tk.whole_at - f.injected,
             "realigned_lost_acks": tk.realigned_lost, "silence_ms": {}, "windows": {}}
         if c.arp is not None:
-            new = first_new_owner(c.arp.changes, upstream, f.injected, tk.old_macs)
+            new = first_new_owner(c.arp.seen.changes, upstream, f.injected, tk.old_macs)
             s["arp_ms"] = None if new is None else (new[0] - f.injected) * 1e3
             s["arp_owner"] = None if new is None else c.ingress_macs.get(new[1], new[1])
         serving = tk.seen_at or f.injected
@@ -2375,7 +2388,7 @@ def summarize(c: Campaign, samples: list[dict[str, Any]], spare: list[dict[str, 
                         "lost_unavoidable": unavoid,
                         "lost_beyond_unavoidable": None if over is None else over - unavoid}
     gaps = c.watcher.scan_gaps
-    arp = c.arp
+    arp = c.arp.seen if c.arp is not None else None
     asked = {k: n for k, n in c.counts.items() if n > 0}
     faults = {k: by_type[k]["faults"] for k in FAULT_TYPES}
     return {

@@ -145,6 +145,22 @@ def test_two_macs_answering_one_round_are_two_owners() -> None:
         {"10.0.0.3": ["a", "b"]}
 
 
+def test_rounds_with_two_owners_make_one_violation_per_episode() -> None:
+    up, svc = "10.0.0.3", "10.0.1.11"
+    seen = camp.ArpRounds([up, svc])
+    for t, a, b in [(0.00, {"in1"}, {"in1"}), (0.02, set(), {"in1"}),
+                    (0.04, {"in1", "in2"}, {"in1"}), (0.06, {"in1", "in2"}, {"in2"}),
+                    (0.08, {"in2"}, {"in2"}), (0.10, {"in2", "in1"}, {"in2"})]:
+        seen.add(t, {up: a, svc: b})
+    seen.close()  # the run ended in the middle of an episode: it counts
+    assert seen.rounds == 6 and seen.unanswered == {up: 1, svc: 0}
+    assert [(v["address"], v["start"], v["end"], v["rounds"], v["macs"])
+            for v in seen.violations] == [(up, 0.04, 0.06, 2, ["in1", "in2"]),
+                                          (up, 0.10, 0.10, 1, ["in1", "in2"])]
+    assert [c for c in seen.changes if c[1] == svc] == [(0.0, svc, ("in1",)),
+                                                        (0.06, svc, ("in2",))]
+
+
 def test_the_new_owner_is_the_first_other_mac_answering_alone() -> None:
     up = "10.0.0.3"
     changes = [(1.00, up, ("in1",)), (1.00, "10.0.1.11", ("in1",)), (5.02, up, ()),
