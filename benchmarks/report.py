@@ -546,7 +546,70 @@ stated rate; the service sum is an upper bound since one host fault downs severa
 VNF cgroups ({scans} scans, every {ms(period)} ms median): two live copies of a VNF:
 **{two}**; VNFs lost: **{lost_vnf}** (manager gave up: {gave_up}); manager's view not
 matching what runs: **{mism}**."""
-    return text, []
+    return text + _campaign_every_component(r), []
+
+
+def _campaign_every_component(r: Result) -> str:
+    """The forwarder pair's and the agents' faults, in a campaign that injected them
+    (results before it did render as they were)."""
+    inv = "summary.invariants"
+    if "two_forwarder_owners" not in r.get(inv, dict):
+        return ""
+    by = r.get("summary.by_type", dict)
+
+    def mm(key: str) -> str:
+        return f"{ms(r.opt(key + '.median'))} / {ms(r.opt(key + '.max'))}"
+
+    frows, arows = [], []
+    for t in by:
+        p = f"summary.by_type.{t}"
+        if "forwarder" in by[t]:
+            q = f"{p}.forwarder"
+            lost = r.get(f"{q}.lost_in_flight", dict)
+            frows.append([r.get(f"{p}.label", str), str(r.get(f"{p}.faults", int)),
+                          str(r.get(f"{q}.takeovers", int)), mm(f"{q}.grant_ms"),
+                          mm(f"{q}.arp_ms"),
+                          ", ".join(f"{k} {mm(f'{q}.silence_ms.{k}')}"
+                                    for k in r.get(f"{q}.silence_ms", dict)) or "–",
+                          ", ".join(f"{k} {f(r.num(f'{q}.lost_in_flight.{k}'))}"
+                                    for k in lost) or "–"])
+        if "agent" in by[t]:
+            q = f"{p}.agent"
+            e = f"{q}.expected"
+            arows.append([r.get(f"{p}.label", str), str(r.get(f"{p}.faults", int)),
+                          f"{f(r.opt(f'{q}.back_s.median'), 2)} / "
+                          f"{f(r.opt(f'{q}.back_s.max'), 2)}",
+                          f"{r.get(f'{e}.none', int)} / {r.get(f'{e}.either', int)} / "
+                          f"{r.get(f'{e}.fence', int)}",
+                          str(r.get(f"{q}.fenced_faults", int))])
+    owners = r.get(f"{inv}.two_forwarder_owners.count", int)
+    rounds = r.get(f"{inv}.two_forwarder_owners.rounds", int)
+    unexpected = r.get(f"{inv}.unexpected_recoveries.count", int)
+    un = r.get("summary.unavoidable_loss.total", dict)
+    return f"""
+
+**The forwarder pair and the agents fail too.** The replayed VNFs reach their clients
+through a forwarder pair (one active, one standby); its active forwarder is killed, or
+its ingress host loses power, only while the pair is whole and in sync. *Grant*: when the
+manager gave the standby the active's place; *ARP*: when another forwarder first
+answered ARP for the pair's upstream address; *silence*: the longest gap in a replayed
+flow's replies (ms after the fault, median / max); *lost in flight*: datagrams the
+VNFs' state lacks after the takeover, unavoidable (as through a router that fails) and
+counted apart from replay's 0-lost invariant:
+
+{table(["Fault", "Faults", "New active", "Grant", "ARP", "Silence", "Lost in flight"],
+       frows, "lrrrrll")}
+
+Agents are killed, restarted (SIGTERM) or stopped (SIGSTOP, 0.1–5 s); a stall must fence
+the host's VNFs when longer than the agent grace, and nothing else may recover a VNF:
+
+{table(["Fault", "Faults", "Agent back s (median / max)", "Stalls: none / either / fence",
+        "Faults that fenced VNFs"], arows, "lrrlr")}
+
+Two forwarders answering ARP for one address in one round: **{owners}** ({rounds} rounds,
+every {f(r.num(f"{inv}.two_forwarder_owners.period_ms"))} ms). Recoveries without a fault
+that may cause one: **{unexpected}**. Losses replay cannot prevent, per VNF:
+{", ".join(f"{k} {f(r.num(f'summary.unavoidable_loss.total.{k}'))}" for k in un) or "none"}."""
 
 
 def before_leases(r: Result) -> str:
@@ -1140,8 +1203,11 @@ def shortfalls(res: dict[str, Result]) -> str:
             f"{camp.get(f'summary.by_type.{t}.label', str)} ({f(v)})"
             for t, v in lost.items() if v > 0) + ".")
     inv = "summary.invariants"
+    # A campaign over every component also counts recoveries nobody asked for.
+    every = "two_forwarder_owners" in camp.get(inv, dict)
     broken = {k: camp.get(f"{inv}.{k}.count", int)
-              for k in ("two_live_copies", "vnf_lost", "view_mismatch")}
+              for k in ("two_live_copies", "vnf_lost", "view_mismatch",
+                        *(("two_forwarder_owners", "unexpected_recoveries") if every else ()))}
     if any(broken.values()):
         lines.append("- **Invariants broken in the campaign**: " + ", ".join(
             f"{k.replace('_', ' ')} {v}" for k, v in broken.items() if v) + ".")
@@ -1285,7 +1351,10 @@ def _headline_campaign(res: dict[str, Result]) -> list[list[str]]:
                  r.get("summary.by_type", dict))
     inv = "summary.invariants"
     broken = (r.get(f"{inv}.two_live_copies.count", int) + r.get(f"{inv}.vnf_lost.count", int)
-              + r.get(f"{inv}.view_mismatch.count", int))
+              + r.get(f"{inv}.view_mismatch.count", int)
+              + (r.get(f"{inv}.two_forwarder_owners.count", int)
+                 + r.get(f"{inv}.unexpected_recoveries.count", int)
+                 if "two_forwarder_owners" in r.get(inv, dict) else 0))
     rows = [["availability campaign: faults injected / invariants broken",
              f"{faults} / {broken}"]]
     for i, _x in _rows_by(r, "summary.extrapolation.scenarios"):

@@ -232,3 +232,41 @@ def test_a_pair_figure_missing_fails_loudly(
     assert rc != 0
     assert "summary.proxies.nfvha-pair.mirror_bytes_per_datagram" in err, err
     assert out.read_text() == "the previous report\n"
+
+
+def _with_every_component(d: dict[str, Any]) -> None:
+    """A campaign result that injected forwarder and agent faults too."""
+    st = {"median": 230.0, "p95": 250.0, "max": 254.0, "mean": 231.0, "n": 2}
+    by = d["summary"]["by_type"]
+    base = next(iter(by.values()))
+    by["forwarder-kill"] = {**base, "label": "active forwarder crash (SIGKILL)", "faults": 2,
+                            "forwarder": {"takeovers": 2, "no_new_active": 0, "grant_ms": st,
+                                          "arp_ms": {**st, "median": 265.0},
+                                          "silence_ms": {"ch": {**st, "median": 681.0}},
+                                          "lost_in_flight": {"ch1": 60},
+                                          "lost_in_flight_max": {"ch1": 40}}}
+    by["agent-stall"] = {**base, "label": "agent stall (SIGSTOP 0.1-5 s)", "faults": 3,
+                         "agent": {"back_s": {**st, "median": 2.84, "max": 3.86},
+                                   "expected": {"none": 1, "either": 1, "fence": 1},
+                                   "fenced_faults": 1}}
+    inv = d["summary"]["invariants"]
+    inv["two_forwarder_owners"] = {"count": 0, "rounds": 2029, "period_ms": 20.0}
+    inv["unexpected_recoveries"]["count"] = 3
+    d["summary"]["unavoidable_loss"] = {"events": 2, "total": {"ch1": 60}}
+
+
+def test_a_campaign_over_every_component_shows_the_pair_the_agents_and_what_broke(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = _copy_results(tmp_path)
+    _edit(results / "campaign.json", _with_every_component)
+    rc, err, out = _run(tmp_path, results, capsys)
+    assert rc == 0, err
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| active forwarder crash")
+            or line.startswith("| agent stall")]
+    assert rows[-2].split(" | ")[1:] == ["2", "2", "230 / 254", "265 / 254", "ch 681 / 254",
+                                         "ch1 60 |"]
+    assert rows[-1].split(" | ")[1:] == ["3", "2.84 / 3.86", "1 / 1 / 1", "1 |"]
+    assert "one address in one round: **0** (2029 rounds" in text
+    assert "that may cause one: **3**" in text
+    assert "unexpected recoveries 3" in text  # among the shortfalls
