@@ -38,7 +38,7 @@ from tests.vnfclient import wait_until
 
 REPS = int(os.environ.get("NFVHA_PAIR_REPS", "2"))
 RESULTS: dict[str, list[dict[str, Any]]] = {}
-HELD = 0.25
+HELD = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +290,7 @@ def _one_takeover(pmgr: Mgr, service: dict[str, Any], fault: str, rep: int,
     # What was lost was in flight: each unanswered NAT datagram was sent within the
     # takeover, and the flow monitor lost no more than was sent meanwhile. In flight
     # includes what the old active held queued while a checkpoint froze its VNF
-    # (``HELD``: the longest freeze seen here is under 0.1 s).
+    # (``HELD``: a checkpoint's whole call to the agent, 0.1-0.4 s on this machine).
     unanswered = sorted(set(range(sent_nat)) - nat.answered())
     window = (min(gap[0], t_fault) - HELD, gap[1] + 0.05)
     outside = [i for i in unanswered if not window[0] <= nat.sent_at[i] <= window[1]]

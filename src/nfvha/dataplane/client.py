@@ -100,11 +100,16 @@ class ForwarderClient:
     async def _call_once(self, method: str, path: str, body: BaseModel | None,
                          timeout: float) -> httpx.Response:
         kw: dict[str, Any] = {} if body is None else {"json": body.model_dump(mode="json")}
+        url = self.url  # the one called, even if a takeover moves self.url meanwhile
         try:
-            r = await self.http.request(method, self.url + path, timeout=timeout,
+            # A forwarder whose host lost power answers no SYN: a short connect timeout,
+            # or a checkpoint's call to it would hold the VNF's next checkpoints (the
+            # re-anchoring after a takeover) for the whole request timeout.
+            r = await self.http.request(method, url + path,
+                                        timeout=httpx.Timeout(timeout, connect=0.5),
                                         headers=self._headers, **kw)
         except httpx.HTTPError as exc:
-            raise ForwarderError(f"forwarder {self.url} unreachable: {exc}") from exc
+            raise ForwarderError(f"forwarder {url} unreachable: {exc}") from exc
         if r.status_code < 300:
             return r
         try:

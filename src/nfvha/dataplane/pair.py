@@ -158,6 +158,7 @@ class PairMember:
         self._barriers: dict[int, asyncio.Future[None]] = {}
         self._beat_no = 0
         self._barrier_no = 0
+        self._resync_barrier: int | None = None  # a barrier the standby is late with
         self._standby_in_sync = False
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -331,13 +332,13 @@ class PairMember:
             if self.owning():
                 self.fwd.resume()
 
-    async def barrier(self, timeout: float = 0.5) -> bool:
+    async def barrier(self, timeout: float = 1.0) -> bool:
         """Return once the standby has applied everything mirrored so far (True), or at
         once with no standby in sync (False). A checkpoint's cut waits for it: every log
         position the managers are given is then one the standby holds, so no checkpoint
         cut by an active can point past what its successor's log numbers alike. A standby
-        that does not answer within ``timeout`` is dropped (it resyncs by a snapshot) and
-        the cut goes on (False): the pair has no standby in sync until then."""
+        that does not answer within ``timeout`` counts as out of sync until it does, and the
+        cut goes on (False)."""
         sender = self.sender
         if self.role is not Role.ACTIVE or sender is None or sender.broken is not None \
                 or not self._standby_in_sync:
@@ -350,11 +351,15 @@ class PairMember:
             await asyncio.wait_for(done, timeout)
             return True
         except TimeoutError:
+            # Behind (a loaded host): not in sync until it catches up with this barrier,
+            # so the managers' leases are the long ones meanwhile and a takeover waits
+            # until it has applied what reached it. The stream is kept: dropping it left
+            # the pair with no standby at all, over and over, on a loaded machine.
+            self._resync_barrier = self._barrier_no
             self._barriers.pop(self._barrier_no, None)
+            self._standby_in_sync = False
             log.warning("forwarder %s: the standby did not apply a checkpoint's cut within "
-                        "%.2f s; its stream is dropped and sent anew", self.id, timeout)
-            sender.broken = "the standby did not answer a barrier"
-            sender.writer.transport.abort()
+                        "%.2f s; not in sync until it does", self.id, timeout)
             return False
 
     def _demote(self, why: str) -> None:
@@ -583,7 +588,8 @@ class PairMember:
                             self._renew(sent_at, self.t.lease)
                     elif kind == b"b":
                         number = int.from_bytes(body[:8], "big")
-                        if number == synced_by:
+                        if number in (synced_by, self._resync_barrier):
+                            self._resync_barrier = None
                             self._standby_in_sync = True
                             log.info("forwarder %s: the standby applied the snapshot: in "
                                      "sync", self.id)

@@ -246,6 +246,12 @@ class Agent:
 
     async def start(self) -> None:
         """Check CRIU, adopt the VNFs a previous run left, start the guard and reports."""
+        if self.cfg.manager_url:
+            # First of all: the guard must not fence a restart. `criu check` alone took
+            # seconds on a loaded host, past the agent grace (the availability campaign
+            # saw every agent restart fence its host's VNFs).
+            self.lease_file = LeaseFile(self.cfg.guard_dir / "lease")
+            self._feed()
         await self.criu.require_usable()
         become_subreaper()
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -253,8 +259,7 @@ class Agent:
         if stale:
             log.info("removed %d incomplete checkpoint(s) left by a previous run", stale)
         if self.cfg.manager_url:
-            self.lease_file = LeaseFile(self.cfg.guard_dir / "lease")
-            self._feed()  # before anything slow: the guard must not fence a restart
+            self._feed()
         await self._adopt_sandboxes()
         # With TLS: the manager and peers must show the cluster CA's certificates, and
         # this agent shows its own (reports to the manager, checkpoint pushes to peers).
