@@ -341,3 +341,26 @@ async def test_a_lapsed_lease_renewed_in_time_costs_delay_not_datagrams(
         assert svc.position == 200
     finally:
         client.close()
+
+
+async def test_a_call_under_way_to_the_old_active_ends_at_the_takeover() -> None:
+    """A checkpoint's call to an active whose host lost power would wait its whole
+    timeout; the manager's switch to the new active ends it at once, as an error."""
+    from nfvha.dataplane.client import ForwarderClient, ForwarderError
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "old":
+            await asyncio.sleep(30)  # a host that lost power: no answer
+        return httpx.Response(200, json={"position": 7})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        fc = ForwarderClient("http://old:8800", "", http,
+                             members={"a": "http://old:8800", "b": "http://new:8800"})
+        call = asyncio.ensure_future(fc.hold("v"))
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        fc.switch("http://new:8800")
+        with pytest.raises(ForwarderError, match="replaced by its pair's standby"):
+            await asyncio.wait_for(call, 2.0)
+        assert time.monotonic() - t0 < 0.5
+        assert await fc.hold("v") == 7  # the new active answers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Mapping
 from typing import Any, Self, TypeVar
@@ -81,10 +82,21 @@ class ForwarderClient:
         #: A forwarder pair's members (id -> URL): a call that reaches one that is not
         #: active is sent once more to the one it names.
         self.members = {k: v.rstrip("/") for k, v in (members or {}).items()}
+        self._abandoned: dict[str, asyncio.Event] = {}
         self.token = token
         self.http = http
         # No token with mutual TLS: the client certificate says who calls.
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def switch(self, url: str) -> None:
+        """Call ``url`` from now on (a pair's takeover); calls under way to the one
+        before end at once, with a ``ForwarderError``."""
+        url = url.rstrip("/")
+        if url == self.url:
+            return
+        old, self.url = self.url, url
+        self._abandoned.pop(url, None)
+        self._abandoned.setdefault(old, asyncio.Event()).set()
 
     async def _call(self, method: str, path: str, body: BaseModel | None = None,
                     timeout: float = 5.0) -> httpx.Response:
@@ -94,20 +106,31 @@ class ForwarderClient:
             url = self.members.get(exc.active or "")
             if url is None or url == self.url:
                 raise
-            self.url = url
+            self.switch(url)
             return await self._call_once(method, path, body, timeout)
 
     async def _call_once(self, method: str, path: str, body: BaseModel | None,
                          timeout: float) -> httpx.Response:
         kw: dict[str, Any] = {} if body is None else {"json": body.model_dump(mode="json")}
         url = self.url  # the one called, even if a takeover moves self.url meanwhile
+        gone = self._abandoned.setdefault(url, asyncio.Event())
+        # A forwarder whose host lost power answers nothing: a short connect timeout, and
+        # a call under way when its pair's standby takes over ends at once (``abandon``),
+        # or it would hold the VNF's next checkpoints (the re-anchoring) for its timeout.
+        req = asyncio.ensure_future(self.http.request(
+            method, url + path, timeout=httpx.Timeout(timeout, connect=0.5),
+            headers=self._headers, **kw))
+        left = asyncio.ensure_future(gone.wait())
         try:
-            # A forwarder whose host lost power answers no SYN: a short connect timeout,
-            # or a checkpoint's call to it would hold the VNF's next checkpoints (the
-            # re-anchoring after a takeover) for the whole request timeout.
-            r = await self.http.request(method, url + path,
-                                        timeout=httpx.Timeout(timeout, connect=0.5),
-                                        headers=self._headers, **kw)
+            await asyncio.wait({req, left}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            left.cancel()
+        if not req.done():
+            req.cancel()
+            raise ForwarderError(f"forwarder {url} was replaced by its pair's standby "
+                                 f"during {method} {path}; nothing is known of the call")
+        try:
+            r = req.result()
         except httpx.HTTPError as exc:
             raise ForwarderError(f"forwarder {url} unreachable: {exc}") from exc
         if r.status_code < 300:

@@ -332,7 +332,7 @@ class PairMember:
             if self.owning():
                 self.fwd.resume()
 
-    async def barrier(self, timeout: float = 1.0) -> bool:
+    async def barrier(self, timeout: float = 0.25) -> bool:
         """Return once the standby has applied everything mirrored so far (True), or at
         once with no standby in sync (False). A checkpoint's cut waits for it: every log
         position the managers are given is then one the standby holds, so no checkpoint
@@ -613,6 +613,10 @@ class PairMember:
 
     def _stop_sender(self) -> None:
         self._standby_in_sync = False
+        for done in self._barriers.values():  # no standby to wait for: cuts go on
+            if not done.done():
+                done.set_result(None)
+        self._barriers.clear()
         if self.sender is not None:
             self.fwd.set_sink(None)
             self.sender = None

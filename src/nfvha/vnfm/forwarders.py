@@ -183,7 +183,7 @@ class ForwarderPair:
                                "waited_s": round(waited, 4), "reason": reason})
         del self.takeovers[:-20]
         if self.m.forwarder is not None:
-            self.m.forwarder.url = mem.url.rstrip("/")
+            self.m.forwarder.switch(mem.url)
         log.warning("forwarder %s active in term %d (was %s; %s); granted after %.3f s",
                     fid, new_term, active, reason, waited)
         if active is not None and active != fid:

@@ -311,7 +311,7 @@ class Manager:
             self.pair.reset()  # what an earlier term answered is waited out, not known
             url = self.pair.url_of_active()
             if url is not None and self.forwarder is not None:
-                self.forwarder.url = url.rstrip("/")
+                self.forwarder.switch(url)
             self._spawn(self.pair.watch())
         if self.forwarder is not None:
             self._spawn(self.healing.watch_forwarder())
