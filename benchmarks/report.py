@@ -1226,8 +1226,13 @@ def shortfalls(res: dict[str, Result]) -> str:
         "recently stalled is moved later without a fence driver. An agent that dies and "
         "does not return costs its VNFs the state since the last checkpoint before it died "
         "(no checkpoint is taken without an agent) plus the agent grace (3 s) of waiting.",
-        "- **One forwarder.** The packet log is not mirrored: losing the forwarder means "
-        "restores without replay (an alarm says so).",
+        "- **The forwarder pair's windows.** A takeover loses what was in flight (about "
+        "0.2 s of traffic, plus what a checkpoint held at that moment), like a router that "
+        "fails; a takeover in the first 2 s after a standby rejoined waits for the active's "
+        "long lease; `exactly_once` replies the old active held are lost. The standby costs "
+        "the active round-trip time and throughput per core (section 0). One forwarder "
+        "(`nfvha up --forwarders 1`) still loses replay with its forwarder (an alarm says "
+        "so).",
         "- **This machine.** 2 vCPUs shared with other work: absolute figures move by tens "
         "of percent between runs; the ratios measured side by side are the robust ones.",
     ]
