@@ -129,8 +129,14 @@ def browser() -> Iterator[Any]:
 def _wait_page(driver: Any, cond: Any, timeout: float, what: str) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     seen: dict[str, Any] = {}
+    from selenium.common.exceptions import JavascriptException
+
     while time.monotonic() < deadline:
-        seen = driver.execute_script(_READ_PAGE)
+        try:
+            seen = driver.execute_script(_READ_PAGE)
+        except JavascriptException:  # the page not built yet (a loaded machine): again
+            time.sleep(0.1)
+            continue
         if cond(seen):
             return seen
         time.sleep(0.1)
